@@ -1,0 +1,142 @@
+"""One error hierarchy for onethread.
+
+Every error the package raises on purpose derives from :class:`OnethreadError`,
+so ``except OnethreadError`` catches all of ours and nothing of anyone else's.
+Errors carry their data as attributes (``RetryAfter.retry_after``,
+``CorruptStoreError.path``); nothing is classified by message substring.
+
+::
+
+    OnethreadError
+    ├── ConfigError                 a user mistake in config/options; message names the fix
+    │   └── MissingDependencyError  an optional SDK is not installed (.extra, .install_hint)
+    ├── StoreError                  a store (identity or history) failed
+    │   ├── CorruptStoreError       a store file cannot be parsed (.path); never overwritten
+    │   └── SchemaVersionError      the store's schema is newer than this code knows
+    ├── IdentityError               identity linking refused (e.g. already linked elsewhere)
+    ├── ModelError                  the language model call failed (.status_code)
+    └── PlatformError               a platform call failed (.platform)
+        ├── PlatformAuthError       wrong or revoked token: fatal for that platform
+        ├── RetryAfter              rate limited (.retry_after seconds)
+        ├── PlatformUnavailable     5xx or network trouble: retryable
+        ├── BadRequest              the platform refused the request: not retryable
+        │   └── FormattingRejected  the markup was refused; resend as plain text
+        └── ConnectionLost          the adapter's connection dropped: restart it
+
+``ValueError`` (not an ``OnethreadError``) is raised for invalid arguments, such
+as a unified id containing ``:``, as Python callers expect.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "ConnectionLost",
+    "CorruptStoreError",
+    "FormattingRejected",
+    "IdentityError",
+    "MissingDependencyError",
+    "ModelError",
+    "OnethreadError",
+    "PlatformAuthError",
+    "PlatformError",
+    "PlatformUnavailable",
+    "RetryAfter",
+    "SchemaVersionError",
+    "StoreError",
+]
+
+
+class OnethreadError(Exception):
+    """Base class of every error onethread raises on purpose."""
+
+
+class ConfigError(OnethreadError):
+    """A configuration or option mistake; the message says how to fix it."""
+
+
+class MissingDependencyError(ConfigError):
+    """An optional dependency (a platform SDK, a store driver) is not installed."""
+
+    def __init__(self, what: str, extra: str) -> None:
+        self.what = what
+        self.extra = extra
+        self.install_hint = f'pip install "onethread[{extra}]"'
+        super().__init__(f"{what} needs an optional dependency; install it with: {self.install_hint}")
+
+
+class StoreError(OnethreadError):
+    """A history or identity store failed."""
+
+
+class CorruptStoreError(StoreError):
+    """A store file exists but cannot be read or parsed. It is never overwritten."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"{path}: {reason}. The file was left untouched; fix or move it away and retry."
+        )
+
+
+class SchemaVersionError(StoreError):
+    """The store was written by a newer onethread than this one."""
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        self.where = where
+        self.found = found
+        self.known = known
+        super().__init__(
+            f"{where}: schema version {found} is newer than this onethread knows ({known}); "
+            "upgrade onethread"
+        )
+
+
+class IdentityError(OnethreadError):
+    """An identity operation was refused (for example, a takeover of a linked account)."""
+
+
+class ModelError(OnethreadError):
+    """The language model could not produce a reply."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class PlatformError(OnethreadError):
+    """A call to a messaging platform failed."""
+
+    def __init__(self, message: str, *, platform: str = "") -> None:
+        self.platform = platform
+        super().__init__(f"{platform}: {message}" if platform else message)
+
+
+class PlatformAuthError(PlatformError):
+    """The platform refused the credentials. Fatal for that platform: no restart loop."""
+
+
+class RetryAfter(PlatformError):
+    """The platform rate-limited the call; retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float, *, platform: str = "") -> None:
+        self.retry_after = float(retry_after)
+        super().__init__(f"rate limited, retry after {self.retry_after:g}s", platform=platform)
+
+
+class PlatformUnavailable(PlatformError):
+    """A server error or network failure; the call may succeed if retried."""
+
+
+class BadRequest(PlatformError):
+    """The platform refused the request as malformed; retrying will not help."""
+
+
+class FormattingRejected(BadRequest):
+    """The platform could not parse the message markup; resend it as plain text."""
+
+
+class ConnectionLost(PlatformError):
+    """The adapter lost its connection to the platform; the supervisor restarts it."""

@@ -1,0 +1,172 @@
+"""The adapter interface: what one messaging platform must provide.
+
+An adapter translates platform events into :class:`Inbound` records and sends
+text back. It holds no business logic: gating, commands, identity, history and
+the agent live in ``onethread.bots``.
+
+Shape (python-telegram-bot's, at httpx's size):
+
+- ``await start(on_inbound)``: connect, then call ``on_inbound(inbound)`` for each
+  message; returns once connected. Raises ``PlatformAuthError`` for bad
+  credentials. A lost connection later is reported with ``report_failure``.
+- ``await stop()``: disconnect and release everything; idempotent.
+- ``do_send(...)``: the ONE abstract method: send one chunk, return its message
+  id, raise the mapped ``onethread.errors`` (``RetryAfter``,
+  ``PlatformUnavailable``, ``FormattingRejected``, ``BadRequest``,
+  ``PlatformAuthError``).
+- ``do_typing(chat_id, thread_id)``: optional typing hook.
+- ``send()`` (final): chunking, retries, plain-text fallback and logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, final
+
+from ..bots.delivery import RetryPolicy, send_with_retry, split_message
+from ..errors import FormattingRejected
+
+__all__ = ["Adapter", "Inbound", "OnInbound"]
+
+log = logging.getLogger("onethread.platforms")
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A platform message, normalised.
+
+    ``chat_type`` is ``"dm"``, ``"group"`` or ``"channel"``. ``mentions_bot`` is
+    true when the message addresses the bot (a mention, a reply to the bot, or a
+    command). ``from_bot`` marks messages sent by any bot account, ``from_self``
+    by this bot. ``raw`` keeps the SDK object for adapters; it is not compared.
+    """
+
+    platform: str
+    chat_id: str
+    chat_type: str
+    user_id: str
+    text: str
+    message_id: str = ""
+    chat_name: str = ""
+    thread_id: str = ""
+    user_name: str = ""
+    mentions_bot: bool = False
+    from_bot: bool = False
+    from_self: bool = False
+    raw: Any = field(default=None, compare=False, repr=False)
+
+
+OnInbound = Callable[[Inbound], Awaitable[None]]
+
+
+class Adapter(ABC):
+    """Base of every platform adapter. Subclass, set ``name``/``max_message_length``,
+    implement ``start``, ``stop`` and ``do_send``; register the module in
+    ``onethread.platforms.registry``.
+    """
+
+    name: ClassVar[str] = ""
+    max_message_length: ClassVar[int] = 4000
+    typing_interval: ClassVar[float] = 4.0
+
+    def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._failure: asyncio.Future[BaseException] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @abstractmethod
+    async def start(self, on_inbound: OnInbound) -> None:
+        """Connect and begin delivering messages to ``on_inbound``; return once connected."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Disconnect and release every resource. Idempotent."""
+
+    def report_failure(self, exc: BaseException) -> None:
+        """Called by the adapter when its connection fails for good; the supervisor restarts it."""
+        fut = self._failure_future()
+        if not fut.done():
+            fut.set_result(exc)
+
+    async def wait_failure(self) -> BaseException:
+        """Wait until the adapter reports a failure; return the error."""
+        return await self._failure_future()
+
+    def reset_failure(self) -> None:
+        """Forget a reported failure (the supervisor calls this before a restart)."""
+        self._failure = None
+
+    def _failure_future(self) -> asyncio.Future[BaseException]:
+        if self._failure is None:
+            self._failure = asyncio.get_running_loop().create_future()
+        return self._failure
+
+    # -- sending ---------------------------------------------------------------
+
+    @abstractmethod
+    async def do_send(
+        self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
+    ) -> str:
+        """Send one chunk (within ``max_message_length``) and return the message id.
+
+        ``formatted`` asks for the platform's markup (Markdown); ``False`` means
+        plain text. Raise the mapped ``onethread.errors`` on failure.
+        """
+
+    async def do_typing(self, chat_id: str, thread_id: str = "") -> None:  # noqa: B027
+        """Show a typing indicator once (default: the platform has none)."""
+
+    @final
+    async def send(self, chat_id: str, text: str, *, thread_id: str = "") -> list[str]:
+        """Send ``text`` split to the platform's limit, in order, in the same thread.
+
+        Retries rate limits and server errors per ``retry_policy``; a formatting
+        rejection is resent as plain text. Returns the ids of the sent messages.
+        Raises the last ``PlatformError`` when a chunk cannot be delivered.
+        """
+        ids: list[str] = []
+        for chunk in split_message(text, self.max_message_length):
+            ids.append(await self._send_chunk(chat_id, chunk, thread_id))
+        return ids
+
+    async def _send_chunk(self, chat_id: str, chunk: str, thread_id: str) -> str:
+        what = f"{self.name} send to {chat_id}"
+        try:
+            return await send_with_retry(
+                lambda: self.do_send(chat_id, chunk, thread_id=thread_id, formatted=True),
+                self.retry_policy,
+                what=what,
+            )
+        except FormattingRejected:
+            log.info("%s: markup rejected, resending as plain text", what)
+            return await send_with_retry(
+                lambda: self.do_send(chat_id, chunk, thread_id=thread_id, formatted=False),
+                self.retry_policy,
+                what=what,
+            )
+
+    @final
+    @contextlib.asynccontextmanager
+    async def typing(self, chat_id: str, thread_id: str = "") -> AsyncIterator[None]:
+        """Keep the typing indicator on while the block runs; always stopped on exit."""
+        task = asyncio.create_task(self._typing_loop(chat_id, thread_id))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _typing_loop(self, chat_id: str, thread_id: str) -> None:
+        while True:
+            try:
+                await self.do_typing(chat_id, thread_id)
+            except Exception as exc:  # a typing failure must never break the turn
+                log.debug("%s typing indicator failed: %s", self.name, exc)
+            await asyncio.sleep(self.typing_interval)
