@@ -14,6 +14,7 @@ Errors carry their data as attributes (``RetryAfter.retry_after``,
     │   ├── CorruptStoreError       a store file cannot be parsed (.path); never overwritten
     │   └── SchemaVersionError      the store's schema is newer than this code knows
     ├── IdentityError               identity linking refused (e.g. already linked elsewhere)
+    ├── RecipientUnknown            notify(): no platform known for that person yet
     ├── ModelError                  the language model call failed (.status_code)
     └── PlatformError               a platform call failed (.platform)
         ├── PlatformAuthError       wrong or revoked token: fatal for that platform
@@ -42,6 +43,7 @@ __all__ = [
     "PlatformAuthError",
     "PlatformError",
     "PlatformUnavailable",
+    "RecipientUnknown",
     "RetryAfter",
     "SchemaVersionError",
     "StoreError",
@@ -96,6 +98,16 @@ class SchemaVersionError(StoreError):
 
 class IdentityError(OnethreadError):
     """An identity operation was refused (for example, a takeover of a linked account)."""
+
+
+class RecipientUnknown(OnethreadError):
+    """There is no platform/chat to reach this person on (they never wrote to the bot)."""
+
+    def __init__(self, unified_user_id: str) -> None:
+        self.unified_user_id = unified_user_id
+        super().__init__(
+            f"no platform known for {unified_user_id!r} yet: they must message the bot first"
+        )
 
 
 class ModelError(OnethreadError):

@@ -1,0 +1,232 @@
+"""Bot: one agent on one platform."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..errors import PlatformError
+from ..platforms.base import Adapter, Inbound
+from ..platforms.registry import load_adapter_class
+from ..session.history.base import HistoryStore
+from ..session.identity.base import IdentityResolverProtocol
+from ..session.locks import LocalDuplicateFilter
+from ..session.validation import validate_platform
+from .commands import CommandRouter
+from .gate import Gate, Verdict
+from .manager import BotSessionManager, Responder
+from .policy import AccessPolicy
+from .supervisor import Backoff, supervise
+
+__all__ = ["Bot", "run_until_signal"]
+
+log = logging.getLogger("onethread.bot")
+
+_BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
+                "drain_timeout", "access", "commands")  # fmt: skip
+
+
+def _default_agent() -> Responder:
+    from ..agent import Agent
+
+    return Agent(name="assistant")
+
+
+class Bot:
+    """One agent served on one platform.
+
+    Args:
+        platform: a registered platform name (``"telegram"``, ``"discord"``,
+            ``"slack"``, ``"web"``, ``"console"``).
+        agent: the agent answering (default: an ``Agent`` named ``assistant``).
+        token: the platform credential; default from the platform's env var.
+        identity_resolver: links accounts across platforms (default: none,
+            every DM keeps its legacy key).
+        **options: ``store`` (history store or URL), ``max_history``,
+            ``session`` (a shared ``BotSessionManager``), ``adapter`` (an
+            adapter instance, e.g. ``onethread.testing.FakeAdapter``),
+            ``drain_timeout`` (seconds running turns get at stop, default 10);
+            anything else goes to the platform adapter (e.g. ``base_url``).
+
+    ``await start()`` runs until ``stop()``; ``run()`` is the blocking form that
+    stops cleanly on SIGINT/SIGTERM. A lost connection is restarted with
+    backoff; a wrong token raises ``PlatformAuthError`` from ``start()``.
+    """
+
+    def __init__(
+        self,
+        platform: str,
+        agent: Responder | None = None,
+        *,
+        token: str | None = None,
+        identity_resolver: IdentityResolverProtocol | None = None,
+        **options: Any,
+    ) -> None:
+        self.platform = validate_platform(platform)
+        self.agent: Responder = agent if agent is not None else _default_agent()
+        own = {k: options.pop(k) for k in _BOT_OPTIONS if k in options}
+        session: BotSessionManager | None = own.get("session")
+        self._owns_session = session is None
+        if session is None:
+            store: HistoryStore | str | None = own.get("store")
+            session = BotSessionManager(
+                store=store,
+                identity_resolver=identity_resolver,
+                max_history=own.get("max_history", 100),
+            )
+        elif identity_resolver is not None and session.identity_resolver is not identity_resolver:
+            raise ValueError("pass identity_resolver to the shared session manager, not the Bot")
+        self._session = session
+        adapter: Adapter | None = own.get("adapter")
+        if adapter is None:
+            adapter = load_adapter_class(self.platform)(token=token, **options)
+        elif options or token is not None:
+            raise TypeError(f"adapter options {sorted(options)} given with a ready adapter")
+        self.adapter = adapter
+        self._gate: Gate = own.get("gate") or Gate(LocalDuplicateFilter())
+        self.access: AccessPolicy | None = own.get("access")
+        self._commands: CommandRouter = own.get("commands") or CommandRouter(self._session)
+        self._backoff: Backoff = own.get("backoff") or Backoff()
+        self.drain_timeout: float = float(own.get("drain_timeout", 10.0))
+        self._turns: set[asyncio.Task[None]] = set()  # touched on the loop thread only
+        self._stopping: asyncio.Event | None = None
+        self._done: asyncio.Event | None = None
+        self.ready = asyncio.Event()
+        self.on_turn: Callable[[Inbound, str], Awaitable[None]] | None = None
+
+    @property
+    def session(self) -> BotSessionManager:
+        """The session manager (``bot._session``, the seed's name, is the same object)."""
+        return self._session
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and serve until :meth:`stop`. Raises ``PlatformAuthError`` for a bad token."""
+        if self._stopping is not None and not self._stopping.is_set():
+            raise RuntimeError(f"{self.platform} bot is already running")
+        self._stopping = asyncio.Event()
+        self._done = asyncio.Event()
+        self._session.bind_loop()
+        try:
+            await supervise(
+                self.adapter, self._on_inbound, self._stopping, self.ready, self._backoff
+            )
+        finally:
+            self._stopping.set()
+            self.ready.clear()
+            await self._drain()
+            try:
+                await asyncio.wait_for(self.adapter.stop(), 10.0)
+            finally:
+                if self._owns_session:
+                    await self._session.close()
+                self._done.set()
+
+    async def stop(self) -> None:
+        """Stop taking messages, let running turns finish (bounded), disconnect. Idempotent."""
+        if self._stopping is None or self._done is None:
+            return
+        self._stopping.set()
+        await self._done.wait()
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM (blocking), then stop cleanly."""
+        asyncio.run(run_until_signal(self.start, self.stop))
+
+    async def _drain(self) -> None:
+        if not self._turns:
+            return
+        log.info("%s: waiting for %d running turn(s)", self.platform, len(self._turns))
+        done, pending = await asyncio.wait(set(self._turns), timeout=self.drain_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("%s: cancelled %d turn(s) still running at stop", self.platform,
+                        len(pending))  # fmt: skip
+            await asyncio.wait(pending, timeout=2.0)
+
+    # -- sending ---------------------------------------------------------------
+
+    async def send(self, chat_id: str, text: str, thread_id: str | None = None) -> list[str]:
+        """Send ``text`` (split to the platform's limit, retried) and return message ids."""
+        return await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
+
+    # -- the turn --------------------------------------------------------------
+
+    async def _on_inbound(self, msg: Inbound) -> None:
+        """Called by the adapter for every event; starts a turn task for accepted ones."""
+        if self._stopping is None or self._stopping.is_set():
+            return
+        verdict = await self._gate.check(msg)
+        if verdict is not Verdict.ACCEPT:
+            log.debug("%s: dropped message %s: %s", self.platform, msg.message_id, verdict.value)
+            return
+        task = asyncio.create_task(self._handle(msg))
+        self._turns.add(task)
+        task.add_done_callback(self._turns.discard)
+
+    async def _handle(self, msg: Inbound) -> None:
+        try:
+            reply: str | None = None
+            if self.access is not None:
+                reply = await self.access.check(msg)
+                if reply is not None:
+                    if reply:
+                        await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
+                    return
+            reply = await self._commands.handle(msg)
+            if reply is None:
+                async with self.adapter.typing(msg.chat_id, msg.thread_id):
+                    reply = await self._session.chat(
+                        self.agent,
+                        msg.user_id,
+                        msg.text,
+                        platform=msg.platform,
+                        chat_id=msg.chat_id,
+                        chat_type=msg.chat_type,
+                        chat_name=msg.chat_name,
+                        thread_id=msg.thread_id,
+                        user_name=msg.user_name,
+                        message_id=msg.message_id,
+                    )
+            if reply:
+                await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
+            if self.on_turn is not None:
+                await self.on_turn(msg, reply)
+        except PlatformError as exc:
+            log.error("%s: could not deliver the reply to %s: %s", self.platform, msg.chat_id, exc)
+        except Exception:
+            log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
+
+
+async def run_until_signal(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``start()``; on SIGINT/SIGTERM call ``stop()`` and return once it has."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.ensure_future(start())
+    stopper: list[asyncio.Task[None]] = []
+
+    def on_signal(signame: str) -> None:
+        log.info("received %s, stopping", signame)
+        if not stopper:
+            stopper.append(asyncio.ensure_future(stop()))
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):
+            log.debug("cannot install a handler for %s here", sig.name)
+    try:
+        await main
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        if stopper:
+            await stopper[0]

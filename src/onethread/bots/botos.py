@@ -1,0 +1,168 @@
+"""BotOS: one agent on many platforms, one conversation per person."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import ConfigError, RecipientUnknown
+from ..session.identity.base import IdentityResolverProtocol
+from ..session.locks import LocalDuplicateFilter
+from .bot import Bot, _default_agent, run_until_signal
+from .gate import Gate
+from .manager import BotSessionManager, Responder
+
+__all__ = ["BotOS"]
+
+log = logging.getLogger("onethread.botos")
+
+
+class BotOS:
+    """Runs several platform bots that share ONE session manager.
+
+    One history store, one identity resolver, one set of turn locks and one
+    duplicate filter serve every platform, so a person linked on Telegram and
+    Discord keeps one conversation, and their turns never run at once.
+
+    Args:
+        agent: the agent answering on every platform (default: ``Agent("assistant")``).
+        platforms: platform names, or a mapping of name -> adapter options.
+        identity_resolver: links accounts across platforms.
+        bots: ready ``Bot`` objects to add (they are re-pointed at the shared
+            session only if they were built without one).
+        **options: ``store``, ``max_history`` for the shared session manager
+            (or ``session`` for a ready one); the rest is given to every
+            platform's Bot (e.g. ``drain_timeout``, ``backoff``).
+
+    One platform failing is restarted with backoff by its own supervisor and
+    never stops the others; a platform with bad credentials is logged as fatal
+    for that platform while the rest keep serving.
+    """
+
+    def __init__(
+        self,
+        agent: Responder | None = None,
+        platforms: Iterable[str] | Mapping[str, Mapping[str, Any]] | None = None,
+        identity_resolver: IdentityResolverProtocol | None = None,
+        bots: Iterable[Bot] | None = None,
+        **options: Any,
+    ) -> None:
+        self.agent: Responder = agent if agent is not None else _default_agent()
+        session: BotSessionManager | None = options.pop("session", None)
+        self._owns_session = session is None
+        if session is None:
+            session = BotSessionManager(
+                store=options.pop("store", None),
+                identity_resolver=identity_resolver,
+                max_history=options.pop("max_history", 100),
+            )
+        self._session = session
+        self._gate = Gate(LocalDuplicateFilter())
+        self.bots: dict[str, Bot] = {}
+        per_platform: Mapping[str, Mapping[str, Any]]
+        if platforms is None:
+            per_platform = {}
+        elif isinstance(platforms, Mapping):
+            per_platform = platforms
+        else:
+            per_platform = {name: {} for name in platforms}
+        for name, platform_options in per_platform.items():
+            self.add_bot(
+                Bot(name, self.agent, session=session, gate=self._gate,
+                    **{**options, **platform_options})  # fmt: skip
+            )
+        for bot in bots or ():
+            self.add_bot(bot)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping: asyncio.Event | None = None
+        self.failed: dict[str, BaseException] = {}
+
+    @property
+    def session(self) -> BotSessionManager:
+        """The shared session manager (also ``botos._session``)."""
+        return self._session
+
+    def add_bot(self, bot: Bot) -> None:
+        """Add a bot; it must use this BotOS's session manager."""
+        if bot.platform in self.bots:
+            raise ConfigError(f"platform {bot.platform!r} is configured twice")
+        if bot.session is not self._session:
+            raise ConfigError(
+                f"the {bot.platform} bot has its own session manager; build it with "
+                "session=botos.session so every platform shares one history"
+            )
+        self.bots[bot.platform] = bot
+
+    async def start(self) -> None:
+        """Start every bot and serve until :meth:`stop`.
+
+        Raises only when every platform has failed fatally (the errors are in
+        ``failed``); a single failing platform is logged and the others go on.
+        """
+        if not self.bots:
+            raise ConfigError("BotOS has no platforms: pass platforms=[...] or bots=[...]")
+        self._stopping = asyncio.Event()
+        self._session.bind_loop()
+        self._tasks = {name: asyncio.create_task(bot.start()) for name, bot in self.bots.items()}
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        try:
+            pending = set(self._tasks.values())
+            while pending and not self._stopping.is_set():
+                done, pending = await asyncio.wait(
+                    pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(stop_wait)
+                for name, task in self._tasks.items():
+                    if task in done and name not in self.failed:
+                        exc = task.exception()
+                        if exc is not None:
+                            self.failed[name] = exc
+                            log.error("%s: stopped for good: %s", name, exc)
+            if len(self.failed) == len(self.bots):
+                first = next(iter(self.failed.values()))
+                raise first
+        finally:
+            stop_wait.cancel()
+            await asyncio.gather(*(bot.stop() for bot in self.bots.values()))
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            if self._owns_session:
+                await self._session.close()
+
+    async def stop(self) -> None:
+        """Stop every bot (draining running turns) and return when all are down."""
+        if self._stopping is not None:
+            self._stopping.set()
+        await asyncio.gather(*(bot.stop() for bot in self.bots.values()))
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM (blocking), then stop cleanly."""
+        asyncio.run(run_until_signal(self.start, self.stop))
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every bot is connected (tests and scripts)."""
+        await asyncio.wait_for(
+            asyncio.gather(*(bot.ready.wait() for bot in self.bots.values())), timeout
+        )
+
+    async def notify(
+        self, unified_user_id: str, text: str, source_label: str = "notify"
+    ) -> list[str]:
+        """Send ``text`` to the person where they last talked to the bot, and mirror it.
+
+        ``unified_user_id`` is a unified id or an unlinked ``platform:user_id``.
+        Raises ``RecipientUnknown`` when the person never wrote to a platform
+        this BotOS serves. Returns the sent message ids.
+        """
+        last = await self._session.last_seen(unified_user_id)
+        if last is None or last.platform not in self.bots:
+            raise RecipientUnknown(unified_user_id)
+        ids = await self.bots[last.platform].send(last.chat_id, text)
+        await self._session.mirror(
+            unified_user_id,
+            text,
+            source=source_label,
+            metadata={"platform": last.platform, "chat_id": last.chat_id},
+        )
+        return ids

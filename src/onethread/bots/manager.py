@@ -1,0 +1,331 @@
+"""BotSessionManager: the turn, from a resolved sender to a stored reply.
+
+One manager is shared by every bot of a process (``BotOS`` makes sure of it):
+one history store, one identity resolver, one set of turn locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from ..errors import ModelError
+from ..session.context import SessionContext, clear_session_context, set_session_context
+from ..session.history.base import HistoryEntry, HistoryStore
+from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
+from ..session.keys import DM, GROUP_TYPES, legacy_key, session_key, unified_key
+from ..session.locks import LocalTurnLocks, TurnLocks
+from ..session.urls import open_history_store
+
+__all__ = ["APOLOGY", "BotSessionManager", "Responder"]
+
+log = logging.getLogger("onethread.session")
+
+APOLOGY = "Sorry, I could not reach my language model just now. Please try again in a moment."
+
+
+class Responder(Protocol):
+    """What the manager needs of an agent (``onethread.Agent`` is one)."""
+
+    async def respond(
+        self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
+    ) -> str:
+        """Return the reply to ``message`` given the earlier ``history``."""
+        ...
+
+
+class BotSessionManager:
+    """Loads history, runs the agent under the turn lock, appends the turn.
+
+    Args:
+        store: a history store, a store URL, or ``None`` for the default
+            (``sqlite:///$ONETHREAD_HOME/history.db``). Opened lazily.
+        identity_resolver: maps platform accounts to a person; ``None`` keeps
+            every DM on its legacy ``bot_{platform}_{user_id}`` key.
+        max_history: how many earlier entries the model sees per turn.
+        locks: turn locks (default: in-process); shared back-ends pass theirs.
+
+    Concurrency: turns on one session key run one at a time, in arrival
+    order, whichever bot or platform they come from (``locks``). Different
+    keys run concurrently. ``_merged`` (accounts whose legacy history has been
+    merged) is touched only on the event loop thread.
+    """
+
+    def __init__(
+        self,
+        store: HistoryStore | str | None = None,
+        identity_resolver: IdentityResolverProtocol | None = None,
+        max_history: int = 100,
+        *,
+        locks: TurnLocks | None = None,
+    ) -> None:
+        if identity_resolver is not None and not isinstance(
+            identity_resolver, IdentityResolverProtocol
+        ):
+            raise TypeError(
+                "identity_resolver must have resolve(platform, platform_user_id) and "
+                f"link(platform, platform_user_id, unified_user_id); got {identity_resolver!r}"
+            )
+        if max_history < 0:
+            raise ValueError("max_history must be >= 0")
+        self._store_arg = store
+        self._store: HistoryStore | None = store if not isinstance(store, str | None) else None
+        self.identity_resolver = identity_resolver
+        self.max_history = max_history
+        self.locks: TurnLocks = locks or LocalTurnLocks()
+        self._merged: set[tuple[str, str, str]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- plumbing --------------------------------------------------------------
+
+    @property
+    def store(self) -> HistoryStore:
+        """The history store (opened on first use)."""
+        if self._store is None:
+            url = self._store_arg if isinstance(self._store_arg, str) else None
+            self._store = open_history_store(url)
+        return self._store
+
+    def bind_loop(self) -> None:
+        """Remember the running loop, so ``mirror_to_session`` from threads can reach it."""
+        self.loop = asyncio.get_running_loop()
+
+    def resolve(self, platform: str, user_id: str) -> str | None:
+        """The sender's unified id, ``platform:user_id`` when unlinked, ``None`` with no resolver."""
+        if self.identity_resolver is None:
+            return None
+        return self.identity_resolver.resolve(platform, user_id)
+
+    def key_for(
+        self,
+        user_id: str,
+        *,
+        platform: str,
+        chat_id: str = "",
+        chat_type: str = DM,
+        thread_id: str = "",
+    ) -> str:
+        """The session key of this sender in this chat (see ``onethread.session.keys``)."""
+        unified = self.resolve(platform, user_id) if chat_type not in GROUP_TYPES else None
+        return session_key(
+            platform=platform,
+            user_id=user_id,
+            chat_type=chat_type,
+            chat_id=chat_id,
+            thread_id=thread_id,
+            unified_user_id=unified,
+        )
+
+    async def _merge_legacy(self, platform: str, user_id: str, unified: str) -> None:
+        """Move the account's pre-link DM history into the person's session, once."""
+        marker = (platform, user_id, unified)
+        if marker in self._merged:
+            return
+        src, dst = legacy_key(platform, user_id), unified_key(unified)
+        async with self.locks.hold(src), self.locks.hold(dst):
+            moved = await self.store.merge(src, dst)
+        if moved:
+            log.info("merged %d legacy entries of %s:%s into %s", moved, platform, user_id, dst)
+        self._merged.add(marker)
+
+    # -- the turn --------------------------------------------------------------
+
+    async def chat(
+        self,
+        agent: Responder,
+        user_id: str,
+        prompt: str,
+        *,
+        platform: str,
+        chat_id: str = "",
+        chat_type: str = DM,
+        chat_name: str = "",
+        thread_id: str = "",
+        user_name: str = "",
+        message_id: str = "",
+    ) -> str:
+        """Run one turn and return the reply.
+
+        Resolves the sender, takes the session's turn lock, sets the
+        ``SessionContext`` for the agent's tools, loads the last
+        ``max_history`` entries, asks the agent, and appends the user message
+        and the reply in one transaction. If the model fails (``ModelError``)
+        the user's message is still stored and a short apology is returned.
+        """
+        if self.loop is None:
+            self.bind_loop()
+        unified = self.resolve(platform, user_id)
+        group = chat_type in GROUP_TYPES
+        key = session_key(
+            platform=platform,
+            user_id=user_id,
+            chat_type=chat_type,
+            chat_id=chat_id,
+            thread_id=thread_id,
+            unified_user_id=None if group else unified,
+        )
+        if not group and unified is not None and key.startswith("user:"):
+            await self._merge_legacy(platform, user_id, unified)
+        ctx = SessionContext(
+            platform=platform,
+            chat_id=chat_id,
+            chat_name=chat_name,
+            thread_id=thread_id,
+            user_id=user_id,
+            user_name=user_name,
+            unified_user_id=unified if unified is not None else unlinked_id(platform, user_id),
+            message_id=message_id,
+            chat_type=chat_type,
+        )
+        async with self.locks.hold(key):
+            token = set_session_context(ctx)
+            try:
+                history = await self.store.load(key, self.max_history)
+                message = HistoryEntry(
+                    role="user",
+                    content=prompt,
+                    timestamp=time.time(),
+                    platform=platform,
+                    chat_id=chat_id,
+                    user_id=user_id,
+                    user_name=user_name,
+                    message_id=message_id,
+                )
+                try:
+                    reply = await agent.respond(history, message, group=group)
+                except ModelError as exc:
+                    log.error("model failed for %s (%s): %s", key, platform, exc)
+                    await self.store.append(key, [message])
+                    return APOLOGY
+                answer = HistoryEntry(
+                    role="assistant",
+                    content=reply,
+                    timestamp=max(time.time(), message.timestamp),
+                    platform=platform,
+                    chat_id=chat_id,
+                )
+                await self.store.append(key, [message, answer])
+                return reply
+            finally:
+                clear_session_context(token)
+
+    # -- mirror ----------------------------------------------------------------
+
+    def mirror_key(self, user_id: str) -> str:
+        """The DM key a mirrored message for ``user_id`` lands in.
+
+        ``user_id`` is a unified id (``"alice"``) or an unlinked account in the
+        resolver's form (``"telegram:12345"``).
+        """
+        platform, sep, account = user_id.partition(":")
+        if sep:
+            return legacy_key(platform, account)
+        return unified_key(user_id)
+
+    async def mirror(
+        self,
+        user_id: str,
+        text: str,
+        *,
+        source: str = "delivery",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append text the bot sent on its own to ``user_id``'s history, under the turn lock."""
+        if not isinstance(text, str) or not text:
+            raise ValueError("mirror text must be a non-empty string")
+        meta = dict(metadata or {})
+        entry = HistoryEntry(
+            role="assistant",
+            content=text,
+            timestamp=time.time(),
+            platform=str(meta.get("platform", "")),
+            chat_id=str(meta.get("chat_id", "")),
+            mirror=True,
+            source=source,
+            metadata=meta,
+        )
+        key = self.mirror_key(user_id)
+        async with self.locks.hold(key):
+            await self.store.append(key, [entry])
+
+    # -- reading and managing sessions ----------------------------------------
+
+    async def history(
+        self,
+        user_id: str,
+        *,
+        platform: str,
+        chat_id: str = "",
+        chat_type: str = DM,
+        thread_id: str = "",
+        limit: int | None = None,
+    ) -> list[HistoryEntry]:
+        """The stored entries of this sender's session in this chat, oldest first."""
+        key = self.key_for(
+            user_id, platform=platform, chat_id=chat_id, chat_type=chat_type, thread_id=thread_id
+        )
+        return await self.store.load(key, limit)
+
+    async def reset(
+        self,
+        user_id: str,
+        *,
+        platform: str,
+        chat_id: str = "",
+        chat_type: str = DM,
+        thread_id: str = "",
+    ) -> int:
+        """Start this session afresh (for a linked person: on every platform). Returns entries removed."""
+        key = self.key_for(
+            user_id, platform=platform, chat_id=chat_id, chat_type=chat_type, thread_id=thread_id
+        )
+        async with self.locks.hold(key):
+            return await self.store.clear(key)
+
+    def _person_keys(self, unified_user_id: str) -> list[str]:
+        keys = [self.mirror_key(unified_user_id)]
+        links_for = getattr(self.identity_resolver, "links_for", None)
+        if links_for is not None and ":" not in unified_user_id:
+            links: list[IdentityLink] = links_for(unified_user_id)
+            keys += [legacy_key(link.platform, link.platform_user_id) for link in links]
+        return keys
+
+    async def export(self, unified_user_id: str) -> dict[str, Any]:
+        """Everything stored of one person's DM sessions, as JSON-able data.
+
+        Includes the unified session and the legacy sessions of each linked
+        account (normally empty once merged). Group chats belong to the group
+        and are not included.
+        """
+        sessions = {}
+        for key in self._person_keys(unified_user_id):
+            entries = await self.store.load(key)
+            if entries:
+                sessions[key] = [e.to_dict() for e in entries]
+        return {"user": unified_user_id, "exported_at": time.time(), "sessions": sessions}
+
+    async def forget(self, unified_user_id: str) -> int:
+        """Delete every DM session of this person (all linked accounts). Returns entries removed.
+
+        Identity links are kept; unlink them separately if wanted.
+        """
+        removed = 0
+        for key in self._person_keys(unified_user_id):
+            async with self.locks.hold(key):
+                removed += await self.store.clear(key)
+        return removed
+
+    async def last_seen(self, unified_user_id: str) -> HistoryEntry | None:
+        """The person's most recent own message (where they last talked to the bot)."""
+        for entry in reversed(await self.store.load(self.mirror_key(unified_user_id), 50)):
+            if entry.role == "user" and entry.platform:
+                return entry
+        return None
+
+    async def close(self) -> None:
+        """Close the history store (if it was opened)."""
+        if self._store is not None:
+            await self._store.close()

@@ -1,0 +1,98 @@
+"""Turn locks and the duplicate filter: one turn at a time per session key.
+
+In-process versions live here; the Redis and PostgreSQL back-ends provide
+shared ones with the same shape, so several hosts can serve one set of users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol, runtime_checkable
+
+__all__ = ["DuplicateFilter", "LocalDuplicateFilter", "LocalTurnLocks", "TurnLocks"]
+
+
+@runtime_checkable
+class TurnLocks(Protocol):
+    """Serialises work on one session key: ``async with locks.hold(key): ...``."""
+
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Wait for, then hold, the lock of ``key`` for the ``async with`` block."""
+        ...
+
+
+class _Slot:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0  # holders + waiters
+
+
+class LocalTurnLocks:
+    """Per-key FIFO ``asyncio.Lock`` s, created on demand and dropped when unused.
+
+    ``_locks`` maps key -> slot (lock, holders+waiters); it is touched only from the
+    event loop thread between awaits, so it needs no lock of its own (the
+    loop's single thread guards it). Memory stays proportional to the keys
+    in use right now, not to every key ever seen.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, _Slot] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold ``key``'s lock for the block; waiters are served in arrival order."""
+        slot = self._locks.get(key)
+        if slot is None:
+            slot = self._locks[key] = _Slot()
+        slot.users += 1
+        try:
+            async with slot.lock:
+                yield
+        finally:
+            slot.users -= 1
+            if slot.users == 0 and self._locks.get(key) is slot:
+                del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+@runtime_checkable
+class DuplicateFilter(Protocol):
+    """Answers each platform message once: ``first_time(id)`` is True only once per id."""
+
+    async def first_time(self, message_key: str) -> bool:
+        """Record ``message_key``; True if it had not been seen (within the filter's window)."""
+        ...
+
+
+class LocalDuplicateFilter:
+    """A bounded, time-limited set of seen message keys (LRU eviction).
+
+    ``_seen`` is touched only from the event loop thread (no awaits inside),
+    which guards it.
+    """
+
+    def __init__(self, max_size: int = 100_000, ttl: float = 24 * 3600.0) -> None:
+        self.max_size = max_size
+        self.ttl = ttl
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    async def first_time(self, message_key: str) -> bool:
+        """True the first time ``message_key`` is offered within ``ttl`` seconds."""
+        now = time.monotonic()
+        seen_at = self._seen.get(message_key)
+        if seen_at is not None and now - seen_at < self.ttl:
+            return False
+        self._seen[message_key] = now
+        self._seen.move_to_end(message_key)
+        while len(self._seen) > self.max_size:
+            self._seen.popitem(last=False)
+        return True

@@ -1,0 +1,138 @@
+"""Store URLs, one syntax everywhere.
+
+==========================  ==========================  =========================
+URL                         history                     identity
+==========================  ==========================  =========================
+``memory://``               MemoryHistoryStore          InMemoryIdentityResolver
+``file:PATH``               (not a history store)       FileIdentityResolver
+``sqlite:///PATH``          SQLiteHistoryStore          SQLiteIdentityResolver
+``redis://HOST:PORT/DB``    RedisHistoryStore           RedisIdentityResolver
+``postgresql://...``        PostgresHistoryStore        PostgresIdentityResolver
+==========================  ==========================  =========================
+
+``sqlite:///relative.db`` is relative to the working directory,
+``sqlite:////abs/path.db`` absolute, and ``~`` is expanded. The defaults live
+under ``ONETHREAD_HOME`` (default ``~/.onethread``), read when called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, MissingDependencyError
+
+__all__ = [
+    "ACCEPTED_FORMS",
+    "default_history_url",
+    "default_identity_url",
+    "onethread_home",
+    "open_history_store",
+    "open_identity_resolver",
+]
+
+ACCEPTED_FORMS = (
+    "memory://, file:PATH (identity only), sqlite:///PATH, redis://HOST:PORT/DB, "
+    "postgresql://USER@HOST:PORT/DB"
+)
+
+
+def onethread_home() -> Path:
+    """``$ONETHREAD_HOME`` or ``~/.onethread``, read now (not at import)."""
+    return Path(os.environ.get("ONETHREAD_HOME") or "~/.onethread").expanduser()
+
+
+def default_history_url() -> str:
+    """``sqlite:///$ONETHREAD_HOME/history.db``."""
+    return f"sqlite:///{onethread_home() / 'history.db'}"
+
+
+def default_identity_url() -> str:
+    """``file:$ONETHREAD_HOME/identity.json`` (or ``ONETHREAD_IDENTITY_PATH``)."""
+    explicit = os.environ.get("ONETHREAD_IDENTITY_PATH")
+    return f"file:{explicit}" if explicit else f"file:{onethread_home() / 'identity.json'}"
+
+
+def _scheme(url: str, what: str) -> tuple[str, str]:
+    if not isinstance(url, str) or ":" not in url:
+        raise ConfigError(f"bad {what} store URL {url!r}; accepted forms: {ACCEPTED_FORMS}")
+    scheme, _, rest = url.partition(":")
+    return scheme.lower(), rest
+
+
+def _sqlite_path(rest: str, url: str) -> Path:
+    if not rest.startswith("///") or len(rest) <= 3:
+        raise ConfigError(
+            f"bad SQLite URL {url!r}: write sqlite:///relative/path.db or sqlite:////abs/path.db"
+        )
+    return Path(rest[3:]).expanduser()
+
+
+def _optional(module: str, name: str, extra: str, what: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module, __package__), name)
+    except ImportError as exc:
+        if exc.name and exc.name.startswith("onethread"):
+            raise
+        raise MissingDependencyError(what, extra) from exc
+
+
+def open_history_store(url: str | None = None, **options: Any) -> Any:
+    """Open the history store for ``url`` (default: SQLite under ``ONETHREAD_HOME``).
+
+    Raises ``ConfigError`` naming the accepted forms for a bad URL, and
+    ``MissingDependencyError`` when the driver is not installed.
+    """
+    url = url or default_history_url()
+    scheme, rest = _scheme(url, "history")
+    if scheme == "memory":
+        from .history.memory import MemoryHistoryStore
+
+        return MemoryHistoryStore()
+    if scheme == "sqlite":
+        from .history.sqlite import SQLiteHistoryStore
+
+        return SQLiteHistoryStore(_sqlite_path(rest, url))
+    if scheme == "redis":
+        cls = _optional(".history.redis", "RedisHistoryStore", "redis", "the Redis store")
+        return cls(url, **options)
+    if scheme in ("postgresql", "postgres"):
+        cls = _optional(".history.postgres", "PostgresHistoryStore", "postgres", "PostgreSQL")
+        return cls(url, **options)
+    if scheme == "file":
+        raise ConfigError(
+            f"{url!r}: file: URLs are for identity only; use sqlite:///PATH for history"
+        )
+    raise ConfigError(f"bad history store URL {url!r}; accepted forms: {ACCEPTED_FORMS}")
+
+
+def open_identity_resolver(url: str | None = None, **options: Any) -> Any:
+    """Open the identity resolver for ``url`` (default: the JSON file under ``ONETHREAD_HOME``)."""
+    url = url or default_identity_url()
+    scheme, rest = _scheme(url, "identity")
+    if scheme == "memory":
+        from .identity.memory import InMemoryIdentityResolver
+
+        return InMemoryIdentityResolver()
+    if scheme == "file":
+        from .identity.file import FileIdentityResolver
+
+        path = rest[2:] if rest.startswith("//") else rest
+        if not path:
+            raise ConfigError(f"bad identity URL {url!r}: write file:/path/to/identity.json")
+        return FileIdentityResolver(Path(path).expanduser())
+    if scheme == "sqlite":
+        from .identity.sqlite import SQLiteIdentityResolver
+
+        return SQLiteIdentityResolver(_sqlite_path(rest, url))
+    if scheme == "redis":
+        cls = _optional(".identity.redis", "RedisIdentityResolver", "redis", "the Redis resolver")
+        return cls(url, **options)
+    if scheme in ("postgresql", "postgres"):
+        cls = _optional(
+            ".identity.postgres", "PostgresIdentityResolver", "postgres", "the PostgreSQL resolver"
+        )
+        return cls(url, **options)
+    raise ConfigError(f"bad identity store URL {url!r}; accepted forms: {ACCEPTED_FORMS}")

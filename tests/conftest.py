@@ -1,0 +1,25 @@
+"""Shared fixtures: every test gets its own ONETHREAD_HOME and a clean environment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_ENV = (
+    "ONETHREAD_HOME", "ONETHREAD_IDENTITY_PATH", "ONETHREAD_MODEL", "OPENAI_API_KEY",
+    "OPENAI_BASE_URL", "TELEGRAM_BOT_TOKEN", "TELEGRAM_API_BASE_URL", "DISCORD_BOT_TOKEN",
+    "DISCORD_API_BASE_URL", "DISCORD_GATEWAY_URL", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
+    "SLACK_API_BASE_URL",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """No test reads the developer's ~/.onethread or real credentials."""
+    for name in _ENV:
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "onethread-home"
+    monkeypatch.setenv("ONETHREAD_HOME", str(home))
+    yield home

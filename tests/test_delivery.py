@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onethread.bots.delivery import RetryPolicy, send_with_retry, split_message
+from onethread.errors import BadRequest, PlatformUnavailable, RetryAfter
+
+
+def _strip_fences(chunks: list[str]) -> str:
+    return "".join(c.replace("```", "").replace("python", "") for c in chunks)
+
+
+def test_short_text_is_one_chunk() -> None:
+    assert split_message("hello", 100) == ["hello"]
+    assert split_message("", 100) == []
+
+
+def test_splits_at_paragraphs_first() -> None:
+    text = ("a" * 30 + "\n\n") * 5
+    chunks = split_message(text, 70)
+    assert all(len(c) <= 70 for c in chunks)
+    assert all(c.strip("a") == "" or "\n\n" in c for c in chunks)
+    assert "".join(c.replace("\n", "") for c in chunks) == "a" * 150
+
+
+def test_ten_thousand_characters_complete_and_within_limit() -> None:
+    words = " ".join(f"w{i}" for i in range(2000))
+    chunks = split_message(words, 2000)
+    assert all(len(c) <= 2000 for c in chunks)
+    assert " ".join(chunks).split() == words.split()
+
+
+def test_code_fence_closed_and_reopened() -> None:
+    code = "```python\n" + "\n".join(f"x{i} = {i}" for i in range(400)) + "\n```"
+    chunks = split_message(code, 500)
+    assert len(chunks) > 1
+    for chunk in chunks:
+        assert len(chunk) <= 500
+        assert chunk.count("```") % 2 == 0, chunk
+    assert chunks[1].startswith("```python\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab \n`")), max_size=3000),
+       limit=st.integers(min_value=16, max_value=400))
+def test_property_chunks_fit_and_nothing_lost(text: str, limit: int) -> None:
+    chunks = split_message(text, limit)
+    assert all(len(c) <= limit for c in chunks)
+    # Every non-whitespace, non-backtick character survives, in order.
+    def core(s: str) -> str:
+        return "".join(ch for ch in s if ch not in " \n`")
+    assert core("".join(chunks)) == core(text)
+
+
+async def test_retry_after_honoured_then_success() -> None:
+    calls: list[int] = []
+    slept: list[float] = []
+
+    async def call() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RetryAfter(1.5)
+        return "ok"
+
+    async def sleep(d: float) -> None:
+        slept.append(d)
+
+    assert await send_with_retry(call, RetryPolicy(), what="t", sleep=sleep) == "ok"
+    assert slept == [1.5, 1.5]
+
+
+async def test_retry_after_over_cap_gives_up() -> None:
+    async def call() -> str:
+        raise RetryAfter(120)
+
+    async def sleep(d: float) -> None:
+        raise AssertionError("must not wait two minutes")
+
+    with pytest.raises(RetryAfter):
+        await send_with_retry(call, RetryPolicy(max_delay=60), what="t", sleep=sleep)
+
+
+async def test_5xx_retried_until_attempts_run_out() -> None:
+    calls: list[int] = []
+
+    async def call() -> str:
+        calls.append(1)
+        raise PlatformUnavailable("502")
+
+    async def sleep(d: float) -> None:
+        assert d <= 60
+
+    with pytest.raises(PlatformUnavailable):
+        await send_with_retry(call, RetryPolicy(attempts=4), what="t", sleep=sleep)
+    assert len(calls) == 4
+
+
+async def test_bad_request_not_retried() -> None:
+    calls: list[int] = []
+
+    async def call() -> str:
+        calls.append(1)
+        raise BadRequest("nope")
+
+    with pytest.raises(BadRequest):
+        await send_with_retry(call, RetryPolicy(), what="t")
+    assert len(calls) == 1
