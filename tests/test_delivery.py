@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onethread.bots.delivery import RetryPolicy, send_with_retry, split_message
+from onethread.platforms.delivery import RetryPolicy, send_with_retry, split_message
 from onethread.errors import BadRequest, PlatformUnavailable, RetryAfter
 
 

@@ -170,6 +170,8 @@ class Bot:
         task.add_done_callback(self._turns.discard)
 
     async def _handle(self, msg: Inbound) -> None:
+        # Nothing here awaits a real suspension before the turn lock is requested,
+        # so turns of one session run in arrival order (the lock is FIFO).
         try:
             reply: str | None = None
             if self.access is not None:

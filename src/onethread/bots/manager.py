@@ -237,18 +237,19 @@ class BotSessionManager:
         if not isinstance(text, str) or not text:
             raise ValueError("mirror text must be a non-empty string")
         meta = dict(metadata or {})
-        entry = HistoryEntry(
-            role="assistant",
-            content=text,
-            timestamp=time.time(),
-            platform=str(meta.get("platform", "")),
-            chat_id=str(meta.get("chat_id", "")),
-            mirror=True,
-            source=source,
-            metadata=meta,
-        )
         key = self.mirror_key(user_id)
         async with self.locks.hold(key):
+            # Stamped under the lock: a mirror that waited for a turn sorts after it.
+            entry = HistoryEntry(
+                role="assistant",
+                content=text,
+                timestamp=time.time(),
+                platform=str(meta.get("platform", "")),
+                chat_id=str(meta.get("chat_id", "")),
+                mirror=True,
+                source=source,
+                metadata=meta,
+            )
             await self.store.append(key, [entry])
 
     # -- reading and managing sessions ----------------------------------------

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
-from ..bots.delivery import RetryPolicy, send_with_retry, split_message
+from .delivery import RetryPolicy, send_with_retry, split_message
 from ..errors import FormattingRejected
 
 __all__ = ["Adapter", "Inbound", "OnInbound"]
