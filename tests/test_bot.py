@@ -7,8 +7,8 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import RecordingAgent
 
+from helpers import RecordingAgent
 from onethread._fake_adapter import FakeAdapter
 from onethread.bots import Bot, BotOS
 from onethread.bots.supervisor import Backoff
@@ -66,8 +66,9 @@ async def test_duplicate_message_id_answered_once(bot: Bot) -> None:
 
 async def test_group_needs_address_and_replies_in_thread(bot: Bot) -> None:
     await fake(bot).inject("chatter", user="1", chat_id="g", chat_type="group")
-    await fake(bot).inject("@bot hi", user="1", chat_id="g", chat_type="group",
-                           mentions_bot=True, thread_id="t9")
+    await fake(bot).inject(
+        "@bot hi", user="1", chat_id="g", chat_type="group", mentions_bot=True, thread_id="t9"
+    )
     [sent] = await fake(bot).wait_sent(1)
     assert sent.thread_id == "t9" and sent.chat_id == "g"
     await asyncio.sleep(0.05)
@@ -121,8 +122,7 @@ async def test_stop_drains_running_turns() -> None:
 
 async def test_stop_cancels_turns_past_the_drain_timeout() -> None:
     adapter = FakeAdapter("web")
-    b = Bot("web", RecordingAgent(delay=30), adapter=adapter, store="memory://",
-            drain_timeout=0.2)
+    b = Bot("web", RecordingAgent(delay=30), adapter=adapter, store="memory://", drain_timeout=0.2)
     task = await started(b)
     await adapter.inject("never finishes")
     await asyncio.sleep(0.05)
@@ -152,8 +152,13 @@ class FlakyAdapter(FakeAdapter):
 
 async def test_supervisor_restarts_after_failures() -> None:
     adapter = FlakyAdapter()
-    b = Bot("flaky", RecordingAgent(), adapter=adapter, store="memory://",
-            backoff=Backoff(base=0.01, cap=0.05))
+    b = Bot(
+        "flaky",
+        RecordingAgent(),
+        adapter=adapter,
+        store="memory://",
+        backoff=Backoff(base=0.01, cap=0.05),
+    )
     task = asyncio.create_task(b.start())
     for _ in range(200):
         if adapter.starts >= 3 and b.ready.is_set():
@@ -215,8 +220,9 @@ async def test_botos_one_conversation_for_a_linked_person() -> None:
 async def test_botos_keeps_serving_when_one_platform_is_fatal() -> None:
     good = FakeAdapter("discord")
     botos = BotOS(agent=RecordingAgent(), store="memory://")
-    botos.add_bot(Bot("telegram", botos.agent, adapter=BadTokenAdapter("telegram"),
-                      session=botos.session))
+    botos.add_bot(
+        Bot("telegram", botos.agent, adapter=BadTokenAdapter("telegram"), session=botos.session)
+    )
     botos.add_bot(Bot("discord", botos.agent, adapter=good, session=botos.session))
     task = asyncio.create_task(botos.start())
     await asyncio.wait_for(botos.bots["discord"].ready.wait(), 5)

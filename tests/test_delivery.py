@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onethread.platforms.delivery import RetryPolicy, send_with_retry, split_message
 from onethread.errors import BadRequest, PlatformUnavailable, RetryAfter
+from onethread.platforms.delivery import RetryPolicy, send_with_retry, split_message
 
 
 def _strip_fences(chunks: list[str]) -> str:
@@ -43,14 +43,18 @@ def test_code_fence_closed_and_reopened() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet=st.sampled_from(list("ab \n`")), max_size=3000),
-       limit=st.integers(min_value=16, max_value=400))
+@given(
+    text=st.text(alphabet=st.sampled_from(list("ab \n`")), max_size=3000),
+    limit=st.integers(min_value=16, max_value=400),
+)
 def test_property_chunks_fit_and_nothing_lost(text: str, limit: int) -> None:
     chunks = split_message(text, limit)
     assert all(len(c) <= limit for c in chunks)
+
     # Every non-whitespace, non-backtick character survives, in order.
     def core(s: str) -> str:
         return "".join(ch for ch in s if ch not in " \n`")
+
     assert core("".join(chunks)) == core(text)
 
 

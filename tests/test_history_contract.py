@@ -28,8 +28,18 @@ def e(content: str, ts: float, role: str = "user", **kw: object) -> HistoryEntry
 
 
 async def test_append_load_roundtrip_keeps_every_field(store: HistoryStore) -> None:
-    full = e("hi", 1.0, platform="telegram", chat_id="c", user_id="u", user_name="Al",
-             message_id="m1", mirror=True, source="cron", metadata={"job": "standup", "n": 2})
+    full = e(
+        "hi",
+        1.0,
+        platform="telegram",
+        chat_id="c",
+        user_id="u",
+        user_name="Al",
+        message_id="m1",
+        mirror=True,
+        source="cron",
+        metadata={"job": "standup", "n": 2},
+    )
     await store.append("k", [full, e("yo", 2.0, role="assistant")])
     got = await store.load("k")
     assert got[0] == full

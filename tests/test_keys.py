@@ -50,10 +50,13 @@ def test_bad_chat_type_and_missing_chat_id() -> None:
 ids = st.text(min_size=1, max_size=20)
 
 
-@given(platform=st.from_regex(r"[a-z0-9_-]{1,10}", fullmatch=True), user=ids,
-       unified=st.text(min_size=1, max_size=20).filter(lambda s: ":" not in s), chat=ids)
-def test_dm_and_group_keys_never_collide(platform: str, user: str, unified: str,
-                                         chat: str) -> None:
+@given(
+    platform=st.from_regex(r"[a-z0-9_-]{1,10}", fullmatch=True),
+    user=ids,
+    unified=st.text(min_size=1, max_size=20).filter(lambda s: ":" not in s),
+    chat=ids,
+)
+def test_dm_and_group_keys_never_collide(platform: str, user: str, unified: str, chat: str) -> None:
     dm_legacy = session_key(platform=platform, user_id=user)
     dm_unified = session_key(platform=platform, user_id=user, unified_user_id=unified)
     group = session_key(platform=platform, user_id=user, chat_type="group", chat_id=chat)

@@ -4,8 +4,8 @@ import asyncio
 import time
 
 import pytest
-from helpers import RecordingAgent
 
+from helpers import RecordingAgent
 from onethread.bots import BotSessionManager
 from onethread.bots.manager import APOLOGY
 from onethread.session import InMemoryIdentityResolver
@@ -60,8 +60,14 @@ async def test_linking_merges_legacy_history_once_in_time_order() -> None:
     await mgr.chat(agent, "9", "again", platform="discord")
     history, _, _ = agent.calls[-1]
     contents = [h.content for h in history]
-    assert contents == ["tg before link", "reply:tg before link", "dc before link",
-                        "reply:dc before link", "after link", "reply:after link"]
+    assert contents == [
+        "tg before link",
+        "reply:tg before link",
+        "dc before link",
+        "reply:dc before link",
+        "after link",
+        "reply:after link",
+    ]
     assert await mgr.store.load("bot_telegram_1") == []
     assert len(contents) == len(set(contents))
 
@@ -72,15 +78,28 @@ async def test_group_session_is_per_chat_and_thread_and_separate_from_dm() -> No
     mgr = manager(resolver)
     agent = RecordingAgent()
     await mgr.chat(agent, "U1", "dm secret", platform="slack", chat_id="D1")
-    await mgr.chat(agent, "U1", "in channel", platform="slack", chat_id="C1", chat_type="group",
-                   user_name="Alice")
+    await mgr.chat(
+        agent,
+        "U1",
+        "in channel",
+        platform="slack",
+        chat_id="C1",
+        chat_type="group",
+        user_name="Alice",
+    )
     history, _, _ = agent.calls[-1]
     assert history == []
-    await mgr.chat(agent, "U2", "thread msg", platform="slack", chat_id="C1", chat_type="group",
-                   thread_id="1.5")
+    await mgr.chat(
+        agent,
+        "U2",
+        "thread msg",
+        platform="slack",
+        chat_id="C1",
+        chat_type="group",
+        thread_id="1.5",
+    )
     assert agent.calls[-1][0] == []
-    await mgr.chat(agent, "U2", "channel again", platform="slack", chat_id="C1",
-                   chat_type="group")
+    await mgr.chat(agent, "U2", "channel again", platform="slack", chat_id="C1", chat_type="group")
     assert [h.content for h in agent.calls[-1][0]] == ["in channel", "reply:in channel"]
     await mgr.chat(agent, "U1", "back in dm", platform="slack", chat_id="D1")
     assert [h.content for h in agent.calls[-1][0]] == ["dm secret", "reply:dm secret"]
@@ -159,8 +178,11 @@ async def test_reset_export_forget() -> None:
     assert list(exported["sessions"]) == ["user:alice"]
     assert exported["sessions"]["user:alice"][0]["content"] == "hello"
     assert await mgr.forget("alice") == 2
-    assert await mgr.export("alice") == {**exported, "sessions": {},
-                                          "exported_at": pytest.approx(time.time(), abs=5)}
+    assert await mgr.export("alice") == {
+        **exported,
+        "sessions": {},
+        "exported_at": pytest.approx(time.time(), abs=5),
+    }
     await mgr.chat(agent, "1", "again", platform="telegram")
     assert await mgr.reset("1", platform="telegram") == 2
 

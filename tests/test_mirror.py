@@ -6,7 +6,6 @@ import time
 from collections.abc import Sequence
 
 from helpers import RecordingAgent
-
 from onethread.bots import BotSessionManager, amirror_to_session, mirror_to_session
 from onethread.session import InMemoryIdentityResolver
 from onethread.session.history.base import HistoryEntry

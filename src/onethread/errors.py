@@ -65,7 +65,9 @@ class MissingDependencyError(ConfigError):
         self.what = what
         self.extra = extra
         self.install_hint = f'pip install "onethread[{extra}]"'
-        super().__init__(f"{what} needs an optional dependency; install it with: {self.install_hint}")
+        super().__init__(
+            f"{what} needs an optional dependency; install it with: {self.install_hint}"
+        )
 
 
 class StoreError(OnethreadError):

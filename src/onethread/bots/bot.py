@@ -82,7 +82,8 @@ class Bot:
         self._session = session
         adapter: Adapter | None = own.get("adapter")
         if adapter is None:
-            adapter = load_adapter_class(self.platform)(token=token, **options)
+            adapter_cls: Any = load_adapter_class(self.platform)  # subclasses take token=
+            adapter = adapter_cls(token=token, **options)
         elif options or token is not None:
             raise TypeError(f"adapter options {sorted(options)} given with a ready adapter")
         self.adapter = adapter

@@ -70,8 +70,13 @@ class BotOS:
             per_platform = {name: {} for name in platforms}
         for name, platform_options in per_platform.items():
             self.add_bot(
-                Bot(name, self.agent, session=session, gate=self._gate,
-                    **{**options, **platform_options})  # fmt: skip
+                Bot(
+                    name,
+                    self.agent,
+                    session=session,
+                    gate=self._gate,
+                    **{**options, **platform_options},
+                )  # fmt: skip
             )
         for bot in bots or ():
             self.add_bot(bot)
@@ -108,7 +113,7 @@ class BotOS:
         self._tasks = {name: asyncio.create_task(bot.start()) for name, bot in self.bots.items()}
         stop_wait = asyncio.create_task(self._stopping.wait())
         try:
-            pending = set(self._tasks.values())
+            pending: set[asyncio.Task[Any]] = set(self._tasks.values())
             while pending and not self._stopping.is_set():
                 done, pending = await asyncio.wait(
                     pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED

@@ -94,7 +94,7 @@ class BotSessionManager:
         self.loop = asyncio.get_running_loop()
 
     def resolve(self, platform: str, user_id: str) -> str | None:
-        """The sender's unified id, ``platform:user_id`` when unlinked, ``None`` with no resolver."""
+        """The sender's unified id (``platform:user_id`` if unlinked); ``None`` with no resolver."""
         if self.identity_resolver is None:
             return None
         return self.identity_resolver.resolve(platform, user_id)
@@ -279,7 +279,7 @@ class BotSessionManager:
         chat_type: str = DM,
         thread_id: str = "",
     ) -> int:
-        """Start this session afresh (for a linked person: on every platform). Returns entries removed."""
+        """Start this session afresh (a linked person: everywhere). Returns entries removed."""
         key = self.key_for(
             user_id, platform=platform, chat_id=chat_id, chat_type=chat_type, thread_id=thread_id
         )

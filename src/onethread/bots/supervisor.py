@@ -90,15 +90,15 @@ async def supervise(
         if stopping.is_set():
             return
         ready.clear()
-        exc = failure.result()
-        if isinstance(exc, PlatformAuthError | ConfigError):
+        error = failure.result()
+        if isinstance(error, PlatformAuthError | ConfigError):
             await _stop_adapter(adapter)
-            raise exc
+            raise error
         if loop.time() - started > policy.healthy_after:
             attempt = 0
         attempt += 1
         delay = policy.delay(attempt)
-        log.warning("%s: connection lost (%s); restarting in %.1fs", adapter.name, exc, delay)
+        log.warning("%s: connection lost (%s); restarting in %.1fs", adapter.name, error, delay)
         await _stop_adapter(adapter)
         adapter.reset_failure()
         await _wait_or_stop(delay, stopping)

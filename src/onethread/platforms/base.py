@@ -28,8 +28,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
-from .delivery import RetryPolicy, send_with_retry, split_message
 from ..errors import FormattingRejected
+from .delivery import RetryPolicy, send_with_retry, split_message
 
 __all__ = ["Adapter", "Inbound", "OnInbound"]
 

@@ -1,0 +1,27 @@
+"""The agent layer: instructions + tools + a model client, stateless per turn.
+
+Platform-free: nothing here imports ``onethread.bots`` or ``onethread.platforms``,
+and the ``openai`` SDK is imported only when a model is first called.
+"""
+
+from __future__ import annotations
+
+from .agent import Agent
+from .messages import build_messages
+from .models import ModelClient, ModelReply, ToolCall, TurnModel
+from .models_offline import OfflineModel
+from .models_openai import OpenAIModel
+from .tools import Tool, tool_from_function
+
+__all__ = [
+    "Agent",
+    "ModelClient",
+    "ModelReply",
+    "OfflineModel",
+    "OpenAIModel",
+    "Tool",
+    "ToolCall",
+    "TurnModel",
+    "build_messages",
+    "tool_from_function",
+]

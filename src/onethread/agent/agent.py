@@ -1,0 +1,162 @@
+"""The Agent: instructions + tools + a model client, stateless per turn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from ..errors import ConfigError, ModelError
+from ..session.history.base import HistoryEntry
+from .messages import build_messages
+from .models import ModelClient, ToolCall, TurnModel
+from .models_offline import OfflineModel
+from .models_openai import OpenAIModel
+from .tools import Tool, run_tool_call, tool_from_function
+
+__all__ = ["Agent"]
+
+logger = logging.getLogger("onethread.agent")
+
+_WRAP_UP = (
+    "(The tool budget for this message is used up. Answer now with what you have, "
+    "without calling tools.)"
+)
+
+
+class Agent:
+    """An AI agent: instructions, tools and a model, shared by every user and platform.
+
+    ``model`` picks the language model:
+
+    - ``None``: ``ONETHREAD_MODEL`` (read now) on the OpenAI-compatible endpoint
+      if ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set; otherwise
+      :class:`OfflineModel`, which says plainly that no model is configured.
+    - a ``str``: that model name on the OpenAI-compatible endpoint; raises
+      ``ConfigError`` now if neither ``OPENAI_API_KEY`` nor ``OPENAI_BASE_URL``
+      is set.
+    - a :class:`ModelClient` instance: used as is (see ``onethread.testing``).
+
+    ``tools`` are plain sync or async functions (or :class:`Tool` objects); a
+    definition the schema cannot describe raises ``TypeError`` here.
+    ``timeout`` applies to models built from a name. The agent holds no
+    conversation state, so one instance serves any number of concurrent turns.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        instructions: str = "",
+        tools: Sequence[Callable[..., Any] | Tool] = (),
+        model: str | ModelClient | None = None,
+        *,
+        max_tool_rounds: int = 8,
+        timeout: float = 60.0,
+    ) -> None:
+        if max_tool_rounds < 0:
+            raise ConfigError(f"max_tool_rounds must be 0 or more, got {max_tool_rounds}")
+        self.name = name
+        self.instructions = instructions
+        self.max_tool_rounds = max_tool_rounds
+        if callable(tools) or isinstance(tools, str):
+            raise TypeError(f"agent {name!r}: tools must be a list of functions, e.g. tools=[f]")
+        self.tools: dict[str, Tool] = {}
+        for item in tools:
+            tool = item if isinstance(item, Tool) else tool_from_function(item)
+            if tool.name in self.tools:
+                raise TypeError(f"agent {name!r}: two tools are named {tool.name!r}")
+            self.tools[tool.name] = tool
+        self._schemas = [tool.schema() for tool in self.tools.values()]
+        self.model: ModelClient | TurnModel = _resolve_model(model, timeout=timeout)
+        # Checked once: isinstance against a Protocol is slow, respond() is hot.
+        self._turn_model = self.model if isinstance(self.model, TurnModel) else None
+
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r}, tools={list(self.tools)!r}, model={self.model!r})"
+
+    async def respond(
+        self,
+        history: Sequence[HistoryEntry],
+        message: HistoryEntry | str,
+        *,
+        group: bool = False,
+    ) -> str:
+        """Answer ``message`` given the earlier ``history`` (oldest first); return the reply text.
+
+        Runs the tool loop: up to ``max_tool_rounds`` rounds of tool calls, then
+        one last request without tools for the final answer. Tools run in this
+        task (async) or a worker thread with the context copied (sync), so they
+        see the caller's session context. Tool failures go back to the model,
+        never up. Raises :class:`~onethread.errors.ModelError` when the model
+        fails or answers with nothing; the caller turns that into an apology.
+        A ``str`` message is taken as a user message with no metadata.
+        """
+        if isinstance(message, str):
+            message = HistoryEntry(role="user", content=message, timestamp=time.time())
+        if self._turn_model is not None:
+            return await self._turn_model.reply(history, message, group=group)
+        model = cast(ModelClient, self.model)  # not a TurnModel, so a ModelClient
+        messages = build_messages(self.instructions, history, message, group=group)
+        for _ in range(self.max_tool_rounds + 1):
+            reply = await model.complete(messages, self._schemas)
+            if not reply.tool_calls:
+                return _final(reply.content)
+            messages.append(_assistant_message(reply.content, reply.tool_calls))
+            for call in reply.tool_calls:
+                result = await run_tool_call(self.tools, call)
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        logger.info("agent %s: tool budget of %d rounds used up", self.name, self.max_tool_rounds)
+        messages.append({"role": "user", "content": _WRAP_UP})
+        reply = await model.complete(messages, [])
+        return _final(reply.content)
+
+    async def aclose(self) -> None:
+        """Release the model client's connections, if it holds any."""
+        close = getattr(self.model, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _resolve_model(model: str | ModelClient | None, *, timeout: float) -> ModelClient | TurnModel:
+    if isinstance(model, str):
+        return OpenAIModel(model, timeout=timeout)
+    if model is None:
+        name = os.environ.get("ONETHREAD_MODEL", "").strip()
+        if not name:
+            return OfflineModel()
+        if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+            return OpenAIModel(name, timeout=timeout)
+        logger.warning(
+            "ONETHREAD_MODEL=%s is set but neither OPENAI_API_KEY nor OPENAI_BASE_URL is; "
+            "running the offline model",
+            name,
+        )
+        return OfflineModel(
+            f"ONETHREAD_MODEL is set to {name!r}, but no endpoint is configured, "
+            "so this is an automatic reply."
+        )
+    if isinstance(model, ModelClient | TurnModel):
+        return model
+    raise TypeError(
+        f"model must be a model name, a ModelClient (with async complete()) or None, "
+        f"not {type(model).__name__}"
+    )
+
+
+def _assistant_message(content: str, calls: list[ToolCall]) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": content or None,
+        "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in calls
+        ],
+    }
+
+
+def _final(content: str) -> str:
+    if not content.strip():
+        raise ModelError("the model returned an empty reply")
+    return content

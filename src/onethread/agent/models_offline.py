@@ -1,0 +1,67 @@
+"""The model used when none is configured: says so plainly, and shows it remembers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..session.history.base import HistoryEntry
+from .models import ModelReply
+
+__all__ = ["OfflineModel"]
+
+_QUOTE_LIMIT = 200
+_HOW_TO = (
+    "To use a language model, set ONETHREAD_MODEL to a model name (for example gpt-4o-mini) "
+    "and OPENAI_API_KEY, or OPENAI_BASE_URL for a local OpenAI-compatible server."
+)
+
+
+class OfflineModel:
+    """Answers without any language model: a plain notice, a quote, and the memory it holds.
+
+    The reply never pretends to be an AI answer. It quotes the user's message,
+    says how many earlier messages the conversation holds and from which
+    platforms, and how to configure a model. No I/O and no waiting, so it is
+    also fit for benchmarks. ``reason`` (optional) replaces the first sentence,
+    e.g. to say that ``ONETHREAD_MODEL`` is set but no endpoint is.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason or "No language model is configured, so this is an automatic reply."
+
+    async def reply(
+        self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
+    ) -> str:
+        """The offline reply to ``message``, given the earlier ``history`` entries."""
+        platforms: list[str] = []
+        for entry in history:
+            if entry.platform and entry.platform not in platforms:
+                platforms.append(entry.platform)
+        return self._text(message.content, len(history), platforms)
+
+    async def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> ModelReply:
+        """The offline reply from chat messages alone (platforms are unknown there)."""
+        turns = [m for m in messages if m.get("role") in ("user", "assistant")]
+        last = str(turns[-1].get("content") or "") if turns else ""
+        return ModelReply(self._text(last, max(len(turns) - 1, 0), []))
+
+    def _text(self, said: str, earlier: int, platforms: list[str]) -> str:
+        quote = " ".join(said.split())
+        if len(quote) > _QUOTE_LIMIT:
+            quote = quote[: _QUOTE_LIMIT - 1].rstrip() + "…"
+        if earlier == 0:
+            memory = "This is the start of our conversation: I hold no earlier messages."
+        else:
+            noun = "message" if earlier == 1 else "messages"
+            memory = f"I remember this conversation: {earlier} earlier {noun}"
+            memory += f" from {_join(platforms)}." if platforms else "."
+        return f'{self.reason}\nYou said: "{quote}"\n{memory}\n{_HOW_TO}'
+
+
+def _join(items: list[str]) -> str:
+    if len(items) <= 2:
+        return " and ".join(items)
+    return ", ".join(items[:-1]) + f" and {items[-1]}"

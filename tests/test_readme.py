@@ -1,0 +1,52 @@
+"""The README's examples run as written (the seed's examples, onethread imports)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from onethread.bots import BotSessionManager
+from readme_examples import examples, run_example, run_plain_example
+
+
+def test_every_seed_example_is_in_the_readme() -> None:
+    assert {
+        "botos-run",
+        "botos-start",
+        "bot-start",
+        "in-memory",
+        "whoami-tool",
+        "set-context",
+        "mirror",
+        "custom-resolver",
+    } <= set(examples())
+
+
+async def test_whoami_tool_example() -> None:
+    from onethread.session import clear_session_context, set_session_context
+
+    ns: dict[str, object] = {}
+    await run_example("whoami-tool", ns)
+    token = set_session_context(platform="discord", user_id="snowflake-1", user_name="Alice")
+    try:
+        assert ns["whoami"]() == "You are Alice on discord"  # type: ignore[operator]
+    finally:
+        clear_session_context(token)
+
+
+async def test_set_context_example() -> None:
+    await run_example("set-context", {})
+
+
+async def test_custom_resolver_example() -> None:
+    ns: dict[str, object] = {}
+    await run_example("custom-resolver", ns)
+    assert isinstance(ns["session"], BotSessionManager)
+
+
+def test_mirror_example_from_plain_code(_isolated_env: Path) -> None:
+    ns: dict[str, object] = {}
+    run_plain_example("mirror", ns)
+    bot = ns["bot"]
+    entries = asyncio.run(bot._session.store.load("user:alice"))  # type: ignore[attr-defined]
+    assert entries[-1].source == "cron" and entries[-1].mirror
