@@ -106,7 +106,9 @@ class SQLiteHistoryStore:
             conn.executescript(_SCHEMA)
             found = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise CorruptStoreError(str(self.path), f"not a readable SQLite database ({exc})") from exc
+            raise CorruptStoreError(
+                str(self.path), f"not a readable SQLite database ({exc})"
+            ) from exc
         if found is None:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         elif found > SCHEMA_VERSION:
@@ -165,11 +167,15 @@ class SQLiteHistoryStore:
         return int(row.fetchone()[0])
 
     def _sessions(self, limit: int) -> list[SessionSummary]:
-        rows = self._connect().execute(
-            "SELECT key, count(*), max(ts), group_concat(DISTINCT platform) FROM entries "
-            "GROUP BY key ORDER BY max(ts) DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
+        rows = (
+            self._connect()
+            .execute(
+                "SELECT key, count(*), max(ts), group_concat(DISTINCT platform) FROM entries "
+                "GROUP BY key ORDER BY max(ts) DESC LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
         return [
             SessionSummary(
                 key=k,
