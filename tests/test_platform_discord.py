@@ -14,8 +14,8 @@ import aiohttp
 import discord
 import pytest
 from discord.state import ConnectionState
-from fake_discord import MESSAGE_CONTENT_INTENT, FakeDiscord
 
+from fake_discord import MESSAGE_CONTENT_INTENT, FakeDiscord
 from onethread.errors import (
     BadRequest,
     ConfigError,
@@ -216,7 +216,11 @@ async def test_guild_messages_mention_and_plain(fake: FakeDiscord, make: Any) ->
     adapter, inbox = await make(fake)
     await fake.inject_guild_message(fake.general_id, 43, "just chatting", username="Bob")
     plain = await inbox.next()
-    assert (plain.chat_id, plain.chat_type, plain.chat_name) == (fake.general_id, "group", "general")
+    assert (plain.chat_id, plain.chat_type, plain.chat_name) == (
+        fake.general_id,
+        "group",
+        "general",
+    )
     assert (plain.user_id, plain.user_name, plain.thread_id) == ("43", "Bob", "")
     assert plain.mentions_bot is False
     await fake.inject_guild_message(fake.general_id, 43, "are you there?", mention_bot=True)
@@ -254,7 +258,10 @@ async def test_thread_unknown_to_the_cache_is_fetched(fake: FakeDiscord, make: A
     got = await inbox.next()
     assert (got.chat_id, got.chat_type) == (fake.random_id, "group")
     assert got.thread_id != ""
-    assert f"/channels/{got.thread_id}" in [r.path for r in fake.requests]
+    await fake.inject_guild_message(fake.random_id, 43, "again", thread_id=got.thread_id)
+    assert (await inbox.next()).thread_id == got.thread_id
+    fetches = [r.path for r in fake.requests if r.path == f"/channels/{got.thread_id}"]
+    assert len(fetches) == 1  # remembered after the first fetch
 
 
 async def test_announcement_channel_is_a_channel(fake: FakeDiscord, make: Any) -> None:
@@ -397,7 +404,7 @@ async def test_server_errors_are_retried(fake: FakeDiscord, make: Any) -> None:
 
 
 async def _revoke(server: FakeDiscord) -> str:
-    server.revoke_token()
+    server.revoke_token(close_gateway=False)
     return server.general_id
 
 

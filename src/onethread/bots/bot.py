@@ -17,8 +17,9 @@ from ..session.locks import LocalDuplicateFilter
 from ..session.validation import validate_platform
 from .commands import CommandRouter
 from .gate import Gate, Verdict
+from .linking import LinkFlow
 from .manager import BotSessionManager, Responder
-from .policy import AccessPolicy
+from .policy import AccessPolicy, default_policy
 from .supervisor import Backoff, supervise
 
 __all__ = ["Bot", "run_until_signal"]
@@ -26,7 +27,7 @@ __all__ = ["Bot", "run_until_signal"]
 log = logging.getLogger("onethread.bot")
 
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
-                "drain_timeout", "access", "commands")  # fmt: skip
+                "drain_timeout", "access", "owners", "commands", "pairing")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -48,8 +49,11 @@ class Bot:
         **options: ``store`` (history store or URL), ``max_history``,
             ``session`` (a shared ``BotSessionManager``), ``adapter`` (an
             adapter instance, e.g. ``onethread.testing.FakeAdapter``),
-            ``drain_timeout`` (seconds running turns get at stop, default 10);
-            anything else goes to the platform adapter (e.g. ``base_url``).
+            ``drain_timeout`` (seconds running turns get at stop, default 10),
+            ``access`` (an ``AccessPolicy``; default per ``default_policy``),
+            ``owners`` (owner user ids on this platform), ``pairing`` (a
+            ``PairingStore`` for /link and approval codes); anything else
+            goes to the platform adapter (e.g. ``base_url``).
 
     ``await start()`` runs until ``stop()``; ``run()`` is the blocking form that
     stops cleanly on SIGINT/SIGTERM. A lost connection is restarted with
@@ -88,8 +92,12 @@ class Bot:
             raise TypeError(f"adapter options {sorted(options)} given with a ready adapter")
         self.adapter = adapter
         self._gate: Gate = own.get("gate") or Gate(LocalDuplicateFilter())
-        self.access: AccessPolicy | None = own.get("access")
-        self._commands: CommandRouter = own.get("commands") or CommandRouter(self._session)
+        self.access: AccessPolicy = own.get("access") or default_policy(
+            self.platform, owners=own.get("owners", ()), store=own.get("pairing")
+        )
+        self._commands: CommandRouter = own.get("commands") or CommandRouter(
+            self._session, extra={"link": LinkFlow(self._session, own.get("pairing"))}
+        )
         self._backoff: Backoff = own.get("backoff") or Backoff()
         self.drain_timeout: float = float(own.get("drain_timeout", 10.0))
         self._turns: set[asyncio.Task[None]] = set()  # touched on the loop thread only
@@ -174,13 +182,11 @@ class Bot:
         # Nothing here awaits a real suspension before the turn lock is requested,
         # so turns of one session run in arrival order (the lock is FIFO).
         try:
-            reply: str | None = None
-            if self.access is not None:
-                reply = await self.access.check(msg)
-                if reply is not None:
-                    if reply:
-                        await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
-                    return
+            reply = await self.access.check(msg)
+            if reply is not None:  # refused: at most one short reply, never the agent
+                if reply:
+                    await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
+                return
             reply = await self._commands.handle(msg)
             if reply is None:
                 async with self.adapter.typing(msg.chat_id, msg.thread_id):

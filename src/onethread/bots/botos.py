@@ -10,8 +10,11 @@ from typing import Any
 from ..errors import ConfigError, RecipientUnknown
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
+from ..session.pairing import PairingStore
 from .bot import Bot, _default_agent, run_until_signal
+from .commands import CommandRouter
 from .gate import Gate
+from .linking import LinkFlow
 from .manager import BotSessionManager, Responder
 
 __all__ = ["BotOS"]
@@ -33,8 +36,10 @@ class BotOS:
         bots: ready ``Bot`` objects to add (they are re-pointed at the shared
             session only if they were built without one).
         **options: ``store``, ``max_history`` for the shared session manager
-            (or ``session`` for a ready one); the rest is given to every
-            platform's Bot (e.g. ``drain_timeout``, ``backoff``).
+            (or ``session`` for a ready one); ``access`` (one ``AccessPolicy``
+            or a mapping platform -> policy), ``owners`` (platform -> owner
+            ids), ``pairing`` (a ``PairingStore`` for /link and approvals);
+            the rest is given to every platform's Bot (e.g. ``drain_timeout``).
 
     One platform failing is restarted with backoff by its own supervisor and
     never stops the others; a platform with bad credentials is logged as fatal
@@ -60,6 +65,11 @@ class BotOS:
             )
         self._session = session
         self._gate = Gate(LocalDuplicateFilter())
+        self.pairing: PairingStore | None = options.pop("pairing", None)
+        self.link_flow = LinkFlow(session, self.pairing, notify=self._send_to)
+        self.commands = CommandRouter(session, extra={"link": self.link_flow})
+        access = options.pop("access", None)
+        owners: Mapping[str, Iterable[str]] = options.pop("owners", None) or {}
         self.bots: dict[str, Bot] = {}
         per_platform: Mapping[str, Mapping[str, Any]]
         if platforms is None:
@@ -69,15 +79,20 @@ class BotOS:
         else:
             per_platform = {name: {} for name in platforms}
         for name, platform_options in per_platform.items():
-            self.add_bot(
-                Bot(
-                    name,
-                    self.agent,
-                    session=session,
-                    gate=self._gate,
-                    **{**options, **platform_options},
-                )  # fmt: skip
+            policy = access.get(name) if isinstance(access, Mapping) else access
+            bot_options: dict[str, Any] = {**options, **platform_options}
+            if policy is not None:
+                bot_options["access"] = policy
+            bot = Bot(
+                name,
+                self.agent,
+                session=session,
+                gate=self._gate,
+                owners=owners.get(name, ()),
+                pairing=self.pairing,
+                **bot_options,
             )
+            self.add_bot(bot)
         for bot in bots or ():
             self.add_bot(bot)
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -98,7 +113,14 @@ class BotOS:
                 f"the {bot.platform} bot has its own session manager; build it with "
                 "session=botos.session so every platform shares one history"
             )
+        bot._commands = self.commands  # /link across platforms needs the shared flow
         self.bots[bot.platform] = bot
+
+    async def _send_to(self, platform: str, chat_id: str, text: str) -> None:
+        """Deliver ``text`` on ``platform`` (the /link confirmation to the other account)."""
+        bot = self.bots.get(platform)
+        if bot is not None:
+            await bot.send(chat_id, text)
 
     async def start(self) -> None:
         """Start every bot and serve until :meth:`stop`.

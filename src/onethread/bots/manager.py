@@ -119,7 +119,7 @@ class BotSessionManager:
             unified_user_id=unified,
         )
 
-    async def _merge_legacy(self, platform: str, user_id: str, unified: str) -> None:
+    async def merge_legacy(self, platform: str, user_id: str, unified: str) -> None:
         """Move the account's pre-link DM history into the person's session, once."""
         marker = (platform, user_id, unified)
         if marker in self._merged:
@@ -168,7 +168,7 @@ class BotSessionManager:
             unified_user_id=None if group else unified,
         )
         if not group and unified is not None and key.startswith("user:"):
-            await self._merge_legacy(platform, user_id, unified)
+            await self.merge_legacy(platform, user_id, unified)
         ctx = SessionContext(
             platform=platform,
             chat_id=chat_id,

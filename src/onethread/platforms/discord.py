@@ -1,0 +1,484 @@
+"""Discord adapter, on discord.py 2.x (REST + Gateway).
+
+Credentials: ``token`` or ``DISCORD_BOT_TOKEN``. Endpoints: ``base_url`` or
+``DISCORD_API_BASE_URL`` (the REST root, e.g. ``http://127.0.0.1:PORT/api/v10``)
+and ``gateway_url`` or ``DISCORD_GATEWAY_URL`` (``ws://127.0.0.1:PORT/gateway``).
+With only the REST root overridden, the gateway URL is asked from that endpoint
+(``GET /gateway/bot``). The overrides are per client: this module never touches
+discord.py's process-wide ``Route.BASE`` or ``DiscordWebSocket.DEFAULT_GATEWAY``;
+a small ``HTTPClient`` subclass rewrites the URLs of its own requests, so several
+adapters in one process may talk to different endpoints.
+
+Behaviour a caller should know:
+
+- ``start()`` logs in (``GET /users/@me``; a refused token raises
+  ``PlatformAuthError``) and returns once the gateway sent READY. The gateway
+  task then belongs to discord.py, which reconnects by itself (RESUME, or a new
+  IDENTIFY) after drops, RECONNECT and invalid sessions, with its own backoff.
+  Only a close it cannot recover from (bad token 4004, disallowed intents 4014,
+  other fatal codes) ends the task; that is reported with ``report_failure``.
+- The client asks for the privileged Message Content intent. If the developer
+  portal does not grant it, the gateway refuses the IDENTIFY and ``start()``
+  raises ``PlatformAuthError`` saying how to enable it; messages that arrive with
+  their content withheld log the same advice once.
+- Rate limits: discord.py waits out 429s itself (per bucket, up to 5 tries per
+  request) and retries 500/502/504 itself. What still fails reaches
+  ``map_discord_errors``: ``RetryAfter`` (``retry_after`` from the 429 body),
+  ``PlatformUnavailable`` (5xx, network), ``BadRequest`` (403 missing
+  permission, 404, 400), ``PlatformAuthError`` (401). Waits longer than the
+  retry policy's ``max_delay`` (at least 30 s, discord.py's floor) are not slept
+  by discord.py but raised as ``RetryAfter``.
+- Discord renders Markdown on the client and never rejects it, so
+  ``FormattingRejected`` is never raised; ``formatted=False`` sends the text
+  with Markdown escaped.
+- Chats: a DM is ``"dm"``; a guild text, voice or forum channel is ``"group"``;
+  an announcement channel is ``"channel"``. A message in a thread has
+  ``chat_id`` = the parent channel and ``thread_id`` = the thread; replies go
+  into the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import aiohttp
+import discord
+import yarl
+from discord.gateway import DiscordWebSocket
+from discord.http import HTTPClient, Route
+
+from ..errors import (
+    BadRequest,
+    ConfigError,
+    ConnectionLost,
+    PlatformAuthError,
+    PlatformError,
+    PlatformUnavailable,
+    RetryAfter,
+)
+from .base import Adapter, Inbound, OnInbound
+from .delivery import RetryPolicy
+
+__all__ = ["DiscordAdapter", "map_discord_errors", "normalize_message"]
+
+log = logging.getLogger("onethread.platforms.discord")
+
+PLATFORM = "discord"
+TOKEN_ENV = "DISCORD_BOT_TOKEN"
+API_ENV = "DISCORD_API_BASE_URL"
+GATEWAY_ENV = "DISCORD_GATEWAY_URL"
+_OPTIONS = ("token", "base_url", "gateway_url", "start_timeout", "retry_policy")
+INTENT_HELP = (
+    "enable the Message Content intent for this bot in the Discord developer portal "
+    "(Applications -> your app -> Bot -> Privileged Gateway Intents -> Message Content Intent)"
+)
+_TEXT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+_ALLOWED_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=True)
+
+
+@contextlib.asynccontextmanager
+async def map_discord_errors() -> AsyncIterator[None]:
+    """Translate discord.py and aiohttp errors raised in the block into ``onethread.errors``.
+
+    Async because a 429's ``retry_after`` is read from the (already received)
+    JSON body. Every translation chains the original with ``raise ... from``.
+    """
+    try:
+        yield
+    except discord.LoginFailure as exc:
+        raise PlatformAuthError(f"the bot token was refused ({exc})", platform=PLATFORM) from exc
+    except discord.PrivilegedIntentsRequired as exc:
+        raise PlatformAuthError(
+            f"the gateway refused the Message Content intent; {INTENT_HELP}", platform=PLATFORM
+        ) from exc
+    except discord.RateLimited as exc:
+        raise RetryAfter(exc.retry_after, platform=PLATFORM) from exc
+    except discord.HTTPException as exc:
+        what = f"HTTP {exc.status} (code {exc.code}): {exc.text}"
+        if exc.status == 401:
+            raise PlatformAuthError(f"token refused: {what}", platform=PLATFORM) from exc
+        if exc.status == 429:
+            retry_after = 1.0
+            response = exc.response
+            if isinstance(response, aiohttp.ClientResponse):
+                # discord.py has read the body already; json() returns the cached copy.
+                with contextlib.suppress(aiohttp.ClientError, ValueError, KeyError, TypeError):
+                    retry_after = float((await response.json(content_type=None))["retry_after"])
+            raise RetryAfter(retry_after, platform=PLATFORM) from exc
+        if exc.status >= 500:
+            raise PlatformUnavailable(what, platform=PLATFORM) from exc
+        if isinstance(exc, discord.Forbidden):
+            raise BadRequest(f"no permission: {what}", platform=PLATFORM) from exc
+        raise BadRequest(what, platform=PLATFORM) from exc
+    except discord.ConnectionClosed as exc:
+        if exc.code == 4004:
+            raise PlatformAuthError("gateway refused the token (4004)", platform=PLATFORM) from exc
+        if exc.code == 4014:
+            raise PlatformAuthError(
+                f"the gateway refused the Message Content intent (4014); {INTENT_HELP}",
+                platform=PLATFORM,
+            ) from exc
+        raise ConnectionLost(
+            f"the gateway closed the connection ({exc.code}: {exc.reason})", platform=PLATFORM
+        ) from exc
+    except discord.GatewayNotFound as exc:
+        raise PlatformUnavailable("could not fetch the gateway URL", platform=PLATFORM) from exc
+    except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError
+        raise PlatformUnavailable(f"network error: {exc!r}", platform=PLATFORM) from exc
+
+
+def normalize_message(
+    message: discord.Message, *, bot_id: int | str, channel: object | None = None
+) -> Inbound | None:
+    """Turn a discord.py ``Message`` into an ``Inbound``; ``None`` for anything else.
+
+    ``channel`` overrides ``message.channel`` (the adapter passes the fetched
+    channel when discord.py only had a ``PartialMessageable``). System messages
+    (joins, pins, thread notices) and messages without text (attachments only,
+    or content withheld without the Message Content intent) give ``None``. A
+    leading mention of the bot is removed from the text, so ``@bot /help`` reads
+    ``/help``. No filtering beyond that: own and bot messages are marked, not dropped.
+    """
+    if message.type not in _TEXT_TYPES:
+        return None
+    bot = int(bot_id)
+    where: object = message.channel if channel is None else channel
+    author = message.author
+    text = re.sub(rf"^\s*<@!?{bot}>\s*", "", message.content)
+    if not text.strip():
+        return None
+    chat_id = str(getattr(where, "id", message.channel.id))
+    thread_id = ""
+    chat_type = "group"
+    chat_name = str(getattr(where, "name", "") or "")
+    if isinstance(where, discord.Thread):
+        thread_id, chat_id = str(where.id), str(where.parent_id)
+        parent = where.parent
+        chat_name = parent.name if parent is not None else ""
+    elif isinstance(where, discord.DMChannel):
+        chat_type, chat_name = "dm", author.display_name
+    elif isinstance(where, discord.TextChannel) and where.is_news():
+        chat_type = "channel"
+    elif isinstance(where, discord.PartialMessageable) and where.guild_id is None:
+        chat_type, chat_name = "dm", author.display_name
+    ref = message.reference
+    resolved = ref.resolved if ref is not None else None
+    mentions_bot = (
+        chat_type == "dm"
+        or any(user.id == bot for user in message.mentions)
+        or bot in message.raw_mentions
+        or (isinstance(resolved, discord.Message) and resolved.author.id == bot)
+        or text.lstrip().startswith("/")
+    )
+    return Inbound(
+        platform=PLATFORM,
+        chat_id=chat_id,
+        chat_type=chat_type,
+        chat_name=chat_name,
+        thread_id=thread_id,
+        user_id=str(author.id),
+        user_name=author.display_name,
+        message_id=str(message.id),
+        text=text,
+        mentions_bot=mentions_bot,
+        from_bot=author.bot,
+        from_self=author.id == bot,
+        raw=message,
+    )
+
+
+class _EndpointHTTPClient(HTTPClient):
+    """discord.py's HTTP client, pointed at another REST root and gateway (per client)."""
+
+    def __init__(
+        self,
+        loop: Any,
+        *,
+        api_base: str | None,
+        gateway_url: str | None,
+        max_ratelimit_timeout: float | None,
+    ) -> None:
+        super().__init__(loop, max_ratelimit_timeout=max_ratelimit_timeout)
+        self.api_base = api_base.rstrip("/") if api_base else None
+        self.gateway_url = gateway_url
+
+    async def request(self, route: Route, **kwargs: Any) -> Any:
+        """Send ``route``, rewritten from discord.com to ``api_base`` when one is set."""
+        if self.api_base is not None and route.url.startswith(Route.BASE):
+            route.url = self.api_base + route.url[len(Route.BASE) :]
+        return await super().request(route, **kwargs)
+
+    async def ws_connect(self, url: str, *, compress: int = 0) -> aiohttp.ClientWebSocketResponse:
+        """Open the gateway socket, at ``gateway_url`` instead of Discord's default one."""
+        target = yarl.URL(url)
+        if self.gateway_url is not None and target.host == DiscordWebSocket.DEFAULT_GATEWAY.host:
+            url = str(yarl.URL(self.gateway_url).with_query(target.query))
+        return await super().ws_connect(url, compress=compress)
+
+
+class _Client(discord.Client):
+    """A discord.Client wired to one adapter, with the per-client endpoint override."""
+
+    http: _EndpointHTTPClient
+
+    def __init__(self, adapter: DiscordAdapter, intents: discord.Intents) -> None:
+        timeout = adapter.retry_policy.max_delay
+        super().__init__(intents=intents, max_ratelimit_timeout=timeout)
+        self.http = _EndpointHTTPClient(
+            self.loop,
+            api_base=adapter.base_url,
+            gateway_url=adapter.gateway_url,
+            max_ratelimit_timeout=timeout,
+        )
+        self._connection.http = self.http
+        self.adapter = adapter
+        self.connected = asyncio.Event()
+
+    async def on_connect(self) -> None:
+        """READY arrived: the session is up."""
+        self.connected.set()
+
+    async def on_resumed(self) -> None:
+        """A dropped session was resumed by discord.py."""
+        log.info("discord: gateway session resumed")
+
+    async def on_message(self, message: discord.Message) -> None:
+        """Hand every message to the adapter."""
+        await self.adapter._handle(message)
+
+
+class DiscordAdapter(Adapter):
+    """The Discord platform (discord.py), see the module docstring.
+
+    Options: ``token`` (else ``DISCORD_BOT_TOKEN``), ``base_url`` (else
+    ``DISCORD_API_BASE_URL``), ``gateway_url`` (else ``DISCORD_GATEWAY_URL``),
+    ``start_timeout`` (seconds to wait for READY, default 30), ``retry_policy``.
+    Unknown options raise ``ConfigError``; so does a missing token.
+    """
+
+    name: ClassVar[str] = PLATFORM
+    max_message_length: ClassVar[int] = 2000
+    typing_interval: ClassVar[float] = 8.0  # Discord shows "typing" for about 10 s
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        base_url: str | None = None,
+        gateway_url: str | None = None,
+        start_timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise ConfigError(
+                f"unknown discord option(s): {', '.join(sorted(unknown))}; "
+                f"accepted: {', '.join(_OPTIONS)}"
+            )
+        super().__init__(retry_policy=retry_policy)
+        token = os.environ.get(TOKEN_ENV, "") if token is None else token
+        if not token.strip():
+            raise ConfigError(f"discord needs a bot token: pass token=... or set {TOKEN_ENV}")
+        self._token = token.strip()
+        self.base_url = base_url or os.environ.get(API_ENV) or None
+        self.gateway_url = gateway_url or os.environ.get(GATEWAY_ENV) or None
+        self.start_timeout = start_timeout
+        self._client: _Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._on_inbound: OnInbound | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._fetched: dict[int, object] = {}
+        self._bot_id = 0
+        self._started = False
+        self._stopping = False
+        self._content_warned = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, on_inbound: OnInbound) -> None:
+        """Log in, open the gateway and return once READY arrived.
+
+        Raises ``PlatformAuthError`` for a refused token or intent,
+        ``PlatformUnavailable`` when Discord cannot be reached in ``start_timeout``.
+        """
+        if self._client is not None:
+            raise RuntimeError("DiscordAdapter is already started; stop() it first")
+        self._on_inbound = on_inbound
+        self._started = self._stopping = False
+        intents = discord.Intents.default()
+        intents.message_content = True
+        client = self._client = _Client(self, intents)
+        try:
+            async with map_discord_errors():
+                await client.login(self._token)
+                if self.base_url is not None and self.gateway_url is None:
+                    _, url, _ = await client.http.get_bot_gateway()
+                    client.http.gateway_url = url
+            flags = client.application_flags
+            if not (flags.gateway_message_content or flags.gateway_message_content_limited):
+                log.warning("discord: the Message Content intent looks disabled; %s", INTENT_HELP)
+            assert client.user is not None  # set by login()
+            self._bot_id = client.user.id
+            self._task = asyncio.create_task(self._run(client), name="onethread-discord-gateway")
+            await self._wait_connected(client, self._task)
+        except BaseException:
+            await self._shutdown()
+            raise
+        self._started = True
+        log.info("discord: connected as %s (%s)", client.user, self._bot_id)
+
+    async def _wait_connected(self, client: _Client, task: asyncio.Task[None]) -> None:
+        connected = asyncio.ensure_future(client.connected.wait())
+        try:
+            await asyncio.wait(
+                {connected, task}, timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            connected.cancel()
+        if task.done():
+            task.result()  # raises the mapped error of a connect that failed (even after READY)
+        if client.connected.is_set():
+            return
+        raise PlatformUnavailable(
+            f"no READY from the gateway within {self.start_timeout:g}s", platform=PLATFORM
+        )
+
+    async def _run(self, client: _Client) -> None:
+        """The gateway loop; discord.py reconnects inside it, we report what ends it."""
+        failure: PlatformError
+        try:
+            async with map_discord_errors():
+                await client.connect(reconnect=True)
+            failure = ConnectionLost("the gateway connection ended", platform=PLATFORM)
+        except PlatformError as exc:
+            failure = exc
+        except Exception as exc:  # an SDK bug must still reach the supervisor
+            log.exception("discord: the gateway task crashed")
+            failure = ConnectionLost(f"the gateway task crashed: {exc!r}", platform=PLATFORM)
+            failure.__cause__ = exc
+        if self._stopping:
+            return
+        if not self._started:
+            raise failure  # start() is waiting and raises it
+        log.error("discord: gateway connection failed: %s", failure)
+        self.report_failure(failure)
+
+    async def stop(self) -> None:
+        """Close the gateway, the HTTP session and every task; idempotent, returns in < 5 s."""
+        self._stopping = True
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        client, task, inflight = self._client, self._task, list(self._inflight)
+        self._client, self._task, self._started = None, None, False
+        self._stopping = True
+        for handler in inflight:
+            handler.cancel()
+        pending: set[asyncio.Task[Any]] = set(inflight)
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.close(), timeout=3.0)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                log.warning("discord: closing the client failed: %r", exc)
+            # discord.py leaves its "wait for guilds, then on_ready" task running.
+            ready_task = getattr(client._connection, "_ready_task", None)
+            if isinstance(ready_task, asyncio.Task):
+                ready_task.cancel()
+                pending.add(ready_task)
+        if task is not None:
+            task.cancel()
+            pending.add(task)
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        if task is not None and task.done() and not task.cancelled() and task.exception():
+            log.debug("discord: gateway task ended with %r", task.exception())
+
+    # -- inbound ---------------------------------------------------------------
+
+    async def _handle(self, message: discord.Message) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            channel: object = message.channel
+            if isinstance(channel, discord.PartialMessageable) and channel.guild_id is not None:
+                channel = await self._resolve_channel(channel)
+            self._warn_if_content_withheld(message)
+            inbound = normalize_message(message, bot_id=self._bot_id, channel=channel)
+            if inbound is not None and self._on_inbound is not None:
+                await self._on_inbound(inbound)
+        except Exception:  # one bad message must not take the gateway down
+            log.exception("discord: handling message %s failed", message.id)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _resolve_channel(self, channel: discord.PartialMessageable) -> object:
+        """Fetch an uncached guild channel (is it a thread?); the partial one on failure."""
+        client = self._client
+        if channel.id in self._fetched or client is None:
+            return self._fetched.get(channel.id, channel)
+        try:
+            async with map_discord_errors():
+                fetched: object = await client.fetch_channel(channel.id)
+        except PlatformError as exc:
+            log.warning("discord: could not fetch channel %s: %s", channel.id, exc)
+            return channel
+        if len(self._fetched) >= 1024:  # discord.py does not cache fetched channels; we do, bounded
+            self._fetched.clear()
+        self._fetched[channel.id] = fetched
+        return fetched
+
+    def _warn_if_content_withheld(self, message: discord.Message) -> None:
+        if self._content_warned or message.guild is None or message.author.id == self._bot_id:
+            return
+        if message.type not in _TEXT_TYPES or message.content:
+            return
+        if message.attachments or message.embeds or message.stickers or message.poll:
+            return
+        self._content_warned = True
+        log.warning(
+            "discord: a message arrived with empty content; Discord withholds message text "
+            "without the Message Content intent: %s",
+            INTENT_HELP,
+        )
+
+    # -- outbound --------------------------------------------------------------
+
+    def _target(self, chat_id: str, thread_id: str) -> tuple[_Client, int]:
+        client = self._client
+        if client is None or client.is_closed():
+            raise ConnectionLost("the adapter is not started or lost its client", platform=PLATFORM)
+        try:
+            return client, int(thread_id or chat_id)
+        except ValueError as exc:
+            raise BadRequest(
+                f"not a Discord channel id: {thread_id or chat_id!r}", platform=PLATFORM
+            ) from exc
+
+    async def do_send(
+        self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
+    ) -> str:
+        """Post ``text`` to the channel (or to thread ``thread_id``); return the message id."""
+        client, target = self._target(chat_id, thread_id)
+        content = text
+        if not formatted:
+            escaped = discord.utils.escape_markdown(text)
+            content = escaped if len(escaped) <= self.max_message_length else text
+        async with map_discord_errors():
+            sent = await client.get_partial_messageable(target).send(
+                content, allowed_mentions=_ALLOWED_MENTIONS
+            )
+        return str(sent.id)
+
+    async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
+        """Show "bot is typing" in the channel or thread for about 10 seconds."""
+        client, target = self._target(chat_id, thread_id)
+        async with map_discord_errors():
+            await client.http.send_typing(target)
