@@ -1,0 +1,508 @@
+"""Slack adapter: slack-bolt's ``AsyncApp`` over Socket Mode (slack-sdk's aiohttp client).
+
+Credentials: ``SLACK_BOT_TOKEN`` (``xoxb-``) and ``SLACK_APP_TOKEN`` (``xapp-``),
+read at construction. ``SLACK_API_BASE_URL`` (or ``base_url``) points the Web
+API client, which the Socket Mode client shares, at another server (a proxy,
+the tests' fake); the websocket URL always comes from ``apps.connections.open``.
+
+Connection: ``start()`` calls ``auth.test`` (the bot's ids; bad tokens raise
+``PlatformAuthError``), then ``apps.connections.open``, connects, and returns
+once Slack says ``hello``. The SDK then keeps the socket alive by itself: it
+follows Slack's ``disconnect`` (``refresh_requested``...) and reconnects after a
+dropped or stale socket (pings every ``ping_interval`` s). When the socket
+stays down for ``connect_timeout`` s the adapter reports ``ConnectionLost``;
+the supervisor's restart then re-checks the tokens.
+
+Events: ``message`` (``channel_type`` ``im`` -> ``"dm"``, else ``"group"``) and
+``app_mention``. A channel mention arrives as both, with one ``ts``: both get
+the message id ``"{channel}:{ts}"``, so the gate answers once. Edits, joins and
+other subtypes are ignored; ``bot_message`` is kept (``from_bot``). Bolt acks
+each envelope before the listener runs. Bolt's "ignore self events" is off: the
+gate drops ``from_self``. Other events are Bolt's: add listeners on
+``adapter.app`` (unhandled ones are logged by Bolt and not acked); your own
+``message``/``app_mention`` listeners would never run (Bolt runs the first match).
+
+Threads: in channels ``thread_id`` is ``thread_ts``, or the message's own ``ts``
+when top-level, so the reply to a mention starts a thread; in DMs only thread
+messages have one. A leading ``<@bot>`` mention is stripped (``@bot /whoami``
+is a command) and ``&amp;``/``&lt;``/``&gt;`` unescaped; other markup stays.
+
+Names: ``user_name`` from ``users.info``, ``chat_name`` from
+``conversations.info`` (the user's name in a DM), cached per id until the next
+``start()``; empty without the ``users:read``/``channels:read`` scopes.
+
+Formatting: a formatted chunk is one ``markdown`` block (Slack renders standard
+Markdown) with the escaped text as notification fallback. Markdown blocks hold
+12,000 characters per message, so ``max_message_length`` is 12,000 (plain text
+could have 40,000). A refused block (``invalid_blocks``, ``msg_blocks_too_long``)
+is resent as plain text: no blocks, ``mrkdwn=False``.
+
+Typing: Slack has no typing indicator for bots. In a thread the adapter sets
+the assistant thread status (``assistant.threads.setStatus``, cleared by the
+reply or after two minutes); where Slack refuses it the channel is remembered
+and skipped.
+
+Errors: see ``map_slack_errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import aiohttp
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
+from slack_sdk.errors import SlackApiError
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from ..errors import (
+    BadRequest,
+    ConfigError,
+    ConnectionLost,
+    FormattingRejected,
+    PlatformAuthError,
+    PlatformError,
+    PlatformUnavailable,
+    RetryAfter,
+)
+from .base import Adapter, Inbound, OnInbound
+from .delivery import RetryPolicy
+
+__all__ = ["SlackAdapter", "map_slack_errors", "normalize_event"]
+
+log = logging.getLogger("onethread.platforms.slack")
+
+DEFAULT_BASE_URL = "https://slack.com/api/"
+_OPTIONS = ("token", "app_token", "base_url", "retry_policy", "ping_interval", "connect_timeout")
+_CACHE_MAX = 10_000
+_TYPING_STATUS = "is typing..."
+
+# Slack's own error codes (the ``error`` field), not message text.
+_AUTH_ERRORS = frozenset({
+    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+    "not_allowed_token_type", "missing_scope", "no_permission", "org_login_required",
+    "ekm_access_denied", "team_access_not_granted", "two_factor_setup_required",
+})  # fmt: skip
+_UNAVAILABLE_ERRORS = frozenset(
+    {"fatal_error", "internal_error", "service_unavailable", "request_timeout"}
+)
+_FORMAT_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long"})
+# Message subtypes that carry something a person (or another bot) said.
+_KEPT_SUBTYPES = frozenset({"bot_message", "file_share", "thread_broadcast", "me_message"})
+
+
+def _retry_after(headers: Any) -> float:
+    value = None
+    if headers is not None:
+        for key, val in headers.items():
+            if str(key).lower() == "retry-after":
+                value = val
+    try:
+        return max(0.0, float(value)) if value is not None else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+
+
+@contextlib.contextmanager
+def map_slack_errors(what: str = "slack call") -> Iterator[None]:
+    """Translate slack-sdk and aiohttp errors raised in the block into ``onethread.errors``.
+
+    By HTTP status and Slack's ``error`` code: 429/``ratelimited`` ->
+    ``RetryAfter`` (``Retry-After``), 5xx/``fatal_error``/``internal_error`` ->
+    ``PlatformUnavailable``, token codes (``invalid_auth``, ``not_authed``,
+    ``account_inactive``, ``missing_scope``...) -> ``PlatformAuthError``, block
+    codes -> ``FormattingRejected``, any other code -> ``BadRequest``; aiohttp
+    errors and timeouts -> ``PlatformUnavailable``. Chained with ``from``.
+    """
+    try:
+        yield
+    except SlackApiError as exc:
+        response = exc.response
+        status = int(getattr(response, "status_code", 0) or 0)
+        data = getattr(response, "data", None)
+        code = str(data.get("error") or "") if isinstance(data, dict) else ""
+        detail = f"{what}: {code or f'HTTP {status}'}"
+        if code == "ratelimited" or status == 429:
+            raise RetryAfter(_retry_after(getattr(response, "headers", None)),
+                             platform="slack") from exc  # fmt: skip
+        if status >= 500 or code in _UNAVAILABLE_ERRORS:
+            raise PlatformUnavailable(detail, platform="slack") from exc
+        if code in _AUTH_ERRORS:
+            raise PlatformAuthError(detail, platform="slack") from exc
+        if code in _FORMAT_ERRORS:
+            raise FormattingRejected(detail, platform="slack") from exc
+        raise BadRequest(detail, platform="slack") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PlatformUnavailable(f"{what}: {exc!r}", platform="slack") from exc
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _escape(text: str) -> str:
+    """Slack's three control characters, escaped as its text fields require."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def normalize_event(
+    event: Mapping[str, Any], *, bot_user_id: str, bot_id: str = ""
+) -> Inbound | None:
+    """A Slack ``message``/``app_mention`` event as an ``Inbound``; ``None`` for anything else.
+
+    ``bot_user_id`` (``U…``) and ``bot_id`` (``B…``) are this bot's, from
+    ``auth.test``. ``message_id`` is ``"{channel}:{ts}"`` for both event kinds.
+    Names are not looked up here (see ``SlackAdapter``): ``user_name`` is set
+    only for bot posts that carry one.
+    """
+    kind = event.get("type")
+    subtype = event.get("subtype")
+    if kind not in ("message", "app_mention"):
+        return None
+    if subtype is not None and subtype not in _KEPT_SUBTYPES:
+        return None
+    channel = str(event.get("channel") or "")
+    ts = str(event.get("ts") or "")
+    sender_bot = str(event.get("bot_id") or "")
+    user = str(event.get("user") or sender_bot)
+    if not channel or not ts or not user:
+        return None
+    channel_type = event.get("channel_type") or ("im" if channel.startswith("D") else "channel")
+    is_dm = channel_type == "im"
+    raw_text = str(event.get("text") or "")
+    text = raw_text
+    mentioned = False
+    if bot_user_id:
+        mentioned = f"<@{bot_user_id}" in raw_text
+        text = re.sub(rf"^\s*<@{re.escape(bot_user_id)}(?:\|[^>]*)?>[\s:,]*", "", raw_text)
+    text = _unescape(text)
+    replied_to_bot = bool(bot_user_id) and event.get("parent_user_id") == bot_user_id
+    thread_ts = str(event.get("thread_ts") or "")
+    profile = event.get("bot_profile")
+    bot_name = profile.get("name") if isinstance(profile, Mapping) else None
+    return Inbound(
+        platform="slack",
+        chat_id=channel,
+        chat_type="dm" if is_dm else "group",
+        user_id=user,
+        text=text,
+        message_id=f"{channel}:{ts}",
+        thread_id=thread_ts if is_dm else (thread_ts or ts),
+        user_name=str(event.get("username") or bot_name or ""),
+        mentions_bot=(
+            is_dm
+            or kind == "app_mention"
+            or mentioned
+            or replied_to_bot
+            or text.lstrip().startswith("/")
+        ),
+        from_bot=bool(sender_bot) or subtype == "bot_message",
+        from_self=bool((bot_user_id and user == bot_user_id) or (bot_id and sender_bot == bot_id)),
+        raw=event,
+    )
+
+
+def _credential(value: str | None, env: str, option: str, prefix: str) -> str:
+    token = value if value is not None else os.environ.get(env, "")
+    if not token:
+        raise ConfigError(f"the slack platform needs {env} (or the {option!r} option)")
+    if not token.startswith(prefix):
+        raise ConfigError(f"{env} (the {option!r} option) must be a token starting with {prefix!r}")
+    return token
+
+
+def _base_url(value: str | None) -> str:
+    url = value if value is not None else os.environ.get("SLACK_API_BASE_URL", "")
+    url = url or DEFAULT_BASE_URL
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"SLACK_API_BASE_URL must be an http(s) URL, got {url!r}")
+    return url if url.endswith("/") else url + "/"  # slack-sdk joins method names onto it
+
+
+class SlackAdapter(Adapter):
+    """Slack via slack-bolt in Socket Mode (see the module docstring for behaviour).
+
+    Options: ``token`` (``SLACK_BOT_TOKEN``), ``app_token``
+    (``SLACK_APP_TOKEN``), ``base_url`` (``SLACK_API_BASE_URL``),
+    ``retry_policy``, ``ping_interval`` (seconds between Socket Mode pings,
+    default 10) and ``connect_timeout`` (how long ``start()`` waits for
+    ``hello`` and how long the socket may stay down before a failure is
+    reported, default 30). Raises ``ConfigError`` for missing or malformed
+    tokens and unknown options. ``app`` is the Bolt app, ``web`` its Web API
+    client.
+    """
+
+    name: ClassVar[str] = "slack"
+    max_message_length: ClassVar[int] = 12_000  # markdown blocks; plain text allows 40,000
+    typing_interval: ClassVar[float] = 60.0  # the thread status lasts two minutes
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        app_token: str | None = None,
+        base_url: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        ping_interval: float = 10.0,
+        connect_timeout: float = 30.0,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) for the slack platform: {', '.join(sorted(unknown))}; "
+                f"accepted: {', '.join(_OPTIONS)}"
+            )
+        if ping_interval <= 0 or connect_timeout <= 0:
+            raise ConfigError("slack: ping_interval and connect_timeout must be positive")
+        super().__init__(retry_policy=retry_policy)
+        self._token = _credential(token, "SLACK_BOT_TOKEN", "token", "xoxb-")
+        self._app_token = _credential(app_token, "SLACK_APP_TOKEN", "app_token", "xapp-")
+        self.base_url = _base_url(base_url)
+        self.ping_interval = float(ping_interval)
+        self.connect_timeout = float(connect_timeout)
+        self.web = AsyncWebClient(base_url=self.base_url)
+        self.app = AsyncApp(
+            client=self.web,
+            name="onethread",
+            # Our auth.test result authorizes every event: Bolt's own would call
+            # auth.test again and drop events while it fails.
+            authorize=self._bolt_authorize(),
+            request_verification_enabled=False,  # Socket Mode has no HTTP signatures
+            ssl_check_enabled=False,
+            ignoring_self_events_enabled=False,  # the gate, not the adapter, filters
+        )
+        self.web.token = self._token  # set after AsyncApp() so Bolt uses authorize alone
+        self.app.event("message")(self._on_event)
+        self.app.event("app_mention")(self._on_event)
+        self.bot_user_id = ""
+        self.bot_id = ""
+        self.bot_name = ""
+        self.team_id = ""
+        self._handler: AsyncSocketModeHandler | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._listeners: set[asyncio.Task[Any]] = set()
+        self._on_inbound: OnInbound | None = None
+        self._user_names: dict[str, str] = {}
+        self._chat_names: dict[str, str] = {}
+        self._no_status: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, on_inbound: OnInbound) -> None:
+        """Check the tokens, open the Socket Mode connection, return after Slack's ``hello``.
+
+        Raises ``PlatformAuthError`` for a bad or revoked token,
+        ``PlatformUnavailable`` when Slack cannot be reached or says no
+        ``hello`` within ``connect_timeout``.
+        """
+        if self._handler is not None:
+            raise RuntimeError("the slack adapter is already started; stop() it first")
+        with map_slack_errors("auth.test"):
+            auth = await self.web.auth_test()
+        self.bot_user_id = str(auth.get("user_id") or "")
+        self.bot_id = str(auth.get("bot_id") or "")
+        self.bot_name = str(auth.get("user") or "")
+        self.team_id = str(auth.get("team_id") or "")
+        # Opened here rather than by the SDK, whose connect() retries every error forever.
+        with map_slack_errors("apps.connections.open"):
+            opened = await self.web.apps_connections_open(app_token=self._app_token)
+        self._user_names.clear()
+        self._chat_names.clear()
+        self._no_status.clear()
+        self._on_inbound = on_inbound
+        hello = asyncio.Event()
+
+        async def on_socket_message(
+            _client: AsyncBaseSocketModeClient, message: dict[str, Any], _raw: str | None
+        ) -> None:
+            if message.get("type") == "hello":
+                hello.set()
+
+        handler = AsyncSocketModeHandler(
+            self.app, app_token=self._app_token, ping_interval=self.ping_interval
+        )
+        self._handler = handler
+        handler.client.wss_uri = str(opened["url"])
+        handler.client.message_listeners.append(on_socket_message)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await handler.client.connect()  # type: ignore[no-untyped-call]
+                await hello.wait()
+        except TimeoutError as exc:
+            await self.stop()
+            raise PlatformUnavailable(
+                f"no Socket Mode hello within {self.connect_timeout:g}s", platform="slack"
+            ) from exc
+        except BaseException:
+            await self.stop()
+            raise
+        self._watchdog = asyncio.create_task(self._watch(handler.client))
+        log.info("slack: connected as %s (%s)", self.bot_name, self.bot_user_id)
+
+    async def stop(self) -> None:
+        """Close the socket, its session and tasks, and running listeners. Idempotent."""
+        handler, self._handler = self._handler, None
+        watchdog, self._watchdog = self._watchdog, None
+        self._on_inbound = None
+        tasks: list[asyncio.Future[Any]] = [*self._listeners]
+        if watchdog is not None:
+            tasks.append(watchdog)
+        if handler is not None:
+            client = handler.client
+            try:
+                await asyncio.wait_for(client.close(), 3.0)  # type: ignore[no-untyped-call]
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                log.warning("slack: closing the socket failed: %r", exc)
+            # close() cancels the SDK's tasks without waiting for them; wait here.
+            sdk_tasks = (client.message_processor, client.current_session_monitor,
+                         client.message_receiver)  # fmt: skip
+            tasks += [t for t in sdk_tasks if t is not None]
+            if not client.aiohttp_client_session.closed:
+                await client.aiohttp_client_session.close()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+    async def _watch(self, client: SocketModeClient) -> None:
+        """Report ``ConnectionLost`` when the SDK's own reconnects fail for ``connect_timeout``."""
+        loop = asyncio.get_running_loop()
+        down_since: float | None = None
+        while True:
+            await asyncio.sleep(min(1.0, self.ping_interval))
+            if await client.is_connected():
+                down_since = None
+                continue
+            now = loop.time()
+            if down_since is None:
+                down_since = now
+                log.info("slack: Socket Mode connection down; the SDK is reconnecting")
+            elif now - down_since >= self.connect_timeout:
+                self.report_failure(
+                    ConnectionLost(
+                        f"Socket Mode down for {self.connect_timeout:g}s", platform="slack"
+                    )
+                )
+                return
+
+    # -- inbound ---------------------------------------------------------------
+
+    def _bolt_authorize(self) -> Callable[..., Awaitable[AuthorizeResult]]:
+        """Bolt's ``authorize``: the bot token and the ids learned by ``start()``."""
+
+        # A plain function: Bolt passes arguments by the names in the signature.
+        async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+            return AuthorizeResult(
+                enterprise_id=enterprise_id,
+                team_id=team_id or self.team_id,
+                bot_token=self._token,
+                bot_id=self.bot_id,
+                bot_user_id=self.bot_user_id,
+            )
+
+        return authorize
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        """Bolt listener (run after the ack) for ``message`` and ``app_mention``."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._listeners.add(task)
+            task.add_done_callback(self._listeners.discard)
+        on_inbound = self._on_inbound
+        inbound = normalize_event(event, bot_user_id=self.bot_user_id, bot_id=self.bot_id)
+        if inbound is None or on_inbound is None:
+            return
+        user_name = inbound.user_name or await self._user_name(inbound.user_id)
+        if inbound.chat_type == "dm":
+            chat_name = user_name
+        else:
+            chat_name = await self._chat_name(inbound.chat_id)
+        await on_inbound(dataclasses.replace(inbound, user_name=user_name, chat_name=chat_name))
+
+    async def _user_name(self, user_id: str) -> str:
+        if not user_id.startswith(("U", "W")):
+            return ""
+
+        def pick(resp: AsyncSlackResponse) -> str:
+            user = resp.get("user") or {}
+            profile = user.get("profile") or {}
+            return str(profile.get("display_name") or user.get("real_name") or user.get("name"))
+
+        return await self._lookup(
+            self._user_names, user_id, lambda: self.web.users_info(user=user_id), pick
+        )
+
+    async def _chat_name(self, channel_id: str) -> str:
+        def pick(resp: AsyncSlackResponse) -> str:
+            return str((resp.get("channel") or {}).get("name") or "")
+
+        return await self._lookup(
+            self._chat_names,
+            channel_id,
+            lambda: self.web.conversations_info(channel=channel_id),
+            pick,
+        )
+
+    async def _lookup(
+        self,
+        cache: dict[str, str],
+        key: str,
+        call: Callable[[], Awaitable[AsyncSlackResponse]],
+        pick: Callable[[AsyncSlackResponse], str],
+    ) -> str:
+        if key in cache:
+            return cache[key]
+        try:
+            with map_slack_errors(f"name of {key}"):
+                name = pick(await call())
+        except (RetryAfter, PlatformUnavailable) as exc:
+            log.debug("slack: name lookup failed for now: %s", exc)
+            return ""  # transient: ask again next time
+        except PlatformError as exc:
+            log.debug("slack: name lookup refused: %s", exc)
+            name = ""  # e.g. a missing users:read scope: do not ask again
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[key] = name
+        return name
+
+    # -- outbound --------------------------------------------------------------
+
+    async def do_send(
+        self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
+    ) -> str:
+        """Post one chunk (a markdown block, or plain text) and return ``"{channel}:{ts}"``."""
+        args: dict[str, Any] = {"channel": chat_id, "text": _escape(text)}
+        if thread_id:
+            args["thread_ts"] = thread_id
+        if formatted:
+            args["blocks"] = [{"type": "markdown", "text": text}]
+        else:
+            args["mrkdwn"] = False
+        with map_slack_errors(f"chat.postMessage to {chat_id}"):
+            resp = await self.web.chat_postMessage(**args)
+        return f"{resp.get('channel') or chat_id}:{resp['ts']}"
+
+    async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
+        """Set the assistant thread status in a thread; nothing outside threads."""
+        if not thread_id or chat_id in self._no_status:
+            return
+        try:
+            with map_slack_errors("assistant.threads.setStatus"):
+                await self.web.assistant_threads_setStatus(
+                    channel_id=chat_id, thread_ts=thread_id, status=_TYPING_STATUS
+                )
+        except (BadRequest, PlatformAuthError) as exc:
+            log.debug("slack: no typing status in %s: %s", chat_id, exc)
+            self._no_status.add(chat_id)

@@ -1,0 +1,480 @@
+"""Telegram adapter: python-telegram-bot's ``Bot`` with a long-polling ``getUpdates`` loop.
+
+Credentials come from ``TELEGRAM_BOT_TOKEN``; ``TELEGRAM_API_BASE_URL`` (or
+``base_url=``) is the Bot API *server root*, e.g. ``http://127.0.0.1:8081`` for
+a local Bot API server. The adapter appends ``/bot<token>/<method>`` itself.
+
+Why our own polling loop and not ``Application.run_polling``/``Updater``: the
+``Updater`` retries network errors forever (only logging them) and ends its
+polling task silently on ``InvalidToken``, so a dead connection or a revoked
+token would never reach the supervisor. The loop below is the Updater's
+(``getUpdates`` with ``offset`` = last update + 1 to confirm, long-poll
+``timeout``), but it retries a failing poll only ``max_poll_failures`` times,
+then reports ``ConnectionLost`` (or ``PlatformAuthError``) with
+``report_failure`` and leaves restarts and backoff to the supervisor.
+
+Replies are sent as HTML converted from the agent's Markdown
+(:func:`markdown_to_html`); Telegram's "can't parse entities" is mapped to
+``FormattingRejected`` and the base class resends the chunk as plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dtm
+import html
+import logging
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from telegram import Bot, Message, Update
+from telegram import error as tg
+from telegram.constants import ChatAction, ChatType, MessageEntityType, ParseMode
+from telegram.request import HTTPXRequest
+from telegram.warnings import PTBDeprecationWarning
+
+from ..errors import (
+    BadRequest,
+    ConfigError,
+    ConnectionLost,
+    FormattingRejected,
+    PlatformAuthError,
+    PlatformError,
+    PlatformUnavailable,
+    RetryAfter,
+)
+from .base import Adapter, Inbound, OnInbound
+from .delivery import RetryPolicy
+
+__all__ = [
+    "TelegramAdapter",
+    "map_telegram_errors",
+    "markdown_to_html",
+    "normalize_message",
+    "normalize_update",
+]
+
+log = logging.getLogger("onethread.platforms.telegram")
+
+PLATFORM = "telegram"
+TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
+BASE_URL_ENV = "TELEGRAM_API_BASE_URL"
+DEFAULT_API_ROOT = "https://api.telegram.org"
+ALLOWED_UPDATES = ("message", "channel_post")
+
+_CHAT_TYPES: dict[str, str] = {
+    ChatType.PRIVATE: "dm",
+    ChatType.GROUP: "group",
+    ChatType.SUPERGROUP: "group",
+    ChatType.CHANNEL: "channel",
+}
+
+
+# -- errors --------------------------------------------------------------------
+
+
+def _retry_after_seconds(exc: tg.RetryAfter) -> float:
+    # PTB >= 22.2 returns a timedelta when PTB_TIMEDELTA is set and otherwise a
+    # number plus a deprecation warning; accept both, silence only that notice.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    if isinstance(value, dtm.timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def _is_parse_error(exc: tg.BadRequest) -> bool:
+    # The ONE place we read an error text. The Bot API answers every bad
+    # request with error_code 400 and PTB raises a plain BadRequest for all of
+    # them, so the description ("Bad Request: can't parse entities: ...", which
+    # PTB stores capitalised without the prefix) is the only signal that the
+    # markup, not the request, was refused ("can't parse message text" is the
+    # older wording). Pinned by a test against the fake's Bot API descriptions.
+    return exc.message.lower().startswith(("can't parse entities", "can't parse message text"))
+
+
+@contextlib.contextmanager
+def map_telegram_errors() -> Iterator[None]:
+    """Translate ``telegram.error`` exceptions raised in the block into ``onethread.errors``.
+
+    ``RetryAfter`` -> ``RetryAfter`` (seconds, timedelta-safe); ``InvalidToken``
+    (401/404) -> ``PlatformAuthError``; a markup parse error -> ``FormattingRejected``;
+    other 400s, ``Forbidden`` (403: blocked by the user, not in the chat) and
+    ``ChatMigrated`` -> ``BadRequest``; ``TimedOut``/``NetworkError``/``Conflict``
+    and unreadable answers -> ``PlatformUnavailable``.
+    """
+    try:
+        yield
+    except tg.RetryAfter as exc:
+        raise RetryAfter(_retry_after_seconds(exc), platform=PLATFORM) from exc
+    except tg.InvalidToken as exc:
+        # Bot.initialize() re-raises InvalidToken with the token in its text;
+        # chain to the server's own error so the token stays out of tracebacks.
+        cause = exc.__cause__ if isinstance(exc.__cause__, tg.InvalidToken) else exc
+        raise PlatformAuthError(
+            f"the bot token was rejected ({cause}); check {TOKEN_ENV} (and {BASE_URL_ENV}, "
+            "which is the server root, without /bot)",
+            platform=PLATFORM,
+        ) from cause
+    except tg.Forbidden as exc:
+        raise BadRequest(f"forbidden: {exc}", platform=PLATFORM) from exc
+    except tg.ChatMigrated as exc:
+        raise BadRequest(
+            f"the group became supergroup {exc.new_chat_id}; use that chat id", platform=PLATFORM
+        ) from exc
+    except tg.BadRequest as exc:  # before NetworkError: PTB derives BadRequest from it
+        if _is_parse_error(exc):
+            raise FormattingRejected(str(exc), platform=PLATFORM) from exc
+        raise BadRequest(str(exc), platform=PLATFORM) from exc
+    except tg.TelegramError as exc:  # NetworkError, TimedOut, Conflict, invalid answers
+        raise PlatformUnavailable(f"{type(exc).__name__}: {exc}", platform=PLATFORM) from exc
+
+
+# -- normalising ---------------------------------------------------------------
+
+
+def _addresses_bot(message: Message, bot_id: int, bot_username: str) -> bool:
+    """A mention of the bot, a command for it, or a reply to one of its messages."""
+    entities = (
+        message.parse_entities() if message.text is not None else message.parse_caption_entities()
+    )
+    username = bot_username.lower()
+    for entity, value in entities.items():
+        if entity.type == MessageEntityType.MENTION and value[1:].lower() == username:
+            return True
+        if entity.type == MessageEntityType.TEXT_MENTION and entity.user is not None:
+            if entity.user.id == bot_id:
+                return True
+        if entity.type == MessageEntityType.BOT_COMMAND and entity.offset == 0:
+            target = value.partition("@")[2].lower()  # "/help@otherbot" is not ours
+            if not target or target == username:
+                return True
+    reply = message.reply_to_message
+    if reply is None or reply.from_user is None or reply.from_user.id != bot_id:
+        return False
+    # In a forum topic every message "replies" to the topic's first message;
+    # that is not a reply to the bot even when the bot opened the topic.
+    return not (message.is_topic_message and reply.message_id == message.message_thread_id)
+
+
+def normalize_message(message: Message, *, bot_id: int, bot_username: str) -> Inbound | None:
+    """Turn a Telegram ``Message`` into an ``Inbound``; ``None`` when it carries no text.
+
+    ``thread_id`` is the forum topic (``message_thread_id`` of a topic message),
+    else ``""``. A message sent on behalf of a chat (anonymous admin, channel)
+    is attributed to that chat. Pure: no I/O, no filtering of own/bot messages.
+    """
+    text = message.text if message.text is not None else message.caption
+    chat_type = _CHAT_TYPES.get(message.chat.type)
+    if not text or chat_type is None:
+        return None
+    from_bot = from_self = False
+    if message.sender_chat is not None:
+        user_id = str(message.sender_chat.id)
+        user_name = message.sender_chat.effective_name or ""
+    elif message.from_user is not None:
+        user_id = str(message.from_user.id)
+        user_name = message.from_user.full_name
+        from_bot = message.from_user.is_bot
+        from_self = message.from_user.id == bot_id
+    else:
+        return None
+    thread_id = ""
+    if message.is_topic_message and message.message_thread_id is not None:
+        thread_id = str(message.message_thread_id)
+    return Inbound(
+        platform=PLATFORM,
+        chat_id=str(message.chat.id),
+        chat_type=chat_type,
+        user_id=user_id,
+        text=text,
+        message_id=str(message.message_id),
+        chat_name=message.chat.effective_name or "",
+        thread_id=thread_id,
+        user_name=user_name,
+        mentions_bot=chat_type == "dm" or _addresses_bot(message, bot_id, bot_username),
+        from_bot=from_bot,
+        from_self=from_self,
+        raw=message,
+    )
+
+
+def normalize_update(update: Update, *, bot_id: int, bot_username: str) -> Inbound | None:
+    """Normalise an ``Update``: new messages and channel posts; ``None`` for anything else."""
+    message = update.message or update.channel_post
+    if message is None:
+        return None
+    return normalize_message(message, bot_id=bot_id, bot_username=bot_username)
+
+
+# -- markup --------------------------------------------------------------------
+
+_FENCED = re.compile(r"```(?:([\w+#-]+)?[^\S\n]*\n)?(.*?)\n?```", re.DOTALL)
+_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+_LINK = re.compile(r"\[([^\]\n]+)\]\(((?:https?|tg|mailto):[^)\s]+)\)")
+_INLINE = (
+    (re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE), r"<b>\1</b>"),
+    (re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.DOTALL), r"<b>\1</b>"),
+    (re.compile(r"(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)", re.DOTALL), r"<b>\1</b>"),
+    (re.compile(r"~~(?=\S)(.+?)(?<=\S)~~", re.DOTALL), r"<s>\1</s>"),
+    (re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])"), r"<i>\1</i>"),
+    (re.compile(r"(?<![\w_])_(?=\S)([^_\n]+?)(?<=\S)_(?![\w_])"), r"<i>\1</i>"),
+)
+_SLOT = re.compile(r"\x00(\d+)\x00")
+
+
+def markdown_to_html(text: str) -> str:
+    """Convert the Markdown an agent writes into Telegram's HTML ``parse_mode``.
+
+    Handles fenced and inline code, links, headings (bold), ``**bold**``,
+    ``*italic*``/``_italic_`` (not inside words, so ``snake_case`` survives) and
+    ``~~strike~~``; everything else is escaped. The rendered text is never
+    longer than ``text``, so a chunk within 4096 characters stays within it.
+    """
+    slots: list[str] = []
+
+    def stash(fragment: str) -> str:
+        slots.append(fragment)
+        return f"\x00{len(slots) - 1}\x00"
+
+    def fenced(m: re.Match[str]) -> str:
+        lang = f' class="language-{m[1]}"' if m[1] else ""
+        return stash(f"<pre><code{lang}>{html.escape(m[2], quote=False)}</code></pre>")
+
+    def link(m: re.Match[str]) -> str:
+        href = html.escape(m[2], quote=True)
+        return stash(f'<a href="{href}">{html.escape(m[1], quote=False)}</a>')
+
+    text = text.replace("\x00", "")
+    text = _FENCED.sub(fenced, text)
+    text = _INLINE_CODE.sub(lambda m: stash(f"<code>{html.escape(m[1], quote=False)}</code>"), text)
+    text = _LINK.sub(link, text)
+    text = html.escape(text, quote=False)
+    for pattern, repl in _INLINE:
+        text = pattern.sub(repl, text)
+    return _SLOT.sub(lambda m: slots[int(m[1])], text)
+
+
+# -- the adapter ---------------------------------------------------------------
+
+
+def _chat_ref(chat_id: str) -> int | str:
+    """Numeric chat ids as ``int``; ``@channelname`` stays a string."""
+    return int(chat_id) if chat_id.lstrip("-").isdigit() else chat_id
+
+
+def _thread_ref(thread_id: str) -> int | None:
+    if not thread_id:
+        return None
+    if not thread_id.isdigit():
+        raise BadRequest(f"thread_id {thread_id!r} is not a forum topic id", platform=PLATFORM)
+    return int(thread_id)
+
+
+class TelegramAdapter(Adapter):
+    """Telegram via python-telegram-bot, long polling ``getUpdates``.
+
+    Args:
+        token: the bot token (default ``TELEGRAM_BOT_TOKEN``, read now).
+        base_url: Bot API server root (default ``TELEGRAM_API_BASE_URL``, else
+            ``https://api.telegram.org``); ``/bot<token>`` is appended.
+        retry_policy: how ``send`` retries rate limits and server errors.
+        poll_timeout: long-poll ``timeout`` of ``getUpdates`` in seconds (whole
+            seconds for api.telegram.org; ``stop()`` does not wait for it).
+        drop_pending_updates: skip updates that queued up before the first start
+            (restarts after a lost connection never drop anything).
+        max_poll_failures: consecutive failed polls (retried with a short
+            backoff) before the connection is reported lost to the supervisor.
+
+    ``bot`` is the running ``telegram.Bot`` (``None`` while stopped), for
+    callers who need a Bot API method the adapter does not wrap.
+    """
+
+    name: ClassVar[str] = PLATFORM
+    max_message_length: ClassVar[int] = 4096
+    poll_retry_delay: float = 0.5  # first backoff after a failed poll; doubles each time
+
+    _OPTIONS: ClassVar[tuple[str, ...]] = (
+        "token", "base_url", "retry_policy", "poll_timeout", "drop_pending_updates",
+        "max_poll_failures",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        base_url: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        poll_timeout: float = 10.0,
+        drop_pending_updates: bool = False,
+        max_poll_failures: int = 3,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise ConfigError(
+                f"unknown telegram option(s) {', '.join(sorted(unknown))}; "
+                f"accepted: {', '.join(self._OPTIONS)}"
+            )
+        super().__init__(retry_policy=retry_policy)
+        token = token if token is not None else os.environ.get(TOKEN_ENV, "")
+        if not token:
+            raise ConfigError(f"no Telegram bot token: pass token= or set {TOKEN_ENV}")
+        if poll_timeout <= 0 or max_poll_failures < 1:
+            raise ConfigError("telegram: poll_timeout must be > 0 and max_poll_failures >= 1")
+        root = base_url if base_url is not None else os.environ.get(BASE_URL_ENV, "")
+        self.api_root = (root or DEFAULT_API_ROOT).rstrip("/")
+        self._token = token
+        self.poll_timeout = float(poll_timeout)
+        self.drop_pending_updates = drop_pending_updates
+        self.max_poll_failures = max_poll_failures
+        self.bot: Bot | None = None
+        self.bot_id = 0
+        self.bot_username = ""
+        self._offset: int | None = None  # next update_id to fetch; survives restarts
+        self._poll_task: asyncio.Task[None] | None = None
+        self._started_once = False
+
+    def __repr__(self) -> str:
+        return f"TelegramAdapter(api_root={self.api_root!r}, bot={self.bot_username or '?'})"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, on_inbound: OnInbound) -> None:
+        """Check the token (``getMe``), clear any webhook, start polling; return once polling.
+
+        Raises ``PlatformAuthError`` for a rejected token and
+        ``PlatformUnavailable`` when the server cannot be reached.
+        """
+        if self._poll_task is not None:
+            raise RuntimeError("telegram adapter is already started; stop() it first")
+        bot = Bot(
+            self._token,
+            base_url=f"{self.api_root}/bot",
+            base_file_url=f"{self.api_root}/file/bot",
+            request=HTTPXRequest(connection_pool_size=32),
+            # The long poll holds its connection for up to poll_timeout; PTB adds
+            # the poll timeout to this read timeout for getUpdates.
+            get_updates_request=HTTPXRequest(connection_pool_size=2),
+        )
+        self.bot = bot
+        try:
+            with map_telegram_errors():
+                await bot.initialize()  # getMe: checks the token
+                me = bot.bot
+                # Polling and a webhook exclude each other (409 Conflict); as PTB's Updater does.
+                drop = self.drop_pending_updates and not self._started_once
+                await bot.delete_webhook(drop_pending_updates=drop)
+        except BaseException:
+            await self.stop()  # a failed start leaves no client open
+            raise
+        self.bot_id, self.bot_username = me.id, me.username or ""
+        self._started_once = True
+        self._poll_task = asyncio.create_task(
+            self._poll(bot, on_inbound), name=f"telegram-poll-{self.bot_username}"
+        )
+        self._poll_task.add_done_callback(self._poll_done)
+        log.info("telegram: polling as @%s via %s", self.bot_username, self.api_root)
+
+    async def stop(self) -> None:
+        """Stop polling and close the HTTP clients. Idempotent; returns within a few seconds."""
+        task, self._poll_task = self._poll_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})  # unlike `await task`, keeps a cancel of stop() itself
+        bot, self.bot = self.bot, None
+        if bot is not None:
+            await bot.shutdown()
+
+    def _poll_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # a bug or an unreadable update: let the supervisor restart us
+            log.error("telegram: polling stopped unexpectedly", exc_info=exc)
+            lost = ConnectionLost(f"polling stopped: {exc!r}", platform=PLATFORM)
+            lost.__cause__ = exc
+            self.report_failure(lost)
+
+    async def _poll(self, bot: Bot, on_inbound: OnInbound) -> None:
+        failures = 0
+        while True:
+            try:
+                with map_telegram_errors():
+                    updates = await bot.get_updates(
+                        offset=self._offset, timeout=dtm.timedelta(seconds=self.poll_timeout),
+                        allowed_updates=ALLOWED_UPDATES,
+                    )  # fmt: skip
+            except RetryAfter as exc:
+                log.warning("telegram: getUpdates rate limited; waiting %gs", exc.retry_after)
+                await asyncio.sleep(exc.retry_after)
+                continue
+            except PlatformAuthError as exc:
+                self.report_failure(exc)
+                return
+            except PlatformError as exc:
+                failures += 1
+                reason = exc.__cause__ or exc  # the SDK's error, without our "telegram:" prefix
+                if failures >= self.max_poll_failures:
+                    lost = ConnectionLost(
+                        f"getUpdates failed {failures} times in a row, last: {reason!r}",
+                        platform=PLATFORM,
+                    )
+                    lost.__cause__ = exc
+                    self.report_failure(lost)
+                    return
+                delay = self.poll_retry_delay * 2 ** (failures - 1)
+                log.warning("telegram: getUpdates failed (%r); retrying in %.2fs", reason, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            for update in updates:
+                await self._deliver(update, on_inbound)
+                # Confirmed by the next getUpdates; set after delivery, so a stop
+                # mid-batch redelivers (the gate drops duplicates) rather than loses.
+                self._offset = update.update_id + 1
+
+    async def _deliver(self, update: Update, on_inbound: OnInbound) -> None:
+        inbound = normalize_update(update, bot_id=self.bot_id, bot_username=self.bot_username)
+        if inbound is None:
+            log.debug("telegram: ignoring update %s (no text message)", update.update_id)
+            return
+        try:
+            await on_inbound(inbound)
+        except Exception:  # one bad message must not stop the polling loop
+            log.exception("telegram: handling update %s failed", update.update_id)
+
+    # -- sending ---------------------------------------------------------------
+
+    def _running_bot(self) -> Bot:
+        if self.bot is None:
+            raise PlatformUnavailable("not connected: start() the adapter first", platform=PLATFORM)
+        return self.bot
+
+    async def do_send(
+        self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
+    ) -> str:
+        """Send one chunk with ``sendMessage`` (HTML from Markdown, or plain) into the topic."""
+        bot = self._running_bot()
+        with map_telegram_errors():
+            message = await bot.send_message(
+                chat_id=_chat_ref(chat_id),
+                text=markdown_to_html(text) if formatted else text,
+                parse_mode=ParseMode.HTML if formatted else None,
+                message_thread_id=_thread_ref(thread_id),
+            )
+        return str(message.message_id)
+
+    async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
+        """``sendChatAction(typing)`` in the chat (and forum topic); Telegram shows it ~5 s."""
+        bot = self._running_bot()
+        with map_telegram_errors():
+            await bot.send_chat_action(
+                chat_id=_chat_ref(chat_id),
+                action=ChatAction.TYPING,
+                message_thread_id=_thread_ref(thread_id),
+            )

@@ -1,0 +1,467 @@
+"""Web adapter: a chat page and a WebSocket, served by aiohttp (no extra install).
+
+``GET /`` serves one page (HTML, CSS and JavaScript shipped in the package: no
+build step, no CDN); the page talks to ``/ws`` with the JSON frames described
+in :mod:`onethread.platforms.web_protocol`. ``GET /healthz`` answers ``ok``.
+
+Behaviour a caller should know:
+
+- Who is who: the page keeps a random id in the browser's ``localStorage``;
+  that id is the platform user id, so the same browser is the same user, and
+  ``chat_id`` is ``web-<id>`` (always a DM). The id is the visitor's only
+  credential: whoever holds it reads that conversation (and, once the account
+  is linked with ``/link``, the person's whole history). The display name is
+  whatever the visitor typed.
+- Binding: ``127.0.0.1`` by default. Any other host needs an access token
+  (``access_token=`` or ``ONETHREAD_WEB_TOKEN``), else ``ConfigError`` at
+  construction. With a token, the page needs ``?token=<token>`` once (a cookie
+  keeps it) and the socket needs the token too; otherwise 401. Browsers'
+  cross-origin sockets are refused (403) unless listed in ``allowed_origins``.
+- Nothing is lost on a dropped socket: the page resends unacked messages (the
+  bot's gate drops repeats by id) and the server keeps each reply until a page
+  acks it, replaying it on reconnect (``outbox_size`` per user, oldest dropped).
+  A user may have several tabs open; each gets every message.
+- History: on page load the server sends the conversation from
+  ``history_provider(user_id)`` (an async function returning
+  ``web_protocol.history_message`` dicts). :func:`attach_history` wires it to a
+  ``Bot``'s session manager; without one the page starts empty.
+- ``port=0`` picks a free port; ``adapter.port`` and ``adapter.url`` are real
+  once ``start()`` returned. ``token`` is accepted for the ``Bot`` interface
+  and unused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import ipaddress
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar, Protocol
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..errors import BadRequest, ConfigError, PlatformUnavailable
+from ..session.history.base import HistoryEntry
+from .base import Adapter, Inbound, OnInbound
+from .delivery import RetryPolicy
+from .web_protocol import (
+    Outbox,
+    ProtocolError,
+    chat_id_for,
+    clean_name,
+    history_message,
+    parse_client_frame,
+    user_for_chat,
+    valid_id,
+)
+
+__all__ = ["TOKEN_ENV", "HistoryProvider", "WebAdapter", "attach_history", "is_loopback"]
+
+log = logging.getLogger("onethread.platforms.web")
+
+PLATFORM = "web"
+TOKEN_ENV = "ONETHREAD_WEB_TOKEN"
+COOKIE = "onethread_token"
+HistoryProvider = Callable[[str], Awaitable[list[dict[str, Any]]]]
+"""``async (user_id) -> [history_message(...), ...]``: the conversation shown on page load."""
+
+_STATIC: dict[str, str] = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+_SOCKET_ERRORS = (ConnectionError, RuntimeError)  # writing to a socket that is closing
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
+
+
+class WebAdapter(Adapter):
+    """Serve the chat page and its WebSocket on ``host:port``.
+
+    Args:
+        token: unused (the web platform has no credential); accepted so
+            ``Bot`` can pass it.
+        host: interface to bind; anything but loopback needs ``access_token``.
+        port: TCP port; 0 picks a free one (read ``adapter.port`` after start).
+        access_token: required by the page and the socket when set; default
+            ``ONETHREAD_WEB_TOKEN``.
+        history_provider: see :data:`HistoryProvider`; also settable later
+            (``attach_history``).
+        allowed_origins: extra page origins (``https://chat.example.com``)
+            allowed to open the socket, for a reverse proxy that rewrites Host.
+        outbox_size: unacked replies kept per user for a reconnect.
+
+    Raises ``ConfigError`` for a non-loopback host without a token or a bad port.
+    """
+
+    name: ClassVar[str] = PLATFORM
+    max_message_length: ClassVar[int] = 100_000
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        access_token: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        history_provider: HistoryProvider | None = None,
+        allowed_origins: Iterable[str] = (),
+        outbox_size: int = 100,
+    ) -> None:
+        super().__init__(retry_policy=retry_policy)
+        del token  # no credential on this platform
+        if access_token is None:
+            access_token = os.environ.get(TOKEN_ENV) or None
+        if access_token is not None and not access_token.strip():
+            raise ConfigError(f"web access_token (or {TOKEN_ENV}) must not be blank")
+        if not is_loopback(host) and access_token is None:
+            raise ConfigError(
+                f"the web platform binds to {host!r}, which other machines can reach: set "
+                f"access_token (or the {TOKEN_ENV} environment variable), or bind to 127.0.0.1"
+            )
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"web port must be an integer from 0 to 65535, got {port!r}")
+        self.host = host
+        self.port = port
+        self.access_token = access_token
+        self.history_provider: HistoryProvider | None = history_provider
+        self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        self._outbox = Outbox(per_user=outbox_size)
+        self._sockets: dict[str, set[web.WebSocketResponse]] = {}
+        self._runner: web.AppRunner | None = None
+        self._on_inbound: OnInbound | None = None
+        self._static: dict[str, bytes] = {}
+
+    @property
+    def url(self) -> str:
+        """The page's address (without the access token)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, on_inbound: OnInbound) -> None:
+        """Listen on ``host:port``; return once serving.
+
+        Raises ``PlatformUnavailable`` when the address cannot be bound (the
+        supervisor retries with backoff).
+        """
+        if self._runner is not None:
+            raise RuntimeError("the web adapter is already started")
+        self._on_inbound = on_inbound
+        app = web.Application()
+        app.router.add_get("/", self._page)
+        app.router.add_get("/static/{name}", self._static_file)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/ws", self._websocket)
+        app.on_response_prepare.append(self._add_headers)
+        # No access log: its lines would carry user ids and tokens from the query.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise PlatformUnavailable(
+                f"cannot listen on {self.host}:{self.port}: {exc}", platform=PLATFORM
+            ) from exc
+        self._runner = runner
+        addresses = runner.addresses
+        if addresses and isinstance(addresses[0], tuple):
+            self.port = int(addresses[0][1])
+        log.info("web chat on %s", self.url)
+
+    async def stop(self) -> None:
+        """Close every socket (going away) and the server. Idempotent."""
+        runner, self._runner = self._runner, None
+        sockets = [ws for group in self._sockets.values() for ws in group]
+        self._sockets.clear()
+        await asyncio.gather(*(self._close(ws) for ws in sockets))
+        if runner is not None:
+            await runner.cleanup()
+        self._on_inbound = None
+
+    @staticmethod
+    async def _close(ws: web.WebSocketResponse) -> None:
+        try:
+            await asyncio.wait_for(
+                ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping"), 2.0
+            )
+        except (TimeoutError, *_SOCKET_ERRORS) as exc:
+            log.debug("web: socket did not close cleanly: %r", exc)
+
+    # -- sending ---------------------------------------------------------------
+
+    async def do_send(
+        self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
+    ) -> str:
+        """Deliver to every open tab of the user and keep it until a tab acks it.
+
+        Raises ``BadRequest`` for a chat id that is not ``web-<user id>``.
+        """
+        user = user_for_chat(chat_id)
+        if user is None:
+            raise BadRequest(f"not a web chat id: {chat_id!r}", platform=PLATFORM)
+        payload: dict[str, Any] = {
+            "type": "message",
+            "id": uuid.uuid4().hex,
+            "role": "assistant",
+            "text": text,
+            "format": "markdown" if formatted else "plain",
+            "ts": time.time(),
+        }
+        self._outbox.add(user, payload)
+        await self._broadcast(user, payload)
+        return str(payload["id"])
+
+    async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
+        """Tell the user's open tabs the bot is typing (not kept for later)."""
+        user = user_for_chat(chat_id)
+        if user is not None:
+            await self._broadcast(user, {"type": "typing"})
+
+    async def _broadcast(
+        self,
+        user: str,
+        payload: dict[str, Any],
+        *,
+        skip: web.WebSocketResponse | None = None,
+    ) -> int:
+        sent = 0
+        for ws in list(self._sockets.get(user, ())):
+            if ws is skip or ws.closed:
+                continue
+            try:
+                await ws.send_json(payload)
+                sent += 1
+            except _SOCKET_ERRORS as exc:
+                log.debug("web: could not write to a socket of %s: %r", user, exc)
+        return sent
+
+    # -- HTTP ------------------------------------------------------------------
+
+    async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        for header, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+
+    def _given_token(self, request: web.Request) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        return request.query.get("token") or request.cookies.get(COOKIE)
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self.access_token is None:
+            return True
+        given = self._given_token(request)
+        return given is not None and hmac.compare_digest(
+            given.encode("utf-8"), self.access_token.encode("utf-8")
+        )
+
+    def _origin_allowed(self, request: web.Request) -> bool:
+        """Browsers send Origin on socket handshakes; refuse other sites' pages."""
+        origin = request.headers.get("Origin")
+        if origin is None:  # not a browser
+            return True
+        origin = origin.rstrip("/").lower()
+        if origin in self.allowed_origins:
+            return True
+        _, sep, authority = origin.partition("://")
+        return bool(sep) and authority == request.host.lower()
+
+    def _read_static(self, name: str) -> bytes:
+        data = self._static.get(name)
+        if data is None:
+            resource = importlib.resources.files("onethread.web").joinpath("static", name)
+            data = self._static[name] = resource.read_bytes()
+        return data
+
+    def _asset(self, name: str) -> web.Response:
+        return web.Response(
+            body=self._read_static(name),
+            content_type=_STATIC[name],
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def _page(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            raise web.HTTPUnauthorized(
+                text="This chat needs its access token: open it as /?token=<access token>."
+            )
+        response = self._asset("index.html")
+        if self.access_token is not None and request.query.get("token"):
+            response.set_cookie(COOKIE, self.access_token, httponly=True, samesite="Strict")
+        return response
+
+    async def _static_file(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in _STATIC or name == "index.html":
+            raise web.HTTPNotFound()
+        return self._asset(name)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    # -- the socket ------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        if not self._authorized(request):
+            raise web.HTTPUnauthorized(text="missing or wrong access token")
+        if not self._origin_allowed(request):
+            raise web.HTTPForbidden(text="cross-origin socket refused")
+        user = request.query.get("user", "")
+        if not valid_id(user):
+            raise web.HTTPBadRequest(text="user must be 1-128 letters, digits, '_' or '-'")
+        name = clean_name(request.query.get("name", ""))
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        try:
+            await ws.send_json({"type": "hello", "user": user, "name": name})
+            await self._catch_up(ws, user, request.query.get("history", "1") != "0")
+            async for frame in ws:
+                if frame.type is WSMsgType.TEXT:
+                    await self._on_frame(ws, user, name, frame.data)
+                elif frame.type is WSMsgType.ERROR:
+                    log.debug("web: socket of %s failed: %r", user, ws.exception())
+        except _SOCKET_ERRORS as exc:
+            log.debug("web: socket of %s dropped: %r", user, exc)
+        finally:
+            group = self._sockets.get(user)
+            if group is not None:
+                group.discard(ws)
+                if not group:
+                    del self._sockets[user]
+        return ws
+
+    async def _catch_up(self, ws: web.WebSocketResponse, user: str, with_history: bool) -> None:
+        """Send the history (page load), then the replies the user has not acked yet."""
+        if with_history:
+            messages = await self._history(user)
+            if messages is None:
+                await ws.send_json({"type": "error", "error": "history is unavailable"})
+            else:
+                await ws.send_json({"type": "history", "messages": messages})
+                # Replies already in the history need no replay.
+                shown = (m.get("text") for m in messages if m.get("role") == "assistant")
+                self._outbox.discard_texts(user, (t for t in shown if isinstance(t, str)))
+        # Registered in the same step as the snapshot: a reply sent from now on
+        # goes live, everything before it is in the snapshot.
+        pending = self._outbox.pending(user)
+        self._sockets.setdefault(user, set()).add(ws)
+        for payload in pending:
+            await ws.send_json(payload)
+
+    async def _history(self, user: str) -> list[dict[str, Any]] | None:
+        if self.history_provider is None:
+            return []
+        try:
+            return list(await self.history_provider(user))
+        except Exception:
+            log.exception("web: could not load the history of %s", user)
+            return None
+
+    async def _on_frame(self, ws: web.WebSocketResponse, user: str, name: str, raw: str) -> None:
+        try:
+            frame = parse_client_frame(raw)
+        except ProtocolError as exc:
+            error: dict[str, Any] = {"type": "error", "error": str(exc)}
+            if exc.frame_id:
+                error["id"] = exc.frame_id
+            await ws.send_json(error)
+            return
+        if frame.type == "ping":
+            await ws.send_json({"type": "pong"})
+        elif frame.type == "ack":
+            self._outbox.ack(user, frame.id)
+        else:
+            await self._on_message(ws, user, name, frame.id, frame.text)
+
+    async def _on_message(
+        self, ws: web.WebSocketResponse, user: str, name: str, message_id: str, text: str
+    ) -> None:
+        on_inbound = self._on_inbound
+        if on_inbound is None:  # stopping: no ack, so the page resends it later
+            return
+        inbound = Inbound(
+            platform=PLATFORM,
+            chat_id=chat_id_for(user),
+            chat_type="dm",
+            user_id=user,
+            user_name=name,
+            text=text,
+            message_id=message_id,
+            mentions_bot=True,
+        )
+        # Other tabs of the same user show what was typed here.
+        echo = {"type": "message", "id": message_id, "role": "user", "text": text,
+                "ts": time.time()}  # fmt: skip
+        await self._broadcast(user, echo, skip=ws)
+        try:
+            await on_inbound(inbound)
+        except Exception:
+            log.exception("web: message %s of %s was not taken", message_id, user)
+            await ws.send_json({"type": "error", "id": message_id, "error": "not delivered"})
+            return
+        await ws.send_json({"type": "ack", "id": message_id})
+
+
+class _SessionLike(Protocol):
+    async def history(
+        self, user_id: str, *, platform: str, chat_id: str = "", limit: int | None = None
+    ) -> list[HistoryEntry]: ...
+
+
+class _BotLike(Protocol):
+    @property
+    def adapter(self) -> Adapter: ...
+
+    @property
+    def session(self) -> _SessionLike: ...
+
+
+def attach_history(bot: _BotLike, *, limit: int = 200) -> None:
+    """Show ``bot``'s stored conversation (last ``limit`` entries) when a page loads.
+
+    Sets ``bot.adapter.history_provider`` to read ``bot.session.history`` for
+    the visitor's web DM (for a linked person, their history from every
+    platform). Leaves a provider that was already set alone. Raises
+    ``TypeError`` when the bot's adapter is not a ``WebAdapter``.
+    """
+    adapter = bot.adapter
+    if not isinstance(adapter, WebAdapter):
+        raise TypeError(f"attach_history needs a web bot, got a {type(adapter).__name__}")
+    if adapter.history_provider is not None:
+        return
+    session = bot.session
+
+    async def provider(user_id: str) -> list[dict[str, Any]]:
+        entries = await session.history(
+            user_id, platform=PLATFORM, chat_id=chat_id_for(user_id), limit=limit
+        )
+        return [history_message(entry) for entry in entries]
+
+    adapter.history_provider = provider

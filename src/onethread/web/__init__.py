@@ -1,0 +1,1 @@
+"""Static files of the web chat page (served by ``onethread.platforms.web``)."""

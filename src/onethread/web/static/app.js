@@ -1,0 +1,359 @@
+// onethread web chat: the page side of onethread/platforms/web_protocol.py.
+// No dependencies, no build step. The protocol is at-least-once both ways:
+// our messages are resent until the server acks them (it drops repeats by id),
+// and we ack each bot message so the server stops replaying it.
+"use strict";
+
+(function () {
+  const KEY_USER = "onethread.user";
+  const KEY_NAME = "onethread.name";
+  const KEY_OUT = "onethread.outgoing";
+  const $ = (id) => document.getElementById(id);
+
+  // ---- storage -------------------------------------------------------------
+
+  function load(key) {
+    try {
+      return window.localStorage.getItem(key);
+    } catch (err) {
+      return null; // storage disabled: this visit only
+    }
+  }
+
+  function store(key, value) {
+    try {
+      window.localStorage.setItem(key, value);
+    } catch (err) {
+      console.warn("onethread: cannot save to localStorage", err);
+    }
+  }
+
+  function randomId(bytes) {
+    const raw = new Uint8Array(bytes);
+    window.crypto.getRandomValues(raw); // works on plain http too, unlike randomUUID
+    return Array.from(raw, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function loadOutgoing() {
+    try {
+      const list = JSON.parse(load(KEY_OUT) || "[]");
+      return Array.isArray(list) ? list.filter((m) => m && m.id && m.text) : [];
+    } catch (err) {
+      return [];
+    }
+  }
+
+  // ---- markdown (escape first, then a small safe subset) --------------------
+
+  function escapeHtml(text) {
+    return text
+      .replace(/&/g, "&amp;")
+      .replace(/</g, "&lt;")
+      .replace(/>/g, "&gt;")
+      .replace(/"/g, "&quot;")
+      .replace(/'/g, "&#39;");
+  }
+
+  function emphasis(s) {
+    return s
+      .replace(/^#{1,6} +(.+)$/gm, "<strong>$1</strong>")
+      .replace(/\*\*(?=\S)([\s\S]*?\S)\*\*/g, "<strong>$1</strong>")
+      .replace(/(^|[^\w])__(?=\S)([\s\S]*?\S)__(?!\w)/g, "$1<strong>$2</strong>")
+      .replace(/(^|[^*\w])\*(?=\S)([^*\n]*?\S)\*(?!\*)/g, "$1<em>$2</em>")
+      .replace(/(^|[^\w])_(?=\S)([^_\n]*?\S)_(?!\w)/g, "$1<em>$2</em>");
+  }
+
+  function renderMarkdown(source) {
+    // Everything is HTML-escaped before any markup is added; the pieces built
+    // here are parked in slots (marked by NUL, removed from the input) so
+    // later rules never see their insides. Only http(s) links are made.
+    const slots = [];
+    const park = (html) => "\u0000" + (slots.push(html) - 1) + "\u0000";
+    const codeBlock = (lang, code) =>
+      "<pre><code" + (lang ? ' class="language-' + lang + '"' : "") + ">" +
+      code.replace(/\n$/, "") + "</code></pre>";
+    const link = (url, text) =>
+      '<a href="' + url + '" target="_blank" rel="noopener noreferrer">' + text + "</a>";
+
+    let s = escapeHtml(String(source).replace(/\u0000/g, "").replace(/\r\n?/g, "\n"));
+    s = s.replace(/```([\w+#.-]*)[^\n`]*\n([\s\S]*?)```/g, (m, lang, code) =>
+      park(codeBlock(lang, code)));
+    s = s.replace(/```([\w+#.-]*)[^\n`]*\n([\s\S]*)$/, (m, lang, code) =>
+      park(codeBlock(lang, code))); // an unclosed fence runs to the end
+    s = s.replace(/(`+)([^`\n]+)\1/g, (m, ticks, code) => park("<code>" + code + "</code>"));
+    s = s.replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)\u0000]+)\)/g, (m, text, url) =>
+      park(link(url, emphasis(text))));
+    s = s.replace(/(^|[\s(])(https?:\/\/[^\s<\u0000]*[^\s<\u0000.,;:!?)\]])/g, (m, lead, url) =>
+      lead + park(link(url, url)));
+    s = emphasis(s).replace(/\n/g, "<br>");
+    for (let i = 0; i < 4 && s.indexOf("\u0000") !== -1; i++) {
+      s = s.replace(/\u0000(\d+)\u0000/g, (m, n) => slots[Number(n)] || "");
+    }
+    return s;
+  }
+
+  // ---- state ---------------------------------------------------------------
+
+  let user = load(KEY_USER);
+  if (!user || !/^[A-Za-z0-9_-]{1,128}$/.test(user)) {
+    user = randomId(16);
+    store(KEY_USER, user);
+  }
+  const state = {
+    name: load(KEY_NAME) || "",
+    ws: null,
+    attempt: 0,
+    historyLoaded: false,
+    lastFrame: 0,
+    reconnectTimer: null,
+    typingTimer: null,
+    seen: new Set(), // ids of bot messages shown (replays are acked, not shown again)
+    outgoing: loadOutgoing(), // our messages not acked yet, oldest first
+  };
+  const token = new URLSearchParams(window.location.search).get("token");
+
+  function saveOutgoing() {
+    store(KEY_OUT, JSON.stringify(state.outgoing));
+  }
+
+  // ---- rendering -----------------------------------------------------------
+
+  function formatTime(ts) {
+    const when = ts ? new Date(ts * 1000) : new Date();
+    return when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function addMessage(m, extraClass) {
+    const list = $("messages");
+    const item = document.createElement("li");
+    item.className = "msg " + (m.role === "user" ? "user" : "assistant");
+    if (extraClass) item.classList.add(extraClass);
+    if (m.id) item.dataset.id = m.id;
+    const body = document.createElement("div");
+    body.className = "body";
+    if (m.role !== "user" && m.format !== "plain") {
+      body.innerHTML = renderMarkdown(m.text || "");
+    } else {
+      body.classList.add("plain");
+      body.textContent = m.text || "";
+    }
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const bits = [formatTime(m.ts)];
+    if (m.platform && m.platform !== "web") bits.push("via " + m.platform);
+    if (m.source && m.mirror) bits.push(m.source);
+    meta.textContent = bits.join(" · ");
+    item.append(body, meta);
+    list.append(item);
+    list.scrollTop = list.scrollHeight;
+    return item;
+  }
+
+  function findMessage(id) {
+    for (const item of $("messages").children) {
+      if (item.dataset.id === id) return item;
+    }
+    return null;
+  }
+
+  function setStatus(text) {
+    $("status").textContent = text;
+  }
+
+  function showTyping(on) {
+    window.clearTimeout(state.typingTimer);
+    $("typing").hidden = !on;
+    if (on) state.typingTimer = window.setTimeout(() => showTyping(false), 6000);
+  }
+
+  // ---- the socket ----------------------------------------------------------
+
+  function socketUrl() {
+    const url = new URL("ws", window.location.href);
+    url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
+    url.search = "";
+    url.searchParams.set("user", user);
+    url.searchParams.set("name", state.name);
+    url.searchParams.set("history", state.historyLoaded ? "0" : "1");
+    if (token) url.searchParams.set("token", token);
+    return url.toString();
+  }
+
+  function sendFrame(frame) {
+    const ws = state.ws;
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify(frame));
+      return true;
+    }
+    return false;
+  }
+
+  function connect() {
+    window.clearTimeout(state.reconnectTimer);
+    state.reconnectTimer = null;
+    if (state.ws) return;
+    setStatus(state.attempt ? "reconnecting…" : "connecting…");
+    const ws = new WebSocket(socketUrl());
+    state.ws = ws;
+    ws.onopen = () => {
+      state.lastFrame = Date.now();
+      setStatus("connected");
+      for (const m of state.outgoing) sendFrame({ type: "message", id: m.id, text: m.text });
+    };
+    ws.onmessage = (event) => {
+      state.lastFrame = Date.now();
+      state.attempt = 0;
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch (err) {
+        console.warn("onethread: bad frame", err);
+        return;
+      }
+      onFrame(frame);
+    };
+    ws.onclose = () => dropSocket(ws);
+    ws.onerror = () => dropSocket(ws);
+  }
+
+  function dropSocket(ws) {
+    if (state.ws !== ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close();
+    } catch (err) {
+      console.debug("onethread: close failed", err);
+    }
+    state.ws = null;
+    showTyping(false);
+    scheduleReconnect();
+  }
+
+  function scheduleReconnect() {
+    if (state.reconnectTimer !== null) return;
+    const delay = Math.min(10000, 500 * 2 ** state.attempt) * (0.5 + Math.random() / 2);
+    state.attempt += 1;
+    setStatus("reconnecting…");
+    state.reconnectTimer = window.setTimeout(connect, delay);
+  }
+
+  function onFrame(frame) {
+    switch (frame.type) {
+      case "history":
+        state.historyLoaded = true;
+        $("messages").textContent = "";
+        for (const m of frame.messages || []) addMessage(m);
+        for (const m of state.outgoing) addMessage({ role: "user", id: m.id, text: m.text, ts: m.ts }, "pending");
+        break;
+      case "message":
+        if (frame.role === "user") {
+          if (!findMessage(frame.id)) addMessage(frame);
+          break;
+        }
+        sendFrame({ type: "ack", id: frame.id });
+        if (state.seen.has(frame.id)) break;
+        state.seen.add(frame.id);
+        showTyping(false);
+        addMessage(frame);
+        break;
+      case "ack": {
+        state.outgoing = state.outgoing.filter((m) => m.id !== frame.id);
+        saveOutgoing();
+        const item = findMessage(frame.id);
+        if (item) item.classList.remove("pending");
+        break;
+      }
+      case "typing":
+        showTyping(true);
+        break;
+      case "error":
+        if (frame.id) {
+          state.outgoing = state.outgoing.filter((m) => m.id !== frame.id);
+          saveOutgoing();
+          const item = findMessage(frame.id);
+          if (item) {
+            item.classList.remove("pending");
+            item.classList.add("failed");
+            item.title = frame.error || "not delivered";
+          }
+        }
+        setStatus(frame.error || "error");
+        break;
+      default: // hello, pong
+        break;
+    }
+  }
+
+  // A socket can die without a close event (sleep, network change): ping it,
+  // and give up on it when nothing came back for a while.
+  window.setInterval(() => {
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+    if (Date.now() - state.lastFrame > 45000) dropSocket(state.ws);
+    else sendFrame({ type: "ping" });
+  }, 20000);
+  window.addEventListener("online", () => {
+    if (!state.ws) connect();
+  });
+
+  // ---- the page ------------------------------------------------------------
+
+  function sendMessage(text) {
+    const m = { id: randomId(16), text: text, ts: Date.now() / 1000 };
+    state.outgoing.push(m);
+    saveOutgoing();
+    addMessage({ role: "user", id: m.id, text: m.text, ts: m.ts }, "pending");
+    sendFrame({ type: "message", id: m.id, text: m.text });
+  }
+
+  function showChat() {
+    $("signin").hidden = true;
+    $("chat").hidden = false;
+    $("who").textContent = state.name;
+    $("text").focus();
+  }
+
+  function showSignin() {
+    $("chat").hidden = true;
+    $("signin").hidden = false;
+    $("name").value = state.name;
+    $("name").focus();
+  }
+
+  $("signin-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = $("name").value.trim().slice(0, 64);
+    if (!name) return;
+    const renamed = state.name !== name;
+    state.name = name;
+    store(KEY_NAME, name);
+    showChat();
+    if (renamed && state.ws) dropSocket(state.ws); // reconnect under the new name
+    connect();
+  });
+
+  $("rename").addEventListener("click", showSignin);
+
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("text").value;
+    if (!text.trim()) return;
+    $("text").value = "";
+    sendMessage(text);
+  });
+
+  $("text").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+
+  window.onethread = { renderMarkdown: renderMarkdown };
+
+  if (state.name) {
+    showChat();
+    connect();
+  } else {
+    showSignin();
+  }
+})();

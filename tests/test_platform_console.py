@@ -1,0 +1,161 @@
+"""The console platform: a real Bot reading lines from in-memory streams and pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import Iterator
+from typing import TextIO
+
+import pytest
+
+from helpers import RecordingAgent
+from onethread.bots import Bot
+from onethread.errors import BadRequest
+from onethread.platforms.base import Inbound
+from onethread.platforms.console import ConsoleAdapter
+
+
+def console(bot: Bot) -> ConsoleAdapter:
+    assert isinstance(bot.adapter, ConsoleAdapter)
+    return bot.adapter
+
+
+def agent(bot: Bot) -> RecordingAgent:
+    assert isinstance(bot.agent, RecordingAgent)
+    return bot.agent
+
+
+async def run_to_eof(bot: Bot, timeout: float = 5.0) -> None:
+    """Run the bot as ``onethread chat`` does: end of input stops it."""
+    console(bot).on_eof = bot.stop
+    await asyncio.wait_for(bot.start(), timeout)
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[TextIO, TextIO]]:
+    """A (reader, writer) pair of text streams, like stdin fed by a person."""
+    read_fd, write_fd = os.pipe()
+    reader = os.fdopen(read_fd, "r", buffering=1)
+    writer = os.fdopen(write_fd, "w", buffering=1)
+    yield reader, writer
+    for stream in (writer, reader):
+        if not stream.closed:
+            try:
+                stream.close()
+            except OSError as exc:  # the input thread may still hold the reader
+                print(f"closing pipe: {exc!r}")
+
+
+async def test_lines_are_answered_in_order_until_quit() -> None:
+    out = io.StringIO()
+    bot = Bot("console", RecordingAgent(), store="memory://",
+              input_stream=io.StringIO("hello\n\n   \nsecond\n/quit\nnever read\n"),
+              output_stream=out)  # fmt: skip
+    await run_to_eof(bot)
+    assert out.getvalue() == "reply:hello\nreply:second\n"
+    texts = [message.content for _, message, _ in agent(bot).calls]
+    assert texts == ["hello", "second"]  # blank lines skipped, nothing after /quit
+    _, _, ctx = agent(bot).calls[0]
+    assert (ctx.platform, ctx.chat_id, ctx.chat_type) == ("console", "console-me", "dm")
+    assert (ctx.user_id, ctx.user_name) == ("me", "me")
+    # the second turn saw the first one as history: one conversation
+    assert [e.content for e in agent(bot).calls[1][0]] == ["hello", "reply:hello"]
+
+
+async def test_end_of_input_calls_on_eof() -> None:
+    out = io.StringIO()
+    adapter = ConsoleAdapter(user="ada", user_name="Ada", input_stream=io.StringIO("hi"),
+                             output_stream=out)  # fmt: skip
+    bot = Bot("console", RecordingAgent(), store="memory://", adapter=adapter)
+    ended = asyncio.Event()
+    adapter.on_eof = ended.set  # a plain function works too
+    task = asyncio.create_task(bot.start())
+    await asyncio.wait_for(ended.wait(), 5)
+    await bot.stop()
+    await task
+    assert out.getvalue() == "reply:hi\n"
+    _, _, ctx = agent(bot).calls[0]
+    assert (ctx.chat_id, ctx.user_id, ctx.user_name) == ("console-ada", "ada", "Ada")
+
+
+async def test_same_line_twice_is_answered_twice() -> None:
+    out = io.StringIO()
+    bot = Bot("console", RecordingAgent(), store="memory://",
+              input_stream=io.StringIO("again\nagain\n"), output_stream=out)  # fmt: skip
+    await run_to_eof(bot)
+    assert out.getvalue() == "reply:again\nreply:again\n"
+    ids = {ctx.message_id for _, _, ctx in agent(bot).calls}
+    assert len(ids) == 2 and "" not in ids
+
+
+async def test_commands_reach_the_bot() -> None:
+    out = io.StringIO()
+    bot = Bot("console", RecordingAgent(), store="memory://",
+              input_stream=io.StringIO("/whoami\n"), output_stream=out)  # fmt: skip
+    await run_to_eof(bot)
+    assert "console" in out.getvalue() and agent(bot).calls == []
+
+
+async def test_interactive_pipe_gets_replies_before_eof(pipe: tuple[TextIO, TextIO]) -> None:
+    reader, writer = pipe
+    out = io.StringIO()
+    bot = Bot("console", RecordingAgent(), store="memory://", input_stream=reader,
+              output_stream=out)  # fmt: skip
+    console(bot).on_eof = bot.stop
+    task = asyncio.create_task(bot.start())
+    writer.write("first\n")
+    for _ in range(200):
+        if out.getvalue():
+            break
+        await asyncio.sleep(0.01)
+    assert out.getvalue() == "reply:first\n"  # answered while input is still open
+    assert not task.done()
+    writer.write("second\n")
+    writer.close()  # end of input
+    await asyncio.wait_for(task, 5)
+    assert out.getvalue() == "reply:first\nreply:second\n"
+
+
+async def test_stop_while_a_read_blocks_and_lines_wait_for_restart(
+    pipe: tuple[TextIO, TextIO],
+) -> None:
+    reader, writer = pipe
+    adapter = ConsoleAdapter(input_stream=reader, output_stream=io.StringIO())
+    seen: list[Inbound] = []
+    got = asyncio.Event()
+
+    async def on_inbound(msg: Inbound) -> None:
+        seen.append(msg)
+        got.set()
+
+    await adapter.start(on_inbound)
+    await asyncio.wait_for(adapter.stop(), 1)  # the input thread is blocked in readline
+    writer.write("typed while stopped\n")
+    await asyncio.sleep(0.05)
+    assert seen == []
+    await adapter.start(on_inbound)
+    await asyncio.wait_for(got.wait(), 5)
+    assert [m.text for m in seen] == ["typed while stopped"]
+    await adapter.stop()
+    await adapter.stop()  # idempotent
+    writer.close()
+
+
+async def test_output_is_plain_without_a_terminal() -> None:
+    out = io.StringIO()
+    adapter = ConsoleAdapter(input_stream=io.StringIO(""), output_stream=out)
+    assert not adapter.interactive
+    await adapter.do_typing("console-me")  # nothing on a pipe
+    await adapter.send("console-me", "**bold** stays as written\n")
+    assert out.getvalue() == "**bold** stays as written\n"
+    with pytest.raises(BadRequest):
+        await adapter.do_send("console-someone-else", "no")
+
+
+def test_user_must_be_given() -> None:
+    with pytest.raises(ValueError, match="console user"):
+        ConsoleAdapter(user=" ")
+    adapter = ConsoleAdapter(user="bob")
+    assert (adapter.name, adapter.chat_id, adapter.user_name) == ("console", "console-bob", "bob")
