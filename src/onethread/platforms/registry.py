@@ -22,10 +22,10 @@ class PlatformSpec:
 
 
 PLATFORMS: dict[str, PlatformSpec] = {
-    "telegram": PlatformSpec("onethread.platforms.telegram", "TelegramAdapter", "telegram",
-                             "telegram"),
-    "discord": PlatformSpec("onethread.platforms.discord", "DiscordAdapter", "discord",
-                            "discord"),
+    "telegram": PlatformSpec(
+        "onethread.platforms.telegram", "TelegramAdapter", "telegram", "telegram"
+    ),
+    "discord": PlatformSpec("onethread.platforms.discord", "DiscordAdapter", "discord", "discord"),
     "slack": PlatformSpec("onethread.platforms.slack", "SlackAdapter", "slack", "slack_bolt"),
     "web": PlatformSpec("onethread.platforms.web", "WebAdapter", None),
     "console": PlatformSpec("onethread.platforms.console", "ConsoleAdapter", None),
