@@ -1,0 +1,121 @@
+"""What every ``onethread`` subcommand shares: the config, the stores, the agent."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from .config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, load_config
+from .errors import ConfigError
+from .session.history.base import HistoryStore
+from .session.urls import (
+    default_history_url,
+    default_identity_url,
+    open_history_store,
+    open_identity_resolver,
+)
+
+__all__ = [
+    "build_agent",
+    "close_resolver",
+    "config_from_args",
+    "describe_model",
+    "history_url",
+    "identity_url",
+    "open_history",
+    "open_identity",
+    "redact_url",
+    "say",
+]
+
+
+def say(text: str = "", *, file: TextIO | None = None) -> None:
+    """Print one line and flush (the banner must reach a pipe at once)."""
+    out = file or sys.stdout
+    out.write(text + "\n")
+    out.flush()
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config named by ``--config``, else ``./onethread.yaml`` if present, else defaults."""
+    path: str | None = getattr(args, "config", None)
+    if path is not None:
+        return load_config(path)
+    if Path(DEFAULT_CONFIG_NAME).is_file():
+        return load_config(DEFAULT_CONFIG_NAME)
+    return Config()
+
+
+def history_url(config: Config) -> str:
+    """The history store URL in effect."""
+    return config.history or default_history_url()
+
+
+def identity_url(config: Config) -> str:
+    """The identity store URL in effect."""
+    return config.identity or default_identity_url()
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for printing)."""
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+def _key_error(config: Config, key: str, exc: ConfigError) -> ConfigError:
+    if config.source is None:
+        return exc
+    return ConfigFileError(config.source, [(key, str(exc))])
+
+
+def open_history(config: Config) -> HistoryStore:
+    """Open the configured history store; a bad URL is a ``ConfigError`` naming the key."""
+    try:
+        store: HistoryStore = open_history_store(config.history)
+    except ConfigError as exc:
+        raise _key_error(config, "history", exc) from exc
+    return store
+
+
+def open_identity(config: Config) -> Any:
+    """Open the configured identity resolver; errors as :func:`open_history`."""
+    try:
+        return open_identity_resolver(config.identity)
+    except ConfigError as exc:
+        raise _key_error(config, "identity", exc) from exc
+
+
+def close_resolver(resolver: Any) -> None:
+    """Close ``resolver`` if it has ``close()`` (the SQLite one holds a connection)."""
+    close = getattr(resolver, "close", None)
+    if callable(close):
+        close()
+
+
+def build_agent(config: Config) -> Any:
+    """The agent the config describes; ``ConfigFileError`` for a bad tool or model."""
+    from .agent import Agent
+    from .config_check import tool_functions
+
+    tools = tool_functions(config)
+    section = config.agent
+    try:
+        return Agent(section.name, section.instructions, tools, model=section.model)
+    except TypeError as exc:
+        raise ConfigFileError(config.source, [("agent.tools", str(exc))]) from exc
+    except ConfigError as exc:
+        raise ConfigFileError(config.source, [("agent.model", str(exc))]) from exc
+
+
+def describe_model(agent: Any) -> str:
+    """A short description of the agent's model for banners."""
+    from .agent import OfflineModel, OpenAIModel
+
+    model = getattr(agent, "model", None)
+    if isinstance(model, OfflineModel):
+        return "offline (set ONETHREAD_MODEL and OPENAI_API_KEY for a real one)"
+    if isinstance(model, OpenAIModel):
+        return f"{model.model} at {redact_url(model.base_url or 'api.openai.com')}"
+    return type(model).__name__

@@ -1,0 +1,401 @@
+"""The YAML config file (``onethread.yaml``), validated with pydantic, with clear errors.
+
+Example::
+
+    agent:
+      name: assistant
+      instructions: Be helpful.
+      model: null                    # null: ONETHREAD_MODEL, else the offline model
+      tools: ["mypkg.tools:whoami"]  # module:function import paths
+    platforms:                       # exactly these platforms (omit: web + tokens in env)
+      web: {host: 127.0.0.1, port: 8080}
+      telegram:
+        token: ${TELEGRAM_BOT_TOKEN}
+    identity: file:~/.onethread/identity.json
+    history: sqlite:///~/.onethread/history.db
+    access:
+      default: approval              # open | allowlist | approval
+      platforms: {telegram: allowlist}
+      allowlist: {telegram: ["12345"]}
+    owners: {telegram: "12345"}
+    max_history: 100
+
+Loading is two steps. :func:`load_config` reads the file, substitutes
+``${VAR}`` (and ``${VAR:-default}``; ``$${`` is a literal ``${``) in string
+values, and validates the structure; it imports nothing.
+``onethread.config_check.check_config`` then checks what needs imports or the
+environment: platform SDKs and option names, tokens, tools, store drivers.
+Every problem is reported as ``FILE: KEY: what is wrong; how to fix it``, all
+of them in one :class:`ConfigFileError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml  # type: ignore[import-untyped, unused-ignore]
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
+
+from .errors import ConfigError
+from .platforms.registry import PLATFORMS
+from .session.urls import ACCEPTED_FORMS
+
+__all__ = [
+    "DEFAULT_CONFIG_NAME",
+    "PLATFORM_TOKENS",
+    "AccessConfig",
+    "AgentConfig",
+    "Config",
+    "ConfigFileError",
+    "Problem",
+    "did_you_mean",
+    "load_config",
+    "parse_config",
+    "store_url_problem",
+]
+
+DEFAULT_CONFIG_NAME = "onethread.yaml"
+
+#: The environment variables holding each platform's credentials, by option name.
+PLATFORM_TOKENS: dict[str, dict[str, str]] = {
+    "telegram": {"token": "TELEGRAM_BOT_TOKEN"},
+    "discord": {"token": "DISCORD_BOT_TOKEN"},
+    "slack": {"token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN"},
+}
+
+_ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_TOOL_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+#: One mistake: (dotted key such as ``platforms.telegram.token``, message with the fix).
+Problem = tuple[str, str]
+
+
+class ConfigFileError(ConfigError):
+    """One or more mistakes in a config file.
+
+    ``path`` is the file (``None`` for settings that came from elsewhere);
+    ``problems`` lists ``(key, message)`` pairs. ``str()`` gives one line per
+    problem: ``FILE: KEY: message``.
+    """
+
+    def __init__(self, path: str | None, problems: Sequence[Problem]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        where = f"{path}: " if path else ""
+        super().__init__(
+            "\n".join(f"{where}{key}: {msg}" if key else f"{where}{msg}" for key, msg in problems)
+        )
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True)
+
+
+def _tool_path(value: str) -> str:
+    if not _TOOL_RE.fullmatch(value):
+        raise ValueError("not an import path; write module:function, e.g. mypkg.tools:whoami")
+    return value
+
+
+class AgentConfig(_Strict):
+    """``agent:``: the agent every platform shares."""
+
+    name: str = "assistant"
+    instructions: str = ""
+    model: str | None = None
+    tools: list[Annotated[str, AfterValidator(_tool_path)]] = Field(default_factory=list)
+
+
+#: An access policy name (see ``onethread.bots.policy``).
+Mode = Literal["open", "allowlist", "approval"]
+
+
+class AccessConfig(_Strict):
+    """``access:``: who may talk to the bot.
+
+    ``default`` applies to every platform not named in ``platforms``; unset,
+    each platform gets the built-in default (web and console open; others
+    ``approval`` when the platform has owners, else open with a warning).
+    ``allowlist`` mode serves the ids in ``allowlist[platform]`` and the
+    platform's owners; ``approval`` gives unknown senders a code that an owner
+    approves with ``onethread access approve PLATFORM CODE``.
+    """
+
+    default: Mode | None = None
+    platforms: dict[str, Mode] = Field(default_factory=dict)
+    allowlist: dict[str, list[str]] = Field(default_factory=dict)
+
+    def mode(self, platform: str) -> Mode | None:
+        """The access mode of ``platform`` (``None``: the built-in default)."""
+        return self.platforms.get(platform, self.default)
+
+
+class Config(_Strict):
+    """The whole config file. Build it with :func:`load_config`."""
+
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    platforms: dict[str, dict[str, Any] | None] | None = None
+    identity: str | None = None
+    history: str | None = None
+    access: AccessConfig = Field(default_factory=AccessConfig)
+    owners: dict[str, list[str]] = Field(default_factory=dict)
+    max_history: int = Field(default=100, ge=0)
+    _source: str | None = PrivateAttr(default=None)
+
+    @field_validator("platforms", mode="before")
+    @classmethod
+    def _platform_list(cls, value: Any) -> Any:
+        # `platforms: [web, telegram]` is short for a mapping with no options.
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return dict.fromkeys(value)
+        return value
+
+    @field_validator("owners", mode="before")
+    @classmethod
+    def _owner_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v if isinstance(v, list) else [v] for k, v in value.items()}
+        return value
+
+    @property
+    def source(self) -> str | None:
+        """The file this config was read from (``None``: built-in defaults)."""
+        return self._source
+
+    def owner_ids(self, platform: str) -> list[str]:
+        """The owners' account ids on ``platform``."""
+        return list(self.owners.get(platform, []))
+
+    def platform_options(
+        self, env: Mapping[str, str] | None = None, *, web: Mapping[str, Any] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The platforms to serve, name -> adapter options.
+
+        With a ``platforms:`` section: exactly those. Without: ``web`` plus
+        every platform whose token variables are all set in ``env`` (default
+        ``os.environ``). ``web`` options (``--host``/``--port``) are merged
+        into the web platform, adding it if needed.
+        """
+        env = os.environ if env is None else env
+        if self.platforms is not None:
+            chosen = {name: dict(opts or {}) for name, opts in self.platforms.items()}
+        else:
+            chosen = {"web": {}}
+            for name, variables in PLATFORM_TOKENS.items():
+                if all(env.get(var) for var in variables.values()):
+                    chosen[name] = {}
+        if web:
+            chosen["web"] = {**chosen.get("web", {}), **web}
+        if "web" in chosen:
+            chosen["web"] = {"host": "127.0.0.1", "port": 8080, **chosen["web"]}
+            port = chosen["web"]["port"]
+            if isinstance(port, str) and port.strip().isdigit():  # port: ${PORT}
+                chosen["web"]["port"] = int(port)
+        return chosen
+
+
+# -- loading ----------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute and validate the config file at ``path``.
+
+    Raises :class:`ConfigFileError` naming the file, the key and the fix for
+    every problem found (a missing file, YAML syntax with its line, unknown
+    keys with a did-you-mean, unset ``${VAR}``, wrong types, bad store URLs,
+    unknown platform names).
+    """
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigFileError(
+            name, [("", "no such file; create one with: onethread init")]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigFileError(name, [("", f"cannot read the file ({exc})")]) from exc
+    return parse_config(text, name, env)
+
+
+def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate config ``text``; ``source`` names it in errors. See :func:`load_config`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(source, [("", _yaml_problem(exc))]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(
+            source, [("", "the top level must be a mapping of keys (agent:, platforms:, ...)")]
+        )
+    problems: list[Problem] = []
+    data = _substitute(data, (), os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigFileError(source, problems)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigFileError(source, _pydantic_problems(exc)) from None
+    config._source = source
+    problems = _semantic_problems(config)
+    if problems:
+        raise ConfigFileError(source, problems)
+    return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is not None:
+        return (
+            f"line {mark.line + 1}, column {mark.column + 1}: YAML syntax error: {problem}; "
+            "check the indentation and quote values that contain ': ', '#', '{' or '}'"
+        )
+    return f"YAML syntax error: {problem}"
+
+
+def _dotted(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _substitute(
+    value: Any, loc: tuple[str | int, ...], env: Mapping[str, str], problems: list[Problem]
+) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, (*loc, str(k)), env, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, (*loc, i), env, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        var, default = match.group(1), match.group(2)
+        found = env.get(var)
+        if found:
+            return found
+        if default is not None:
+            return default
+        problems.append((_dotted(loc), _unset_message(var, loc)))
+        return ""
+
+    return _ENV_RE.sub(replace, value)
+
+
+def _unset_message(var: str, loc: tuple[str | int, ...]) -> str:
+    if len(loc) >= 2 and loc[0] == "platforms":
+        return f"${{{var}}} is not set; export {var}=... or remove the {loc[1]} platform"
+    return f"${{{var}}} is not set; export {var}=... or write the value in the file"
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"did you mean 'x'?"`` for the closest choice, else the list of choices."""
+    options = sorted(choices)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"expected one of: {', '.join(options)}" if options else "remove it"
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _pydantic_problems(exc: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = _dotted(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            known = list(model.model_fields) if model else []
+            problems.append((key, f"unknown key; {did_you_mean(str(loc[-1]), known)}"))
+        elif kind == "missing":
+            problems.append((key, "required; add it"))
+        else:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            got = repr(err.get("input"))
+            got = got if len(got) <= 60 else got[:57] + "..."
+            problems.append((key, f"{msg} (got {got})"))
+    return problems
+
+
+def store_url_problem(url: str, what: Literal["history", "identity"]) -> str | None:
+    """Why ``url`` is not a valid ``what`` store URL (``None`` when it is). Imports nothing."""
+    scheme, sep, rest = url.partition(":")
+    scheme = scheme.lower()
+    if not sep:
+        return f"bad store URL {url!r}; accepted forms: {ACCEPTED_FORMS}"
+    if scheme == "memory" or scheme in ("redis", "rediss", "postgresql", "postgres"):
+        return None
+    if scheme == "sqlite":
+        if not rest.startswith("///") or len(rest) <= 3:
+            return f"bad SQLite URL {url!r}; write sqlite:///relative.db or sqlite:////abs/path.db"
+        return None
+    if scheme == "file":
+        if what == "history":
+            return f"{url!r}: file: URLs are for identity only; use sqlite:///PATH for history"
+        if not rest.removeprefix("//"):
+            return f"bad file URL {url!r}; write file:/path/to/identity.json"
+        return None
+    return f"bad store URL {url!r}; accepted forms: {ACCEPTED_FORMS}"
+
+
+def _semantic_problems(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
+    known = list(PLATFORMS)
+    if config.platforms == {}:
+        msg = "no platforms listed; add web: (the built-in chat) or another platform"
+        problems.append(("platforms", msg))
+    for name in config.platforms or {}:
+        if name not in PLATFORMS:
+            problems.append((f"platforms.{name}", f"unknown platform; {did_you_mean(name, known)}"))
+    for section, names in (
+        ("access.platforms", config.access.platforms),
+        ("access.allowlist", config.access.allowlist),
+        ("owners", config.owners),
+    ):
+        for name in names:
+            if name not in PLATFORMS:
+                msg = f"unknown platform; {did_you_mean(name, known)}"
+                problems.append((f"{section}.{name}", msg))
+    for key, url, what in (
+        ("history", config.history, "history"),
+        ("identity", config.identity, "identity"),
+    ):
+        if url is not None:
+            problem = store_url_problem(url, what)  # type: ignore[arg-type]
+            if problem:
+                problems.append((key, problem))
+    return problems

@@ -1,0 +1,207 @@
+"""Config checks that need imports or the environment (``onethread run --check``).
+
+:func:`onethread.config.load_config` validates a file's structure and imports
+nothing; :func:`check_config` then checks the platform SDKs and adapter
+options, tokens, tools and store drivers, reporting every problem as
+``FILE: KEY: what is wrong; how to fix it``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import PLATFORM_TOKENS, Config, ConfigFileError, Problem, did_you_mean
+from .errors import ConfigError, MissingDependencyError
+from .platforms.registry import load_adapter_class
+
+__all__ = ["check_config", "import_tool", "tool_functions"]
+
+_NOT_ADAPTER_OPTIONS = frozenset({"self", "retry_policy"})
+
+
+def import_tool(path: str, search: Sequence[Path] = ()) -> Callable[..., Any]:
+    """Import ``module:function`` (folders in ``search`` are tried first).
+
+    Raises ``ConfigError`` saying what could not be imported and why.
+    """
+    module_name, _, attr = path.partition(":")
+    for folder in reversed([str(p) for p in search]):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import {path!r} ({exc}); check the module name and that it is on "
+            "PYTHONPATH (the config's folder and the working directory are searched)"
+        ) from exc
+    except Exception as exc:  # the user's module raised while being imported
+        raise ConfigError(
+            f"importing {module_name!r} for {path!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{module_name!r} has no {attr!r}; check the name after ':'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{path!r} is not a function")
+    return obj  # type: ignore[no-any-return]
+
+
+def _adapter_options(name: str) -> set[str] | None:
+    """Option names the adapter's constructor takes (``None``: it takes anything)."""
+    cls = load_adapter_class(name)
+    params = inspect.signature(cls).parameters.values()
+    named = {
+        p.name
+        for p in params
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and p.name not in _NOT_ADAPTER_OPTIONS
+    }
+    return named or None
+
+
+def _platform_problems(
+    name: str, options: Mapping[str, Any], env: Mapping[str, str], from_file: bool
+) -> list[Problem]:
+    key = f"platforms.{name}"
+    try:
+        accepted = _adapter_options(name)
+    except ConfigError as exc:  # an unknown platform or a missing SDK (with the pip line)
+        return [(key, str(exc))]
+    problems: list[Problem] = []
+    if accepted is not None:
+        for option in options:
+            if option not in accepted:
+                msg = f"unknown option; {did_you_mean(option, accepted)}"
+                problems.append((f"{key}.{option}", msg))
+    for option, var in PLATFORM_TOKENS.get(name, {}).items():
+        if options.get(option) or env.get(var):
+            continue
+        if from_file:
+            fix = (
+                f"export {var}=... (the file can say {option}: ${{{var}}}) "
+                f"or remove the {name} platform"
+            )
+        else:
+            fix = f"export {var}=... too, or unset the other {name} variable"
+        problems.append((f"{key}.{option}", f"not set; {fix}"))
+    if name == "web":
+        port = options.get("port", 8080)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            msg = f"must be a port number from 0 to 65535 (0: any free port), got {port!r}"
+            problems.append((f"{key}.port", msg))
+        from .platforms.web import TOKEN_ENV, is_loopback
+
+        host = str(options.get("host", "127.0.0.1"))
+        if not is_loopback(host) and not (options.get("access_token") or env.get(TOKEN_ENV)):
+            problems.append(
+                (
+                    f"{key}.access_token",
+                    f"required when host is {host} (reachable from other machines); "
+                    f"export {TOKEN_ENV}=<a long random secret> (or set access_token), "
+                    "or bind to 127.0.0.1",
+                )
+            )
+    return problems
+
+
+def _driver_problem(url: str) -> str | None:
+    scheme = url.partition(":")[0].lower()
+    needs = {"redis": ("redis", "redis"), "rediss": ("redis", "redis")}
+    needs |= {"postgresql": ("psycopg", "postgres"), "postgres": ("psycopg", "postgres")}
+    if scheme not in needs:
+        return None
+    module, extra = needs[scheme]
+    if importlib.util.find_spec(module) is None:
+        return str(MissingDependencyError(f"the {scheme} store", extra))
+    return None
+
+
+def check_config(
+    config: Config,
+    env: Mapping[str, str] | None = None,
+    *,
+    web: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Check what :func:`load_config` cannot: platform SDKs and options, tokens, tools, drivers.
+
+    Returns the platform options to serve (see :meth:`Config.platform_options`).
+    Raises :class:`ConfigFileError` listing every problem.
+    """
+    env = os.environ if env is None else env
+    platforms = config.platform_options(env, web=web)
+    from_file = config.platforms is not None
+    problems: list[Problem] = []
+    for name, options in platforms.items():
+        problems += _platform_problems(name, options, env, from_file)
+    if not from_file:
+        for name, variables in PLATFORM_TOKENS.items():
+            set_vars = [var for var in variables.values() if env.get(var)]
+            if set_vars and name not in platforms:
+                missing = [var for var in variables.values() if not env.get(var)]
+                problems.append(
+                    (
+                        "",
+                        f"{', '.join(set_vars)} is set but {', '.join(missing)} is not; "
+                        f"export {missing[0]}=... to serve {name}, or unset {set_vars[0]}",
+                    )
+                )
+    for name in platforms:
+        if config.access.mode(name) == "allowlist" and not (
+            config.access.allowlist.get(name) or config.owners.get(name)
+        ):
+            problems.append(
+                (
+                    f"access.allowlist.{name}",
+                    f"{name} uses the allowlist but nobody is on it; add ids here, under "
+                    f"owners.{name}, or set access.platforms.{name}: open",
+                )
+            )
+    model = config.agent.model
+    if model and not (env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL")):
+        problems.append(
+            (
+                "agent.model",
+                f"{model!r} needs an OpenAI-compatible endpoint; export OPENAI_API_KEY=... "
+                "(api.openai.com) or OPENAI_BASE_URL=... (another server), or set model: null",
+            )
+        )
+    search = _search_path(config)
+    for i, tool in enumerate(config.agent.tools):
+        try:
+            import_tool(tool, search)
+        except ConfigError as exc:
+            problems.append((f"agent.tools[{i}]", str(exc)))
+    for key, url in (("history", config.history), ("identity", config.identity)):
+        problem = _driver_problem(url) if url else None
+        if problem:
+            problems.append((key, problem))
+    if problems:
+        raise ConfigFileError(config.source, problems)
+    return platforms
+
+
+def _search_path(config: Config) -> list[Path]:
+    folders = [Path.cwd()]
+    if config.source:
+        folders.insert(0, Path(config.source).resolve().parent)
+    return folders
+
+
+def tool_functions(config: Config) -> list[Callable[..., Any]]:
+    """Import the agent's tools; ``ConfigFileError`` naming the failing entry."""
+    out = []
+    for i, tool in enumerate(config.agent.tools):
+        try:
+            out.append(import_tool(tool, _search_path(config)))
+        except ConfigError as exc:
+            raise ConfigFileError(config.source, [(f"agent.tools[{i}]", str(exc))]) from exc
+    return out
