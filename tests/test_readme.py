@@ -50,3 +50,11 @@ def test_mirror_example_from_plain_code(_isolated_env: Path) -> None:
     bot = ns["bot"]
     entries = asyncio.run(bot._session.store.load("user:alice"))  # type: ignore[attr-defined]
     assert entries[-1].source == "cron" and entries[-1].mirror
+
+
+def test_session_manager_example(capsys: object) -> None:
+    run_plain_example("session-manager", {"__name__": "__main__"})
+
+
+def test_resolvers_example() -> None:
+    run_plain_example("resolvers", {})
