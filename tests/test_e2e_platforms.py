@@ -337,3 +337,65 @@ async def test_link_flow_through_real_clients(fakes: Fakes, tmp_path: Path) -> N
         await stop(botos, task)
     colour = next(r for r in fakes.openai.requests if "what colour" in last_user_text(r))
     assert "remember: blue" in all_text(colour)
+
+
+async def test_link_refusals_lockout_unlink_and_approval_through_real_clients(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    from onethread.bots.policy import ApprovalPolicy, OpenPolicy, approve_code
+    from onethread.session.pairing import PairingStore
+
+    pairing = PairingStore(tmp_path / "pairing.db")
+    resolver = InMemoryIdentityResolver()
+    botos = BotOS(
+        Agent(name="a"),
+        platforms=["telegram", "discord", "slack"],
+        identity_resolver=resolver,
+        store="memory://",
+        pairing=pairing,
+        access={
+            "telegram": OpenPolicy(),
+            "slack": OpenPolicy(),
+            "discord": ApprovalPolicy(pairing, owners=["4242"]),
+        },
+    )
+    task = await start(botos)
+    tg, dc, sl = fakes.telegram, fakes.discord, fakes.slack
+    try:
+        tg.inject_message(1, "/link")
+        [issued] = await tg.wait_for_messages(1, timeout=15)
+        code = issued.text.split("/link ")[1].split()[0]
+        # In a group: refused, and the code is not spent.
+        tg.inject_message(2, f"/link@{tg.bot_username} {code}", chat_id=-100, chat_type="group")
+        group = (await tg.wait_for_messages(2, timeout=15))[1]
+        assert "direct message" in group.text and group.chat_id == -100
+        # Five wrong codes from the Discord owner account, then the right one: locked out.
+        for _ in range(5):
+            await dc.inject_dm(4242, "/link AAAAAAAA")
+        await dc.wait_for_messages(5, timeout=15)
+        await dc.inject_dm(4242, f"/link {code}")
+        sent = await dc.wait_for_messages(6, timeout=15)
+        assert "locked" in sent[-1].text
+        # Slack redeems it instead.
+        await sl.inject_dm("U0ALICE", f"/link {code}")
+        [linked] = await sl.wait_for_messages(1, timeout=15)
+        assert "Linked" in linked.text
+        assert resolver.resolve("slack", "U0ALICE") == resolver.resolve("telegram", "1")
+        # /unlink restores separation.
+        await sl.inject_dm("U0ALICE", "/unlink")
+        await sl.wait_for_messages(2, timeout=15)
+        assert resolver.resolve("slack", "U0ALICE") == "slack:U0ALICE"
+        # Discord requires approval: a stranger gets a code, the owner approves it.
+        await dc.inject_dm(5555, "hello?")
+        sent = await dc.wait_for_messages(7, timeout=15)
+        approval = sent[-1].text.split("approve discord ")[1].split()[0]
+        assert approve_code(PairingStore(tmp_path / "pairing.db"), "discord", approval) == (
+            "discord",
+            "5555",
+        )
+        await dc.inject_dm(5555, "and now?")
+        sent = await dc.wait_for_messages(8, timeout=15)
+        assert sent[-1].text == "ack: and now?"
+    finally:
+        await stop(botos, task)
+    assert not any("hello?" in last_user_text(r) for r in fakes.openai.requests)
