@@ -399,3 +399,24 @@ async def test_link_refusals_lockout_unlink_and_approval_through_real_clients(
     finally:
         await stop(botos, task)
     assert not any("hello?" in last_user_text(r) for r in fakes.openai.requests)
+
+
+async def test_seed_one_platform_and_in_memory_examples(fakes: Fakes) -> None:
+    ns: dict[str, Any] = {}
+    runner = asyncio.create_task(run_example("bot-start", ns))
+    while "bot" not in ns:
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(ns["bot"].ready.wait(), 30)
+    fakes.telegram.inject_message(12345, "hi there")
+    [reply] = await fakes.telegram.wait_for_messages(1, timeout=15)
+    assert reply.text == "ack: hi there"
+    await ns["bot"].stop()
+    await runner
+
+    ns = {}
+    await run_example("in-memory", ns)
+    botos: BotOS = ns["botos"]
+    assert sorted(botos.bots) == ["discord", "telegram"]
+    assert botos.session.resolve("discord", "snowflake-1") == "alice"
+    task = await start(botos)
+    await stop(botos, task)
