@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from onethread.session.history.base import HistoryEntry, HistoryStore
 from onethread.session.urls import open_history_store
+from services import postgres_schema, postgres_url, redis_prefix, redis_url
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", "redis", "postgres"]
+
+
+def _open_args(name: str, tmp_path: Path, stack: ExitStack) -> tuple[str, dict[str, Any]]:
+    """The URL and options of a fresh, empty store (shared ones in their own namespace)."""
+    if name == "redis":
+        return redis_url(), {"prefix": stack.enter_context(redis_prefix())}
+    if name == "postgres":
+        return postgres_url(), {"schema": stack.enter_context(postgres_schema())}
+    return {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/h.db"}[name], {}
 
 
 @pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HistoryStore]:
-    url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/h.db"}[request.param]
-    s = open_history_store(url)
-    assert isinstance(s, HistoryStore)
-    yield s
-    await s.close()
+    with ExitStack() as stack:
+        url, options = _open_args(request.param, tmp_path, stack)
+        s = open_history_store(url, **options)
+        assert isinstance(s, HistoryStore)
+        yield s
+        await s.close()
 
 
 def e(content: str, ts: float, role: str = "user", **kw: object) -> HistoryEntry:

@@ -10,6 +10,7 @@ import string
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +25,8 @@ from onethread.session import (
     IdentityLink,
     IdentityResolverProtocol,
     InMemoryIdentityResolver,
+    PostgresIdentityResolver,
+    RedisIdentityResolver,
     SQLiteIdentityResolver,
     unlinked_id,
 )
@@ -32,6 +35,7 @@ from onethread.session.validation import (
     validate_platform,
     validate_unified_id,
 )
+from services import postgres_schema, postgres_url, redis_prefix, redis_url
 
 
 class Resolver(Protocol):
@@ -58,30 +62,43 @@ class Backend:
     staleness: float = 0.0  # how long resolve() may serve another instance's old state
 
 
-def _memory(tmp_path: Path) -> Backend:
+def _memory(tmp_path: Path, stack: ExitStack) -> Backend:
     return Backend("memory", InMemoryIdentityResolver, persistent=False)
 
 
-def _file(tmp_path: Path) -> Backend:
+def _file(tmp_path: Path, stack: ExitStack) -> Backend:
     path = tmp_path / "home" / "identity.json"
     return Backend("file", lambda: FileIdentityResolver(path), True, staleness=0.05)
 
 
-def _sqlite(tmp_path: Path) -> Backend:
+def _sqlite(tmp_path: Path, stack: ExitStack) -> Backend:
     path = tmp_path / "home" / "identity.db"
     return Backend("sqlite", lambda: SQLiteIdentityResolver(path), True, staleness=0.05)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {
+def _redis(tmp_path: Path, stack: ExitStack) -> Backend:
+    url, prefix = redis_url(), stack.enter_context(redis_prefix())
+    return Backend("redis", lambda: RedisIdentityResolver(url, prefix=prefix), True, 0.1)
+
+
+def _postgres(tmp_path: Path, stack: ExitStack) -> Backend:
+    url, schema = postgres_url(), stack.enter_context(postgres_schema())
+    return Backend("postgres", lambda: PostgresIdentityResolver(url, schema=schema), True, 0.1)
+
+
+BACKENDS: dict[str, Callable[[Path, ExitStack], Backend]] = {
     "memory": _memory,
     "file": _file,
     "sqlite": _sqlite,
+    "redis": _redis,
+    "postgres": _postgres,
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return BACKENDS[request.param](tmp_path)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with ExitStack() as stack:  # shared back-ends: a fresh namespace, deleted afterwards
+        yield BACKENDS[request.param](tmp_path, stack)
 
 
 @pytest.fixture

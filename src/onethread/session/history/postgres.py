@@ -1,0 +1,218 @@
+"""``postgresql://USER@HOST:PORT/DB``: a history store shared by several hosts.
+
+One table, ``{schema}.onethread_history``, one row per entry, indexed by
+``(key, ts, id)``; ``id`` (a ``BIGSERIAL``) breaks timestamp ties in insertion
+order. ``metadata`` is ``JSON`` (kept as written: key order, ``\u0000``).
+PostgreSQL text cannot hold NUL characters: this store replaces any in text
+fields with U+FFFD (the other stores keep them). The schema and tables are created on first
+use; the version lives in ``{schema}.onethread_schema_version`` (component
+``history``) and a newer one than this code knows is a ``SchemaVersionError``.
+
+Each call is one transaction on a pooled connection (psycopg 3, async), so an
+``append`` lands whole or not at all and a ``merge`` is one ``UPDATE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.types.json import Json
+
+from .._postgres import open_pool, psycopg, psycopg_pool, sql, store_error, validate_schema
+from .._shared import PerLoop
+from .base import HistoryEntry, SessionSummary
+
+__all__ = ["SCHEMA_VERSION", "PostgresHistoryStore"]
+
+SCHEMA_VERSION = 1
+
+_DDL = (
+    """CREATE TABLE IF NOT EXISTS {s}.onethread_history (
+        id BIGSERIAL PRIMARY KEY,
+        key TEXT NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        platform TEXT NOT NULL DEFAULT '',
+        chat_id TEXT NOT NULL DEFAULT '',
+        user_id TEXT NOT NULL DEFAULT '',
+        user_name TEXT NOT NULL DEFAULT '',
+        message_id TEXT NOT NULL DEFAULT '',
+        mirror BOOLEAN NOT NULL DEFAULT FALSE,
+        source TEXT NOT NULL DEFAULT '',
+        metadata JSON NOT NULL DEFAULT '{{}}'
+    )""",
+    "CREATE INDEX IF NOT EXISTS onethread_history_key_ts ON {s}.onethread_history (key, ts, id)",
+)
+_COLUMNS = (
+    "role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, metadata"
+)
+_QUERIES = {
+    "all": f"SELECT {_COLUMNS} FROM {{s}}.onethread_history WHERE key = %s ORDER BY ts, id",
+    "last": f"SELECT {_COLUMNS} FROM {{s}}.onethread_history WHERE key = %s "
+    "ORDER BY ts DESC, id DESC LIMIT %s",
+    "insert": f"INSERT INTO {{s}}.onethread_history (key, {_COLUMNS}) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+    "clear": "DELETE FROM {s}.onethread_history WHERE key = %s",
+    "merge": "UPDATE {s}.onethread_history SET key = %s WHERE key = %s",
+    "count": "SELECT count(*) FROM {s}.onethread_history WHERE key = %s",
+    "sessions": "SELECT key, count(*), max(ts), array_agg(DISTINCT platform) "
+    "FROM {s}.onethread_history GROUP BY key ORDER BY max(ts) DESC LIMIT %s",
+}
+
+
+def _row_to_entry(row: Sequence[Any]) -> HistoryEntry:
+    role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, meta = row
+    return HistoryEntry(
+        role=role,
+        content=content,
+        timestamp=float(ts),
+        platform=platform,
+        chat_id=chat_id,
+        user_id=user_id,
+        user_name=user_name,
+        message_id=message_id,
+        mirror=bool(mirror),
+        source=source,
+        metadata=dict(meta or {}),
+    )
+
+
+def _text(value: str) -> str:
+    return value.replace("\0", "\ufffd") if "\0" in value else value
+
+
+def _entry_to_row(key: str, e: HistoryEntry) -> tuple[Any, ...]:
+    return (
+        _text(key), _text(e.role), _text(e.content), float(e.timestamp), _text(e.platform),
+        _text(e.chat_id), _text(e.user_id), _text(e.user_name), _text(e.message_id),
+        bool(e.mirror), _text(e.source), Json(dict(e.metadata)),
+    )  # fmt: skip
+
+
+class PostgresHistoryStore:
+    """History in PostgreSQL, shared by every host that uses the same database and schema.
+
+    Args:
+        url: a libpq URL (``postgresql://user:password@host:5432/db``) or
+            key/value connection string.
+        schema: where the tables live (created if missing; default ``public``).
+        min_size, max_size: bounds of the connection pool.
+        timeout: seconds to wait for a pooled connection (and to connect at first).
+
+    Errors: driver failures raise ``StoreError`` naming the server (password
+    hidden); a newer schema raises ``SchemaVersionError``. Calls after
+    :meth:`close` raise ``RuntimeError``.
+
+    Concurrency: safe from many tasks and hosts at once; every call is one
+    transaction. The pool belongs to the event loop that first uses the
+    store (``_pools``, see ``PerLoop``, guards it); a call from another loop
+    uses a short-lived pool of one connection.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "public",
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.schema = validate_schema(schema)
+        self._sizes = (min_size, max_size)
+        self._timeout = timeout
+        s = sql.Identifier(schema)
+        self._q = {name: sql.SQL(q).format(s=s) for name, q in _QUERIES.items()}
+        self._ddl = [sql.SQL(q).format(s=s) for q in _DDL]
+        self._pools: PerLoop[psycopg_pool.AsyncConnectionPool[Any]] = PerLoop(
+            self._open, self._close_pool, what="this history store"
+        )
+
+    async def _open(self, home: bool) -> psycopg_pool.AsyncConnectionPool[Any]:
+        return await open_pool(
+            self.url, self.schema, "history", SCHEMA_VERSION, self._ddl,
+            min_size=self._sizes[0] if home else 0,
+            max_size=self._sizes[1] if home else 1,
+            timeout=self._timeout,
+        )  # fmt: skip
+
+    @staticmethod
+    async def _close_pool(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+        await pool.close()
+
+    async def _fetch(self, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        async with self._pools.borrow() as pool:
+            try:
+                async with pool.connection() as conn:
+                    cur = await conn.execute(self._q[query], args)
+                    rows: list[tuple[Any, ...]] = await cur.fetchall()
+                    return rows
+            except psycopg.Error as exc:
+                raise store_error(self.url, exc) from exc
+
+    async def _write(self, query: str, args: tuple[Any, ...]) -> int:
+        async with self._pools.borrow() as pool:
+            try:
+                async with pool.connection() as conn:
+                    cur = await conn.execute(self._q[query], args)
+                    return int(cur.rowcount)
+            except psycopg.Error as exc:
+                raise store_error(self.url, exc) from exc
+
+    async def load(self, key: str, limit: int | None = None) -> list[HistoryEntry]:
+        """The last ``limit`` entries of ``key`` (all when ``None``), oldest first."""
+        if limit is not None and limit <= 0:
+            return []
+        if limit is None:
+            return [_row_to_entry(r) for r in await self._fetch("all", (_text(key),))]
+        rows = await self._fetch("last", (_text(key), limit))
+        rows.reverse()
+        return [_row_to_entry(r) for r in rows]
+
+    async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
+        """Append ``entries`` to ``key`` in one transaction."""
+        if not entries:
+            return
+        rows = [_entry_to_row(key, e) for e in entries]
+        async with self._pools.borrow() as pool:
+            try:
+                async with pool.connection() as conn, conn.cursor() as cur:
+                    await cur.executemany(self._q["insert"], rows)
+            except psycopg.Error as exc:
+                raise store_error(self.url, exc) from exc
+
+    async def clear(self, key: str) -> int:
+        """Delete every entry of ``key``; return how many were deleted."""
+        return await self._write("clear", (_text(key),))
+
+    async def merge(self, src_key: str, dst_key: str) -> int:
+        """Move ``src_key``'s rows to ``dst_key`` in one ``UPDATE`` (idempotent)."""
+        if src_key == dst_key:
+            return 0
+        return await self._write("merge", (_text(dst_key), _text(src_key)))
+
+    async def count(self, key: str) -> int:
+        """How many entries ``key`` holds."""
+        rows = await self._fetch("count", (_text(key),))
+        return int(rows[0][0])
+
+    async def sessions(self, limit: int = 50) -> list[SessionSummary]:
+        """The most recently used sessions, newest first."""
+        if limit <= 0:
+            return []
+        return [
+            SessionSummary(
+                key=key,
+                count=int(n),
+                last_timestamp=float(ts),
+                platforms=tuple(sorted(p for p in platforms if p)),
+            )
+            for key, n, ts, platforms in await self._fetch("sessions", (limit,))
+        ]
+
+    async def close(self) -> None:
+        """Close the pool. Further calls raise ``RuntimeError``."""
+        await self._pools.aclose()

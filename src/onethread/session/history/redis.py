@@ -1,0 +1,231 @@
+"""``redis://HOST:PORT/DB``: a history store shared by several hosts.
+
+Key layout (``P`` is the prefix, default ``onethread:``)::
+
+    P history:layout             "1"; a newer layout is a SchemaVersionError
+    P history:seq                global insertion counter
+    P history:entries:{key}      sorted set: score = timestamp,
+                                 member = "{seq:016d}|{entry JSON}"
+    P history:platforms:{key}    set of the platforms seen in the session
+    P history:sessions           sorted set: member = session key, score = last timestamp
+
+Entries with equal timestamps sort by member, whose fixed-width sequence
+prefix is the insertion order, so ``load`` is ordered by (timestamp,
+insertion) as the contract asks. Every write is one Lua script, which Redis
+runs atomically: an ``append`` lands whole or not at all, and ``merge`` moves a
+session in one step (so it is idempotent). Durability is Redis's own: with
+``appendonly yes`` and ``appendfsync everysec`` at most a second of writes can
+be lost on a crash of the Redis server.
+
+The multi-key scripts assume one Redis server (or Sentinel), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, cast
+
+from .._redis import (
+    LuaScript,
+    RedisError,
+    check_layout_async,
+    redis,
+    store_error,
+    validate_prefix,
+)
+from .._shared import PerLoop
+from .base import HistoryEntry, SessionSummary
+
+__all__ = ["LAYOUT_VERSION", "RedisHistoryStore"]
+
+LAYOUT_VERSION = 1
+
+# KEYS: entries, seq, sessions, platforms. ARGV: session key, n, max ts,
+# then n (ts, json) pairs, then the platforms to record.
+_APPEND = LuaScript("""
+local n = tonumber(ARGV[2])
+local last = redis.call('INCRBY', KEYS[2], n)
+local first = last - n
+for i = 1, n do
+  redis.call('ZADD', KEYS[1], ARGV[2 + 2 * i],
+             string.format('%016d', first + i) .. '|' .. ARGV[3 + 2 * i])
+end
+redis.call('ZADD', KEYS[3], 'GT', ARGV[3], ARGV[1])
+for i = 4 + 2 * n, #ARGV do
+  redis.call('SADD', KEYS[4], ARGV[i])
+end
+return n
+""")
+
+# KEYS: src entries, dst entries, src platforms, dst platforms, sessions.
+# ARGV: src key, dst key.
+_MERGE = LuaScript("""
+local n = redis.call('ZCARD', KEYS[1])
+if n == 0 then return 0 end
+redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[1], 'AGGREGATE', 'MAX')
+redis.call('DEL', KEYS[1])
+redis.call('SUNIONSTORE', KEYS[4], KEYS[4], KEYS[3])
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[5], ARGV[1])
+local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('ZADD', KEYS[5], top[2], ARGV[2])
+return n
+""")
+
+# KEYS: entries, platforms, sessions. ARGV: session key.
+_CLEAR = LuaScript("""
+local n = redis.call('ZCARD', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return n
+""")
+
+
+def _encode(entry: HistoryEntry) -> str:
+    return json.dumps(entry.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+def _decode(member: str) -> HistoryEntry:
+    _, _, body = member.partition("|")
+    return HistoryEntry.from_dict(json.loads(body))
+
+
+class RedisHistoryStore:
+    """History in Redis, shared by every host that uses the same server and prefix.
+
+    Args:
+        url: ``redis://[:password@]HOST:PORT/DB`` (``rediss://`` for TLS).
+        prefix: namespace of every key this store writes (default ``onethread:``).
+        **options: passed to ``redis.asyncio.Redis.from_url`` (timeouts, pool size).
+
+    Errors: driver failures raise ``StoreError`` naming the server (password
+    hidden); a key layout newer than this code raises ``SchemaVersionError``.
+    Calls after :meth:`close` raise ``RuntimeError``.
+
+    Concurrency: safe from many tasks and hosts at once; each write is one
+    atomic Lua script. The connection pool belongs to the event loop that
+    first uses the store (``_clients``, see ``PerLoop``, guards it); a call
+    from another loop uses a short-lived connection.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "onethread:", **options: Any) -> None:
+        self.url = url
+        self.prefix = validate_prefix(prefix)
+        self._options: dict[str, Any] = {
+            "decode_responses": True,
+            "encoding_errors": "surrogatepass",  # any Python str round-trips
+            **options,
+        }
+        self._k = f"{prefix}history:"
+        self._clients: PerLoop[redis.asyncio.Redis] = PerLoop(
+            self._open, self._close_client, what="this history store"
+        )
+
+    async def _open(self, home: bool) -> redis.asyncio.Redis:
+        client = redis.asyncio.Redis.from_url(self.url, **self._options)
+        try:
+            await check_layout_async(client, self._k + "layout", LAYOUT_VERSION, self.url)
+        except BaseException as exc:
+            await client.aclose()
+            if isinstance(exc, RedisError):
+                raise store_error(self.url, exc) from exc
+            raise
+        return client
+
+    @staticmethod
+    async def _close_client(client: redis.asyncio.Redis) -> None:
+        await client.aclose()
+
+    def _entries(self, key: str) -> str:
+        return f"{self._k}entries:{key}"
+
+    def _platforms(self, key: str) -> str:
+        return f"{self._k}platforms:{key}"
+
+    async def load(self, key: str, limit: int | None = None) -> list[HistoryEntry]:
+        """The last ``limit`` entries of ``key`` (all when ``None``), oldest first."""
+        if limit is not None and limit <= 0:
+            return []
+        start = 0 if limit is None else -limit
+        async with self._clients.borrow() as client:
+            try:
+                members = cast(list[str], await client.zrange(self._entries(key), start, -1))
+            except RedisError as exc:
+                raise store_error(self.url, exc) from exc
+        return [_decode(m) for m in members]
+
+    async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
+        """Append ``entries`` to ``key`` atomically (one Lua script)."""
+        if not entries:
+            return
+        args: list[Any] = [key, len(entries), repr(max(e.timestamp for e in entries))]
+        for entry in entries:
+            args += [repr(float(entry.timestamp)), _encode(entry)]
+        args += sorted({e.platform for e in entries if e.platform})
+        keys = [self._entries(key), self._k + "seq", self._k + "sessions", self._platforms(key)]
+        await self._run(_APPEND, keys, args)
+
+    async def clear(self, key: str) -> int:
+        """Delete every entry of ``key``; return how many were deleted."""
+        keys = [self._entries(key), self._platforms(key), self._k + "sessions"]
+        return int(await self._run(_CLEAR, keys, [key]))
+
+    async def merge(self, src_key: str, dst_key: str) -> int:
+        """Move every entry of ``src_key`` into ``dst_key`` in one atomic step. Idempotent."""
+        if src_key == dst_key:
+            return 0
+        keys = [
+            self._entries(src_key),
+            self._entries(dst_key),
+            self._platforms(src_key),
+            self._platforms(dst_key),
+            self._k + "sessions",
+        ]
+        return int(await self._run(_MERGE, keys, [src_key, dst_key]))
+
+    async def count(self, key: str) -> int:
+        """How many entries ``key`` holds."""
+        async with self._clients.borrow() as client:
+            try:
+                return int(await client.zcard(self._entries(key)))
+            except RedisError as exc:
+                raise store_error(self.url, exc) from exc
+
+    async def sessions(self, limit: int = 50) -> list[SessionSummary]:
+        """The most recently used sessions, newest first."""
+        if limit <= 0:
+            return []
+        async with self._clients.borrow() as client:
+            try:
+                top = cast(
+                    list[tuple[str, float]],
+                    await client.zrevrange(self._k + "sessions", 0, limit - 1, withscores=True),
+                )
+                pipe = client.pipeline(transaction=False)
+                for key, _ in top:
+                    pipe.zcard(self._entries(key))
+                    pipe.smembers(self._platforms(key))
+                replies: list[Any] = await pipe.execute() if top else []
+            except RedisError as exc:
+                raise store_error(self.url, exc) from exc
+        return [
+            SessionSummary(
+                key=key,
+                count=int(replies[2 * i]),
+                last_timestamp=float(score),
+                platforms=tuple(sorted(replies[2 * i + 1])),
+            )
+            for i, (key, score) in enumerate(top)
+        ]
+
+    async def close(self) -> None:
+        """Close the connection pool. Further calls raise ``RuntimeError``."""
+        await self._clients.aclose()
+
+    async def _run(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+        async with self._clients.borrow() as client:
+            try:
+                return await script.run(client, keys, args)
+            except RedisError as exc:
+                raise store_error(self.url, exc) from exc

@@ -1,0 +1,192 @@
+"""An identity resolver shared through Redis, answering ``resolve`` from memory.
+
+Key layout (``P`` is the prefix, default ``onethread:``)::
+
+    P identity:layout    "1"; a newer layout is a SchemaVersionError
+    P identity:links     hash: "{platform}:{platform_user_id}" -> {"u": unified, "t": linked_at}
+    P identity:version   incremented by every change
+    P identity:changes   pub/sub channel: {"v": version, "f": field, "d": value or absent}
+
+Writes are Lua scripts, so the hash, the version and the notification change
+together. How the cache follows the server, and how stale it can be, is
+described in :mod:`onethread.session.identity._synced`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .._redis import LuaScript, RedisError, check_layout, redis, store_error, validate_prefix
+from .._shared import redact
+from ._synced import WAKEUP, Change, Snapshot, SyncedResolver
+from .base import IdentityLink
+
+__all__ = ["LAYOUT_VERSION", "RedisIdentityResolver"]
+
+LAYOUT_VERSION = 1
+
+# KEYS: links, version. ARGV: field, unified id, value, channel. Returns the version.
+_LINK = LuaScript("""
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and cjson.decode(cur).u == ARGV[2] then
+  return tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local v = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[4], cjson.encode({v = v, f = ARGV[1], d = ARGV[3]}))
+return v
+""")
+
+# KEYS: links, version. ARGV: field, channel. Returns {removed, version}.
+_UNLINK = LuaScript("""
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
+end
+local v = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[2], cjson.encode({v = v, f = ARGV[1]}))
+return {1, v}
+""")
+
+
+def _link_from(field: str, value: str) -> IdentityLink:
+    platform, _, account = field.partition(":")
+    data = json.loads(value)
+    return IdentityLink(platform, account, str(data["u"]), float(data.get("t", 0.0)))
+
+
+class RedisIdentityResolver(SyncedResolver):
+    """Links kept in Redis and shared by every host; ``resolve`` answers from memory.
+
+    Args:
+        url: ``redis://[:password@]HOST:PORT/DB`` (``rediss://`` for TLS).
+        prefix: namespace of every key (default ``onethread:``).
+        poll_interval: seconds between the listener's version checks (the
+            bound on staleness if a notification is lost).
+        sync_timeout: how long ``link`` and friends wait for the listener to
+            apply a change before reloading in the calling thread.
+        **options: passed to ``redis.Redis.from_url``.
+
+    Staleness: see :mod:`onethread.session.identity._synced` (a change on
+    another host shows within the pub/sub latency, tested < 1 s).
+
+    Errors: ``StoreError`` (server unreachable or failing; password hidden),
+    ``SchemaVersionError`` for a newer key layout, ``ValueError`` for invalid
+    link arguments. The constructor connects and loads every link.
+
+    Concurrency: ``link``/``unlink`` go through ``self._client``, whose
+    connection pool is thread-safe; the listener thread owns its pub/sub
+    connection (health-checked every 5 s). The cache is guarded as described in ``SyncedResolver``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "onethread:",
+        poll_interval: float = 5.0,
+        sync_timeout: float = 0.2,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            where=f"Redis at {redact(url)}", poll_interval=poll_interval, sync_timeout=sync_timeout
+        )
+        self.url = url
+        self.prefix = validate_prefix(prefix)
+        self._links_key = f"{prefix}identity:links"
+        self._version_key = f"{prefix}identity:version"
+        self._channel = f"{prefix}identity:changes"
+        self._options: dict[str, Any] = {
+            "decode_responses": True,
+            "encoding_errors": "surrogatepass",  # any Python str round-trips
+            "health_check_interval": 5,
+            **options,
+        }
+        self._client = redis.Redis.from_url(url, **self._options)
+        try:
+            check_layout(self._client, f"{prefix}identity:layout", LAYOUT_VERSION, url)
+            self._start(f"onethread-identity-redis-{prefix}")
+        except RedisError as exc:
+            self._client.close()
+            raise store_error(url, exc) from exc
+        except BaseException:
+            self._client.close()
+            raise
+
+    # -- server calls ----------------------------------------------------------
+
+    def _do_snapshot(self) -> Snapshot:
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(self._version_key)
+            pipe.hgetall(self._links_key)
+            version, links = pipe.execute()
+        except RedisError as exc:
+            raise store_error(self.url, exc) from exc
+        return Snapshot(int(version or 0), [_link_from(f, v) for f, v in links.items()])
+
+    def _do_version(self) -> int:
+        try:
+            return int(self._client.get(self._version_key) or 0)
+        except RedisError as exc:
+            raise store_error(self.url, exc) from exc
+
+    def _do_link(self, link: IdentityLink) -> int:
+        field = f"{link.platform}:{link.platform_user_id}"
+        value = json.dumps({"u": link.unified_user_id, "t": link.linked_at}, ensure_ascii=False)
+        keys = [self._links_key, self._version_key]
+        try:
+            return int(
+                _LINK.run_sync(
+                    self._client, keys, [field, link.unified_user_id, value, self._channel]
+                )
+            )
+        except RedisError as exc:
+            raise store_error(self.url, exc) from exc
+
+    def _do_unlink(self, platform: str, platform_user_id: str) -> tuple[bool, int]:
+        keys = [self._links_key, self._version_key]
+        try:
+            removed, version = _UNLINK.run_sync(
+                self._client, keys, [f"{platform}:{platform_user_id}", self._channel]
+            )
+        except RedisError as exc:
+            raise store_error(self.url, exc) from exc
+        return bool(removed), int(version)
+
+    # -- the listener thread ---------------------------------------------------
+
+    def _listen_once(self) -> None:
+        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(self._channel)
+            deadline = time.monotonic() + 10.0
+            # Wait for the server's confirmation: only then is no later change missed.
+            while True:
+                message = pubsub.get_message(timeout=WAKEUP)
+                if message is not None and message["type"] == "subscribe":
+                    break
+                if self._stop.is_set():
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no confirmation of SUBSCRIBE within 10 s")
+            self._resync()
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=WAKEUP)
+                if message is not None and message["type"] == "message":
+                    self._receive(self._parse(message["data"]))
+                self._tick()
+        finally:
+            pubsub.close()
+
+    def _parse(self, data: str) -> Change:
+        message = json.loads(data)
+        version, field = int(message["v"]), str(message["f"])
+        platform, _, account = field.partition(":")
+        value = message.get("d")
+        link = _link_from(field, value) if isinstance(value, str) else None
+        return Change(version, platform, account, link)
+
+    def _close_connections(self) -> None:
+        self._client.close()

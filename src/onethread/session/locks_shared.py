@@ -1,0 +1,84 @@
+"""What the shared (Redis, PostgreSQL) turn locks have in common: leases.
+
+A shared turn lock is held through a :class:`Lease`. If the lock is lost
+while held (the Redis lease could not be renewed in time, the PostgreSQL
+session holding the advisory lock died), another host may take it, so the
+holder must stop: the lease is marked lost and the task holding it is
+cancelled, and the ``async with`` block ends in :class:`TurnLockLost`
+instead of finishing a turn that could now overlap another host's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from ..errors import StoreError
+
+__all__ = ["Lease", "TurnLockLost", "guard"]
+
+
+class TurnLockLost(StoreError):
+    """A shared turn lock was lost while held; the turn was stopped (``.key``, ``.reason``)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"turn lock of {key!r} lost while held: {reason}")
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """One holding of a shared turn lock.
+
+    ``fence`` grows with every acquisition of the same key (Redis: ``INCR``),
+    so a store can refuse writes stamped with an older fence. ``lost`` is set
+    (with ``reason``) when the lock was lost while held. Touched only on the
+    event loop thread of the task that holds it.
+    """
+
+    key: str
+    token: str
+    fence: int
+    task: asyncio.Task[object] | None = None
+    lost: bool = False
+    reason: str = ""
+    _cancelled: bool = field(default=False, repr=False)
+
+    def mark_lost(self, reason: str) -> None:
+        """Mark the lease lost and cancel the task that holds it (once)."""
+        if self.lost:
+            return
+        self.lost, self.reason = True, reason
+        if self.task is not None and not self.task.done():
+            self._cancelled = True
+            self.task.cancel(f"turn lock of {self.key!r} lost: {reason}")
+
+
+@asynccontextmanager
+async def guard(lease: Lease) -> AsyncIterator[Lease]:
+    """Run the ``async with`` body as ``lease``'s holder; a lost lease ends it in ``TurnLockLost``.
+
+    Records the current task in ``lease.task``. A cancellation that came from
+    :meth:`Lease.mark_lost` becomes ``TurnLockLost``; any other cancellation
+    propagates unchanged.
+    """
+    task = asyncio.current_task()
+    lease.task = task
+    try:
+        yield lease
+    except asyncio.CancelledError:
+        if lease._cancelled and task is not None:
+            lease._cancelled = False
+            if task.uncancel() == 0:
+                raise TurnLockLost(lease.key, lease.reason) from None
+        raise
+    finally:
+        lease.task = None
+    if lease.lost:
+        if lease._cancelled and task is not None:
+            lease._cancelled = False
+            task.uncancel()  # the body swallowed our cancellation; do not leak it
+        raise TurnLockLost(lease.key, lease.reason)
