@@ -12,7 +12,8 @@ Errors carry their data as attributes (``RetryAfter.retry_after``,
     │   └── MissingDependencyError  an optional SDK is not installed (.extra, .install_hint)
     ├── StoreError                  a store (identity or history) failed
     │   ├── CorruptStoreError       a store file cannot be parsed (.path); never overwritten
-    │   └── SchemaVersionError      the store's schema is newer than this code knows
+    │   ├── SchemaVersionError      the store's schema is newer than this code knows
+    │   └── TurnLockLost            a shared turn lock was lost while held (.key, .reason)
     ├── IdentityError               identity linking refused (e.g. already linked elsewhere)
     ├── RecipientUnknown            notify(): no platform known for that person yet
     ├── ModelError                  the language model call failed (.status_code)
@@ -47,6 +48,7 @@ __all__ = [
     "RetryAfter",
     "SchemaVersionError",
     "StoreError",
+    "TurnLockLost",
 ]
 
 
@@ -96,6 +98,15 @@ class SchemaVersionError(StoreError):
             f"{where}: schema version {found} is newer than this onethread knows ({known}); "
             "upgrade onethread"
         )
+
+
+class TurnLockLost(StoreError):
+    """A shared turn lock was lost while held; the turn was stopped (``.key``, ``.reason``)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"turn lock of {key!r} lost while held: {reason}")
 
 
 class IdentityError(OnethreadError):

@@ -9,8 +9,9 @@ from typing import Any
 
 from ..errors import ConfigError, RecipientUnknown
 from ..session.identity.base import IdentityResolverProtocol
-from ..session.locks import LocalDuplicateFilter
+from ..session.outbox import Outbox, OutboxItem
 from ..session.pairing import PairingStore
+from ..session.urls import Coordination, open_coordination
 from .bot import Bot, _default_agent, run_until_signal
 from .commands import CommandRouter
 from .gate import Gate
@@ -56,15 +57,22 @@ class BotOS:
     ) -> None:
         self.agent: Responder = agent if agent is not None else _default_agent()
         session: BotSessionManager | None = options.pop("session", None)
+        store = options.pop("store", None)
+        coordination: Coordination | None = options.pop("coordination", None)
+        if coordination is None:
+            coordination = open_coordination(store if session is None else None)
+        self.coordination = coordination
         self._owns_session = session is None
         if session is None:
             session = BotSessionManager(
-                store=options.pop("store", None),
+                store=store,
                 identity_resolver=identity_resolver,
                 max_history=options.pop("max_history", 100),
+                locks=coordination.locks,
             )
         self._session = session
-        self._gate = Gate(LocalDuplicateFilter())
+        self._gate = Gate(coordination.duplicates)
+        self.outbox: Outbox | None = coordination.outbox
         self.pairing: PairingStore | None = options.pop("pairing", None)
         self.link_flow = LinkFlow(session, self.pairing, notify=self._send_to)
         self.commands = CommandRouter(session, extra={"link": self.link_flow})
@@ -133,6 +141,9 @@ class BotOS:
         self._stopping = asyncio.Event()
         self._session.bind_loop()
         self._tasks = {name: asyncio.create_task(bot.start()) for name, bot in self.bots.items()}
+        serving = None
+        if self.outbox is not None:  # deliver what other hosts queued for our platforms
+            serving = asyncio.create_task(self.outbox.serve(list(self.bots), self._deliver))
         stop_wait = asyncio.create_task(self._stopping.wait())
         try:
             pending: set[asyncio.Task[Any]] = set(self._tasks.values())
@@ -152,10 +163,14 @@ class BotOS:
                 raise first
         finally:
             stop_wait.cancel()
+            if serving is not None:
+                serving.cancel()
+                await asyncio.gather(serving, return_exceptions=True)
             await asyncio.gather(*(bot.stop() for bot in self.bots.values()))
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             if self._owns_session:
                 await self._session.close()
+                await self.coordination.close()
 
     async def stop(self) -> None:
         """Stop every bot (draining running turns) and return when all are down."""
@@ -179,17 +194,44 @@ class BotOS:
         """Send ``text`` to the person where they last talked to the bot, and mirror it.
 
         ``unified_user_id`` is a unified id or an unlinked ``platform:user_id``.
-        Raises ``RecipientUnknown`` when the person never wrote to a platform
-        this BotOS serves. Returns the sent message ids.
+        When another host serves that platform (a shared Redis or PostgreSQL
+        store), the message is queued durably in the outbox and that host sends
+        and mirrors it; the result is then ``[]``. Raises ``RecipientUnknown``
+        when the person never wrote to a platform anyone can reach. Returns the
+        sent message ids.
         """
         last = await self._session.last_seen(unified_user_id)
-        if last is None or last.platform not in self.bots:
+        if last is None:
             raise RecipientUnknown(unified_user_id)
+        if last.platform not in self.bots:
+            if self.outbox is None:
+                raise RecipientUnknown(unified_user_id)
+            await self.outbox.put(
+                OutboxItem(
+                    platform=last.platform,
+                    chat_id=last.chat_id,
+                    text=text,
+                    unified_user_id=unified_user_id,
+                    source=source_label,
+                )
+            )
+            return []
         ids = await self.bots[last.platform].send(last.chat_id, text)
-        await self._session.mirror(
-            unified_user_id,
-            text,
-            source=source_label,
-            metadata={"platform": last.platform, "chat_id": last.chat_id},
-        )
+        await self._mirror_sent(unified_user_id, text, source_label, last.platform, last.chat_id)
         return ids
+
+    async def _mirror_sent(
+        self, unified_user_id: str, text: str, source: str, platform: str, chat_id: str
+    ) -> None:
+        await self._session.mirror(
+            unified_user_id, text, source=source,
+            metadata={"platform": platform, "chat_id": chat_id},
+        )  # fmt: skip
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        """Outbox callback: send an item queued by another host, then mirror it."""
+        await self.bots[item.platform].send(item.chat_id, item.text, item.thread_id or None)
+        if item.unified_user_id:
+            await self._mirror_sent(
+                item.unified_user_id, item.text, item.source, item.platform, item.chat_id
+            )

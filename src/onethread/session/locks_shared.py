@@ -15,18 +15,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from ..errors import StoreError
+from ..errors import TurnLockLost
 
 __all__ = ["Lease", "TurnLockLost", "guard"]
-
-
-class TurnLockLost(StoreError):
-    """A shared turn lock was lost while held; the turn was stopped (``.key``, ``.reason``)."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        self.key = key
-        self.reason = reason
-        super().__init__(f"turn lock of {key!r} lost while held: {reason}")
 
 
 @dataclass(eq=False, slots=True)

@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MissingDependencyError
+from .locks import DuplicateFilter, LocalDuplicateFilter, LocalTurnLocks, TurnLocks
 
 __all__ = [
     "ACCEPTED_FORMS",
+    "Coordination",
+    "open_coordination",
     "default_history_url",
     "default_identity_url",
     "onethread_home",
@@ -136,3 +140,45 @@ def open_identity_resolver(url: str | None = None, **options: Any) -> Any:
         )
         return cls(url, **options)
     raise ConfigError(f"bad identity store URL {url!r}; accepted forms: {ACCEPTED_FORMS}")
+
+
+@dataclass(frozen=True, slots=True)
+class Coordination:
+    """What several hosts must share besides history: turn locks, the duplicate
+    filter and (for cross-host delivery) the outbox. ``shared`` is False for
+    the in-process defaults (``memory://``, ``sqlite:///``), whose ``outbox``
+    is None."""
+
+    locks: TurnLocks
+    duplicates: DuplicateFilter
+    outbox: Any  # onethread.session.outbox.Outbox | None
+    shared: bool
+
+    async def close(self) -> None:
+        """Release the connections of the shared parts."""
+        for part in (self.locks, self.duplicates, self.outbox):
+            close = getattr(part, "close", None)
+            if close is not None:
+                await close()
+
+
+def open_coordination(url: str | None) -> Coordination:
+    """Turn locks, duplicate filter and outbox for a history store URL.
+
+    A Redis or PostgreSQL URL gets the shared versions on the same server (so
+    several hosts serve one set of users); anything else the in-process ones.
+    """
+    scheme = url.partition(":")[0].lower() if url else ""
+    if scheme == "redis":
+        locks_mod = _optional(".locks_redis", "RedisTurnLocks", "redis", "Redis turn locks")
+        filt = _optional(".locks_redis", "RedisDuplicateFilter", "redis", "Redis")
+        outbox = _optional(".outbox_redis", "RedisOutbox", "redis", "the Redis outbox")
+        assert url is not None
+        return Coordination(locks_mod(url), filt(url), outbox(url), True)
+    if scheme in ("postgresql", "postgres"):
+        locks_mod = _optional(".locks_postgres", "PostgresTurnLocks", "postgres", "PostgreSQL")
+        filt = _optional(".locks_postgres", "PostgresDuplicateFilter", "postgres", "PostgreSQL")
+        outbox = _optional(".outbox_postgres", "PostgresOutbox", "postgres", "PostgreSQL")
+        assert url is not None
+        return Coordination(locks_mod(url), filt(url), outbox(url), True)
+    return Coordination(LocalTurnLocks(), LocalDuplicateFilter(), None, False)
