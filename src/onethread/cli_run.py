@@ -151,6 +151,7 @@ def _build_botos(
     pairing: Any,
 ) -> Any:
     from .bots import BotOS
+    from .session.urls import open_coordination
 
     store = open_history(config)
     try:
@@ -159,6 +160,7 @@ def _build_botos(
             platforms=platforms,
             identity_resolver=resolver,
             store=store,
+            coordination=open_coordination(config.history),
             max_history=config.max_history,
             access=_policies(config, list(platforms), pairing),
             owners=dict(config.owners),
@@ -168,11 +170,6 @@ def _build_botos(
         if config.source is None:
             raise
         raise ConfigFileError(config.source, [("platforms", str(exc))]) from exc
-    web = botos.bots.get("web")
-    if web is not None:
-        from .platforms.web import attach_history
-
-        attach_history(web)
     return botos
 
 

@@ -60,7 +60,8 @@ class BotOS:
         store = options.pop("store", None)
         coordination: Coordination | None = options.pop("coordination", None)
         if coordination is None:
-            coordination = open_coordination(store if session is None else None)
+            url = store if isinstance(store, str) and session is None else None
+            coordination = open_coordination(url)
         self.coordination = coordination
         self._owns_session = session is None
         if session is None:
