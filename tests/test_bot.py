@@ -237,12 +237,17 @@ async def test_botos_keeps_serving_when_one_platform_is_fatal() -> None:
     await task
 
 
-async def test_botos_refuses_a_bot_with_its_own_session() -> None:
+async def test_botos_adopts_a_plain_bot_and_refuses_a_foreign_session() -> None:
+    from onethread.bots import BotSessionManager
     from onethread.errors import ConfigError
 
-    botos = BotOS(agent=RecordingAgent(), store="memory://")
+    botos = BotOS(agent=RecordingAgent(), bots=[Bot("web", RecordingAgent(),
+                  adapter=FakeAdapter("web"))], store="memory://")  # fmt: skip
+    assert botos.bots["web"].session is botos.session
+    foreign = BotSessionManager(store="memory://")
     with pytest.raises(ConfigError, match="session=botos.session"):
-        botos.add_bot(Bot("web", RecordingAgent(), adapter=FakeAdapter("web"), store="memory://"))
+        botos.add_bot(Bot("discord", RecordingAgent(), adapter=FakeAdapter("discord"),
+                          session=foreign))  # fmt: skip
 
 
 def test_unknown_platform_lists_known_ones() -> None:

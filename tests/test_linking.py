@@ -97,7 +97,11 @@ async def test_refusals(world: World) -> None:
     group = await world.say(
         "discord", "d1", f"/link {code}", chat_type="group", chat_id="g1", mentions_bot=True
     )
-    assert "direct message" in group
+    # Refused, and the code is burned: everyone in the group has seen it.
+    assert "direct message" in group and "no longer works" in group
+    assert "already used" in await world.say("slack", "s7", f"/link {code}")
+    assert world.resolver.resolve("slack", "s7") == "slack:s7"
+    code = await world.code("telegram", "t1")
     assert "OTHER account" in await world.say("telegram", "t1", f"/link {code}")
     assert "different platforms" in await world.say("telegram", "t2", f"/link {code}")
     assert "Linked" in await world.say("discord", "d1", f"/link {code}")
@@ -282,12 +286,17 @@ async def test_approval_policy_with_owner_cli_approval(tmp_path: Path) -> None:
     assert adapter.sent[-1].text == "reply:now?"
 
 
-@given(st.integers(min_value=0, max_value=50))
-def test_generated_codes_are_valid(_: int) -> None:
-    code = generate_code()
-    assert len(code) == 8 and set(code) <= set(ALPHABET)
+def test_generated_codes_are_valid_and_distinct() -> None:
+    codes = {generate_code() for _ in range(2000)}
+    assert len(codes) == 2000  # 31**8 codes: a collision here means a broken generator
+    assert all(len(c) == 8 and set(c) <= set(ALPHABET) for c in codes)
+
+
+@given(st.text(alphabet=ALPHABET, min_size=8, max_size=8), st.sampled_from(["", "-", " "]))
+def test_normalize_code_round_trips_what_people_type(code: str, sep: str) -> None:
+    assert normalize_code(code) == code
     assert normalize_code(code.lower()) == code
-    assert normalize_code(f"{code[:4]}-{code[4:]}") == code
+    assert normalize_code(f"{code[:4]}{sep}{code[4:]}") == code
 
 
 @given(st.text(max_size=20))

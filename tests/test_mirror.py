@@ -64,7 +64,8 @@ async def test_serialised_with_a_live_turn() -> None:
     mgr = BotSessionManager(store="memory://", identity_resolver=resolver)
     agent = RecordingAgent(delay=0.2)
     turn = asyncio.create_task(mgr.chat(agent, "1", "hello", platform="telegram"))
-    await asyncio.sleep(0.05)  # the turn holds the lock now
+    while not agent.calls:  # the agent is answering: the turn holds the lock
+        await asyncio.sleep(0.001)
     assert await amirror_to_session(mgr, "alice", "reminder", source_label="cron")
     await turn
     contents = [e.content for e in await mgr.store.load("user:alice")]

@@ -475,3 +475,28 @@ def test_names_and_chat_ids() -> None:
     assert clean_name("\x07") == "guest" and len(clean_name("n" * 500)) == 64
     assert user_for_chat("web-abc") == "abc"
     assert user_for_chat("web-") is None and user_for_chat("console-me") is None
+
+
+async def test_dns_rebinding_host_refused_without_a_token() -> None:
+    """No access token means loopback only: a page served under another Host is refused."""
+    import aiohttp
+
+    from onethread.platforms.web import WebAdapter
+
+    adapter = WebAdapter(port=0)
+
+    async def on_inbound(msg: object) -> None:
+        return None
+
+    await adapter.start(on_inbound)  # type: ignore[arg-type]
+    try:
+        async with aiohttp.ClientSession() as http:
+            ok = await http.get(f"http://127.0.0.1:{adapter.port}/", headers={})
+            bad = await http.get(
+                f"http://127.0.0.1:{adapter.port}/",
+                headers={"Host": f"evil.example:{adapter.port}"},
+            )
+            assert ok.status == 200
+            assert bad.status == 401
+    finally:
+        await adapter.stop()

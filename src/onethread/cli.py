@@ -138,9 +138,17 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+# SDK loggers that put credentials or message contents in their lines (httpx logs
+# Telegram request URLs, which contain the bot token; PTB and slack_sdk log call
+# parameters, which contain /link codes). They stay at WARNING whatever -v says.
+_CHATTY_SDK_LOGGERS = ("httpx", "httpcore", "telegram", "slack_sdk", "slack_bolt", "discord")
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for name in _CHATTY_SDK_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def _error(message: str) -> None:

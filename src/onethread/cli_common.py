@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from .config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, load_config
 from .errors import ConfigError
+from .session._shared import redact
 from .session.history.base import HistoryStore
 from .session.urls import (
     default_history_url,
@@ -61,7 +61,7 @@ def identity_url(config: Config) -> str:
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (for printing)."""
-    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+    return redact(url)
 
 
 def _key_error(config: Config, key: str, exc: ConfigError) -> ConfigError:

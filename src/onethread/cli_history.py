@@ -139,8 +139,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
             if entry.get("mirror"):
                 speaker += f" ({entry.get('source') or 'mirror'})"
         where = entry.get("platform") or "-"
-        say(f"{_when(float(entry['timestamp']))}  {where:<8}  {speaker}: {entry['content']}")
+        line = f"{_when(float(entry['timestamp']))}  {where:<8}  {speaker}: {entry['content']}"
+        say(_printable(line))
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` without terminal control sequences: a remote user's message must not
+    drive the operator's terminal (ESC, OSC, cursor moves). Newlines and tabs stay."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -111,6 +111,24 @@ class Bot:
         self.ready = asyncio.Event()
         self.on_turn: Callable[[Inbound, str], Awaitable[None]] | None = None
 
+    def adopt(self, session: BotSessionManager, gate: Gate) -> bool:
+        """Move this (not yet started) bot onto a shared session manager and gate.
+
+        Returns False, changing nothing, when the bot was given its own
+        ``session=`` or is running. Used by ``BotOS.add_bot``.
+        """
+        if not self._owns_session or self._stopping is not None:
+            return False
+        if self._session.identity_resolver is not None and (
+            self._session.identity_resolver is not session.identity_resolver
+        ):
+            return False
+        self._session = session
+        self._owns_session = False
+        self._gate = gate
+        self._commands = CommandRouter(session)
+        return True
+
     @property
     def session(self) -> BotSessionManager:
         """The session manager (``bot._session``, the seed's name, is the same object)."""

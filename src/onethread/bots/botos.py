@@ -114,10 +114,13 @@ class BotOS:
         return self._session
 
     def add_bot(self, bot: Bot) -> None:
-        """Add a bot; it must use this BotOS's session manager."""
+        """Add a bot. It is moved onto this BotOS's session manager (and duplicate
+        filter) when it was built with its own default one; a bot built with a
+        different ``session=`` is refused.
+        """
         if bot.platform in self.bots:
             raise ConfigError(f"platform {bot.platform!r} is configured twice")
-        if bot.session is not self._session:
+        if bot.session is not self._session and not bot.adopt(self._session, self._gate):
             raise ConfigError(
                 f"the {bot.platform} bot has its own session manager; build it with "
                 "session=botos.session so every platform shares one history"

@@ -6,6 +6,7 @@ agent or the history.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -83,7 +84,8 @@ class CommandRouter:
         lines.append(f"Unified id: {unified}")
         links_for = getattr(self.session.identity_resolver, "links_for", None)
         if links_for is not None:
-            accounts = ", ".join(f"{x.platform}:{x.platform_user_id}" for x in links_for(unified))
+            links = await asyncio.to_thread(links_for, unified)
+            accounts = ", ".join(f"{x.platform}:{x.platform_user_id}" for x in links)
             lines.append(f"Linked accounts: {accounts}")
         return "\n".join(lines)
 
@@ -106,8 +108,8 @@ class CommandRouter:
         if resolver is None or unlink is None:
             return "Linking is not enabled on this bot."
         unified = resolver.resolve(msg.platform, msg.user_id)
-        if unified == unlinked_id(msg.platform, msg.user_id) or not unlink(
-            msg.platform, msg.user_id
+        if unified == unlinked_id(msg.platform, msg.user_id) or not await asyncio.to_thread(
+            unlink, msg.platform, msg.user_id
         ):
             return "This account is not linked."
         return (

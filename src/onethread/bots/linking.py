@@ -84,6 +84,15 @@ class LinkFlow:
     async def __call__(self, msg: Inbound, arg: str) -> str:
         """Handle ``/link`` (issue a code) or ``/link CODE`` (redeem it)."""
         if msg.chat_type != "dm":
+            if arg:
+                # Everyone in the group has now seen the code: spend it so nobody can
+                # redeem it from their own DM and take over the issuer's identity.
+                await asyncio.to_thread(self.store.redeem, LINK_PURPOSE, arg)
+                return (
+                    "For your safety, send /link only in a direct message to me. That code "
+                    "was shown to the group, so it no longer works: send /link in a DM "
+                    "for a new one."
+                )
             return "For your safety, send /link only in a direct message to me."
         resolver = self.session.identity_resolver
         if resolver is None:
@@ -150,14 +159,15 @@ class LinkFlow:
             if refusal:
                 await asyncio.to_thread(self.store.release, arg)
                 return refusal
+            # Resolver writes do file or network I/O: off the event loop.
             if not issuer_linked:
-                resolver.link(issuer.platform, issuer.user_id, unified)
+                await asyncio.to_thread(resolver.link, issuer.platform, issuer.user_id, unified)
             if not me_linked:
-                resolver.link(msg.platform, msg.user_id, unified)
+                await asyncio.to_thread(resolver.link, msg.platform, msg.user_id, unified)
         for platform, user_id in ((issuer.platform, issuer.user_id), (msg.platform, msg.user_id)):
             await self.session.merge_legacy(platform, user_id, unified)
-        platforms = sorted({x.platform for x in self._links(unified)} | {issuer.platform,
-                                                                         msg.platform})  # fmt: skip
+        links = await asyncio.to_thread(self._links, unified)
+        platforms = sorted({x.platform for x in links} | {issuer.platform, msg.platform})
         confirmation = (
             f"Linked: your {issuer.platform} and {msg.platform} accounts are now one identity "
             f"({', '.join(platforms)}). Your conversation continues on every one of them."

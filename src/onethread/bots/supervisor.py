@@ -12,7 +12,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from ..errors import ConfigError, PlatformAuthError
+from ..errors import ConfigError, PlatformAuthError, PlatformError
 from ..platforms.base import Adapter, OnInbound
 
 __all__ = ["Backoff", "supervise"]
@@ -72,7 +72,13 @@ async def supervise(
         except Exception as exc:
             attempt += 1
             delay = policy.delay(attempt)
-            log.warning("%s: could not connect (%s); retrying in %.1fs", adapter.name, exc, delay)
+            # A PlatformError or OSError is the network; anything else is probably a bug
+            # in an adapter: retried all the same, but logged with its traceback.
+            expected = isinstance(exc, PlatformError | OSError | TimeoutError)
+            log.warning(
+                "%s: could not connect (%s); retrying in %.1fs",
+                adapter.name, exc, delay, exc_info=not expected,
+            )  # fmt: skip
             await _stop_adapter(adapter)
             adapter.reset_failure()
             await _wait_or_stop(delay, stopping)

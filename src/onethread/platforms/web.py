@@ -97,6 +97,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _host_name(host: str) -> str:
+    """The name in a Host header: ``127.0.0.1:8080`` -> ``127.0.0.1``; ``[::1]:80`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 class WebAdapter(Adapter):
     """Serve the chat page and its WebSocket on ``host:port``.
 
@@ -275,7 +282,9 @@ class WebAdapter(Adapter):
 
     def _authorized(self, request: web.Request) -> bool:
         if self.access_token is None:
-            return True
+            # No token means "this machine only": refuse a Host that is not a
+            # loopback name, so a DNS-rebinding page cannot drive the agent.
+            return is_loopback(_host_name(request.host))
         given = self._given_token(request)
         return given is not None and hmac.compare_digest(
             given.encode("utf-8"), self.access_token.encode("utf-8")

@@ -32,6 +32,8 @@ def redact(url: str) -> str:
     A libpq key/value string (``host=... password=...``) is reduced to its
     host and database names.
     """
+    if "://" not in url and "=" not in url:  # file:PATH, memory: nothing secret
+        return url
     if "://" not in url:
         kept = [p for p in url.split() if p.split("=", 1)[0] in ("host", "port", "dbname")]
         return " ".join(kept) or "(connection string)"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MissingDependencyError
+from ._shared import redact
 from .locks import DuplicateFilter, LocalDuplicateFilter, LocalTurnLocks, TurnLocks
 
 __all__ = [
@@ -38,7 +39,8 @@ __all__ = [
 ]
 
 ACCEPTED_FORMS = (
-    "memory://, file:PATH (identity only), sqlite:///PATH, redis://HOST:PORT/DB, "
+    "memory://, file:PATH (identity only), sqlite:///PATH, redis://HOST:PORT/DB (rediss:// "
+    "for TLS), "
     "postgresql://USER@HOST:PORT/DB"
 )
 
@@ -99,7 +101,7 @@ def open_history_store(url: str | None = None, **options: Any) -> Any:
         from .history.sqlite import SQLiteHistoryStore
 
         return SQLiteHistoryStore(_sqlite_path(rest, url))
-    if scheme == "redis":
+    if scheme in ("redis", "rediss"):
         cls = _optional(".history.redis", "RedisHistoryStore", "redis", "the Redis store")
         return cls(url, **options)
     if scheme in ("postgresql", "postgres"):
@@ -109,7 +111,9 @@ def open_history_store(url: str | None = None, **options: Any) -> Any:
         raise ConfigError(
             f"{url!r}: file: URLs are for identity only; use sqlite:///PATH for history"
         )
-    raise ConfigError(f"bad history store URL {url!r}; accepted forms: {ACCEPTED_FORMS}")
+    raise ConfigError(
+        f"bad history store URL {redact(url)!r}; accepted forms: {ACCEPTED_FORMS}"
+    )
 
 
 def open_identity_resolver(url: str | None = None, **options: Any) -> Any:
@@ -131,7 +135,7 @@ def open_identity_resolver(url: str | None = None, **options: Any) -> Any:
         from .identity.sqlite import SQLiteIdentityResolver
 
         return SQLiteIdentityResolver(_sqlite_path(rest, url))
-    if scheme == "redis":
+    if scheme in ("redis", "rediss"):
         cls = _optional(".identity.redis", "RedisIdentityResolver", "redis", "the Redis resolver")
         return cls(url, **options)
     if scheme in ("postgresql", "postgres"):
@@ -139,7 +143,9 @@ def open_identity_resolver(url: str | None = None, **options: Any) -> Any:
             ".identity.postgres", "PostgresIdentityResolver", "postgres", "the PostgreSQL resolver"
         )
         return cls(url, **options)
-    raise ConfigError(f"bad identity store URL {url!r}; accepted forms: {ACCEPTED_FORMS}")
+    raise ConfigError(
+        f"bad identity store URL {redact(url)!r}; accepted forms: {ACCEPTED_FORMS}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +175,7 @@ def open_coordination(url: str | None) -> Coordination:
     several hosts serve one set of users); anything else the in-process ones.
     """
     scheme = url.partition(":")[0].lower() if url else ""
-    if scheme == "redis":
+    if scheme in ("redis", "rediss"):
         locks_mod = _optional(".locks_redis", "RedisTurnLocks", "redis", "Redis turn locks")
         filt = _optional(".locks_redis", "RedisDuplicateFilter", "redis", "Redis")
         outbox = _optional(".outbox_redis", "RedisOutbox", "redis", "the Redis outbox")
