@@ -269,3 +269,60 @@ async def test_one_persons_rapid_messages_run_in_arrival_order() -> None:
     await task
     assert [s.text for s in adapter.sent] == [f"reply:m{i}" for i in range(15)]
     assert [len(h) for h, _, _ in agent.calls] == [2 * i for i in range(15)]
+
+
+class SlowFirstPolicy:
+    """An access policy that takes a while for the first message only."""
+
+    def __init__(self) -> None:
+        self.first = True
+
+    async def check(self, msg: object) -> str | None:
+        if self.first:
+            self.first = False
+            await asyncio.sleep(0.1)
+        return None
+
+
+async def test_arrival_order_holds_even_when_the_policy_suspends() -> None:
+    adapter = FakeAdapter("web")
+    b = Bot("web", RecordingAgent(), adapter=adapter, store="memory://",
+            access=SlowFirstPolicy())  # fmt: skip
+    task = await started(b)
+    for i in range(3):
+        await adapter.inject(f"m{i}", user="1")
+    await adapter.wait_sent(3)
+    await b.stop()
+    await task
+    assert [s.text for s in adapter.sent] == ["reply:m0", "reply:m1", "reply:m2"]
+
+
+async def test_an_unexpected_failure_still_answers_the_person() -> None:
+    from onethread.bots.bot import TURN_FAILED
+
+    class Broken(RecordingAgent):
+        async def respond(self, history, message, *, group=False):  # type: ignore[no-untyped-def]
+            raise RuntimeError("bug in a tool loop")
+
+    adapter = FakeAdapter("web")
+    b = Bot("web", Broken(), adapter=adapter, store="memory://")
+    task = await started(b)
+    await adapter.inject("hello", user="1")
+    [sent] = await adapter.wait_sent(1)
+    await b.stop()
+    await task
+    assert sent.text == TURN_FAILED
+
+
+async def test_a_message_arriving_during_the_drain_is_answered() -> None:
+    adapter = FakeAdapter("web")
+    b = Bot("web", RecordingAgent(delay=0.2), adapter=adapter, store="memory://")
+    task = await started(b)
+    await adapter.inject("first", user="1")
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(b.stop())
+    await asyncio.sleep(0.05)
+    await adapter.inject("late", user="2")  # the platform already delivered it
+    await stopping
+    await task
+    assert sorted(s.text for s in adapter.sent) == ["reply:first", "reply:late"]

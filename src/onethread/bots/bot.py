@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ from .supervisor import Backoff, supervise
 __all__ = ["Bot", "run_until_signal"]
 
 log = logging.getLogger("onethread.bot")
+
+TURN_FAILED = "Sorry, something went wrong on my side and I could not answer that. Try again?"
 
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
                 "drain_timeout", "access", "owners", "commands", "pairing")  # fmt: skip
@@ -106,6 +109,8 @@ class Bot:
         self._backoff: Backoff = own.get("backoff") or Backoff()
         self.drain_timeout: float = float(own.get("drain_timeout", 10.0))
         self._turns: set[asyncio.Task[None]] = set()  # touched on the loop thread only
+        self._tails: dict[str, asyncio.Task[None]] = {}  # key -> its latest task (loop only)
+        self._closed = False
         self._stopping: asyncio.Event | None = None
         self._done: asyncio.Event | None = None
         self.ready = asyncio.Event()
@@ -141,6 +146,7 @@ class Bot:
         if self._stopping is not None and not self._stopping.is_set():
             raise RuntimeError(f"{self.platform} bot is already running")
         self._stopping = asyncio.Event()
+        self._closed = False
         self._done = asyncio.Event()
         self._session.bind_loop()
         try:
@@ -151,6 +157,7 @@ class Bot:
             self._stopping.set()
             self.ready.clear()
             await self._drain()
+            self._closed = True
             try:
                 await asyncio.wait_for(self.adapter.stop(), 10.0)
             finally:
@@ -170,10 +177,19 @@ class Bot:
         asyncio.run(run_until_signal(self.start, self.stop))
 
     async def _drain(self) -> None:
-        if not self._turns:
-            return
-        log.info("%s: waiting for %d running turn(s)", self.platform, len(self._turns))
-        done, pending = await asyncio.wait(set(self._turns), timeout=self.drain_timeout)
+        """Let running turns finish, for at most ``drain_timeout`` seconds in all.
+
+        The adapter is still connected meanwhile, so a message that arrives
+        during the drain (and that the platform already considers delivered)
+        is answered too, within the same deadline; then the rest is cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout
+        if self._turns:
+            log.info("%s: waiting for %d running turn(s)", self.platform, len(self._turns))
+        while self._turns and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._turns), timeout=remaining)
+        pending = set(self._turns)
         for task in pending:
             task.cancel()
         if pending:
@@ -190,20 +206,32 @@ class Bot:
     # -- the turn --------------------------------------------------------------
 
     async def _on_inbound(self, msg: Inbound) -> None:
-        """Called by the adapter for every event; starts a turn task for accepted ones."""
-        if self._stopping is None or self._stopping.is_set():
+        """Called by the adapter for every event; starts a turn task for accepted ones.
+
+        Messages of one session are handled in arrival order: each task waits
+        for the previous task of the same session key (``_tails``, touched on
+        the loop thread only) before it does anything that can suspend.
+        """
+        if self._stopping is None or self._closed:
             return
         verdict = await self._gate.check(msg)
         if verdict is not Verdict.ACCEPT:
             log.debug("%s: dropped message %s: %s", self.platform, msg.message_id, verdict.value)
             return
-        task = asyncio.create_task(self._handle(msg))
+        key = self._session.key_for(
+            msg.user_id, platform=msg.platform, chat_id=msg.chat_id, chat_type=msg.chat_type,
+            thread_id=msg.thread_id,
+        )  # fmt: skip
+        task = asyncio.create_task(self._handle(msg, self._tails.get(key)))
+        self._tails[key] = task
         self._turns.add(task)
         task.add_done_callback(self._turns.discard)
+        task.add_done_callback(lambda t: self._tails.pop(key, None) if self._tails.get(key) is t
+                               else None)  # fmt: skip
 
-    async def _handle(self, msg: Inbound) -> None:
-        # Nothing here awaits a real suspension before the turn lock is requested,
-        # so turns of one session run in arrival order (the lock is FIFO).
+    async def _handle(self, msg: Inbound, previous: asyncio.Task[None] | None = None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait((previous,))
         try:
             reply = await self.access.check(msg)
             if reply is not None:  # refused: at most one short reply, never the agent
@@ -233,6 +261,8 @@ class Bot:
             log.error("%s: could not deliver the reply to %s: %s", self.platform, msg.chat_id, exc)
         except Exception:
             log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
+            with contextlib.suppress(PlatformError):  # the platform may be the problem
+                await self.adapter.send(msg.chat_id, TURN_FAILED, thread_id=msg.thread_id)
 
 
 async def run_until_signal(
