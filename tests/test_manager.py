@@ -228,3 +228,20 @@ async def test_default_store_is_sqlite_under_onethread_home(_isolated_env: objec
 def test_history_entry_dict_roundtrip() -> None:
     entry = HistoryEntry("user", "x", 1.0, platform="p", mirror=True, metadata={"k": [1]})
     assert HistoryEntry.from_dict(entry.to_dict()) == entry
+
+
+async def test_relinking_after_unlink_merges_what_was_written_meanwhile() -> None:
+    resolver = InMemoryIdentityResolver()
+    resolver.link("telegram", "1", "alice")
+    mgr = manager(resolver)
+    agent = RecordingAgent()
+    await mgr.chat(agent, "1", "linked", platform="telegram")
+    resolver.unlink("telegram", "1")
+    mgr.forget_merge("telegram", "1")  # what /unlink does
+    await mgr.chat(agent, "1", "while unlinked", platform="telegram")
+    resolver.link("telegram", "1", "alice")
+    await mgr.chat(agent, "1", "linked again", platform="telegram")
+    assert [h.content for h in agent.calls[-1][0] if h.role == "user"] == [
+        "linked",
+        "while unlinked",
+    ]

@@ -123,3 +123,18 @@ async def test_with_a_threading_lock() -> None:
             break
         await asyncio.sleep(0.01)
     assert await mgr.store.count("user:alice") == 1
+
+
+async def test_platform_id_of_a_linked_account_lands_with_the_person() -> None:
+    resolver = InMemoryIdentityResolver()
+    resolver.link("telegram", "1", "alice")
+    mgr = BotSessionManager(store="memory://", identity_resolver=resolver)
+    assert await amirror_to_session(mgr, "telegram:1", "sent on telegram", source_label="cron")
+    assert [e.content for e in await mgr.store.load("user:alice")] == ["sent on telegram"]
+
+
+async def test_close_waits_for_in_loop_mirrors() -> None:
+    mgr = BotSessionManager(store=SlowStore())
+    assert mirror_to_session(mgr, "alice", "just before stop")
+    await mgr.close()  # waits for the pending write, then closes
+    assert mgr.pending_mirrors == set()

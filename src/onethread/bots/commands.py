@@ -112,6 +112,7 @@ class CommandRouter:
             unlink, msg.platform, msg.user_id
         ):
             return "This account is not linked."
+        self.session.forget_merge(msg.platform, msg.user_id)
         return (
             f"This {msg.platform} account is no longer linked to {unified}. "
             "Its future messages start a separate conversation."

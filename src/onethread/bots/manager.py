@@ -77,6 +77,8 @@ class BotSessionManager:
         self.max_history = max_history
         self.locks: TurnLocks = locks or LocalTurnLocks()
         self._merged: set[tuple[str, str, str]] = set()
+        # mirror_to_session calls made inside the loop, still writing (loop thread only).
+        self.pending_mirrors: set[asyncio.Task[bool]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- plumbing --------------------------------------------------------------
@@ -118,6 +120,11 @@ class BotSessionManager:
             thread_id=thread_id,
             unified_user_id=unified,
         )
+
+    def forget_merge(self, platform: str, user_id: str) -> None:
+        """Forget that this account's legacy history was merged (it was unlinked), so
+        what it writes while unlinked is merged again if it is linked again."""
+        self._merged = {m for m in self._merged if m[:2] != (platform, user_id)}
 
     async def merge_legacy(self, platform: str, user_id: str, unified: str) -> None:
         """Move the account's pre-link DM history into the person's session, once."""
@@ -167,7 +174,12 @@ class BotSessionManager:
             thread_id=thread_id,
             unified_user_id=None if group else unified,
         )
-        if not group and unified is not None and key.startswith("user:"):
+        if (
+            not group
+            and unified is not None
+            and key.startswith("user:")
+            and (platform, user_id, unified) not in self._merged  # the check, without a call
+        ):
             await self.merge_legacy(platform, user_id, unified)
         ctx = SessionContext(
             platform=platform,
@@ -221,9 +233,13 @@ class BotSessionManager:
         resolver's form (``"telegram:12345"``).
         """
         platform, sep, account = user_id.partition(":")
-        if sep:
-            return legacy_key(platform, account)
-        return unified_key(user_id)
+        if not sep:
+            return unified_key(user_id)
+        # An account given by platform id may be linked by now: its DM lives with the person.
+        unified = self.resolve(platform, account)
+        if unified is not None and unified != user_id:
+            return unified_key(unified)
+        return legacy_key(platform, account)
 
     async def mirror(
         self,
@@ -327,6 +343,8 @@ class BotSessionManager:
         return None
 
     async def close(self) -> None:
-        """Close the history store (if it was opened)."""
+        """Finish pending in-loop mirrors (up to 10 s), then close the history store."""
+        if self.pending_mirrors:
+            await asyncio.wait(set(self.pending_mirrors), timeout=10.0)
         if self._store is not None:
             await self._store.close()

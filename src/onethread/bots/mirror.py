@@ -20,9 +20,6 @@ __all__ = ["amirror_to_session", "mirror_to_session"]
 
 log = logging.getLogger("onethread.mirror")
 
-# Strong references to in-loop mirror tasks until they finish (the loop keeps
-# only weak ones). Touched only on the event loop thread that owns each task.
-_pending: set[asyncio.Task[bool]] = set()
 _THREAD_WAIT = 30.0
 
 
@@ -119,8 +116,10 @@ def mirror_to_session(
         task = running.create_task(
             amirror_to_session(mgr, user_id, message_text, source_label, metadata, lock)
         )
-        _pending.add(task)
-        task.add_done_callback(_pending.discard)
+        # The manager keeps a strong reference (the loop keeps only weak ones) and
+        # waits for these in close(), so a mirror made just before stop still lands.
+        mgr.pending_mirrors.add(task)
+        task.add_done_callback(mgr.pending_mirrors.discard)
         return True
     except Exception:
         log.exception("mirror to %r (source %r) failed", user_id, source_label)
