@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 import pytest
-from fake_telegram import FakeTelegram
 
+from fake_telegram import FakeTelegram
 from onethread import Agent
 from onethread.bots import BotOS
 from onethread.cli import _setup_logging

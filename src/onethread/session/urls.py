@@ -111,9 +111,7 @@ def open_history_store(url: str | None = None, **options: Any) -> Any:
         raise ConfigError(
             f"{url!r}: file: URLs are for identity only; use sqlite:///PATH for history"
         )
-    raise ConfigError(
-        f"bad history store URL {redact(url)!r}; accepted forms: {ACCEPTED_FORMS}"
-    )
+    raise ConfigError(f"bad history store URL {redact(url)!r}; accepted forms: {ACCEPTED_FORMS}")
 
 
 def open_identity_resolver(url: str | None = None, **options: Any) -> Any:
@@ -143,9 +141,7 @@ def open_identity_resolver(url: str | None = None, **options: Any) -> Any:
             ".identity.postgres", "PostgresIdentityResolver", "postgres", "the PostgreSQL resolver"
         )
         return cls(url, **options)
-    raise ConfigError(
-        f"bad identity store URL {redact(url)!r}; accepted forms: {ACCEPTED_FORMS}"
-    )
+    raise ConfigError(f"bad identity store URL {redact(url)!r}; accepted forms: {ACCEPTED_FORMS}")
 
 
 @dataclass(frozen=True, slots=True)
