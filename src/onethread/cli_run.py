@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import os
 import re
 import socket
 import sys
@@ -309,6 +310,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
             say()  # Ctrl-D or Ctrl-C left the cursor on the prompt line
     finally:
         close_resolver(resolver)
+    reader = getattr(adapter, "_thread", None)
+    if reader is not None and reader.is_alive():
+        # The input thread is still blocked in input(): CPython aborts at shutdown
+        # when a daemon thread holds stdin's lock ("could not acquire lock ... at
+        # interpreter shutdown"). Everything is stopped and closed: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

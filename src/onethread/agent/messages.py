@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from ..session.history.base import HistoryEntry
@@ -49,26 +48,44 @@ def build_messages(
     entries are dropped; neighbours of one role are merged with a blank line.
     ``message`` is always the user's, whatever its ``role`` field says.
     """
-    turns: list[tuple[str, str]] = []
+    # The hot path of every turn: plain entries are handled inline, without a
+    # function call or a copied entry each (a 20-entry history took 8 us).
+    roles: list[str] = []
+    texts: list[str] = []
+    last = ""
     for entry in history:
-        if not entry.content.strip():
+        content = entry.content
+        if not content or content.isspace():  # the same test as `not content.strip()`
             continue
-        role = "user" if entry.role == "user" and not entry.mirror else "assistant"
-        _add(turns, role, entry_text(entry, group=group))
-    content = message.content if message.content.strip() else _EMPTY_MESSAGE
-    new = replace(message, role="user", mirror=False, content=content)
-    _add(turns, "user", entry_text(new, group=group))
-    if turns[0][0] != "user":
-        turns.insert(0, ("user", EARLIER_CONVERSATION))
+        if entry.mirror:
+            role, text = "assistant", entry_text(entry, group=group)
+        elif entry.role == "user":
+            role, text = "user", entry_text(entry, group=True) if group else content
+        else:
+            role, text = "assistant", content
+        if role == last:
+            texts[-1] = f"{texts[-1]}\n\n{text}"
+        else:
+            roles.append(role)
+            texts.append(text)
+            last = role
+    content = message.content
+    if not content or content.isspace():
+        content = _EMPTY_MESSAGE
+    if group:  # as entry_text() of the message with role "user" and mirror False
+        who = message.user_name or message.user_id
+        if who:
+            content = f"[{who}] {content}"
+    if last == "user":
+        texts[-1] = f"{texts[-1]}\n\n{content}"
+    else:
+        roles.append("user")
+        texts.append(content)
+    if roles[0] != "user":
+        roles.insert(0, "user")
+        texts.insert(0, EARLIER_CONVERSATION)
     result: list[dict[str, Any]] = []
     if instructions.strip():
         result.append({"role": "system", "content": instructions})
-    result.extend({"role": role, "content": text} for role, text in turns)
+    result += [{"role": role, "content": text} for role, text in zip(roles, texts, strict=True)]
     return result
-
-
-def _add(turns: list[tuple[str, str]], role: str, text: str) -> None:
-    if turns and turns[-1][0] == role:
-        turns[-1] = (role, f"{turns[-1][1]}\n\n{text}")
-    else:
-        turns.append((role, text))

@@ -24,6 +24,8 @@ __all__ = ["APOLOGY", "BotSessionManager", "Responder"]
 
 log = logging.getLogger("onethread.session")
 
+_MERGED_MAX = 100_000  # accounts remembered as merged (see merge_legacy)
+
 APOLOGY = "Sorry, I could not reach my language model just now. Please try again in a moment."
 
 
@@ -136,7 +138,9 @@ class BotSessionManager:
             moved = await self.store.merge(src, dst)
         if moved:
             log.info("merged %d legacy entries of %s:%s into %s", moved, platform, user_id, dst)
-        self._merged.add(marker)
+        if len(self._merged) >= _MERGED_MAX:  # a memo, not a record: forgetting costs a
+            self._merged.clear()  # no-op merge, while remembering every account forever
+        self._merged.add(marker)  # would grow without bound (~300 bytes each)
 
     # -- the turn --------------------------------------------------------------
 

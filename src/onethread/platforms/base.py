@@ -24,7 +24,8 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
@@ -152,21 +153,61 @@ class Adapter(ABC):
             )
 
     @final
-    @contextlib.asynccontextmanager
-    async def typing(self, chat_id: str, thread_id: str = "") -> AsyncIterator[None]:
-        """Keep the typing indicator on while the block runs; always stopped on exit."""
-        task = asyncio.create_task(self._typing_loop(chat_id, thread_id))
+    def typing(self, chat_id: str, thread_id: str = "") -> AbstractAsyncContextManager[None]:
+        """Keep the typing indicator on while the block runs; always stopped on exit.
+
+        The indicator is first sent once the block has given the loop a turn
+        (a block that never waits shows none), then every ``typing_interval``
+        seconds; a typing failure never breaks the block.
+        """
+        return _Typing(self, chat_id, thread_id)
+
+
+class _Typing:
+    """The ``Adapter.typing`` context manager; touched on the event loop thread only.
+
+    Cheap on the hot path: entering schedules one callback, and a task exists
+    only while a ``do_typing`` call is in flight (a per-turn task, cancelled
+    and awaited at exit, cost every turn two loop iterations).
+    """
+
+    __slots__ = ("_active", "_adapter", "_chat_id", "_handle", "_loop", "_task", "_thread_id")
+
+    def __init__(self, adapter: Adapter, chat_id: str, thread_id: str) -> None:
+        self._adapter = adapter
+        self._chat_id = chat_id
+        self._thread_id = thread_id
+        self._active = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.Handle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._active = True
+        self._handle = self._loop.call_soon(self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._active and self._loop is not None:
+            self._task = self._loop.create_task(self._call())
+
+    async def _call(self) -> None:
+        adapter = self._adapter
         try:
-            yield
-        finally:
+            await adapter.do_typing(self._chat_id, self._thread_id)
+        except Exception as exc:  # a typing failure must never break the turn
+            log.debug("%s typing indicator failed: %s", adapter.name, exc)
+        if self._active and self._loop is not None:
+            self._handle = self._loop.call_later(adapter.typing_interval, self._fire)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._active = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        task = self._task
+        if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def _typing_loop(self, chat_id: str, thread_id: str) -> None:
-        while True:
-            try:
-                await self.do_typing(chat_id, thread_id)
-            except Exception as exc:  # a typing failure must never break the turn
-                log.debug("%s typing indicator failed: %s", self.name, exc)
-            await asyncio.sleep(self.typing_interval)

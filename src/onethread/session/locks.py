@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 __all__ = ["DuplicateFilter", "LocalDuplicateFilter", "LocalTurnLocks", "TurnLocks"]
@@ -33,6 +32,41 @@ class _Slot:
         self.users = 0  # holders + waiters
 
 
+class _Hold(AbstractAsyncContextManager[None]):
+    """``LocalTurnLocks.hold(key)``: a plain class, as it runs on every turn."""
+
+    __slots__ = ("_key", "_locks", "_slot")
+
+    def __init__(self, locks: dict[str, _Slot], key: str) -> None:
+        self._locks = locks
+        self._key = key
+        self._slot: _Slot | None = None
+
+    async def __aenter__(self) -> None:
+        slot = self._locks.get(self._key)
+        if slot is None:
+            slot = self._locks[self._key] = _Slot()
+        slot.users += 1
+        self._slot = slot
+        try:
+            await slot.lock.acquire()
+        except BaseException:
+            self._leave(slot)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        slot = self._slot
+        if slot is not None:
+            self._slot = None
+            slot.lock.release()
+            self._leave(slot)
+
+    def _leave(self, slot: _Slot) -> None:
+        slot.users -= 1
+        if slot.users == 0 and self._locks.get(self._key) is slot:
+            del self._locks[self._key]
+
+
 class LocalTurnLocks:
     """Per-key FIFO ``asyncio.Lock`` s, created on demand and dropped when unused.
 
@@ -45,20 +79,9 @@ class LocalTurnLocks:
     def __init__(self) -> None:
         self._locks: dict[str, _Slot] = {}
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
         """Hold ``key``'s lock for the block; waiters are served in arrival order."""
-        slot = self._locks.get(key)
-        if slot is None:
-            slot = self._locks[key] = _Slot()
-        slot.users += 1
-        try:
-            async with slot.lock:
-                yield
-        finally:
-            slot.users -= 1
-            if slot.users == 0 and self._locks.get(key) is slot:
-                del self._locks[key]
+        return _Hold(self._locks, key)
 
     def __len__(self) -> int:
         return len(self._locks)

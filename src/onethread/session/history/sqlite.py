@@ -2,32 +2,98 @@
 
 WAL journal, ``synchronous=NORMAL`` (a committed turn survives a crash of the
 process; WAL with NORMAL may lose the last commits on power loss, as documented
-by SQLite), one transaction per ``append``, rows indexed by ``(key, ts, id)``.
+by SQLite), rows indexed by ``(key, ts, id)``. Several processes may share the
+file (the CLI reads while the bot writes): SQLite's own file locking
+serialises writers.
 
-All SQLite work runs on ONE worker thread that owns the connection, so the
-event loop never blocks on disk and the connection needs no lock. Several
-processes may share the file (the CLI reads while the bot writes): SQLite's own
-file locking serialises writers, with a busy timeout.
+Two connections, so that a turn costs tens of microseconds, not a thread hop:
+
+- The **loop connection** serves ``load`` (small limits), ``append`` and small
+  ``clear``/``merge`` calls on the event loop's own thread, for the first
+  running loop that uses the store. Nothing on it waits for long:
+
+  * no fsync. With WAL and ``synchronous=NORMAL`` a commit writes the new
+    pages into the WAL file (the OS page cache) and syncs nothing. SQLite
+    syncs in two places only: checkpoints, which this connection never runs
+    (``wal_autocheckpoint=0``), and the first commit after the WAL is started
+    afresh, which syncs the new WAL header; the store makes sure that commit
+    is the worker's (see *Checkpoints*).
+  * no lock waits: its busy timeout is 0. When another connection (the CLI,
+    another process, our own worker) holds the write lock, the work goes to
+    the worker thread, whose connection waits up to 30 s.
+  * bounded work: at most ``_LOOP_READ_MAX`` rows read and ``_LOOP_WRITE_MAX``
+    cleared or merged, by index; more, full loads, ``count`` and ``sessions``
+    run on the worker thread.
+
+  What remains on the loop is CPU work and writes into the page cache; a
+  machine short of memory (dirty-page throttling, a page read from disk) can
+  still stall it for that moment.
+
+- The **worker connection** lives on the store's single worker thread and
+  does the rest, including all the work of callers on other threads or loops.
+
+**Group commit.** ``append`` queues the turn's rows; once per loop iteration
+all queued turns are written in one transaction, and each caller returns only
+after that COMMIT (so a turn is durable once ``append`` returns). A turn's rows
+are all in one transaction, so each turn is all-or-nothing; if the shared
+transaction fails, it is rolled back and every turn is retried in its own, so
+one bad turn cannot sink the others.
+
+**Checkpoints.** The loop connection and, once the loop side is in use, the
+worker's never checkpoint on their own (``wal_autocheckpoint=0``). Every
+``_CHECKPOINT_ROWS`` rows the worker copies the WAL into the database (``PRAGMA
+wal_checkpoint(PASSIVE)``, with its fsync) while the loop goes on committing.
+A WAL found wholly copied is started afresh by the next commit, which syncs
+the new WAL header; so that this commit is never the loop's:
+
+1. no pass on the move can copy everything: the loop begins a read
+   transaction on a connection of its own (``_pin``) just before the commit
+   that triggers the checkpoint, and a checkpoint stops at the oldest reader's
+   snapshot; a second pass, up to a newer pin (``_pin2``, asked of the loop),
+   copies what came meanwhile;
+2. then the worker sets ``_quiet`` (the loop holds its commits back), ends the
+   pin, copies the rest and starts the WAL afresh with a commit of its own
+   that changes nothing (``_RESTART``), syncing the new header itself.
+
+The same happens once when the loop side starts, as the WAL may be empty.
+Turns wait for the second pass (a few frames, a tiny commit and their fsyncs,
+a few milliseconds); the loop does not. Without the fresh start the WAL would
+grow for ever under steady load.
+(A checkpoint run by another process, e.g. the CLI writing while the bot is
+idle, could still leave that one header sync to the loop's next commit.)
+
+**Read cache.** The loop side keeps the newest entries of recently used keys
+(``_sqlite_cache.TailCache``, at most ``cache_entries``). It is exact: every
+load first reads ``PRAGMA data_version``, which changes whenever *another*
+connection (another process, our worker) committed; each cached key is then
+checked once, by the ids of its newest rows, before it is served again. The
+loop's own commits update the cache directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import CorruptStoreError, SchemaVersionError
+from ._sqlite_cache import TailCache
 from .base import HistoryEntry, SessionSummary
 
 __all__ = ["SCHEMA_VERSION", "SQLiteHistoryStore"]
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")
+Row = tuple[Any, ...]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -52,10 +118,31 @@ CREATE INDEX IF NOT EXISTS entries_key_ts ON entries (key, ts, id);
 _COLUMNS = (
     "role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, metadata"
 )
+_INSERT = (
+    "INSERT INTO entries (key, role, content, ts, platform, chat_id, user_id, "
+    "user_name, message_id, mirror, source, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_ALL = f"SELECT {_COLUMNS} FROM entries WHERE key = ? ORDER BY ts, id"
+_SELECT_LAST = f"SELECT {_COLUMNS} FROM entries WHERE key = ? ORDER BY ts DESC, id DESC LIMIT ?"
+_SELECT_LAST_IDS = (
+    f"SELECT id, {_COLUMNS} FROM entries WHERE key = ? ORDER BY ts DESC, id DESC LIMIT ?"
+)
+_CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
+# A commit that changes nothing (same row, same rowid) but writes a page: the
+# first commit after a checkpoint copied the whole WAL starts it afresh.
+_RESTART = "REPLACE INTO schema_version (rowid, version) SELECT rowid, version FROM schema_version"
+_COUNT_UPTO = "SELECT count(*) FROM (SELECT 1 FROM entries WHERE key = ? LIMIT ?)"
+
+_LOOP_READ_MAX = 256  # larger loads run on the worker thread
+_LOOP_WRITE_MAX = 256  # clears and merges of more rows run on the worker thread
+_CHECKPOINT_ROWS = 4096  # rows committed on the loop between checkpoints (1-2 WAL pages each)
+_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
-def _row_to_entry(row: tuple[Any, ...]) -> HistoryEntry:
-    role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, meta = row
+def _row_to_entry(row: Row, skip: int = 0) -> HistoryEntry:
+    role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, meta = (
+        row[skip:] if skip else row
+    )
     return HistoryEntry(
         role=role,
         content=content,
@@ -71,7 +158,7 @@ def _row_to_entry(row: tuple[Any, ...]) -> HistoryEntry:
     )
 
 
-def _entry_to_row(key: str, e: HistoryEntry) -> tuple[Any, ...]:
+def _entry_to_row(key: str, e: HistoryEntry) -> Row:
     meta = json.dumps(dict(e.metadata), separators=(",", ":")) if e.metadata else "{}"
     return (
         key, e.role, e.content, e.timestamp, e.platform, e.chat_id, e.user_id, e.user_name,
@@ -79,19 +166,137 @@ def _entry_to_row(key: str, e: HistoryEntry) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _is_busy(exc: BaseException) -> bool:
+    """True when SQLite refused because another connection holds a lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF in _BUSY
+
+
+def _select(conn: sqlite3.Connection, key: str, limit: int | None) -> list[HistoryEntry]:
+    if limit is None:
+        return [_row_to_entry(r) for r in conn.execute(_SELECT_ALL, (key,))]
+    rows = conn.execute(_SELECT_LAST, (key, limit)).fetchall()
+    rows.reverse()
+    return [_row_to_entry(r) for r in rows]
+
+
+def _transaction(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """Insert ``rows`` in one transaction: all of them, or (after a rollback) none."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_INSERT, rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _write(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> int:
+    """Run one changing statement in its own transaction; the number of rows changed."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        changed = conn.execute(sql, args).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return changed
+
+
+Outcome = tuple[list[BaseException | None], BaseException | None]
+"""``(errors, busy)``: ``errors[i]`` is None when turn ``i`` committed, else why not;
+when the database was busy, the turns from ``len(errors)`` on were not tried and
+``busy`` is the error."""
+
+
+def _begin_read(conn: sqlite3.Connection) -> bool:
+    """Begin a read transaction on ``conn`` that holds the current snapshot."""
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1 FROM schema_version LIMIT 1").fetchall()
+    except sqlite3.Error:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+        return False
+    return True
+
+
+def _commit_each(conn: sqlite3.Connection, turns: Sequence[list[Row]]) -> Outcome:
+    """Commit each turn's rows in a transaction of its own."""
+    errors: list[BaseException | None] = []
+    for turn in turns:
+        try:
+            _transaction(conn, turn)
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                return errors, exc
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors, None
+
+
+def _commit_turns(conn: sqlite3.Connection, turns: Sequence[list[Row]]) -> Outcome:
+    """Commit all turns in one transaction, or, if that fails, each in its own."""
+    try:
+        _transaction(conn, [row for turn in turns for row in turn])
+        return [None] * len(turns), None
+    except sqlite3.Error as exc:
+        if _is_busy(exc):
+            return [], exc
+        if len(turns) == 1:
+            return [exc], None
+    return _commit_each(conn, turns)
+
+
+_Pending = tuple[str, list[HistoryEntry], list[Row], asyncio.Future[None]]
+
+
 class SQLiteHistoryStore:
     """History in a SQLite file. Opened lazily on first use.
 
-    Concurrency: the connection lives on the store's single worker thread
-    (``_executor``); every call is a job on that thread, so calls from many
-    tasks are serialised there and each ``append`` is one transaction.
+    Args:
+        path: the database file (its folder is created 0700, the file 0600).
+        cache_entries: how many recent entries the loop side may keep in
+            memory for fast loads (0: none); about 400 bytes each.
+
+    Concurrency: safe from many tasks, threads and processes. The event loop
+    that first uses the store serves ``load``/``append`` on its own thread
+    (see the module docstring: no fsync and no lock waits there); every other
+    call, and every call from another thread or loop, is a job on the store's
+    single worker thread. Each turn's ``append`` is one atomic unit, committed
+    before ``append`` returns.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, cache_entries: int = 25_000) -> None:
         self.path = Path(path).expanduser()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onethread-sqlite")
-        self._conn: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None  # the worker thread's
         self._closed = False
+        # Loop side: touched only by the thread running ``_loop`` (the owner).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fast: sqlite3.Connection | None = None
+        self._pin: sqlite3.Connection | None = None  # read snapshots for checkpoints
+        self._pin2: sqlite3.Connection | None = None
+        self._pin_asked: sqlite3.Connection | None = None  # worker -> loop: pin this one
+        self._pin_taken: sqlite3.Connection | None = None  # loop -> worker: done
+        self._fast_failed = False
+        self._claim_lock = threading.Lock()
+        self._cache = TailCache(cache_entries)
+        self._batch: list[_Pending] = []
+        self._handoffs: set[asyncio.Task[None]] = set()
+        self._handing_off = 0  # hand-offs under way (see _hand_off)
+        self._since_checkpoint = 0  # rows the loop committed since the last checkpoint
+        self._worker_rows = 0  # rows the worker committed since its last checkpoint
+        self._checkpoint: concurrent.futures.Future[None] | None = None
+        # Between the loop thread and the worker (plain attributes, atomic under
+        # the GIL; see _flush and _hold_commits): the loop sets _flushing while it
+        # commits; while _quiet is set it holds its commits back. Set until the
+        # loop side is ready: the WAL may be empty, and its first commit syncs.
+        self._flushing = False
+        self._quiet = True
 
     # -- worker-thread side ----------------------------------------------------
 
@@ -122,45 +327,27 @@ class SQLiteHistoryStore:
         return conn
 
     def _load(self, key: str, limit: int | None) -> list[HistoryEntry]:
-        conn = self._connect()
-        if limit is None:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE key = ? ORDER BY ts, id", (key,)
-            ).fetchall()
-            return [_row_to_entry(r) for r in rows]
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM entries WHERE key = ? ORDER BY ts DESC, id DESC LIMIT ?",
-            (key, limit),
-        ).fetchall()
-        rows.reverse()
-        return [_row_to_entry(r) for r in rows]
+        return _select(self._connect(), key, limit)
 
-    def _append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
+    def _append_turns(self, turns: list[list[Row]]) -> list[BaseException | None]:
         conn = self._connect()
-        rows = [_entry_to_row(key, e) for e in entries]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(
-                "INSERT INTO entries (key, role, content, ts, platform, chat_id, user_id, "
-                "user_name, message_id, mirror, source, metadata) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        errors, busy = _commit_turns(conn, turns)
+        if any(error is None for error in errors):
+            self._worker_rows += sum(len(turn) for turn in turns)
+            if self._worker_rows >= _CHECKPOINT_ROWS and self._loop is not None:
+                self._worker_rows = 0  # writes that came this way checkpoint here
+                self._hold_commits()
+                conn.execute("PRAGMA busy_timeout = 0")  # the loop waits: never for long
+                try:
+                    self._finish_checkpoint(conn)
+                finally:
+                    conn.execute("PRAGMA busy_timeout = 30000")
+        if busy is not None:  # still locked after the 30 s busy timeout
+            errors += [busy] * (len(turns) - len(errors))
+        return errors
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> int:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            cur = conn.execute(sql, args)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return cur.rowcount
+        return _write(self._connect(), sql, args)
 
     def _count(self, key: str) -> int:
         row = self._connect().execute("SELECT count(*) FROM entries WHERE key = ?", (key,))
@@ -186,40 +373,352 @@ class SQLiteHistoryStore:
             for k, n, ts, plats in rows
         ]
 
+    def _loop_owned(self) -> None:
+        """Make sure the loop's first commit syncs nothing; then checkpoints are ours."""
+        conn = self._connect()
+        self._finish_checkpoint(conn)
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+
+    def _run_checkpoint(self, pin: sqlite3.Connection) -> None:
+        """Copy the WAL into the database, off the loop (see *Checkpoints*).
+
+        ``pin`` holds a read transaction begun just before one of the loop's
+        commits, so a pass cannot copy every frame (which would let the loop's
+        next commit start the WAL afresh and sync its header). A second pass
+        copies what came during the first, up to a newer pin, so the last
+        pass, with the loop's commits held back, has little left to copy.
+        """
+        try:
+            if self._conn is not None:
+                self._conn.execute(_CHECKPOINT)
+                newer = self._newer_pin(pin)
+                if newer is not None:
+                    pin.execute("COMMIT")
+                    pin = newer
+                    self._conn.execute(_CHECKPOINT)
+        finally:
+            self._hold_commits()
+            try:
+                pin.execute("COMMIT")
+            finally:
+                self._finish_checkpoint(pin)
+
+    def _newer_pin(self, pin: sqlite3.Connection) -> sqlite3.Connection | None:
+        """Have the loop pin its snapshot before its next commit (50 ms at most)."""
+        other = self._pin2 if pin is self._pin else self._pin
+        if other is None:
+            return None
+        self._pin_taken = None
+        self._pin_asked = other
+        deadline = time.monotonic() + 0.05
+        while self._pin_taken is None and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        self._pin_asked = None  # first our flag, then the loop's (see _flush)
+        while self._flushing:
+            time.sleep(0.0001)
+        return self._pin_taken
+
+    def _hold_commits(self) -> None:
+        """Make the loop hold its commits back; return once none is under way."""
+        self._quiet = True  # first our flag, then the loop's (see _flush)
+        while self._flushing:
+            time.sleep(0.0001)
+
+    def _finish_checkpoint(self, writer: sqlite3.Connection) -> None:
+        """With the loop's commits held back: copy the rest of the WAL, start it afresh
+        with a commit of ``writer`` (its header sync is ours), then let the loop go on.
+
+        A WAL that some reader keeps, or another writer's commit, is not started
+        afresh by us; either way the loop's next commit only appends to it.
+        """
+        try:
+            if self._conn is not None:
+                busy, frames, copied = self._conn.execute(_CHECKPOINT).fetchone()
+                if not busy and copied == frames:
+                    try:
+                        writer.execute(_RESTART)
+                    except sqlite3.OperationalError as exc:
+                        if not _is_busy(exc):  # busy: another writer commits first
+                            raise
+        finally:
+            self._quiet = False
+            loop = self._loop
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):  # that loop has closed
+                    loop.call_soon_threadsafe(self._resume)
+
     def _close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            self._conn.close()  # the last connection: SQLite checkpoints here
             self._conn = None
-
-    # -- async API -------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise RuntimeError("this history store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    # -- loop side -------------------------------------------------------------
+
+    async def _claim(self, loop: asyncio.AbstractEventLoop) -> sqlite3.Connection | None:
+        """Make ``loop`` the loop side's owner if no live loop owns it; its connection or None."""
+        if self._closed:
+            raise RuntimeError("this history store is closed")
+        if self._fast_failed or (self._loop is not None and not self._loop.is_closed()):
+            return None  # another live loop owns it: this caller uses the worker
+        await self._run(self._connect)  # creates the schema, raises for a bad file
+        try:
+            await self._run(self._loop_owned)
+        except sqlite3.Error:  # e.g. a read-only file: the worker serves every call
+            self._fast_failed = True
+            return None
+        with self._claim_lock:  # two loops in two threads may claim at once
+            if loop is self._loop:
+                return self._fast  # another task of this loop claimed it meanwhile
+            if self._fast_failed or (self._loop is not None and not self._loop.is_closed()):
+                return None
+            if self._fast is None:
+                try:
+                    self._fast = self._open_fast()
+                    self._pin = self._open_fast()
+                    self._pin2 = self._open_fast()
+                except sqlite3.Error:
+                    self._fast_failed = True  # e.g. no shared memory for WAL: worker only
+                    return None
+            # A new owner (the previous loop has ended): its queued turns died with it.
+            self._loop, self._batch = loop, []
+            return self._fast
+
+    def _open_fast(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":  # commits would fsync: keep them off the loop
+                raise sqlite3.OperationalError(f"journal_mode is {mode}, not wal")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the worker
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _loop_load(
+        self, conn: sqlite3.Connection, key: str, limit: int | None
+    ) -> list[HistoryEntry] | None:
+        """Serve a load on the loop (cache, else a bounded read); None: ask the worker."""
+        cache = self._cache
+        try:
+            cache.see_version(conn.execute("PRAGMA data_version").fetchone()[0])
+            entries = cache.get(conn, key, limit)
+            if entries is not None:
+                return entries
+            if limit is None or limit > _LOOP_READ_MAX:
+                return None
+            rows = conn.execute(_SELECT_LAST_IDS, (key, limit)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                return None
+            raise
+        rows.reverse()
+        entries = [_row_to_entry(r, 1) for r in rows]
+        cache.remember(key, entries[:], [r[0] for r in rows], len(rows) < limit, limit)
+        return entries
+
+    def _flush(self) -> None:
+        """Commit the queued turns (one loop iteration's worth) in one transaction."""
+        self._flushing = True  # first our flag, then the worker's (see _run_checkpoint)
+        try:
+            # Held back while a hand-off is under way or the worker ends a
+            # checkpoint; both flush when done.
+            if not self._batch or self._handing_off or self._quiet:
+                return
+            batch = [item for item in self._batch if not item[3].done()]  # not cancelled
+            self._batch = []
+            if batch:
+                self._commit_batch(batch)
+        finally:
+            self._flushing = False
+
+    def _resume(self) -> None:
+        if self._batch:
+            self._flush()
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        conn = self._fast
+        if conn is None or self._closed:
+            for *_, fut in batch:
+                fut.set_exception(RuntimeError("this history store is closed"))
+            return
+        turns = [item[2] for item in batch]
+        rows = [row for turn in turns for row in turn]
+        pin = self._pin_for_checkpoint(len(rows))
+        asked = self._pin_asked
+        if asked is not None and not _begin_read(asked):
+            asked = None
+        first_id: int | None = None
+        errors: list[BaseException | None]
+        busy: BaseException | None
+        try:
+            try:
+                _transaction(conn, rows)
+            except sqlite3.Error as exc:
+                if _is_busy(exc):
+                    errors, busy = [], exc
+                elif len(turns) == 1:
+                    errors, busy = [exc], None
+                else:
+                    errors, busy = _commit_each(conn, turns)
+            else:
+                errors, busy = [None] * len(turns), None
+                with contextlib.suppress(sqlite3.Error):  # ids unknown: the cache forgets
+                    # One transaction, no other writer, AUTOINCREMENT: consecutive ids.
+                    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                    first_id = last - len(rows) + 1
+        except Exception as exc:  # not a sqlite3.Error: report it to every caller
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (key, entries, turn, fut), error in zip(batch, errors, strict=False):
+            if error is None and first_id is not None:
+                self._cache.appended(key, entries, first_id)
+                first_id += len(turn)
+            else:
+                self._cache.drop(key)
+            if fut.done():
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+        if busy is not None:  # the rest waits for the lock on the worker thread
+            self._hand_off(batch[len(errors) :])
+        if asked is not None:
+            if any(error is None for error in errors):  # frames beyond the pin: taken
+                self._pin_asked, self._pin_taken = None, asked
+            else:
+                asked.execute("COMMIT")
+        if pin is not None:
+            if any(error is None for error in errors):  # frames beyond the pin: go
+                self._since_checkpoint = 0
+                self._checkpoint = self._executor.submit(self._run_checkpoint, pin)
+            else:
+                pin.execute("COMMIT")
+
+    def _pin_for_checkpoint(self, rows: int) -> sqlite3.Connection | None:
+        """Begin the pin's read transaction if these rows are due a checkpoint (else None)."""
+        self._since_checkpoint += rows
+        pin = self._pin
+        if (
+            pin is None
+            or self._since_checkpoint < _CHECKPOINT_ROWS
+            or (self._checkpoint is not None and not self._checkpoint.done())
+        ):
+            return None
+        return pin if _begin_read(pin) else None  # busy: next time
+
+    def _hand_off(self, batch: list[_Pending]) -> None:
+        """Have the worker thread commit ``batch`` (as one transaction, as here).
+
+        Until it has, later turns wait in ``_batch`` (one hand-off at a time, in
+        order): they go out together when it is done, most likely on the loop.
+        """
+        if not batch:
+            return
+        for key, *_ in batch:
+            self._cache.drop(key)
+        self._handing_off += 1
+        task = asyncio.get_running_loop().create_task(self._worker_commit(batch))
+        self._handoffs.add(task)
+        task.add_done_callback(self._handoffs.discard)
+
+    async def _worker_commit(self, batch: list[_Pending]) -> None:
+        try:
+            errors = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._append_turns, [rows for _, _, rows, _ in batch]
+            )
+        except Exception as exc:
+            errors = [exc] * len(batch)
+        finally:
+            self._handing_off -= 1
+        for (*_, fut), error in zip(batch, errors, strict=True):
+            if fut.done():
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+        if self._batch and not self._closed:
+            self._flush()
+
+    # -- async API -------------------------------------------------------------
+
     async def load(self, key: str, limit: int | None = None) -> list[HistoryEntry]:
         """The last ``limit`` entries of ``key`` (all when ``None``), oldest first."""
         if limit is not None and limit <= 0:
             return []
+        loop = asyncio.get_running_loop()
+        conn = self._fast if loop is self._loop else await self._claim(loop)
+        if conn is not None:
+            entries = self._loop_load(conn, key, limit)
+            if entries is not None:
+                return entries
         return await self._run(self._load, key, limit)
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
-        """Append ``entries`` to ``key`` in one transaction."""
-        if entries:
-            await self._run(self._append, key, list(entries))
+        """Append ``entries`` to ``key`` in one transaction; committed when this returns."""
+        if not entries:
+            return
+        items = list(entries)
+        rows = [_entry_to_row(key, e) for e in items]  # a bad entry fails here, alone
+        loop = asyncio.get_running_loop()
+        conn = self._fast if loop is self._loop else await self._claim(loop)
+        if conn is None:
+            [error] = await self._run(self._append_turns, [rows])
+            if error is not None:
+                raise error
+            return
+        fut: asyncio.Future[None] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._flush)
+        self._batch.append((key, items, rows, fut))
+        await fut
 
     async def clear(self, key: str) -> int:
         """Delete every entry of ``key``; return how many."""
-        return await self._run(self._write, "DELETE FROM entries WHERE key = ?", (key,))
+        return await self._change(key, (key,), "DELETE FROM entries WHERE key = ?", (key,))
 
     async def merge(self, src_key: str, dst_key: str) -> int:
         """Move ``src_key``'s rows to ``dst_key`` (they sort by time with the rest)."""
         if src_key == dst_key:
             return 0
-        return await self._run(
-            self._write, "UPDATE entries SET key = ? WHERE key = ?", (dst_key, src_key)
-        )
+        sql = "UPDATE entries SET key = ? WHERE key = ?"
+        return await self._change(src_key, (src_key, dst_key), sql, (dst_key, src_key))
+
+    async def _change(
+        self, source: str, keys: tuple[str, ...], sql: str, args: tuple[Any, ...]
+    ) -> int:
+        """Run ``sql`` (a clear or merge of ``source``'s rows) where it is cheapest.
+
+        Nothing to change: no write at all. A small change runs on the loop
+        connection and forgets just ``keys`` in the cache; a large one (or one
+        while the worker ends a checkpoint) runs on the worker thread.
+        """
+        loop = asyncio.get_running_loop()
+        conn = self._fast if loop is self._loop else await self._claim(loop)
+        if conn is not None:
+            try:
+                rows = conn.execute(_COUNT_UPTO, (source, _LOOP_WRITE_MAX + 1)).fetchone()[0]
+                if rows == 0:
+                    return 0
+                if rows <= _LOOP_WRITE_MAX and not self._quiet:
+                    changed = _write(conn, sql, args)
+                    for key in keys:
+                        self._cache.drop(key)
+                    return changed
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+        return await self._run(self._write, sql, args)
 
     async def count(self, key: str) -> int:
         """How many entries ``key`` holds."""
@@ -230,9 +729,25 @@ class SQLiteHistoryStore:
         return await self._run(self._sessions, limit)
 
     async def close(self) -> None:
-        """Close the connection and stop the worker thread."""
+        """Commit queued turns, close both connections and stop the worker thread.
+
+        Call it once no other call is running.
+        """
         if self._closed:
             return
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        while asyncio.get_running_loop() is self._loop and (self._handoffs or self._batch):
+            if self._handoffs:
+                await asyncio.gather(*self._handoffs, return_exceptions=True)
+            else:
+                self._flush()
         self._closed = True
+        self._cache.clear()
+        if self._checkpoint is not None:  # it holds the pin until it is done
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(self._checkpoint)
+        for conn in (self._pin, self._pin2, self._fast):
+            if conn is not None:
+                conn.close()  # not the last connection, so no checkpoint on the loop
+        self._fast = self._pin = self._pin2 = None
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=False)

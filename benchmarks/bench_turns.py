@@ -1,0 +1,311 @@
+"""Turn throughput and latency: the full turn for 1..1,000 users on two platforms.
+
+Inbound -> gate -> resolve -> turn lock -> history load -> Agent (zero-latency
+EchoModel) -> append (one transaction per turn) -> delivery to an in-process
+adapter (with a typing indicator, like Telegram's). Every user is linked across
+both platforms and alternates between them, so each turn resolves to the
+person's one session. History in SQLite (WAL, committed per turn) or memory.
+
+Two ways to load it:
+
+- closed loop (throughput): each user sends the next message as soon as the
+  reply arrives. Latency here is mostly queueing: with N users busy at once,
+  latency ~= N / throughput, so it says how long a turn waits behind the others.
+- open loop (latency): messages arrive at a fixed average rate (Poisson, users
+  picked at random, so one user's next message may arrive before the previous
+  reply), and each turn's latency is measured from the moment the adapter
+  hands the message to onethread until the reply is delivered, queueing
+  included. That is the reading of "p99 < 5 ms at 100 users" used in
+  docs/performance.md: 100 users sending 10,000 turns/s between them.
+
+    python benchmarks/bench_turns.py [--seconds 2] [--users 1,10,100,1000]
+                                     [--rate 10000] [--open-users 100] [--open-seconds 5]
+                                     [--stores memory,sqlite] [--gc-freeze]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import summary, write
+
+from onethread import Agent
+from onethread.bots import Bot, BotOS
+from onethread.bots.policy import OpenPolicy
+from onethread.session import InMemoryIdentityResolver
+from onethread.session.history.base import HistoryStore
+from onethread.testing import EchoModel, FakeAdapter
+
+PLATFORMS = ("telegram", "discord")
+
+
+class Tracker:
+    """Matches each reply to its message (the echo names it) and times the turn."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+        self.waiters: dict[str, asyncio.Future[None]] = {}
+        self.latencies: list[float] = []
+        self.record = True  # keep latencies (bench_memory turns it off)
+
+    def replied(self, text: str) -> None:
+        message = text.removeprefix("echo: ")
+        start = self.started.pop(message, None)
+        if start is not None and self.record:
+            self.latencies.append(time.perf_counter() - start)
+        fut = self.waiters.pop(message, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
+class BenchAdapter(FakeAdapter):
+    """An in-process platform that tells the tracker about each reply and keeps nothing."""
+
+    def __init__(self, name: str, tracker: Tracker) -> None:
+        super().__init__(name)
+        self.tracker = tracker
+        self.typing_count = 0
+
+    async def do_send(
+        self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
+    ) -> str:
+        self.tracker.replied(text)
+        return "x"
+
+    async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
+        self.typing_count += 1
+
+
+class World:
+    """A BotOS with two in-process platforms and ``users`` people linked across both."""
+
+    def __init__(self, store: str | HistoryStore, users: int) -> None:
+        resolver = InMemoryIdentityResolver()
+        for i in range(users):
+            resolver.link("telegram", f"t{i}", f"user{i}")
+            resolver.link("discord", f"d{i}", f"user{i}")
+        agent = Agent(name="bench", model=EchoModel())
+        self.tracker = Tracker()
+        self.botos = BotOS(agent=agent, identity_resolver=resolver, store=store, max_history=20)
+        self.adapters = {name: BenchAdapter(name, self.tracker) for name in PLATFORMS}
+        for name, adapter in self.adapters.items():
+            self.botos.add_bot(
+                Bot(name, agent, adapter=adapter, session=self.botos.session, access=OpenPolicy())
+            )
+        self.users = users
+        self.counter = 0
+        self.turn_of = [0] * users
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> World:
+        self._task = asyncio.create_task(self.botos.start())
+        await self.botos.wait_ready(10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.botos.stop()
+        if self._task is not None:
+            await self._task
+
+    async def send(self, i: int, reply: asyncio.Future[None] | None = None) -> None:
+        """User ``i`` sends a message on their next platform (``reply`` is set on the reply)."""
+        turn = self.turn_of[i]
+        self.turn_of[i] = turn + 1
+        name = PLATFORMS[turn % 2]
+        self.counter += 1
+        text = f"m{self.counter}"
+        if reply is not None:
+            self.tracker.waiters[text] = reply
+        self.tracker.started[text] = time.perf_counter()
+        await self.adapters[name].inject(
+            text, user=f"{name[0]}{i}", chat_id=f"{name}-{i}", message_id=text
+        )
+
+    async def closed_loop(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+
+        async def user(i: int) -> None:
+            while loop.time() < deadline:
+                fut = loop.create_future()
+                await self.send(i, fut)
+                await fut
+
+        await asyncio.gather(*(user(i) for i in range(self.users)))
+
+    async def open_loop(self, rate: float, seconds: float) -> dict[str, float]:
+        rng = random.Random(7)
+        start = time.perf_counter()
+        due = start
+        end = start + seconds
+        behind = 0.0
+        sent = 0
+        while due < end:
+            now = time.perf_counter()
+            behind = max(behind, now - due)
+            while due <= now:
+                await self.send(rng.randrange(self.users))
+                sent += 1
+                due += rng.expovariate(rate)
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        for _ in range(1000):  # let the last turns finish (at most 10 s)
+            if not self.tracker.started:
+                break
+            await asyncio.sleep(0.01)
+        return {
+            "sent": sent,
+            "lost": len(self.tracker.started),
+            "generator_behind_max_ms": round(behind * 1000, 3),
+        }
+
+
+async def closed(store_url: str, users: int, seconds: float) -> dict[str, Any]:
+    async with World(store_url, users) as world:
+        await world.closed_loop(0.3)  # warm-up: opens the store, merges, fills caches
+        world.tracker.latencies.clear()
+        gc.collect()
+        t0 = time.perf_counter()
+        await world.closed_loop(seconds)
+        elapsed = time.perf_counter() - t0
+        lat = world.tracker.latencies
+    return {
+        "users": users,
+        "turns": len(lat),
+        "turns_per_s": round(len(lat) / elapsed),
+        **summary(lat),
+    }
+
+
+async def open_(store_url: str, users: int, rate: float, seconds: float) -> dict[str, Any]:
+    async with World(store_url, users) as world:
+        await world.closed_loop(0.3)
+        world.tracker.latencies.clear()
+        gc.collect()
+        t0 = time.perf_counter()
+        extra = await world.open_loop(rate, seconds)
+        elapsed = time.perf_counter() - t0
+        lat = world.tracker.latencies
+    return {
+        "users": users,
+        "offered_per_s": rate,
+        "turns": len(lat),
+        "turns_per_s": round(len(lat) / elapsed),
+        **extra,
+        **summary(lat),
+    }
+
+
+def diagnose(args: argparse.Namespace) -> None:
+    """The SQLite open loop with the two known sources of stalls switched off in turn."""
+    import onethread.session.history.sqlite as sqlite_store
+
+    every = sqlite_store._CHECKPOINT_ROWS
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, (label, gc_on, checkpoints) in enumerate(
+            [
+                ("as is", True, True),
+                ("GC off", False, True),
+                ("checkpoints off", True, False),
+                ("GC and checkpoints off", False, False),
+            ]
+        ):
+            if not gc_on:
+                gc.disable()
+            sqlite_store._CHECKPOINT_ROWS = every if checkpoints else 10**12
+            try:
+                url = f"sqlite:///{Path(tmp)}/d{n}.db"
+                run = open_(url, args.open_users, args.rate, args.open_seconds)
+                row = {"variant": label, **asyncio.run(run)}
+            finally:
+                gc.enable()
+                sqlite_store._CHECKPOINT_ROWS = every
+            rows.append(row)
+            print(
+                f"open sqlite {label:22} p50={row['p50_ms']}ms p99={row['p99_ms']}ms "
+                f"max={row['max_ms']}ms",
+                flush=True,
+            )
+    print("wrote", write("turns_diagnose", {"open_seconds": args.open_seconds, "rows": rows}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="closed loop, per row")
+    parser.add_argument("--open-seconds", type=float, default=5.0, help="open loop, per row")
+    parser.add_argument("--users", default="1,10,100,1000")
+    parser.add_argument("--rate", type=float, default=10_000, help="open loop: turns/s offered")
+    parser.add_argument("--open-users", type=int, default=100)
+    parser.add_argument("--stores", default="memory,sqlite")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() after imports (a deployment knob; see the docs)",
+    )
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="only the SQLite open loop, as is / GC off / checkpoints off / both: "
+        "what the latency tail is made of (diagnostic; not how to run onethread)",
+    )
+    args = parser.parse_args()
+    if args.diagnose:
+        diagnose(args)
+        return
+    if args.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    rows, latency_rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        n = 0
+
+        def url(store: str) -> str:
+            nonlocal n
+            n += 1
+            return "memory://" if store == "memory" else f"sqlite:///{Path(tmp)}/h{n}.db"
+
+        for store in args.stores.split(","):
+            for users in (int(x) for x in args.users.split(",")):
+                row = {"store": store, **asyncio.run(closed(url(store), users, args.seconds))}
+                rows.append(row)
+                print(
+                    f"closed {store:7} users={users:5} turns/s={row['turns_per_s']:>7} "
+                    f"p50={row['p50_ms']}ms p99={row['p99_ms']}ms",
+                    flush=True,
+                )
+        for store in args.stores.split(","):
+            run = open_(url(store), args.open_users, args.rate, args.open_seconds)
+            row = {"store": store, **asyncio.run(run)}
+            latency_rows.append(row)
+            print(
+                f"open   {store:7} users={args.open_users:5} offered={args.rate:.0f}/s "
+                f"done={row['turns_per_s']}/s p50={row['p50_ms']}ms p99={row['p99_ms']}ms "
+                f"max={row['max_ms']}ms",
+                flush=True,
+            )
+    name = "turns_gc_freeze" if args.gc_freeze else "turns"
+    print(
+        "wrote",
+        write(
+            name,
+            {
+                "seconds": args.seconds,
+                "open_seconds": args.open_seconds,
+                "rate": args.rate,
+                "gc_freeze": args.gc_freeze,
+                "closed_loop": rows,
+                "open_loop": latency_rows,
+            },
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()
