@@ -41,7 +41,7 @@ from ._postgres import (
 )
 from ._shared import PerLoop
 from .locks import LocalTurnLocks
-from .locks_shared import Lease, guard
+from .locks_shared import Lease, guard, local_locks
 
 __all__ = ["SCHEMA_VERSION", "PostgresDuplicateFilter", "PostgresTurnLocks"]
 
@@ -193,11 +193,7 @@ class PostgresTurnLocks:
     @asynccontextmanager
     async def lease(self, key: str) -> AsyncIterator[Lease]:
         """As :meth:`hold`, yielding the :class:`Lease` (``.fence``, ``.lost``)."""
-        loop = asyncio.get_running_loop()
-        local = self._local.get(loop)
-        if local is None:
-            local = self._local.setdefault(loop, LocalTurnLocks())
-        async with local.hold(key), self._sessions.borrow() as session:
+        async with local_locks(self._local).hold(key), self._sessions.borrow() as session:
             number = advisory_key("turn", self.schema, key)
             lease, conn = await self._acquire(session, key, number)
             try:

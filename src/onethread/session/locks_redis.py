@@ -35,7 +35,7 @@ from ._redis import (
 )
 from ._shared import PerLoop
 from .locks import LocalTurnLocks
-from .locks_shared import Lease, guard
+from .locks_shared import Lease, guard, local_locks
 
 __all__ = ["RedisDuplicateFilter", "RedisTurnLocks"]
 
@@ -128,11 +128,7 @@ class RedisTurnLocks:
     @asynccontextmanager
     async def lease(self, key: str) -> AsyncIterator[Lease]:
         """As :meth:`hold`, yielding the :class:`Lease` (``.fence``, ``.lost``)."""
-        loop = asyncio.get_running_loop()
-        local = self._local.get(loop)
-        if local is None:
-            local = self._local.setdefault(loop, LocalTurnLocks())
-        async with local.hold(key), self._clients.borrow() as client:
+        async with local_locks(self._local).hold(key), self._clients.borrow() as client:
             lease, valid_until = await self._acquire(client, key)
             renewer = asyncio.create_task(self._renew(client, lease, valid_until))
             try:

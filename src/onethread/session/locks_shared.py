@@ -11,13 +11,15 @@ instead of finishing a turn that could now overlap another host's.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from ..errors import TurnLockLost
+from .locks import LocalTurnLocks
 
-__all__ = ["Lease", "TurnLockLost", "guard"]
+__all__ = ["Lease", "TurnLockLost", "guard", "local_locks"]
 
 
 @dataclass(eq=False, slots=True)
@@ -73,3 +75,19 @@ async def guard(lease: Lease) -> AsyncIterator[Lease]:
             lease._cancelled = False
             task.uncancel()  # the body swallowed our cancellation; do not leak it
         raise TurnLockLost(lease.key, lease.reason)
+
+
+def local_locks(
+    table: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalTurnLocks],
+) -> LocalTurnLocks:
+    """The running loop's in-process locks from ``table`` (made on first use).
+
+    Shared locks queue a process's waiters here first, in arrival order, so
+    only one task per process and key asks the server. Each loop touches only
+    its own entry, from its own thread.
+    """
+    loop = asyncio.get_running_loop()
+    local = table.get(loop)
+    if local is None:
+        local = table.setdefault(loop, LocalTurnLocks())
+    return local
