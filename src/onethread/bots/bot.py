@@ -18,6 +18,7 @@ from ..session.locks import LocalDuplicateFilter
 from ..session.validation import validate_platform
 from .commands import CommandRouter
 from .gate import Gate, Verdict
+from .heap import freeze_startup_heap
 from .linking import LinkFlow
 from .manager import BotSessionManager, Responder
 from .policy import AccessPolicy, default_policy
@@ -30,7 +31,8 @@ log = logging.getLogger("onethread.bot")
 TURN_FAILED = "Sorry, something went wrong on my side and I could not answer that. Try again?"
 
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
-                "drain_timeout", "access", "owners", "commands", "pairing")  # fmt: skip
+                "drain_timeout", "access", "owners", "commands", "pairing",
+                "gc_freeze")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -55,8 +57,10 @@ class Bot:
             ``drain_timeout`` (seconds running turns get at stop, default 10),
             ``access`` (an ``AccessPolicy``; default per ``default_policy``),
             ``owners`` (owner user ids on this platform), ``pairing`` (a
-            ``PairingStore`` for /link and approval codes); anything else
-            goes to the platform adapter (e.g. ``base_url``).
+            ``PairingStore`` for /link and approval codes), ``gc_freeze``
+            (default True: at start, move the objects alive then out of the
+            cyclic garbage collector's walk, see ``onethread.bots.heap``);
+            anything else goes to the platform adapter (e.g. ``base_url``).
 
     ``await start()`` runs until ``stop()``; ``run()`` is the blocking form that
     stops cleanly on SIGINT/SIGTERM. A lost connection is restarted with
@@ -108,6 +112,7 @@ class Bot:
         )
         self._backoff: Backoff = own.get("backoff") or Backoff()
         self.drain_timeout: float = float(own.get("drain_timeout", 10.0))
+        self.gc_freeze: bool = bool(own.get("gc_freeze", True))
         self._turns: set[asyncio.Task[None]] = set()  # touched on the loop thread only
         self._tails: dict[str, asyncio.Task[None]] = {}  # key -> its latest task (loop only)
         self._closed = False
@@ -149,6 +154,8 @@ class Bot:
         self._closed = False
         self._done = asyncio.Event()
         self._session.bind_loop()
+        if self.gc_freeze:
+            freeze_startup_heap()
         try:
             await supervise(
                 self.adapter, self._on_inbound, self._stopping, self.ready, self._backoff

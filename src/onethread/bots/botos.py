@@ -15,6 +15,7 @@ from ..session.urls import Coordination, open_coordination
 from .bot import Bot, _default_agent, run_until_signal
 from .commands import CommandRouter
 from .gate import Gate
+from .heap import freeze_startup_heap
 from .linking import LinkFlow
 from .manager import BotSessionManager, Responder
 
@@ -39,8 +40,11 @@ class BotOS:
         **options: ``store``, ``max_history`` for the shared session manager
             (or ``session`` for a ready one); ``access`` (one ``AccessPolicy``
             or a mapping platform -> policy), ``owners`` (platform -> owner
-            ids), ``pairing`` (a ``PairingStore`` for /link and approvals);
-            the rest is given to every platform's Bot (e.g. ``drain_timeout``).
+            ids), ``pairing`` (a ``PairingStore`` for /link and approvals),
+            ``gc_freeze`` (default True: at start, move the objects alive then
+            out of the cyclic garbage collector's walk, which keeps full
+            collections short; see ``onethread.bots.heap``); the rest is given
+            to every platform's Bot (e.g. ``drain_timeout``).
 
     One platform failing is restarted with backoff by its own supervisor and
     never stops the others; a platform with bad credentials is logged as fatal
@@ -79,6 +83,7 @@ class BotOS:
         self.commands = CommandRouter(session, extra={"link": self.link_flow})
         access = options.pop("access", None)
         owners: Mapping[str, Iterable[str]] = options.pop("owners", None) or {}
+        self.gc_freeze = bool(options.get("gc_freeze", True))  # also each Bot's option
         self.bots: dict[str, Bot] = {}
         per_platform: Mapping[str, Mapping[str, Any]]
         if platforms is None:
@@ -144,6 +149,8 @@ class BotOS:
             raise ConfigError("BotOS has no platforms: pass platforms=[...] or bots=[...]")
         self._stopping = asyncio.Event()
         self._session.bind_loop()
+        if self.gc_freeze:
+            freeze_startup_heap()
         self._tasks = {name: asyncio.create_task(bot.start()) for name, bot in self.bots.items()}
         serving = None
         if self.outbox is not None:  # deliver what other hosts queued for our platforms

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections import OrderedDict
 
+from ._gc import untrack_all
 from .base import HistoryEntry
 
 __all__ = ["TailCache"]
@@ -85,6 +86,7 @@ class TailCache:
         """Keep what a load just read (``entries`` and ``ids``: the newest rows, oldest first)."""
         if self.budget <= 0:
             return
+        untrack_all(entries)  # kept for long: out of the cyclic collector's walk (see _gc)
         old = self._tails.pop(key, None)
         if old is not None:
             self._size -= len(old.entries) + 1
@@ -105,6 +107,7 @@ class TailCache:
                 self.drop(key)
                 return
             last = entry.timestamp
+        untrack_all(added)
         entries.extend(added)
         tail.ids.extend(range(first_id, first_id + len(added)))
         self._size += len(added)
