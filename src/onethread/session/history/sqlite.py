@@ -42,23 +42,27 @@ one bad turn cannot sink the others.
 **Checkpoints.** The loop connection and, once the loop side is in use, the
 worker's never checkpoint on their own (``wal_autocheckpoint=0``). Every
 ``_CHECKPOINT_ROWS`` rows the worker copies the WAL into the database (``PRAGMA
-wal_checkpoint(PASSIVE)``, with its fsync) while the loop goes on committing.
+wal_checkpoint(PASSIVE)``, with its fsyncs) while the loop goes on committing.
 A WAL found wholly copied is started afresh by the next commit, which syncs
-the new WAL header; so that this commit is never the loop's:
+the new WAL header; so that this commit is never the loop's, no pass on the
+move copies everything: the loop begins a read transaction on a connection of
+its own (``_pin``) just before the commit that triggers the checkpoint, and a
+checkpoint stops at the oldest reader's snapshot.
 
-1. no pass on the move can copy everything: the loop begins a read
-   transaction on a connection of its own (``_pin``) just before the commit
-   that triggers the checkpoint, and a checkpoint stops at the oldest reader's
-   snapshot; a second pass, up to a newer pin (``_pin2``, asked of the loop),
-   copies what came meanwhile;
+Once the WAL holds ``_RESTART_FRAMES`` frames (64 MB; it would otherwise grow
+for ever under steady load) the worker starts it afresh:
+
+1. further passes, each up to a newer pin (``_pin2`` and ``_pin`` in turn,
+   asked of the loop), copy what came meanwhile, until a pass is short
+   (``_SHORT_PASS``);
 2. then the worker sets ``_quiet`` (the loop holds its commits back), ends the
    pin, copies the rest and starts the WAL afresh with a commit of its own
    that changes nothing (``_RESTART``), syncing the new header itself.
 
 The same happens once when the loop side starts, as the WAL may be empty.
-Turns wait for the second pass (a few frames, a tiny commit and their fsyncs,
-a few milliseconds); the loop does not. Without the fresh start the WAL would
-grow for ever under steady load.
+Turns wait for step 2 (a full checkpoint truncates and syncs the database
+file, then the header sync: 2-5 ms on our test VM), once per 64 MB of WAL
+(about once a second at 10,000 turns/s); the loop itself never waits.
 (A checkpoint run by another process, e.g. the CLI writing while the bot is
 idle, could still leave that one header sync to the loop's next commit.)
 
@@ -76,6 +80,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -87,11 +92,13 @@ from typing import Any, TypeVar
 
 from ...errors import CorruptStoreError, SchemaVersionError
 from ._sqlite_cache import TailCache
+from ._sqlite_wal import WalSyncer
 from .base import HistoryEntry, SessionSummary
 
 __all__ = ["SCHEMA_VERSION", "SQLiteHistoryStore"]
 
 SCHEMA_VERSION = 1
+log = logging.getLogger("onethread.history.sqlite")
 T = TypeVar("T")
 Row = tuple[Any, ...]
 
@@ -136,6 +143,9 @@ _COUNT_UPTO = "SELECT count(*) FROM (SELECT 1 FROM entries WHERE key = ? LIMIT ?
 _LOOP_READ_MAX = 256  # larger loads run on the worker thread
 _LOOP_WRITE_MAX = 256  # clears and merges of more rows run on the worker thread
 _CHECKPOINT_ROWS = 4096  # rows committed on the loop between checkpoints (1-2 WAL pages each)
+_SHORT_PASS = 0.001  # s: a pass this short left little for the last one (loop held)
+_RESTART_FRAMES = 16_384  # start the WAL afresh once it is this long (64 MB of 4 KiB pages)
+_MAX_PASSES = 6  # checkpoint passes, each up to a newer pin, before that last one
 _BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
@@ -164,6 +174,12 @@ def _entry_to_row(key: str, e: HistoryEntry) -> Row:
         key, e.role, e.content, e.timestamp, e.platform, e.chat_id, e.user_id, e.user_name,
         e.message_id, int(e.mirror), e.source, meta,
     )  # fmt: skip
+
+
+def _log_failure(job: concurrent.futures.Future[None]) -> None:
+    """Report a checkpoint that failed on the worker (nobody awaits it)."""
+    if not job.cancelled() and job.exception() is not None:
+        log.error("checkpoint failed: %s", job.exception())
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -284,6 +300,8 @@ class SQLiteHistoryStore:
         self._pin_taken: sqlite3.Connection | None = None  # loop -> worker: done
         self._fast_failed = False
         self._claim_lock = threading.Lock()
+        # Claims under way, by loop: each loop's tasks touch only its own item.
+        self._claims: dict[asyncio.AbstractEventLoop, asyncio.Task[sqlite3.Connection | None]] = {}
         self._cache = TailCache(cache_entries)
         self._batch: list[_Pending] = []
         self._handoffs: set[asyncio.Task[None]] = set()
@@ -291,6 +309,7 @@ class SQLiteHistoryStore:
         self._since_checkpoint = 0  # rows the loop committed since the last checkpoint
         self._worker_rows = 0  # rows the worker committed since its last checkpoint
         self._checkpoint: concurrent.futures.Future[None] | None = None
+        self._wal = WalSyncer(Path(f"{self.path}-wal"), self._executor)
         # Between the loop thread and the worker (plain attributes, atomic under
         # the GIL; see _flush and _hold_commits): the loop sets _flushing while it
         # commits; while _quiet is set it holds its commits back. Set until the
@@ -383,25 +402,58 @@ class SQLiteHistoryStore:
         """Copy the WAL into the database, off the loop (see *Checkpoints*).
 
         ``pin`` holds a read transaction begun just before one of the loop's
-        commits, so a pass cannot copy every frame (which would let the loop's
-        next commit start the WAL afresh and sync its header). A second pass
-        copies what came during the first, up to a newer pin, so the last
-        pass, with the loop's commits held back, has little left to copy.
+        commits, so the pass cannot copy every frame (which would let the
+        loop's next commit start the WAL afresh and sync its header). Once the
+        WAL holds ``_RESTART_FRAMES`` frames, it is started afresh
+        (:meth:`_restart_wal`); until then a pass up to the pin is all.
         """
+        restart = True  # after an error: the careful way (hold, copy the rest, restart)
         try:
             if self._conn is not None:
-                self._conn.execute(_CHECKPOINT)
-                newer = self._newer_pin(pin)
-                if newer is not None:
-                    pin.execute("COMMIT")
-                    pin = newer
-                    self._conn.execute(_CHECKPOINT)
+                _, frames, _ = self._conn.execute(_CHECKPOINT).fetchone()
+                restart = frames >= _RESTART_FRAMES
+                if restart:
+                    pin = self._catch_up(pin)
         finally:
-            self._hold_commits()
-            try:
+            if restart:
+                self._restart_wal(pin)
+            else:
                 pin.execute("COMMIT")
-            finally:
-                self._finish_checkpoint(pin)
+
+    def _catch_up(self, pin: sqlite3.Connection) -> sqlite3.Connection:
+        """More passes, each up to a newer pin, until one takes under ``_SHORT_PASS``.
+
+        Each copies what the loop committed during the one before, so the last
+        one (:meth:`_restart_wal`, with the loop's commits held back) has only
+        that much to copy, not the megabytes written during a long pass.
+        Returns the pin now held.
+        """
+        assert self._conn is not None
+        for _ in range(_MAX_PASSES):
+            newer = self._newer_pin(pin)
+            if newer is None:
+                break
+            pin.execute("COMMIT")
+            pin = newer
+            started = time.monotonic()
+            self._conn.execute(_CHECKPOINT)
+            if time.monotonic() - started < _SHORT_PASS:
+                break  # little can have come meanwhile
+        return pin
+
+    def _restart_wal(self, pin: sqlite3.Connection) -> None:
+        """Hold the loop's commits, end ``pin``, copy the rest, start the WAL afresh.
+
+        The loop's turns wait for this (a full checkpoint truncates and syncs
+        the database file once more, and the new WAL header is synced: a few
+        milliseconds here), which is why it happens only every
+        ``_RESTART_FRAMES`` frames, not at every pass.
+        """
+        self._hold_commits()
+        try:
+            pin.execute("COMMIT")
+        finally:
+            self._finish_checkpoint(pin)
 
     def _newer_pin(self, pin: sqlite3.Connection) -> sqlite3.Connection | None:
         """Have the loop pin its snapshot before its next commit (50 ms at most)."""
@@ -448,6 +500,7 @@ class SQLiteHistoryStore:
                     loop.call_soon_threadsafe(self._resume)
 
     def _close(self) -> None:
+        self._wal.close()
         if self._conn is not None:
             self._conn.close()  # the last connection: SQLite checkpoints here
             self._conn = None
@@ -465,6 +518,15 @@ class SQLiteHistoryStore:
             raise RuntimeError("this history store is closed")
         if self._fast_failed or (self._loop is not None and not self._loop.is_closed()):
             return None  # another live loop owns it: this caller uses the worker
+        # The first calls of a loop often come in a crowd (100 users at start-up):
+        # one claim per loop, the others wait for it.
+        claim = self._claims.get(loop)
+        if claim is None:
+            claim = self._claims[loop] = loop.create_task(self._take_over(loop))
+            claim.add_done_callback(lambda _: self._claims.pop(loop, None))
+        return await asyncio.shield(claim)
+
+    async def _take_over(self, loop: asyncio.AbstractEventLoop) -> sqlite3.Connection | None:
         await self._run(self._connect)  # creates the schema, raises for a bad file
         try:
             await self._run(self._loop_owned)
@@ -590,17 +652,21 @@ class SQLiteHistoryStore:
                 fut.set_result(None)
             else:
                 fut.set_exception(error)
+        wrote = any(error is None for error in errors)
+        if wrote:
+            self._wal.committed()
         if busy is not None:  # the rest waits for the lock on the worker thread
             self._hand_off(batch[len(errors) :])
         if asked is not None:
-            if any(error is None for error in errors):  # frames beyond the pin: taken
+            if wrote:  # frames beyond the pin: taken
                 self._pin_asked, self._pin_taken = None, asked
             else:
                 asked.execute("COMMIT")
         if pin is not None:
-            if any(error is None for error in errors):  # frames beyond the pin: go
+            if wrote:  # frames beyond the pin: go
                 self._since_checkpoint = 0
                 self._checkpoint = self._executor.submit(self._run_checkpoint, pin)
+                self._checkpoint.add_done_callback(_log_failure)
             else:
                 pin.execute("COMMIT")
 

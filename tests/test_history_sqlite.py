@@ -1,0 +1,234 @@
+"""The SQLite history store's own machinery: loop-side claim, cache, group commit,
+checkpoints and WAL syncs (the contract every store meets is in
+test_history_contract.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import onethread.session.history._sqlite_wal as wal_module
+import onethread.session.history.sqlite as sqlite_module
+from onethread.session.history._sqlite_wal import WalSyncer
+from onethread.session.history.base import HistoryEntry
+from onethread.session.history.sqlite import SQLiteHistoryStore
+
+
+def e(content: str, ts: float, role: str = "user") -> HistoryEntry:
+    return HistoryEntry(role=role, content=content, timestamp=ts)
+
+
+async def test_a_crowd_of_first_calls_claims_the_loop_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real = SQLiteHistoryStore._loop_owned
+
+    def counted(self: SQLiteHistoryStore) -> None:
+        calls.append(1)
+        real(self)
+
+    monkeypatch.setattr(SQLiteHistoryStore, "_loop_owned", counted)
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    try:
+        loaded = await asyncio.gather(*(store.load(f"k{i}", 20) for i in range(100)))
+        assert loaded == [[]] * 100
+        assert len(calls) == 1  # one checkpoint-and-restart at start, not one per caller
+        await asyncio.gather(*(store.append(f"k{i}", [e(f"m{i}", i)]) for i in range(100)))
+        assert [x.content for x in await store.load("k7", 20)] == ["m7"]
+    finally:
+        await store.close()
+
+
+async def test_the_cache_sees_writes_from_another_connection(tmp_path: Path) -> None:
+    ours, other = SQLiteHistoryStore(tmp_path / "h.db"), SQLiteHistoryStore(tmp_path / "h.db")
+    try:
+        await ours.append("k", [e("a", 1), e("b", 2)])
+        assert [x.content for x in await ours.load("k", 10)] == ["a", "b"]  # now cached
+
+        def write_elsewhere() -> None:  # another thread's loop: another connection
+            asyncio.run(other.append("k", [e("c", 3)]))
+
+        await asyncio.to_thread(write_elsewhere)
+        assert [x.content for x in await ours.load("k", 10)] == ["a", "b", "c"]
+        await asyncio.to_thread(lambda: asyncio.run(other.clear("k")))
+        assert await ours.load("k", 10) == []
+    finally:
+        await ours.close()
+        await asyncio.to_thread(lambda: asyncio.run(other.close()))
+
+
+async def test_one_failing_turn_in_a_shared_commit_fails_alone(tmp_path: Path) -> None:
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    try:
+        await store.append("warm", [e("x", 0)])  # the loop side is claimed
+        with sqlite3.connect(tmp_path / "h.db") as raw:
+            raw.execute(
+                "CREATE TRIGGER poison BEFORE INSERT ON entries WHEN NEW.content = 'poison' "
+                "BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+            )
+        results = await asyncio.gather(
+            store.append("a", [e("a1", 1), e("a2", 2)]),
+            store.append("b", [e("b1", 1), e("poison", 2)]),
+            store.append("c", [e("c1", 1)]),
+            return_exceptions=True,
+        )
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], sqlite3.IntegrityError)
+        assert [x.content for x in await store.load("a", 10)] == ["a1", "a2"]
+        assert await store.load("b", 10) == []  # all of the turn or none of it
+        assert [x.content for x in await store.load("c", 10)] == ["c1"]
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_append_is_not_stored(tmp_path: Path) -> None:
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    try:
+        await store.append("warm", [e("x", 0)])
+        task = asyncio.create_task(store.append("k", [e("never", 1)]))
+        await asyncio.sleep(0)  # queued for the next group commit, not yet written
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await store.append("k", [e("kept", 2)])
+        assert [x.content for x in await store.load("k", 10)] == ["kept"]
+    finally:
+        await store.close()
+
+
+async def test_appends_queued_at_close_are_committed(tmp_path: Path) -> None:
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    await store.append("warm", [e("x", 0)])
+    tasks = [asyncio.create_task(store.append(f"k{i}", [e(f"m{i}", 1)])) for i in range(5)]
+    await asyncio.sleep(0)  # queued, the group commit not yet run
+    assert store._batch, "the appends should be waiting for the group commit"
+    await store.close()
+    await asyncio.gather(*tasks)
+    again = SQLiteHistoryStore(tmp_path / "h.db")
+    try:
+        for i in range(5):
+            assert [x.content for x in await again.load(f"k{i}")] == [f"m{i}"]
+    finally:
+        await again.close()
+
+
+async def test_the_wal_stays_bounded_under_steady_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_ROWS", 64)
+    monkeypatch.setattr(sqlite_module, "_RESTART_FRAMES", 256)
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    wal = tmp_path / "h.db-wal"
+    frame = 4096 + 24
+    largest = 0
+    try:
+        for turn in range(1500):
+            key = f"k{turn % 50}"
+            await store.append(key, [e(f"q{turn}", turn), e(f"a{turn}", turn, "assistant")])
+            if turn % 25 == 0:
+                largest = max(largest, wal.stat().st_size)
+                await asyncio.sleep(0.001)  # the worker checkpoints meanwhile
+        # ~3,000 rows in ~3,000+ frames; restarted every 256 frames it stays small
+        assert largest < 4 * 256 * frame, f"the WAL grew to {largest} bytes"
+        assert await store.count("k0") == 60
+    finally:
+        await store.close()
+
+
+async def test_a_failing_checkpoint_is_logged_and_turns_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_ROWS", 16)
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    try:
+        await store.append("warm", [e("x", 0)])
+        monkeypatch.setattr(sqlite_module, "_CHECKPOINT", "PRAGMA wal_checkpoint(NO_SUCH_MODE")
+        with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
+            for turn in range(40):
+                await store.append("k", [e(f"m{turn}", turn)])
+            for _ in range(100):
+                if "checkpoint failed" in caplog.text:
+                    break
+                await asyncio.sleep(0.01)
+        assert "checkpoint failed" in caplog.text
+        assert await store.count("k") == 40
+        assert not store._quiet  # the loop's commits are not held back for ever
+    finally:
+        await store.close()
+
+
+async def test_the_wal_is_synced_while_turns_commit(tmp_path: Path) -> None:
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    try:
+        for turn in range(20):
+            await store.append("k", [e(f"m{turn}", turn)])
+            await asyncio.sleep(0.015)  # longer than the syncer's 10 ms
+        for _ in range(100):
+            if store._wal.syncs >= 5:
+                break
+            await asyncio.sleep(0.01)
+        assert store._wal.syncs >= 5
+    finally:
+        await store.close()
+    assert store._wal._fd is None  # closed with the store
+
+
+def test_wal_syncer_one_sync_at_a_time_and_not_too_often(tmp_path: Path) -> None:
+    wal = tmp_path / "x-wal"
+    wal.write_bytes(b"frames")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        syncer = WalSyncer(wal, pool, every=60.0)
+        syncer.committed()
+        syncer.committed()  # within `every`: no second sync
+        pool.submit(lambda: None).result()  # the worker has run what was queued
+        assert syncer.syncs == 1
+        syncer.every = 0.0
+        syncer._next = 0.0
+        syncer.committed()
+        pool.submit(lambda: None).result()
+        assert syncer.syncs == 2
+        pool.submit(syncer.close).result()
+
+
+def test_wal_syncer_follows_a_wal_made_anew_and_skips_a_missing_one(tmp_path: Path) -> None:
+    wal = tmp_path / "x-wal"
+    syncer = WalSyncer(wal, concurrent.futures.ThreadPoolExecutor(1), every=0.0)
+    syncer.sync()  # no WAL yet: nothing to do, no error
+    assert syncer.syncs == 0
+    wal.write_bytes(b"one")
+    syncer.sync()
+    first = syncer._fd
+    assert first is not None and syncer.syncs == 1
+    wal.unlink()
+    wal.write_bytes(b"two")  # SQLite deleted it and made a new one
+    syncer.sync()
+    assert syncer._fd is not None and syncer.syncs == 2
+    assert os.fstat(syncer._fd).st_ino == wal.stat().st_ino
+    syncer.close()
+
+
+def test_wal_syncer_logs_a_failed_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    wal = tmp_path / "x-wal"
+    wal.write_bytes(b"frames")
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(wal_module, "_sync", broken)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        syncer = WalSyncer(wal, pool, every=0.0)
+        syncer.committed()
+        pool.submit(lambda: None).result()
+        with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
+            syncer.committed()  # finds the failed one and reports it
+        assert "Input/output error" in caplog.text
+        pool.submit(syncer.close).result()
