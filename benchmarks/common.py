@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ ROOT = HERE.parent
 RESULTS = Path(os.environ.get("BENCH_RESULTS", HERE / "results"))  # where JSON goes
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0-100) of ``values`` (nearest rank)."""
     if not values:
         return float("nan")
@@ -27,7 +28,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def summary(latencies: list[float]) -> dict[str, float]:
+def summary(latencies: Sequence[float]) -> dict[str, float]:
     """p50/p99/max/mean in milliseconds."""
     return {
         "p50_ms": round(percentile(latencies, 50) * 1000, 3),
