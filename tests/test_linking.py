@@ -309,3 +309,36 @@ def test_normalize_code_accepts_only_codes(text: str) -> None:
 def test_ambiguous_characters_excluded() -> None:
     assert not set("01OIL") & set(ALPHABET)
     assert time.time() > 0
+
+
+async def test_a_web_chat_id_never_reaches_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The web chat's browser id is its only credential: logs show a short hash."""
+    secret = "b7f3c2e9-browser-id-4d1a"
+    resolver = InMemoryIdentityResolver()
+    agent = RecordingAgent()
+    botos = BotOS(
+        agent=agent, identity_resolver=resolver, store="memory://", pairing=PairingStore(":memory:")
+    )
+    for name in ("telegram", "web"):
+        botos.add_bot(
+            Bot(name, agent, adapter=FakeAdapter(name), session=botos.session, access=OpenPolicy())
+        )
+    task = asyncio.create_task(botos.start())
+    await botos.wait_ready(5)
+    world = World(botos, agent, resolver)
+    caplog.set_level("DEBUG")
+    try:
+        await world.say("web", secret, "hello from the browser")  # legacy history to merge
+        refused = await world.say("web", secret, "/link AAAAAAAA")
+        assert "link" in refused.lower()
+        code = await world.code("telegram", "t1")
+        assert "Linked" in await world.say("web", secret, f"/link {code}")
+    finally:
+        await botos.stop()
+        await task
+    logged = caplog.text
+    assert "linked telegram:t1 and web:#" in logged  # the link is logged, the id is not
+    assert "merged" in logged and "refused" in logged
+    assert secret not in logged

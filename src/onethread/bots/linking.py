@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from ..platforms.base import Inbound
+from ..session._shared import who
 from ..session.identity.base import IdentityLink, unlinked_id
 from ..session.pairing import CODE_TTL, PairingStore
 from .manager import BotSessionManager
@@ -134,7 +135,7 @@ class LinkFlow:
                 by_user_id=msg.user_id,
             )
             if result.code is None:
-                log.info("link refused for %s:%s (%s)", msg.platform, msg.user_id, result.error)
+                log.info("link refused for %s (%s)", who(msg.platform, msg.user_id), result.error)
                 return _REFUSALS[result.error]
             issuer = result.code
             refusal = ""
@@ -177,8 +178,8 @@ class LinkFlow:
                 await self.notify(issuer.platform, issuer.chat_id, confirmation)
             except Exception:
                 log.exception("could not confirm the link on %s", issuer.platform)
-        log.info("linked %s:%s and %s:%s", issuer.platform, issuer.user_id, msg.platform,
-                 msg.user_id)  # fmt: skip
+        log.info("linked %s and %s", who(issuer.platform, issuer.user_id),
+                 who(msg.platform, msg.user_id))  # fmt: skip
         return confirmation
 
     def _links(self, unified: str) -> list[IdentityLink]:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ..errors import ModelError
+from ..session._shared import who
 from ..session.context import SessionContext, clear_session_context, set_session_context
 from ..session.history.base import HistoryEntry, HistoryStore
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
@@ -137,7 +138,7 @@ class BotSessionManager:
         async with self.locks.hold(src), self.locks.hold(dst):
             moved = await self.store.merge(src, dst)
         if moved:
-            log.info("merged %d legacy entries of %s:%s into %s", moved, platform, user_id, dst)
+            log.info("merged %d legacy entries of %s into %s", moved, who(platform, user_id), dst)
         if len(self._merged) >= _MERGED_MAX:  # a memo, not a record: forgetting costs a
             self._merged.clear()  # no-op merge, while remembering every account forever
         self._merged.add(marker)  # would grow without bound (~300 bytes each)

@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..platforms.base import Inbound
+from ..session._shared import who
 from ..session.pairing import PairingStore
 
 __all__ = [
@@ -94,7 +95,7 @@ class AllowlistPolicy:
         if msg.user_id in self.allowed:
             return None
         if msg.chat_type == "dm" and self._told.first((msg.platform, msg.user_id)):
-            log.info("refused %s:%s (not on the allowlist)", msg.platform, msg.user_id)
+            log.info("refused %s (not on the allowlist)", who(msg.platform, msg.user_id))
             return "Sorry, this bot is private."
         return ""
 
@@ -154,7 +155,7 @@ class ApprovalPolicy:
             if self._told.first(who):
                 return "This bot is not taking new users right now. Please try again later."
             return ""
-        log.info("approval requested by %s:%s", msg.platform, msg.user_id)
+        log.info("approval requested by %s", who(msg.platform, msg.user_id))
         return (
             "This bot answers approved people only. Ask its owner to run:\n"
             f"onethread access approve {msg.platform} {code}\n"

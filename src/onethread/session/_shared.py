@@ -1,4 +1,4 @@
-"""Helpers shared by the network back-ends (Redis, PostgreSQL).
+"""Helpers shared across the package: network back-ends (Redis, PostgreSQL), logs.
 
 :class:`PerLoop` -- a network client owned by one event loop, usable from any
 loop. Async clients (``redis.asyncio``, psycopg's async pool) bind their
@@ -10,18 +10,34 @@ a call made from any other loop, closed when that call ends. If the home loop
 has been closed, the next loop to ask becomes home.
 
 :func:`redact` -- a URL fit for messages and logs (no password).
+
+:func:`who` -- an account fit for logs (the web chat's id is its credential).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["PerLoop", "redact"]
+__all__ = ["PerLoop", "redact", "who"]
+
+# Platforms whose user id is a bearer credential: whoever knows it is that user.
+_SECRET_IDS = frozenset({"web"})
+
+
+def who(platform: str, user_id: str) -> str:
+    """``platform:user_id`` for logs; a web chat id (the browser's only credential)
+    is shown as a short hash that tells users apart without revealing the id."""
+    if platform in _SECRET_IDS:
+        digest = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{platform}:#{digest[:8]}"
+    return f"{platform}:{user_id}"
+
 
 R = TypeVar("R")
 

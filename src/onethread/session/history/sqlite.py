@@ -66,6 +66,13 @@ file, then the header sync: 2-5 ms on our test VM), once per 64 MB of WAL
 (A checkpoint run by another process, e.g. the CLI writing while the bot is
 idle, could still leave that one header sync to the loop's next commit.)
 
+**WAL syncs.** Syncing a file that another thread keeps appending to stalls
+those appends now and then, for about as long as the sync takes; a
+checkpoint's sync of 200 ms of WAL stalled the loop's commits for 5-10 ms. So
+while turns commit, the worker syncs the WAL at most every 10 ms
+(``_sqlite_wal.WalSyncer``): each sync is small, and the checkpoint's own
+sync finds little left to write.
+
 **Read cache.** The loop side keeps the newest entries of recently used keys
 (``_sqlite_cache.TailCache``, at most ``cache_entries``). It is exact: every
 load first reads ``PRAGMA data_version``, which changes whenever *another*
