@@ -21,7 +21,7 @@ Two ways to load it:
     python benchmarks/bench_turns.py [--seconds 2] [--users 1,10,100,1000]
                                      [--rate 10000] [--open-users 100] [--open-seconds 5]
                                      [--open-runs 3]
-                                     [--stores memory,sqlite] [--gc-freeze]
+                                     [--stores memory,sqlite]
 """
 
 from __future__ import annotations
@@ -270,11 +270,6 @@ def main() -> None:
     )
     parser.add_argument("--stores", default="memory,sqlite")
     parser.add_argument(
-        "--gc-freeze",
-        action="store_true",
-        help="gc.freeze() after imports (a deployment knob; see the docs)",
-    )
-    parser.add_argument(
         "--diagnose",
         action="store_true",
         help="only the SQLite open loop, as is / GC off / WAL syncs off / checkpoints off: "
@@ -284,9 +279,6 @@ def main() -> None:
     if args.diagnose:
         diagnose(args)
         return
-    if args.gc_freeze:
-        gc.collect()
-        gc.freeze()
     rows, latency_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         n = 0
@@ -319,7 +311,7 @@ def main() -> None:
                 )
             row = {"store": store, **median_run(runs), "runs": runs}
             latency_rows.append(row)
-    name = "turns_gc_freeze" if args.gc_freeze else "turns"
+    name = "turns"
     print(
         "wrote",
         write(
@@ -329,7 +321,6 @@ def main() -> None:
                 "open_seconds": args.open_seconds,
                 "rate": args.rate,
                 "open_runs": args.open_runs,
-                "gc_freeze": args.gc_freeze,
                 "closed_loop": rows,
                 "open_loop": latency_rows,
             },
