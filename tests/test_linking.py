@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from helpers import RecordingAgent
 from onethread.bots import Bot, BotOS
 from onethread.bots.policy import AllowlistPolicy, ApprovalPolicy, OpenPolicy, approve_code
-from onethread.errors import ConfigError
+from onethread.errors import BadRequest, ConfigError
 from onethread.session import InMemoryIdentityResolver
 from onethread.session.pairing import ALPHABET, PairingStore, generate_code, normalize_code
 from onethread.testing import FakeAdapter
@@ -335,10 +335,25 @@ async def test_a_web_chat_id_never_reaches_the_log(
         assert "link" in refused.lower()
         code = await world.code("telegram", "t1")
         assert "Linked" in await world.say("web", secret, f"/link {code}")
+        agent.fail = True  # the model fails: logged with the session key
+        await world.say("web", "another-browser-id-77", "hello?")
+        agent.fail = False
+        web = world.fake("web")
+
+        async def refuse(*args: object, **kwargs: object) -> str:
+            raise BadRequest("socket gone")
+
+        web.do_send = refuse  # type: ignore[method-assign]
+        await web.inject("are you there", user=secret, chat_id=f"web-{secret}")
+        for _ in range(100):
+            if "could not deliver" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
     finally:
         await botos.stop()
         await task
     logged = caplog.text
     assert "linked telegram:t1 and web:#" in logged  # the link is logged, the id is not
     assert "merged" in logged and "refused" in logged
-    assert secret not in logged
+    assert "model failed for #" in logged and "could not deliver the reply to #" in logged
+    assert secret not in logged and "another-browser-id-77" not in logged

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import PlatformError
 from ..platforms.base import Adapter, Inbound
 from ..platforms.registry import load_adapter_class
+from ..session._shared import masked
 from ..session.history.base import HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
@@ -265,7 +266,12 @@ class Bot:
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
         except PlatformError as exc:
-            log.error("%s: could not deliver the reply to %s: %s", self.platform, msg.chat_id, exc)
+            log.error(
+                "%s: could not deliver the reply to %s: %s",
+                self.platform,
+                masked(self.platform, msg.chat_id),
+                exc,
+            )
         except Exception:
             log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
             with contextlib.suppress(PlatformError):  # the platform may be the problem

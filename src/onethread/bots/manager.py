@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ..errors import ModelError
-from ..session._shared import who
+from ..session._shared import masked, who
 from ..session.context import SessionContext, clear_session_context, set_session_context
 from ..session.history.base import HistoryEntry, HistoryStore
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
@@ -214,7 +214,7 @@ class BotSessionManager:
                 try:
                     reply = await agent.respond(history, message, group=group)
                 except ModelError as exc:
-                    log.error("model failed for %s (%s): %s", key, platform, exc)
+                    log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
                     await self.store.append(key, [message])
                     return APOLOGY
                 answer = HistoryEntry(

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..session._shared import who
 from .manager import BotSessionManager
 
 __all__ = ["amirror_to_session", "mirror_to_session"]
@@ -56,7 +57,7 @@ async def amirror_to_session(
             _mirror_from_thread, mgr, user_id, message_text, source_label, metadata, lock
         )
     except Exception:
-        log.exception("mirror to %r (source %r) failed", user_id, source_label)
+        log.exception("mirror to %s (source %r) failed", who(user_id), source_label)
         return False
 
 
@@ -122,5 +123,5 @@ def mirror_to_session(
         task.add_done_callback(mgr.pending_mirrors.discard)
         return True
     except Exception:
-        log.exception("mirror to %r (source %r) failed", user_id, source_label)
+        log.exception("mirror to %s (source %r) failed", who(user_id), source_label)
         return False

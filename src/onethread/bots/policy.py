@@ -130,11 +130,11 @@ class ApprovalPolicy:
 
     async def check(self, msg: Inbound) -> str | None:
         """Serve owners and approved senders; give an unknown DM sender one code."""
-        who = (msg.platform, msg.user_id)
-        if msg.user_id in self.owners or who in self._approved:
+        account = (msg.platform, msg.user_id)
+        if msg.user_id in self.owners or account in self._approved:
             return None
-        if await asyncio.to_thread(self.store.is_approved, *who):
-            self._approved.add(who)
+        if await asyncio.to_thread(self.store.is_approved, *account):
+            self._approved.add(account)
             return None
         if msg.chat_type != "dm":
             return ""
@@ -150,9 +150,9 @@ class ApprovalPolicy:
             ttl=3600.0,
         )
         if code is None:
-            if await asyncio.to_thread(self.store.live_codes, APPROVAL_PURPOSE, *who):
+            if await asyncio.to_thread(self.store.live_codes, APPROVAL_PURPOSE, *account):
                 return ""  # this sender already holds a live code: one reply per code
-            if self._told.first(who):
+            if self._told.first(account):
                 return "This bot is not taking new users right now. Please try again later."
             return ""
         log.info("approval requested by %s", who(msg.platform, msg.user_id))

@@ -46,6 +46,7 @@ from typing import Any, ClassVar, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..errors import BadRequest, ConfigError, PlatformUnavailable
+from ..session._shared import masked
 from ..session.history.base import HistoryEntry
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
@@ -265,7 +266,7 @@ class WebAdapter(Adapter):
                 await ws.send_json(payload)
                 sent += 1
             except _SOCKET_ERRORS as exc:
-                log.debug("web: could not write to a socket of %s: %r", user, exc)
+                log.debug("web: could not write to a socket of %s: %r", masked(PLATFORM, user), exc)
         return sent
 
     # -- HTTP ------------------------------------------------------------------
@@ -355,9 +356,11 @@ class WebAdapter(Adapter):
                 if frame.type is WSMsgType.TEXT:
                     await self._on_frame(ws, user, name, frame.data)
                 elif frame.type is WSMsgType.ERROR:
-                    log.debug("web: socket of %s failed: %r", user, ws.exception())
+                    log.debug(
+                        "web: socket of %s failed: %r", masked(PLATFORM, user), ws.exception()
+                    )
         except _SOCKET_ERRORS as exc:
-            log.debug("web: socket of %s dropped: %r", user, exc)
+            log.debug("web: socket of %s dropped: %r", masked(PLATFORM, user), exc)
         finally:
             group = self._sockets.get(user)
             if group is not None:
@@ -390,7 +393,7 @@ class WebAdapter(Adapter):
         try:
             return list(await self.history_provider(user))
         except Exception:
-            log.exception("web: could not load the history of %s", user)
+            log.exception("web: could not load the history of %s", masked(PLATFORM, user))
             return None
 
     async def _on_frame(self, ws: web.WebSocketResponse, user: str, name: str, raw: str) -> None:
@@ -432,7 +435,7 @@ class WebAdapter(Adapter):
         try:
             await on_inbound(inbound)
         except Exception:
-            log.exception("web: message %s of %s was not taken", message_id, user)
+            log.exception("web: message %s of %s was not taken", message_id, masked(PLATFORM, user))
             await ws.send_json({"type": "error", "id": message_id, "error": "not delivered"})
             return
         await ws.send_json({"type": "ack", "id": message_id})

@@ -11,7 +11,8 @@ has been closed, the next loop to ask becomes home.
 
 :func:`redact` -- a URL fit for messages and logs (no password).
 
-:func:`who` -- an account fit for logs (the web chat's id is its credential).
+:func:`who`, :func:`masked` -- accounts, chats and keys fit for logs (the web
+chat's id is its credential).
 """
 
 from __future__ import annotations
@@ -24,19 +25,37 @@ from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["PerLoop", "redact", "who"]
+__all__ = ["PerLoop", "masked", "redact", "who"]
 
 # Platforms whose user id is a bearer credential: whoever knows it is that user.
 _SECRET_IDS = frozenset({"web"})
 
 
-def who(platform: str, user_id: str) -> str:
-    """``platform:user_id`` for logs; a web chat id (the browser's only credential)
-    is shown as a short hash that tells users apart without revealing the id."""
+def masked(platform: str, value: str) -> str:
+    """``value`` (a user id, chat id or session key of ``platform``) fit for logs.
+
+    On a platform whose user id is a credential (the web chat: the browser's
+    id is all it takes to be that user) anything holding it is shown as a
+    short hash, the same for the same value, so log lines can still be
+    matched up.
+    """
     if platform in _SECRET_IDS:
-        digest = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()
-        return f"{platform}:#{digest[:8]}"
-    return f"{platform}:{user_id}"
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"#{digest[:8]}"
+    return value
+
+
+def who(platform: str, user_id: str = "") -> str:
+    """``platform:user_id`` for logs, the id :func:`masked` where it is a credential.
+
+    With one argument, it is a ``platform:user_id`` reference (or a unified
+    id, shown as it is).
+    """
+    if not user_id:
+        platform, sep, user_id = platform.partition(":")
+        if not sep:
+            return platform
+    return f"{platform}:{masked(platform, user_id)}"
 
 
 R = TypeVar("R")
