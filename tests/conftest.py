@@ -24,3 +24,12 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     home = tmp_path / "onethread-home"
     monkeypatch.setenv("ONETHREAD_HOME", str(home))
     yield home
+
+
+@pytest.fixture(autouse=True)
+def _no_heap_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting a bot freezes the start-up heap once per process (bots/heap.py);
+    the test process is not a bot's: keep its garbage collector as it is."""
+    import onethread.bots.heap as heap
+
+    monkeypatch.setattr(heap, "_done", True)

@@ -54,3 +54,16 @@ async def test_a_full_filter_is_invisible_to_the_cyclic_collector() -> None:
 def test_max_size_below_two_is_refused() -> None:
     with pytest.raises(ValueError, match="max_size"):
         LocalDuplicateFilter(max_size=1)
+
+
+async def test_a_key_kept_in_the_older_half_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(locks.time, "monotonic", lambda: now[0])
+    dedup = LocalDuplicateFilter(max_size=4, ttl=60)
+    assert await dedup.first_time("old")
+    for key in ("a", "b"):  # "old" moves to the older half
+        assert await dedup.first_time(key)
+    assert "old" in dedup._previous and "old" not in dedup._current
+    assert not await dedup.first_time("old")  # still remembered there
+    now[0] += 61
+    assert await dedup.first_time("old")  # expired: new again

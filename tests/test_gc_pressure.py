@@ -12,7 +12,7 @@ import pytest
 
 import onethread.bots.heap as heap
 from onethread import Agent
-from onethread.bots import BotOS
+from onethread.bots import Bot, BotOS
 from onethread.session.history.base import HistoryEntry
 from onethread.session.history.memory import MemoryHistoryStore
 from onethread.session.history.sqlite import SQLiteHistoryStore
@@ -84,3 +84,12 @@ async def test_botos_freezes_the_startup_heap_unless_told_not_to(
     # function acts only the first time in a process
     assert len(calls) == 2 * expected
     assert botos.bots["telegram"].gc_freeze is bool(expected)
+
+
+def test_botos_gc_freeze_false_holds_for_bots_added_ready_made() -> None:
+    agent = Agent(name="t", model=EchoModel())
+    botos = BotOS(agent=agent, store="memory://", gc_freeze=False)
+    ready = Bot("telegram", agent, adapter=FakeAdapter("telegram"))
+    assert ready.gc_freeze
+    botos.add_bot(ready)
+    assert not ready.gc_freeze

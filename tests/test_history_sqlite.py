@@ -9,6 +9,7 @@ import concurrent.futures
 import logging
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -180,32 +181,42 @@ async def test_the_wal_is_synced_while_turns_commit(tmp_path: Path) -> None:
     assert store._wal._fd is None  # closed with the store
 
 
-def test_wal_syncer_one_sync_at_a_time_and_not_too_often(tmp_path: Path) -> None:
-    wal = tmp_path / "x-wal"
-    wal.write_bytes(b"frames")
+def test_wal_syncer_one_sync_at_a_time_and_not_too_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "x.db-wal").write_bytes(b"frames")
+    gate = threading.Event()
+    synced: list[int] = []
+
+    def slow_sync(fd: int) -> None:
+        gate.wait(5)
+        synced.append(fd)
+
+    monkeypatch.setattr(wal_module, "_sync", slow_sync)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        syncer = WalSyncer(wal, pool, every=60.0)
+        syncer = WalSyncer(tmp_path / "x.db", pool, every=0.0)
         syncer.committed()
-        syncer.committed()  # within `every`: no second sync
+        syncer.committed()  # the first is still running: no second one queued
+        syncer.committed()
+        gate.set()
         pool.submit(lambda: None).result()  # the worker has run what was queued
         assert syncer.syncs == 1
-        syncer.every = 0.0
-        syncer._next = 0.0
-        syncer.committed()
+        syncer.every = 60.0
+        syncer.committed()  # the first is done: a new one
+        syncer.committed()  # within `every` of it: none
         pool.submit(lambda: None).result()
-        assert syncer.syncs == 2
+        assert syncer.syncs == 2 and len(synced) == 2
         pool.submit(syncer.close).result()
 
 
 def test_wal_syncer_follows_a_wal_made_anew_and_skips_a_missing_one(tmp_path: Path) -> None:
-    wal = tmp_path / "x-wal"
-    syncer = WalSyncer(wal, concurrent.futures.ThreadPoolExecutor(1), every=0.0)
+    wal = tmp_path / "x.db-wal"
+    syncer = WalSyncer(tmp_path / "x.db", concurrent.futures.ThreadPoolExecutor(1), every=0.0)
     syncer.sync()  # no WAL yet: nothing to do, no error
     assert syncer.syncs == 0
     wal.write_bytes(b"one")
     syncer.sync()
-    first = syncer._fd
-    assert first is not None and syncer.syncs == 1
+    assert syncer._fd is not None and syncer.syncs == 1
     wal.unlink()
     wal.write_bytes(b"two")  # SQLite deleted it and made a new one
     syncer.sync()
@@ -214,21 +225,177 @@ def test_wal_syncer_follows_a_wal_made_anew_and_skips_a_missing_one(tmp_path: Pa
     syncer.close()
 
 
-def test_wal_syncer_logs_a_failed_sync(
+async def test_the_wal_of_a_symlinked_database_is_synced(tmp_path: Path) -> None:
+    real = tmp_path / "data" / "h.db"
+    real.parent.mkdir()
+    link = tmp_path / "h.db"
+    store = SQLiteHistoryStore(real)
+    await store.append("k", [e("a", 1)])
+    await store.close()
+    link.symlink_to(real)
+    store = SQLiteHistoryStore(link)
+    try:
+        for turn in range(10):
+            await store.append("k", [e(f"m{turn}", turn)])
+            await asyncio.sleep(0.015)
+        await asyncio.sleep(0.05)
+        assert store._wal.wal_path() == f"{real}-wal"
+        assert store._wal.syncs >= 3  # SQLite keeps the WAL beside the real file
+    finally:
+        await store.close()
+
+
+def test_wal_syncer_logs_a_failed_sync_once_and_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    wal = tmp_path / "x-wal"
-    wal.write_bytes(b"frames")
+    (tmp_path / "x.db-wal").write_bytes(b"frames")
+    calls: list[int] = []
 
     def broken(fd: int) -> None:
+        calls.append(fd)
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(wal_module, "_sync", broken)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        syncer = WalSyncer(wal, pool, every=0.0)
+        syncer = WalSyncer(tmp_path / "x.db", pool, every=0.0)
         syncer.committed()
         pool.submit(lambda: None).result()
         with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
-            syncer.committed()  # finds the failed one and reports it
-        assert "Input/output error" in caplog.text
+            for _ in range(20):
+                syncer.committed()  # the first finds the failed one and reports it
+                pool.submit(lambda: None).result()
+        assert caplog.text.count("Input/output error") == 1
+        assert "check the disk" in caplog.text
+        assert len(calls) == 1 and syncer.failed
         pool.submit(syncer.close).result()
+
+
+def _wal_generation(path: Path) -> bytes:
+    """The WAL header's checkpoint sequence and salts: they change when it starts afresh."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(24)[12:24]
+    except FileNotFoundError:
+        return b""
+
+
+async def test_a_commit_on_the_loop_never_starts_the_wal_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting the WAL afresh syncs its header: that must happen on the worker,
+    never inside a commit made on the event loop's thread."""
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_ROWS", 32)
+    monkeypatch.setattr(sqlite_module, "_RESTART_FRAMES", 96)
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    wal = tmp_path / "h.db-wal"
+    on_loop: list[tuple[bytes, bytes]] = []
+    real_transaction, real_write = sqlite_module._transaction, sqlite_module._write
+
+    def watched(real):  # type: ignore[no-untyped-def]
+        def call(conn, *args):  # type: ignore[no-untyped-def]
+            if conn is not store._fast:
+                return real(conn, *args)
+            before = _wal_generation(wal)
+            try:
+                return real(conn, *args)
+            finally:
+                on_loop.append((before, _wal_generation(wal)))
+
+        return call
+
+    monkeypatch.setattr(sqlite_module, "_transaction", watched(real_transaction))
+    monkeypatch.setattr(sqlite_module, "_write", watched(real_write))
+    try:
+        for turn in range(600):
+            await asyncio.gather(
+                *(store.append(f"k{i}", [e(f"m{turn}", turn)]) for i in range(turn % 7 + 1))
+            )
+            if turn % 50 == 49:  # clears and merges commit on the loop too
+                await store.merge(f"k{turn % 3}", "merged")
+                await store.clear("merged")
+            if turn % 10 == 0:
+                await asyncio.sleep(0.002)  # the worker checkpoints meanwhile
+    finally:
+        await store.close()
+    generations = {after for _, after in on_loop}
+    assert len(generations) >= 4, "the WAL should have been started afresh several times"
+    restarted_on_loop = [pair for pair in on_loop if pair[0] and pair[0] != pair[1]]
+    assert restarted_on_loop == [], f"{len(restarted_on_loop)} loop commits restarted the WAL"
+
+
+async def test_a_failed_catch_up_pass_ends_every_pin_and_logs_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_ROWS", 16)
+    monkeypatch.setattr(sqlite_module, "_RESTART_FRAMES", 1)  # every checkpoint restarts
+    failed: list[int] = []
+
+    def failing_catch_up(self: SQLiteHistoryStore, pin: sqlite3.Connection, copied: int):  # type: ignore[no-untyped-def]
+        newer = self._newer_pin(pin)  # as the real one: switch to a newer pin...
+        if newer is not None:
+            pin.execute("COMMIT")
+        failed.append(1)
+        raise sqlite3.OperationalError("disk I/O error (simulated)")  # ...then a pass fails
+
+    monkeypatch.setattr(SQLiteHistoryStore, "_catch_up", failing_catch_up)
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    try:
+        with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
+            for turn in range(60):
+                await store.append("k", [e(f"m{turn}", turn)])
+                await asyncio.sleep(0.001)
+            for _ in range(200):
+                done = store._checkpoint is None or store._checkpoint.done()
+                if failed and done:
+                    break
+                await asyncio.sleep(0.01)
+        assert failed
+        assert "disk I/O error (simulated)" in caplog.text
+        assert store._pin is not None and store._pin2 is not None
+        assert not store._pin.in_transaction and not store._pin2.in_transaction
+        assert not store._quiet
+        await store.append("k", [e("after", 100)])
+        assert await store.count("k") == 61
+    finally:
+        await store.close()
+
+
+async def test_values_sqlite_cannot_store_fail_their_turn_alone(tmp_path: Path) -> None:
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    try:
+        await store.append("warm", [e("x", 0)])
+        results = await asyncio.gather(
+            store.append("a", [e("fine", 1)]),
+            store.append("b", [e("lone surrogate \ud800", 1)]),
+            store.append("c", [e("fine too", 2)]),
+            return_exceptions=True,
+        )
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], UnicodeEncodeError)
+        assert await store.load("b") == []
+        assert [x.content for x in await store.load("c")] == ["fine too"]
+        await store.append("d", [e("big int time", 2**70)])  # type: ignore[arg-type]
+        [big] = await store.load("d")
+        assert big.timestamp == float(2**70)
+        assert store._pin is not None and not store._pin.in_transaction
+    finally:
+        await store.close()
+
+
+async def test_a_failed_checkpoint_after_a_worker_commit_does_not_fail_the_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    try:
+        await store.append("warm", [e("x", 0)])  # the loop side is claimed
+        monkeypatch.setattr(sqlite_module, "_CHECKPOINT", "PRAGMA wal_checkpoint(NO_SUCH_MODE")
+        store._worker_rows = 10**6  # due a checkpoint on the worker's next commit
+        row = sqlite_module._entry_to_row("k", e("stored", 1))
+        with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
+            errors = await store._run(store._append_turns, [[row]])
+        assert errors == [None]  # committed: the caller must not retry it
+        assert "checkpoint failed" in caplog.text
+        assert not store._quiet
+        assert [x.content for x in await store.load("k")] == ["stored"]
+    finally:
+        await store.close()

@@ -131,6 +131,8 @@ class BotOS:
                 "session=botos.session so every platform shares one history"
             )
         bot._commands = self.commands  # /link across platforms needs the shared flow
+        if not self.gc_freeze:
+            bot.gc_freeze = False  # BotOS(gc_freeze=False) holds for bots added ready-made
         self.bots[bot.platform] = bot
 
     async def _send_to(self, platform: str, chat_id: str, text: str) -> None:

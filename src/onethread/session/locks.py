@@ -98,12 +98,13 @@ class DuplicateFilter(Protocol):
 class LocalDuplicateFilter:
     """A bounded, time-limited set of seen message keys.
 
-    Keeps at least the ``max_size // 2`` most recently offered keys, at most
-    ``max_size``: two plain dicts, ``_current`` and ``_previous``; when
-    ``_current`` is full it becomes ``_previous`` and the old ``_previous`` is
-    dropped. Plain dicts of ``str`` to ``float`` are invisible to CPython's
-    cyclic garbage collector, so a full filter (100,000 keys) adds nothing to
-    a full collection's pause (an ``OrderedDict`` of that size added ~1.5 ms
+    Keeps at least the ``max_size // 2`` most recently accepted keys (a
+    refused repeat does not count as new), at most ``max_size``: two plain
+    dicts, ``_current`` and ``_previous``; when ``_current`` is full it
+    becomes ``_previous`` and the old ``_previous`` is dropped. Plain dicts
+    of ``str`` to ``float`` are invisible to CPython's cyclic garbage
+    collector, so a full filter (100,000 keys) adds nothing to a full
+    collection's pause (an ``OrderedDict`` of that size added ~1.5 ms
     to each).
 
     Both dicts are touched only from the event loop thread (no awaits inside),

@@ -28,27 +28,36 @@ __all__ = ["WalSyncer"]
 log = logging.getLogger("onethread.history.sqlite")
 
 _sync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+# Windows flushes only a handle opened for writing; POSIX syncs any descriptor.
+_OPEN_FLAGS = (os.O_RDWR if os.name == "nt" else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0)
 
 
 class WalSyncer:
-    """Syncs ``wal_path`` on ``executor`` (the store's one worker thread), at most
-    every ``every`` seconds, one sync at a time.
+    """Syncs the WAL of the database ``db_path`` on ``executor`` (the store's one
+    worker thread), at most every ``every`` seconds, one sync at a time.
 
     :meth:`committed` runs on the loop thread after each commit and owns
-    ``_next`` and ``_job``; :meth:`sync` and :meth:`close` run on the worker
-    thread and own ``_fd``. Nothing is shared between the two but the future.
+    ``_next``, ``_job`` and ``failed``; :meth:`sync` and :meth:`close` run on
+    the worker thread and own ``_fd``. Nothing is shared between the two but
+    the future. ``db_path`` may be a symlink: SQLite keeps the WAL next to
+    the real file, so that is the one synced.
+
+    A sync that fails is logged once and syncing stops (SQLite's own
+    checkpoints still sync, and report their errors): a disk that fails
+    every 10 ms would otherwise fill the log.
     """
 
     def __init__(
-        self, wal_path: Path, executor: concurrent.futures.Executor, every: float = 0.01
+        self, db_path: Path, executor: concurrent.futures.Executor, every: float = 0.01
     ) -> None:
-        self.wal_path = wal_path
+        self.db_path = db_path
         self.every = every
         self._executor = executor
         self._next = 0.0
         self._job: concurrent.futures.Future[None] | None = None
         self._fd: int | None = None
         self.syncs = 0  # completed syncs (for tests and diagnostics)
+        self.failed = False
 
     def committed(self) -> None:
         """A commit wrote to the WAL: have it synced, unless a sync ran very recently."""
@@ -59,7 +68,15 @@ class WalSyncer:
             self._job = None
             error = job.exception()
             if error is not None:
-                log.error("syncing %s failed: %s", self.wal_path, error)
+                self.failed = True
+                log.error(
+                    "syncing %s failed, so the WAL is no longer synced between checkpoints "
+                    "(turn latency may suffer; check the disk): %s",
+                    self.wal_path(),
+                    error,
+                )
+        if self.failed:
+            return
         now = time.monotonic()
         if now < self._next:
             return
@@ -74,11 +91,15 @@ class WalSyncer:
             fd = None
         if fd is None:
             try:
-                fd = self._fd = os.open(self.wal_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = self._fd = os.open(self.wal_path(), _OPEN_FLAGS)
             except FileNotFoundError:
                 return
         _sync(fd)
         self.syncs += 1
+
+    def wal_path(self) -> str:
+        """Where SQLite keeps the WAL: next to the database file, symlinks resolved."""
+        return os.path.realpath(self.db_path) + "-wal"
 
     def close(self) -> None:
         """Close the file (worker thread)."""

@@ -49,20 +49,24 @@ move copies everything: the loop begins a read transaction on a connection of
 its own (``_pin``) just before the commit that triggers the checkpoint, and a
 checkpoint stops at the oldest reader's snapshot.
 
-Once the WAL holds ``_RESTART_FRAMES`` frames (64 MB; it would otherwise grow
-for ever under steady load) the worker starts it afresh:
+A checkpoint that finds the WAL holding at least ``_RESTART_FRAMES`` frames
+(64 MB; it would otherwise grow for ever under steady load) starts it afresh:
 
 1. further passes, each up to a newer pin (``_pin2`` and ``_pin`` in turn,
-   asked of the loop), copy what came meanwhile, until a pass is short
-   (``_SHORT_PASS``);
-2. then the worker sets ``_quiet`` (the loop holds its commits back), ends the
-   pin, copies the rest and starts the WAL afresh with a commit of its own
-   that changes nothing (``_RESTART``), syncing the new header itself.
+   asked of the loop), copy what came meanwhile, until a pass copies at most
+   ``_SMALL_PASS`` frames (or ``_MAX_PASSES`` have run);
+2. then the worker sets ``_quiet`` (the loop holds its commits back), ends
+   every pin, copies the rest and starts the WAL afresh with a commit of its
+   own that changes nothing (``_RESTART``), syncing the new header itself.
 
-The same happens once when the loop side starts, as the WAL may be empty.
+The same happens once when the loop side starts, as the WAL may be empty,
+and every ``_CHECKPOINT_ROWS`` rows the worker itself committed (rare: only
+what the loop could not, because another connection held the write lock).
 Turns wait for step 2 (a full checkpoint truncates and syncs the database
-file, then the header sync: 2-5 ms on our test VM), once per 64 MB of WAL
-(about once a second at 10,000 turns/s); the loop itself never waits.
+file, then the header sync: 2-7 ms on our test VM), about once a second at
+10,000 turns/s; the loop itself never waits. The threshold is checked at
+checkpoints, so the WAL overshoots it: its file peaked at ~80 MB at 10,000
+turns/s. SQLite reuses the file from the start rather than shrinking it.
 (A checkpoint run by another process, e.g. the CLI writing while the bot is
 idle, could still leave that one header sync to the loop's next commit.)
 
@@ -150,7 +154,7 @@ _COUNT_UPTO = "SELECT count(*) FROM (SELECT 1 FROM entries WHERE key = ? LIMIT ?
 _LOOP_READ_MAX = 256  # larger loads run on the worker thread
 _LOOP_WRITE_MAX = 256  # clears and merges of more rows run on the worker thread
 _CHECKPOINT_ROWS = 4096  # rows committed on the loop between checkpoints (1-2 WAL pages each)
-_SHORT_PASS = 0.001  # s: a pass this short left little for the last one (loop held)
+_SMALL_PASS = 256  # WAL frames (1 MB): a pass copying no more leaves little for the last one
 _RESTART_FRAMES = 16_384  # start the WAL afresh once it is this long (64 MB of 4 KiB pages)
 _MAX_PASSES = 6  # checkpoint passes, each up to a newer pin, before that last one
 _BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
@@ -178,15 +182,16 @@ def _row_to_entry(row: Row, skip: int = 0) -> HistoryEntry:
 def _entry_to_row(key: str, e: HistoryEntry) -> Row:
     meta = json.dumps(dict(e.metadata), separators=(",", ":")) if e.metadata else "{}"
     return (
-        key, e.role, e.content, e.timestamp, e.platform, e.chat_id, e.user_id, e.user_name,
+        key, e.role, e.content, float(e.timestamp), e.platform, e.chat_id, e.user_id, e.user_name,
         e.message_id, int(e.mirror), e.source, meta,
     )  # fmt: skip
 
 
 def _log_failure(job: concurrent.futures.Future[None]) -> None:
     """Report a checkpoint that failed on the worker (nobody awaits it)."""
-    if not job.cancelled() and job.exception() is not None:
-        log.error("checkpoint failed: %s", job.exception())
+    error = None if job.cancelled() else job.exception()
+    if error is not None:
+        log.error("checkpoint failed: %s", error, exc_info=error)
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -246,13 +251,18 @@ def _begin_read(conn: sqlite3.Connection) -> bool:
     return True
 
 
+# What one turn's rows can raise: SQLite's refusals, and values it cannot bind
+# (a lone surrogate in a string: UnicodeEncodeError; an int beyond 64 bits).
+_TURN_ERRORS = (sqlite3.Error, ValueError, OverflowError)
+
+
 def _commit_each(conn: sqlite3.Connection, turns: Sequence[list[Row]]) -> Outcome:
     """Commit each turn's rows in a transaction of its own."""
     errors: list[BaseException | None] = []
     for turn in turns:
         try:
             _transaction(conn, turn)
-        except sqlite3.Error as exc:
+        except _TURN_ERRORS as exc:
             if _is_busy(exc):
                 return errors, exc
             errors.append(exc)
@@ -266,7 +276,7 @@ def _commit_turns(conn: sqlite3.Connection, turns: Sequence[list[Row]]) -> Outco
     try:
         _transaction(conn, [row for turn in turns for row in turn])
         return [None] * len(turns), None
-    except sqlite3.Error as exc:
+    except _TURN_ERRORS as exc:
         if _is_busy(exc):
             return [], exc
         if len(turns) == 1:
@@ -316,7 +326,7 @@ class SQLiteHistoryStore:
         self._since_checkpoint = 0  # rows the loop committed since the last checkpoint
         self._worker_rows = 0  # rows the worker committed since its last checkpoint
         self._checkpoint: concurrent.futures.Future[None] | None = None
-        self._wal = WalSyncer(Path(f"{self.path}-wal"), self._executor)
+        self._wal = WalSyncer(self.path, self._executor)
         # Between the loop thread and the worker (plain attributes, atomic under
         # the GIL; see _flush and _hold_commits): the loop sets _flushing while it
         # commits; while _quiet is set it holds its commits back. Set until the
@@ -362,15 +372,30 @@ class SQLiteHistoryStore:
             self._worker_rows += sum(len(turn) for turn in turns)
             if self._worker_rows >= _CHECKPOINT_ROWS and self._loop is not None:
                 self._worker_rows = 0  # writes that came this way checkpoint here
-                self._hold_commits()
-                conn.execute("PRAGMA busy_timeout = 0")  # the loop waits: never for long
                 try:
-                    self._finish_checkpoint(conn)
-                finally:
-                    conn.execute("PRAGMA busy_timeout = 30000")
+                    self._worker_checkpoint(conn)
+                except sqlite3.Error as exc:  # the turns are stored; only the copy failed
+                    log.error("checkpoint failed: %s", exc, exc_info=exc)
         if busy is not None:  # still locked after the 30 s busy timeout
             errors += [busy] * (len(turns) - len(errors))
         return errors
+
+    def _worker_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL and start it afresh, for rows the worker committed.
+
+        Rare: the worker commits only what the loop could not (another
+        connection held the write lock). With no pin in place a pass could
+        copy everything, so this one holds the loop's commits back throughout.
+        """
+        self._hold_commits()
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")  # the loop waits: never for long
+            try:
+                self._finish_checkpoint(conn)
+            finally:
+                conn.execute("PRAGMA busy_timeout = 30000")
+        finally:
+            self._release_commits()  # (already, unless the pragma failed)
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> int:
         return _write(self._connect(), sql, args)
@@ -417,23 +442,24 @@ class SQLiteHistoryStore:
         restart = True  # after an error: the careful way (hold, copy the rest, restart)
         try:
             if self._conn is not None:
-                _, frames, _ = self._conn.execute(_CHECKPOINT).fetchone()
+                _, frames, copied = self._conn.execute(_CHECKPOINT).fetchone()
                 restart = frames >= _RESTART_FRAMES
                 if restart:
-                    pin = self._catch_up(pin)
+                    pin = self._catch_up(pin, copied)
         finally:
             if restart:
                 self._restart_wal(pin)
             else:
                 pin.execute("COMMIT")
 
-    def _catch_up(self, pin: sqlite3.Connection) -> sqlite3.Connection:
-        """More passes, each up to a newer pin, until one takes under ``_SHORT_PASS``.
+    def _catch_up(self, pin: sqlite3.Connection, copied: int) -> sqlite3.Connection:
+        """More passes, each up to a newer pin, until one copies at most ``_SMALL_PASS``
+        frames (``copied``: how far the WAL is copied so far).
 
         Each copies what the loop committed during the one before, so the last
         one (:meth:`_restart_wal`, with the loop's commits held back) has only
         that much to copy, not the megabytes written during a long pass.
-        Returns the pin now held.
+        Returns the pin now held (on an error, :meth:`_restart_wal` ends any).
         """
         assert self._conn is not None
         for _ in range(_MAX_PASSES):
@@ -442,10 +468,10 @@ class SQLiteHistoryStore:
                 break
             pin.execute("COMMIT")
             pin = newer
-            started = time.monotonic()
-            self._conn.execute(_CHECKPOINT)
-            if time.monotonic() - started < _SHORT_PASS:
-                break  # little can have come meanwhile
+            _, _, now = self._conn.execute(_CHECKPOINT).fetchone()
+            if now - copied <= _SMALL_PASS:
+                break  # the next pass has about as little to copy
+            copied = now
         return pin
 
     def _restart_wal(self, pin: sqlite3.Connection) -> None:
@@ -453,12 +479,15 @@ class SQLiteHistoryStore:
 
         The loop's turns wait for this (a full checkpoint truncates and syncs
         the database file once more, and the new WAL header is synced: a few
-        milliseconds here), which is why it happens only every
-        ``_RESTART_FRAMES`` frames, not at every pass.
+        milliseconds here), which is why it happens only once the WAL holds
+        ``_RESTART_FRAMES`` frames, not at every pass. Every pin still open
+        is ended here (the loop touches no pin while its commits are held).
         """
         self._hold_commits()
         try:
-            pin.execute("COMMIT")
+            for held in (self._pin, self._pin2):
+                if held is not None and held.in_transaction:
+                    held.execute("COMMIT")
         finally:
             self._finish_checkpoint(pin)
 
@@ -500,11 +529,15 @@ class SQLiteHistoryStore:
                         if not _is_busy(exc):  # busy: another writer commits first
                             raise
         finally:
-            self._quiet = False
-            loop = self._loop
-            if loop is not None:
-                with contextlib.suppress(RuntimeError):  # that loop has closed
-                    loop.call_soon_threadsafe(self._resume)
+            self._release_commits()
+
+    def _release_commits(self) -> None:
+        """Let the loop commit again, and have it commit what waited meanwhile."""
+        self._quiet = False
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(self._resume)
 
     def _close(self) -> None:
         self._wal.close()
@@ -629,7 +662,7 @@ class SQLiteHistoryStore:
         try:
             try:
                 _transaction(conn, rows)
-            except sqlite3.Error as exc:
+            except _TURN_ERRORS as exc:
                 if _is_busy(exc):
                     errors, busy = [], exc
                 elif len(turns) == 1:
@@ -642,10 +675,13 @@ class SQLiteHistoryStore:
                     # One transaction, no other writer, AUTOINCREMENT: consecutive ids.
                     last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                     first_id = last - len(rows) + 1
-        except Exception as exc:  # not a sqlite3.Error: report it to every caller
+        except Exception as exc:  # unexpected (not one turn's fault): tell every caller
             for *_, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
+            for held in (pin, asked):  # nothing was written beyond them
+                if held is not None and held.in_transaction:
+                    held.execute("COMMIT")
             return
         for (key, entries, turn, fut), error in zip(batch, errors, strict=False):
             if error is None and first_id is not None:
@@ -779,6 +815,7 @@ class SQLiteHistoryStore:
         loop = asyncio.get_running_loop()
         conn = self._fast if loop is self._loop else await self._claim(loop)
         if conn is not None:
+            self._flushing = True  # a commit on the loop: the worker waits for it (see _flush)
             try:
                 rows = conn.execute(_COUNT_UPTO, (source, _LOOP_WRITE_MAX + 1)).fetchone()[0]
                 if rows == 0:
@@ -791,6 +828,8 @@ class SQLiteHistoryStore:
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
+            finally:
+                self._flushing = False
         return await self._run(self._write, sql, args)
 
     async def count(self, key: str) -> int:
