@@ -221,10 +221,10 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def diagnose(args: argparse.Namespace) -> None:
     """The SQLite open loop with each known source of stalls switched off in turn."""
+    import onethread.session.history._sqlite_checkpoint as ckpt
     import onethread.session.history._sqlite_wal as wal
-    import onethread.session.history.sqlite as sqlite_store
 
-    every = sqlite_store._CHECKPOINT_ROWS
+    every = ckpt.CHECKPOINT_ROWS
     committed = wal.WalSyncer.committed
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -238,7 +238,7 @@ def diagnose(args: argparse.Namespace) -> None:
         ):
             if not gc_on:
                 gc.disable()
-            sqlite_store._CHECKPOINT_ROWS = every if checkpoints else 10**12
+            ckpt.CHECKPOINT_ROWS = every if checkpoints else 10**12
             if not syncs:
                 wal.WalSyncer.committed = lambda self: None  # type: ignore[method-assign]
             try:
@@ -247,7 +247,7 @@ def diagnose(args: argparse.Namespace) -> None:
                 row = {"variant": label, **asyncio.run(run)}
             finally:
                 gc.enable()
-                sqlite_store._CHECKPOINT_ROWS = every
+                ckpt.CHECKPOINT_ROWS = every
                 wal.WalSyncer.committed = committed  # type: ignore[method-assign]
             rows.append(row)
             print(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import onethread.session.history._sqlite_checkpoint as checkpoint_module
 import onethread.session.history._sqlite_wal as wal_module
 import onethread.session.history.sqlite as sqlite_module
 from onethread.session.history._sqlite_wal import WalSyncer
@@ -123,8 +124,8 @@ async def test_appends_queued_at_close_are_committed(tmp_path: Path) -> None:
 async def test_the_wal_stays_bounded_under_steady_appends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_ROWS", 64)
-    monkeypatch.setattr(sqlite_module, "_RESTART_FRAMES", 256)
+    monkeypatch.setattr(checkpoint_module, "CHECKPOINT_ROWS", 64)
+    monkeypatch.setattr(checkpoint_module, "RESTART_FRAMES", 256)
     store = SQLiteHistoryStore(tmp_path / "h.db")
     wal = tmp_path / "h.db-wal"
     frame = 4096 + 24
@@ -146,11 +147,11 @@ async def test_the_wal_stays_bounded_under_steady_appends(
 async def test_a_failing_checkpoint_is_logged_and_turns_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_ROWS", 16)
+    monkeypatch.setattr(checkpoint_module, "CHECKPOINT_ROWS", 16)
     store = SQLiteHistoryStore(tmp_path / "h.db")
     try:
         await store.append("warm", [e("x", 0)])
-        monkeypatch.setattr(sqlite_module, "_CHECKPOINT", "PRAGMA wal_checkpoint(NO_SUCH_MODE")
+        monkeypatch.setattr(checkpoint_module, "CHECKPOINT", "PRAGMA wal_checkpoint(NO_SUCH_MODE")
         with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
             for turn in range(40):
                 await store.append("k", [e(f"m{turn}", turn)])
@@ -284,12 +285,12 @@ async def test_a_commit_on_the_loop_never_starts_the_wal_afresh(
 ) -> None:
     """Starting the WAL afresh syncs its header: that must happen on the worker,
     never inside a commit made on the event loop's thread."""
-    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_ROWS", 32)
-    monkeypatch.setattr(sqlite_module, "_RESTART_FRAMES", 96)
+    monkeypatch.setattr(checkpoint_module, "CHECKPOINT_ROWS", 32)
+    monkeypatch.setattr(checkpoint_module, "RESTART_FRAMES", 96)
     store = SQLiteHistoryStore(tmp_path / "h.db")
     wal = tmp_path / "h.db-wal"
     on_loop: list[tuple[bytes, bytes]] = []
-    real_transaction, real_write = sqlite_module._transaction, sqlite_module._write
+    real_transaction, real_write = sqlite_module.transaction, sqlite_module.write_one
 
     def watched(real):  # type: ignore[no-untyped-def]
         def call(conn, *args):  # type: ignore[no-untyped-def]
@@ -303,8 +304,8 @@ async def test_a_commit_on_the_loop_never_starts_the_wal_afresh(
 
         return call
 
-    monkeypatch.setattr(sqlite_module, "_transaction", watched(real_transaction))
-    monkeypatch.setattr(sqlite_module, "_write", watched(real_write))
+    monkeypatch.setattr(sqlite_module, "transaction", watched(real_transaction))
+    monkeypatch.setattr(sqlite_module, "write_one", watched(real_write))
     try:
         for turn in range(600):
             await asyncio.gather(
@@ -326,8 +327,8 @@ async def test_a_commit_on_the_loop_never_starts_the_wal_afresh(
 async def test_a_failed_catch_up_pass_ends_every_pin_and_logs_the_cause(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_ROWS", 16)
-    monkeypatch.setattr(sqlite_module, "_RESTART_FRAMES", 1)  # every checkpoint restarts
+    monkeypatch.setattr(checkpoint_module, "CHECKPOINT_ROWS", 16)
+    monkeypatch.setattr(checkpoint_module, "RESTART_FRAMES", 1)  # every checkpoint restarts
     failed: list[int] = []
 
     def failing_catch_up(self: SQLiteHistoryStore, pin: sqlite3.Connection, copied: int):  # type: ignore[no-untyped-def]
@@ -388,9 +389,9 @@ async def test_a_failed_checkpoint_after_a_worker_commit_does_not_fail_the_turns
     store = SQLiteHistoryStore(tmp_path / "h.db")
     try:
         await store.append("warm", [e("x", 0)])  # the loop side is claimed
-        monkeypatch.setattr(sqlite_module, "_CHECKPOINT", "PRAGMA wal_checkpoint(NO_SUCH_MODE")
+        monkeypatch.setattr(checkpoint_module, "CHECKPOINT", "PRAGMA wal_checkpoint(NO_SUCH_MODE")
         store._worker_rows = 10**6  # due a checkpoint on the worker's next commit
-        row = sqlite_module._entry_to_row("k", e("stored", 1))
+        row = sqlite_module.entry_to_row("k", e("stored", 1))
         with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
             errors = await store._run(store._append_turns, [[row]])
         assert errors == [None]  # committed: the caller must not retry it

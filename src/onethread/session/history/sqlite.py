@@ -39,36 +39,9 @@ are all in one transaction, so each turn is all-or-nothing; if the shared
 transaction fails, it is rolled back and every turn is retried in its own, so
 one bad turn cannot sink the others.
 
-**Checkpoints.** The loop connection and, once the loop side is in use, the
-worker's never checkpoint on their own (``wal_autocheckpoint=0``). Every
-``_CHECKPOINT_ROWS`` rows the worker copies the WAL into the database (``PRAGMA
-wal_checkpoint(PASSIVE)``, with its fsyncs) while the loop goes on committing.
-A WAL found wholly copied is started afresh by the next commit, which syncs
-the new WAL header; so that this commit is never the loop's, no pass on the
-move copies everything: the loop begins a read transaction on a connection of
-its own (``_pin``) just before the commit that triggers the checkpoint, and a
-checkpoint stops at the oldest reader's snapshot.
-
-A checkpoint that finds the WAL holding at least ``_RESTART_FRAMES`` frames
-(64 MB; it would otherwise grow for ever under steady load) starts it afresh:
-
-1. further passes, each up to a newer pin (``_pin2`` and ``_pin`` in turn,
-   asked of the loop), copy what came meanwhile, until a pass copies at most
-   ``_SMALL_PASS`` frames (or ``_MAX_PASSES`` have run);
-2. then the worker sets ``_quiet`` (the loop holds its commits back), ends
-   every pin, copies the rest and starts the WAL afresh with a commit of its
-   own that changes nothing (``_RESTART``), syncing the new header itself.
-
-The same happens once when the loop side starts, as the WAL may be empty,
-and every ``_CHECKPOINT_ROWS`` rows the worker itself committed (rare: only
-what the loop could not, because another connection held the write lock).
-Turns wait for step 2 (a full checkpoint truncates and syncs the database
-file, then the header sync: 2-7 ms on our test VM), about once a second at
-10,000 turns/s; the loop itself never waits. The threshold is checked at
-checkpoints, so the WAL overshoots it: its file peaked at ~80 MB at 10,000
-turns/s. SQLite reuses the file from the start rather than shrinking it.
-(A checkpoint run by another process, e.g. the CLI writing while the bot is
-idle, could still leave that one header sync to the loop's next commit.)
+**Checkpoints** run on the worker thread, pinned by read snapshots so that
+the loop's commits never start the WAL afresh (which syncs its header); see
+``_sqlite_checkpoint``.
 
 **WAL syncs.** Syncing a file that another thread keeps appending to stalls
 those appends now and then, for about as long as the sync takes; a
@@ -90,12 +63,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
-import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -103,191 +73,39 @@ from typing import Any, TypeVar
 
 from ...errors import CorruptStoreError, SchemaVersionError
 from ._sqlite_cache import TailCache
+from ._sqlite_checkpoint import Checkpoints
+from ._sqlite_sql import (
+    COUNT_UPTO,
+    SCHEMA,
+    SELECT_LAST_IDS,
+    TURN_ERRORS,
+    Row,
+    begin_read,
+    commit_each,
+    commit_turns,
+    entry_to_row,
+    is_busy,
+    row_to_entry,
+    select_entries,
+    transaction,
+    write_one,
+)
 from ._sqlite_wal import WalSyncer
 from .base import HistoryEntry, SessionSummary
 
 __all__ = ["SCHEMA_VERSION", "SQLiteHistoryStore"]
 
 SCHEMA_VERSION = 1
-log = logging.getLogger("onethread.history.sqlite")
 T = TypeVar("T")
-Row = tuple[Any, ...]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    role TEXT NOT NULL,
-    content TEXT NOT NULL,
-    ts REAL NOT NULL,
-    platform TEXT NOT NULL DEFAULT '',
-    chat_id TEXT NOT NULL DEFAULT '',
-    user_id TEXT NOT NULL DEFAULT '',
-    user_name TEXT NOT NULL DEFAULT '',
-    message_id TEXT NOT NULL DEFAULT '',
-    mirror INTEGER NOT NULL DEFAULT 0,
-    source TEXT NOT NULL DEFAULT '',
-    metadata TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS entries_key_ts ON entries (key, ts, id);
-"""
-
-_COLUMNS = (
-    "role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, metadata"
-)
-_INSERT = (
-    "INSERT INTO entries (key, role, content, ts, platform, chat_id, user_id, "
-    "user_name, message_id, mirror, source, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_SELECT_ALL = f"SELECT {_COLUMNS} FROM entries WHERE key = ? ORDER BY ts, id"
-_SELECT_LAST = f"SELECT {_COLUMNS} FROM entries WHERE key = ? ORDER BY ts DESC, id DESC LIMIT ?"
-_SELECT_LAST_IDS = (
-    f"SELECT id, {_COLUMNS} FROM entries WHERE key = ? ORDER BY ts DESC, id DESC LIMIT ?"
-)
-_CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
-# A commit that changes nothing (same row, same rowid) but writes a page: the
-# first commit after a checkpoint copied the whole WAL starts it afresh.
-_RESTART = "REPLACE INTO schema_version (rowid, version) SELECT rowid, version FROM schema_version"
-_COUNT_UPTO = "SELECT count(*) FROM (SELECT 1 FROM entries WHERE key = ? LIMIT ?)"
 
 _LOOP_READ_MAX = 256  # larger loads run on the worker thread
 _LOOP_WRITE_MAX = 256  # clears and merges of more rows run on the worker thread
-_CHECKPOINT_ROWS = 4096  # rows committed on the loop between checkpoints (1-2 WAL pages each)
-_SMALL_PASS = 256  # WAL frames (1 MB): a pass copying no more leaves little for the last one
-_RESTART_FRAMES = 16_384  # start the WAL afresh once it is this long (64 MB of 4 KiB pages)
-_MAX_PASSES = 6  # checkpoint passes, each up to a newer pin, before that last one
-_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-
-
-def _row_to_entry(row: Row, skip: int = 0) -> HistoryEntry:
-    role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, meta = (
-        row[skip:] if skip else row
-    )
-    return HistoryEntry(
-        role=role,
-        content=content,
-        timestamp=ts,
-        platform=platform,
-        chat_id=chat_id,
-        user_id=user_id,
-        user_name=user_name,
-        message_id=message_id,
-        mirror=bool(mirror),
-        source=source,
-        metadata=json.loads(meta) if meta != "{}" else {},
-    )
-
-
-def _entry_to_row(key: str, e: HistoryEntry) -> Row:
-    meta = json.dumps(dict(e.metadata), separators=(",", ":")) if e.metadata else "{}"
-    return (
-        key, e.role, e.content, float(e.timestamp), e.platform, e.chat_id, e.user_id, e.user_name,
-        e.message_id, int(e.mirror), e.source, meta,
-    )  # fmt: skip
-
-
-def _log_failure(job: concurrent.futures.Future[None]) -> None:
-    """Report a checkpoint that failed on the worker (nobody awaits it)."""
-    error = None if job.cancelled() else job.exception()
-    if error is not None:
-        log.error("checkpoint failed: %s", error, exc_info=error)
-
-
-def _is_busy(exc: BaseException) -> bool:
-    """True when SQLite refused because another connection holds a lock."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF in _BUSY
-
-
-def _select(conn: sqlite3.Connection, key: str, limit: int | None) -> list[HistoryEntry]:
-    if limit is None:
-        return [_row_to_entry(r) for r in conn.execute(_SELECT_ALL, (key,))]
-    rows = conn.execute(_SELECT_LAST, (key, limit)).fetchall()
-    rows.reverse()
-    return [_row_to_entry(r) for r in rows]
-
-
-def _transaction(conn: sqlite3.Connection, rows: list[Row]) -> None:
-    """Insert ``rows`` in one transaction: all of them, or (after a rollback) none."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.executemany(_INSERT, rows)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _write(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> int:
-    """Run one changing statement in its own transaction; the number of rows changed."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        changed = conn.execute(sql, args).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return changed
-
-
-Outcome = tuple[list[BaseException | None], BaseException | None]
-"""``(errors, busy)``: ``errors[i]`` is None when turn ``i`` committed, else why not;
-when the database was busy, the turns from ``len(errors)`` on were not tried and
-``busy`` is the error."""
-
-
-def _begin_read(conn: sqlite3.Connection) -> bool:
-    """Begin a read transaction on ``conn`` that holds the current snapshot."""
-    try:
-        conn.execute("BEGIN")
-        conn.execute("SELECT 1 FROM schema_version LIMIT 1").fetchall()
-    except sqlite3.Error:
-        if conn.in_transaction:
-            conn.execute("COMMIT")
-        return False
-    return True
-
-
-# What one turn's rows can raise: SQLite's refusals, and values it cannot bind
-# (a lone surrogate in a string: UnicodeEncodeError; an int beyond 64 bits).
-_TURN_ERRORS = (sqlite3.Error, ValueError, OverflowError)
-
-
-def _commit_each(conn: sqlite3.Connection, turns: Sequence[list[Row]]) -> Outcome:
-    """Commit each turn's rows in a transaction of its own."""
-    errors: list[BaseException | None] = []
-    for turn in turns:
-        try:
-            _transaction(conn, turn)
-        except _TURN_ERRORS as exc:
-            if _is_busy(exc):
-                return errors, exc
-            errors.append(exc)
-        else:
-            errors.append(None)
-    return errors, None
-
-
-def _commit_turns(conn: sqlite3.Connection, turns: Sequence[list[Row]]) -> Outcome:
-    """Commit all turns in one transaction, or, if that fails, each in its own."""
-    try:
-        _transaction(conn, [row for turn in turns for row in turn])
-        return [None] * len(turns), None
-    except _TURN_ERRORS as exc:
-        if _is_busy(exc):
-            return [], exc
-        if len(turns) == 1:
-            return [exc], None
-    return _commit_each(conn, turns)
 
 
 _Pending = tuple[str, list[HistoryEntry], list[Row], asyncio.Future[None]]
 
 
-class SQLiteHistoryStore:
+class SQLiteHistoryStore(Checkpoints):
     """History in a SQLite file. Opened lazily on first use.
 
     Args:
@@ -344,7 +162,7 @@ class SQLiteHistoryStore:
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             found = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise CorruptStoreError(
@@ -363,42 +181,19 @@ class SQLiteHistoryStore:
         return conn
 
     def _load(self, key: str, limit: int | None) -> list[HistoryEntry]:
-        return _select(self._connect(), key, limit)
+        return select_entries(self._connect(), key, limit)
 
     def _append_turns(self, turns: list[list[Row]]) -> list[BaseException | None]:
         conn = self._connect()
-        errors, busy = _commit_turns(conn, turns)
+        errors, busy = commit_turns(conn, turns)
         if any(error is None for error in errors):
-            self._worker_rows += sum(len(turn) for turn in turns)
-            if self._worker_rows >= _CHECKPOINT_ROWS and self._loop is not None:
-                self._worker_rows = 0  # writes that came this way checkpoint here
-                try:
-                    self._worker_checkpoint(conn)
-                except sqlite3.Error as exc:  # the turns are stored; only the copy failed
-                    log.error("checkpoint failed: %s", exc, exc_info=exc)
+            self._worker_committed(conn, sum(len(turn) for turn in turns))
         if busy is not None:  # still locked after the 30 s busy timeout
             errors += [busy] * (len(turns) - len(errors))
         return errors
 
-    def _worker_checkpoint(self, conn: sqlite3.Connection) -> None:
-        """Copy the WAL and start it afresh, for rows the worker committed.
-
-        Rare: the worker commits only what the loop could not (another
-        connection held the write lock). With no pin in place a pass could
-        copy everything, so this one holds the loop's commits back throughout.
-        """
-        self._hold_commits()
-        try:
-            conn.execute("PRAGMA busy_timeout = 0")  # the loop waits: never for long
-            try:
-                self._finish_checkpoint(conn)
-            finally:
-                conn.execute("PRAGMA busy_timeout = 30000")
-        finally:
-            self._release_commits()  # (already, unless the pragma failed)
-
     def _write(self, sql: str, args: tuple[Any, ...]) -> int:
-        return _write(self._connect(), sql, args)
+        return write_one(self._connect(), sql, args)
 
     def _count(self, key: str) -> int:
         row = self._connect().execute("SELECT count(*) FROM entries WHERE key = ?", (key,))
@@ -423,121 +218,6 @@ class SQLiteHistoryStore:
             )
             for k, n, ts, plats in rows
         ]
-
-    def _loop_owned(self) -> None:
-        """Make sure the loop's first commit syncs nothing; then checkpoints are ours."""
-        conn = self._connect()
-        self._finish_checkpoint(conn)
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-
-    def _run_checkpoint(self, pin: sqlite3.Connection) -> None:
-        """Copy the WAL into the database, off the loop (see *Checkpoints*).
-
-        ``pin`` holds a read transaction begun just before one of the loop's
-        commits, so the pass cannot copy every frame (which would let the
-        loop's next commit start the WAL afresh and sync its header). Once the
-        WAL holds ``_RESTART_FRAMES`` frames, it is started afresh
-        (:meth:`_restart_wal`); until then a pass up to the pin is all.
-        """
-        restart = True  # after an error: the careful way (hold, copy the rest, restart)
-        try:
-            if self._conn is not None:
-                _, frames, copied = self._conn.execute(_CHECKPOINT).fetchone()
-                restart = frames >= _RESTART_FRAMES
-                if restart:
-                    pin = self._catch_up(pin, copied)
-        finally:
-            if restart:
-                self._restart_wal(pin)
-            else:
-                pin.execute("COMMIT")
-
-    def _catch_up(self, pin: sqlite3.Connection, copied: int) -> sqlite3.Connection:
-        """More passes, each up to a newer pin, until one copies at most ``_SMALL_PASS``
-        frames (``copied``: how far the WAL is copied so far).
-
-        Each copies what the loop committed during the one before, so the last
-        one (:meth:`_restart_wal`, with the loop's commits held back) has only
-        that much to copy, not the megabytes written during a long pass.
-        Returns the pin now held (on an error, :meth:`_restart_wal` ends any).
-        """
-        assert self._conn is not None
-        for _ in range(_MAX_PASSES):
-            newer = self._newer_pin(pin)
-            if newer is None:
-                break
-            pin.execute("COMMIT")
-            pin = newer
-            _, _, now = self._conn.execute(_CHECKPOINT).fetchone()
-            if now - copied <= _SMALL_PASS:
-                break  # the next pass has about as little to copy
-            copied = now
-        return pin
-
-    def _restart_wal(self, pin: sqlite3.Connection) -> None:
-        """Hold the loop's commits, end ``pin``, copy the rest, start the WAL afresh.
-
-        The loop's turns wait for this (a full checkpoint truncates and syncs
-        the database file once more, and the new WAL header is synced: a few
-        milliseconds here), which is why it happens only once the WAL holds
-        ``_RESTART_FRAMES`` frames, not at every pass. Every pin still open
-        is ended here (the loop touches no pin while its commits are held).
-        """
-        self._hold_commits()
-        try:
-            for held in (self._pin, self._pin2):
-                if held is not None and held.in_transaction:
-                    held.execute("COMMIT")
-        finally:
-            self._finish_checkpoint(pin)
-
-    def _newer_pin(self, pin: sqlite3.Connection) -> sqlite3.Connection | None:
-        """Have the loop pin its snapshot before its next commit (50 ms at most)."""
-        other = self._pin2 if pin is self._pin else self._pin
-        if other is None:
-            return None
-        self._pin_taken = None
-        self._pin_asked = other
-        deadline = time.monotonic() + 0.05
-        while self._pin_taken is None and time.monotonic() < deadline:
-            time.sleep(0.0002)
-        self._pin_asked = None  # first our flag, then the loop's (see _flush)
-        while self._flushing:
-            time.sleep(0.0001)
-        return self._pin_taken
-
-    def _hold_commits(self) -> None:
-        """Make the loop hold its commits back; return once none is under way."""
-        self._quiet = True  # first our flag, then the loop's (see _flush)
-        while self._flushing:
-            time.sleep(0.0001)
-
-    def _finish_checkpoint(self, writer: sqlite3.Connection) -> None:
-        """With the loop's commits held back: copy the rest of the WAL, start it afresh
-        with a commit of ``writer`` (its header sync is ours), then let the loop go on.
-
-        A WAL that some reader keeps, or another writer's commit, is not started
-        afresh by us; either way the loop's next commit only appends to it.
-        """
-        try:
-            if self._conn is not None:
-                busy, frames, copied = self._conn.execute(_CHECKPOINT).fetchone()
-                if not busy and copied == frames:
-                    try:
-                        writer.execute(_RESTART)
-                    except sqlite3.OperationalError as exc:
-                        if not _is_busy(exc):  # busy: another writer commits first
-                            raise
-        finally:
-            self._release_commits()
-
-    def _release_commits(self) -> None:
-        """Let the loop commit again, and have it commit what waited meanwhile."""
-        self._quiet = False
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # that loop has closed
-                loop.call_soon_threadsafe(self._resume)
 
     def _close(self) -> None:
         self._wal.close()
@@ -615,13 +295,13 @@ class SQLiteHistoryStore:
                 return entries
             if limit is None or limit > _LOOP_READ_MAX:
                 return None
-            rows = conn.execute(_SELECT_LAST_IDS, (key, limit)).fetchall()
+            rows = conn.execute(SELECT_LAST_IDS, (key, limit)).fetchall()
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 return None
             raise
         rows.reverse()
-        entries = [_row_to_entry(r, 1) for r in rows]
+        entries = [row_to_entry(r, 1) for r in rows]
         cache.remember(key, entries[:], [r[0] for r in rows], len(rows) < limit, limit)
         return entries
 
@@ -654,21 +334,21 @@ class SQLiteHistoryStore:
         rows = [row for turn in turns for row in turn]
         pin = self._pin_for_checkpoint(len(rows))
         asked = self._pin_asked
-        if asked is not None and not _begin_read(asked):
+        if asked is not None and not begin_read(asked):
             asked = None
         first_id: int | None = None
         errors: list[BaseException | None]
         busy: BaseException | None
         try:
             try:
-                _transaction(conn, rows)
-            except _TURN_ERRORS as exc:
-                if _is_busy(exc):
+                transaction(conn, rows)
+            except TURN_ERRORS as exc:
+                if is_busy(exc):
                     errors, busy = [], exc
                 elif len(turns) == 1:
                     errors, busy = [exc], None
                 else:
-                    errors, busy = _commit_each(conn, turns)
+                    errors, busy = commit_each(conn, turns)
             else:
                 errors, busy = [None] * len(turns), None
                 with contextlib.suppress(sqlite3.Error):  # ids unknown: the cache forgets
@@ -707,23 +387,9 @@ class SQLiteHistoryStore:
                 asked.execute("COMMIT")
         if pin is not None:
             if wrote:  # frames beyond the pin: go
-                self._since_checkpoint = 0
-                self._checkpoint = self._executor.submit(self._run_checkpoint, pin)
-                self._checkpoint.add_done_callback(_log_failure)
+                self._start_checkpoint(pin)
             else:
                 pin.execute("COMMIT")
-
-    def _pin_for_checkpoint(self, rows: int) -> sqlite3.Connection | None:
-        """Begin the pin's read transaction if these rows are due a checkpoint (else None)."""
-        self._since_checkpoint += rows
-        pin = self._pin
-        if (
-            pin is None
-            or self._since_checkpoint < _CHECKPOINT_ROWS
-            or (self._checkpoint is not None and not self._checkpoint.done())
-        ):
-            return None
-        return pin if _begin_read(pin) else None  # busy: next time
 
     def _hand_off(self, batch: list[_Pending]) -> None:
         """Have the worker thread commit ``batch`` (as one transaction, as here).
@@ -778,7 +444,7 @@ class SQLiteHistoryStore:
         if not entries:
             return
         items = list(entries)
-        rows = [_entry_to_row(key, e) for e in items]  # a bad entry fails here, alone
+        rows = [entry_to_row(key, e) for e in items]  # a bad entry fails here, alone
         loop = asyncio.get_running_loop()
         conn = self._fast if loop is self._loop else await self._claim(loop)
         if conn is None:
@@ -817,16 +483,16 @@ class SQLiteHistoryStore:
         if conn is not None:
             self._flushing = True  # a commit on the loop: the worker waits for it (see _flush)
             try:
-                rows = conn.execute(_COUNT_UPTO, (source, _LOOP_WRITE_MAX + 1)).fetchone()[0]
+                rows = conn.execute(COUNT_UPTO, (source, _LOOP_WRITE_MAX + 1)).fetchone()[0]
                 if rows == 0:
                     return 0
                 if rows <= _LOOP_WRITE_MAX and not self._quiet:
-                    changed = _write(conn, sql, args)
+                    changed = write_one(conn, sql, args)
                     for key in keys:
                         self._cache.drop(key)
                     return changed
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise
             finally:
                 self._flushing = False
