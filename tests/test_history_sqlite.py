@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import onethread.session.history._sqlite_checkpoint as checkpoint_module
+import onethread.session.history._sqlite_sql as sql_module
 import onethread.session.history._sqlite_wal as wal_module
 import onethread.session.history.sqlite as sqlite_module
 from onethread.session.history._sqlite_wal import WalSyncer
@@ -246,28 +247,42 @@ async def test_the_wal_of_a_symlinked_database_is_synced(tmp_path: Path) -> None
         await store.close()
 
 
-def test_wal_syncer_logs_a_failed_sync_once_and_stops(
+def test_wal_syncer_backs_off_while_syncs_fail_and_says_when_they_work_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "x.db-wal").write_bytes(b"frames")
     calls: list[int] = []
+    broken = [True]
+    clock = [100.0]
 
-    def broken(fd: int) -> None:
+    def sync(fd: int) -> None:
         calls.append(fd)
-        raise OSError(5, "Input/output error")
+        if broken[0]:
+            raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(wal_module, "_sync", broken)
+    monkeypatch.setattr(wal_module, "_sync", sync)
+    monkeypatch.setattr(wal_module.time, "monotonic", lambda: clock[0])
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         syncer = WalSyncer(tmp_path / "x.db", pool, every=0.0)
-        syncer.committed()
-        pool.submit(lambda: None).result()
-        with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
-            for _ in range(20):
-                syncer.committed()  # the first finds the failed one and reports it
-                pool.submit(lambda: None).result()
-        assert caplog.text.count("Input/output error") == 1
-        assert "check the disk" in caplog.text
-        assert len(calls) == 1 and syncer.failed
+
+        def commits(n: int) -> None:
+            for _ in range(n):
+                syncer.committed()
+                pool.submit(lambda: None).result()  # the worker ran what was queued
+
+        with caplog.at_level(logging.WARNING, logger="onethread.history.sqlite"):
+            commits(20)  # the first sync fails; the rest wait out the back-off
+            assert len(calls) == 1 and syncer.failing
+            assert caplog.text.count("Input/output error") == 1
+            assert "trying again in 1 s" in caplog.text
+            clock[0] += 1.5
+            commits(20)  # one more try, which fails: twice as long now
+            assert len(calls) == 2 and "trying again in 2 s" in caplog.text
+            broken[0] = False
+            clock[0] += 2.5
+            commits(2)
+            assert len(calls) == 4 and not syncer.failing  # every=0: each commit syncs
+            assert "works again" in caplog.text
         pool.submit(syncer.close).result()
 
 
@@ -305,6 +320,7 @@ async def test_a_commit_on_the_loop_never_starts_the_wal_afresh(
         return call
 
     monkeypatch.setattr(sqlite_module, "transaction", watched(real_transaction))
+    monkeypatch.setattr(sql_module, "transaction", watched(real_transaction))  # per-turn retries
     monkeypatch.setattr(sqlite_module, "write_one", watched(real_write))
     try:
         for turn in range(600):
@@ -314,6 +330,11 @@ async def test_a_commit_on_the_loop_never_starts_the_wal_afresh(
             if turn % 50 == 49:  # clears and merges commit on the loop too
                 await store.merge(f"k{turn % 3}", "merged")
                 await store.clear("merged")
+            if turn % 100 == 0:  # a turn that fails: the others are retried one by one
+                bad = store.append("bad", [e("lone surrogate \ud800", turn)])
+                good = store.append("good", [e(f"g{turn}", turn)])
+                results = await asyncio.gather(bad, good, return_exceptions=True)
+                assert isinstance(results[0], UnicodeEncodeError) and results[1] is None
             if turn % 10 == 0:
                 await asyncio.sleep(0.002)  # the worker checkpoints meanwhile
     finally:

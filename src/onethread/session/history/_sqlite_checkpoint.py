@@ -27,10 +27,12 @@ A checkpoint that finds the WAL holding at least ``RESTART_FRAMES`` frames
    every pin, copies the rest and starts the WAL afresh with a commit of its
    own that changes nothing (``RESTART``), syncing the new header itself.
 
-The same happens once when the loop side starts, as the WAL may be empty,
-and every ``CHECKPOINT_ROWS`` rows the worker itself committed (rare: only
-what the loop could not, because another connection held the write lock).
-Turns wait for step 2 (a full checkpoint truncates and syncs the database
+The same step 2 happens once when the loop side starts, as the WAL may be
+empty. Rows the worker itself committed (rare: only what the loop could
+not, because another connection held the write lock) are checkpointed every
+``CHECKPOINT_ROWS`` with no pin: the loop's commits are held back through
+that whole pass and the restart (:meth:`Checkpoints._worker_checkpoint`).
+On the loop's own path, turns wait for step 2 (a full checkpoint truncates and syncs the database
 file, then the header sync: 2-7 ms on our test VM), about once a second at
 10,000 turns/s; the loop itself never waits. The threshold is checked at
 checkpoints, so the WAL overshoots it: its file peaked at ~80 MB at 10,000
@@ -116,6 +118,7 @@ class Checkpoints:
     def _loop_owned(self) -> None:
         """Make sure the loop's first commit syncs nothing; then checkpoints are ours."""
         conn = self._connect()
+        self._hold_commits()  # held from __init__ at the first claim; not at a later one
         self._finish_checkpoint(conn)
         conn.execute("PRAGMA wal_autocheckpoint=0")
 
@@ -157,10 +160,13 @@ class Checkpoints:
         """More passes, each up to a newer pin, until one copies at most ``SMALL_PASS``
         frames (``copied``: how far the WAL is copied so far).
 
-        Each copies what the loop committed during the one before, so the last
-        one (:meth:`_restart_wal`, with the loop's commits held back) has only
-        that much to copy, not the megabytes written during a long pass.
-        Returns the pin now held (on an error, :meth:`_restart_wal` ends any).
+        Each copies what the loop committed during the one before (the newer
+        pin is taken just after it). What the last one (:meth:`_restart_wal`,
+        with the loop's commits held back) will copy is what arrives during
+        this pass, which SQLite cannot tell us ahead; passes take about as long
+        as each other, so this pass's count stands in for it, at most
+        ``MAX_PASSES`` times. Returns the pin now held (on an error,
+        :meth:`_restart_wal` ends any).
         """
         assert self._conn is not None
         for _ in range(MAX_PASSES):

@@ -141,12 +141,17 @@ TURN_ERRORS = (sqlite3.Error, ValueError, OverflowError)
 
 
 def commit_each(conn: sqlite3.Connection, turns: Sequence[list[Row]]) -> Outcome:
-    """Commit each turn's rows in a transaction of its own."""
+    """Commit each turn's rows in a transaction of its own.
+
+    Whatever one turn's transaction raises (even an error nobody foresaw) is
+    that turn's error: the turns before it are committed, and their callers
+    must hear so.
+    """
     errors: list[BaseException | None] = []
     for turn in turns:
         try:
             transaction(conn, turn)
-        except TURN_ERRORS as exc:
+        except Exception as exc:
             if is_busy(exc):
                 return errors, exc
             errors.append(exc)

@@ -28,6 +28,7 @@ __all__ = ["WalSyncer"]
 log = logging.getLogger("onethread.history.sqlite")
 
 _sync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+_MAX_BACKOFF = 60.0  # seconds between attempts while syncing fails
 # Windows flushes only a handle opened for writing; POSIX syncs any descriptor.
 _OPEN_FLAGS = (os.O_RDWR if os.name == "nt" else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0)
 
@@ -37,14 +38,15 @@ class WalSyncer:
     worker thread), at most every ``every`` seconds, one sync at a time.
 
     :meth:`committed` runs on the loop thread after each commit and owns
-    ``_next``, ``_job`` and ``failed``; :meth:`sync` and :meth:`close` run on
+    ``_next``, ``_job`` and ``_backoff``; :meth:`sync` and :meth:`close` run on
     the worker thread and own ``_fd``. Nothing is shared between the two but
     the future. ``db_path`` may be a symlink: SQLite keeps the WAL next to
     the real file, so that is the one synced.
 
-    A sync that fails is logged once and syncing stops (SQLite's own
-    checkpoints still sync, and report their errors): a disk that fails
-    every 10 ms would otherwise fill the log.
+    A sync that fails is logged and tried again after 1 s, then 2, 4... up to
+    60 s (a disk failing every 10 ms would otherwise fill the log); the
+    first one that works again is logged too. SQLite's own checkpoints sync
+    meanwhile, and report their own errors.
     """
 
     def __init__(
@@ -57,7 +59,7 @@ class WalSyncer:
         self._job: concurrent.futures.Future[None] | None = None
         self._fd: int | None = None
         self.syncs = 0  # completed syncs (for tests and diagnostics)
-        self.failed = False
+        self._backoff = 0.0  # seconds to wait after a failed sync (0: the last one worked)
 
     def committed(self) -> None:
         """A commit wrote to the WAL: have it synced, unless a sync ran very recently."""
@@ -68,15 +70,19 @@ class WalSyncer:
             self._job = None
             error = job.exception()
             if error is not None:
-                self.failed = True
+                self._backoff = min(_MAX_BACKOFF, self._backoff * 2 or 1.0)
+                self._next = time.monotonic() + self._backoff
                 log.error(
-                    "syncing %s failed, so the WAL is no longer synced between checkpoints "
-                    "(turn latency may suffer; check the disk): %s",
+                    "syncing %s failed: %s; trying again in %.0f s (until then turns may "
+                    "stall while checkpoints sync the WAL: check the disk)",
                     self.wal_path(),
                     error,
+                    self._backoff,
                 )
-        if self.failed:
-            return
+                return
+            if self._backoff:
+                log.warning("syncing %s works again", self.wal_path())
+                self._backoff = 0.0
         now = time.monotonic()
         if now < self._next:
             return
@@ -96,6 +102,11 @@ class WalSyncer:
                 return
         _sync(fd)
         self.syncs += 1
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last sync failed (and the next waits for its back-off)."""
+        return self._backoff > 0
 
     def wal_path(self) -> str:
         """Where SQLite keeps the WAL: next to the database file, symlinks resolved."""

@@ -48,7 +48,8 @@ those appends now and then, for about as long as the sync takes; a
 checkpoint's sync of 200 ms of WAL stalled the loop's commits for 5-10 ms. So
 while turns commit, the worker syncs the WAL at most every 10 ms
 (``_sqlite_wal.WalSyncer``): each sync is small, and the checkpoint's own
-sync finds little left to write.
+sync finds little left to write. A failing sync is logged and retried after
+1 s, then 2, 4... up to a minute, until one works again.
 
 **Read cache.** The loop side keeps the newest entries of recently used keys
 (``_sqlite_cache.TailCache``, at most ``cache_entries``). It is exact: every
@@ -122,7 +123,9 @@ class SQLiteHistoryStore(Checkpoints):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, cache_entries: int = 25_000) -> None:
-        self.path = Path(path).expanduser()
+        # Absolute: connections opened later (the loop side, at its first call) and
+        # the WAL syncer must find the same file after a chdir.
+        self.path = Path(path).expanduser().absolute()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onethread-sqlite")
         self._conn: sqlite3.Connection | None = None  # the worker thread's
         self._closed = False
@@ -307,7 +310,7 @@ class SQLiteHistoryStore(Checkpoints):
 
     def _flush(self) -> None:
         """Commit the queued turns (one loop iteration's worth) in one transaction."""
-        self._flushing = True  # first our flag, then the worker's (see _run_checkpoint)
+        self._flushing = True  # first our flag, then the worker's (_hold_commits, _newer_pin)
         try:
             # Held back while a hand-off is under way or the worker ends a
             # checkpoint; both flush when done.
@@ -355,11 +358,12 @@ class SQLiteHistoryStore(Checkpoints):
                     # One transaction, no other writer, AUTOINCREMENT: consecutive ids.
                     last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                     first_id = last - len(rows) + 1
-        except Exception as exc:  # unexpected (not one turn's fault): tell every caller
-            for *_, fut in batch:
+        except Exception as exc:  # the shared attempt failed unforeseen: nothing written
+            for key, *_, fut in batch:
+                self._cache.drop(key)
                 if not fut.done():
                     fut.set_exception(exc)
-            for held in (pin, asked):  # nothing was written beyond them
+            for held in (pin, asked):  # end the snapshots; a later commit checkpoints
                 if held is not None and held.in_transaction:
                     held.execute("COMMIT")
             return
