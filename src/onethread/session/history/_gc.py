@@ -33,7 +33,8 @@ def _load() -> Callable[[Any], None] | None:
         return None
     fn.argtypes = [ctypes.py_object]
     fn.restype = None
-    return fn
+    untrack_fn: Callable[[Any], None] = fn
+    return untrack_fn
 
 
 _untrack = _load()
