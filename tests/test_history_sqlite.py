@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,15 @@ from onethread.session.history.sqlite import SQLiteHistoryStore
 
 def e(content: str, ts: float, role: str = "user") -> HistoryEntry:
     return HistoryEntry(role=role, content=content, timestamp=ts)
+
+
+@pytest.fixture
+async def claimed(tmp_path: Path) -> AsyncIterator[SQLiteHistoryStore]:
+    """A store whose loop side this test's loop has claimed (one append made)."""
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    await store.append("warm", [e("x", 0)])
+    yield store
+    await store.close()
 
 
 async def test_a_crowd_of_first_calls_claims_the_loop_once(
@@ -67,43 +77,35 @@ async def test_the_cache_sees_writes_from_another_connection(tmp_path: Path) -> 
         await asyncio.to_thread(lambda: asyncio.run(other.close()))
 
 
-async def test_one_failing_turn_in_a_shared_commit_fails_alone(tmp_path: Path) -> None:
-    store = SQLiteHistoryStore(tmp_path / "h.db")
-    try:
-        await store.append("warm", [e("x", 0)])  # the loop side is claimed
-        with sqlite3.connect(tmp_path / "h.db") as raw:
-            raw.execute(
-                "CREATE TRIGGER poison BEFORE INSERT ON entries WHEN NEW.content = 'poison' "
-                "BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
-            )
-        results = await asyncio.gather(
-            store.append("a", [e("a1", 1), e("a2", 2)]),
-            store.append("b", [e("b1", 1), e("poison", 2)]),
-            store.append("c", [e("c1", 1)]),
-            return_exceptions=True,
+async def test_one_failing_turn_in_a_shared_commit_fails_alone(claimed: SQLiteHistoryStore) -> None:
+    store = claimed
+    with sqlite3.connect(store.path) as raw:
+        raw.execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON entries WHEN NEW.content = 'poison' "
+            "BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
         )
-        assert results[0] is None and results[2] is None
-        assert isinstance(results[1], sqlite3.IntegrityError)
-        assert [x.content for x in await store.load("a", 10)] == ["a1", "a2"]
-        assert await store.load("b", 10) == []  # all of the turn or none of it
-        assert [x.content for x in await store.load("c", 10)] == ["c1"]
-    finally:
-        await store.close()
+    results = await asyncio.gather(
+        store.append("a", [e("a1", 1), e("a2", 2)]),
+        store.append("b", [e("b1", 1), e("poison", 2)]),
+        store.append("c", [e("c1", 1)]),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert [x.content for x in await store.load("a", 10)] == ["a1", "a2"]
+    assert await store.load("b", 10) == []  # all of the turn or none of it
+    assert [x.content for x in await store.load("c", 10)] == ["c1"]
 
 
-async def test_a_cancelled_append_is_not_stored(tmp_path: Path) -> None:
-    store = SQLiteHistoryStore(tmp_path / "h.db")
-    try:
-        await store.append("warm", [e("x", 0)])
-        task = asyncio.create_task(store.append("k", [e("never", 1)]))
-        await asyncio.sleep(0)  # queued for the next group commit, not yet written
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await store.append("k", [e("kept", 2)])
-        assert [x.content for x in await store.load("k", 10)] == ["kept"]
-    finally:
-        await store.close()
+async def test_a_cancelled_append_is_not_stored(claimed: SQLiteHistoryStore) -> None:
+    store = claimed
+    task = asyncio.create_task(store.append("k", [e("never", 1)]))
+    await asyncio.sleep(0)  # queued for the next group commit, not yet written
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.append("k", [e("kept", 2)])
+    assert [x.content for x in await store.load("k", 10)] == ["kept"]
 
 
 async def test_appends_queued_at_close_are_committed(tmp_path: Path) -> None:
@@ -146,25 +148,21 @@ async def test_the_wal_stays_bounded_under_steady_appends(
 
 
 async def test_a_failing_checkpoint_is_logged_and_turns_go_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    claimed: SQLiteHistoryStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(checkpoint_module, "CHECKPOINT_ROWS", 16)
-    store = SQLiteHistoryStore(tmp_path / "h.db")
-    try:
-        await store.append("warm", [e("x", 0)])
-        monkeypatch.setattr(checkpoint_module, "CHECKPOINT", "PRAGMA wal_checkpoint(NO_SUCH_MODE")
-        with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
-            for turn in range(40):
-                await store.append("k", [e(f"m{turn}", turn)])
-            for _ in range(100):
-                if "checkpoint failed" in caplog.text:
-                    break
-                await asyncio.sleep(0.01)
-        assert "checkpoint failed" in caplog.text
-        assert await store.count("k") == 40
-        assert not store._quiet  # the loop's commits are not held back for ever
-    finally:
-        await store.close()
+    store = claimed
+    monkeypatch.setattr(checkpoint_module, "CHECKPOINT", "PRAGMA wal_checkpoint(NO_SUCH_MODE")
+    with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
+        for turn in range(40):
+            await store.append("k", [e(f"m{turn}", turn)])
+        for _ in range(100):
+            if "checkpoint failed" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+    assert "checkpoint failed" in caplog.text
+    assert await store.count("k") == 40
+    assert not store._quiet  # the loop's commits are not held back for ever
 
 
 async def test_the_wal_is_synced_while_turns_commit(tmp_path: Path) -> None:
@@ -382,42 +380,36 @@ async def test_a_failed_catch_up_pass_ends_every_pin_and_logs_the_cause(
         await store.close()
 
 
-async def test_values_sqlite_cannot_store_fail_their_turn_alone(tmp_path: Path) -> None:
-    store = SQLiteHistoryStore(tmp_path / "h.db")
-    try:
-        await store.append("warm", [e("x", 0)])
-        results = await asyncio.gather(
-            store.append("a", [e("fine", 1)]),
-            store.append("b", [e("lone surrogate \ud800", 1)]),
-            store.append("c", [e("fine too", 2)]),
-            return_exceptions=True,
-        )
-        assert results[0] is None and results[2] is None
-        assert isinstance(results[1], UnicodeEncodeError)
-        assert await store.load("b") == []
-        assert [x.content for x in await store.load("c")] == ["fine too"]
-        await store.append("d", [e("big int time", 2**70)])  # type: ignore[arg-type]
-        [big] = await store.load("d")
-        assert big.timestamp == float(2**70)
-        assert store._pin is not None and not store._pin.in_transaction
-    finally:
-        await store.close()
+async def test_values_sqlite_cannot_store_fail_their_turn_alone(
+    claimed: SQLiteHistoryStore,
+) -> None:
+    store = claimed
+    results = await asyncio.gather(
+        store.append("a", [e("fine", 1)]),
+        store.append("b", [e("lone surrogate \ud800", 1)]),
+        store.append("c", [e("fine too", 2)]),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], UnicodeEncodeError)
+    assert await store.load("b") == []
+    assert [x.content for x in await store.load("c")] == ["fine too"]
+    await store.append("d", [e("big int time", 2**70)])  # type: ignore[arg-type]
+    [big] = await store.load("d")
+    assert big.timestamp == float(2**70)
+    assert store._pin is not None and not store._pin.in_transaction
 
 
 async def test_a_failed_checkpoint_after_a_worker_commit_does_not_fail_the_turns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    claimed: SQLiteHistoryStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = SQLiteHistoryStore(tmp_path / "h.db")
-    try:
-        await store.append("warm", [e("x", 0)])  # the loop side is claimed
-        monkeypatch.setattr(checkpoint_module, "CHECKPOINT", "PRAGMA wal_checkpoint(NO_SUCH_MODE")
-        store._worker_rows = 10**6  # due a checkpoint on the worker's next commit
-        row = sqlite_module.entry_to_row("k", e("stored", 1))
-        with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
-            errors = await store._run(store._append_turns, [[row]])
-        assert errors == [None]  # committed: the caller must not retry it
-        assert "checkpoint failed" in caplog.text
-        assert not store._quiet
-        assert [x.content for x in await store.load("k")] == ["stored"]
-    finally:
-        await store.close()
+    store = claimed
+    monkeypatch.setattr(checkpoint_module, "CHECKPOINT", "PRAGMA wal_checkpoint(NO_SUCH_MODE")
+    store._worker_rows = 10**6  # due a checkpoint on the worker's next commit
+    row = sqlite_module.entry_to_row("k", e("stored", 1))
+    with caplog.at_level(logging.ERROR, logger="onethread.history.sqlite"):
+        errors = await store._run(store._append_turns, [[row]])
+    assert errors == [None]  # committed: the caller must not retry it
+    assert "checkpoint failed" in caplog.text
+    assert not store._quiet
+    assert [x.content for x in await store.load("k")] == ["stored"]
