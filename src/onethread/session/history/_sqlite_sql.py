@@ -55,19 +55,12 @@ def row_to_entry(row: Row, skip: int = 0) -> HistoryEntry:
     role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, meta = (
         row[skip:] if skip else row
     )
+    metadata = json.loads(meta) if meta != "{}" else {}
+    # The columns are HistoryEntry's fields, in its order.
     return HistoryEntry(
-        role=role,
-        content=content,
-        timestamp=ts,
-        platform=platform,
-        chat_id=chat_id,
-        user_id=user_id,
-        user_name=user_name,
-        message_id=message_id,
-        mirror=bool(mirror),
-        source=source,
-        metadata=json.loads(meta) if meta != "{}" else {},
-    )
+        role, content, ts, platform, chat_id, user_id, user_name, message_id, bool(mirror),
+        source, metadata,
+    )  # fmt: skip
 
 
 def entry_to_row(key: str, e: HistoryEntry) -> Row:

@@ -64,19 +64,11 @@ _QUERIES = {
 
 def _row_to_entry(row: Sequence[Any]) -> HistoryEntry:
     role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, meta = row
+    # The columns are HistoryEntry's fields, in its order.
     return HistoryEntry(
-        role=role,
-        content=content,
-        timestamp=float(ts),
-        platform=platform,
-        chat_id=chat_id,
-        user_id=user_id,
-        user_name=user_name,
-        message_id=message_id,
-        mirror=bool(mirror),
-        source=source,
-        metadata=dict(meta or {}),
-    )
+        role, content, float(ts), platform, chat_id, user_id, user_name, message_id,
+        bool(mirror), source, dict(meta or {}),
+    )  # fmt: skip
 
 
 def _text(value: str) -> str:
