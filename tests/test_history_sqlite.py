@@ -19,6 +19,8 @@ import onethread.session.history._sqlite_checkpoint as checkpoint_module
 import onethread.session.history._sqlite_sql as sql_module
 import onethread.session.history._sqlite_wal as wal_module
 import onethread.session.history.sqlite as sqlite_module
+from onethread.errors import CorruptStoreError, StoreError
+from onethread.session._sqlite import retry_busy
 from onethread.session.history._sqlite_wal import WalSyncer
 from onethread.session.history.base import HistoryEntry
 from onethread.session.history.sqlite import SQLiteHistoryStore
@@ -413,3 +415,42 @@ async def test_a_failed_checkpoint_after_a_worker_commit_does_not_fail_the_turns
     assert "checkpoint failed" in caplog.text
     assert not store._quiet
     assert [x.content for x in await store.load("k")] == ["stored"]
+
+
+def test_retry_busy_waits_out_a_busy_answer_and_nothing_else() -> None:
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    answers: list[object] = [busy, busy, "done"]
+
+    def step() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    assert retry_busy(step, 5.0) == "done"
+    broken = sqlite3.OperationalError("no such table: x")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        retry_busy(lambda: (_ for _ in ()).throw(broken), 5.0)  # not busy: at once
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        retry_busy(lambda: (_ for _ in ()).throw(busy), 0.05)  # busy past the timeout
+
+
+async def test_a_locked_file_at_open_is_reported_locked_not_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_OPEN_TIMEOUT", 0.2)
+    path = tmp_path / "h.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write on a new file
+    store = SQLiteHistoryStore(path)
+    try:
+        with pytest.raises(StoreError, match="locked") as caught:
+            await store.load("k")
+        assert not isinstance(caught.value, CorruptStoreError)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    await store.append("k", [e("later", 1)])  # the lock gone, the same store works
+    assert [x.content for x in await store.load("k")] == ["later"]
+    await store.close()

@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CorruptStoreError
+from ..errors import CorruptStoreError, StoreError
+from ._sqlite import is_busy, retry_busy
 from .urls import onethread_home
 
 __all__ = [
@@ -118,7 +119,7 @@ class PairingStore:
             self._conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
-            self._conn.executescript(_SCHEMA)
+            retry_busy(lambda: self._conn.executescript(_SCHEMA), 10.0)
             row = self._conn.execute("SELECT v FROM meta WHERE k = 'salt'").fetchone()
             if row is None:
                 self._conn.execute(
@@ -126,6 +127,8 @@ class PairingStore:
                 )
                 row = self._conn.execute("SELECT v FROM meta WHERE k = 'salt'").fetchone()
         except sqlite3.DatabaseError as exc:
+            if is_busy(exc):  # locked, not broken: say so, and touch nothing
+                raise StoreError(f"{self.path}: locked by another process ({exc})") from exc
             raise CorruptStoreError(self.path, f"not a readable pairing database ({exc})") from exc
         self._salt = bytes.fromhex(row[0])
         if self.path != ":memory:":

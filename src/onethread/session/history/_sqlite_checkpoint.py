@@ -51,7 +51,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from ._sqlite_sql import begin_read, is_busy
+from .._sqlite import is_busy
+from ._sqlite_sql import begin_read
 
 log = logging.getLogger("onethread.history.sqlite")
 

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from .._sqlite import is_busy
 from .base import HistoryEntry
 
 Row = tuple[Any, ...]
@@ -48,7 +49,6 @@ SELECT_LAST_IDS = (
     f"SELECT id, {COLUMNS} FROM entries WHERE key = ? ORDER BY ts DESC, id DESC LIMIT ?"
 )
 COUNT_UPTO = "SELECT count(*) FROM (SELECT 1 FROM entries WHERE key = ? LIMIT ?)"
-BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 def row_to_entry(row: Row, skip: int = 0) -> HistoryEntry:
@@ -69,12 +69,6 @@ def entry_to_row(key: str, e: HistoryEntry) -> Row:
         key, e.role, e.content, float(e.timestamp), e.platform, e.chat_id, e.user_id, e.user_name,
         e.message_id, int(e.mirror), e.source, meta,
     )  # fmt: skip
-
-
-def is_busy(exc: BaseException) -> bool:
-    """True when SQLite refused because another connection holds a lock."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF in BUSY
 
 
 def select_entries(conn: sqlite3.Connection, key: str, limit: int | None) -> list[HistoryEntry]:

@@ -72,7 +72,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ...errors import CorruptStoreError, SchemaVersionError
+from ...errors import CorruptStoreError, SchemaVersionError, StoreError
+from .._sqlite import is_busy, retry_busy
 from ._sqlite_cache import TailCache
 from ._sqlite_checkpoint import Checkpoints
 from ._sqlite_sql import (
@@ -85,7 +86,6 @@ from ._sqlite_sql import (
     commit_each,
     commit_turns,
     entry_to_row,
-    is_busy,
     row_to_entry,
     select_entries,
     transaction,
@@ -97,6 +97,11 @@ from .base import HistoryEntry, SessionSummary
 __all__ = ["SCHEMA_VERSION", "SQLiteHistoryStore"]
 
 SCHEMA_VERSION = 1
+_OPEN_TIMEOUT = 30.0  # seconds to wait for other connections' locks (worker side)
+# Several processes may create the file at once: one row, whoever is first.
+_FIRST_VERSION = (
+    "INSERT INTO schema_version (version) SELECT ? WHERE NOT EXISTS (SELECT 1 FROM schema_version)"
+)
 T = TypeVar("T")
 
 _LOOP_READ_MAX = 256  # larger loads run on the worker thread
@@ -162,18 +167,20 @@ class SQLiteHistoryStore(Checkpoints):
             return self._conn
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(self.path, timeout=_OPEN_TIMEOUT, isolation_level=None)
+            retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"), _OPEN_TIMEOUT)
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
+            retry_busy(lambda: conn.executescript(SCHEMA), _OPEN_TIMEOUT)
             found = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            if found is None:
+                retry_busy(lambda: conn.execute(_FIRST_VERSION, (SCHEMA_VERSION,)), _OPEN_TIMEOUT)
         except sqlite3.DatabaseError as exc:
+            if is_busy(exc):  # locked, not broken: say so, and touch nothing
+                raise StoreError(f"{self.path}: locked by another process ({exc})") from exc
             raise CorruptStoreError(
                 str(self.path), f"not a readable SQLite database ({exc})"
             ) from exc
-        if found is None:
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif found > SCHEMA_VERSION:
+        if found is not None and found > SCHEMA_VERSION:
             conn.close()
             raise SchemaVersionError(str(self.path), found, SCHEMA_VERSION)
         try:
