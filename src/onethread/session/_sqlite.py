@@ -1,13 +1,14 @@
 """Helpers shared by the stores kept in SQLite files (history, identity, pairing).
 
 :func:`is_busy` tells a lock held by another connection from a real error.
-:func:`retry_busy` runs a set-up step that SQLite may refuse at once with
-``SQLITE_BUSY`` instead of waiting out the busy timeout: a write that would
-start from a snapshot another process has just moved past
-(``SQLITE_BUSY_SNAPSHOT``) is refused without calling the busy handler. With
-several processes opening one file while others commit thousands of times a
-second, that happens (it failed the four-process history test about once in
-a few dozen runs, reported as a corrupt file).
+:func:`retry_busy` runs a set-up step again while SQLite answers busy.
+SQLite waits out its busy timeout for most locks, but some answers come at
+once, without the busy handler (``SQLITE_BUSY_SNAPSHOT``, for one: a write
+starting from a snapshot another process has just moved past). The
+four-process history test met such an answer while opening a file that
+three other processes were committing to, under load (once in CI in each of
+two sessions; we did not see it again in 15 quiet runs), and the store
+reported the file as corrupt.
 """
 
 from __future__ import annotations
