@@ -82,7 +82,8 @@ class Job:
     (failed deliveries of the current occurrence); ``pending_reply`` (a
     prompt job's reply being retried, so the agent is not asked twice);
     ``last_run``, ``last_status`` (``delivered``, ``failed``, ``missed``) and
-    ``last_error`` of the last occurrence handled.
+    ``last_error`` of the last occurrence handled; ``retry_at``, when the
+    current occurrence (still ``next_run``) is tried again after a failure.
     """
 
     id: str
@@ -102,6 +103,7 @@ class Job:
     last_run: datetime | None = None
     last_status: str = ""
     last_error: str = ""
+    retry_at: datetime | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -112,7 +114,9 @@ class Job:
     @property
     def due(self) -> float | None:
         """Unix time the job next needs attention (``None`` once finished)."""
-        return self.next_run.timestamp() if self.status == ACTIVE else None
+        if self.status != ACTIVE:
+            return None
+        return (self.retry_at or self.next_run).timestamp()
 
     def describe(self) -> str:
         """How often: ``once``, ``every 0:30:00`` or ``cron 0 9 * * 1-5 (Europe/Berlin)``."""
@@ -147,6 +151,7 @@ class Job:
                 "last_run": None if self.last_run is None else _iso(self.last_run),
                 "last_status": self.last_status,
                 "last_error": self.last_error,
+                "retry_at": None if self.retry_at is None else _iso(self.retry_at),
                 "metadata": dict(self.metadata),
             },
             ensure_ascii=False,
@@ -158,6 +163,7 @@ class Job:
         d = json.loads(data)
         every = d.get("every")
         last_run = d.get("last_run")
+        retry_at = d.get("retry_at")
         st = status or d.get("status") or ACTIVE
         return cls(
             id=str(d["id"]),
@@ -177,6 +183,7 @@ class Job:
             last_run=None if last_run is None else datetime.fromisoformat(last_run),
             last_status=str(d.get("last_status") or ""),
             last_error=str(d.get("last_error") or ""),
+            retry_at=None if retry_at is None else datetime.fromisoformat(retry_at),
             metadata=dict(d.get("metadata") or {}),
         )
 
