@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._postgres import (
+from .._conn.postgres import (
     advisory_key,
     open_pool,
     psycopg,
@@ -25,7 +25,7 @@ from .._postgres import (
     store_error,
     validate_schema,
 )
-from .._shared import PerLoop
+from .._conn.shared import PerLoop
 from .base import Claim, Job
 
 __all__ = ["SCHEMA_VERSION", "PostgresJobStore"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .._redis import (
+from .._conn.redis import (
     LuaScript,
     RedisError,
     check_layout_async,
@@ -33,7 +33,7 @@ from .._redis import (
     store_error,
     validate_prefix,
 )
-from .._shared import PerLoop
+from .._conn.shared import PerLoop
 from .base import Claim, Job
 
 __all__ = ["LAYOUT", "RedisJobStore"]

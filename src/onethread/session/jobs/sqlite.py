@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ...errors import CorruptStoreError, StoreError
-from .._sqlite import is_busy, retry_busy
+from .._conn.sqlite import is_busy, retry_busy
 from .base import Claim, Job
 
 __all__ = ["SCHEMA_VERSION", "SQLiteJobStore"]
