@@ -185,7 +185,7 @@ def make_job(
         return job.evolve(next_run=at.astimezone(UTC))
     if every is not None:
         if not isinstance(every, timedelta) or every < MIN_EVERY:
-            raise ValueError(f"every must be a timedelta of at least 1 minute, got {every!r}")
+            raise ValueError(f"every must be a timedelta of at least 1 minute, got {every}")
         return job.evolve(every=every, next_run=start + every)
     assert cron is not None
     job = job.evolve(cron=check_cron(cron, tz))
