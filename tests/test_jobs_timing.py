@@ -51,7 +51,9 @@ def test_parse_when_reads_the_promised_forms(
     assert utc(parse_when(text, BERLIN, now=NOW)) == expected
 
 
-@pytest.mark.parametrize("text", ["", "soon", "in ten minutes", "tomorrow", "at 25:00", "in 5 parsecs"])
+@pytest.mark.parametrize(
+    "text", ["", "soon", "in ten minutes", "tomorrow", "at 25:00", "in 5 parsecs"]
+)
 def test_parse_when_refuses_the_rest_and_lists_the_forms(text: str) -> None:
     with pytest.raises(ValueError, match="tomorrow at 9"):
         parse_when(text, BERLIN, now=NOW)

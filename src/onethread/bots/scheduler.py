@@ -32,7 +32,6 @@ Exactly once, except for the window the store module states.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -41,7 +40,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from ..session.jobs.base import Claim, Job, JobStore
+from ..session.jobs.base import Claim, Job, JobStore, wait_event
 from ..session.jobs.timing import latest_at_or_before, next_after
 
 __all__ = ["Fire", "OnFailed", "Scheduler", "Undelivered"]
@@ -140,8 +139,7 @@ class Scheduler:
                     raise
                 except Exception as exc:  # the store is down: keep the loop, retry later
                     log.error("scheduler: the job store failed: %s; retrying in %g s", exc, backoff)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), backoff)
+                    await wait_event(self._wake, backoff)
                     self._wake.clear()
                     backoff = min(backoff * 2, 30.0)
         finally:
@@ -169,8 +167,7 @@ class Scheduler:
             timeout = min(timeout, max(nxt - self.clock(), 0.0))
         if timeout <= 0:
             timeout = 0.005  # due but taken by another host a moment ago: look again shortly
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await wait_event(self._wake, timeout)
         self._wake.clear()
 
     def _finished(self, task: asyncio.Task[None]) -> None:

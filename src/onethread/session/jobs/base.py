@@ -36,6 +36,7 @@ clocks must agree to well within the lease (NTP does this).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Mapping
@@ -51,11 +52,27 @@ __all__ = [
     "JobStatus",
     "JobStore",
     "new_job_id",
+    "wait_event",
 ]
 
 JobStatus = Literal["active", "done", "failed", "missed", "cancelled"]
 ACTIVE: JobStatus = "active"
 FINISHED: frozenset[str] = frozenset({"done", "failed", "missed", "cancelled"})
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; True if it was set.
+
+    Unlike ``asyncio.wait_for`` on Python 3.11, a cancellation that arrives
+    as the event is set is never swallowed (``asyncio.timeout`` tells its own
+    timeout from a cancel).
+    """
+    try:
+        async with asyncio.timeout(max(0.0, timeout)):
+            await event.wait()
+    except TimeoutError:
+        return event.is_set()
+    return True
 
 
 def new_job_id() -> str:

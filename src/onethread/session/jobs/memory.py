@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 
-from .base import ACTIVE, Claim, Job
+from .base import ACTIVE, Claim, Job, wait_event
 
 __all__ = ["MemoryJobStore"]
 
@@ -129,10 +129,7 @@ class MemoryJobStore:
         """Wait for a change made through this store, or ``timeout`` seconds."""
         if self._changed is None:
             self._changed = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._changed.wait(), max(0.0, timeout))
-        except TimeoutError:
-            pass
+        await wait_event(self._changed, max(0.0, timeout))
         self._changed.clear()
 
     async def get_zone(self, user: str) -> str | None:

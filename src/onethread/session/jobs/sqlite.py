@@ -19,7 +19,6 @@ no spinning.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
 import threading
@@ -30,7 +29,7 @@ from typing import TypeVar
 
 from ...errors import CorruptStoreError, StoreError
 from .._conn.sqlite import is_busy, retry_busy
-from .base import Claim, Job
+from .base import Claim, Job, wait_event
 
 __all__ = ["SCHEMA_VERSION", "SQLiteJobStore"]
 
@@ -257,8 +256,7 @@ class SQLiteJobStore:
         if self._seen_version is None:
             self._seen_version = await asyncio.to_thread(self._data_version)
         while (left := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, self.check_interval))
+            await wait_event(self._changed, min(left, self.check_interval))
             if self._changed.is_set():
                 break
             version = await asyncio.to_thread(self._data_version)
