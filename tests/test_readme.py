@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from onethread.bots import BotSessionManager
 from readme_examples import examples, run_example, run_plain_example
 
@@ -58,3 +60,16 @@ def test_session_manager_example(capsys: object) -> None:
 
 def test_resolvers_example() -> None:
     run_plain_example("resolvers", {})
+
+
+async def test_schedule_example_delivers_the_standup_reminder(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ns: dict[str, object] = {}
+    await run_example("schedule", ns)
+    telegram = ns["telegram"]
+    texts = [m.text for m in telegram.sent]  # type: ignore[attr-defined]
+    assert texts[-1] == "Reminder: your standup is in 5 minutes."
+    assert "Summarise what I asked you today" in capsys.readouterr().out
+    botos = ns["botos"]
+    assert await botos.jobs() == []  # type: ignore[attr-defined]  # one done, one cancelled
