@@ -130,8 +130,8 @@ def _cmd_add(args: argparse.Namespace) -> int:
                 args.user, args.text, at=at, every=every, cron=args.cron, prompt=args.prompt,
                 platform=args.platform, source_label=args.label, tz=tz,
             )  # fmt: skip
-        except ValueError as exc:
-            raise OnethreadError(str(exc)) from exc
+        except ValueError as exc:  # a usage mistake: exit 2, the message names the fix
+            raise ConfigError(str(exc)) from exc
         await store.add(job)
         return job
 
