@@ -303,3 +303,32 @@ async def test_idle_scheduler_sleeps_until_the_next_due_time(run: Run) -> None:
     before = Counting.claims
     await asyncio.sleep(0.5)
     assert Counting.claims == before  # no polling while nothing is due
+
+
+@pytest.mark.service
+async def test_a_busy_scheduler_on_redis_stops_promptly_when_cancelled() -> None:
+    """redis-py can swallow a cancel that lands inside a call (redis/redis-py#2028); the
+    loop must notice, or BotOS.stop() would wait for ever."""
+    import random
+
+    from onethread.session.jobs.redis import RedisJobStore
+    from services import redis_prefix, redis_url
+
+    with redis_prefix() as prefix:
+        store = RedisJobStore(redis_url(), prefix=prefix)
+        now = datetime.now(UTC).timestamp()
+        for i in range(400):
+            await store.add(make_job(f"u{i}", "x", at=timedelta(0), now=now))
+
+        async def fire(job: Job, occurrence: datetime) -> None:
+            await asyncio.sleep(0)
+
+        try:
+            for _ in range(15):
+                task = asyncio.create_task(Scheduler(store, fire, lease=5.0).run())
+                await asyncio.sleep(random.uniform(0, 0.05))
+                task.cancel()
+                async with asyncio.timeout(5):
+                    await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await store.close()

@@ -64,6 +64,14 @@ class Undelivered(Exception):
         self.pending_reply = pending_reply
 
 
+def _reraise_swallowed_cancel() -> None:
+    """Raise ``CancelledError`` if this task was cancelled but runs on: a store driver
+    (redis-py, redis/redis-py#2028) can swallow a cancel that lands inside a call."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _when(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -132,6 +140,7 @@ class Scheduler:
         backoff = 1.0
         try:
             while True:
+                _reraise_swallowed_cancel()
                 try:
                     await self._round()
                     backoff = 1.0
@@ -153,7 +162,9 @@ class Scheduler:
         """Claim and start what is due, then sleep until the next due time or a wake."""
         assert self._wake is not None
         free = self.concurrency - len(self._running)
-        if free > 0:
+        # Claim in batches (a quarter of the slots at least), not one per finished job:
+        # under a burst that halves the store round trips per job.
+        if free > 0 and (free >= max(1, self.concurrency // 4) or not self._running):
             claims = await self.store.claim(self.clock(), self.owner, self.lease, free)
             for claim in claims:
                 task = asyncio.create_task(self._handle(claim))
@@ -181,6 +192,7 @@ class Scheduler:
         while True:
             try:
                 await self.store.wait_changed(self.max_sleep)
+                _reraise_swallowed_cancel()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -206,7 +218,23 @@ class Scheduler:
         return job.evolve(status=final, **common)
 
     async def _handle(self, claim: Claim) -> None:
-        job, token = claim.job, claim.token
+        """Deliver (or skip) one claimed occurrence and write the job back.
+
+        The claim is kept alive (``_keep``) from the start until the job is
+        written back, so a slow store after a delivery does not let another
+        host take the job and send it again.
+        """
+        keeper = asyncio.create_task(self._keep(claim.job.id, claim.token, claim.until))
+        try:
+            updated = await self._outcome(claim, keeper)
+            if updated is not None:
+                await self._write_back(updated, claim.token, keeper)
+        finally:
+            keeper.cancel()
+
+    async def _outcome(self, claim: Claim, keeper: asyncio.Task[None]) -> Job | None:
+        """The job as it must be written back; ``None`` when the claim was lost."""
+        job = claim.job
         now = self.clock()
         occurrence = job.next_run if job.attempts else latest_at_or_before(job, now)
         late = now - occurrence.timestamp()
@@ -216,27 +244,19 @@ class Scheduler:
                 job.id, job.unified_user_id, _when(occurrence), late, self.grace,
             )  # fmt: skip
             error = f"missed by {late:.0f} s (grace {self.grace:.0f} s)"
-            await self._write_back(self._advance(job, now, occurrence, "missed", error), token)
-            return
+            return self._advance(job, now, occurrence, "missed", error)
         job = job.evolve(next_run=occurrence)
         delivery: asyncio.Future[None] = asyncio.ensure_future(self.fire(job, occurrence))
-        keeper = asyncio.create_task(self._keep(job.id, token, claim.until))
-        try:
-            await asyncio.wait({delivery, keeper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            keeper.cancel()
+        await asyncio.wait({delivery, keeper}, return_when=asyncio.FIRST_COMPLETED)
         if not delivery.done():
             delivery.cancel()
             await asyncio.gather(delivery, return_exceptions=True)
             log.warning("job %s: claim lost during delivery (cancelled or taken over)", job.id)
-            return
+            return None
         exc = delivery.exception()
         if exc is None:
             self.fired += 1
-            await self._write_back(
-                self._advance(job, self.clock(), occurrence, "delivered", ""), token
-            )
-            return
+            return self._advance(job, self.clock(), occurrence, "delivered", "")
         attempts = job.attempts + 1
         pending = exc.pending_reply if isinstance(exc, Undelivered) else job.pending_reply
         if attempts <= len(self.retry_delays):
@@ -246,13 +266,9 @@ class Scheduler:
                 job.id, job.unified_user_id, attempts, len(self.retry_delays) + 1, exc, delay,
             )  # fmt: skip
             retry = datetime.fromtimestamp(self.clock() + delay, UTC)
-            await self._write_back(
-                job.evolve(
-                    attempts=attempts, retry_at=retry, pending_reply=pending, last_error=str(exc)
-                ),
-                token,
+            return job.evolve(
+                attempts=attempts, retry_at=retry, pending_reply=pending, last_error=str(exc)
             )
-            return
         log.error(
             "job %s for %s: delivery of the occurrence of %s failed %d times; giving up: %s",
             job.id, job.unified_user_id, _when(occurrence), attempts, exc,
@@ -262,11 +278,27 @@ class Scheduler:
                 await self.failed(job.evolve(pending_reply=pending), occurrence, exc)
             except Exception:
                 log.exception("job %s: recording the failed delivery failed", job.id)
-        ended = self._advance(job, self.clock(), occurrence, "failed", str(exc))
-        await self._write_back(ended, token)
+        return self._advance(job, self.clock(), occurrence, "failed", str(exc))
 
-    async def _write_back(self, job: Job, token: int) -> None:
-        if not await self.store.release(job, token):
+    async def _write_back(self, job: Job, token: int, keeper: asyncio.Task[None]) -> None:
+        """Release the claim with ``job``; a store error is retried while the claim lives."""
+        pause = 0.05
+        while True:
+            try:
+                released = await self.store.release(job, token)
+                break
+            except Exception as exc:
+                if keeper.done():  # the claim is gone: another host may take the job over
+                    log.error(
+                        "job %s: could not write it back (%s) before its lease ended; the "
+                        "occurrence may be delivered again",
+                        job.id, exc,
+                    )  # fmt: skip
+                    return
+                log.warning("job %s: writing it back failed: %s; retrying", job.id, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.lease / 6)
+        if not released:
             log.warning(
                 "job %s changed while it was handled (cancelled, or taken over after the "
                 "lease); left as it is",

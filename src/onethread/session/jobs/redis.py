@@ -8,7 +8,8 @@ Key layout (``P`` is the prefix, default ``onethread:``)::
     P jobs:ids           set of every job id
     P jobs:user:{user}   set of the person's job ids
     P jobs:zones         hash: person -> time zone name
-    P jobs:changed       pub/sub channel: a job was added or cancelled
+    P jobs:changed       pub/sub channel: a job was added or cancelled (listened to in
+                         one-second reads, so a cancel redis-py swallowed is noticed)
 
 Claim, extend, release and cancel are Lua scripts, so each runs atomically
 on the server: a claim takes the ids due by ``now`` from ``jobs:due``, raises
@@ -96,13 +97,16 @@ class RedisJobStore:
     Args:
         url: ``redis://[:password@]HOST:PORT/DB``.
         prefix: namespace of the keys (default ``onethread:``).
+        max_connections: the pool's size; callers beyond it wait (30 s at most).
 
     Concurrency: safe from any task, loop, process or host. ``_clients`` (a
     ``PerLoop``) guards the connection pools; :meth:`wait_changed` keeps one
     pub/sub connection of its own.
     """
 
-    def __init__(self, url: str, *, prefix: str = "onethread:", **options: Any) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "onethread:", max_connections: int = 64, **options: Any
+    ) -> None:
         self.url = url
         self.prefix = validate_prefix(prefix)
         self._due = f"{self.prefix}jobs:due"
@@ -110,7 +114,11 @@ class RedisJobStore:
         opts: dict[str, Any] = {"decode_responses": True, **options}
 
         async def create(home: bool) -> redis.asyncio.Redis:
-            client = redis.asyncio.Redis.from_url(url, **opts)
+            # A burst of deliveries waits for a free connection instead of failing.
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=30, **opts
+            )
+            client = redis.asyncio.Redis.from_pool(pool)
             try:
                 await check_layout_async(client, f"{self.prefix}jobs:layout", LAYOUT, url)
             except BaseException:
@@ -266,7 +274,10 @@ class RedisJobStore:
             deadline = loop.time() + max(0.0, timeout)
             while (left := deadline - loop.time()) > 0:
                 reraise_swallowed_cancel()
-                message = await pubsub.get_message(timeout=left)
+                # In steps of a second: redis-py can swallow a cancel that lands while
+                # it reads (redis/redis-py#2028); each step notices one that did.
+                message = await pubsub.get_message(timeout=min(left, 1.0))
+                reraise_swallowed_cancel()  # redis-py may have eaten a cancel meanwhile
                 if message is not None:
                     return
         except RedisError as exc:
