@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 from ..errors import ConfigError
 from ..platforms.base import Inbound
 from ..session._shared import who
-from ..session.pairing import PairingStore
+from ..session.pairing import PairingStore, format_code
 
 __all__ = [
     "APPROVAL_PURPOSE",
@@ -138,8 +138,8 @@ class ApprovalPolicy:
             return None
         if msg.chat_type != "dm":
             return ""
-        code = await asyncio.to_thread(
-            self.store.issue,
+        issued = await asyncio.to_thread(
+            self.store.try_issue,
             APPROVAL_PURPOSE,
             msg.platform,
             msg.user_id,
@@ -149,16 +149,19 @@ class ApprovalPolicy:
             max_pending=self.max_pending,
             ttl=3600.0,
         )
-        if code is None:
-            if await asyncio.to_thread(self.store.live_codes, APPROVAL_PURPOSE, *account):
+        if issued.code is None:
+            if issued.refused == "account":
                 return ""  # this sender already holds a live code: one reply per code
+            if issued.refused == "full":
+                log.warning("approval code refused to %s: the pairing store is full",
+                            who(msg.platform, msg.user_id))  # fmt: skip
             if self._told.first(account):
                 return "This bot is not taking new users right now. Please try again later."
             return ""
         log.info("approval requested by %s", who(msg.platform, msg.user_id))
         return (
             "This bot answers approved people only. Ask its owner to run:\n"
-            f"onethread access approve {msg.platform} {code}\n"
+            f"onethread access approve {msg.platform} {format_code(issued.code)}\n"
             "The code is valid for one hour."
         )
 
