@@ -42,7 +42,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from ..platforms.base import Inbound
-from ..session._shared import who
+from ..session._conn.shared import who
 from ..session.identity.base import IdentityLink, unlinked_id
 from ..session.keys import unified_key
 from ..session.naming import candidates, name_from_display, requested_name

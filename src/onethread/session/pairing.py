@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import CorruptStoreError, SchemaVersionError, StoreError
-from ._sqlite import is_busy, retry_busy
-from .urls import onethread_home
+from ._conn.sqlite import is_busy, retry_busy
+from .home import onethread_home
 
 __all__ = [
     "ALPHABET",
