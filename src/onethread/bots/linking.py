@@ -42,7 +42,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from ..platforms.base import Inbound
-from ..session._conn.shared import who
+from ..session._conn.shared import masked, who
 from ..session.identity.base import IdentityLink, unlinked_id
 from ..session.keys import unified_key
 from ..session.naming import candidates, name_from_display, requested_name
@@ -76,6 +76,13 @@ _REFUSALS = {
     "busy": "Too many wrong codes were sent to me in the last hour, so linking is paused "
     "for everyone. Please try again later.",
 }
+
+
+def _display_name(platform: str, user_id: str, user_name: str) -> str:
+    """A name from the display name, never from an id that is a credential (the web chat's)."""
+    if user_name == user_id and masked(platform, user_id) != user_id:
+        return ""
+    return name_from_display(user_name)
 
 
 def link_help() -> list[str]:
@@ -191,7 +198,7 @@ class LinkFlow:
             if name:
                 lines.append(f'(You are already "{unified}", so the name "{name}" is not used.)')
         else:
-            base = name or name_from_display(msg.user_name)
+            base = name or _display_name(msg.platform, msg.user_id, msg.user_name)
             if base:
                 lines.append(
                     f'If neither account is linked yet, you will be called "{base}" '
@@ -273,8 +280,8 @@ class LinkFlow:
         assert resolver is not None
         base = (
             issuer.name
-            or name_from_display(issuer.user_name)
-            or name_from_display(msg.user_name)
+            or _display_name(issuer.platform, issuer.user_id, issuer.user_name)
+            or _display_name(msg.platform, msg.user_id, msg.user_name)
             or FALLBACK_NAME
         )
         claim = getattr(resolver, "claim", None)
