@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_issued_code_redeems_typed_any_way(tmp_path: Path) -> None:
 
 
 def test_a_file_from_0_1_opens_and_its_live_codes_still_redeem(legacy_db: Path) -> None:
-    store = PairingStore(legacy_db)
+    store = PairingStore(legacy_db, clock=Clock(LEGACY_MADE_AT + 60))  # a minute after 0.1 ran
     assert store.legacy_codes_live("link") and store.legacy_codes_live("approve")
     live = store.redeem("link", LEGACY["live_link"], by_platform="discord", by_user_id="d1")
     assert live.code is not None
@@ -243,3 +244,13 @@ def test_a_flood_from_10000_accounts_leaves_the_tables_bounded() -> None:
     for _ in range(max_failures // PRUNE_BATCH):
         store.approve("telegram", "owner")
     assert store.counts() == (0, 0)
+
+
+def test_the_readme_shows_codes_as_the_bot_sends_them() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    shown = re.findall(r"\b[A-Z2-9]{4}(?:-[A-Z2-9]{4})+\b", readme)
+    shape = re.compile(r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}")
+    assert shown and shape.fullmatch(format_code(generate_code()))
+    for code in shown:
+        assert shape.fullmatch(code) and normalize_code(code) == code.replace("-", "")
+    assert "/link k7qw2mxph4rt" in readme and normalize_code("k7qw2mxph4rt") == "K7QW2MXPH4RT"
