@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onethread.bots.policy import approve_code
-from onethread.errors import CorruptStoreError, SchemaVersionError
+from onethread.errors import CorruptStoreError, SchemaVersionError, StoreError
 from onethread.session.pairing import (
     ALPHABET,
     CODE_LENGTH,
@@ -254,3 +254,10 @@ def test_the_readme_shows_codes_as_the_bot_sends_them() -> None:
     for code in shown:
         assert shape.fullmatch(code) and normalize_code(code) == code.replace("-", "")
     assert "/link k7qw2mxph4rt" in readme and normalize_code("k7qw2mxph4rt") == "K7QW2MXPH4RT"
+
+
+def test_a_file_that_cannot_be_opened_is_a_store_error(tmp_path: Path) -> None:
+    folder = tmp_path / "pairing.db"
+    folder.mkdir()  # a folder where the file should be
+    with pytest.raises(StoreError, match="cannot open the pairing database"):
+        PairingStore(folder)

@@ -230,6 +230,9 @@ class PairingStore:
             self._conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the pairing database ({exc})") from exc
+        try:
             retry_busy(lambda: self._conn.executescript(_SCHEMA), 10.0)
             salt = retry_busy(self._migrate, 10.0)
         except sqlite3.DatabaseError as exc:
