@@ -264,3 +264,22 @@ async def test_two_processes_naming_two_alices_at_once_give_two_names(
     assert everyone == {"alice"} | {f"alice-{n}" for n in range(2, 11)}
     for w in worlds:
         w.resolver.close()
+
+
+async def test_a_full_store_and_paused_linking_are_said_plainly(
+    make_world: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="onethread")
+    world = await make_world(pairing=PairingStore(":memory:", max_codes=1, max_failures_total=2))
+    code = await world.code("telegram", "t1")
+    for user in ("t2", "t3"):
+        assert "Too many link codes" in await world.say("telegram", user, "/link")
+    for user in ("d1", "d2"):
+        assert "not valid" in await world.say("discord", user, "/link AAAA-AAAA-AAA2")
+    for user in ("d3", "d4"):  # even the right code: redemption is closed for an hour
+        assert "paused for everyone" in await world.say("discord", user, f"/link {code}")
+    assert world.resolver.resolve("discord", "d3") == "discord:d3"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    # One line per kind of trouble, not one per message.
+    assert sum("access.max_codes" in w for w in warnings) == 1
+    assert sum("brute-force" in w for w in warnings) == 1

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 from ..platforms.base import Inbound
@@ -118,6 +120,14 @@ class LinkFlow:
         self._store = store
         self.notify = notify
         self._busy = asyncio.Lock()
+        self._warned: dict[str, float] = {}  # event loop only
+
+    def _warn(self, what: str, message: str) -> None:
+        """Log a WARNING about ``what`` at most once a minute (a flood must not flood the log)."""
+        now = time.monotonic()
+        if now - self._warned.get(what, -math.inf) >= 60.0:
+            self._warned[what] = now
+            log.warning(message)
 
     @property
     def store(self) -> PairingStore:
@@ -175,8 +185,11 @@ class LinkFlow:
         )
         if issued.code is None:
             if issued.refused == "full":
-                log.warning("link code refused to %s: the pairing store is full",
-                            who(msg.platform, msg.user_id))  # fmt: skip
+                self._warn(
+                    "full",
+                    "link codes refused: the pairing store holds its maximum number of codes "
+                    "(access.max_codes); a flood of /link?",
+                )
                 return (
                     "Too many link codes are waiting to be used on this bot right now. "
                     "Please try again in a few minutes."
@@ -220,9 +233,13 @@ class LinkFlow:
                 by_user_id=msg.user_id,
             )
             if result.code is None:
-                level = logging.WARNING if result.error == "busy" else logging.INFO
-                log.log(level, "link refused for %s (%s)", who(msg.platform, msg.user_id),
-                        result.error)  # fmt: skip
+                log.info("link refused for %s (%s)", who(msg.platform, msg.user_id), result.error)
+                if result.error == "busy":
+                    self._warn(
+                        "busy",
+                        "links refused to everyone: too many wrong codes in the last hour, "
+                        "from many accounts; a brute-force attempt?",
+                    )
                 return _REFUSALS[result.error]
             issuer = result.code
             refusal = ""

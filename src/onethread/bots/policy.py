@@ -152,10 +152,10 @@ class ApprovalPolicy:
         if issued.code is None:
             if issued.refused == "account":
                 return ""  # this sender already holds a live code: one reply per code
-            if issued.refused == "full":
-                log.warning("approval code refused to %s: the pairing store is full",
-                            who(msg.platform, msg.user_id))  # fmt: skip
             if self._told.first(account):
+                if issued.refused == "full":
+                    log.warning("approval code refused to %s: the pairing store is full "
+                                "(access.max_codes)", who(msg.platform, msg.user_id))  # fmt: skip
                 return "This bot is not taking new users right now. Please try again later."
             return ""
         log.info("approval requested by %s", who(msg.platform, msg.user_id))
