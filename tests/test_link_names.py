@@ -283,3 +283,20 @@ async def test_a_full_store_and_paused_linking_are_said_plainly(
     # One line per kind of trouble, not one per message.
     assert sum("access.max_codes" in w for w in warnings) == 1
     assert sum("brute-force" in w for w in warnings) == 1
+
+
+async def test_a_name_whose_accounts_all_left_stays_with_its_conversation(make_world: Any) -> None:
+    """Unlinking every account frees no name while its conversation is kept."""
+    world = await make_world()
+    assert (await world.pair(("telegram", "t1", "Alice"), ("discord", "d1", "A"))).startswith(
+        'Linked as "alice"'
+    )
+    await world.say("telegram", "t1", "my secret is 42", user_name="Alice")
+    for platform, user in (("telegram", "t1"), ("discord", "d1")):
+        assert "no longer linked" in await world.say(platform, user, "/unlink")
+    assert world.resolver.links_for("alice") == []
+    confirm = await world.pair(("slack", "s1", "Alice"), ("discord", "d2", "Other Alice"))
+    assert confirm.startswith('Linked as "alice-2"')
+    await world.say("slack", "s1", "what is my secret?", user_name="Alice")
+    history = world.botos.agent.calls[-1][0]  # type: ignore[union-attr]
+    assert all("42" not in entry.content for entry in history)
