@@ -234,7 +234,7 @@ class PairingStore:
             raise StoreError(f"{self.path}: cannot open the pairing database ({exc})") from exc
         try:
             retry_busy(lambda: self._conn.executescript(_SCHEMA), 10.0)
-            salt = retry_busy(self._migrate, 10.0)
+            salt = self._current_salt() or retry_busy(self._migrate, 10.0)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             if is_busy(exc):  # locked, not broken: say so, and touch nothing
@@ -246,6 +246,13 @@ class PairingStore:
         self._salt = bytes.fromhex(salt)
         if self.path != ":memory:":
             os.chmod(self.path, 0o600)
+
+    def _current_salt(self) -> str | None:
+        """The salt, when the file is already at this schema (no write needed to open it)."""
+        meta = dict(self._conn.execute("SELECT k, v FROM meta WHERE k IN ('schema', 'salt')"))
+        if meta.get("schema") == str(SCHEMA_VERSION) and "salt" in meta:
+            return str(meta["salt"])
+        return None
 
     def _migrate(self) -> str:
         """Bring a 0.1 file to schema 2 and make the salt, in one transaction; return the salt."""
