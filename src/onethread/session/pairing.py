@@ -14,19 +14,20 @@ call's work is bounded) codes that expired more than ``EXPIRED_KEPT`` seconds
 ago (kept that long so a late redemption hears "expired", not "invalid") and
 failures older than the lockout window. ``max_codes`` caps the codes kept
 (live, used, or expired less than ``EXPIRED_KEPT`` ago) across every account
-and purpose; ``max_failures_total`` caps the failures counted in the lockout window
-across every account: past it, redemptions by accounts are refused as
-``"busy"`` without looking at the code (fail closed), until the window moves
-on. So the ``codes`` table never holds more than ``max_codes`` rows and the
-``failures`` table never more than ``max_failures_total``, whatever the number of
-accounts (a file that already held more, expired, rows loses ``PRUNE_BATCH`` -
-1 of them per write).
+and purpose; ``max_failures_total`` caps the failures counted in the lockout
+window across every account: past it, redemptions by accounts are refused as
+``"busy"`` without looking at the code (fail closed: guessing cannot go on),
+until the window moves on. So a file written by this release never holds more
+than ``max_codes`` codes and ``max_failures_total`` failures, whatever the
+number of accounts; rows beyond that (a file from 0.1) go ``PRUNE_BATCH`` at a
+time once they are due.
 
 Migration. A file made by onethread 0.1 (8-character codes, no ``meta``
 schema row) is upgraded in place on open: two columns (``name``, ``length``;
 existing codes get ``length`` 8), two indexes, ``schema`` = 2 in ``meta``.
 Codes issued by 0.1 still redeem until they expire (:func:`normalize_code`
-accepts 8 characters too; an 8-character guess matches nothing else). A file
+accepts 8 characters too; once they are gone, an 8-character guess matches
+nothing). A file
 from a newer onethread raises ``SchemaVersionError``.
 
 Everything lives in one SQLite database (default ``$ONETHREAD_HOME/pairing.db``)
