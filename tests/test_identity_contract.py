@@ -436,7 +436,16 @@ def test_resolve_is_fast(resolver: Resolver) -> None:
     assert rate > 250_000, f"{rate:,.0f} resolves/s"
 
 
-@pytest.mark.parametrize("kind", ["file", "sqlite", "redis", "postgres"])
+@pytest.mark.multiprocess
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "file",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.service),
+        pytest.param("postgres", marks=pytest.mark.service),
+    ],
+)
 def test_claims_from_several_processes_have_one_winner_each(kind: str, tmp_path: Path) -> None:
     """Four OS processes claim the same ten ids at once: each id goes to exactly one."""
     from _claim_worker import run_claims
