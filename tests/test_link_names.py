@@ -18,6 +18,7 @@ import pytest
 from helpers import RecordingAgent
 from onethread.bots import Bot, BotOS
 from onethread.bots.policy import OpenPolicy
+from onethread.errors import StoreError
 from onethread.session import IdentityLink, InMemoryIdentityResolver, SQLiteIdentityResolver
 from onethread.session.identity.base import unlinked_id
 from onethread.session.pairing import LEGACY_CODE_LENGTH, PairingStore
@@ -300,3 +301,28 @@ async def test_a_name_whose_accounts_all_left_stays_with_its_conversation(make_w
     await world.say("slack", "s1", "what is my secret?", user_name="Alice")
     history = world.botos.agent.calls[-1][0]  # type: ignore[union-attr]
     assert all("42" not in entry.content for entry in history)
+
+
+class FailsOnce(InMemoryIdentityResolver):
+    """Refuses the first link of one account, as a store that went away for a moment."""
+
+    def __init__(self, account: tuple[str, str]) -> None:
+        super().__init__()
+        self.account, self.failed = account, False
+
+    def link(self, platform: str, platform_user_id: str, unified_user_id: str) -> None:
+        if (platform, platform_user_id) == self.account and not self.failed:
+            self.failed = True
+            raise StoreError("the identity store is unreachable")
+        super().link(platform, platform_user_id, unified_user_id)
+
+
+async def test_a_store_failure_half_way_leaves_the_code_usable(make_world: Any) -> None:
+    resolver = FailsOnce(("discord", "d1"))
+    world = await make_world(resolver=resolver)
+    code = await world.code("telegram", "t1", user_name="Alice")
+    failed = await world.say("discord", "d1", f"/link {code}")
+    assert "went wrong" in failed and resolver.resolve("telegram", "t1") == "alice"
+    assert resolver.resolve("discord", "d1") == "discord:d1"
+    assert (await world.say("discord", "d1", f"/link {code}")).startswith('Linked as "alice"')
+    assert resolver.resolve("discord", "d1") == "alice"

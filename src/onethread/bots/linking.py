@@ -264,15 +264,21 @@ class LinkFlow:
             # A's existing identity, else B's (adding a platform works from either
             # side), else a new person, named and linked to A in one step.
             # Resolver writes do file or network I/O: off the event loop.
-            if issuer_linked:
-                unified = issuer_id
-            elif me_linked:
-                unified = my_id
-                await asyncio.to_thread(resolver.link, issuer.platform, issuer.user_id, unified)
-            else:
-                unified = await self._new_person(issuer, msg)
-            if not me_linked:
-                await asyncio.to_thread(resolver.link, msg.platform, msg.user_id, unified)
+            try:
+                if issuer_linked:
+                    unified = issuer_id
+                elif me_linked:
+                    unified = my_id
+                    await asyncio.to_thread(resolver.link, issuer.platform, issuer.user_id, unified)
+                else:
+                    unified = await self._new_person(issuer, msg)
+                if not me_linked:
+                    await asyncio.to_thread(resolver.link, msg.platform, msg.user_id, unified)
+            except Exception:
+                # The store failed half-way: the code works again, and a retry finishes
+                # the job (a person already named is found on the issuer's account).
+                await asyncio.to_thread(self.store.release, arg)
+                raise
         for platform, user_id in ((issuer.platform, issuer.user_id), (msg.platform, msg.user_id)):
             await self.session.merge_legacy(platform, user_id, unified)
         links = await asyncio.to_thread(self._links, unified)
