@@ -521,6 +521,37 @@ async def test_transient_poll_errors_recover_without_restart(
     assert not adapter._failure_future().done()
 
 
+async def test_long_poll_rate_limit_is_capped_and_polling_resumes(
+    fake: FakeTelegram,
+    make_adapter: Callable[..., TelegramAdapter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A getUpdates 429 asking for 97 minutes (seen in production) is waited at most
+    the send cap (60 s) each time; the bot polls again and hears the next message."""
+    adapter, inbox = make_adapter(retry_policy=RetryPolicy()), Inbox()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # record the wait instead of sitting it out
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    adapter.sleep = sleep
+    fake.rate_limit("getUpdates", retry_after=5820, times=3)
+    await adapter.start(inbox)
+    try:
+        fake.inject_message(42, "still there?")
+        [msg] = await inbox.wait(1)
+        assert msg.text == "still there?"
+        assert waits == [60.0, 60.0, 60.0]
+        statuses = [c.status for c in fake.requests if c.method == "getUpdates"]
+        assert statuses[:4] == [429, 429, 429, 200]
+        long_notes = [r for r in caplog.records if "5820" in r.getMessage()]
+        assert len(long_notes) == 1 and long_notes[0].levelname == "WARNING"
+        assert not adapter._failure_future().done()
+    finally:
+        await adapter.stop()
+
+
 async def test_dropped_connection_is_reported_and_restart_works(
     fake: FakeTelegram, make_adapter: Callable[..., TelegramAdapter]
 ) -> None:

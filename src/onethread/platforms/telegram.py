@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, ClassVar
 
 from telegram import Bot, Message, Update
@@ -283,7 +283,9 @@ class TelegramAdapter(Adapter):
         token: the bot token (default ``TELEGRAM_BOT_TOKEN``, read now).
         base_url: Bot API server root (default ``TELEGRAM_API_BASE_URL``, else
             ``https://api.telegram.org``); ``/bot<token>`` is appended.
-        retry_policy: how ``send`` retries rate limits and server errors.
+        retry_policy: how ``send`` retries rate limits and server errors; its
+            ``max_delay`` (60 s) also caps the wait a ``getUpdates`` 429 asks
+            for (polling resumes after it, whatever ``retry_after`` says).
         poll_timeout: long-poll ``timeout`` of ``getUpdates`` in seconds (whole
             seconds for api.telegram.org; ``stop()`` does not wait for it).
         drop_pending_updates: skip updates that queued up before the first start
@@ -338,6 +340,8 @@ class TelegramAdapter(Adapter):
         self._offset: int | None = None  # next update_id to fetch; survives restarts
         self._poll_task: asyncio.Task[None] | None = None
         self._started_once = False
+        # How the poll loop pauses (a capped 429 wait, the backoff); tests swap it.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def __repr__(self) -> str:
         return f"TelegramAdapter(api_root={self.api_root!r}, bot={self.bot_username or '?'})"
@@ -402,6 +406,7 @@ class TelegramAdapter(Adapter):
 
     async def _poll(self, bot: Bot, on_inbound: OnInbound) -> None:
         failures = 0
+        capped = False  # a long rate limit is being sat out (logged once, not per poll)
         while True:
             try:
                 with map_telegram_errors():
@@ -410,8 +415,20 @@ class TelegramAdapter(Adapter):
                         allowed_updates=ALLOWED_UPDATES,
                     )  # fmt: skip
             except RetryAfter as exc:
-                log.warning("telegram: getUpdates rate limited; waiting %gs", exc.retry_after)
-                await asyncio.sleep(exc.retry_after)
+                # The server's say-so is capped as a send's wait is: a 429 asking for
+                # 97 minutes must not deafen the bot. Poll again after the cap; if
+                # still limited, the server says so again (logged at WARNING once).
+                wait = min(exc.retry_after, self.retry_policy.max_delay)
+                if wait < exc.retry_after:
+                    if not capped:
+                        log.warning(
+                            "telegram: getUpdates rate limited for %gs; polling again every "
+                            "%gs until it lifts", exc.retry_after, wait,
+                        )  # fmt: skip
+                    capped = True
+                else:
+                    log.warning("telegram: getUpdates rate limited; waiting %gs", wait)
+                await self.sleep(wait)
                 continue
             except PlatformAuthError as exc:
                 self.report_failure(exc)
@@ -429,9 +446,10 @@ class TelegramAdapter(Adapter):
                     return
                 delay = self.poll_retry_delay * 2 ** (failures - 1)
                 log.warning("telegram: getUpdates failed (%r); retrying in %.2fs", reason, delay)
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
                 continue
             failures = 0
+            capped = False
             for update in updates:
                 await self._deliver(update, on_inbound)
                 # Confirmed by the next getUpdates; set after delivery, so a stop
