@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..session.history.base import HistoryEntry
 
-__all__ = ["EARLIER_CONVERSATION", "build_messages", "entry_text"]
+__all__ = ["EARLIER_CONVERSATION", "UNDELIVERED", "build_messages", "entry_text"]
 
 EARLIER_CONVERSATION = "(earlier conversation)"
 """The user message put first when the kept history starts with the assistant."""
+
+UNDELIVERED = "NOT DELIVERED: sending this to the person failed"
+"""The label of an entry whose send failed for good (``HistoryEntry.undelivered``)."""
 
 _EMPTY_MESSAGE = "(empty message)"
 
@@ -21,7 +25,13 @@ def entry_text(entry: HistoryEntry, *, group: bool = False) -> str:
     Mirrored entries (sent by the bot on its own) are labelled with their
     source, e.g. ``[sent by the bot on its own via cron] Reminder: ...``; in a
     group, user text is attributed ``[user_name] text`` (user id if no name).
+    Text whose delivery failed is labelled ``[NOT DELIVERED: ...]`` so the
+    model does not assume the person read it.
     """
+    if entry.undelivered:
+        error = entry.metadata.get("delivery_error") or "error"
+        inner = replace(entry, metadata={})
+        return f"[{UNDELIVERED} ({error})] {entry_text(inner, group=group)}"
     if entry.mirror:
         via = f" via {entry.source}" if entry.source else ""
         return f"[sent by the bot on its own{via}] {entry.content}"
@@ -57,8 +67,9 @@ def build_messages(
         content = entry.content
         if not content or content.isspace():  # the same test as `not content.strip()`
             continue
-        if entry.mirror:
-            role, text = "assistant", entry_text(entry, group=group)
+        if entry.mirror or (entry.metadata and entry.undelivered):
+            role = "user" if entry.role == "user" and not entry.mirror else "assistant"
+            text = entry_text(entry, group=group)
         elif entry.role == "user":
             role, text = "user", entry_text(entry, group=True) if group else content
         else:

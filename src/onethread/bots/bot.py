@@ -240,6 +240,7 @@ class Bot:
     async def _handle(self, msg: Inbound, previous: asyncio.Task[None] | None = None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
+        attempted = False  # the turn began sending its reply
         try:
             reply = await self.access.check(msg)
             if reply is not None:  # refused: at most one short reply, never the agent
@@ -248,7 +249,17 @@ class Bot:
                 return
             reply = await self._commands.handle(msg)
             if reply is None:
-                async with self.adapter.typing(msg.chat_id, msg.thread_id):
+                typing = self.adapter.typing(msg.chat_id, msg.thread_id)
+
+                async def deliver(text: str) -> None:
+                    nonlocal attempted
+                    attempted = True
+                    await typing.__aexit__(None, None, None)  # no "typing…" after the reply
+                    await self.adapter.send(msg.chat_id, text, thread_id=msg.thread_id)
+
+                async with typing:
+                    # The turn sends the reply itself, so that a reply that cannot be
+                    # delivered is stored marked as such (metadata["delivery"]).
                     reply = await self._session.chat(
                         self.agent,
                         msg.user_id,
@@ -260,8 +271,9 @@ class Bot:
                         thread_id=msg.thread_id,
                         user_name=msg.user_name,
                         message_id=msg.message_id,
+                        deliver=deliver,
                     )
-            if reply:
+            if reply and not attempted:  # a command's answer, or the model-failure apology
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
@@ -274,6 +286,8 @@ class Bot:
             )
         except Exception:
             log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
+            if attempted:  # the reply went out (the store failed after): no apology on top
+                return
             with contextlib.suppress(PlatformError):  # the platform may be the problem
                 await self.adapter.send(msg.chat_id, TURN_FAILED, thread_id=msg.thread_id)
 
