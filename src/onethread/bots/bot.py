@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import PlatformError
 from ..platforms.base import Adapter, Inbound
 from ..platforms.registry import load_adapter_class
-from ..session._shared import masked
+from ..session._conn.shared import masked
 from ..session.history.base import HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter

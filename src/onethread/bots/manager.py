@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..errors import ModelError
-from ..session._shared import masked, who
+from ..session._conn.shared import masked, who
 from ..session.context import SessionContext, clear_session_context, set_session_context
 from ..session.history.base import HistoryEntry, HistoryStore, delivery_failed
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id

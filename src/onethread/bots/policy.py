@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..platforms.base import Inbound
-from ..session._shared import who
+from ..session._conn.shared import who
 from ..session.pairing import PairingStore
 
 __all__ = [

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..errors import BadRequest, ConfigError, PlatformUnavailable
-from ..session._shared import masked
+from ..session._conn.shared import masked
 from ..session.history.base import HistoryEntry
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy

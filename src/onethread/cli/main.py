@@ -16,9 +16,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
-from .config import DEFAULT_CONFIG_NAME
-from .errors import ConfigError, OnethreadError
+from .. import __version__
+from ..config import DEFAULT_CONFIG_NAME
+from ..errors import ConfigError, OnethreadError
 
 __all__ = ["STARTER_CONFIG", "build_parser", "main"]
 
@@ -95,7 +95,9 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (handlers are in ``func``)."""
-    from . import cli_history, cli_identity, cli_run
+    from . import history as cli_history
+    from . import identity as cli_identity
+    from . import run as cli_run
 
     common = _common()
     parser = argparse.ArgumentParser(

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .cli_common import (
+from ..config import DEFAULT_CONFIG_NAME, PLATFORM_TOKENS, Config, ConfigFileError
+from ..errors import ConfigError
+from .common import (
     build_agent,
     close_resolver,
     config_from_args,
@@ -26,8 +28,6 @@ from .cli_common import (
     redact_url,
     say,
 )
-from .config import DEFAULT_CONFIG_NAME, PLATFORM_TOKENS, Config, ConfigFileError
-from .errors import ConfigError
 
 __all__ = ["add_parsers", "banner", "cmd_chat", "cmd_run"]
 
@@ -82,7 +82,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``onethread run``: serve until SIGINT/SIGTERM, then stop cleanly (exit 0)."""
-    from .config_check import check_config
+    from ..config_check import check_config
 
     config = config_from_args(args)
     web = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -101,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolver = open_identity(config)
     pairing: Any = None
     try:
-        from .session.pairing import PairingStore
+        from ..session.pairing import PairingStore
 
         pairing = PairingStore()
         botos = _build_botos(config, agent, platforms, resolver, pairing)
@@ -129,7 +129,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _policies(config: Config, names: list[str], pairing: Any) -> dict[str, Any]:
-    from .bots.policy import make_policy
+    from ..bots.policy import make_policy
 
     policies = {}
     for name in names:
@@ -151,8 +151,8 @@ def _build_botos(
     resolver: Any,
     pairing: Any,
 ) -> Any:
-    from .bots import BotOS
-    from .session.urls import open_coordination
+    from ..bots import BotOS
+    from ..session.urls import open_coordination
 
     store = open_history(config)
     try:
@@ -189,7 +189,7 @@ async def _announce_when_ready(botos: Any, text: Callable[[], str]) -> None:
 
 
 async def _serve(botos: Any, text: Callable[[], str]) -> None:
-    from .bots.bot import run_until_signal
+    from ..bots.bot import run_until_signal
 
     async def start() -> None:
         announce = asyncio.create_task(_announce_when_ready(botos, text))
@@ -265,9 +265,9 @@ def _line_editing(history_file: Path) -> Iterator[None]:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """``onethread chat``: a REPL on the console platform; returns 0 on /quit, EOF or Ctrl-C."""
-    from .bots import Bot
-    from .platforms.registry import load_adapter_class
-    from .session.urls import onethread_home
+    from ..bots import Bot
+    from ..platforms.registry import load_adapter_class
+    from ..session.urls import onethread_home
 
     config = config_from_args(args)
     agent = build_agent(config)
@@ -322,7 +322,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 async def _chat(bot: Any, adapter: Any) -> None:
-    from .bots.bot import run_until_signal
+    from ..bots.bot import run_until_signal
 
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Future[None]] = []
