@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ConfigError, PlatformUnavailable, RecipientUnknown, RetryAfter
-from ..session._shared import who
+from ..session._conn.shared import who
 from ..session.history.base import delivery_failed
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.outbox import Outbox, OutboxItem
