@@ -5,7 +5,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onethread.errors import BadRequest, PlatformUnavailable, RetryAfter
-from onethread.platforms.delivery import RetryPolicy, send_with_retry, split_message
+from onethread.platforms.delivery import (
+    CUT_NOTE,
+    RetryPolicy,
+    cap_messages,
+    send_with_retry,
+    split_message,
+)
 
 
 def _strip_fences(chunks: list[str]) -> str:
@@ -56,6 +62,25 @@ def test_property_chunks_fit_and_nothing_lost(text: str, limit: int) -> None:
         return "".join(ch for ch in s if ch not in " \n`")
 
     assert core("".join(chunks)) == core(text)
+
+
+def test_cap_keeps_ten_messages_whole_and_cuts_the_eleventh() -> None:
+    ten = "\n\n".join("x" * 90 for _ in range(10))  # ten paragraphs, one per message
+    assert cap_messages(ten, 100, 10) == (split_message(ten, 100), False)
+    eleven = ten + "\n\n" + "q" * 90
+    chunks, cut = cap_messages(eleven, 100, 10)
+    assert cut and len(chunks) == 10
+    assert all(len(c) <= 100 for c in chunks)
+    assert chunks[-1].endswith(CUT_NOTE) and "q" not in "".join(chunks)
+    assert chunks[:9] == split_message(eleven, 100)[:9]  # the first part, unchanged
+
+
+def test_cap_inside_a_code_block_still_renders() -> None:
+    text = "```python\n" + "\n".join(f"line_{i} = {i}" for i in range(2000)) + "\n```"
+    chunks, cut = cap_messages(text, 300, 3)
+    assert cut and len(chunks) == 3 and all(len(c) <= 300 for c in chunks)
+    last = chunks[-1]
+    assert last.startswith("```python\n") and last.endswith(f"```\n\n{CUT_NOTE}")
 
 
 async def test_retry_after_honoured_then_success() -> None:

@@ -16,11 +16,11 @@ import pytest
 
 from fake_telegram import FakeTelegram
 from helpers import RecordingAgent
-from onethread.agent.messages import UNDELIVERED, build_messages, entry_text
+from onethread.agent.messages import CUT_SHORT, UNDELIVERED, build_messages, entry_text
 from onethread.bots import Bot, BotOS, BotSessionManager
 from onethread.bots.bot import TURN_FAILED
 from onethread.errors import BadRequest, PlatformUnavailable, StoreError
-from onethread.platforms.delivery import RetryPolicy
+from onethread.platforms.delivery import CUT_NOTE, RetryPolicy
 from onethread.session.history.base import HistoryEntry, HistoryStore
 from onethread.session.history.memory import MemoryHistoryStore
 from onethread.session.urls import open_history_store
@@ -321,3 +321,38 @@ async def test_history_show_marks_an_undelivered_reply(_isolated_env: Path) -> N
     lines = out.decode().splitlines()
     assert "assistant [NOT DELIVERED: BadRequest]: reply:ping" in lines[1]
     assert lines[3].endswith("assistant: reply:again")
+
+
+class Verbose:
+    """A Responder whose every reply is about 1 MB of prose."""
+
+    async def respond(
+        self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
+    ) -> str:
+        paragraph = " ".join(f"word{i}" for i in range(150))  # ~1,000 characters
+        return "\n\n".join(f"{n}. {paragraph}" for n in range(1000))  # ~1 MB
+
+
+async def test_a_one_megabyte_reply_goes_out_as_ten_messages_with_a_cut_note(
+    fake: FakeTelegram,
+) -> None:
+    """Was 245 Telegram messages; now the first part in 10, the last saying it was cut."""
+    bot = Bot("telegram", Verbose(), token=fake.token, base_url=fake.base_url,
+              retry_policy=FAST, store="memory://", gc_freeze=False)  # fmt: skip
+    runner = asyncio.create_task(bot.start())
+    try:
+        await asyncio.wait_for(bot.ready.wait(), 10)
+        fake.inject_message(42, "tell me everything")
+        entries = await stored(bot.session, "42", 2)
+        await asyncio.sleep(0.2)  # nothing else follows
+    finally:
+        await bot.stop()
+        await runner
+    reply = entries[1]
+    assert len(reply.content) > 1_000_000  # history keeps what the model wrote
+    assert reply.metadata == {"delivery": "cut"}
+    assert len(fake.sent) == 10
+    assert all(len(m.text) <= 4096 for m in fake.sent)
+    assert fake.sent[-1].text.endswith(CUT_NOTE)
+    assert fake.sent[0].text.startswith("0. word0 word1")
+    assert entry_text(reply).startswith(f"[{CUT_SHORT}] 0. word0")

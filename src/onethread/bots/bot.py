@@ -13,7 +13,7 @@ from ..errors import PlatformError
 from ..platforms.base import Adapter, Inbound
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
-from ..session.history.base import HistoryStore
+from ..session.history.base import DELIVERY_CUT, HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
 from ..session.validation import validate_platform
@@ -251,11 +251,13 @@ class Bot:
             if reply is None:
                 typing = self.adapter.typing(msg.chat_id, msg.thread_id)
 
-                async def deliver(text: str) -> None:
+                async def deliver(text: str) -> dict[str, str] | None:
                     nonlocal attempted
                     attempted = True
                     await typing.__aexit__(None, None, None)  # no "typing…" after the reply
+                    whole = self.adapter.fits(text)
                     await self.adapter.send(msg.chat_id, text, thread_id=msg.thread_id)
+                    return None if whole else {"delivery": DELIVERY_CUT}
 
                 async with typing:
                     # The turn sends the reply itself, so that a reply that cannot be

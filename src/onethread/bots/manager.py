@@ -158,7 +158,7 @@ class BotSessionManager:
         thread_id: str = "",
         user_name: str = "",
         message_id: str = "",
-        deliver: Callable[[str], Awaitable[object]] | None = None,
+        deliver: Callable[[str], Awaitable[Mapping[str, Any] | None]] | None = None,
     ) -> str:
         """Run one turn and return the reply.
 
@@ -173,7 +173,9 @@ class BotSessionManager:
         before the turn is stored. When it raises, the turn is stored anyway,
         the reply marked ``metadata["delivery"] == "failed"`` with
         ``metadata["delivery_error"]`` (the error's class name), and the error
-        is re-raised. Without ``deliver`` the caller sends the returned reply.
+        is re-raised. A mapping ``deliver`` returns becomes the reply's metadata
+        (``{"delivery": "cut"}``: only the first part was sent). Without
+        ``deliver`` the caller sends the returned reply.
         """
         if self.loop is None:
             self.bind_loop()
@@ -227,11 +229,12 @@ class BotSessionManager:
                     return APOLOGY
                 stamp = max(time.time(), message.timestamp)
                 undelivered: BaseException | None = None
+                outcome: Mapping[str, Any] | None = None
                 if deliver is not None and reply:
                     # Sent before the turn is stored, under the turn lock: the reply is
                     # stored once, in the turn's one transaction, with how delivery went.
                     try:
-                        await deliver(reply)
+                        outcome = await deliver(reply)
                     except BaseException as exc:  # re-raised below, once the turn is stored
                         undelivered = exc
                 answer = HistoryEntry(
@@ -240,7 +243,9 @@ class BotSessionManager:
                     timestamp=stamp,
                     platform=platform,
                     chat_id=chat_id,
-                    metadata=delivery_failed(undelivered) if undelivered is not None else {},
+                    metadata=delivery_failed(undelivered)
+                    if undelivered is not None
+                    else dict(outcome or {}),
                 )
                 await self.store.append(key, [message, answer])
                 if undelivered is not None:

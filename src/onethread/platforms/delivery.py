@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from ..errors import PlatformUnavailable, RetryAfter
 
-__all__ = ["RetryPolicy", "send_with_retry", "split_message"]
+__all__ = ["CUT_NOTE", "RetryPolicy", "cap_messages", "send_with_retry", "split_message"]
 
 log = logging.getLogger("onethread.delivery")
 T = TypeVar("T")
@@ -79,6 +79,32 @@ def split_message(text: str, limit: int) -> list[str]:
         if fence is None:
             rest = rest.lstrip("\n")
     return chunks
+
+
+CUT_NOTE = "[This reply was too long to send in full and was cut here.]"
+"""Ends the last message of a reply cut by :func:`cap_messages`."""
+
+
+def cap_messages(text: str, limit: int, max_messages: int) -> tuple[list[str], bool]:
+    """``split_message(text, limit)``, at most ``max_messages`` of it; True when cut.
+
+    A reply longer than ``max_messages`` messages goes out as its first part:
+    the last message is shortened (at a paragraph, line or word) to make room
+    for :data:`CUT_NOTE`, so the person knows the rest is missing. (Once
+    outbound attachments exist, the whole text should follow as a file.)
+    """
+    if max_messages < 1:
+        raise ValueError("max_messages must be at least 1")
+    chunks = split_message(text, limit)
+    if len(chunks) <= max_messages:
+        return chunks, False
+    kept = chunks[:max_messages]
+    last = kept[-1]
+    room = limit - len(CUT_NOTE) - 2
+    if len(last) > room:
+        last = split_message(last, max(16, room))[0]
+    kept[-1] = f"{last}\n\n{CUT_NOTE}"
+    return kept, True
 
 
 @dataclass(frozen=True, slots=True)

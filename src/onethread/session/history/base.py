@@ -6,7 +6,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["HistoryEntry", "HistoryStore", "SessionSummary", "delivery_failed"]
+__all__ = ["DELIVERY_CUT", "HistoryEntry", "HistoryStore", "SessionSummary", "delivery_failed"]
+
+DELIVERY_CUT = "cut"
+"""``metadata["delivery"]`` of a reply too long to send whole: only its first part went out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +23,8 @@ class HistoryEntry:
     ``timestamp`` is Unix seconds. Text the bot meant to send and could not
     deliver is kept, marked ``metadata["delivery"] == "failed"`` and
     ``metadata["delivery_error"]`` (the error's class name); see
-    :attr:`undelivered`.
+    :attr:`undelivered`. A reply sent only in part (too long) is marked
+    ``metadata["delivery"] == "cut"``.
     """
 
     role: str
