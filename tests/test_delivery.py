@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onethread.errors import BadRequest, PlatformUnavailable, RetryAfter
+from onethread.errors import BadRequest, OutcomeUnknown, PlatformUnavailable, RetryAfter
 from onethread.platforms.delivery import (
     CUT_NOTE,
     RetryPolicy,
@@ -136,3 +136,28 @@ async def test_bad_request_not_retried() -> None:
     with pytest.raises(BadRequest):
         await send_with_retry(call, RetryPolicy(), what="t")
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "calls"),
+    [
+        (RetryAfter(0.0), 3),
+        (PlatformUnavailable("503"), 3),
+        (OutcomeUnknown("read timeout"), 1),  # may have arrived: never sent twice
+        (BadRequest("chat not found"), 1),
+    ],
+)
+async def test_only_what_certainly_did_not_arrive_is_retried(error: Exception, calls: int) -> None:
+    made = 0
+
+    async def call() -> str:
+        nonlocal made
+        made += 1
+        raise error
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    with pytest.raises(type(error)):
+        await send_with_retry(call, RetryPolicy(attempts=3), what="t", sleep=no_wait)
+    assert made == calls

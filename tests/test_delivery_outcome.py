@@ -19,7 +19,7 @@ from helpers import RecordingAgent
 from onethread.agent.messages import CUT_SHORT, UNDELIVERED, build_messages, entry_text
 from onethread.bots import Bot, BotOS, BotSessionManager
 from onethread.bots.bot import TURN_FAILED
-from onethread.errors import BadRequest, PlatformUnavailable, StoreError
+from onethread.errors import BadRequest, OutcomeUnknown, PlatformUnavailable, StoreError
 from onethread.platforms.delivery import CUT_NOTE, RetryPolicy
 from onethread.session.history.base import HistoryEntry, HistoryStore
 from onethread.session.history.memory import MemoryHistoryStore
@@ -263,6 +263,7 @@ async def test_notify_that_fails_is_mirrored_marked_and_raised() -> None:
     ("error", "retried", "attempt"),
     [
         (BadRequest("chat not found", platform="fake"), False, 1),
+        (OutcomeUnknown("read timeout", platform="fake"), False, 1),
         (PlatformUnavailable("503", platform="fake"), True, 1),
         (PlatformUnavailable("503", platform="fake"), True, 5),
     ],

@@ -7,7 +7,13 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import ConfigError, PlatformUnavailable, RecipientUnknown, RetryAfter
+from ..errors import (
+    ConfigError,
+    OutcomeUnknown,
+    PlatformUnavailable,
+    RecipientUnknown,
+    RetryAfter,
+)
 from ..session._conn.shared import who
 from ..session.history.base import delivery_failed
 from ..session.identity.base import IdentityResolverProtocol
@@ -286,7 +292,9 @@ class BotOS:
         try:
             await self.bots[item.platform].send(item.chat_id, item.text, item.thread_id or None)
         except Exception as exc:
-            retryable = isinstance(exc, RetryAfter | PlatformUnavailable)
+            retryable = isinstance(exc, RetryAfter | PlatformUnavailable) and not isinstance(
+                exc, OutcomeUnknown
+            )
             last = item.attempts >= getattr(self.outbox, "max_attempts", item.attempts)
             if item.unified_user_id and (last or not retryable):
                 await self._mirror_failed(

@@ -1,6 +1,13 @@
 """Delivery policy: split long replies to a platform's limit, retry what is retryable.
 
 Pure functions and a small retry policy, used by the adapter base's ``send()``.
+
+What a failed call does: a rate limit (429) and a server error or refused
+connection (``PlatformUnavailable``) are retried with backoff; a **timeout**
+(or a connection lost after the request went out: ``OutcomeUnknown``) is
+never retried, because the platform may have delivered the message before
+the answer was lost and a retry would send it twice. The send fails instead
+and the reply is kept in history marked not delivered.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..errors import PlatformUnavailable, RetryAfter
+from ..errors import OutcomeUnknown, PlatformUnavailable, RetryAfter
 
 __all__ = ["CUT_NOTE", "RetryPolicy", "cap_messages", "send_with_retry", "split_message"]
 
@@ -130,13 +137,27 @@ async def send_with_retry(
     what: str,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
-    """Run ``call``, retrying ``RetryAfter`` and ``PlatformUnavailable`` per ``policy``.
+    """Run ``call``, retrying what certainly did not arrive, per ``policy``.
 
-    Other errors propagate at once. After the last attempt the error propagates.
+    Retried: ``RetryAfter`` (a 429: the platform refused the call; waited out
+    up to ``policy.max_delay``) and ``PlatformUnavailable`` (the connection
+    could not be made, or the server answered 5xx: nothing was sent or the
+    server said it did not take it). Not retried: ``OutcomeUnknown``, the
+    error adapters raise when a call timed out waiting for the answer or lost
+    its connection after the request went out. Such a message may well have
+    arrived, and sending it again could show it twice, so the timeout is
+    raised at once: ``send()`` fails, and a reply is stored marked
+    ``delivery: failed`` (``delivery_error: "OutcomeUnknown"``). Other errors
+    (``BadRequest``, ``PlatformAuthError``) propagate at once too. After the
+    last attempt the error propagates.
     """
     for attempt in range(policy.attempts):
         try:
             return await call()
+        except OutcomeUnknown as exc:
+            log.error("%s: %s; not retried: it may have arrived, a retry could repeat it",
+                      what, exc)  # fmt: skip
+            raise
         except RetryAfter as exc:
             if attempt + 1 >= policy.attempts or exc.retry_after > policy.max_delay:
                 log.error("%s: giving up after rate limit (retry_after=%ss)", what, exc.retry_after)

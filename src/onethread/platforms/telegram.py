@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, ClassVar
 
+import httpx
 from telegram import Bot, Message, Update
 from telegram import error as tg
 from telegram.constants import ChatAction, ChatType, MessageEntityType, ParseMode
@@ -42,6 +43,7 @@ from ..errors import (
     ConfigError,
     ConnectionLost,
     FormattingRejected,
+    OutcomeUnknown,
     PlatformAuthError,
     PlatformError,
     PlatformUnavailable,
@@ -105,8 +107,10 @@ def map_telegram_errors() -> Iterator[None]:
     ``RetryAfter`` -> ``RetryAfter`` (seconds, timedelta-safe); ``InvalidToken``
     (401/404) -> ``PlatformAuthError``; a markup parse error -> ``FormattingRejected``;
     other 400s, ``Forbidden`` (403: blocked by the user, not in the chat) and
-    ``ChatMigrated`` -> ``BadRequest``; ``TimedOut``/``NetworkError``/``Conflict``
-    and unreadable answers -> ``PlatformUnavailable``.
+    ``ChatMigrated`` -> ``BadRequest``; a refused connection, a 5xx and
+    ``Conflict`` -> ``PlatformUnavailable`` (retried); a timeout, a connection
+    lost mid-call and unreadable answers -> ``OutcomeUnknown`` (the call may have
+    gone through: a send is not retried; see ``_may_have_arrived``).
     """
     try:
         yield
@@ -132,7 +136,32 @@ def map_telegram_errors() -> Iterator[None]:
             raise FormattingRejected(str(exc), platform=PLATFORM) from exc
         raise BadRequest(str(exc), platform=PLATFORM) from exc
     except tg.TelegramError as exc:  # NetworkError, TimedOut, Conflict, invalid answers
-        raise PlatformUnavailable(f"{type(exc).__name__}: {exc}", platform=PLATFORM) from exc
+        unknown = _may_have_arrived(exc)
+        kind = OutcomeUnknown if unknown else PlatformUnavailable
+        raise kind(f"{type(exc).__name__}: {exc}", platform=PLATFORM) from exc
+
+
+def _may_have_arrived(exc: tg.TelegramError) -> bool:
+    """Whether the Bot API may have acted on the call that raised ``exc``.
+
+    PTB keeps the transport's error as ``__cause__``: a connection that was
+    never made (``ConnectError``, ``ConnectTimeout``) or a pool that had no
+    free connection (``PoolTimeout``) sent nothing. A server that answered
+    with an error status (5xx, a 502 page; no ``__cause__``, or the body's
+    parse error) did not take the call, nor did a 409 ``Conflict``. Anything
+    else (a read or write timeout, a connection cut off mid-call, a 2xx
+    whose body cannot be read) may have gone through.
+    """
+    if isinstance(exc, tg.Conflict):
+        return False
+    cause = exc.__cause__
+    if isinstance(exc, tg.TimedOut):
+        return not isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout)
+    if isinstance(exc, tg.NetworkError):
+        if cause is None or isinstance(cause, tg.TelegramError):
+            return False  # the server answered with an error status
+        return not isinstance(cause, httpx.ConnectError)
+    return True  # e.g. "Invalid server response": a 2xx the SDK could not parse
 
 
 # -- normalising ---------------------------------------------------------------
@@ -292,6 +321,9 @@ class TelegramAdapter(Adapter):
             (restarts after a lost connection never drop anything).
         max_poll_failures: consecutive failed polls (retried with a short
             backoff) before the connection is reported lost to the supervisor.
+        read_timeout: seconds to wait for the answer to a call (PTB's 5 by
+            default; the long poll gets ``poll_timeout`` on top). A send that
+            times out may have arrived: it fails and is not retried.
 
     ``bot`` is the running ``telegram.Bot`` (``None`` while stopped), for
     callers who need a Bot API method the adapter does not wrap.
@@ -303,7 +335,7 @@ class TelegramAdapter(Adapter):
 
     _OPTIONS: ClassVar[tuple[str, ...]] = (
         "token", "base_url", "retry_policy", "poll_timeout", "drop_pending_updates",
-        "max_poll_failures",
+        "max_poll_failures", "read_timeout",
     )  # fmt: skip
 
     def __init__(
@@ -315,6 +347,7 @@ class TelegramAdapter(Adapter):
         poll_timeout: float = 10.0,
         drop_pending_updates: bool = False,
         max_poll_failures: int = 3,
+        read_timeout: float = 5.0,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -326,14 +359,17 @@ class TelegramAdapter(Adapter):
         token = token if token is not None else os.environ.get(TOKEN_ENV, "")
         if not token:
             raise ConfigError(f"no Telegram bot token: pass token= or set {TOKEN_ENV}")
-        if poll_timeout <= 0 or max_poll_failures < 1:
-            raise ConfigError("telegram: poll_timeout must be > 0 and max_poll_failures >= 1")
+        if poll_timeout <= 0 or max_poll_failures < 1 or read_timeout <= 0:
+            raise ConfigError(
+                "telegram: poll_timeout and read_timeout must be > 0 and max_poll_failures >= 1"
+            )
         root = base_url if base_url is not None else os.environ.get(BASE_URL_ENV, "")
         self.api_root = (root or DEFAULT_API_ROOT).rstrip("/")
         self._token = token
         self.poll_timeout = float(poll_timeout)
         self.drop_pending_updates = drop_pending_updates
         self.max_poll_failures = max_poll_failures
+        self.read_timeout = float(read_timeout)
         self.bot: Bot | None = None
         self.bot_id = 0
         self.bot_username = ""
@@ -360,7 +396,7 @@ class TelegramAdapter(Adapter):
             self._token,
             base_url=f"{self.api_root}/bot",
             base_file_url=f"{self.api_root}/file/bot",
-            request=HTTPXRequest(connection_pool_size=32),
+            request=HTTPXRequest(connection_pool_size=32, read_timeout=self.read_timeout),
             # The long poll holds its connection for up to poll_timeout; PTB adds
             # the poll timeout to this read timeout for getUpdates.
             get_updates_request=HTTPXRequest(connection_pool_size=2),
