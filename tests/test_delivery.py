@@ -83,6 +83,23 @@ def test_cap_inside_a_code_block_still_renders() -> None:
     assert last.startswith("```python\n") and last.endswith(f"```\n\n{CUT_NOTE}")
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("ab \n`")), max_size=3000),
+    limit=st.integers(min_value=16, max_value=400),
+    max_messages=st.integers(min_value=1, max_value=12),
+)
+def test_property_capped_messages_fit(text: str, limit: int, max_messages: int) -> None:
+    chunks, cut = cap_messages(text, limit, max_messages)
+    assert len(chunks) <= max_messages
+    assert all(len(c) <= limit for c in chunks)
+    assert cut == (len(split_message(text, limit)) > max_messages)
+    if cut:
+        assert chunks[-1].endswith(CUT_NOTE[:limit])
+    else:
+        assert chunks == split_message(text, limit)
+
+
 async def test_retry_after_honoured_then_success() -> None:
     calls: list[int] = []
     slept: list[float] = []

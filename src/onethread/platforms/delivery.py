@@ -106,10 +106,13 @@ def cap_messages(text: str, limit: int, max_messages: int) -> tuple[list[str], b
     if len(chunks) <= max_messages:
         return chunks, False
     kept = chunks[:max_messages]
-    last = kept[-1]
     room = limit - len(CUT_NOTE) - 2
+    if room < 16:  # a tiny limit: the note takes the last message (or what fits of it)
+        kept[-1] = CUT_NOTE[:limit]
+        return kept, True
+    last = kept[-1]
     if len(last) > room:
-        last = split_message(last, max(16, room))[0]
+        last = split_message(last, room)[0]
     kept[-1] = f"{last}\n\n{CUT_NOTE}"
     return kept, True
 
