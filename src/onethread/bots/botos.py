@@ -295,7 +295,9 @@ class BotOS:
             retryable = isinstance(exc, RetryAfter | PlatformUnavailable) and not isinstance(
                 exc, OutcomeUnknown
             )
-            last = item.attempts >= getattr(self.outbox, "max_attempts", item.attempts)
+            # An outbox that does not say how many attempts it makes is never at its
+            # last: a retryable failure is then not mirrored (rather than once per try).
+            last = item.attempts >= getattr(self.outbox, "max_attempts", float("inf"))
             if item.unified_user_id and (last or not retryable):
                 await self._mirror_failed(
                     item.unified_user_id, item.text, item.source, item.platform, item.chat_id, exc

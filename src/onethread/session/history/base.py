@@ -6,7 +6,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["DELIVERY_CUT", "HistoryEntry", "HistoryStore", "SessionSummary", "delivery_failed"]
+__all__ = [
+    "DELIVERY_CUT",
+    "DELIVERY_FAILED",
+    "HistoryEntry",
+    "HistoryStore",
+    "SessionSummary",
+    "delivery_failed",
+]
+
+DELIVERY_FAILED = "failed"
+"""``metadata["delivery"]`` of text that did not reach the person (see ``delivery_failed``)."""
 
 DELIVERY_CUT = "cut"
 """``metadata["delivery"]`` of a reply too long to send whole: only its first part went out."""
@@ -42,7 +52,7 @@ class HistoryEntry:
     @property
     def undelivered(self) -> bool:
         """True when the bot's text did not reach the person (a send that failed for good)."""
-        return bool(self.metadata) and self.metadata.get("delivery") == "failed"
+        return bool(self.metadata) and self.metadata.get("delivery") == DELIVERY_FAILED
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field (used by export and the Redis store)."""
@@ -80,7 +90,7 @@ class HistoryEntry:
 
 def delivery_failed(exc: BaseException) -> dict[str, str]:
     """The metadata that marks an entry as not delivered because of ``exc``."""
-    return {"delivery": "failed", "delivery_error": type(exc).__name__}
+    return {"delivery": DELIVERY_FAILED, "delivery_error": type(exc).__name__}
 
 
 @dataclass(frozen=True, slots=True)
