@@ -83,7 +83,7 @@ def test_cap_inside_a_code_block_still_renders() -> None:
     assert last.startswith("```python\n") and last.endswith(f"```\n\n{CUT_NOTE}")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     text=st.text(alphabet=st.sampled_from(list("ab \n`")), max_size=3000),
     limit=st.integers(min_value=16, max_value=400),
@@ -96,6 +96,7 @@ def test_property_capped_messages_fit(text: str, limit: int, max_messages: int) 
     assert cut == (len(split_message(text, limit)) > max_messages)
     if cut:
         assert chunks[-1].endswith(CUT_NOTE[:limit])
+        assert chunks[:-1] == split_message(text, limit)[: max_messages - 1]
     else:
         assert chunks == split_message(text, limit)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
 from ..errors import FormattingRejected
-from .delivery import RetryPolicy, cap_messages, send_with_retry, split_message
+from .delivery import RetryPolicy, cap_messages, send_with_retry
 
 __all__ = ["Adapter", "Inbound", "OnInbound"]
 
@@ -152,7 +152,7 @@ class Adapter(ABC):
         """True when :meth:`send` sends ``text`` whole (not cut at ``max_messages``)."""
         if len(text) <= self.max_message_length:
             return True
-        return len(split_message(text, self.max_message_length)) <= self.max_messages
+        return not cap_messages(text, self.max_message_length, self.max_messages)[1]
 
     async def _send_chunk(self, chat_id: str, chunk: str, thread_id: str) -> str:
         what = f"{self.name} send to {chat_id}"

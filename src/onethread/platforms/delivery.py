@@ -102,7 +102,14 @@ def cap_messages(text: str, limit: int, max_messages: int) -> tuple[list[str], b
     """
     if max_messages < 1:
         raise ValueError("max_messages must be at least 1")
-    chunks = split_message(text, limit)
+    # Splitting costs O(len(text) ** 2 / limit); a long text is split only as far as
+    # the cap needs. Every chunk but the last of a prefix is the whole text's own
+    # (each cut looks ``limit`` characters ahead), so a prefix with more than
+    # ``max_messages`` chunks decides both the cut and the chunks kept.
+    window = (max_messages + 2) * limit
+    chunks = split_message(text[:window], limit) if len(text) > window else []
+    if len(chunks) <= max_messages:
+        chunks = split_message(text, limit)
     if len(chunks) <= max_messages:
         return chunks, False
     kept = chunks[:max_messages]
