@@ -163,10 +163,12 @@ class FailingAdapter(FakeAdapter):
     def __init__(self) -> None:
         super().__init__("fake")
         self.error: BaseException | None = None
+        self.attempts = 0
 
     async def do_send(
         self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
     ) -> str:
+        self.attempts += 1
         if self.error is not None:
             raise self.error
         return await super().do_send(chat_id, text, thread_id=thread_id, formatted=formatted)
@@ -183,6 +185,44 @@ async def run_bot(bot: Bot) -> asyncio.Task[None]:
     task = asyncio.create_task(bot.start())
     await asyncio.wait_for(bot.ready.wait(), 5)
     return task
+
+
+class CountingStore(MemoryHistoryStore):
+    """Records the size of every append (one append is one transaction)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appends: list[int] = []
+
+    async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
+        self.appends.append(len(entries))
+        await super().append(key, entries)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_a_turn_is_one_append_whatever_its_delivery(fails: bool) -> None:
+    """The reply is stored once, with the user's message, after delivery: no second
+    write to mark it, and no entry written while it was still being sent."""
+    store = CountingStore()
+    manager = BotSessionManager(store=store)
+    seen_during_send: list[int] = []
+
+    async def deliver(text: str) -> None:
+        seen_during_send.append(await store.count("bot_fake_u1"))
+        if fails:
+            raise PlatformUnavailable("503", platform="fake")
+
+    if fails:
+        with pytest.raises(PlatformUnavailable):
+            await manager.chat(RecordingAgent(), "u1", "hi", platform="fake", deliver=deliver)
+    else:
+        assert await manager.chat(RecordingAgent(), "u1", "hi", platform="fake",
+                                  deliver=deliver) == "reply:hi"  # fmt: skip
+    assert store.appends == [2] and seen_during_send == [0]
+    [message, reply] = await store.load("bot_fake_u1")
+    assert message.content == "hi" and message.timestamp <= reply.timestamp
+    assert reply.undelivered is fails
+    await manager.close()
 
 
 async def test_a_delivered_reply_gets_no_apology_when_the_store_fails_after() -> None:
@@ -357,3 +397,45 @@ async def test_a_one_megabyte_reply_goes_out_as_ten_messages_with_a_cut_note(
     assert fake.sent[-1].text.endswith(CUT_NOTE)
     assert fake.sent[0].text.startswith("0. word0 word1")
     assert entry_text(reply).startswith(f"[{CUT_SHORT}] 0. word0")
+
+
+async def test_refused_outbox_item_is_acknowledged_and_mirrored_failed_on_redis() -> None:
+    """Host B serves the platform from a real Redis outbox; the platform refuses the
+    message: it is recorded as not delivered, once, and not handed out again."""
+    from onethread.session.locks.redis import RedisDuplicateFilter, RedisTurnLocks
+    from onethread.session.outbox import OutboxItem
+    from onethread.session.outbox.redis import RedisOutbox
+    from onethread.session.urls import Coordination
+
+    url = redis_url()
+    with redis_prefix() as prefix:
+        outbox = RedisOutbox(url, prefix=prefix, visibility=0.2, poll=0.02)
+        locks = RedisTurnLocks(url, prefix=prefix)
+        coordination = Coordination(locks, RedisDuplicateFilter(url, prefix=prefix), outbox, True)
+        adapter = FailingAdapter()
+        adapter.error = BadRequest("chat not found", platform="fake")
+        host_b = BotOS(RecordingAgent(), bots=[Bot("fake", adapter=adapter, gc_freeze=False)],
+                       store=open_history_store(url, prefix=prefix), coordination=coordination,
+                       gc_freeze=False)  # fmt: skip
+        runner = asyncio.create_task(host_b.start())
+        host_a = RedisOutbox(url, prefix=prefix)  # another host queues the message
+        try:
+            await host_b.wait_ready(5)
+            await host_a.put(OutboxItem("fake", "dm-u1", "Reminder: dentist",
+                                        unified_user_id="fake:u1", source="cron"))  # fmt: skip
+
+            async def mirrored() -> bool:
+                return await host_b.session.store.count("bot_fake_u1") == 1
+
+            await wait_for(mirrored, "the failed delivery mirrored")
+            await asyncio.sleep(0.6)  # three visibility windows: no second hand-out
+            [entry] = await host_b.session.store.load("bot_fake_u1")
+        finally:
+            await host_a.close()
+            await host_b.stop()
+            await runner
+            await coordination.close()
+    assert entry.mirror and entry.source == "cron" and entry.content == "Reminder: dentist"
+    assert entry.metadata["delivery"] == "failed"
+    assert entry.metadata["delivery_error"] == "BadRequest"
+    assert adapter.sent == [] and adapter.attempts == 1  # refused once, not retried
