@@ -1,7 +1,12 @@
-"""A reply that could not be delivered stays in history, marked, in every store.
+"""How delivery ends is kept with the reply (issue 11, points 3 and 7).
 
-Runs the real python-telegram-bot client against the fake Bot API server; the
-fake refuses ``sendMessage`` the way Telegram does for a bot the person blocked.
+A reply that could not be delivered stays in history marked
+``metadata["delivery"] == "failed"`` in every store, the model sees it
+labelled, ``history show`` flags it; failed notify and outbox deliveries are
+mirrored marked; a reply too long for 10 messages goes out cut, with a note.
+Platform paths run the real python-telegram-bot client against the fake Bot
+API server (which refuses ``sendMessage`` as Telegram does for a bot the
+person blocked); paths no platform fake can reach use ``FakeAdapter``.
 """
 
 from __future__ import annotations
@@ -63,9 +68,12 @@ def store_factory(
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.02)
+    try:
+        async with asyncio.timeout(timeout):
+            while not await check():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 async def stored(session: BotSessionManager, user: str, n: int) -> list[HistoryEntry]:
