@@ -204,7 +204,10 @@ class Bot:
     # -- sending ---------------------------------------------------------------
 
     async def send(self, chat_id: str, text: str, thread_id: str | None = None) -> list[str]:
-        """Send ``text`` (split to the platform's limit, retried) and return message ids."""
+        """Send ``text`` (split to the platform's limit, at most 10 messages, retried).
+
+        Returns the ids of the sent messages; see ``Adapter.send``.
+        """
         return await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
 
     # -- the turn --------------------------------------------------------------
