@@ -335,3 +335,25 @@ async def test_a_web_chat_id_never_reaches_the_log(
     assert "merged" in logged and "refused" in logged
     assert "model failed for #" in logged and "could not deliver the reply to #" in logged
     assert secret not in logged and "another-browser-id-77" not in logged
+
+
+async def test_approval_with_a_full_pairing_store(caplog: pytest.LogCaptureFixture) -> None:
+    """Past access.max_codes, new senders are told plainly, and the log gets one line."""
+    caplog.set_level("INFO", logger="onethread")
+    policy = ApprovalPolicy(PairingStore(":memory:", max_codes=1), owners=["owner"])
+    adapter = FakeAdapter("telegram")
+    bot = Bot("telegram", RecordingAgent(), adapter=adapter, store="memory://", access=policy)
+    task = asyncio.create_task(bot.start())
+    await bot.ready.wait()
+    try:
+        for n, user in enumerate(["s1", "s2", "s3", "s4"], start=1):
+            await adapter.inject("hello", user=user)
+            await adapter.wait_sent(n)
+    finally:
+        await bot.stop()
+        await task
+    texts = [s.text for s in adapter.sent]
+    assert "onethread access approve telegram" in texts[0]
+    assert texts[1:] == ["This bot is not taking new users right now. Please try again later."] * 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("access.max_codes" in w for w in warnings) == 1

@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 
 from ..platforms.base import Inbound
@@ -56,6 +54,7 @@ from ..session.pairing import (
     format_code,
     normalize_code,
 )
+from ._throttle import LogThrottle
 from .manager import BotSessionManager
 
 __all__ = ["LINK_PURPOSE", "LinkFlow", "link_help"]
@@ -120,14 +119,7 @@ class LinkFlow:
         self._store = store
         self.notify = notify
         self._busy = asyncio.Lock()
-        self._warned: dict[str, float] = {}  # event loop only
-
-    def _warn(self, what: str, message: str) -> None:
-        """Log a WARNING about ``what`` at most once a minute (a flood must not flood the log)."""
-        now = time.monotonic()
-        if now - self._warned.get(what, -math.inf) >= 60.0:
-            self._warned[what] = now
-            log.warning(message)
+        self._warnings = LogThrottle(log)
 
     @property
     def store(self) -> PairingStore:
@@ -185,7 +177,7 @@ class LinkFlow:
         )
         if issued.code is None:
             if issued.refused == "full":
-                self._warn(
+                self._warnings.warn(
                     "full",
                     "link codes refused: the pairing store holds its maximum number of codes "
                     "(access.max_codes); a flood of /link?",
@@ -235,7 +227,7 @@ class LinkFlow:
             if result.code is None:
                 log.info("link refused for %s (%s)", who(msg.platform, msg.user_id), result.error)
                 if result.error == "busy":
-                    self._warn(
+                    self._warnings.warn(
                         "busy",
                         "links refused to everyone: too many wrong codes in the last hour, "
                         "from many accounts; a brute-force attempt?",

@@ -25,6 +25,7 @@ from ..platforms.base import Inbound
 from ..platforms.registry import PLATFORMS
 from ..session._conn.shared import who
 from ..session.pairing import PairingStore, format_code
+from ._throttle import LogThrottle
 
 __all__ = [
     "APPROVAL_PURPOSE",
@@ -120,6 +121,7 @@ class ApprovalPolicy:
         self.max_pending = max_pending
         self._approved: set[tuple[str, str]] = set()
         self._told = _Told()
+        self._warnings = LogThrottle(log)
 
     @property
     def store(self) -> PairingStore:
@@ -154,8 +156,11 @@ class ApprovalPolicy:
                 return ""  # this sender already holds a live code: one reply per code
             if self._told.first(account):
                 if issued.refused == "full":
-                    log.warning("approval code refused to %s: the pairing store is full "
-                                "(access.max_codes)", who(msg.platform, msg.user_id))  # fmt: skip
+                    self._warnings.warn(
+                        "full",
+                        "approval codes refused to new senders: the pairing store holds its "
+                        "maximum number of codes (access.max_codes); a flood of new senders?",
+                    )
                 return "This bot is not taking new users right now. Please try again later."
             return ""
         log.info("approval requested by %s", who(msg.platform, msg.user_id))
