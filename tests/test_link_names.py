@@ -241,10 +241,12 @@ async def test_resolvers_without_claim(make_world: Any) -> None:
     assert confirm.startswith('Linked as "alice-2"')
 
 
-async def test_two_processes_naming_two_alices_at_once_give_two_names(
+async def test_two_botos_on_the_same_files_name_two_alices_apart(
     make_world: Any, tmp_path: Path
 ) -> None:
-    """Two BotOS, each with its own resolver and pairing store on the same files."""
+    """Two BotOS, each with its own resolver and pairing store on the same files, as
+    two processes have; both name an Alice at the same moment. (The claim itself is
+    raced across real OS processes in test_identity_contract.py.)"""
     worlds = [
         await make_world(
             resolver=SQLiteIdentityResolver(tmp_path / "identity.db"),
