@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from onethread.session.locks_postgres import PostgresTurnLocks
-from onethread.session.locks_redis import RedisTurnLocks
+from onethread.session.locks.postgres import PostgresTurnLocks
+from onethread.session.locks.redis import RedisTurnLocks
 
 
 def make_locks(kind: str, url: str, namespace: str, lease: float = 30.0) -> Any:

@@ -23,10 +23,10 @@ from onethread.session.outbox import OutboxItem
 def make_outbox(kind: str, url: str, namespace: str, **options: Any) -> Any:
     """The shared outbox of ``kind`` in ``namespace``."""
     if kind == "redis":
-        from onethread.session.outbox_redis import RedisOutbox
+        from onethread.session.outbox.redis import RedisOutbox
 
         return RedisOutbox(url, prefix=namespace, **options)
-    from onethread.session.outbox_postgres import PostgresOutbox
+    from onethread.session.outbox.postgres import PostgresOutbox
 
     return PostgresOutbox(url, schema=namespace, **options)
 

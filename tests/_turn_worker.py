@@ -35,13 +35,13 @@ def shared_backends(kind: str, url: str, namespace: str, lease: float = 30.0) ->
     """The shared history store and turn locks of ``kind`` in ``namespace``."""
     if kind == "redis":
         from onethread.session.history.redis import RedisHistoryStore
-        from onethread.session.locks_redis import RedisTurnLocks
+        from onethread.session.locks.redis import RedisTurnLocks
 
         return RedisHistoryStore(url, prefix=namespace), RedisTurnLocks(
             url, lease, prefix=namespace
         )
     from onethread.session.history.postgres import PostgresHistoryStore
-    from onethread.session.locks_postgres import PostgresTurnLocks
+    from onethread.session.locks.postgres import PostgresTurnLocks
 
     return PostgresHistoryStore(url, schema=namespace), PostgresTurnLocks(url, schema=namespace)
 

@@ -6,8 +6,8 @@ import gc
 
 import pytest
 
-from onethread.session import locks
 from onethread.session.locks import DuplicateFilter, LocalDuplicateFilter
+from onethread.session.locks import base as locks
 
 
 async def test_a_key_is_new_once() -> None:

@@ -20,7 +20,7 @@ import onethread.session.history._sqlite_sql as sql_module
 import onethread.session.history._sqlite_wal as wal_module
 import onethread.session.history.sqlite as sqlite_module
 from onethread.errors import CorruptStoreError, StoreError
-from onethread.session._sqlite import retry_busy
+from onethread.session._conn.sqlite import retry_busy
 from onethread.session.history._sqlite_wal import WalSyncer
 from onethread.session.history.base import HistoryEntry
 from onethread.session.history.sqlite import SQLiteHistoryStore

@@ -10,7 +10,7 @@ import pytest
 from fake_telegram import FakeTelegram
 from onethread import Agent
 from onethread.bots import BotOS
-from onethread.cli import _setup_logging
+from onethread.cli.main import _setup_logging
 from onethread.session import InMemoryIdentityResolver
 from onethread.session.pairing import PairingStore
 

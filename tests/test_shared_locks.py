@@ -24,9 +24,9 @@ import redis
 
 from _lock_worker import start
 from onethread.session.locks import DuplicateFilter, TurnLocks
-from onethread.session.locks_postgres import PostgresDuplicateFilter, PostgresTurnLocks
-from onethread.session.locks_redis import RedisDuplicateFilter, RedisTurnLocks
-from onethread.session.locks_shared import TurnLockLost
+from onethread.session.locks._shared import TurnLockLost
+from onethread.session.locks.postgres import PostgresDuplicateFilter, PostgresTurnLocks
+from onethread.session.locks.redis import RedisDuplicateFilter, RedisTurnLocks
 from services import postgres_schema, postgres_url, redis_prefix, redis_url
 
 pytestmark = pytest.mark.service
@@ -80,7 +80,7 @@ def _postgres(stack: ExitStack) -> Shared:
 
 
 def _advisory(schema: str, key: str) -> int:
-    from onethread.session._postgres import advisory_key
+    from onethread.session._conn.postgres import advisory_key
 
     return advisory_key("turn", schema, key)
 

@@ -13,7 +13,7 @@ from ..agent.responder import Responder, as_responder
 from ..errors import PlatformError
 from ..platforms.base import Adapter, Inbound
 from ..platforms.registry import load_adapter_class
-from ..session._shared import masked
+from ..session._conn.shared import masked
 from ..session.history.base import HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
@@ -104,11 +104,7 @@ class Bot:
         elif options or token is not None:
             raise TypeError(f"adapter options {sorted(options)} given with a ready adapter")
         self.adapter = adapter
-        if self.platform == "web":
-            from ..platforms.web import WebAdapter, attach_history
-
-            if isinstance(adapter, WebAdapter):
-                attach_history(self)  # the page shows the stored conversation on load
+        adapter.bind(self)  # e.g. the web chat shows the stored conversation on load
         self._gate: Gate = own.get("gate") or Gate(LocalDuplicateFilter())
         self.access: AccessPolicy = own.get("access") or default_policy(
             self.platform, owners=own.get("owners", ()), store=own.get("pairing")

@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from ..platforms.base import Inbound
-from ..session._shared import who
+from ..session._conn.shared import who
 from ..session.identity.base import IdentityLink, unlinked_id
 from ..session.pairing import CODE_TTL, PairingStore
 from .manager import BotSessionManager

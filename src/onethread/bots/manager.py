@@ -14,7 +14,7 @@ from typing import Any
 
 from ..agent.responder import Responder, as_responder
 from ..errors import ModelError
-from ..session._shared import masked, who
+from ..session._conn.shared import masked, who
 from ..session.context import SessionContext, clear_session_context, set_session_context
 from ..session.history.base import HistoryEntry, HistoryStore
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id

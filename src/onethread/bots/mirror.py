@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ..session._shared import who
+from ..session._conn.shared import who
 from .manager import BotSessionManager
 
 __all__ = ["amirror_to_session", "mirror_to_session"]

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CorruptStoreError, StoreError
-from ._sqlite import is_busy, retry_busy
-from .urls import onethread_home
+from ._conn.sqlite import is_busy, retry_busy
+from .home import onethread_home
 
 __all__ = [
     "ALPHABET",

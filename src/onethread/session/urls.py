@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MissingDependencyError
-from ._shared import redact
+from ._conn.shared import redact
+from .home import onethread_home
 from .locks import DuplicateFilter, LocalDuplicateFilter, LocalTurnLocks, TurnLocks
 
 __all__ = [
@@ -43,11 +44,6 @@ ACCEPTED_FORMS = (
     "for TLS), "
     "postgresql://USER@HOST:PORT/DB"
 )
-
-
-def onethread_home() -> Path:
-    """``$ONETHREAD_HOME`` or ``~/.onethread``, read now (not at import)."""
-    return Path(os.environ.get("ONETHREAD_HOME") or "~/.onethread").expanduser()
 
 
 def default_history_url() -> str:
@@ -172,15 +168,15 @@ def open_coordination(url: str | None) -> Coordination:
     """
     scheme = url.partition(":")[0].lower() if url else ""
     if scheme in ("redis", "rediss"):
-        locks_mod = _optional(".locks_redis", "RedisTurnLocks", "redis", "Redis turn locks")
-        filt = _optional(".locks_redis", "RedisDuplicateFilter", "redis", "Redis")
-        outbox = _optional(".outbox_redis", "RedisOutbox", "redis", "the Redis outbox")
+        locks_mod = _optional(".locks.redis", "RedisTurnLocks", "redis", "Redis turn locks")
+        filt = _optional(".locks.redis", "RedisDuplicateFilter", "redis", "Redis")
+        outbox = _optional(".outbox.redis", "RedisOutbox", "redis", "the Redis outbox")
         assert url is not None
         return Coordination(locks_mod(url), filt(url), outbox(url), True)
     if scheme in ("postgresql", "postgres"):
-        locks_mod = _optional(".locks_postgres", "PostgresTurnLocks", "postgres", "PostgreSQL")
-        filt = _optional(".locks_postgres", "PostgresDuplicateFilter", "postgres", "PostgreSQL")
-        outbox = _optional(".outbox_postgres", "PostgresOutbox", "postgres", "PostgreSQL")
+        locks_mod = _optional(".locks.postgres", "PostgresTurnLocks", "postgres", "PostgreSQL")
+        filt = _optional(".locks.postgres", "PostgresDuplicateFilter", "postgres", "PostgreSQL")
+        outbox = _optional(".outbox.postgres", "PostgresOutbox", "postgres", "PostgreSQL")
         assert url is not None
         return Coordination(locks_mod(url), filt(url), outbox(url), True)
     return Coordination(LocalTurnLocks(), LocalDuplicateFilter(), None, False)

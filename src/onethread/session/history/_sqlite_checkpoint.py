@@ -51,7 +51,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from .._sqlite import is_busy
+from .._conn.sqlite import is_busy
 from ._sqlite_sql import begin_read
 
 log = logging.getLogger("onethread.history.sqlite")

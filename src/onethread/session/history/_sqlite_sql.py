@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from .._sqlite import is_busy
+from .._conn.sqlite import is_busy
 from .base import HistoryEntry
 
 Row = tuple[Any, ...]

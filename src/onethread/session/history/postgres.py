@@ -19,8 +19,8 @@ from typing import Any
 
 from psycopg.types.json import Json
 
-from .._postgres import open_pool, psycopg, psycopg_pool, sql, store_error, validate_schema
-from .._shared import PerLoop
+from .._conn.postgres import open_pool, psycopg, psycopg_pool, sql, store_error, validate_schema
+from .._conn.shared import PerLoop
 from .base import HistoryEntry, SessionSummary
 
 __all__ = ["SCHEMA_VERSION", "PostgresHistoryStore"]

@@ -26,7 +26,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, cast
 
-from .._redis import (
+from .._conn.redis import (
     LuaScript,
     RedisError,
     check_layout_async,
@@ -34,7 +34,7 @@ from .._redis import (
     store_error,
     validate_prefix,
 )
-from .._shared import PerLoop
+from .._conn.shared import PerLoop
 from .base import HistoryEntry, SessionSummary
 
 __all__ = ["LAYOUT_VERSION", "RedisHistoryStore"]

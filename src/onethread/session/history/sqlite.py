@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import CorruptStoreError, SchemaVersionError, StoreError
-from .._sqlite import is_busy, retry_busy
+from .._conn.sqlite import is_busy, retry_busy
 from ._sqlite_cache import TailCache
 from ._sqlite_checkpoint import Checkpoints
 from ._sqlite_sql import (

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import CorruptStoreError, SchemaVersionError, StoreError
-from ..urls import onethread_home
+from ..home import onethread_home
 from ._common import LinkTable, ResolverContextManager, validate_link_args
 from .base import IdentityLink
 

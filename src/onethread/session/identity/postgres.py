@@ -20,8 +20,8 @@ import json
 import threading
 from typing import Any
 
-from .._postgres import advisory_key, migrate, psycopg, sql, store_error, validate_schema
-from .._shared import redact
+from .._conn.postgres import advisory_key, migrate, psycopg, sql, store_error, validate_schema
+from .._conn.shared import redact
 from ._synced import WAKEUP, Change, Snapshot, SyncedResolver
 from .base import IdentityLink
 

@@ -18,8 +18,8 @@ import json
 import time
 from typing import Any
 
-from .._redis import LuaScript, RedisError, check_layout, redis, store_error, validate_prefix
-from .._shared import redact
+from .._conn.redis import LuaScript, RedisError, check_layout, redis, store_error, validate_prefix
+from .._conn.shared import redact
 from ._synced import WAKEUP, Change, Snapshot, SyncedResolver
 from .base import IdentityLink
 
@@ -158,7 +158,7 @@ class RedisIdentityResolver(SyncedResolver):
     # -- the listener thread ---------------------------------------------------
 
     def _listen_once(self) -> None:
-        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = self._client.pubsub()
         try:
             pubsub.subscribe(self._channel)
             deadline = time.monotonic() + 10.0

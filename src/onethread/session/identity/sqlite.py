@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ...errors import CorruptStoreError, StoreError
-from ..urls import onethread_home
+from ..home import onethread_home
 from ._common import LinkTable, ResolverContextManager, validate_link_args
 from .base import IdentityLink
 

@@ -20,7 +20,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .cli_common import (
+from ..config import Config
+from ..errors import ConfigError, OnethreadError
+from ..platforms.registry import PLATFORMS
+from .common import (
     close_resolver,
     config_from_args,
     history_url,
@@ -29,9 +32,6 @@ from .cli_common import (
     redact_url,
     say,
 )
-from .config import Config
-from .errors import ConfigError, OnethreadError
-from .platforms.registry import PLATFORMS
 
 __all__ = ["add_parsers", "who"]
 
@@ -83,7 +83,7 @@ def _store_missing(config: Config) -> bool:
 
 def _with_manager(config: Config, job: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``job(manager)`` with a session manager on the configured stores, then close them."""
-    from .bots import BotSessionManager
+    from ..bots import BotSessionManager
 
     resolver = open_identity(config)
     try:

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, load_config
-from .errors import ConfigError
-from .session._shared import redact
-from .session.history.base import HistoryStore
-from .session.urls import (
+from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, load_config
+from ..errors import ConfigError
+from ..session._conn.shared import redact
+from ..session.history.base import HistoryStore
+from ..session.urls import (
     default_history_url,
     default_identity_url,
     open_history_store,
@@ -96,8 +96,8 @@ def close_resolver(resolver: Any) -> None:
 
 def build_agent(config: Config) -> Any:
     """The agent the config describes; ``ConfigFileError`` for a bad tool or model."""
-    from .agent import Agent
-    from .config_check import tool_functions
+    from ..agent import Agent
+    from ..config_check import tool_functions
 
     tools = tool_functions(config)
     section = config.agent
@@ -111,7 +111,7 @@ def build_agent(config: Config) -> Any:
 
 def describe_model(agent: Any) -> str:
     """A short description of the agent's model for banners."""
-    from .agent import OfflineModel, OpenAIModel
+    from ..agent import OfflineModel, OpenAIModel
 
     model = getattr(agent, "model", None)
     if isinstance(model, OfflineModel):

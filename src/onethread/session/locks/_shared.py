@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from ..errors import TurnLockLost
-from .locks import LocalTurnLocks
+from ...errors import TurnLockLost
+from .base import LocalTurnLocks
 
 __all__ = ["Lease", "TurnLockLost", "guard", "local_locks"]
 

@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .cli_common import close_resolver, config_from_args, open_identity, redact_url, say
-from .config import did_you_mean
-from .errors import ConfigError, OnethreadError
-from .platforms.registry import PLATFORMS
+from ..config import did_you_mean
+from ..errors import ConfigError, OnethreadError
+from ..platforms.registry import PLATFORMS
+from .common import close_resolver, config_from_args, open_identity, redact_url, say
 
 __all__ = ["add_parsers", "known_platform", "parse_links"]
 
@@ -174,7 +174,7 @@ def parse_links(path: Path) -> list[tuple[str, str, str]]:
     onethread's version 1 (``{"unified": "alice", ...}`` values). Raises
     ``ConfigError`` naming the file and the bad entry.
     """
-    from .session.identity._common import validate_link_args
+    from ..session.identity._common import validate_link_args
 
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -235,7 +235,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 @contextmanager
 def _pairing() -> Iterator[Any]:
-    from .session.pairing import PairingStore
+    from ..session.pairing import PairingStore
 
     store = PairingStore()
     try:
@@ -245,7 +245,7 @@ def _pairing() -> Iterator[Any]:
 
 
 def _cmd_approve(args: argparse.Namespace) -> int:
-    from .bots.policy import approve_code
+    from ..bots.policy import approve_code
 
     platform = known_platform(args.platform)
     with _pairing() as store:

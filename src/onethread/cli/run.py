@@ -14,7 +14,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .cli_common import (
+from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError
+from ..errors import ConfigError
+from ..platforms.registry import PLATFORMS, credentials
+from .common import (
     build_agent,
     close_resolver,
     config_from_args,
@@ -26,12 +29,8 @@ from .cli_common import (
     redact_url,
     say,
 )
-from .config import DEFAULT_CONFIG_NAME, PLATFORM_TOKENS, Config, ConfigFileError
-from .errors import ConfigError
 
 __all__ = ["add_parsers", "banner", "cmd_chat", "cmd_run"]
-
-_TITLES = {"telegram": "Telegram", "discord": "Discord", "slack": "Slack"}
 
 
 def _port(text: str) -> int:
@@ -52,9 +51,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="serve the agent on the web chat and every configured platform",
         description=(
             "Serve the agent. With no config: the web chat on http://127.0.0.1:8080, plus "
-            "Telegram, Discord and Slack when their tokens are in the environment "
-            "(TELEGRAM_BOT_TOKEN, DISCORD_BOT_TOKEN, SLACK_BOT_TOKEN + SLACK_APP_TOKEN). "
-            "Ctrl-C stops cleanly."
+            "every platform whose credentials are in the environment ("
+            + "; ".join(
+                f"{PLATFORMS[name].title}: {' + '.join(variables.values())}"
+                for name, variables in credentials().items()
+            )
+            + "). Ctrl-C stops cleanly."
         ),
     )
     run.add_argument("--host", help="web chat interface (default 127.0.0.1)")
@@ -82,7 +84,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``onethread run``: serve until SIGINT/SIGTERM, then stop cleanly (exit 0)."""
-    from .config_check import check_config
+    from ..config_check import check_config
 
     config = config_from_args(args)
     web = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -101,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolver = open_identity(config)
     pairing: Any = None
     try:
-        from .session.pairing import PairingStore
+        from ..session.pairing import PairingStore
 
         pairing = PairingStore()
         botos = _build_botos(config, agent, platforms, resolver, pairing)
@@ -129,7 +131,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _policies(config: Config, names: list[str], pairing: Any) -> dict[str, Any]:
-    from .bots.policy import make_policy
+    from ..bots.policy import make_policy
 
     policies = {}
     for name in names:
@@ -151,8 +153,8 @@ def _build_botos(
     resolver: Any,
     pairing: Any,
 ) -> Any:
-    from .bots import BotOS
-    from .session.urls import open_coordination
+    from ..bots import BotOS
+    from ..session.urls import open_coordination
 
     store = open_history(config)
     try:
@@ -189,7 +191,7 @@ async def _announce_when_ready(botos: Any, text: Callable[[], str]) -> None:
 
 
 async def _serve(botos: Any, text: Callable[[], str]) -> None:
-    from .bots.bot import run_until_signal
+    from ..bots.bot import run_until_signal
 
     async def start() -> None:
         announce = asyncio.create_task(_announce_when_ready(botos, text))
@@ -202,14 +204,15 @@ async def _serve(botos: Any, text: Callable[[], str]) -> None:
 
 
 def _add_hint(config: Config, served: Mapping[str, Any]) -> str:
-    for name, variables in PLATFORM_TOKENS.items():
+    for name, variables in credentials().items():
         if name in served:
             continue
         exports = " ".join(f"{var}=..." for var in variables.values())
+        title = PLATFORMS[name].title
         if config.platforms is None:
-            return f"add {_TITLES[name]}: export {exports} and restart"
+            return f"add {title}: export {exports} and restart"
         where = config.source or DEFAULT_CONFIG_NAME
-        return f"add {_TITLES[name]}: add {name}: under platforms: in {where} and export {exports}"
+        return f"add {title}: add {name}: under platforms: in {where} and export {exports}"
     return ""
 
 
@@ -265,9 +268,9 @@ def _line_editing(history_file: Path) -> Iterator[None]:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """``onethread chat``: a REPL on the console platform; returns 0 on /quit, EOF or Ctrl-C."""
-    from .bots import Bot
-    from .platforms.registry import load_adapter_class
-    from .session.urls import onethread_home
+    from ..bots import Bot
+    from ..platforms.registry import load_adapter_class
+    from ..session.urls import onethread_home
 
     config = config_from_args(args)
     agent = build_agent(config)
@@ -322,7 +325,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 async def _chat(bot: Any, adapter: Any) -> None:
-    from .bots.bot import run_until_signal
+    from ..bots.bot import run_until_signal
 
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Future[None]] = []

@@ -14,8 +14,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import MissingDependencyError, SchemaVersionError, StoreError
-from ._shared import redact
+from ...errors import MissingDependencyError, SchemaVersionError, StoreError
+from .shared import redact
 
 try:
     import psycopg

@@ -5,7 +5,7 @@ the person's platform (host A runs Discord, host B runs Telegram). Host A puts
 the message in the shared outbox; host B, which serves Telegram, takes it,
 sends it and mirrors it into the person's history, then acknowledges it.
 
-Guarantees (both back-ends, :mod:`.outbox_redis` and :mod:`.outbox_postgres`):
+Guarantees (both back-ends, :mod:`.redis` and :mod:`.postgres`):
 
 * ``put`` returns once the message is stored durably on the server;
 * each message is handed to one serving host at a time; while ``deliver``

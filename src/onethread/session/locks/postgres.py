@@ -1,0 +1,309 @@
+"""Turn locks and the duplicate filter shared by several hosts through PostgreSQL.
+
+``PostgresTurnLocks``: one turn at a time per session key across every host
+on the same database. Each process keeps ONE dedicated connection (per event
+loop) whose session holds its advisory locks: ``pg_try_advisory_lock`` on a
+64-bit hash of (schema, key), polled while another host holds it, and
+``pg_advisory_unlock`` on release. Advisory locks belong to the session, so a
+process that dies (even by SIGKILL) releases all of them the moment the server
+sees its connection close; a host that vanishes from the network is detected
+by TCP keepalives (set to about 25 s on both sides). Every acquisition takes a
+fencing token from a sequence. If the lock connection fails while locks are
+held, those leases are marked lost and their turns stopped with
+``TurnLockLost`` (checked every ``check_interval`` seconds).
+
+``PostgresDuplicateFilter``: ``INSERT ... ON CONFLICT DO UPDATE ... WHERE
+expired RETURNING``: exactly one host sees a row come back per id within
+``ttl``; expired rows are deleted now and then.
+
+Tables (component ``locks``): ``onethread_seen``, sequence ``onethread_lock_fence``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .._conn.postgres import (
+    advisory_key,
+    migrate_async,
+    open_pool,
+    psycopg,
+    psycopg_pool,
+    sql,
+    store_error,
+    validate_schema,
+)
+from .._conn.shared import PerLoop
+from ._shared import Lease, guard, local_locks
+from .base import LocalTurnLocks
+
+__all__ = ["SCHEMA_VERSION", "PostgresDuplicateFilter", "PostgresTurnLocks"]
+
+log = logging.getLogger("onethread.locks")
+
+SCHEMA_VERSION = 1
+_DDL = (
+    "CREATE SEQUENCE IF NOT EXISTS {s}.onethread_lock_fence",
+    """CREATE TABLE IF NOT EXISTS {s}.onethread_seen (
+        key TEXT PRIMARY KEY,
+        seen_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS onethread_seen_at ON {s}.onethread_seen (seen_at)",
+)
+_KEEPALIVE: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+# The server side of the same: the session (and its locks) ends ~25 s after the
+# host vanishes, instead of the OS default of hours.
+_SERVER_KEEPALIVE = (
+    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
+)
+_WAIT_MIN, _WAIT_MAX = 0.002, 0.025
+
+
+def _ddl(schema: str) -> list[sql.Composed]:
+    return [sql.SQL(q).format(s=sql.Identifier(schema)) for q in _DDL]
+
+
+class _LockSession:
+    """The connection whose PostgreSQL session holds this loop's advisory locks.
+
+    ``held`` (lease per advisory key) and ``conn`` are touched only from the
+    owning loop; ``_reconnect`` (an ``asyncio.Lock``) makes one task reopen a
+    dead connection while the others wait.
+    """
+
+    def __init__(self, url: str, schema: str, check_interval: float) -> None:
+        self.url, self.schema, self.check_interval = url, schema, check_interval
+        self.conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        self.held: dict[int, Lease] = {}
+        self._reconnect = asyncio.Lock()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def connection(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+        """The live connection; a dead one loses its leases and is replaced."""
+        conn = self.conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        async with self._reconnect:
+            if self.conn is None or self.conn.closed or self.conn.broken:
+                self.lose_all("the PostgreSQL session holding it ended")
+                try:
+                    fresh = await psycopg.AsyncConnection.connect(
+                        self.url, autocommit=True, connect_timeout=10, **_KEEPALIVE
+                    )
+                    await fresh.execute(_SERVER_KEEPALIVE)
+                    await migrate_async(
+                        fresh, self.url, self.schema, "locks", SCHEMA_VERSION, _ddl(self.schema)
+                    )
+                except psycopg.Error as exc:
+                    raise store_error(self.url, exc) from exc
+                self.conn = fresh
+                if self._watchdog is None:
+                    self._watchdog = asyncio.create_task(self._watch())
+            return self.conn
+
+    def lose_all(self, reason: str) -> None:
+        """Mark every lease of this session lost (their turns are stopped)."""
+        held, self.held = self.held, {}
+        for lease in held.values():
+            lease.mark_lost(reason)
+
+    async def _watch(self) -> None:
+        """While locks are held, check the session every ``check_interval`` seconds."""
+        while True:
+            await asyncio.sleep(self.check_interval)
+            conn = self.conn
+            if not self.held or conn is None:
+                continue
+            try:
+                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self.check_interval)
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                log.error("turn lock session failed (%s); stopping the turns it held", exc)
+                if self.conn is conn:
+                    self.lose_all(f"its PostgreSQL session failed ({exc})")
+                await conn.close()
+
+    async def close(self) -> None:
+        """Stop the watchdog and close the connection (the server frees every lock)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.conn is not None:
+            await self.conn.close()
+
+
+class PostgresTurnLocks:
+    """Per-session-key turn locks shared by every host on one database (see the module doc).
+
+    Args:
+        url: a libpq URL or key/value connection string.
+        schema: namespace of the lock keys and home of the fence sequence
+            (created if missing; default ``public``).
+        check_interval: seconds between checks that the lock connection is alive
+            while locks are held.
+
+    ``hold(key)`` (the ``TurnLocks`` protocol) and ``lease(key)`` (yielding the
+    :class:`Lease` with its fencing token) wait for the lock; waiters in one
+    process queue in arrival order on a local lock first.
+
+    Errors: ``StoreError`` if the database fails while acquiring,
+    ``TurnLockLost`` if the lock connection died while held, ``RuntimeError``
+    after :meth:`close`.
+
+    Concurrency: ``_local`` maps each event loop to its ``LocalTurnLocks``
+    (touched only from that loop's thread); ``_sessions`` (a ``PerLoop``)
+    guards the lock connections.
+    """
+
+    def __init__(self, url: str, *, schema: str = "public", check_interval: float = 2.0) -> None:
+        self.url = url
+        self.schema = validate_schema(schema)
+        self._fence = sql.SQL("SELECT nextval('{}.onethread_lock_fence')").format(
+            sql.Identifier(schema)
+        )
+
+        async def create(home: bool) -> _LockSession:
+            session = _LockSession(url, schema, check_interval)
+            await session.connection()
+            return session
+
+        async def destroy(session: _LockSession) -> None:
+            await session.close()
+
+        self._sessions: PerLoop[_LockSession] = PerLoop(create, destroy, what="these turn locks")
+        self._local: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalTurnLocks] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Wait for, then hold, ``key``'s lock for the ``async with`` block."""
+        async with self.lease(key):
+            yield
+
+    @asynccontextmanager
+    async def lease(self, key: str) -> AsyncIterator[Lease]:
+        """As :meth:`hold`, yielding the :class:`Lease` (``.fence``, ``.lost``)."""
+        async with local_locks(self._local).hold(key), self._sessions.borrow() as session:
+            number = advisory_key("turn", self.schema, key)
+            lease, conn = await self._acquire(session, key, number)
+            try:
+                async with guard(lease):
+                    yield lease
+            finally:
+                if session.held.get(number) is lease:
+                    del session.held[number]
+                    await asyncio.shield(self._release(conn, key, number))
+
+    async def close(self) -> None:
+        """Close the lock connections; the server frees any lock they held."""
+        await self._sessions.aclose()
+
+    async def _acquire(
+        self, session: _LockSession, key: str, number: int
+    ) -> tuple[Lease, psycopg.AsyncConnection[tuple[Any, ...]]]:
+        wait = _WAIT_MIN
+        while True:
+            conn = await session.connection()
+            try:
+                cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (number,))
+                row = await cur.fetchone()
+                if row is not None and row[0]:
+                    try:
+                        cur = await conn.execute(self._fence)
+                        fence_row = await cur.fetchone()
+                    except BaseException:
+                        await self._release(conn, key, number)
+                        raise
+                    lease = Lease(key, str(number), int(fence_row[0]) if fence_row else 0)
+                    session.held[number] = lease
+                    return lease, conn
+            except psycopg.Error as exc:
+                raise store_error(self.url, exc) from exc
+            await asyncio.sleep(wait)
+            wait = min(wait * 1.5, _WAIT_MAX)
+
+    async def _release(
+        self, conn: psycopg.AsyncConnection[tuple[Any, ...]], key: str, number: int
+    ) -> None:
+        if conn.closed or conn.broken:
+            return  # the session is gone, and its locks with it
+        try:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (number,))
+        except psycopg.Error as exc:
+            log.warning("releasing the turn lock of %r failed (%s); closing its session", key, exc)
+            await conn.close()
+
+
+class PostgresDuplicateFilter:
+    """The ``DuplicateFilter`` shared by every host on one database.
+
+    ``first_time(id)`` is True for exactly one call per id (across hosts)
+    within ``ttl`` seconds, by the database's clock. Rows older than ``ttl``
+    are deleted at most every ``ttl/10`` seconds (and at least hourly).
+    Errors: ``StoreError`` if the database fails; ``RuntimeError`` after
+    :meth:`close`. Concurrency: safe from many tasks and hosts; ``_pools``
+    (a ``PerLoop``) guards the pools; ``_next_cleanup`` is a plain float whose
+    racy update can at worst run one extra cleanup.
+    """
+
+    def __init__(
+        self, url: str, *, schema: str = "public", ttl: float = 24 * 3600.0, max_size: int = 4
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError("ttl must be > 0 seconds")
+        self.url = url
+        self.schema = validate_schema(schema)
+        self.ttl = ttl
+        s = sql.Identifier(schema)
+        self._insert = sql.SQL(
+            "INSERT INTO {s}.onethread_seen AS seen (key, seen_at) "
+            "VALUES (%s, extract(epoch FROM clock_timestamp())) "
+            "ON CONFLICT (key) DO UPDATE SET seen_at = excluded.seen_at "
+            "WHERE seen.seen_at < excluded.seen_at - %s RETURNING 1"
+        ).format(s=s)
+        self._cleanup = sql.SQL(
+            "DELETE FROM {s}.onethread_seen "
+            "WHERE seen_at < extract(epoch FROM clock_timestamp()) - %s"
+        ).format(s=s)
+        self._next_cleanup = 0.0
+
+        async def create(home: bool) -> psycopg_pool.AsyncConnectionPool[Any]:
+            return await open_pool(
+                url, schema, "locks", SCHEMA_VERSION, _ddl(schema),
+                min_size=1 if home else 0, max_size=max_size if home else 1, timeout=30.0,
+            )  # fmt: skip
+
+        async def destroy(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+            await pool.close()
+
+        self._pools: PerLoop[psycopg_pool.AsyncConnectionPool[Any]] = PerLoop(
+            create, destroy, what="this duplicate filter"
+        )
+
+    async def first_time(self, message_key: str) -> bool:
+        """Record ``message_key``; True if no host had recorded it within ``ttl``."""
+        async with self._pools.borrow() as pool:
+            try:
+                async with pool.connection() as conn:
+                    cur = await conn.execute(self._insert, (message_key, self.ttl))
+                    first = await cur.fetchone() is not None
+                    if time.monotonic() >= self._next_cleanup:
+                        self._next_cleanup = time.monotonic() + min(self.ttl / 10, 3600.0)
+                        await conn.execute(self._cleanup, (self.ttl,))
+            except psycopg.Error as exc:
+                raise store_error(self.url, exc) from exc
+        return first
+
+    async def close(self) -> None:
+        """Close the connection pools."""
+        await self._pools.aclose()

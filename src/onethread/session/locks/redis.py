@@ -1,0 +1,241 @@
+"""Turn locks and the duplicate filter shared by several hosts through Redis.
+
+``RedisTurnLocks``: one turn at a time per session key across every host on
+the same Redis. The lock is ``SET {prefix}lock:{key} <token> NX PX <lease>``;
+the holder renews it every ``lease/3`` seconds (compare-and-``PEXPIRE``) and
+releases it with compare-and-delete, both Lua scripts, so a host never
+extends or frees a lock it no longer holds. A host that dies mid-turn stops
+renewing, and its lock expires at most ``lease`` seconds later. Each
+acquisition also increments ``{prefix}lock:{key}:fence``: the lease's fencing
+token. A holder that cannot renew before its lease runs out is stopped with
+:class:`~onethread.errors.TurnLockLost` (see ``locks._shared``).
+
+``RedisDuplicateFilter``: ``SET {prefix}seen:{id} 1 NX PX <ttl>``; the first
+host to record an id wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .._conn.redis import (
+    LuaScript,
+    RedisError,
+    redis,
+    reraise_swallowed_cancel,
+    store_error,
+    validate_prefix,
+)
+from .._conn.shared import PerLoop
+from ._shared import Lease, guard, local_locks
+from .base import LocalTurnLocks
+
+__all__ = ["RedisDuplicateFilter", "RedisTurnLocks"]
+
+log = logging.getLogger("onethread.locks")
+
+# KEYS: lock, fence. ARGV: token, lease ms. Returns {fence, 0} or {0, ms left}.
+_ACQUIRE = LuaScript("""
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {redis.call('INCR', KEYS[2]), 0}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+""")
+# KEYS: lock. ARGV: token, lease ms. Returns 1 if still ours (and extended).
+_RENEW = LuaScript("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+""")
+# KEYS: lock. ARGV: token. Returns 1 if it was ours.
+_RELEASE = LuaScript("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+""")
+
+_WAIT_MIN, _WAIT_MAX = 0.002, 0.025
+
+
+class _Clients(PerLoop["redis.asyncio.Redis"]):
+    """``redis.asyncio`` clients per event loop (see ``PerLoop``)."""
+
+    def __init__(self, url: str, options: dict[str, Any], what: str) -> None:
+        async def create(home: bool) -> redis.asyncio.Redis:
+            return redis.asyncio.Redis.from_url(url, **options)
+
+        async def destroy(client: redis.asyncio.Redis) -> None:
+            await client.aclose()
+
+        super().__init__(create, destroy, what=what)
+
+
+class RedisTurnLocks:
+    """Per-session-key turn locks shared by every host on one Redis (see the module doc).
+
+    Args:
+        url: ``redis://[:password@]HOST:PORT/DB``.
+        lease: seconds a lock outlives its holder's last renewal (the time a
+            dead host keeps a person waiting). Renewed every ``lease/3``.
+        prefix: namespace of the lock keys (default ``onethread:``).
+        **options: passed to ``redis.asyncio.Redis.from_url``.
+
+    ``hold(key)`` (the ``TurnLocks`` protocol) and ``lease(key)`` (which
+    yields the :class:`Lease` with its fencing token) wait for the lock.
+    Waiters in one process queue in arrival order on a local lock first, so
+    only one task per process polls Redis for a key; across hosts the next
+    holder is whoever polls first after a release (2 to 25 ms).
+
+    Errors: ``StoreError`` if Redis fails while acquiring; ``TurnLockLost``
+    if the lock could not be renewed in time. Calls after :meth:`close` raise
+    ``RuntimeError``.
+
+    Concurrency: ``_local`` maps each event loop to its ``LocalTurnLocks``
+    (a ``WeakKeyDictionary``, touched only from the loop's own thread for its
+    own entry; CPython makes single dict operations atomic); ``_clients``
+    guards the connection pools (see ``PerLoop``).
+    """
+
+    def __init__(
+        self, url: str, lease: float = 30.0, *, prefix: str = "onethread:", **options: Any
+    ) -> None:
+        if lease <= 0:
+            raise ValueError("lease must be > 0 seconds")
+        self.url = url
+        self.lease_seconds = lease
+        self.prefix = validate_prefix(prefix)
+        self._lease_ms = max(1, round(lease * 1000))
+        self._clients = _Clients(url, {"decode_responses": True, **options}, "these turn locks")
+        self._local: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalTurnLocks] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Wait for, then hold, ``key``'s lock for the ``async with`` block."""
+        async with self.lease(key):
+            yield
+
+    @asynccontextmanager
+    async def lease(self, key: str) -> AsyncIterator[Lease]:
+        """As :meth:`hold`, yielding the :class:`Lease` (``.fence``, ``.lost``)."""
+        async with local_locks(self._local).hold(key), self._clients.borrow() as client:
+            lease, valid_until = await self._acquire(client, key)
+            renewer = asyncio.create_task(self._renew(client, lease, valid_until))
+            try:
+                async with guard(lease):
+                    yield lease
+            finally:
+                renewer.cancel()
+                await asyncio.shield(self._release(client, lease))
+
+    async def close(self) -> None:
+        """Close the connection pools. Locks still held expire with their lease."""
+        await self._clients.aclose()
+
+    # -- internals -------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}lock:{key}"
+
+    async def _acquire(self, client: redis.asyncio.Redis, key: str) -> tuple[Lease, float]:
+        """Poll until the lock is ours; return the lease and when it runs out (monotonic)."""
+        token = uuid.uuid4().hex
+        keys = [self._key(key), self._key(key) + ":fence"]
+        wait = _WAIT_MIN
+        while True:
+            reraise_swallowed_cancel()
+            sent = time.monotonic()
+            try:
+                fence, left_ms = await _ACQUIRE.run(client, keys, [token, self._lease_ms])
+            except RedisError as exc:
+                raise store_error(self.url, exc) from exc
+            if fence:
+                return Lease(key, token, int(fence)), sent + self.lease_seconds
+            left = int(left_ms) / 1000 if int(left_ms) > 0 else wait
+            await asyncio.sleep(min(wait, left))
+            wait = min(wait * 1.5, _WAIT_MAX)
+
+    async def _renew(self, client: redis.asyncio.Redis, lease: Lease, valid_until: float) -> None:
+        """Extend the lease every ``lease/3`` s; mark it lost if that fails until it runs out.
+
+        ``valid_until`` is counted from when the request that set the expiry
+        was sent, so the local idea of the lease never outlives Redis's.
+        """
+        margin = min(0.05, self.lease_seconds / 10)
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(min(interval, max(0.0, valid_until - time.monotonic() - margin)))
+            reraise_swallowed_cancel()
+            sent = time.monotonic()
+            if sent >= valid_until - margin:
+                lease.mark_lost(f"not renewed within its {self.lease_seconds:g} s lease")
+                return
+            try:
+                still_ours = await asyncio.wait_for(
+                    _RENEW.run(client, [self._key(lease.key)], [lease.token, self._lease_ms]),
+                    timeout=valid_until - sent - margin,
+                )
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("renewing the turn lock of %r failed: %s", lease.key, exc)
+                interval = min(interval, 0.25)  # retry soon, while the lease lasts
+                continue
+            if not still_ours:
+                lease.mark_lost("it expired and was taken or deleted")
+                return
+            valid_until, interval = sent + self.lease_seconds, self.lease_seconds / 3
+
+    async def _release(self, client: redis.asyncio.Redis, lease: Lease) -> None:
+        try:
+            await _RELEASE.run(client, [self._key(lease.key)], [lease.token])
+        except RedisError as exc:
+            # Not fatal: the lock expires with its lease; other hosts wait until then.
+            log.warning("releasing the turn lock of %r failed (%s); it expires", lease.key, exc)
+
+
+class RedisDuplicateFilter:
+    """The ``DuplicateFilter`` shared by every host on one Redis.
+
+    ``first_time(id)`` is True for exactly one call per id (across hosts)
+    within ``ttl`` seconds. Errors: ``StoreError`` if Redis fails (the caller
+    decides whether to answer or drop); ``RuntimeError`` after :meth:`close`.
+    Concurrency: safe from many tasks and hosts; ``_clients`` as in
+    ``RedisTurnLocks``.
+    """
+
+    def __init__(
+        self, url: str, *, ttl: float = 24 * 3600.0, prefix: str = "onethread:", **options: Any
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError("ttl must be > 0 seconds")
+        self.url = url
+        self.ttl = ttl
+        self.prefix = validate_prefix(prefix)
+        self._clients = _Clients(url, {"decode_responses": True, **options}, "this filter")
+
+    async def first_time(self, message_key: str) -> bool:
+        """Record ``message_key``; True if no host had recorded it within ``ttl``."""
+        async with self._clients.borrow() as client:
+            try:
+                added = await client.set(
+                    f"{self.prefix}seen:{message_key}",
+                    1,
+                    nx=True,
+                    px=max(1, round(self.ttl * 1000)),
+                )
+            except RedisError as exc:
+                raise store_error(self.url, exc) from exc
+        return bool(added)
+
+    async def close(self) -> None:
+        """Close the connection pools."""
+        await self._clients.aclose()
