@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -245,8 +246,12 @@ async def test_session_chat_wraps_a_framework_agent_once(model: FakeOpenAI) -> N
     assert last_user_text(model.requests[-1]) == "two"
 
 
-def test_praisonai_agent_with_memory_is_refused_with_the_reason(model: FakeOpenAI) -> None:
+def test_praisonai_agent_with_memory_is_refused_with_the_reason(
+    model: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from praisonaiagents import Agent as PraisonAgent
+
+    monkeypatch.chdir(tmp_path)  # memory=True makes a .praisonai folder where it runs
 
     agent = PraisonAgent(name="m", instructions="x", model="gpt-test", memory=True)
     with pytest.raises(TypeError, match=r"built with memory=: its memory store is shared"):
