@@ -365,3 +365,17 @@ def test_a_plain_responder_is_used_as_it_is() -> None:
     assert as_responder(mine) is mine
     assert isinstance(mine, Responder)
     assert framework_of(mine) is None
+
+
+def test_responder_is_public_documented_and_in_the_readme() -> None:
+    import inspect
+    from pathlib import Path
+
+    import onethread.agent
+
+    assert {"Responder", "as_responder"} <= set(onethread.agent.__all__)
+    doc = inspect.getdoc(Responder) or ""
+    for topic in ("history", "mirror", "group", "ModelError"):
+        assert topic in doc, f"Responder's docstring says nothing of {topic}"
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "## Bring your own agent" in readme and "onethread.agent.Responder" in readme
