@@ -254,8 +254,10 @@ def test_praisonai_agent_with_memory_is_refused_with_the_reason(
     monkeypatch.chdir(tmp_path)  # memory=True makes a .praisonai folder where it runs
 
     agent = PraisonAgent(name="m", instructions="x", model="gpt-test", memory=True)
-    with pytest.raises(TypeError, match=r"built with memory=: its memory store is shared"):
+    with pytest.raises(TypeError, match=r"built with memory=.*: its memory store is shared"):
         as_responder(agent)
+    with pytest.raises(TypeError, match=r"self_improve="):
+        as_responder(PraisonAgent(name="s", instructions="x", model="gpt-test", self_improve=True))
     helper = PraisonAgent(name="helper", instructions="x", model="gpt-test")
     with pytest.raises(TypeError, match=r"handoffs="):
         as_responder(PraisonAgent(name="h", instructions="x", model="gpt-test", handoffs=[helper]))

@@ -19,7 +19,9 @@ agent the user passed is never run, so its own ``chat_history`` stays as it was.
 Refused (``TypeError`` with the reason), because they keep conversation state
 outside ``chat_history`` that every copy would share, so no copy can make them
 private: ``memory=`` (a long-term memory store the agent reads into every
-prompt), ``db=`` (a persisted session the agent reloads), ``handoffs=`` (other
+prompt; ``learn=`` turns it on), ``self_improve=`` (skills it writes from one
+person's turn and reads in everyone's), ``db=`` (a persisted session the agent
+reloads), ``handoffs=`` (other
 agents with their own ``chat_history``, which ``clone_for_channel`` drops
 anyway) and ``backend=`` (an external service holding its own sessions).
 
@@ -50,8 +52,17 @@ for _noise in (
 
 # attribute on the Agent -> why a per-turn copy cannot make it private
 _SHARED_STATE = (
-    ("_memory_config", "memory=", "its memory store is shared by every copy of the agent"),
+    (
+        "_memory_config",
+        "memory= (or learn=, which needs it)",
+        "its memory store is shared by every copy",
+    ),
     ("_memory_instance", "memory=", "its memory store is shared by every copy of the agent"),
+    (
+        "_self_improve",
+        "self_improve=",
+        "the skills it writes from one person's turn reach everyone's",
+    ),
     ("_db", "db=", "its database session is reloaded into every turn, whoever is talking"),
     ("handoffs", "handoffs=", "the agents it hands off to keep one chat_history for everyone"),
     ("backend", "backend=", "the external backend keeps its own sessions, not per person"),
