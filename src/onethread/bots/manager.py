@@ -140,7 +140,7 @@ class BotSessionManager:
 
     # -- the turn --------------------------------------------------------------
 
-    def responder(self, agent: object) -> Responder:
+    def _responder(self, agent: object) -> Responder:
         """``agent`` as a Responder (``onethread.agent.as_responder``), wrapped once per agent."""
         if type(agent) in self._plain:
             return agent  # type: ignore[return-value]  # checked once per class: the hot path
@@ -182,7 +182,7 @@ class BotSessionManager:
         Responder, or a framework's agent (wrapped, see ``onethread.agent``);
         anything else is a ``TypeError`` naming what is accepted.
         """
-        responder = self.responder(agent)
+        responder = self._responder(agent)
         if self.loop is None:
             self.bind_loop()
         unified = self.resolve(platform, user_id)
