@@ -1,11 +1,16 @@
 """Serve a praisonaiagents ``Agent`` (the seed's class) without sharing its chat history.
 
-A praisonaiagents ``Agent`` keeps the conversation on the object
-(``agent.chat_history``, guarded by a lock) and reads it on every ``achat``:
-one object answering everyone would show Alice's messages to the model in
-Bob's turn, and turns running at once would interleave in one list. Swapping
-the history in and out around a turn is safe only if turns never overlap,
-which would serialise every person behind one lock.
+A praisonaiagents ``Agent`` keeps the conversation on the object. Read in
+praisonaiagents 1.7.17 (``agent/chat_mixin.py``, ``agent/memory_mixin.py``):
+``achat`` builds the model's messages from ``self.chat_history`` (a list
+behind a lock that guards each append, not the turn), appends the user message
+to it before the model call and the reply after, and keeps more per-turn state
+on the object (tools used, stop reason, the active cancel token). One object
+answering everyone would show Alice's messages to the model in Bob's turn, and
+turns at once interleave in that one list. Setting ``chat_history`` to the
+person's history around a turn is leak-free only if no two turns overlap, that
+is with one lock around every ``achat``: every person in the process would wait
+for every other. There is no lock-free way on one object.
 
 So each turn runs on a per-turn copy made by the library's own
 ``Agent.clone_for_channel()`` (built for one copy per gateway channel): a
