@@ -381,3 +381,25 @@ def test_responder_is_public_documented_and_in_the_readme() -> None:
         assert topic in doc, f"Responder's docstring says nothing of {topic}"
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "## Bring your own agent" in readme and "onethread.agent.Responder" in readme
+
+
+async def test_checkpointed_langgraph_graph_keeps_twenty_people_apart(model: FakeOpenAI) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    graph = build_graph(model.base_url, [], checkpointer=InMemorySaver())
+    session = BotSessionManager(store="memory://", identity_resolver=InMemoryIdentityResolver())
+
+    async def turn(i: int, prompt: str) -> str:
+        platform, user = person(i)
+        return await session.chat(graph, user, prompt, platform=platform)
+
+    await asyncio.gather(*(turn(i, f"my private word is {word(i)}") for i in range(PEOPLE)))
+    await asyncio.gather(*(turn(i, "what is my word?") for i in range(PEOPLE)))
+    assert model.max_in_flight >= PEOPLE // 2
+    for body in model.requests:
+        assert len(set(WORD.findall(request_text(body)))) == 1
+    for i in range(PEOPLE):
+        platform, user = person(i)
+        config = {"configurable": {"thread_id": f"bot_{platform}_{user}"}}
+        texts = [m.text for m in (await graph.aget_state(config)).values["messages"]]
+        assert len(texts) == 4 and set(WORD.findall(" ".join(texts))) == {word(i)}
