@@ -403,3 +403,16 @@ async def test_checkpointed_langgraph_graph_keeps_twenty_people_apart(model: Fak
         config = {"configurable": {"thread_id": f"bot_{platform}_{user}"}}
         texts = [m.text for m in (await graph.aget_state(config)).values["messages"]]
         assert len(texts) == 4 and set(WORD.findall(" ".join(texts))) == {word(i)}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+async def test_in_a_group_the_framework_sees_who_said_what(
+    framework: str, model: FakeOpenAI
+) -> None:
+    agent = build(framework, model.base_url)
+    session = BotSessionManager(store="memory://")
+    group = {"platform": "slack", "chat_id": "C1", "chat_type": "group"}
+    await session.chat(agent, "U1", "I like tea", user_name="Ann", **group)
+    await session.chat(agent, "U2", "what does Ann like?", user_name="Ben", **group)
+    said = request_text(model.requests[-1])
+    assert "[Ann] I like tea" in said and "[Ben] what does Ann like?" in said
