@@ -15,7 +15,7 @@ from helpers import RecordingAgent
 from onethread._fake_adapter import FakeAdapter
 from onethread.bots import BotOS
 from onethread.bots.bot import Bot
-from onethread.errors import BadRequest
+from onethread.errors import BadRequest, OutcomeUnknown
 from onethread.session import InMemoryIdentityResolver, set_session_context
 from onethread.session.context import clear_session_context
 from onethread.session.history.base import HistoryEntry
@@ -28,9 +28,14 @@ class Flaky(FakeAdapter):
     """Refuses every send while ``down`` (a platform rejecting the message for good)."""
 
     down = False
+    unknown = False  # the request went out, the answer never came
+    attempts = 0
 
     async def do_send(self, chat_id: str, text: str, *, thread_id: str = "",
                       formatted: bool = True) -> str:  # fmt: skip
+        self.attempts += 1
+        if self.unknown:
+            raise OutcomeUnknown("timed out after sending", platform=self.name)
         if self.down:
             raise BadRequest("outside the 24-hour window", platform=self.name)
         return await super().do_send(chat_id, text, thread_id=thread_id, formatted=formatted)
@@ -191,8 +196,24 @@ async def test_failed_deliveries_are_retried_then_marked_failed_in_the_job_and_h
     assert got is not None and got.last_status == "failed" and "24-hour" in got.last_error
     [entry] = await mirrored(botos)
     assert entry.content == "Your parcel is here"
-    assert entry.metadata["delivery"] == "failed" and "24-hour" in entry.metadata["error"]
+    assert entry.metadata["delivery"] == "failed"
+    assert entry.metadata["delivery_error"] == "BadRequest"
     assert len(tg.sent) == 1  # only the greeting went out
+
+
+async def test_a_send_whose_outcome_is_unknown_is_never_repeated(make: Make) -> None:
+    botos, tg, _ = await make(scheduler={"retry_delays": (0.05, 0.05)})
+    await alice_talks_on(tg, "100")
+    tg.unknown = True
+    before = tg.attempts
+    job = await botos.schedule("alice", "maybe arrived", at=timedelta(0))
+    await eventually(lambda: _has_failed(botos))
+    await asyncio.sleep(0.2)  # past both retry delays
+    assert tg.attempts == before + 1  # tried once: a retry could send it twice
+    [entry] = await mirrored(botos)
+    assert entry.metadata["delivery_error"] == "OutcomeUnknown"
+    got = await botos.job_service.store.get(job.id)
+    assert got is not None and got.status == "failed" and got.attempts == 0
 
 
 async def test_a_failed_prompt_keeps_one_reply_across_retries(make: Make) -> None:

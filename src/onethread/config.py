@@ -17,6 +17,7 @@ Example::
       default: approval              # open | allowlist | approval
       platforms: {telegram: allowlist}
       allowlist: {telegram: ["12345"]}
+      max_codes: 10000               # pairing codes kept at once, all accounts
     owners: {telegram: "12345"}
     max_history: 100
     timezone: Europe/Berlin          # for schedules of people with no /tz (default UTC)
@@ -51,7 +52,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .platforms.registry import PLATFORMS
+from .platforms.registry import PLATFORMS, credentials
 from .session.urls import ACCEPTED_FORMS
 
 __all__ = [
@@ -70,12 +71,9 @@ __all__ = [
 
 DEFAULT_CONFIG_NAME = "onethread.yaml"
 
-#: The environment variables holding each platform's credentials, by option name.
-PLATFORM_TOKENS: dict[str, dict[str, str]] = {
-    "telegram": {"token": "TELEGRAM_BOT_TOKEN"},
-    "discord": {"token": "DISCORD_BOT_TOKEN"},
-    "slack": {"token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN"},
-}
+#: The environment variables holding each platform's credentials, by option name
+#: (from each platform's ``PlatformSpec.credentials``).
+PLATFORM_TOKENS: dict[str, dict[str, str]] = credentials()
 
 _ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TOOL_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -132,12 +130,16 @@ class AccessConfig(_Strict):
     ``approval`` when the platform has owners, else open with a warning).
     ``allowlist`` mode serves the ids in ``allowlist[platform]`` and the
     platform's owners; ``approval`` gives unknown senders a code that an owner
-    approves with ``onethread access approve PLATFORM CODE``.
+    approves with ``onethread access approve PLATFORM CODE``. ``max_codes``
+    caps the pairing codes (``/link`` and approval) kept at once across every
+    account; past it, new codes are refused with a message (see
+    ``onethread.session.pairing``).
     """
 
     default: Mode | None = None
     platforms: dict[str, Mode] = Field(default_factory=dict)
     allowlist: dict[str, list[str]] = Field(default_factory=dict)
+    max_codes: int = Field(default=10_000, ge=1)
 
     def mode(self, platform: str) -> Mode | None:
         """The access mode of ``platform`` (``None``: the built-in default)."""
@@ -203,7 +205,7 @@ class Config(_Strict):
             chosen = {name: dict(opts or {}) for name, opts in self.platforms.items()}
         else:
             chosen = {"web": {}}
-            for name, variables in PLATFORM_TOKENS.items():
+            for name, variables in credentials().items():
                 if all(env.get(var) for var in variables.values()):
                     chosen[name] = {}
         if web:

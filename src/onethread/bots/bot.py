@@ -9,11 +9,12 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..agent.responder import Responder, as_responder
 from ..errors import PlatformError
 from ..platforms.base import Adapter, Inbound
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
-from ..session.history.base import HistoryStore
+from ..session.history.base import DELIVERY_CUT, HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
 from ..session.validation import validate_platform
@@ -21,7 +22,7 @@ from .commands import CommandRouter
 from .gate import Gate, Verdict
 from .heap import freeze_startup_heap
 from .linking import LinkFlow
-from .manager import BotSessionManager, Responder
+from .manager import BotSessionManager
 from .policy import AccessPolicy, default_policy
 from .supervisor import Backoff, supervise
 
@@ -48,7 +49,11 @@ class Bot:
     Args:
         platform: a registered platform name (``"telegram"``, ``"discord"``,
             ``"slack"``, ``"web"``, ``"console"``).
-        agent: the agent answering (default: an ``Agent`` named ``assistant``).
+        agent: the agent answering (default: an ``Agent`` named ``assistant``):
+            an ``onethread.Agent``, any ``onethread.agent.Responder``, or a
+            praisonaiagents / OpenAI Agents SDK / pydantic-ai agent or compiled
+            LangGraph graph, wrapped so it keeps no conversation between
+            people. Anything else is a ``TypeError`` naming what is accepted.
         token: the platform credential; default from the platform's env var.
         identity_resolver: links accounts across platforms (default: none,
             every DM keeps its legacy key).
@@ -71,14 +76,14 @@ class Bot:
     def __init__(
         self,
         platform: str,
-        agent: Responder | None = None,
+        agent: object = None,
         *,
         token: str | None = None,
         identity_resolver: IdentityResolverProtocol | None = None,
         **options: Any,
     ) -> None:
         self.platform = validate_platform(platform)
-        self.agent: Responder = agent if agent is not None else _default_agent()
+        self.agent: Responder = as_responder(agent) if agent is not None else _default_agent()
         own = {k: options.pop(k) for k in _BOT_OPTIONS if k in options}
         session: BotSessionManager | None = own.get("session")
         self._owns_session = session is None
@@ -99,11 +104,7 @@ class Bot:
         elif options or token is not None:
             raise TypeError(f"adapter options {sorted(options)} given with a ready adapter")
         self.adapter = adapter
-        if self.platform == "web":
-            from ..platforms.web import WebAdapter, attach_history
-
-            if isinstance(adapter, WebAdapter):
-                attach_history(self)  # the page shows the stored conversation on load
+        adapter.bind(self)  # e.g. the web chat shows the stored conversation on load
         self._gate: Gate = own.get("gate") or Gate(LocalDuplicateFilter())
         self.access: AccessPolicy = own.get("access") or default_policy(
             self.platform, owners=own.get("owners", ()), store=own.get("pairing")
@@ -208,7 +209,10 @@ class Bot:
     # -- sending ---------------------------------------------------------------
 
     async def send(self, chat_id: str, text: str, thread_id: str | None = None) -> list[str]:
-        """Send ``text`` (split to the platform's limit, retried) and return message ids."""
+        """Send ``text`` (split to the platform's limit, at most 10 messages, retried).
+
+        Returns the ids of the sent messages; see ``Adapter.send``.
+        """
         return await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
 
     # -- the turn --------------------------------------------------------------
@@ -240,6 +244,7 @@ class Bot:
     async def _handle(self, msg: Inbound, previous: asyncio.Task[None] | None = None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
+        attempted = False  # the turn began sending its reply
         try:
             reply = await self.access.check(msg)
             if reply is not None:  # refused: at most one short reply, never the agent
@@ -248,7 +253,19 @@ class Bot:
                 return
             reply = await self._commands.handle(msg)
             if reply is None:
-                async with self.adapter.typing(msg.chat_id, msg.thread_id):
+                typing = self.adapter.typing(msg.chat_id, msg.thread_id)
+
+                async def deliver(text: str) -> dict[str, str] | None:
+                    nonlocal attempted
+                    attempted = True
+                    await typing.__aexit__(None, None, None)  # no "typing…" after the reply
+                    whole = self.adapter.fits(text)
+                    await self.adapter.send(msg.chat_id, text, thread_id=msg.thread_id)
+                    return None if whole else {"delivery": DELIVERY_CUT}
+
+                async with typing:
+                    # The turn sends the reply itself, so that a reply that cannot be
+                    # delivered is stored marked as such (metadata["delivery"]).
                     reply = await self._session.chat(
                         self.agent,
                         msg.user_id,
@@ -260,8 +277,9 @@ class Bot:
                         thread_id=msg.thread_id,
                         user_name=msg.user_name,
                         message_id=msg.message_id,
+                        deliver=deliver,
                     )
-            if reply:
+            if reply and not attempted:  # a command's answer, or the model-failure apology
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
@@ -274,6 +292,8 @@ class Bot:
             )
         except Exception:
             log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
+            if attempted:  # the reply went out (the store failed after): no apology on top
+                return
             with contextlib.suppress(PlatformError):  # the platform may be the problem
                 await self.adapter.send(msg.chat_id, TURN_FAILED, thread_id=msg.thread_id)
 

@@ -11,8 +11,10 @@ Every mirrored entry carries ``metadata["job_id"]`` and
 ``metadata["scheduled_for"]`` (the occurrence's original time, ISO 8601 UTC;
 a late one fired after a restart keeps its original time). An occurrence
 that fails after every retry is recorded in the person's history with
-``metadata["delivery"] == "failed"`` and ``metadata["error"]``, and in the
-job (``last_status == "failed"``).
+``metadata["delivery"] == "failed"`` and ``metadata["delivery_error"]`` (the
+error's class, as replies are marked), and in the job (``last_status ==
+"failed"``, ``last_error`` with the message). A send whose outcome is unknown
+(``OutcomeUnknown``: it may have arrived) is not retried, so never repeated.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import weakref
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RecipientUnknown
+from ..errors import OutcomeUnknown, RecipientUnknown
 from ..platforms.base import Inbound
+from ..session.history.base import delivery_failed
 from ..session.identity.base import unlinked_id
 from ..session.jobs.base import Job, JobStore
 from ..session.jobs.timing import zone
@@ -192,7 +195,9 @@ class JobService:
         try:
             await bot.send(chat_id, text)
         except Exception as exc:
-            raise Undelivered(exc, pending_reply=text if job.prompt else "") from exc
+            # A send whose outcome is unknown may have arrived: never sent twice.
+            retry = not isinstance(exc, OutcomeUnknown)
+            raise Undelivered(exc, pending_reply=text if job.prompt else "", retry=retry) from exc
         await self._record(job, text, text, meta)
 
     async def _record(self, job: Job, text: str, reply: str, meta: dict[str, Any]) -> None:
@@ -219,7 +224,7 @@ class JobService:
         except RecipientUnknown:
             platform = chat_id = ""
         meta = self._metadata(job, occurrence, platform, chat_id)
-        meta.update(delivery="failed", error=f"{type(cause).__name__}: {cause}")
+        meta.update(delivery_failed(cause))
         session = self.botos.session
         if job.prompt and job.pending_reply:
             await session.record_scheduled_turn(

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
+from ..agent.responder import Responder, as_responder
 from ..errors import ModelError
 from ..session._conn.shared import masked, who
 from ..session.context import SessionContext, clear_session_context, set_session_context
-from ..session.history.base import HistoryEntry, HistoryStore
+from ..session.history.base import HistoryEntry, HistoryStore, delivery_failed
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
 from ..session.keys import DM, GROUP_TYPES, legacy_key, session_key, unified_key
 from ..session.locks import LocalTurnLocks, TurnLocks
@@ -28,16 +29,6 @@ log = logging.getLogger("onethread.session")
 _MERGED_MAX = 100_000  # accounts remembered as merged (see merge_legacy)
 
 APOLOGY = "Sorry, I could not reach my language model just now. Please try again in a moment."
-
-
-class Responder(Protocol):
-    """What the manager needs of an agent (``onethread.Agent`` is one)."""
-
-    async def respond(
-        self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
-    ) -> str:
-        """Return the reply to ``message`` given the earlier ``history``."""
-        ...
 
 
 class BotSessionManager:
@@ -83,6 +74,10 @@ class BotSessionManager:
         # mirror_to_session calls made inside the loop, still writing (loop thread only).
         self.pending_mirrors: set[asyncio.Task[bool]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Framework agents given to chat() directly, wrapped once: id -> (agent, wrapper).
+        # The agent is held so its id is not reused while the entry lives.
+        self._wrapped: dict[int, tuple[object, Responder]] = {}
+        self._plain: set[type] = set()  # classes as_responder() returned as they are
 
     # -- plumbing --------------------------------------------------------------
 
@@ -145,9 +140,25 @@ class BotSessionManager:
 
     # -- the turn --------------------------------------------------------------
 
+    def _responder(self, agent: object) -> Responder:
+        """``agent`` as a Responder (``onethread.agent.as_responder``), wrapped once per agent."""
+        if type(agent) in self._plain:
+            return agent  # type: ignore[return-value]  # checked once per class: the hot path
+        found = self._wrapped.get(id(agent))
+        if found is not None and found[0] is agent:
+            return found[1]
+        responder = as_responder(agent)
+        if responder is agent:
+            self._plain.add(type(agent))
+            return responder
+        if len(self._wrapped) >= 64:  # a handful of agents in practice; never unbounded
+            self._wrapped.pop(next(iter(self._wrapped)))
+        self._wrapped[id(agent)] = (agent, responder)
+        return responder
+
     async def chat(
         self,
-        agent: Responder,
+        agent: Responder | object,
         user_id: str,
         prompt: str,
         *,
@@ -158,6 +169,7 @@ class BotSessionManager:
         thread_id: str = "",
         user_name: str = "",
         message_id: str = "",
+        deliver: Callable[[str], Awaitable[Mapping[str, Any] | None]] | None = None,
     ) -> str:
         """Run one turn and return the reply.
 
@@ -165,8 +177,22 @@ class BotSessionManager:
         ``SessionContext`` for the agent's tools, loads the last
         ``max_history`` entries, asks the agent, and appends the user message
         and the reply in one transaction. If the model fails (``ModelError``)
-        the user's message is still stored and a short apology is returned.
+        the user's message is still stored and a short apology is returned
+        (not delivered, not stored: the caller sends it).
+
+        ``agent`` is anything ``Bot(agent=...)`` accepts: an ``Agent``, a
+        Responder, or a framework's agent (wrapped, see ``onethread.agent``);
+        anything else is a ``TypeError`` naming what is accepted.
+
+        ``deliver`` (optional) sends the reply; it runs under the turn lock
+        before the turn is stored. When it raises, the turn is stored anyway,
+        the reply marked ``metadata["delivery"] == "failed"`` with
+        ``metadata["delivery_error"]`` (the error's class name), and the error
+        is re-raised. A mapping ``deliver`` returns becomes the reply's metadata
+        (``{"delivery": "cut"}``: only the first part was sent). Without
+        ``deliver`` the caller sends the returned reply.
         """
+        responder = self._responder(agent)
         if self.loop is None:
             self.bind_loop()
         unified = self.resolve(platform, user_id)
@@ -212,19 +238,34 @@ class BotSessionManager:
                     message_id=message_id,
                 )
                 try:
-                    reply = await agent.respond(history, message, group=group)
+                    reply = await responder.respond(history, message, group=group)
                 except ModelError as exc:
                     log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
                     await self.store.append(key, [message])
                     return APOLOGY
+                stamp = max(time.time(), message.timestamp)
+                undelivered: BaseException | None = None
+                outcome: Mapping[str, Any] | None = None
+                if deliver is not None and reply:
+                    # Sent before the turn is stored, under the turn lock: the reply is
+                    # stored once, in the turn's one transaction, with how delivery went.
+                    try:
+                        outcome = await deliver(reply)
+                    except BaseException as exc:  # re-raised below, once the turn is stored
+                        undelivered = exc
                 answer = HistoryEntry(
                     role="assistant",
                     content=reply,
-                    timestamp=max(time.time(), message.timestamp),
+                    timestamp=stamp,
                     platform=platform,
                     chat_id=chat_id,
+                    metadata=delivery_failed(undelivered)
+                    if undelivered is not None
+                    else dict(outcome or {}),
                 )
                 await self.store.append(key, [message, answer])
+                if undelivered is not None:
+                    raise undelivered
                 return reply
             finally:
                 clear_session_context(token)

@@ -56,12 +56,17 @@ OnFailed = Callable[[Job, datetime, BaseException], Awaitable[None]]
 
 class Undelivered(Exception):
     """Raised by ``fire`` for a failed delivery whose ``pending_reply`` (a prompt
-    job's reply, already written by the agent) should be kept for the retry."""
+    job's reply, already written by the agent) should be kept for the retry;
+    ``retry=False`` ends the occurrence as failed at once (a send that may have
+    arrived must not be repeated)."""
 
-    def __init__(self, cause: BaseException, pending_reply: str = "") -> None:
+    def __init__(
+        self, cause: BaseException, pending_reply: str = "", *, retry: bool = True
+    ) -> None:
         super().__init__(str(cause) or type(cause).__name__)
         self.cause = cause
         self.pending_reply = pending_reply
+        self.retry = retry
 
 
 def _reraise_swallowed_cancel() -> None:
@@ -259,7 +264,8 @@ class Scheduler:
             return self._advance(job, self.clock(), occurrence, "delivered", "")
         attempts = job.attempts + 1
         pending = exc.pending_reply if isinstance(exc, Undelivered) else job.pending_reply
-        if attempts <= len(self.retry_delays):
+        retryable = not isinstance(exc, Undelivered) or exc.retry
+        if retryable and attempts <= len(self.retry_delays):
             delay = self.retry_delays[attempts - 1]
             log.warning(
                 "job %s for %s: delivery failed (attempt %d of %d): %s; retrying in %g s",

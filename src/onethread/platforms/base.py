@@ -15,7 +15,8 @@ Shape (python-telegram-bot's, at httpx's size):
   ``PlatformUnavailable``, ``FormattingRejected``, ``BadRequest``,
   ``PlatformAuthError``).
 - ``do_typing(chat_id, thread_id)``: optional typing hook.
-- ``send()`` (final): chunking, retries, plain-text fallback and logging.
+- ``send()`` (final): chunking (at most ``max_messages``), retries, plain-text
+  fallback and logging.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
 from ..errors import FormattingRejected
-from .delivery import RetryPolicy, send_with_retry, split_message
+from .delivery import RetryPolicy, cap_messages, send_with_retry
 
 __all__ = ["Adapter", "Inbound", "OnInbound"]
 
@@ -73,13 +74,34 @@ class Adapter(ABC):
 
     name: ClassVar[str] = ""
     max_message_length: ClassVar[int] = 4000
+    # One reply never floods a chat: beyond this many messages it is cut (with a note).
+    max_messages: ClassVar[int] = 10
     typing_interval: ClassVar[float] = 4.0
 
     def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
         self.retry_policy = retry_policy or RetryPolicy()
         self._failure: asyncio.Future[BaseException] | None = None
 
+    @classmethod
+    def check_options(
+        cls, options: Mapping[str, Any], env: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """Mistakes in this platform's config ``options``: ``(option, message with the fix)``.
+
+        Called by ``onethread run --check`` and before ``run`` starts, with the
+        environment the credentials come from. The default finds none.
+        """
+        return []
+
     # -- lifecycle -------------------------------------------------------------
+
+    def bind(self, bot: Any) -> None:
+        """Called once by the ``Bot`` that owns this adapter, before ``start``.
+
+        The default does nothing; an adapter that shows stored conversations
+        (the web chat) reads ``bot.session`` here.
+        """
+        return None
 
     @abstractmethod
     async def start(self, on_inbound: OnInbound) -> None:
@@ -127,14 +149,29 @@ class Adapter(ABC):
     async def send(self, chat_id: str, text: str, *, thread_id: str = "") -> list[str]:
         """Send ``text`` split to the platform's limit, in order, in the same thread.
 
+        At most ``max_messages`` (10) messages: a longer text is sent as its
+        first part, ending with a note that it was cut (``cap_messages``).
         Retries rate limits and server errors per ``retry_policy``; a formatting
         rejection is resent as plain text. Returns the ids of the sent messages.
         Raises the last ``PlatformError`` when a chunk cannot be delivered.
         """
+        chunks, cut = cap_messages(text, self.max_message_length, self.max_messages)
+        if cut:
+            log.warning(
+                "%s send to %s: a %d-character reply cut to %d messages",
+                self.name, chat_id, len(text), len(chunks),
+            )  # fmt: skip
         ids: list[str] = []
-        for chunk in split_message(text, self.max_message_length):
+        for chunk in chunks:
             ids.append(await self._send_chunk(chat_id, chunk, thread_id))
         return ids
+
+    @final
+    def fits(self, text: str) -> bool:
+        """True when :meth:`send` sends ``text`` whole (not cut at ``max_messages``)."""
+        if len(text) <= self.max_message_length:
+            return True
+        return not cap_messages(text, self.max_message_length, self.max_messages)[1]
 
     async def _send_chunk(self, chat_id: str, chunk: str, thread_id: str) -> str:
         what = f"{self.name} send to {chat_id}"
