@@ -279,6 +279,9 @@ async def test_tz_and_reminders_commands(make: Make) -> None:
     await tg.inject("/reminders", user="999")  # someone else sees nothing of alice's
     await tg.wait_sent(5)
     assert "no reminders" in tg.sent[4].text
+    await tg.inject("/reminders", user="100", chat_id="g1", chat_type="group", mentions_bot=True)
+    await tg.wait_sent(6)
+    assert "direct message" in tg.sent[5].text and "drink water" not in tg.sent[5].text
 
 
 async def test_reminder_tools_act_for_the_current_person_only(make: Make) -> None:
@@ -300,6 +303,12 @@ async def test_reminder_tools_act_for_the_current_person_only(make: Make) -> Non
     finally:
         clear_session_context(token)
     assert [j.id for j in await botos.jobs("alice")] == [job.id]
+    token = set_session_context(platform="telegram", user_id="100", unified_user_id="alice",
+                                chat_type="group", chat_id="g1")  # fmt: skip
+    try:
+        assert "direct message" in await list_reminders()  # a group would read them
+    finally:
+        clear_session_context(token)
     token = set_session_context(platform="telegram", user_id="100", unified_user_id="alice")
     try:
         assert job.id in await list_reminders()

@@ -74,3 +74,9 @@ async def test_a_running_bot_fires_a_job_the_cli_added(tmp_path: Path, _isolated
     finally:
         await botos.stop()
         await task
+
+
+def test_config_timezone_must_be_a_known_zone(tmp_path: Path) -> None:
+    (tmp_path / "onethread.yaml").write_text("timezone: Mars/Olympus\n")
+    result = cli(tmp_path, "jobs", "list")
+    assert_user_error(result, "timezone", "IANA")

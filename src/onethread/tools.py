@@ -10,7 +10,8 @@ person it is talking to: ``remind_me(when, text)``, ``list_reminders()`` and
     agent = Agent("assistant", tools=[*reminders()])
 
 Each tool acts for the person in the current ``SessionContext`` only (their
-``unified_user_id``): a person can never list or cancel another's jobs. They
+``unified_user_id``): a person can never list or cancel another's jobs, and
+``list_reminders`` answers in direct messages only (a group would read them). They
 work inside turns of a running ``BotOS`` (its scheduled-job store); outside a
 turn they answer with an error the model can read.
 """
@@ -70,6 +71,8 @@ def reminders(botos: Any = None) -> list[Callable[..., Any]]:
     async def list_reminders() -> str:
         """List the reminders and scheduled messages of the person you are talking to."""
         service, user = _service(botos)
+        if get_session_context().chat_type not in ("", "dm"):
+            return "error: reminders are private; ask me in a direct message to list them"
         return await service.describe(user)
 
     async def cancel_reminder(id: str) -> str:

@@ -262,7 +262,10 @@ class JobService:
                 "and schedules you set from now on use it.")  # fmt: skip
 
     async def reminders_command(self, msg: Inbound, _arg: str) -> str:
-        """``/reminders``: the sender's scheduled messages."""
+        """``/reminders``: the sender's scheduled messages (in a DM only: a group
+        would read them)."""
+        if msg.chat_type != "dm":
+            return "Send /reminders in a direct message to me."
         user = self._sender(msg)
         return await self.describe(user)
 
