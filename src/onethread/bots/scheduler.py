@@ -169,7 +169,8 @@ class Scheduler:
         free = self.concurrency - len(self._running)
         # Claim in batches (a quarter of the slots at least), not one per finished job:
         # under a burst that halves the store round trips per job.
-        if free > 0 and (free >= max(1, self.concurrency // 4) or not self._running):
+        claimable = free > 0 and (free >= max(1, self.concurrency // 4) or not self._running)
+        if claimable:
             claims = await self.store.claim(self.clock(), self.owner, self.lease, free)
             for claim in claims:
                 task = asyncio.create_task(self._handle(claim))
@@ -177,10 +178,11 @@ class Scheduler:
                 task.add_done_callback(self._finished)
             if claims and len(claims) == free:
                 return  # maybe more are due: claim again when a slot frees (or at once)
-        nxt = await self.store.next_due()
-        timeout = self.max_sleep
-        if nxt is not None and len(self._running) < self.concurrency:
-            timeout = min(timeout, max(nxt - self.clock(), 0.0))
+        timeout = self.max_sleep  # no slot to claim into: a finishing delivery wakes us
+        if claimable:
+            nxt = await self.store.next_due()
+            if nxt is not None:
+                timeout = min(timeout, max(nxt - self.clock(), 0.0))
         if timeout <= 0:
             timeout = 0.005  # due but taken by another host a moment ago: look again shortly
         await wait_event(self._wake, timeout)
