@@ -108,9 +108,14 @@ def test_registered_under_its_name() -> None:
     assert DiscordAdapter.max_message_length == 2000
 
 
-def test_missing_token_names_the_env_var() -> None:
-    with pytest.raises(ConfigError, match="DISCORD_BOT_TOKEN"):
-        DiscordAdapter()
+async def test_missing_token_is_named_by_start_not_construction() -> None:
+    adapter = DiscordAdapter(base_url="http://127.0.0.1:1")  # constructing needs no credential
+
+    async def never(msg: object) -> None:
+        raise AssertionError(msg)
+
+    with pytest.raises(ConfigError, match="set DISCORD_BOT_TOKEN"):
+        await adapter.start(never)
 
 
 def test_unknown_option_lists_the_accepted_ones() -> None:

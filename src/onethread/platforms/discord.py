@@ -259,7 +259,8 @@ class DiscordAdapter(Adapter):
     Options: ``token`` (else ``DISCORD_BOT_TOKEN``), ``base_url`` (else
     ``DISCORD_API_BASE_URL``), ``gateway_url`` (else ``DISCORD_GATEWAY_URL``),
     ``start_timeout`` (seconds to wait for READY, default 30), ``retry_policy``.
-    Unknown options raise ``ConfigError``; so does a missing token.
+    Unknown options raise ``ConfigError``; a missing token raises it from
+    ``start()`` (the variable is read again there), never at construction.
     """
 
     name: ClassVar[str] = PLATFORM
@@ -282,10 +283,7 @@ class DiscordAdapter(Adapter):
                 f"accepted: {', '.join(_OPTIONS)}"
             )
         super().__init__(retry_policy=retry_policy)
-        token = os.environ.get(TOKEN_ENV, "") if token is None else token
-        if not token.strip():
-            raise ConfigError(f"discord needs a bot token: pass token=... or set {TOKEN_ENV}")
-        self._token = token.strip()
+        self._token = (os.environ.get(TOKEN_ENV, "") if token is None else token).strip()
         self.base_url = base_url or os.environ.get(API_ENV) or None
         self.gateway_url = gateway_url or os.environ.get(GATEWAY_ENV) or None
         self.start_timeout = start_timeout
@@ -304,11 +302,15 @@ class DiscordAdapter(Adapter):
     async def start(self, on_inbound: OnInbound) -> None:
         """Log in, open the gateway and return once READY arrived.
 
-        Raises ``PlatformAuthError`` for a refused token or intent,
-        ``PlatformUnavailable`` when Discord cannot be reached in ``start_timeout``.
+        Raises ``ConfigError`` when there is no token, ``PlatformAuthError``
+        for a refused token or intent, ``PlatformUnavailable`` when Discord
+        cannot be reached in ``start_timeout``.
         """
         if self._client is not None:
             raise RuntimeError("DiscordAdapter is already started; stop() it first")
+        self._token = self._token or os.environ.get(TOKEN_ENV, "").strip()
+        if not self._token:
+            raise ConfigError(f"discord needs a bot token: set {TOKEN_ENV} (or pass token=...)")
         self._on_inbound = on_inbound
         self._started = self._stopping = False
         intents = discord.Intents.default()
