@@ -360,7 +360,8 @@ async def test_offline_model_complete_works_from_messages() -> None:
         ],
         [],
     )
-    assert again.content == 'You said: "and now?"\nI remember this conversation: 2 earlier messages.'
+    memory = "I remember this conversation: 2 earlier messages."
+    assert again.content == f'You said: "and now?"\n{memory}'
 
 
 async def test_offline_notice_is_said_once_per_conversation() -> None:

@@ -270,8 +270,8 @@ class SlackAdapter(Adapter):
         super().__init__(retry_policy=retry_policy)
         # Read now, checked by start() (which reads an unset variable again).
         self._token = token if token is not None else os.environ.get("SLACK_BOT_TOKEN", "")
-        self._app_token = app_token if app_token is not None else os.environ.get(
-            "SLACK_APP_TOKEN", ""
+        self._app_token = (
+            app_token if app_token is not None else os.environ.get("SLACK_APP_TOKEN", "")
         )
         self.base_url = _base_url(base_url)
         self.ping_interval = float(ping_interval)
