@@ -104,8 +104,12 @@ class Bot:
         self.access: AccessPolicy = own.get("access") or default_policy(
             self.platform, owners=own.get("owners", ()), store=own.get("pairing")
         )
-        self._commands: CommandRouter = own.get("commands") or CommandRouter(
-            self._session, extra={"link": LinkFlow(self._session, own.get("pairing"))}
+        self._commands: CommandRouter  # set by use_commands()
+        self.use_commands(
+            own.get("commands")
+            or CommandRouter(
+                self._session, extra={"link": LinkFlow(self._session, own.get("pairing"))}
+            )
         )
         self._backoff: Backoff = own.get("backoff") or Backoff()
         self.drain_timeout: float = float(own.get("drain_timeout", 10.0))
@@ -133,8 +137,14 @@ class Bot:
         self._session = session
         self._owns_session = False
         self._gate = gate
-        self._commands = CommandRouter(session)
+        self.use_commands(CommandRouter(session))
         return True
+
+    def use_commands(self, router: CommandRouter) -> None:
+        """Answer slash commands with ``router`` (``BotOS`` shares one across its bots);
+        this platform's ``/help`` lines (``adapter.help_lines``) are added to it."""
+        router.platform_help.setdefault(self.platform, self.adapter.help_lines)
+        self._commands = router
 
     @property
     def session(self) -> BotSessionManager:

@@ -74,6 +74,8 @@ class Adapter(ABC):
     name: ClassVar[str] = ""
     max_message_length: ClassVar[int] = 4000
     typing_interval: ClassVar[float] = 4.0
+    help_lines: ClassVar[tuple[str, ...]] = ()
+    """Lines this platform adds to ``/help``: commands the adapter handles itself."""
 
     def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
         self.retry_policy = retry_policy or RetryPolicy()
