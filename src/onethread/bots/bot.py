@@ -251,8 +251,10 @@ class Bot:
             if reply is not None:  # refused: at most one short reply, never the agent
                 if reply:
                     await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
+                    self.adapter.on_unstored_reply(msg, reply)
                 return
             reply = await self._commands.handle(msg)
+            command = reply is not None  # its reply is not stored in the history
             if reply is None:
                 async with self.adapter.typing(msg.chat_id, msg.thread_id):
                     reply = await self._session.chat(
@@ -269,6 +271,8 @@ class Bot:
                     )
             if reply:
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
+                if command:
+                    self.adapter.on_unstored_reply(msg, reply)
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
         except PlatformError as exc:

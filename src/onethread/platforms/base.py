@@ -102,6 +102,16 @@ class Adapter(ABC):
         """
         return None
 
+    def on_unstored_reply(self, msg: Inbound, reply: str) -> None:
+        """Called by the ``Bot`` after it answered ``msg`` with ``reply`` outside the
+        history (a slash command, an access refusal): neither is stored, and the
+        model never sees them.
+
+        The default does nothing; an adapter that redraws the conversation from
+        the history (the web chat, on a page reload) keeps them itself.
+        """
+        return None
+
     @abstractmethod
     async def start(self, on_inbound: OnInbound) -> None:
         """Connect and begin delivering messages to ``on_inbound``; return once connected."""
