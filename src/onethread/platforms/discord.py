@@ -62,6 +62,7 @@ from ..errors import (
     PlatformUnavailable,
     RetryAfter,
 )
+from ._describe import describe
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
 
@@ -130,7 +131,7 @@ async def map_discord_errors() -> AsyncIterator[None]:
     except discord.GatewayNotFound as exc:
         raise PlatformUnavailable("could not fetch the gateway URL", platform=PLATFORM) from exc
     except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError
-        raise PlatformUnavailable(f"network error: {exc!r}", platform=PLATFORM) from exc
+        raise PlatformUnavailable(f"network error: {describe(exc)}", platform=PLATFORM) from exc
 
 
 def normalize_message(
@@ -222,6 +223,15 @@ class _EndpointHTTPClient(HTTPClient):
         return await super().ws_connect(url, compress=compress)
 
 
+def _no_voice_warnings() -> None:
+    """discord.py warns once per process, at the first Client, that PyNaCl (and davey)
+    are missing so "voice will NOT be supported". onethread sends no voice over
+    Discord: mark the warnings as given. (Class flags, absent in older versions.)"""
+    for flag in ("warn_nacl", "warn_dave"):
+        if getattr(discord.VoiceClient, flag, False):
+            setattr(discord.VoiceClient, flag, False)
+
+
 class _Client(discord.Client):
     """A discord.Client wired to one adapter, with the per-client endpoint override."""
 
@@ -229,6 +239,7 @@ class _Client(discord.Client):
 
     def __init__(self, adapter: DiscordAdapter, intents: discord.Intents) -> None:
         timeout = adapter.retry_policy.max_delay
+        _no_voice_warnings()
         super().__init__(intents=intents, max_ratelimit_timeout=timeout)
         self.http = _EndpointHTTPClient(
             self.loop,

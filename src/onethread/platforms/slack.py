@@ -76,6 +76,7 @@ from ..errors import (
     PlatformUnavailable,
     RetryAfter,
 )
+from ._describe import describe
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
 
@@ -144,7 +145,7 @@ def map_slack_errors(what: str = "slack call") -> Iterator[None]:
             raise FormattingRejected(detail, platform="slack") from exc
         raise BadRequest(detail, platform="slack") from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise PlatformUnavailable(f"{what}: {exc!r}", platform="slack") from exc
+        raise PlatformUnavailable(f"{what}: {describe(exc)}", platform="slack") from exc
 
 
 def _unescape(text: str) -> str:
