@@ -357,3 +357,16 @@ async def test_replies_kept_out_of_the_history_are_handed_to_the_adapter() -> No
     assert sorted(unstored) == ["/whoami", "let me in"]
     assert "You are Ann" in unstored["/whoami"]
     assert unstored["let me in"] == "Sorry, this bot is private."
+
+
+@pytest.mark.parametrize("platform", ["telegram", "discord", "slack"])
+async def test_building_needs_no_credentials_and_start_names_the_missing_one(
+    platform: str,
+) -> None:
+    from onethread.errors import ConfigError
+    from onethread.platforms.registry import spec
+
+    b = Bot(platform, RecordingAgent(), store="memory://")  # no token anywhere
+    first_variable = spec(platform).credentials[0][1]
+    with pytest.raises(ConfigError, match=first_variable):
+        await b.start()
