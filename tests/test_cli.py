@@ -565,6 +565,7 @@ def test_every_command_has_a_description_and_every_argument_help() -> None:
             if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"{path}: the argument {action.dest} has no help"
             if isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{path}: {action.metavar} has no help"
                 helps = {choice.dest: choice.help for choice in action._choices_actions}
                 assert all(helps.values()) and set(helps) == set(action.choices), path
     assert "onethread history export" in seen and "onethread sessions" in seen

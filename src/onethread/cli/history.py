@@ -53,7 +53,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         description=_HISTORY_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    hsub = history.add_subparsers(dest="action", metavar="ACTION", required=True)
+    hsub = history.add_subparsers(
+        dest="action",
+        metavar="ACTION",
+        required=True,
+        help="one of these; ACTION -h shows its help",
+    )
     show = hsub.add_parser(
         "show",
         parents=[common],

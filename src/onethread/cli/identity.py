@@ -31,7 +31,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="link accounts on different platforms to one person",
         description="Manage identity links: which platform accounts are one person.",
     )
-    isub = identity.add_subparsers(dest="action", metavar="ACTION", required=True)
+    isub = identity.add_subparsers(
+        dest="action",
+        metavar="ACTION",
+        required=True,
+        help="one of these; ACTION -h shows its help",
+    )
     link = isub.add_parser(
         "link",
         parents=[common],
@@ -84,7 +89,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="approve senders (access policy 'approval')",
         description="Approve or revoke senders for the 'approval' access policy.",
     )
-    asub = access.add_subparsers(dest="action", metavar="ACTION", required=True)
+    asub = access.add_subparsers(
+        dest="action",
+        metavar="ACTION",
+        required=True,
+        help="one of these; ACTION -h shows its help",
+    )
     approve = asub.add_parser(
         "approve",
         parents=[common],
