@@ -261,6 +261,10 @@ async def test_jobs_survive_a_restart_on_sqlite_and_a_missed_one_fires_once(
 
 async def test_tz_and_reminders_commands(make: Make) -> None:
     botos, tg, _ = await make(timezone="America/New_York")
+    await tg.inject("/help", user="100")
+    [help_text] = await tg.wait_sent(1)
+    assert "/reminders" in help_text.text and "/tz ZONE" in help_text.text
+    tg.sent.clear()
     await tg.inject("/tz", user="100")
     await tg.inject("/tz Mars/Base", user="100")
     await tg.inject("/tz Asia/Kolkata", user="100")

@@ -1,16 +1,15 @@
-"""``onethread jobs list|add|cancel``: scheduled messages, from the command line.
+"""onethread jobs list|add|cancel: scheduled messages, from the command line.
 
-USER is a person's unified id (``alice``) or an unlinked account as
-``PLATFORM:ID`` (``telegram:12345``). Jobs go to the store the config's
-``history`` URL names (a SQLite file next to the history, or the same Redis
-or PostgreSQL server); a running ``onethread run`` picks them up (SQLite:
-within ``check_interval``, 2 s; Redis and PostgreSQL: at once).
+USER is a person's unified id (alice) or an unlinked account as PLATFORM:ID
+(telegram:12345). Jobs go to the store the config's "history" URL names (a
+SQLite file next to the history, or the same Redis or PostgreSQL server); a
+running "onethread run" picks them up (SQLite: within 2 s; Redis and
+PostgreSQL: at once).
 
-Times: ``--at`` reads ISO 8601 (``2026-03-01T09:00``; without an offset, in
-the person's zone), ``"in 10 minutes"``, ``"tomorrow at 9"``; ``--every``
-reads ``10m``, ``1h``, ``"1 day"``; ``--cron`` five fields (``"0 9 * * 1-5"``).
-Wall-clock and cron times are in the person's ``/tz`` zone, else the
-config's ``timezone``.
+Times: --at reads ISO 8601 (2026-03-01T09:00; without an offset, in the
+person's zone), "in 10 minutes", "tomorrow at 9"; --every reads 10m, 1h,
+"1 day"; --cron five fields ("0 9 * * 1-5"). Wall-clock and cron times are in
+the person's /tz zone, else the config's timezone.
 """
 
 from __future__ import annotations
@@ -47,13 +46,29 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    jsub = jobs.add_subparsers(dest="action", metavar="ACTION", required=True)
-    show = jsub.add_parser("list", parents=[common], help="list scheduled messages")
+    jsub = jobs.add_subparsers(
+        dest="action",
+        metavar="ACTION",
+        required=True,
+        help="one of these; ACTION -h shows its help",
+    )
+    show = jsub.add_parser(
+        "list",
+        parents=[common],
+        help="list scheduled messages",
+        description="List the scheduled messages (everyone's, or one person's), soonest first.",
+    )
     show.add_argument("user", nargs="?", help="only this person's (unified id or PLATFORM:ID)")
     show.add_argument("--all", action="store_true", help="include finished ones")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=_cmd_list)
-    add = jsub.add_parser("add", parents=[common], help="schedule a message for a person")
+    add = jsub.add_parser(
+        "add",
+        parents=[common],
+        help="schedule a message for a person",
+        description="Schedule a message (or, with --prompt, an agent turn) for a person: "
+        "once (--at), repeatedly (--every) or on a cron schedule (--cron).",
+    )
     add.add_argument("user", help="unified id (alice) or PLATFORM:ID (telegram:12345)")
     add.add_argument("text", help="the message (or, with --prompt, the agent's prompt)")
     when = add.add_mutually_exclusive_group(required=True)
@@ -66,7 +81,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     add.add_argument("--label", default="cron", help="source label in the history (default cron)")
     add.set_defaults(func=_cmd_add)
-    cancel = jsub.add_parser("cancel", parents=[common], help="cancel a scheduled message")
+    cancel = jsub.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel a scheduled message",
+        description="Cancel a scheduled message by its id; it will not fire again.",
+    )
     cancel.add_argument("id", help="the job id, as `onethread jobs list` shows it")
     cancel.set_defaults(func=_cmd_cancel)
 
