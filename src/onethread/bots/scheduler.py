@@ -5,7 +5,10 @@ a loop that spins: it asks the store for the earliest due time and sleeps
 until then, or until a job is added or cancelled (here: :meth:`Scheduler.wake`;
 on another host: the store's change notification, see ``wait_changed``), or
 at most ``max_sleep`` seconds. 100,000 jobs due next month cost nothing while
-they wait.
+they wait: idle, the loop wakes once per ``max_sleep``, and the store's change
+watch reads its pub/sub socket once a second (Redis, in steps so a cancel
+is never lost) or ``PRAGMA data_version`` every 2 s (SQLite, for jobs added
+by another process); ``benchmarks/bench_scheduler.py`` measures the cost.
 
 When jobs come due it claims them (atomically, with a lease and a fencing
 token: see :mod:`onethread.session.jobs.base`), at most as many as it has
@@ -17,8 +20,10 @@ free delivery slots, and for each one:
   hour): a recurring job moves on to its next occurrence, a one-off job ends
   as ``missed``;
 * otherwise delivers it (``fire``), extending its lease every ``lease/3``
-  seconds; if the lease cannot be extended (cancelled, or the store says
-  another host holds it) the delivery is abandoned;
+  seconds until the job is written back; if the lease cannot be extended
+  (cancelled, or the store says another host holds it) the delivery is
+  abandoned; a write-back the store refuses for a moment is retried while
+  the lease lives;
 * on failure, tries the same occurrence again after ``retry_delays[0]``,
   ``[1]``, ... seconds; when those run out, calls ``failed`` (which marks the
   person's history) and ends the occurrence as ``failed``;
