@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..attachments import Attachment
+
 __all__ = ["HistoryEntry", "HistoryStore", "SessionSummary"]
 
 
@@ -17,7 +19,8 @@ class HistoryEntry:
     on its own (a reminder, a cross-platform reply) that was mirrored in with
     ``mirror_to_session``; ``source`` says who produced it (``"cron"``,
     ``"notify"``) and ``metadata`` carries the caller's extra JSON-able data.
-    ``timestamp`` is Unix seconds.
+    ``timestamp`` is Unix seconds. ``attachments`` are references to bytes in
+    the blob store (photos, voice notes, files), never the bytes.
     """
 
     role: str
@@ -31,10 +34,15 @@ class HistoryEntry:
     mirror: bool = False
     source: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every field (used by export and the Redis store)."""
-        return {
+        """A JSON-able dict of every field (used by export and the Redis store).
+
+        ``attachments`` is left out when there are none, so a text entry reads
+        exactly as the previous release wrote it.
+        """
+        out = {
             "role": self.role,
             "content": self.content,
             "timestamp": self.timestamp,
@@ -47,6 +55,9 @@ class HistoryEntry:
             "source": self.source,
             "metadata": dict(self.metadata),
         }
+        if self.attachments:
+            out["attachments"] = [a.to_dict() for a in self.attachments]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HistoryEntry:
@@ -63,6 +74,7 @@ class HistoryEntry:
             mirror=bool(data.get("mirror", False)),
             source=str(data.get("source", "")),
             metadata=dict(data.get("metadata") or {}),
+            attachments=tuple(Attachment.from_dict(a) for a in data.get("attachments") or ()),
         )
 
 
