@@ -157,9 +157,7 @@ async def test_postgres_schema_1_opens_and_migrates() -> None:
     import psycopg
 
     if shutil.which("psql") is None:
-        pytest.skip(
-            "psql (the PostgreSQL client) is needed to restore the dump: apt-get install postgresql-client"
-        )
+        pytest.skip("restoring the dump needs psql: apt-get install postgresql-client")
     url = postgres_url()
     with postgres_schema() as schema:
         dump = (DATA / "history-v1-postgres.sql").read_text(encoding="utf-8")
