@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..session.history.base import HistoryEntry
+from .attachments import with_attachments
 
 __all__ = ["EARLIER_CONVERSATION", "build_messages", "entry_text"]
 
@@ -21,15 +22,19 @@ def entry_text(entry: HistoryEntry, *, group: bool = False) -> str:
     Mirrored entries (sent by the bot on its own) are labelled with their
     source, e.g. ``[sent by the bot on its own via cron] Reminder: ...``; in a
     group, user text is attributed ``[user_name] text`` (user id if no name).
+    Attachments follow, one line each (``[voice note] what was said``).
     """
+    content = (
+        with_attachments(entry.content, entry.attachments) if entry.attachments else (entry.content)
+    )
     if entry.mirror:
         via = f" via {entry.source}" if entry.source else ""
-        return f"[sent by the bot on its own{via}] {entry.content}"
+        return f"[sent by the bot on its own{via}] {content}"
     if group and entry.role == "user":
         who = entry.user_name or entry.user_id
         if who:
-            return f"[{who}] {entry.content}"
-    return entry.content
+            return f"[{who}] {content}"
+    return content
 
 
 def build_messages(
@@ -55,7 +60,9 @@ def build_messages(
     last = ""
     for entry in history:
         content = entry.content
-        if not content or content.isspace():  # the same test as `not content.strip()`
+        if entry.attachments:
+            content = with_attachments(content, entry.attachments)
+        elif not content or content.isspace():  # the same test as `not content.strip()`
             continue
         if entry.mirror:
             role, text = "assistant", entry_text(entry, group=group)
@@ -70,7 +77,9 @@ def build_messages(
             texts.append(text)
             last = role
     content = message.content
-    if not content or content.isspace():
+    if message.attachments:
+        content = with_attachments(content, message.attachments)
+    elif not content or content.isspace():
         content = _EMPTY_MESSAGE
     if group:  # as entry_text() of the message with role "user" and mirror False
         who = message.user_name or message.user_id

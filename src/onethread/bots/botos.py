@@ -37,7 +37,7 @@ class BotOS:
         identity_resolver: links accounts across platforms.
         bots: ready ``Bot`` objects to add (they are re-pointed at the shared
             session only if they were built without one).
-        **options: ``store``, ``max_history`` for the shared session manager
+        **options: ``store``, ``max_history``, ``blobs`` for the shared session manager
             (or ``session`` for a ready one); ``access`` (one ``AccessPolicy``
             or a mapping platform -> policy), ``owners`` (platform -> owner
             ids), ``pairing`` (a ``PairingStore`` for /link and approvals),
@@ -74,6 +74,7 @@ class BotOS:
                 identity_resolver=identity_resolver,
                 max_history=options.pop("max_history", 100),
                 locks=coordination.locks,
+                blobs=options.pop("blobs", None),
             )
         self._session = session
         self._gate = Gate(coordination.duplicates)

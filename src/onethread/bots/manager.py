@@ -7,13 +7,17 @@ one history store, one identity resolver, one set of turn locks.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from ..errors import ModelError
+from ..agent.transcribe import Transcriber
+from ..errors import ModelError, StoreError
 from ..session._conn.shared import masked, who
+from ..session.attachments import Attachment
+from ..session.blobs import BlobStore, open_blob_store
 from ..session.context import SessionContext, clear_session_context, set_session_context
 from ..session.history.base import HistoryEntry, HistoryStore
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
@@ -50,6 +54,11 @@ class BotSessionManager:
             every DM on its legacy ``bot_{platform}_{user_id}`` key.
         max_history: how many earlier entries the model sees per turn.
         locks: turn locks (default: in-process); shared back-ends pass theirs.
+        blobs: the blob store for attachment bytes, or its URL; ``None``: a
+            ``file:`` store under ``ONETHREAD_HOME`` (``memory://`` when the
+            history is in memory). Opened lazily.
+        transcriber: turns voice notes into text before the turn (``None``:
+            ``Transcriber.from_env()``, i.e. ``ONETHREAD_TRANSCRIBE_MODEL``).
 
     Concurrency: turns on one session key run one at a time, in arrival
     order, whichever bot or platform they come from (``locks``). Different
@@ -64,6 +73,8 @@ class BotSessionManager:
         max_history: int = 100,
         *,
         locks: TurnLocks | None = None,
+        blobs: BlobStore | str | None = None,
+        transcriber: Transcriber | None = None,
     ) -> None:
         if identity_resolver is not None and not isinstance(
             identity_resolver, IdentityResolverProtocol
@@ -83,8 +94,59 @@ class BotSessionManager:
         # mirror_to_session calls made inside the loop, still writing (loop thread only).
         self.pending_mirrors: set[asyncio.Task[bool]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._blobs_arg = blobs
+        self._blobs: BlobStore | None = blobs if not isinstance(blobs, str | None) else None
+        self.transcriber = transcriber if transcriber is not None else Transcriber.from_env()
+        # Whether each responder's respond() takes blobs= (by type, asked once).
+        self._takes_blobs: dict[type, bool] = {}
 
     # -- plumbing --------------------------------------------------------------
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The blob store for attachment bytes (opened on first use)."""
+        if self._blobs is None:
+            url = self._blobs_arg if isinstance(self._blobs_arg, str) else None
+            if url is None and _in_memory(self._store_arg, self._store):
+                url = "memory://"
+            self._blobs = open_blob_store(url)
+        return self._blobs
+
+    async def _transcribed(self, attachments: Sequence[Attachment]) -> tuple[Attachment, ...]:
+        """``attachments`` with voice notes and audio transcribed (once; failures logged)."""
+        if self.transcriber is None:
+            return tuple(attachments)
+        out = []
+        for a in attachments:
+            if a.kind in ("voice", "audio") and a.blob and not a.transcript:
+                try:
+                    data = await self.blobs.get(a.blob)
+                    text = await self.transcriber.transcribe(data, name=a.name, mime=a.mime)
+                except (ModelError, StoreError) as exc:
+                    log.warning("could not transcribe %s: %s", a.blob, exc)
+                else:
+                    a = a.with_(transcript=text)
+            out.append(a)
+        return tuple(out)
+
+    async def _respond(
+        self, agent: Responder, history: Sequence[HistoryEntry], message: HistoryEntry, group: bool
+    ) -> str:
+        if not message.attachments:
+            return await agent.respond(history, message, group=group)
+        kind = type(agent)
+        takes = self._takes_blobs.get(kind)
+        if takes is None:
+            try:
+                takes = "blobs" in inspect.signature(agent.respond).parameters
+            except (TypeError, ValueError):
+                takes = False
+            self._takes_blobs[kind] = takes
+        if takes:
+            respond: Any = agent.respond
+            reply: str = await respond(history, message, group=group, blobs=self.blobs)
+            return reply
+        return await agent.respond(history, message, group=group)
 
     @property
     def store(self) -> HistoryStore:
@@ -158,6 +220,7 @@ class BotSessionManager:
         thread_id: str = "",
         user_name: str = "",
         message_id: str = "",
+        attachments: Sequence[Attachment] = (),
     ) -> str:
         """Run one turn and return the reply.
 
@@ -166,6 +229,8 @@ class BotSessionManager:
         ``max_history`` entries, asks the agent, and appends the user message
         and the reply in one transaction. If the model fails (``ModelError``)
         the user's message is still stored and a short apology is returned.
+        ``attachments`` (stored in :attr:`blobs` already) are kept with the
+        message; voice notes are transcribed first when a transcriber is set.
         """
         if self.loop is None:
             self.bind_loop()
@@ -197,6 +262,7 @@ class BotSessionManager:
             message_id=message_id,
             chat_type=chat_type,
         )
+        files = await self._transcribed(attachments) if attachments else ()
         async with self.locks.hold(key):
             token = set_session_context(ctx)
             try:
@@ -210,9 +276,10 @@ class BotSessionManager:
                     user_id=user_id,
                     user_name=user_name,
                     message_id=message_id,
+                    attachments=files,
                 )
                 try:
-                    reply = await agent.respond(history, message, group=group)
+                    reply = await self._respond(agent, history, message, group)
                 except ModelError as exc:
                     log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
                     await self.store.append(key, [message])
@@ -348,8 +415,20 @@ class BotSessionManager:
         return None
 
     async def close(self) -> None:
-        """Finish pending in-loop mirrors (up to 10 s), then close the history store."""
+        """Finish pending in-loop mirrors (up to 10 s), then close the stores it opened."""
         if self.pending_mirrors:
             await asyncio.wait(set(self.pending_mirrors), timeout=10.0)
         if self._store is not None:
             await self._store.close()
+        if self._blobs is not None and self._blobs is not self._blobs_arg:
+            await self._blobs.close()
+        if self.transcriber is not None:
+            await self.transcriber.aclose()
+
+
+def _in_memory(store_arg: object, store: object) -> bool:
+    if isinstance(store_arg, str):
+        return store_arg.startswith("memory:")
+    from ..session.history.memory import MemoryHistoryStore
+
+    return isinstance(store, MemoryHistoryStore)

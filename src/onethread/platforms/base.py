@@ -29,10 +29,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
-from ..errors import FormattingRejected
+from ..errors import AttachmentRefused, FormattingRejected
+from ..session.attachments import Attachment
 from .delivery import RetryPolicy, send_with_retry, split_message
 
-__all__ = ["Adapter", "Inbound", "OnInbound"]
+__all__ = ["Adapter", "Attachment", "Inbound", "OnInbound"]
 
 log = logging.getLogger("onethread.platforms")
 
@@ -44,7 +45,11 @@ class Inbound:
     ``chat_type`` is ``"dm"``, ``"group"`` or ``"channel"``. ``mentions_bot`` is
     true when the message addresses the bot (a mention, a reply to the bot, or a
     command). ``from_bot`` marks messages sent by any bot account, ``from_self``
-    by this bot. ``raw`` keeps the SDK object for adapters; it is not compared.
+    by this bot. ``attachments`` are what came with the message (photos,
+    voice notes, files), described by the adapter; ``blob`` is empty until the
+    bot has fetched the bytes (``Adapter.download``). A message may be
+    attachments only, with empty ``text``. ``raw`` keeps the SDK object for
+    adapters; it is not compared.
     """
 
     platform: str
@@ -59,6 +64,7 @@ class Inbound:
     mentions_bot: bool = False
     from_bot: bool = False
     from_self: bool = False
+    attachments: tuple[Attachment, ...] = ()
     raw: Any = field(default=None, compare=False, repr=False)
 
 
@@ -138,6 +144,30 @@ class Adapter(ABC):
         ``formatted`` asks for the platform's markup (Markdown); ``False`` means
         plain text. Raise the mapped ``onethread.errors`` on failure.
         """
+
+    async def do_download(self, msg: Inbound, index: int) -> bytes:
+        """The bytes of ``msg.attachments[index]``, fetched from the platform.
+
+        Adapters whose platform sends files implement it (from what they kept
+        in ``msg.raw``); the default says the platform has none. Raise the
+        mapped ``onethread.errors`` on failure.
+        """
+        raise NotImplementedError(f"{self.name or type(self).__name__} cannot fetch attachments")
+
+    @final
+    async def download(self, msg: Inbound, index: int, *, max_bytes: int) -> bytes:
+        """The bytes of attachment ``index`` of ``msg``, at most ``max_bytes`` of them.
+
+        Raises ``AttachmentRefused`` (``reason="too_large"``) before fetching
+        when the platform says the file is larger, and after when it was.
+        """
+        declared = msg.attachments[index].size
+        if declared > max_bytes:
+            raise _too_large(declared, max_bytes)
+        data = await self.do_download(msg, index)
+        if len(data) > max_bytes:
+            raise _too_large(len(data), max_bytes)
+        return data
 
     async def do_typing(self, chat_id: str, thread_id: str = "") -> None:  # noqa: B027
         """Show a typing indicator once (default: the platform has none)."""
@@ -230,3 +260,15 @@ class _Typing:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _too_large(size: int, limit: int) -> AttachmentRefused:
+    return AttachmentRefused(
+        "too_large",
+        f"That file is {_mb(size)}; I can take files up to {_mb(limit)}.",
+        limit=limit,
+    )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{size / 1000:.0f} KB"
