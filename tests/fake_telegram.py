@@ -67,6 +67,7 @@ characters after entity parsing (400 "message is too long").
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import re
@@ -520,6 +521,9 @@ class FakeTelegram:
             lambda: itertools.count(1)
         )
         self._chats: dict[int | str, dict[str, Any]] = {}
+        # Files users sent: file_id -> (file_path, bytes); served at /file/bot<token>/<path>.
+        self.files: dict[str, tuple[str, bytes]] = {}
+        self.file_downloads = 0
         self._faults: defaultdict[str, deque[_Fault]] = defaultdict(deque)
         self._allowed_updates: list[str] | None = _DEFAULT_ALLOWED
         self._poll_generation = 0
@@ -534,6 +538,7 @@ class FakeTelegram:
         """Listen on 127.0.0.1 (a free port)."""
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._file)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -722,6 +727,72 @@ class FakeTelegram:
         return calls()[:n]
 
     # -- HTTP ------------------------------------------------------------------------------
+
+    def add_file(self, data: bytes, *, kind: str = "documents", name: str = "file") -> str:
+        """Keep ``data`` as a file a user sent; its ``file_id`` (use it in an update)."""
+        file_id = f"BQAC{len(self.files) + 1:04d}{hashlib.sha1(data).hexdigest()[:12]}"
+        self.files[file_id] = (f"{kind}/file_{len(self.files)}_{name}", bytes(data))
+        return file_id
+
+    def inject_media(
+        self,
+        user_id: int,
+        field: str,
+        data: bytes,
+        *,
+        caption: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> int:
+        """Queue a DM carrying a file: ``field`` is ``photo``, ``voice``, ``audio``,
+        ``document``, ``video`` or ``sticker``, shaped as the Bot API sends it
+        (``extra`` adds fields such as ``file_name``/``mime_type``)."""
+        file_id = self.add_file(data, kind=field + "s")
+        obj: dict[str, Any] = {"file_id": file_id, "file_unique_id": file_id[-8:],
+                               "file_size": len(data), **(extra or {})}  # fmt: skip
+        if field == "photo":
+            small = {**obj, "width": 90, "height": 60, "file_id": self.add_file(data[:10])}
+            value: Any = [small, {**obj, "width": 1280, "height": 853}]
+        elif field == "voice":
+            value = {"duration": 3, "mime_type": "audio/ogg", **obj}
+        elif field == "sticker":
+            value = {"width": 512, "height": 512, "is_animated": False, "is_video": False,
+                     "type": "regular", "emoji": "😀", **obj}  # fmt: skip
+        elif field in ("video", "audio"):
+            value = {"duration": 3, **({"width": 640, "height": 480} if field == "video" else {}),
+                     **obj}  # fmt: skip
+        else:
+            value = obj
+        update = message_update(user_id, caption, update_id=next(self._update_ids),
+                                message_id=next(self._message_ids[user_id]))  # fmt: skip
+        message = update["message"]
+        message.pop("text", None)
+        message.pop("entities", None)
+        if caption:
+            message["caption"] = caption
+        message[field] = value
+        self._chats[user_id] = message["chat"]
+        return self.inject_update(update)
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["token"] != self.token:
+            return web.json_response({"ok": False, "error_code": 401,
+                                      "description": "Unauthorized"}, status=401)  # fmt: skip
+        path = request.match_info["path"]
+        for file_path, data in self.files.values():
+            if file_path == path:
+                self.file_downloads += 1
+                return web.Response(body=data, content_type="application/octet-stream")
+        return await self._not_found(request)
+
+    async def _m_getfile(self, params: dict[str, Any], request: web.Request) -> Any:
+        file_id = str(_value(params, "file_id"))
+        if file_id not in self.files:
+            raise _bad("wrong file_id or the file is temporarily unavailable")
+        path, data = self.files[file_id]
+        if len(data) > 20 * 1024 * 1024:
+            raise _bad("file is too big")
+        return {"file_id": file_id, "file_unique_id": file_id[-8:], "file_size": len(data),
+                "file_path": path}  # fmt: skip
 
     async def _not_found(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"},
