@@ -7,20 +7,24 @@ and the ``openai`` SDK is imported only when a model is first called.
 from __future__ import annotations
 
 from .agent import Agent
+from .files import File
 from .messages import build_messages
 from .models import ModelClient, ModelReply, ToolCall, TurnModel
 from .models_offline import OfflineModel
 from .models_openai import OpenAIModel
 from .tools import Tool, tool_from_function
+from .transcribe import Transcriber
 
 __all__ = [
     "Agent",
+    "File",
     "ModelClient",
     "ModelReply",
     "OfflineModel",
     "OpenAIModel",
     "Tool",
     "ToolCall",
+    "Transcriber",
     "TurnModel",
     "build_messages",
     "tool_from_function",

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
@@ -79,6 +79,7 @@ class Adapter(ABC):
 
     name: ClassVar[str] = ""
     max_message_length: ClassVar[int] = 4000
+    max_file_bytes: ClassVar[int] = 20 * 1024 * 1024  # largest file the platform takes from bots
     typing_interval: ClassVar[float] = 4.0
 
     def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
@@ -144,6 +145,49 @@ class Adapter(ABC):
         ``formatted`` asks for the platform's markup (Markdown); ``False`` means
         plain text. Raise the mapped ``onethread.errors`` on failure.
         """
+
+    async def do_send_file(
+        self, chat_id: str, attachment: Attachment, data: bytes, *, thread_id: str = ""
+    ) -> str:
+        """Send one file (``attachment`` describes ``data``): a photo for images where
+        the platform has photos, else a document, with ``attachment.caption``.
+        Return the message id; raise the mapped ``onethread.errors``. The default
+        says the platform takes no files."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} cannot send files")
+
+    @final
+    async def send_files(
+        self, chat_id: str, files: Sequence[tuple[Attachment, bytes]], *, thread_id: str = ""
+    ) -> list[str]:
+        """Send each file in order, retried like text; return the message ids.
+
+        A file larger than ``max_file_bytes`` (or any file, on a platform that
+        takes none) is not sent: a short text line says so instead, so the
+        person knows something is missing. Raises the last ``PlatformError``
+        when a file cannot be delivered.
+        """
+        ids: list[str] = []
+        for attachment, data in files:
+            label = attachment.name or f"a {attachment.kind}"
+            if len(data) > self.max_file_bytes:
+                note = f"(I could not send {label}: it is larger than {self.name} allows.)"
+                ids += await self.send(chat_id, note, thread_id=thread_id)
+                continue
+            try:
+                ids.append(await self._send_file(chat_id, attachment, data, thread_id))
+            except NotImplementedError:
+                note = f"(I could not send {label}: {self.name} takes no files from me.)"
+                ids += await self.send(chat_id, note, thread_id=thread_id)
+        return ids
+
+    async def _send_file(
+        self, chat_id: str, attachment: Attachment, data: bytes, thread_id: str
+    ) -> str:
+        return await send_with_retry(
+            lambda: self.do_send_file(chat_id, attachment, data, thread_id=thread_id),
+            self.retry_policy,
+            what=f"{self.name} file to {chat_id}",
+        )
 
     async def do_download(self, msg: Inbound, index: int) -> bytes:
         """The bytes of ``msg.attachments[index]``, fetched from the platform.

@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from telegram import Bot, Message, Update
+from telegram import Bot, InputFile, Message, Update
 from telegram import error as tg
 from telegram.constants import ChatAction, ChatType, MessageEntityType, ParseMode
 from telegram.request import HTTPXRequest
@@ -135,6 +135,8 @@ def map_telegram_errors() -> Iterator[None]:
     except tg.TelegramError as exc:  # NetworkError, TimedOut, Conflict, invalid answers
         raise PlatformUnavailable(f"{type(exc).__name__}: {exc}", platform=PLATFORM) from exc
 
+
+_PHOTO_MAX = 10 * 1024 * 1024  # sendPhoto's limit; larger images go as documents
 
 # -- normalising ---------------------------------------------------------------
 
@@ -341,6 +343,7 @@ class TelegramAdapter(Adapter):
 
     name: ClassVar[str] = PLATFORM
     max_message_length: ClassVar[int] = 4096
+    max_file_bytes: ClassVar[int] = 50 * 1024 * 1024  # the Bot API's upload limit
     poll_retry_delay: float = 0.5  # first backoff after a failed poll; doubles each time
 
     _OPTIONS: ClassVar[tuple[str, ...]] = (
@@ -493,6 +496,24 @@ class TelegramAdapter(Adapter):
             log.exception("telegram: handling update %s failed", update.update_id)
 
     # -- sending ---------------------------------------------------------------
+
+    async def do_send_file(
+        self, chat_id: str, attachment: Attachment, data: bytes, *, thread_id: str = ""
+    ) -> str:
+        """``sendPhoto`` for images up to 10 MB, else ``sendDocument`` (multipart upload)."""
+        bot = self._running_bot()
+        upload = InputFile(data, filename=attachment.name or "file", attach=True)
+        common: dict[str, Any] = {
+            "chat_id": _chat_ref(chat_id),
+            "caption": attachment.caption or None,
+            "message_thread_id": _thread_ref(thread_id),
+        }
+        with map_telegram_errors():
+            if attachment.kind == "image" and len(data) <= _PHOTO_MAX:
+                message = await bot.send_photo(photo=upload, **common)
+            else:
+                message = await bot.send_document(document=upload, **common)
+        return str(message.message_id)
 
     async def do_download(self, msg: Inbound, index: int) -> bytes:
         """``getFile``, then the file itself from the Bot API's file URL (up to 20 MB there)."""
