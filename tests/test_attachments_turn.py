@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,16 @@ async def openai_server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOp
         yield server
 
 
+async def stored(session: BotSessionManager, user: str, chat: str, n: int) -> list[Any]:
+    """The history once it holds ``n`` entries (a turn is stored just after its reply is sent)."""
+    for _ in range(500):
+        history = await session.history(user, platform="telegram", chat_id=chat)
+        if len(history) >= n:
+            return history
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"history of {user} never reached {n} entries")
+
+
 async def _bot(agent: Agent, **options: object) -> tuple[Bot, FakeAdapter, asyncio.Task[None]]:
     adapter = FakeAdapter("telegram")
     bot = Bot("telegram", agent, adapter=adapter, store="memory://", **options)
@@ -48,7 +59,7 @@ async def test_photo_reaches_a_vision_model_as_an_image_part(openai_server: Fake
         photo = Attachment("image", "image/jpeg", "holiday.jpg", caption="look")
         await adapter.inject("", user="42", files=[(photo, png())])  # attachment only
         await adapter.wait_sent(1)
-        history = await bot.session.history("42", platform="telegram", chat_id="dm-42")
+        history = await stored(bot.session, "42", "dm-42", 2)
     finally:
         await bot.stop()
         await task
@@ -59,9 +70,9 @@ async def test_photo_reaches_a_vision_model_as_an_image_part(openai_server: Fake
     assert 'caption "look"' in content[0]["text"]
     url = content[1]["image_url"]["url"]
     assert url == "data:image/png;base64," + base64.b64encode(png()).decode()
-    stored = history[0].attachments[0]
-    assert stored.mime == "image/png" and stored.size == len(png())
-    assert await bot.session.blobs.get(stored.blob) == png()  # bytes in the blob store only
+    kept = history[0].attachments[0]
+    assert kept.mime == "image/png" and kept.size == len(png())
+    assert await bot.session.blobs.get(kept.blob) == png()  # bytes in the blob store only
 
 
 async def test_model_without_vision_gets_the_line_not_the_image(
@@ -95,7 +106,7 @@ async def test_voice_note_is_transcribed_once_and_reads_as_what_was_said(
         await adapter.wait_sent(1)
         await adapter.inject("what did I ask?", user="7")
         await adapter.wait_sent(2)
-        history = await session.history("7", platform="telegram", chat_id="dm-7")
+        history = await stored(session, "7", "dm-7", 4)
     finally:
         await bot.stop()
         await task

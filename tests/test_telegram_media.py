@@ -45,6 +45,16 @@ async def servers(
             await tg.stop()
 
 
+async def stored(session: BotSessionManager, user: str, n: int) -> list[Any]:
+    """The history once it holds ``n`` entries (a turn is stored just after its reply is sent)."""
+    for _ in range(500):
+        history = await session.history(user, platform="telegram", chat_id=user)
+        if len(history) >= n:
+            return history
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"history of {user} never reached {n} entries")
+
+
 def _update_with(field: str, value: Any, caption: str = "") -> dict[str, Any]:
     update = message_update(5, caption)
     message = update["message"]
@@ -100,7 +110,7 @@ async def test_photo_and_voice_note_through_the_real_clients(
         await tg.wait_for_messages(1, timeout=15)
         tg.inject_media(5, "voice", VOICE)
         await tg.wait_for_messages(2, timeout=15)
-        history = await session.history("5", platform="telegram", chat_id="5")
+        history = await stored(session, "5", 4)
     finally:
         await bot.stop()
         await task

@@ -8,7 +8,20 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..attachments import Attachment
 
-__all__ = ["HistoryEntry", "HistoryStore", "SessionSummary"]
+__all__ = [
+    "DELIVERY_CUT",
+    "DELIVERY_FAILED",
+    "HistoryEntry",
+    "HistoryStore",
+    "SessionSummary",
+    "delivery_failed",
+]
+
+DELIVERY_FAILED = "failed"
+"""``metadata["delivery"]`` of text that did not reach the person (see ``delivery_failed``)."""
+
+DELIVERY_CUT = "cut"
+"""``metadata["delivery"]`` of a reply too long to send whole: only its first part went out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +32,13 @@ class HistoryEntry:
     on its own (a reminder, a cross-platform reply) that was mirrored in with
     ``mirror_to_session``; ``source`` says who produced it (``"cron"``,
     ``"notify"``) and ``metadata`` carries the caller's extra JSON-able data.
-    ``timestamp`` is Unix seconds. ``attachments`` are references to bytes in
-    the blob store (photos, voice notes, files), never the bytes.
+    ``timestamp`` is Unix seconds. Text the bot meant to send and could not
+    deliver is kept, marked ``metadata["delivery"] == "failed"`` and
+    ``metadata["delivery_error"]`` (the error's class name); see
+    :attr:`undelivered`. A reply sent only in part (too long) is marked
+    ``metadata["delivery"] == "cut"``.
+    ``attachments`` are references to bytes in the blob store (photos, voice
+    notes, files), never the bytes.
     """
 
     role: str
@@ -35,6 +53,11 @@ class HistoryEntry:
     source: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
     attachments: tuple[Attachment, ...] = ()
+
+    @property
+    def undelivered(self) -> bool:
+        """True when the bot's text did not reach the person (a send that failed for good)."""
+        return bool(self.metadata) and self.metadata.get("delivery") == DELIVERY_FAILED
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field (used by export and the Redis store).
@@ -76,6 +99,11 @@ class HistoryEntry:
             metadata=dict(data.get("metadata") or {}),
             attachments=tuple(Attachment.from_dict(a) for a in data.get("attachments") or ()),
         )
+
+
+def delivery_failed(exc: BaseException) -> dict[str, str]:
+    """The metadata that marks an entry as not delivered because of ``exc``."""
+    return {"delivery": DELIVERY_FAILED, "delivery_error": type(exc).__name__}
 
 
 @dataclass(frozen=True, slots=True)
