@@ -116,6 +116,19 @@ class SentMessage:
 
 
 @dataclass
+class SentFile:
+    """A photo or document the bot uploaded (``method`` is ``sendPhoto``/``sendDocument``)."""
+
+    chat_id: int | str
+    method: str
+    filename: str
+    data: bytes
+    caption: str
+    thread_id: int | None
+    message_id: int
+
+
+@dataclass
 class ChatActionCall:
     """One ``sendChatAction`` call."""
 
@@ -526,6 +539,7 @@ class FakeTelegram:
         # Files users sent: file_id -> (file_path, bytes); served at /file/bot<token>/<path>.
         self.files: dict[str, tuple[str, bytes]] = {}
         self.file_downloads = 0
+        self.sent_files: list[SentFile] = []
         self._faults: defaultdict[str, deque[_Fault]] = defaultdict(deque)
         self._slow: defaultdict[str, deque[float]] = defaultdict(deque)
         self._allowed_updates: list[str] | None = _DEFAULT_ALLOWED
@@ -945,6 +959,56 @@ class FakeTelegram:
             result["message_thread_id"] = thread_id
             result["is_topic_message"] = bool(chat.get("is_forum"))
         return result
+
+    async def _upload(self, method: str, field_name: str, limit: int, request: web.Request,
+                      params: dict[str, Any]) -> Any:  # fmt: skip
+        """``sendPhoto``/``sendDocument`` with a multipart upload, as the Bot API takes them:
+        the file in the part the ``attach://NAME`` value names (PTB's ``attach=True``)
+        or in the field itself."""
+        chat_id = _chat_id(params)
+        form = await request.post() if request.content_type.startswith("multipart/") else {}
+        ref = params.get(field_name)
+        part = form.get(field_name)
+        if isinstance(ref, str) and ref.startswith("attach://"):
+            part = form.get(ref[len("attach://") :])
+        if not isinstance(part, web.FileField):
+            raise _bad(f"there is no {field_name} in the request")
+        data = part.file.read()
+        if not data:
+            raise _bad("file must be non-empty")
+        if len(data) > limit:
+            raise _ApiError(413, "Request Entity Too Large")
+        caption = str(params.get("caption") or "")
+        thread_id = _int(params, "message_thread_id")
+        message_id = next(self._message_ids[chat_id])
+        self.sent_files.append(SentFile(chat_id, method, part.filename or "", data, caption,
+                                        thread_id, message_id))  # fmt: skip
+        self._notify()
+        chat = self._chats.get(chat_id) or {"id": chat_id, "type": "private", "first_name": "Test"}
+        result: dict[str, Any] = {"message_id": message_id, "from": self.bot_user, "chat": chat,
+                                  "date": int(time.time())}  # fmt: skip
+        file_id = self.add_file(data, kind=field_name + "s", name=part.filename or "file")
+        if field_name == "photo":
+            result["photo"] = [{"file_id": file_id, "file_unique_id": file_id[-8:],
+                                "width": 90, "height": 90, "file_size": len(data)}]  # fmt: skip
+        else:
+            result["document"] = {"file_id": file_id, "file_unique_id": file_id[-8:],
+                                  "file_name": part.filename or "file",
+                                  "file_size": len(data)}  # fmt: skip
+        if caption:
+            result["caption"] = caption
+        return result
+
+    async def _m_sendphoto(self, params: dict[str, Any], request: web.Request) -> Any:
+        return await self._upload("sendPhoto", "photo", 10 * 1024 * 1024, request, params)
+
+    async def _m_senddocument(self, params: dict[str, Any], request: web.Request) -> Any:
+        return await self._upload("sendDocument", "document", 50 * 1024 * 1024, request, params)
+
+    async def wait_for_files(self, n: int, timeout: float = 5.0) -> list[SentFile]:
+        """Wait until the bot has uploaded ``n`` files."""
+        await self.wait_until(lambda: len(self.sent_files) >= n, timeout, f"{n} file(s)")
+        return list(self.sent_files)
 
     async def _m_sendchataction(self, params: dict[str, Any], request: web.Request) -> Any:
         chat_id = _chat_id(params)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fake_openai import FakeOpenAI, text
+from fake_openai import FakeOpenAI, text, tool_call
 from fake_telegram import FakeTelegram, message_update
-from onethread import Agent
+from onethread import Agent, File
 from onethread.agent.transcribe import Transcriber
-from onethread.bots import Bot, BotSessionManager
+from onethread.bots import Bot, BotOS, BotSessionManager
 from onethread.platforms.telegram import normalize_update
 from test_blobs import png
 
@@ -141,3 +142,89 @@ async def test_a_file_telegram_will_not_serve_is_told_to_the_sender(
     assert update_id > 0
     assert tg.sent[0].text == "a.pdf: I could not fetch it from telegram; please resend."
     assert oa.requests == []
+
+
+async def test_a_file_a_tool_returns_arrives_as_a_document_and_an_image_as_a_photo(
+    servers: tuple[FakeTelegram, FakeOpenAI], tmp_path: Path
+) -> None:
+    tg, oa = servers
+    report = tmp_path / "report.csv"
+    report.write_text("month,total\nmay,42\n")
+
+    def make_report() -> list[object]:
+        """Build the monthly report."""
+        return ["Here is the report and a chart.", File(report), File(png(), name="chart.png")]
+
+    session = BotSessionManager(store="memory://")
+    bot = Bot("telegram", Agent("a", tools=[make_report], model="gpt-test"), session=session)
+    task = asyncio.create_task(bot.start())
+    await bot.ready.wait()
+    try:
+        oa.queue(tool_call("make_report"), text("Sent you the report."))
+        tg.inject_message(5, "send me the report")
+        files = await tg.wait_for_files(2, timeout=15)
+        history = await stored(session, "5", 2)
+    finally:
+        await bot.stop()
+        await task
+    assert [m.text for m in tg.sent] == ["Sent you the report."]
+    assert [(f.method, f.filename) for f in files] == [
+        ("sendDocument", "report.csv"),
+        ("sendPhoto", "chart.png"),
+    ]
+    assert files[0].data == report.read_bytes() and files[1].data == png()
+    tool_result = oa.requests[1]["messages"][-1]["content"]
+    assert "(file report.csv, text/plain, 0 KB, will be sent with your reply)" in tool_result
+    reply = history[1]
+    assert [(a.kind, a.name) for a in reply.attachments] == [("file", "report.csv"),
+                                                            ("image", "chart.png")]  # fmt: skip
+    assert await session.blobs.get(reply.attachments[1].blob) == png()
+
+
+async def test_bot_send_and_notify_carry_files_and_mirror_them(
+    servers: tuple[FakeTelegram, FakeOpenAI],
+) -> None:
+    tg, oa = servers
+    botos = BotOS(agent=Agent("a", model="gpt-test"), platforms=["telegram"], store="memory://")
+    task = asyncio.create_task(botos.start())
+    await botos.wait_ready(15)
+    try:
+        oa.queue(text("hello"))
+        tg.inject_message(5, "hi")
+        await tg.wait_for_messages(1, timeout=15)
+        await stored(botos.session, "5", 2)
+        await botos.notify(
+            "telegram:5", "Your invoice", attachments=[File(b"%PDF-1.4 x", name="invoice.pdf")]
+        )
+        await botos.bots["telegram"].send("5", "", attachments=[File(png(), name="p.png")])
+        files = await tg.wait_for_files(2, timeout=15)
+        history = await botos.session.history("5", platform="telegram", chat_id="5")
+    finally:
+        await botos.stop()
+        await task
+    assert [(f.method, f.filename) for f in files] == [("sendDocument", "invoice.pdf"),
+                                                       ("sendPhoto", "p.png")]  # fmt: skip
+    assert tg.sent[-1].text == "Your invoice"
+    mirrored = history[-1]
+    assert mirrored.mirror and mirrored.source == "notify"
+    assert [(a.name, a.mime) for a in mirrored.attachments] == [("invoice.pdf", "application/pdf")]
+
+
+async def test_a_file_bigger_than_the_platform_takes_is_named_not_sent(
+    servers: tuple[FakeTelegram, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onethread.platforms.telegram import TelegramAdapter
+
+    tg, _ = servers
+    monkeypatch.setattr(TelegramAdapter, "max_file_bytes", 100)
+    bot = Bot("telegram", Agent("a"), store="memory://")
+    task = asyncio.create_task(bot.start())
+    await bot.ready.wait()
+    try:
+        await bot.send("5", "", attachments=[File(b"x" * 101, name="big.bin")])
+        await tg.wait_for_messages(1, timeout=15)
+    finally:
+        await bot.stop()
+        await task
+    assert tg.sent_files == []
+    assert tg.sent[0].text == "(I could not send big.bin: it is larger than telegram allows.)"

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ..agent.files import File
 from ..errors import PlatformError
-from ..platforms.base import Adapter, Inbound
+from ..platforms.base import Adapter, Attachment, Inbound
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
 from ..session.blobs import DEFAULT_MAX_BYTES
@@ -212,12 +213,30 @@ class Bot:
 
     # -- sending ---------------------------------------------------------------
 
-    async def send(self, chat_id: str, text: str, thread_id: str | None = None) -> list[str]:
-        """Send ``text`` (split to the platform's limit, at most 10 messages, retried).
+    async def send(
+        self,
+        chat_id: str,
+        text: str,
+        thread_id: str | None = None,
+        attachments: Sequence[File | Attachment] = (),
+    ) -> list[str]:
+        """Send ``text`` (split to the platform's limit, at most 10 messages, retried),
+        then each of ``attachments`` (``onethread.File`` or stored ``Attachment``):
+        images as photos where the platform has them, the rest as documents.
 
-        Returns the ids of the sent messages; see ``Adapter.send``.
+        Returns the ids of the sent messages; see ``Adapter.send`` and
+        ``Adapter.send_files``. ``text`` may be empty when files are sent.
         """
-        return await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
+        files = await self._session.store_files(attachments) if attachments else ()
+        ids = (
+            await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
+            if (text or not files)
+            else []
+        )
+        if files:
+            pairs = await self._session.file_bytes(files)
+            ids += await self.adapter.send_files(str(chat_id), pairs, thread_id=thread_id or "")
+        return ids
 
     # -- the turn --------------------------------------------------------------
 
@@ -278,12 +297,16 @@ class Bot:
                     )
                 typing = self.adapter.typing(msg.chat_id, msg.thread_id)
 
-                async def deliver(text: str) -> dict[str, str] | None:
+                async def deliver(
+                    text: str, files: Sequence[tuple[Attachment, bytes]] = ()
+                ) -> dict[str, str] | None:
                     nonlocal attempted
                     attempted = True
                     await typing.__aexit__(None, None, None)  # no "typing…" after the reply
                     whole = self.adapter.fits(text)
                     await self.adapter.send(msg.chat_id, text, thread_id=msg.thread_id)
+                    if files:
+                        await self.adapter.send_files(msg.chat_id, files, thread_id=msg.thread_id)
                     return None if whole else {"delivery": DELIVERY_CUT}
 
                 async with typing:

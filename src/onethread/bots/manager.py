@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from ..agent.files import File, turn_files
 from ..agent.transcribe import Transcriber
 from ..errors import ModelError, StoreError
 from ..session._conn.shared import masked, who
@@ -129,6 +130,34 @@ class BotSessionManager:
             out.append(a)
         return tuple(out)
 
+    async def store_files(self, items: Sequence[File | Attachment]) -> tuple[Attachment, ...]:
+        """Outgoing files as stored attachments: ``File`` bytes go into :attr:`blobs`.
+
+        An ``Attachment`` must already be stored (``blob`` set); ``ValueError``
+        otherwise, and ``TypeError`` for anything but the two.
+        """
+        out: list[Attachment] = []
+        for item in items:
+            if isinstance(item, File):
+                blob = await self.blobs.put(item.data)
+                out.append(Attachment(item.kind, item.mime, item.name, len(item.data), blob))
+            elif isinstance(item, Attachment):
+                if not item.blob:
+                    raise ValueError(
+                        f"attachment {item.name or item.kind!r} has no blob: send a "
+                        "onethread.File(path_or_bytes) instead, or store the bytes first"
+                    )
+                out.append(item)
+            else:
+                raise TypeError(
+                    f"attachments must be onethread.File or Attachment, not {type(item).__name__}"
+                )
+        return tuple(out)
+
+    async def file_bytes(self, attachments: Sequence[Attachment]) -> list[tuple[Attachment, bytes]]:
+        """Each stored attachment with its bytes, read from :attr:`blobs`."""
+        return [(a, await self.blobs.get(a.blob)) for a in attachments]
+
     async def _respond(
         self, agent: Responder, history: Sequence[HistoryEntry], message: HistoryEntry, group: bool
     ) -> str:
@@ -221,7 +250,7 @@ class BotSessionManager:
         user_name: str = "",
         message_id: str = "",
         attachments: Sequence[Attachment] = (),
-        deliver: Callable[[str], Awaitable[Mapping[str, Any] | None]] | None = None,
+        deliver: Callable[..., Awaitable[Mapping[str, Any] | None]] | None = None,
     ) -> str:
         """Run one turn and return the reply.
 
@@ -242,6 +271,9 @@ class BotSessionManager:
 
         ``attachments`` (stored in :attr:`blobs` already) are kept with the
         message; voice notes are transcribed first when a transcriber is set.
+        Files the agent's tools return (``onethread.File``) are stored and kept
+        with the reply; ``deliver`` then gets them too:
+        ``deliver(reply, files=[(attachment, bytes), ...])``.
         """
         if self.loop is None:
             self.bind_loop()
@@ -290,7 +322,9 @@ class BotSessionManager:
                     attachments=files,
                 )
                 try:
-                    reply = await self._respond(agent, history, message, group)
+                    with turn_files() as produced:
+                        reply = await self._respond(agent, history, message, group)
+                    sent = await self.store_files(produced) if produced else ()
                 except ModelError as exc:
                     log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
                     await self.store.append(key, [message])
@@ -302,7 +336,10 @@ class BotSessionManager:
                     # Sent before the turn is stored, under the turn lock: the reply is
                     # stored once, in the turn's one transaction, with how delivery went.
                     try:
-                        outcome = await deliver(reply)
+                        if sent:
+                            outcome = await deliver(reply, files=await self.file_bytes(sent))
+                        else:
+                            outcome = await deliver(reply)
                     except BaseException as exc:  # re-raised below, once the turn is stored
                         undelivered = exc
                 answer = HistoryEntry(
@@ -314,6 +351,7 @@ class BotSessionManager:
                     metadata=delivery_failed(undelivered)
                     if undelivered is not None
                     else dict(outcome or {}),
+                    attachments=sent,
                 )
                 await self.store.append(key, [message, answer])
                 if undelivered is not None:
@@ -346,9 +384,14 @@ class BotSessionManager:
         *,
         source: str = "delivery",
         metadata: Mapping[str, Any] | None = None,
+        attachments: Sequence[Attachment] = (),
     ) -> None:
-        """Append text the bot sent on its own to ``user_id``'s history, under the turn lock."""
-        if not isinstance(text, str) or not text:
+        """Append text the bot sent on its own to ``user_id``'s history, under the turn lock.
+
+        ``attachments`` (already in :attr:`blobs`) are the files sent with it;
+        the text may then be empty.
+        """
+        if not isinstance(text, str) or not (text or attachments):
             raise ValueError("mirror text must be a non-empty string")
         meta = dict(metadata or {})
         key = self.mirror_key(user_id)
@@ -363,6 +406,7 @@ class BotSessionManager:
                 mirror=True,
                 source=source,
                 metadata=meta,
+                attachments=tuple(attachments),
             )
             await self.store.append(key, [entry])
 
