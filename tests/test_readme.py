@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from onethread.bots import BotSessionManager
 from readme_examples import examples, run_example, run_plain_example
 
@@ -58,3 +60,42 @@ def test_session_manager_example(capsys: object) -> None:
 
 def test_resolvers_example() -> None:
     run_plain_example("resolvers", {})
+
+
+def test_photo_example_says_what_the_offline_model_received(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_plain_example("photo", {"__name__": "__main__"})
+    out = capsys.readouterr().out
+    assert "You sent: [image: dot.png (image/png, 67 bytes) with the caption" in out
+
+
+async def test_voice_note_example_against_the_fake_endpoint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fake_openai import FakeOpenAI
+
+    async with FakeOpenAI(lambda body: "You asked me to call mum.") as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        server.transcripts[b"OggS" + bytes(60)] = "please call mum"
+        await asyncio.to_thread(run_plain_example, "voice-note", {"__name__": "__main__"})
+        assert len(server.transcriptions) == 1
+        assert server.requests[0]["messages"][-1]["content"] == "[voice note] please call mum"
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "You asked me to call mum.",
+        "please call mum",
+    ]
+
+
+def test_send_file_example_tool_returns_a_file() -> None:
+    from onethread import File
+    from onethread.agent.files import split_result, turn_files
+
+    ns: dict[str, object] = {}
+    run_plain_example("send-file", ns)
+    with turn_files() as produced:
+        told = split_result(ns["monthly_report"]("may"))  # type: ignore[operator]
+    assert isinstance(produced[0], File) and produced[0].name == "report-may.csv"
+    assert produced[0].data == b"month,total\nmay,42\n" and produced[0].mime == "text/plain"
+    assert told.startswith("Report for may:\n(file report-may.csv, text/plain")
