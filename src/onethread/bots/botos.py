@@ -11,6 +11,7 @@ from ..errors import ConfigError, RecipientUnknown
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.outbox import Outbox, OutboxItem
 from ..session.pairing import PairingStore
+from ..session.text import clean_text
 from ..session.urls import Coordination, open_coordination
 from .bot import Bot, _default_agent, run_until_signal
 from .commands import CommandRouter
@@ -213,6 +214,8 @@ class BotOS:
         when the person never wrote to a platform anyone can reach. Returns the
         sent message ids.
         """
+        unified_user_id, text = clean_text(unified_user_id), clean_text(text)
+        source_label = clean_text(source_label)
         last = await self._session.last_seen(unified_user_id)
         if last is None:
             raise RecipientUnknown(unified_user_id)

@@ -19,6 +19,7 @@ from ..session.history.base import HistoryEntry, HistoryStore
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
 from ..session.keys import DM, GROUP_TYPES, legacy_key, session_key, unified_key
 from ..session.locks import LocalTurnLocks, TurnLocks
+from ..session.text import clean_text, clean_value
 from ..session.urls import open_history_store
 
 __all__ = ["APOLOGY", "BotSessionManager", "Responder"]
@@ -166,9 +167,13 @@ class BotSessionManager:
         ``max_history`` entries, asks the agent, and appends the user message
         and the reply in one transaction. If the model fails (``ModelError``)
         the user's message is still stored and a short apology is returned.
+        Lone surrogates in any string become U+FFFD (``onethread.session.text``).
         """
         if self.loop is None:
             self.bind_loop()
+        user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id = map(
+            clean_text, (user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id)
+        )
         unified = self.resolve(platform, user_id)
         group = chat_type in GROUP_TYPES
         key = session_key(
@@ -254,10 +259,15 @@ class BotSessionManager:
         source: str = "delivery",
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """Append text the bot sent on its own to ``user_id``'s history, under the turn lock."""
+        """Append text the bot sent on its own to ``user_id``'s history, under the turn lock.
+
+        Lone surrogates in the text, ids and metadata become U+FFFD
+        (``onethread.session.text``).
+        """
         if not isinstance(text, str) or not text:
             raise ValueError("mirror text must be a non-empty string")
-        meta = dict(metadata or {})
+        user_id, text, source = clean_text(user_id), clean_text(text), clean_text(source)
+        meta = clean_value(dict(metadata or {}))
         key = self.mirror_key(user_id)
         async with self.locks.hold(key):
             # Stamped under the lock: a mirror that waited for a turn sorts after it.

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
 from ..errors import FormattingRejected
+from ..session.text import clean_text
 from .delivery import RetryPolicy, send_with_retry, split_message
 
 __all__ = ["Adapter", "Inbound", "OnInbound"]
@@ -45,6 +46,10 @@ class Inbound:
     true when the message addresses the bot (a mention, a reply to the bot, or a
     command). ``from_bot`` marks messages sent by any bot account, ``from_self``
     by this bot. ``raw`` keeps the SDK object for adapters; it is not compared.
+
+    Every string field is passed through ``onethread.session.text.clean_text``
+    when constructed (lone surrogates become U+FFFD), so whatever an adapter
+    hands in can be stored and sent by every back-end.
     """
 
     platform: str
@@ -60,6 +65,18 @@ class Inbound:
     from_bot: bool = False
     from_self: bool = False
     raw: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                cleaned = clean_text(value)
+                if cleaned is not value:
+                    object.__setattr__(self, name, cleaned)  # frozen: set once, here
+
+
+_TEXT_FIELDS = ("platform", "chat_id", "chat_type", "user_id", "text", "message_id",
+                "chat_name", "thread_id", "user_name")  # fmt: skip
 
 
 OnInbound = Callable[[Inbound], Awaitable[None]]
