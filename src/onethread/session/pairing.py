@@ -10,8 +10,10 @@ Everything lives in one SQLite database (default ``$ONETHREAD_HOME/pairing.db``)
 so the CLI (``onethread access approve``) and the running bot, in different
 processes, see the same codes. Each method is one short transaction; callers on
 the event loop run them with ``asyncio.to_thread``. ``_lock`` (a
-``threading.Lock``) guards the one connection; SQLite's file lock guards
-against other processes.
+``threading.Lock`` in a ``Guard``) guards the one connection; SQLite's file
+lock guards against other processes. A driver failure inside it (a full disk:
+``database or disk is full``) leaves as ``StoreError`` naming the file and the
+fix, the ``sqlite3`` error as its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ import hashlib
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CorruptStoreError, StoreError
-from ._conn.sqlite import is_busy, retry_busy
+from ..errors import CorruptStoreError
+from ._conn.sqlite import Guard, is_busy, is_full, retry_busy, store_error
 from .home import onethread_home
 
 __all__ = [
@@ -114,7 +115,7 @@ class PairingStore:
         self.path = str(path) if path is not None else str(onethread_home() / "pairing.db")
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
+        self._lock = Guard(self.path)  # its block's sqlite3 errors leave as StoreError
         try:
             self._conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
@@ -127,8 +128,8 @@ class PairingStore:
                 )
                 row = self._conn.execute("SELECT v FROM meta WHERE k = 'salt'").fetchone()
         except sqlite3.DatabaseError as exc:
-            if is_busy(exc):  # locked, not broken: say so, and touch nothing
-                raise StoreError(f"{self.path}: locked by another process ({exc})") from exc
+            if is_busy(exc) or is_full(exc):  # locked or no room, not broken: touch nothing
+                raise store_error(self.path, exc) from exc
             raise CorruptStoreError(self.path, f"not a readable pairing database ({exc})") from exc
         self._salt = bytes.fromhex(row[0])
         if self.path != ":memory:":

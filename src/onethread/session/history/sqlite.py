@@ -72,8 +72,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ...errors import CorruptStoreError, SchemaVersionError, StoreError
-from .._conn.sqlite import is_busy, retry_busy
+from ...errors import CorruptStoreError, SchemaVersionError
+from .._conn.sqlite import is_busy, is_full, mapped_errors, retry_busy, store_error
 from ._sqlite_cache import TailCache
 from ._sqlite_checkpoint import Checkpoints
 from ._sqlite_sql import (
@@ -118,6 +118,11 @@ class SQLiteHistoryStore(Checkpoints):
         path: the database file (its folder is created 0700, the file 0600).
         cache_entries: how many recent entries the loop side may keep in
             memory for fast loads (0: none); about 400 bytes each.
+
+    Errors: ``CorruptStoreError`` for a file that is not a usable database,
+    ``SchemaVersionError`` for a newer one; any other driver failure is a
+    ``StoreError`` naming the file (a full disk also names the fix: free
+    space); the ``sqlite3`` error is its ``__cause__``.
 
     Concurrency: safe from many tasks, threads and processes. The event loop
     that first uses the store serves ``load``/``append`` on its own thread
@@ -175,8 +180,8 @@ class SQLiteHistoryStore(Checkpoints):
             if found is None:
                 retry_busy(lambda: conn.execute(_FIRST_VERSION, (SCHEMA_VERSION,)), _OPEN_TIMEOUT)
         except sqlite3.DatabaseError as exc:
-            if is_busy(exc):  # locked, not broken: say so, and touch nothing
-                raise StoreError(f"{self.path}: locked by another process ({exc})") from exc
+            if is_busy(exc) or is_full(exc):  # locked or no room, not broken: touch nothing
+                raise store_error(self.path, exc) from exc
             raise CorruptStoreError(
                 str(self.path), f"not a readable SQLite database ({exc})"
             ) from exc
@@ -442,13 +447,14 @@ class SQLiteHistoryStore(Checkpoints):
         """The last ``limit`` entries of ``key`` (all when ``None``), oldest first."""
         if limit is not None and limit <= 0:
             return []
-        loop = asyncio.get_running_loop()
-        conn = self._fast if loop is self._loop else await self._claim(loop)
-        if conn is not None:
-            entries = self._loop_load(conn, key, limit)
-            if entries is not None:
-                return entries
-        return await self._run(self._load, key, limit)
+        with mapped_errors(self.path):
+            loop = asyncio.get_running_loop()
+            conn = self._fast if loop is self._loop else await self._claim(loop)
+            if conn is not None:
+                entries = self._loop_load(conn, key, limit)
+                if entries is not None:
+                    return entries
+            return await self._run(self._load, key, limit)
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
         """Append ``entries`` to ``key`` in one transaction; committed when this returns."""
@@ -456,18 +462,19 @@ class SQLiteHistoryStore(Checkpoints):
             return
         items = list(entries)
         rows = [entry_to_row(key, e) for e in items]  # a bad entry fails here, alone
-        loop = asyncio.get_running_loop()
-        conn = self._fast if loop is self._loop else await self._claim(loop)
-        if conn is None:
-            [error] = await self._run(self._append_turns, [rows])
-            if error is not None:
-                raise error
-            return
-        fut: asyncio.Future[None] = loop.create_future()
-        if not self._batch:
-            loop.call_soon(self._flush)
-        self._batch.append((key, items, rows, fut))
-        await fut
+        with mapped_errors(self.path):
+            loop = asyncio.get_running_loop()
+            conn = self._fast if loop is self._loop else await self._claim(loop)
+            if conn is None:
+                [error] = await self._run(self._append_turns, [rows])
+                if error is not None:
+                    raise error
+                return
+            fut: asyncio.Future[None] = loop.create_future()
+            if not self._batch:
+                loop.call_soon(self._flush)
+            self._batch.append((key, items, rows, fut))
+            await fut
 
     async def clear(self, key: str) -> int:
         """Delete every entry of ``key``; return how many."""
@@ -489,6 +496,12 @@ class SQLiteHistoryStore(Checkpoints):
         connection and forgets just ``keys`` in the cache; a large one (or one
         while the worker ends a checkpoint) runs on the worker thread.
         """
+        with mapped_errors(self.path):
+            return await self._change_here(source, keys, sql, args)
+
+    async def _change_here(
+        self, source: str, keys: tuple[str, ...], sql: str, args: tuple[Any, ...]
+    ) -> int:
         loop = asyncio.get_running_loop()
         conn = self._fast if loop is self._loop else await self._claim(loop)
         if conn is not None:
@@ -511,11 +524,13 @@ class SQLiteHistoryStore(Checkpoints):
 
     async def count(self, key: str) -> int:
         """How many entries ``key`` holds."""
-        return await self._run(self._count, key)
+        with mapped_errors(self.path):
+            return await self._run(self._count, key)
 
     async def sessions(self, limit: int = 50) -> list[SessionSummary]:
         """The most recently used sessions, newest first."""
-        return await self._run(self._sessions, limit)
+        with mapped_errors(self.path):
+            return await self._run(self._sessions, limit)
 
     async def close(self) -> None:
         """Commit queued turns, close both connections and stop the worker thread.
