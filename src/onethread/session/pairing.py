@@ -128,6 +128,9 @@ class PairingStore:
                 )
                 row = self._conn.execute("SELECT v FROM meta WHERE k = 'salt'").fetchone()
         except sqlite3.DatabaseError as exc:
+            opened: sqlite3.Connection | None = getattr(self, "_conn", None)
+            if opened is not None:
+                opened.close()  # let go of the file
             if is_busy(exc) or is_full(exc):  # locked or no room, not broken: touch nothing
                 raise store_error(self.path, exc) from exc
             raise CorruptStoreError(self.path, f"not a readable pairing database ({exc})") from exc
@@ -204,7 +207,8 @@ class PairingStore:
                      now + ttl),
                 )  # fmt: skip
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # SQLite ends it itself on a full disk
+                    self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
         return code
@@ -241,7 +245,8 @@ class PairingStore:
                 result = self._redeem_locked(purpose, code, by_platform, by_user_id, max_failures,
                                              now)  # fmt: skip
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # SQLite ends it itself on a full disk
+                    self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
         return result

@@ -55,7 +55,7 @@ def store_error(path: str | os.PathLike[str], exc: sqlite3.Error) -> StoreError:
             f"{path}: the disk is full ({exc}); free space on the disk that holds {folder}. "
             "A SQLite store needs room for its data plus its write-ahead log "
             f"({os.path.basename(path)}-wal), which it keeps to about a quarter of the "
-            "free space (64 MB at most)"
+            "free space (up to ~80 MB where space is ample)"
         )
     if is_busy(exc):
         return StoreError(f"{path}: locked by another process ({exc})")

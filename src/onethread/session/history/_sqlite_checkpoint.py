@@ -46,7 +46,9 @@ need ~80 MB of disk before its first restart, and a store on a nearly full
 disk failed after a few dozen turns. So the worker measures the free space at
 each checkpoint (:func:`room_limits`) and keeps the WAL to about a quarter of
 it (plus what its file already holds): it restarts the WAL at half that
-budget and checkpoints every budget/16 rows. Below about 1 GB free,
+budget, checkpoints every budget/16 rows, and (``journal_size_limit``, set
+at the claim) has SQLite cut the file back to the budget when it starts the
+WAL afresh, so a burst does not hold the disk for good. Below about 1 GB free,
 checkpoints come more often than ``CHECKPOINT_ROWS``; below 512 MB the
 restart comes before ``RESTART_FRAMES``. With more room nothing changes.
 Figures: ``benchmarks/bench_disk_room.py``.
@@ -142,16 +144,48 @@ class Checkpoints:
     _room_frames: int = 2**62
     _room_rows: int = 2**62
 
+    _page_size: int = 4096
+
     def _measure_room(self, conn: sqlite3.Connection) -> None:
         """Recompute the free-space limits (worker thread; a statvfs and a stat)."""
-        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        self._room_frames, self._room_rows = room_limits(self.path, page_size)
+        self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self._room_frames, self._room_rows = room_limits(self.path, self._page_size)
+
+    def _limit_wal_file(self, conn: sqlite3.Connection) -> None:
+        """Short of space, have ``conn`` cut the WAL file back to the budget when
+        it starts the WAL afresh: the file otherwise keeps its largest size, and
+        one burst would hold that space for good. Measured once, at the claim."""
+        if self._room_frames < RESTART_FRAMES:
+            conn.execute(f"PRAGMA journal_size_limit = {2 * self._room_frames * self._page_size}")
 
     def _start_checkpoint(self, pin: sqlite3.Connection) -> None:
         """Hand a checkpoint pinned at ``pin`` to the worker (loop thread)."""
         self._since_checkpoint = 0
         self._checkpoint = self._executor.submit(self._run_checkpoint, pin)
         self._checkpoint.add_done_callback(_log_failure)
+        self._checkpoint.add_done_callback(self._resume_soon)
+
+    def _room_full(self) -> bool:
+        """Hold the loop's commits (loop thread)? Only short of space: the WAL has
+        taken twice its checkpoint interval since the last checkpoint began, which
+        has not finished (a busy loop can keep the worker waiting for the GIL
+        while it commits a hundred turns). The checkpoint's end resumes them; a
+        pin the worker asks for is let through (it needs the loop's next commit).
+        """
+        job = self._checkpoint
+        return (
+            self._since_checkpoint >= 2 * self._room_rows
+            and job is not None
+            and not job.done()
+            and self._pin_asked is None
+        )
+
+    def _resume_soon(self, _job: concurrent.futures.Future[None]) -> None:
+        """A checkpoint ended (any thread): have the loop commit what waited."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(self._resume)
 
     def _worker_committed(self, conn: sqlite3.Connection, rows: int) -> None:
         """The worker committed ``rows`` rows: every ``CHECKPOINT_ROWS``, checkpoint them.
@@ -171,6 +205,7 @@ class Checkpoints:
         """Make sure the loop's first commit syncs nothing; then checkpoints are ours."""
         conn = self._connect()
         self._measure_room(conn)
+        self._limit_wal_file(conn)
         self._hold_commits()  # held from __init__ at the first claim; not at a later one
         self._finish_checkpoint(conn)
         conn.execute("PRAGMA wal_autocheckpoint=0")

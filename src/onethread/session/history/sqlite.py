@@ -72,7 +72,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ...errors import CorruptStoreError, SchemaVersionError
+from ...errors import CorruptStoreError, SchemaVersionError, StoreError
 from .._conn.sqlite import is_busy, is_full, mapped_errors, retry_busy, store_error
 from ._sqlite_cache import TailCache
 from ._sqlite_checkpoint import Checkpoints
@@ -173,6 +173,9 @@ class SQLiteHistoryStore(Checkpoints):
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             conn = sqlite3.connect(self.path, timeout=_OPEN_TIMEOUT, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc) from exc
+        try:
             retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"), _OPEN_TIMEOUT)
             conn.execute("PRAGMA synchronous=NORMAL")
             retry_busy(lambda: conn.executescript(SCHEMA), _OPEN_TIMEOUT)
@@ -180,11 +183,8 @@ class SQLiteHistoryStore(Checkpoints):
             if found is None:
                 retry_busy(lambda: conn.execute(_FIRST_VERSION, (SCHEMA_VERSION,)), _OPEN_TIMEOUT)
         except sqlite3.DatabaseError as exc:
-            if is_busy(exc) or is_full(exc):  # locked or no room, not broken: touch nothing
-                raise store_error(self.path, exc) from exc
-            raise CorruptStoreError(
-                str(self.path), f"not a readable SQLite database ({exc})"
-            ) from exc
+            conn.close()  # let go of the file (a full disk's tmpfs cannot be unmounted else)
+            raise self._open_error(exc) from exc
         if found is not None and found > SCHEMA_VERSION:
             conn.close()
             raise SchemaVersionError(str(self.path), found, SCHEMA_VERSION)
@@ -194,6 +194,12 @@ class SQLiteHistoryStore(Checkpoints):
             pass  # not ours to fix (e.g. a read-only mount); the data is still usable
         self._conn = conn
         return conn
+
+    def _open_error(self, exc: sqlite3.DatabaseError) -> StoreError:
+        """Locked or no room: a ``StoreError`` that says so (the file is fine); else corrupt."""
+        if is_busy(exc) or is_full(exc):
+            return store_error(self.path, exc)
+        return CorruptStoreError(str(self.path), f"not a readable SQLite database ({exc})")
 
     def _load(self, key: str, limit: int | None) -> list[HistoryEntry]:
         return select_entries(self._connect(), key, limit)
@@ -293,6 +299,7 @@ class SQLiteHistoryStore(Checkpoints):
                 raise sqlite3.OperationalError(f"journal_mode is {mode}, not wal")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the worker
+            self._limit_wal_file(conn)
         except BaseException:
             conn.close()
             raise
@@ -324,9 +331,9 @@ class SQLiteHistoryStore(Checkpoints):
         """Commit the queued turns (one loop iteration's worth) in one transaction."""
         self._flushing = True  # first our flag, then the worker's (_hold_commits, _newer_pin)
         try:
-            # Held back while a hand-off is under way or the worker ends a
-            # checkpoint; both flush when done.
-            if not self._batch or self._handing_off or self._quiet:
+            # Held back while a hand-off is under way, the worker ends a checkpoint,
+            # or (short of disk space) a checkpoint lags; each flushes when done.
+            if not self._batch or self._handing_off or self._quiet or self._room_full():
                 return
             batch = [item for item in self._batch if not item[3].done()]  # not cancelled
             self._batch = []
