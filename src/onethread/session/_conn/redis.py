@@ -32,20 +32,20 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("the Redis back-end", "redis") from exc
 
 __all__ = [
+    "LuaScript",
     "POOL_SIZE",
     "POOL_TIMEOUT",
-    "LuaScript",
     "PoolExhausted",
-    "async_client",
-    "check_pool_options",
-    "sync_client",
     "RedisError",
-    "redis",
+    "async_client",
     "check_layout",
-    "reraise_swallowed_cancel",
     "check_layout_async",
+    "check_pool_options",
     "redact",
+    "redis",
+    "reraise_swallowed_cancel",
     "store_error",
+    "sync_client",
     "validate_prefix",
 ]
 

@@ -143,7 +143,6 @@ class Checkpoints:
     # atomic under the GIL; a stale value delays one checkpoint at most).
     _room_frames: int = 2**62
     _room_rows: int = 2**62
-
     _page_size: int = 4096
 
     def _measure_room(self, conn: sqlite3.Connection) -> None:
@@ -166,15 +165,18 @@ class Checkpoints:
         self._checkpoint.add_done_callback(self._resume_soon)
 
     def _room_full(self) -> bool:
-        """Hold the loop's commits (loop thread)? Only short of space: the WAL has
-        taken twice its checkpoint interval since the last checkpoint began, which
-        has not finished (a busy loop can keep the worker waiting for the GIL
-        while it commits a hundred turns). The checkpoint's end resumes them; a
-        pin the worker asks for is let through (it needs the loop's next commit).
+        """Hold the loop's commits (loop thread)? Only short of space (the limits
+        are below ``CHECKPOINT_ROWS``: under ~1 GB free; with more room the loop
+        never waits for a checkpoint, as before): the WAL has taken twice its
+        checkpoint interval since the last checkpoint began, which has not
+        finished (a busy loop can keep the worker waiting for the GIL while it
+        commits a hundred turns). The checkpoint's end resumes them; a pin the
+        worker asks for is let through (it needs the loop's next commit).
         """
         job = self._checkpoint
         return (
-            self._since_checkpoint >= 2 * self._room_rows
+            self._room_rows < CHECKPOINT_ROWS
+            and self._since_checkpoint >= 2 * self._room_rows
             and job is not None
             and not job.done()
             and self._pin_asked is None
