@@ -183,3 +183,36 @@ async def test_web_chat_answers_and_stores_the_replacement(store: HistoryStore) 
     finally:
         await bot.stop()
         await task
+
+
+# -- a platform SDK: python-telegram-bot against the Telegram fake -----------------
+
+
+async def test_telegram_text_and_name_with_lone_surrogates_are_answered_and_stored(
+    tmp_path: Path,
+) -> None:
+    """The fake serves the update as JSON (``"\\ud800"`` escapes), the real SDK parses
+    it into ``str`` with lone surrogates, the adapter builds the ``Inbound``."""
+    pytest.importorskip("telegram")
+    from fake_telegram import FakeTelegram
+
+    store = open_history_store(f"sqlite:///{tmp_path}/h.db")
+    async with FakeTelegram() as fake:
+        bot = Bot("telegram", RecordingAgent(), token=fake.token, base_url=fake.base_url,
+                  store=store)  # fmt: skip
+        task = asyncio.create_task(bot.start())
+        try:
+            await asyncio.wait_for(bot.ready.wait(), 10)
+            fake.inject_message(42, BAD, first_name="Ada" + LONE)
+            [sent] = await fake.wait_for_messages(1, timeout=10)
+            assert sent.text == f"reply:{GOOD}"
+        finally:
+            await bot.stop()
+            await task
+    check = open_history_store(f"sqlite:///{tmp_path}/h.db")
+    try:
+        entries = await check.load("bot_telegram_42")
+        assert [e.content for e in entries] == [GOOD, f"reply:{GOOD}"]
+        assert entries[0].user_name.startswith("Ada\ufffd")
+    finally:
+        await check.close()
