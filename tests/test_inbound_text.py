@@ -144,6 +144,10 @@ async def test_notify_sends_and_mirrors_the_replacement() -> None:
     try:
         await tg.inject("hello", user="42", chat_id="tg-42")
         await tg.wait_sent(1)
+        for _ in range(500):  # the turn is stored once its reply is delivered
+            if await botos.session.store.count("bot_telegram_42") == 2:
+                break
+            await asyncio.sleep(0.01)
         await botos.notify("telegram:42", "note" + LONE)
         assert tg.sent[-1].text == "note\ufffd"
         stored = await botos.session.store.load("bot_telegram_42")
