@@ -214,3 +214,39 @@ async def test_postgres_call_waits_for_a_busy_pool() -> None:
                     await pool.putconn(conn)
         finally:
             await store.close()
+
+
+class SlowConnection:
+    """A stand-in for the lock session's connection: ``execute`` answers when told."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def execute(self, query: str) -> None:
+        await self.answer
+
+
+async def test_postgres_lock_session_busy_is_not_taken_for_dead() -> None:
+    """All of a process's turn locks go through one PostgreSQL connection. With
+    hundreds of lock queries queued on it, the watchdog's probe waited behind them
+    past a plain timeout and the session was declared dead: every turn it held
+    failed with ``TurnLockLost`` (1,000 people at once did that). A probe now
+    waits as long as other queries keep being answered."""
+    from onethread.session.locks.postgres import _LockSession
+
+    session = _LockSession("postgresql://unused", "public", check_interval=0.05)
+    conn = SlowConnection()
+
+    async def busy() -> None:  # lock queries answered every 10 ms, for 0.3 s
+        for _ in range(30):
+            await asyncio.sleep(0.01)
+            session.answered = time.monotonic()
+        conn.answer.set_result(None)  # then the probe's turn comes
+
+    worker = asyncio.create_task(busy())
+    assert await session._probe(conn) is None  # type: ignore[arg-type]
+    await worker
+
+    dead = SlowConnection()  # nothing answered at all: dead after one interval
+    failure = await session._probe(dead)  # type: ignore[arg-type]
+    assert isinstance(failure, TimeoutError)
