@@ -22,6 +22,7 @@ from ..session.history.base import delivery_failed
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.outbox import Outbox, OutboxItem
 from ..session.pairing import PairingStore
+from ..session.text import clean_text
 from ..session.urls import Coordination, open_coordination
 from .bot import Bot, _default_agent, run_until_signal
 from .commands import CommandRouter
@@ -234,6 +235,8 @@ class BotOS:
         after the text and mirrored with it; through the outbox they travel by
         blob address, so hosts must share the blob store (``s3://``).
         """
+        unified_user_id, text = clean_text(unified_user_id), clean_text(text)
+        source_label = clean_text(source_label)
         files = await self._session.store_files(attachments) if attachments else ()
         last = await self._session.last_seen(unified_user_id)
         if last is None:

@@ -25,6 +25,7 @@ from ..session.history.base import HistoryEntry, HistoryStore, delivery_failed
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
 from ..session.keys import DM, GROUP_TYPES, legacy_key, session_key, unified_key
 from ..session.locks import LocalTurnLocks, TurnLocks
+from ..session.text import clean_text, clean_value
 from ..session.urls import open_history_store
 
 __all__ = ["APOLOGY", "BotSessionManager", "Responder"]
@@ -289,10 +290,14 @@ class BotSessionManager:
         Files the agent's tools return (``onethread.File``) are stored and kept
         with the reply; ``deliver`` then gets them too:
         ``deliver(reply, files=[(attachment, bytes), ...])``.
+        Lone surrogates in any string become U+FFFD (``onethread.session.text``).
         """
         responder = self._responder(agent)
         if self.loop is None:
             self.bind_loop()
+        user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id = map(
+            clean_text, (user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id)
+        )
         unified = self.resolve(platform, user_id)
         group = chat_type in GROUP_TYPES
         key = session_key(
@@ -405,11 +410,13 @@ class BotSessionManager:
         """Append text the bot sent on its own to ``user_id``'s history, under the turn lock.
 
         ``attachments`` (already in :attr:`blobs`) are the files sent with it;
-        the text may then be empty.
+        the text may then be empty. Lone surrogates in the text, ids and
+        metadata become U+FFFD (``onethread.session.text``).
         """
         if not isinstance(text, str) or not (text or attachments):
             raise ValueError("mirror text must be a non-empty string")
-        meta = dict(metadata or {})
+        user_id, text, source = clean_text(user_id), clean_text(text), clean_text(source)
+        meta = clean_value(dict(metadata or {}))
         key = self.mirror_key(user_id)
         async with self.locks.hold(key):
             # Stamped under the lock: a mirror that waited for a turn sorts after it.

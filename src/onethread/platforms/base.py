@@ -32,6 +32,7 @@ from typing import Any, ClassVar, final
 
 from ..errors import AttachmentRefused, FormattingRejected
 from ..session.attachments import Attachment
+from ..session.text import clean_text
 from .delivery import RetryPolicy, cap_messages, send_with_retry
 
 __all__ = ["Adapter", "Attachment", "Inbound", "OnInbound"]
@@ -51,6 +52,10 @@ class Inbound:
     bot has fetched the bytes (``Adapter.download``). A message may be
     attachments only, with empty ``text``. ``raw`` keeps the SDK object for
     adapters; it is not compared.
+
+    Every string field is passed through ``onethread.session.text.clean_text``
+    when constructed (lone surrogates become U+FFFD), so whatever an adapter
+    hands in can be stored and sent by every back-end.
     """
 
     platform: str
@@ -67,6 +72,18 @@ class Inbound:
     from_self: bool = False
     attachments: tuple[Attachment, ...] = ()
     raw: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                cleaned = clean_text(value)
+                if cleaned is not value:
+                    object.__setattr__(self, name, cleaned)  # frozen: set once, here
+
+
+_TEXT_FIELDS = ("platform", "chat_id", "chat_type", "user_id", "text", "message_id",
+                "chat_name", "thread_id", "user_name")  # fmt: skip
 
 
 OnInbound = Callable[[Inbound], Awaitable[None]]

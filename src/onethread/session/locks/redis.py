@@ -28,6 +28,8 @@ from typing import Any
 from .._conn.redis import (
     LuaScript,
     RedisError,
+    async_client,
+    check_pool_options,
     redis,
     reraise_swallowed_cancel,
     store_error,
@@ -70,8 +72,10 @@ class _Clients(PerLoop["redis.asyncio.Redis"]):
     """``redis.asyncio`` clients per event loop (see ``PerLoop``)."""
 
     def __init__(self, url: str, options: dict[str, Any], what: str) -> None:
+        check_pool_options(options)
+
         async def create(home: bool) -> redis.asyncio.Redis:
-            return redis.asyncio.Redis.from_url(url, **options)
+            return async_client(url, options)
 
         async def destroy(client: redis.asyncio.Redis) -> None:
             await client.aclose()
@@ -87,7 +91,9 @@ class RedisTurnLocks:
         lease: seconds a lock outlives its holder's last renewal (the time a
             dead host keeps a person waiting). Renewed every ``lease/3``.
         prefix: namespace of the lock keys (default ``onethread:``).
-        **options: passed to ``redis.asyncio.Redis.from_url``.
+        **options: passed to the ``redis.asyncio`` connections, except
+            ``max_connections`` (pool size, default 16) and ``pool_timeout``
+            (seconds a call waits for a free connection, default 30).
 
     ``hold(key)`` (the ``TurnLocks`` protocol) and ``lease(key)`` (which
     yields the :class:`Lease` with its fencing token) wait for the lock.
