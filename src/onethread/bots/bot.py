@@ -9,13 +9,14 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..errors import PlatformError
+from ..errors import PlatformError, StoreUnavailable
 from ..platforms.base import Adapter, Inbound
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
 from ..session.history.base import HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
+from ..session.outage import store_failed, stores_ok
 from ..session.validation import validate_platform
 from .commands import CommandRouter
 from .gate import Gate, Verdict
@@ -218,7 +219,14 @@ class Bot:
         """
         if self._stopping is None or self._closed:
             return
-        verdict = await self._gate.check(msg)
+        try:
+            verdict = await self._gate.check(msg)
+        except StoreUnavailable as exc:
+            # The duplicate filter's server is down. Answering a redelivery twice
+            # beats dropping every message: let it through (the turn says sorry
+            # if the history is down too).
+            store_failed(exc, f"the duplicate check of a {self.platform} message")
+            verdict = Verdict.ACCEPT
         if verdict is not Verdict.ACCEPT:
             log.debug("%s: dropped message %s: %s", self.platform, msg.message_id, verdict.value)
             return
@@ -257,6 +265,7 @@ class Bot:
                         user_name=msg.user_name,
                         message_id=msg.message_id,
                     )
+                stores_ok()  # a whole turn worked: any store outage on record is over
             if reply:
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
             if self.on_turn is not None:
@@ -268,8 +277,11 @@ class Bot:
                 masked(self.platform, msg.chat_id),
                 exc,
             )
-        except Exception:
-            log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable):  # an outage: one line for all of it
+                store_failed(exc, f"a turn on {self.platform}")
+            else:
+                log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
             with contextlib.suppress(PlatformError):  # the platform may be the problem
                 await self.adapter.send(msg.chat_id, TURN_FAILED, thread_id=msg.thread_id)
 

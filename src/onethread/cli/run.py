@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError
-from ..errors import ConfigError
+from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, Problem
+from ..errors import ConfigError, StoreError
 from ..platforms.registry import PLATFORMS, credentials
 from .common import (
     build_agent,
+    checked_config,
     close_resolver,
     config_from_args,
     describe_model,
@@ -27,7 +28,9 @@ from .common import (
     open_history,
     open_identity,
     redact_url,
+    require_stores,
     say,
+    store_problems,
 )
 
 __all__ = ["add_parsers", "banner", "cmd_chat", "cmd_run"]
@@ -84,22 +87,16 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``onethread run``: serve until SIGINT/SIGTERM, then stop cleanly (exit 0)."""
-    from ..config_check import check_config
-
-    config = config_from_args(args)
     web = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    platforms = check_config(config, web=web)
-    agent = build_agent(config)  # tool schemas and the model, checked by --check too
+    config, platforms, problems = checked_config(args, web)
     if args.check:
-        where = config.source or "no config file, defaults"
-        say(
-            f"{where}: OK | platforms: {', '.join(platforms)} | "
-            f"model: {describe_model(agent)} | history: {redact_url(history_url(config))} | "
-            f"identity: {redact_url(identity_url(config))}"
-        )
-        return 0
+        return _check(config, platforms, problems)
+    if problems:
+        raise ConfigFileError(config.source, problems)
+    agent = build_agent(config)  # tool schemas and the model, checked by --check too
     if "web" in platforms:
         _check_port(str(platforms["web"]["host"]), int(platforms["web"]["port"]))
+    require_stores(config)
     resolver = open_identity(config)
     pairing: Any = None
     try:
@@ -112,6 +109,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         if pairing is not None:
             pairing.close()
         close_resolver(resolver)
+    return 0
+
+
+def _check(config: Config, platforms: Mapping[str, Any], problems: list[Problem]) -> int:
+    """``run --check``: every mistake and every unreachable store in one listing."""
+    if not problems:
+        agent = build_agent(config)  # the model and the tool schemas
+    stores = store_problems(config, skip=[key for key, _ in problems])
+    if problems:
+        raise ConfigFileError(config.source, problems + stores)
+    if stores:
+        where = f"{config.source}: " if config.source else ""
+        raise StoreError("\n".join(f"{where}{key}: {msg}" for key, msg in stores))
+    where = config.source or "no config file, defaults"
+    say(
+        f"{where}: OK | platforms: {', '.join(platforms)} | "
+        f"model: {describe_model(agent)} | "
+        f"history: {redact_url(history_url(config))} (reachable) | "
+        f"identity: {redact_url(identity_url(config))} (reachable)"
+    )
     return 0
 
 
@@ -274,6 +291,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     agent = build_agent(config)
+    require_stores(config)
     user = args.user or _login_name()
     console = load_adapter_class("console")
     try:
