@@ -65,6 +65,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "store_url_problem",
+    "without_repeats",
 ]
 
 DEFAULT_CONFIG_NAME = "onethread.yaml"
@@ -250,10 +251,23 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
     data = _substitute(data, (), os.environ if env is None else env, problems)
     config = _validate(data, problems)
     config._source = source
-    problems += _semantic_problems(config)
+    problems += without_repeats(_semantic_problems(config), problems)
     if problems:
         raise ConfigFileError(source, problems, config=config)
     return config
+
+
+def without_repeats(found: Iterable[Problem], known: Sequence[Problem]) -> list[Problem]:
+    """``found`` minus the problems at or under a key that a ``known`` problem names.
+
+    One mistake is reported once: an unset ``${VAR}`` is not also a bad URL or
+    a missing token.
+    """
+
+    def under(key: str, other: str) -> bool:
+        return bool(other) and (key == other or key.startswith((other + ".", other + "[")))
+
+    return [(k, m) for k, m in found if not any(under(k, other) for other, _ in known)]
 
 
 def _validate(data: dict[str, Any], problems: list[Problem]) -> Config:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigFileError, Problem, did_you_mean
+from .config import Config, ConfigFileError, Problem, did_you_mean, without_repeats
 from .errors import ConfigError, MissingDependencyError
 from .platforms.registry import credentials, load_adapter_class
 
@@ -143,16 +143,9 @@ def config_problems(
     (an unset ``${VAR}`` is not also reported as a missing token).
     """
     found = _checks(config, os.environ if env is None else env, web, known)
-    problems = list(known)
-    for key, msg in found:
-        if not any(_under(key, other) for other, _ in known):
-            problems.append((key, msg))
+    problems = [*known, *without_repeats(found, known)]
     platforms = {} if _section_dropped(config, known) else config.platform_options(env, web=web)
     return platforms, problems
-
-
-def _under(key: str, other: str) -> bool:
-    return bool(other) and (key == other or key.startswith((other + ".", other + "[")))
 
 
 def _section_dropped(config: Config, known: Sequence[Problem]) -> bool:
@@ -167,8 +160,9 @@ def _checks(
     web: Mapping[str, Any] | None,
     known: Sequence[Problem],
 ) -> list[Problem]:
-    platforms = {} if _section_dropped(config, known) else config.platform_options(env, web=web)
-    from_file = config.platforms is not None
+    dropped = _section_dropped(config, known)
+    platforms = {} if dropped else config.platform_options(env, web=web)
+    from_file = dropped or config.platforms is not None
     problems: list[Problem] = []
     for name, options in platforms.items():
         problems += _platform_problems(name, options, env, from_file)

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, final
 from ..errors import FormattingRejected
 from .delivery import RetryPolicy, send_with_retry, split_message
 
-__all__ = ["Adapter", "Inbound", "OnInbound"]
+__all__ = ["Adapter", "Inbound", "OnInbound", "credential_in", "whitespace_problem"]
 
 log = logging.getLogger("onethread.platforms")
 
@@ -63,6 +63,26 @@ class Inbound:
 
 
 OnInbound = Callable[[Inbound], Awaitable[None]]
+
+
+def credential_in(
+    options: Mapping[str, Any], env: Mapping[str, str], option: str, variable: str
+) -> tuple[str, str]:
+    """For :meth:`Adapter.check_options`: the credential ``option`` (else ``env[variable]``)
+    and how a message names where it came from. ``("", ...)`` when neither is set
+    (the config check reports that itself); never put the value in a message.
+    """
+    value = options.get(option)
+    if value:
+        return str(value), f"the {option} option"
+    return env.get(variable, ""), variable
+
+
+def whitespace_problem(value: str, where: str) -> str | None:
+    """A pasted credential with spaces or a line break in it (a frequent copy mistake)."""
+    if value != value.strip() or any(c.isspace() for c in value):
+        return f"{where} has spaces or a line break in it; copy the token alone"
+    return None
 
 
 class Adapter(ABC):

@@ -1,0 +1,279 @@
+"""Unreachable stores, as an operator meets them: real ``onethread`` processes, real servers.
+
+* a store on a closed port: ``run --check`` names it, ``run`` and ``chat``
+  refuse to start with one line and exit 1;
+* an outage mid-run (a private ``redis-server`` this test starts on a free
+  port, kills and restarts): one WARNING line per outage, one when it is
+  over, no traceback, and the person gets an answer again without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from onethread.errors import StoreError, StoreUnavailable
+from onethread.session.probe import probe_store
+
+pytestmark = pytest.mark.multiprocess
+
+APOLOGY = "Sorry, something went wrong on my side"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    return _free_port()
+
+
+def cli(cwd: Path, *args: str, input: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "onethread", *args],
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+
+
+# -- probes -------------------------------------------------------------------------
+
+
+async def test_probe_names_the_store_and_hides_the_password() -> None:
+    port = _closed_port()
+    with pytest.raises(StoreUnavailable) as info:
+        await probe_store(f"redis://:hunter2@127.0.0.1:{port}/0")
+    assert info.value.store == f"Redis at redis://:***@127.0.0.1:{port}/0"
+    assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(StoreUnavailable) as pg:
+        await probe_store(f"postgresql://me:hunter2@127.0.0.1:{port}/db", timeout=2)
+    assert pg.value.store == f"PostgreSQL at postgresql://me:***@127.0.0.1:{port}/db"
+    assert "hunter2" not in str(pg.value) and "\n" not in str(pg.value)
+
+
+async def test_probe_of_reachable_stores(tmp_path: Path) -> None:
+    await probe_store("redis://127.0.0.1:6379/0")
+    await probe_store("postgresql://postgres@127.0.0.1:5432/test")
+    await probe_store(f"sqlite:///{tmp_path}/new/folder/history.db")  # creatable
+    await probe_store("memory://")
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreError, match="is a folder"):
+        await probe_store(f"sqlite:///{tmp_path}/dir.db")
+
+
+async def test_probe_times_out_on_a_server_that_says_nothing() -> None:
+    # Accepts the connection, never answers: the probe's own deadline ends it.
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await probe_store(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+        assert time.monotonic() - started < 10  # bounded, not the driver's default
+    finally:
+        silent.close()
+
+
+# -- start-up -----------------------------------------------------------------------
+
+
+def test_check_connects_to_every_store_and_names_each(tmp_path: Path) -> None:
+    port = _closed_port()
+    (tmp_path / "onethread.yaml").write_text(
+        f"history: redis://:hunter2@127.0.0.1:{port}/0\n"
+        f"identity: postgresql://me:hunter2@127.0.0.1:{port}/db\n"
+    )
+    result = cli(tmp_path, "run", "--check")
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("error: onethread.yaml: history: the history store")
+    assert f"Redis at redis://:***@127.0.0.1:{port}/0" in lines[0]
+    assert "turn locks" in lines[0] and "change history: in onethread.yaml" in lines[0]
+    assert lines[1].startswith("error: onethread.yaml: identity: the identity store")
+    assert f"postgresql://me:***@127.0.0.1:{port}/db" in lines[1]
+
+
+def test_check_reports_reachable_stores(tmp_path: Path) -> None:
+    (tmp_path / "onethread.yaml").write_text(
+        "history: redis://127.0.0.1:6379/0\nidentity: postgresql://postgres@127.0.0.1:5432/test\n"
+    )
+    result = cli(tmp_path, "run", "--check")
+    assert result.returncode == 0, result.stderr
+    assert "history: redis://127.0.0.1:6379/0 (reachable)" in result.stdout
+
+
+def test_check_lists_config_mistakes_and_unreachable_stores_together(tmp_path: Path) -> None:
+    port = _closed_port()
+    (tmp_path / "onethread.yaml").write_text(
+        f"history: redis://127.0.0.1:{port}/0\nmax_history: lots\n"
+    )
+    result = cli(tmp_path, "run", "--check")
+    assert result.returncode == 2
+    assert "max_history:" in result.stderr and f"127.0.0.1:{port}" in result.stderr
+
+
+@pytest.mark.parametrize("scheme", ["redis", "postgresql"])
+@pytest.mark.parametrize("command", ["run", "chat"])
+def test_run_and_chat_refuse_an_unreachable_store(
+    tmp_path: Path, scheme: str, command: str
+) -> None:
+    port = _closed_port()
+    url = f"{scheme}://me:hunter2@127.0.0.1:{port}/0"
+    (tmp_path / "onethread.yaml").write_text(f"history: {url}\n")
+    args = ["run", "--port", "0"] if command == "run" else ["chat"]
+    result = cli(tmp_path, *args, input="hello\n")
+    assert result.returncode == 1, result
+    assert result.stdout == ""  # no banner: it never claimed to be running
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: the history store")
+    assert "cannot be reached" in lines[0] and ":***@127.0.0.1" in lines[0]
+    assert "hunter2" not in lines[0]
+    assert "start it or check the URL" in lines[0] and "history: in onethread.yaml" in lines[0]
+
+
+def test_an_unreachable_identity_store_is_named(tmp_path: Path) -> None:
+    port = _closed_port()
+    (tmp_path / "onethread.yaml").write_text(f"identity: redis://127.0.0.1:{port}/0\n")
+    result = cli(tmp_path, "chat", input="hello\n")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: the identity store cannot be reached")
+    assert len(result.stderr.splitlines()) == 1
+
+
+# -- an outage while running ----------------------------------------------------------
+
+
+class RedisServer:
+    """A private ``redis-server`` on ``port``, no persistence, killable and restartable."""
+
+    def __init__(self, port: int, folder: Path) -> None:
+        self.port = port
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(_free_port(), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+async def _say(url: str, user: str, message_id: str, text: str) -> str:
+    """Send one web chat message; return the bot's reply text."""
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{url}ws?user={user}&name={user}&history=0") as ws:
+            await ws.send_json({"type": "message", "id": message_id, "text": text})
+            while True:
+                frame = await ws.receive_json(timeout=20)
+                if frame.get("type") == "message" and frame.get("role") == "assistant":
+                    await ws.send_json({"type": "ack", "id": frame["id"]})
+                    reply = str(frame["text"])
+                    if f'"{text}"' in reply or APOLOGY in reply:  # not a replayed earlier one
+                        return reply
+
+
+async def _banner(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    seen = ""
+    while "Ctrl-C stops" not in seen:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line, f"no banner; got {seen!r}"
+        seen += line.decode()
+    return seen
+
+
+async def test_an_outage_mid_run_is_one_warning_and_one_recovery_line(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    (tmp_path / "onethread.yaml").write_text(f"history: redis://127.0.0.1:{private_redis.port}/0\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "onethread", "run", "--port", "0",
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        banner = await _banner(proc)
+        match = re.search(r"web chat:\s+(http://127\.0\.0\.1:\d+/)", banner)
+        assert match, banner
+        url = match.group(1)
+        assert "No language model" in await _say(url, "alice", "m1", "before")
+
+        private_redis.kill()  # outage 1: three messages, each told sorry
+        for i in range(3):
+            assert APOLOGY in await _say(url, "alice", f"down{i}", f"during {i}")
+
+        private_redis.start()  # back (empty: no persistence); no restart of onethread
+        reply = await _say(url, "alice", "m2", "after")
+        assert "No language model" in reply and "after" in reply
+
+        private_redis.kill()  # outage 2: logged again
+        assert APOLOGY in await _say(url, "alice", "down9", "again")
+        proc.send_signal(signal.SIGINT)
+        _, stderr_bytes = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stderr = stderr_bytes.decode()
+    assert "Traceback" not in stderr, stderr
+    where = f"Redis at redis://127.0.0.1:{private_redis.port}/0"
+    down = [x for x in stderr.splitlines() if x.startswith(f"WARNING onethread.store: {where}")
+            and "is unreachable" in x]  # fmt: skip
+    back = [x for x in stderr.splitlines() if "is reachable again" in x]
+    assert len(down) == 2, stderr
+    assert len(back) == 1 and where in back[0], stderr
+    assert "failure(s) while it was down" in back[0]
+    # Nothing else logged a line per failed message.
+    others = [x for x in stderr.splitlines() if x.startswith(("ERROR", "WARNING"))]
+    assert len(others) == 3, stderr
