@@ -183,3 +183,86 @@ def test_run_refuses_an_impossible_token_before_serving(tmp_path: Path) -> None:
     assert "platforms.telegram.token: TELEGRAM_BOT_TOKEN is not a Telegram bot token" in (
         result.stderr
     )
+
+
+# -- OPENAI_BASE_URL without ONETHREAD_MODEL ---------------------------------------------
+# Chosen: say so (banner, --check, and the offline reply), listing what the server
+# offers; never guess one of its models.
+
+
+def test_a_server_without_a_model_name_is_said_not_guessed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from onethread import Agent
+    from onethread.agent import OfflineModel
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    model = Agent("a").model
+    assert isinstance(model, OfflineModel)
+    assert "OPENAI_BASE_URL is set but ONETHREAD_MODEL is not" in model.note
+    assert "ONETHREAD_MODEL" in model.reason
+    monkeypatch.setenv("ONETHREAD_MODEL", "m")
+    assert not isinstance(Agent("a").model, OfflineModel)
+
+
+async def test_list_models_asks_the_server() -> None:
+    from fake_openai import FakeOpenAI
+    from onethread.agent.models_openai import list_models
+    from onethread.errors import ModelError
+
+    async with FakeOpenAI(models=["llama3", "qwen2"], api_key="k") as fake:
+        assert await list_models(fake.base_url, "k") == ["llama3", "qwen2"]
+        with pytest.raises(ModelError) as info:
+            await list_models(fake.base_url, "wrong")
+        assert info.value.status_code == 401
+
+
+async def _cli_async(cwd: Path, *args: str, stdin: bytes = b"", **env: str) -> tuple[int, str, str]:
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "onethread", *args,
+        cwd=cwd, env={**os.environ, **env},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.multiprocess
+async def test_check_and_chat_say_which_model_to_name(tmp_path: Path) -> None:
+    from fake_openai import FakeOpenAI
+
+    async with FakeOpenAI(models=["llama3", "qwen2"]) as fake:
+        code, out, err = await _cli_async(tmp_path, "run", "--check", OPENAI_BASE_URL=fake.base_url)
+        assert code == 0, err
+        assert (
+            "model: offline (OPENAI_BASE_URL is set but ONETHREAD_MODEL is not; export "
+            "ONETHREAD_MODEL=<a model the server serves> (or set agent.model); it offers: "
+            "llama3, qwen2)" in out
+        )
+        code, out, err = await _cli_async(
+            tmp_path, "chat", stdin=b"hello\n", OPENAI_BASE_URL=fake.base_url
+        )
+        assert code == 0, err
+        banner, reply = out.split("\n", 1)
+        assert "ONETHREAD_MODEL is not" in banner and "it offers: llama3, qwen2" in banner
+        assert "OPENAI_BASE_URL is set, but ONETHREAD_MODEL" in reply
+        assert fake.model_listings == 2
+        assert fake.requests == []  # no chat completion was attempted with a guessed name
+
+
+@pytest.mark.multiprocess
+async def test_check_says_when_the_server_cannot_list_its_models(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, out, err = await _cli_async(
+        tmp_path, "run", "--check", OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1"
+    )
+    assert code == 0, err
+    assert "ONETHREAD_MODEL is not" in out and "could not ask it which models it has" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -191,13 +192,42 @@ def build_agent(config: Config) -> Any:
         raise ConfigFileError(config.source, [("agent.model", str(exc))]) from exc
 
 
-def describe_model(agent: Any) -> str:
-    """A short description of the agent's model for banners."""
+def describe_model(agent: Any, *, ask_server: bool = False) -> str:
+    """A short description of the agent's model for banners.
+
+    With ``ask_server``, when ``OPENAI_BASE_URL`` is set but no model is named,
+    the server is asked which models it offers (``GET /models``, 5 s at most),
+    so the fix can be copied. Not from inside a running event loop.
+    """
     from ..agent import OfflineModel, OpenAIModel
 
     model = getattr(agent, "model", None)
     if isinstance(model, OfflineModel):
-        return "offline (set ONETHREAD_MODEL and OPENAI_API_KEY for a real one)"
+        text = f"offline ({model.note})"
+        if ask_server and _server_without_model():
+            text = f"offline ({model.note}; {_offered_models()})"
+        return text
     if isinstance(model, OpenAIModel):
         return f"{model.model} at {redact_url(model.base_url or 'api.openai.com')}"
     return type(model).__name__
+
+
+def _server_without_model() -> bool:
+    return (
+        bool(os.environ.get("OPENAI_BASE_URL"))
+        and not os.environ.get("ONETHREAD_MODEL", "").strip()
+    )
+
+
+def _offered_models() -> str:
+    from ..agent.models_openai import list_models
+    from ..errors import ModelError
+
+    try:
+        names = asyncio.run(list_models())
+    except ModelError as exc:
+        return f"could not ask it which models it has: {exc}"
+    if not names:
+        return "it lists no models"
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"it offers: {shown}"

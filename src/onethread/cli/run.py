@@ -104,7 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         pairing = PairingStore()
         botos = _build_botos(config, agent, platforms, resolver, pairing)
-        asyncio.run(_serve(botos, lambda: banner(config, agent, botos)))
+        model = describe_model(agent, ask_server=True)
+        asyncio.run(_serve(botos, lambda: banner(config, agent, botos, model=model)))
     finally:
         if pairing is not None:
             pairing.close()
@@ -125,7 +126,7 @@ def _check(config: Config, platforms: Mapping[str, Any], problems: list[Problem]
     where = config.source or "no config file, defaults"
     say(
         f"{where}: OK | platforms: {', '.join(platforms)} | "
-        f"model: {describe_model(agent)} | "
+        f"model: {describe_model(agent, ask_server=True)} | "
         f"history: {redact_url(history_url(config))} (reachable) | "
         f"identity: {redact_url(identity_url(config))} (reachable)"
     )
@@ -233,8 +234,11 @@ def _add_hint(config: Config, served: Mapping[str, Any]) -> str:
     return ""
 
 
-def banner(config: Config, agent: Any, botos: Any) -> str:
-    """The start-up banner: URL, model, stores, platforms, and how to add a platform."""
+def banner(config: Config, agent: Any, botos: Any, *, model: str | None = None) -> str:
+    """The start-up banner: URL, model, stores, platforms, and how to add a platform.
+
+    ``model`` replaces the model's description (one worked out before the loop runs).
+    """
     lines = ["onethread is running"]
     web = botos.bots.get("web")
     if web is not None:
@@ -242,7 +246,7 @@ def banner(config: Config, agent: Any, botos: Any) -> str:
         if getattr(web.adapter, "access_token", None):
             url += " (add ?token=<your access token> once)"
         lines.append(f"  web chat:  {url}")
-    lines.append(f"  model:     {describe_model(agent)}")
+    lines.append(f"  model:     {model or describe_model(agent)}")
     lines.append(f"  history:   {redact_url(history_url(config))}")
     lines.append(f"  identity:  {redact_url(identity_url(config))}")
     lines.append(f"  platforms: {', '.join(botos.bots)}")
@@ -316,7 +320,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             **access,
         )
         say(
-            f"onethread chat as {user} | model: {describe_model(agent)} | "
+            f"onethread chat as {user} | model: {describe_model(agent, ask_server=True)} | "
             f"history: {redact_url(history_url(config))} | /help for commands, "
             "/quit or Ctrl-D to leave"
         )
