@@ -277,3 +277,47 @@ async def test_an_outage_mid_run_is_one_warning_and_one_recovery_line(
     # Nothing else logged a line per failed message.
     others = [x for x in stderr.splitlines() if x.startswith(("ERROR", "WARNING"))]
     assert len(others) == 3, stderr
+
+
+# -- in process: the outage registry and the driver boundary ---------------------------
+
+
+def test_one_warning_per_outage_and_one_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    from onethread.session.outage import down_stores, store_failed, stores_ok
+
+    stores_ok()  # nothing on record from an earlier test
+    caplog.set_level("DEBUG", logger="onethread.store")
+    error = StoreUnavailable("Redis at redis://h:1/0", "refused")
+    assert store_failed(error, "a turn") is True
+    assert store_failed(error, "a turn") is False
+    assert down_stores() == ["Redis at redis://h:1/0"]
+    stores_ok()
+    stores_ok()
+    assert store_failed(error) is True  # the next outage is logged again
+    stores_ok()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 4
+    assert warnings[0].startswith("Redis at redis://h:1/0 is unreachable: refused (a turn failed)")
+    assert "reachable again" in warnings[1] and "2 failure(s)" in warnings[1]
+    assert down_stores() == []
+
+
+def test_only_an_unreachable_server_is_an_outage() -> None:
+    import psycopg
+    import redis
+
+    from onethread.session._conn import postgres as pg
+    from onethread.session._conn import redis as rd
+
+    url = "postgresql://me:pw@h/db"
+    assert isinstance(pg.store_error(url, psycopg.OperationalError("refused")), StoreUnavailable)
+    assert isinstance(pg.store_error(url, psycopg.errors.AdminShutdown()), StoreUnavailable)
+    assert not isinstance(pg.store_error(url, psycopg.errors.SyntaxError()), StoreUnavailable)
+    assert not isinstance(
+        pg.store_error(url, psycopg.errors.SerializationFailure()), StoreUnavailable
+    )
+    assert "pw" not in str(pg.store_error(url, psycopg.OperationalError("x")))
+    rurl = "redis://h:6379/0"
+    assert isinstance(rd.store_error(rurl, redis.ConnectionError("down")), StoreUnavailable)
+    assert isinstance(rd.store_error(rurl, redis.TimeoutError("slow")), StoreUnavailable)
+    assert not isinstance(rd.store_error(rurl, redis.ResponseError("WRONGTYPE")), StoreUnavailable)
