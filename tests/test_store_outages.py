@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 
 from onethread.errors import StoreError, StoreUnavailable
+from onethread.session.outage import SETTLE
 from onethread.session.probe import probe_store
 
 pytestmark = pytest.mark.multiprocess
@@ -259,6 +260,9 @@ async def test_an_outage_mid_run_is_one_warning_and_one_recovery_line(
         for i in range(3):
             reply = await _say(url, "alice", f"up{i}", f"after {i}")
         assert "No language model" in reply and "after 2" in reply
+        # Failures in the first SETTLE seconds after a recovery are the old outage's
+        # tail (stale pooled connections): a new outage is one that comes later.
+        await asyncio.sleep(SETTLE + 0.5)
 
         private_redis.kill()  # outage 2: logged again
         assert APOLOGY in await _say(url, "alice", "down9", "again")
@@ -285,8 +289,13 @@ async def test_an_outage_mid_run_is_one_warning_and_one_recovery_line(
 # -- in process: the outage registry and the driver boundary ---------------------------
 
 
-def test_one_warning_per_outage_and_one_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+def test_one_warning_per_outage_and_one_when_it_ends(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onethread.session import outage
     from onethread.session.outage import down_stores, store_failed, stores_ok
+
+    monkeypatch.setattr(outage, "_recovered", {})
 
     stores_ok()  # nothing on record from an earlier test
     caplog.set_level("DEBUG", logger="onethread.store")
@@ -296,13 +305,36 @@ def test_one_warning_per_outage_and_one_when_it_ends(caplog: pytest.LogCaptureFi
     assert down_stores() == ["Redis at redis://h:1/0"]
     stores_ok()
     stores_ok()
-    assert store_failed(error) is True  # the next outage is logged again
+    assert store_failed(error) is False  # right after a recovery: the outage's tail
+    stores_ok()  # ... and its end is not announced either
+    monkeypatch.setattr(outage, "SETTLE", 0.0)
+    assert store_failed(error) is True  # a later outage is logged again
     stores_ok()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 4
     assert warnings[0].startswith("Redis at redis://h:1/0 is unreachable: refused (a turn failed)")
     assert "reachable again" in warnings[1] and "2 failure(s)" in warnings[1]
     assert down_stores() == []
+
+
+def test_a_tail_failure_that_goes_on_is_reported_late(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onethread.session import outage
+
+    monkeypatch.setattr(outage, "_recovered", {"S": 0.0})
+    monkeypatch.setattr(outage, "_down", {})
+    clock = [5.0]
+    monkeypatch.setattr(outage.time, "monotonic", lambda: clock[0])
+    caplog.set_level("WARNING", logger="onethread.store")
+    error = StoreUnavailable("S", "refused")
+    assert outage.store_failed(error) is False  # 5 s after a recovery: quiet
+    clock[0] = 5.0 + outage.SETTLE
+    assert outage.store_failed(error) is True  # still failing: it is an outage after all
+    assert outage.store_failed(error) is False
+    outage.stores_ok()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "is unreachable" in lines[0] and "3 failure(s)" in lines[1]
 
 
 def test_only_an_unreachable_server_is_an_outage() -> None:
