@@ -356,3 +356,89 @@ def test_only_an_unreachable_server_is_an_outage() -> None:
     assert isinstance(rd.store_error(rurl, redis.ConnectionError("down")), StoreUnavailable)
     assert isinstance(rd.store_error(rurl, redis.TimeoutError("slow")), StoreUnavailable)
     assert not isinstance(rd.store_error(rurl, redis.ResponseError("WRONGTYPE")), StoreUnavailable)
+
+
+# -- a PostgreSQL outage, through a proxy this test cuts --------------------------------
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 to ``target``; :meth:`cut` drops every connection
+    and stops listening (the server is "gone"), :meth:`restore` listens again on
+    the same port."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass  # the other side went away: closing both is all there is to do
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+
+    async def restore(self) -> None:
+        await self.start()
+
+
+@pytest.mark.service
+async def test_a_postgresql_outage_is_store_unavailable_and_passes() -> None:
+    """Through a real cut, every part a turn uses raises StoreUnavailable, and works after."""
+    from helpers import RecordingAgent
+    from onethread.bots import BotSessionManager
+    from onethread.session.history.postgres import PostgresHistoryStore
+    from services import postgres_schema, postgres_url
+
+    admin = postgres_url()
+    proxy = CuttableProxy(int(admin.rsplit(":", 1)[1].split("/")[0]))
+    await proxy.start()
+    url = admin.replace(admin.rsplit("@", 1)[1].split("/")[0], f"127.0.0.1:{proxy.port}")
+    with postgres_schema() as schema:
+        store = PostgresHistoryStore(url, schema=schema, timeout=2.0)
+        manager = BotSessionManager(store=store)
+        agent = RecordingAgent()
+        try:
+            await manager.chat(agent, "u1", "before", platform="telegram")
+            await proxy.cut()
+            with pytest.raises(StoreUnavailable) as info:
+                await manager.chat(agent, "u1", "during", platform="telegram")
+            assert info.value.store.startswith("PostgreSQL at postgresql://")
+            await proxy.restore()
+            for _ in range(3):  # the pool replaces the connections the cut broke
+                try:
+                    await manager.chat(agent, "u1", "after", platform="telegram")
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.5)
+            entries = await store.load("bot_telegram_u1")
+            assert [e.content for e in entries if e.role == "user"] == ["before", "after"]
+        finally:
+            await manager.close()
+            await proxy.cut()
