@@ -442,3 +442,36 @@ async def test_a_postgresql_outage_is_store_unavailable_and_passes() -> None:
         finally:
             await manager.close()
             await proxy.cut()
+
+
+async def test_the_outbox_serves_again_after_an_outage(private_redis: RedisServer) -> None:
+    """Before, the outbox's serve task died with the first Redis error, for good."""
+    from helpers import RecordingAgent
+    from onethread.bots import Bot, BotOS
+    from onethread.session.outbox import OutboxItem
+    from onethread.testing import FakeAdapter
+
+    url = f"redis://127.0.0.1:{private_redis.port}/0"
+    adapter = FakeAdapter("telegram")
+    bot = Bot("telegram", RecordingAgent(), adapter=adapter)
+    botos = BotOS(RecordingAgent(), bots=[bot], store=url)
+    assert botos.outbox is not None
+    serving = asyncio.create_task(botos.start())
+    try:
+        await botos.wait_ready()
+        await botos.outbox.put(OutboxItem(platform="telegram", chat_id="42", text="before"))
+        await adapter.wait_sent(1, timeout=15)
+        private_redis.kill()
+        await asyncio.sleep(1.5)  # the serve loop meets the outage and backs off
+        private_redis.start()
+        for _ in range(20):  # put itself may meet a connection from before the outage
+            try:
+                await botos.outbox.put(OutboxItem(platform="telegram", chat_id="42", text="after"))
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.25)
+        sent = await adapter.wait_sent(2, timeout=20)
+        assert [m.text for m in sent] == ["before", "after"]
+    finally:
+        await botos.stop()
+        await asyncio.gather(serving, return_exceptions=True)
