@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..agent.responder import Responder, as_responder
 from ..errors import PlatformError, StoreUnavailable
 from ..platforms.base import Adapter, Inbound
 from ..platforms.registry import load_adapter_class
@@ -22,7 +23,7 @@ from .commands import CommandRouter
 from .gate import Gate, Verdict
 from .heap import freeze_startup_heap
 from .linking import LinkFlow
-from .manager import BotSessionManager, Responder
+from .manager import BotSessionManager
 from .policy import AccessPolicy, default_policy
 from .supervisor import Backoff, supervise
 
@@ -49,7 +50,11 @@ class Bot:
     Args:
         platform: a registered platform name (``"telegram"``, ``"discord"``,
             ``"slack"``, ``"web"``, ``"console"``).
-        agent: the agent answering (default: an ``Agent`` named ``assistant``).
+        agent: the agent answering (default: an ``Agent`` named ``assistant``):
+            an ``onethread.Agent``, any ``onethread.agent.Responder``, or a
+            praisonaiagents / OpenAI Agents SDK / pydantic-ai agent or compiled
+            LangGraph graph, wrapped so it keeps no conversation between
+            people. Anything else is a ``TypeError`` naming what is accepted.
         token: the platform credential; default from the platform's env var.
         identity_resolver: links accounts across platforms (default: none,
             every DM keeps its legacy key).
@@ -72,14 +77,14 @@ class Bot:
     def __init__(
         self,
         platform: str,
-        agent: Responder | None = None,
+        agent: object = None,
         *,
         token: str | None = None,
         identity_resolver: IdentityResolverProtocol | None = None,
         **options: Any,
     ) -> None:
         self.platform = validate_platform(platform)
-        self.agent: Responder = agent if agent is not None else _default_agent()
+        self.agent: Responder = as_responder(agent) if agent is not None else _default_agent()
         own = {k: options.pop(k) for k in _BOT_OPTIONS if k in options}
         session: BotSessionManager | None = own.get("session")
         self._owns_session = session is None
@@ -105,8 +110,12 @@ class Bot:
         self.access: AccessPolicy = own.get("access") or default_policy(
             self.platform, owners=own.get("owners", ()), store=own.get("pairing")
         )
-        self._commands: CommandRouter = own.get("commands") or CommandRouter(
-            self._session, extra={"link": LinkFlow(self._session, own.get("pairing"))}
+        self._commands: CommandRouter  # set by use_commands()
+        self.use_commands(
+            own.get("commands")
+            or CommandRouter(
+                self._session, extra={"link": LinkFlow(self._session, own.get("pairing"))}
+            )
         )
         self._backoff: Backoff = own.get("backoff") or Backoff()
         self.drain_timeout: float = float(own.get("drain_timeout", 10.0))
@@ -134,8 +143,14 @@ class Bot:
         self._session = session
         self._owns_session = False
         self._gate = gate
-        self._commands = CommandRouter(session)
+        self.use_commands(CommandRouter(session))
         return True
+
+    def use_commands(self, router: CommandRouter) -> None:
+        """Answer slash commands with ``router`` (``BotOS`` shares one across its bots);
+        this platform's ``/help`` lines (``adapter.help_lines``) are added to it."""
+        router.platform_help.setdefault(self.platform, self.adapter.help_lines)
+        self._commands = router
 
     @property
     def session(self) -> BotSessionManager:
@@ -253,8 +268,10 @@ class Bot:
             if reply is not None:  # refused: at most one short reply, never the agent
                 if reply:
                     await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
+                    self.adapter.on_unstored_reply(msg, reply)
                 return
             reply = await self._commands.handle(msg)
+            command = reply is not None  # its reply is not stored in the history
             if reply is None:
                 typing = self.adapter.typing(msg.chat_id, msg.thread_id)
 
@@ -285,6 +302,8 @@ class Bot:
                 stores_ok()  # a whole turn worked: any store outage on record is over
             if reply and not attempted:  # a command's answer, or the model-failure apology
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
+                if command:
+                    self.adapter.on_unstored_reply(msg, reply)
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
         except PlatformError as exc:

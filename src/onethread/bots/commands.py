@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..platforms.base import Inbound
 from ..session.identity.base import unlinked_id
+from .linking import link_help
 from .manager import BotSessionManager
 
 __all__ = ["CommandRouter", "parse_command"]
@@ -37,10 +38,13 @@ class CommandRouter:
 
     ``extra`` maps more command names to handlers (the pairing flow adds
     ``/link``); each handler gets the message and the argument text.
+    ``platform_help`` maps a platform to the lines it adds to ``/help`` (its
+    adapter's ``help_lines``, e.g. the terminal's ``/quit``).
     """
 
     session: BotSessionManager
     extra: dict[str, Handler] | None = None
+    platform_help: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def _handlers(self) -> dict[str, Handler]:
         handlers: dict[str, Handler] = {
@@ -70,9 +74,9 @@ class CommandRouter:
             "/new: start a fresh conversation",
         ]
         if "link" in (self.extra or {}):
-            lines.append("/link: get a code to link another account (in a DM)")
-            lines.append("/link CODE: link this account using a code from another one")
+            lines += link_help()
         lines.append("/unlink: detach this account from your linked identity")
+        lines.extend(self.platform_help.get(msg.platform, ()))
         return "\n".join(lines)
 
     async def _whoami(self, msg: Inbound, _arg: str) -> str:
@@ -81,7 +85,7 @@ class CommandRouter:
         if unified is None or unified == unlinked_id(msg.platform, msg.user_id):
             lines.append("This account is not linked to other accounts.")
             return "\n".join(lines)
-        lines.append(f"Unified id: {unified}")
+        lines.append(f'Linked as "{unified}" (your unified id: one conversation everywhere).')
         links_for = getattr(self.session.identity_resolver, "links_for", None)
         if links_for is not None:
             links = await asyncio.to_thread(links_for, unified)

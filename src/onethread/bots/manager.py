@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
+from ..agent.responder import Responder, as_responder
 from ..errors import ModelError
 from ..session._conn.shared import masked, who
 from ..session.context import SessionContext, clear_session_context, set_session_context
@@ -28,16 +29,6 @@ log = logging.getLogger("onethread.session")
 _MERGED_MAX = 100_000  # accounts remembered as merged (see merge_legacy)
 
 APOLOGY = "Sorry, I could not reach my language model just now. Please try again in a moment."
-
-
-class Responder(Protocol):
-    """What the manager needs of an agent (``onethread.Agent`` is one)."""
-
-    async def respond(
-        self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
-    ) -> str:
-        """Return the reply to ``message`` given the earlier ``history``."""
-        ...
 
 
 class BotSessionManager:
@@ -83,6 +74,10 @@ class BotSessionManager:
         # mirror_to_session calls made inside the loop, still writing (loop thread only).
         self.pending_mirrors: set[asyncio.Task[bool]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Framework agents given to chat() directly, wrapped once: id -> (agent, wrapper).
+        # The agent is held so its id is not reused while the entry lives.
+        self._wrapped: dict[int, tuple[object, Responder]] = {}
+        self._plain: set[type] = set()  # classes as_responder() returned as they are
 
     # -- plumbing --------------------------------------------------------------
 
@@ -145,9 +140,25 @@ class BotSessionManager:
 
     # -- the turn --------------------------------------------------------------
 
+    def _responder(self, agent: object) -> Responder:
+        """``agent`` as a Responder (``onethread.agent.as_responder``), wrapped once per agent."""
+        if type(agent) in self._plain:
+            return agent  # type: ignore[return-value]  # checked once per class: the hot path
+        found = self._wrapped.get(id(agent))
+        if found is not None and found[0] is agent:
+            return found[1]
+        responder = as_responder(agent)
+        if responder is agent:
+            self._plain.add(type(agent))
+            return responder
+        if len(self._wrapped) >= 64:  # a handful of agents in practice; never unbounded
+            self._wrapped.pop(next(iter(self._wrapped)))
+        self._wrapped[id(agent)] = (agent, responder)
+        return responder
+
     async def chat(
         self,
-        agent: Responder,
+        agent: Responder | object,
         user_id: str,
         prompt: str,
         *,
@@ -169,6 +180,10 @@ class BotSessionManager:
         the user's message is still stored and a short apology is returned
         (not delivered, not stored: the caller sends it).
 
+        ``agent`` is anything ``Bot(agent=...)`` accepts: an ``Agent``, a
+        Responder, or a framework's agent (wrapped, see ``onethread.agent``);
+        anything else is a ``TypeError`` naming what is accepted.
+
         ``deliver`` (optional) sends the reply; it runs under the turn lock
         before the turn is stored. When it raises, the turn is stored anyway,
         the reply marked ``metadata["delivery"] == "failed"`` with
@@ -177,6 +192,7 @@ class BotSessionManager:
         (``{"delivery": "cut"}``: only the first part was sent). Without
         ``deliver`` the caller sends the returned reply.
         """
+        responder = self._responder(agent)
         if self.loop is None:
             self.bind_loop()
         unified = self.resolve(platform, user_id)
@@ -222,7 +238,7 @@ class BotSessionManager:
                     message_id=message_id,
                 )
                 try:
-                    reply = await agent.respond(history, message, group=group)
+                    reply = await responder.respond(history, message, group=group)
                 except ModelError as exc:
                     log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
                     await self.store.append(key, [message])
@@ -341,18 +357,37 @@ class BotSessionManager:
         return keys
 
     async def export(self, unified_user_id: str) -> dict[str, Any]:
-        """Everything stored of one person's DM sessions, as JSON-able data.
+        """Everything stored of one person, as JSON-able data.
 
-        Includes the unified session and the legacy sessions of each linked
-        account (normally empty once merged). Group chats belong to the group
-        and are not included.
+        ``links``: the person's linked accounts (``platform``,
+        ``platform_user_id``, ``linked_at``; empty for an unlinked
+        ``platform:id`` or a resolver without ``links_for``). ``sessions``: the
+        unified session and the legacy sessions of each linked account
+        (normally empty once merged). Group chats belong to the group and are
+        not included.
         """
+        links_for = getattr(self.identity_resolver, "links_for", None)
+        links: list[IdentityLink] = []
+        if links_for is not None and ":" not in unified_user_id:
+            links = await asyncio.to_thread(links_for, unified_user_id)
         sessions = {}
         for key in self._person_keys(unified_user_id):
             entries = await self.store.load(key)
             if entries:
                 sessions[key] = [e.to_dict() for e in entries]
-        return {"user": unified_user_id, "exported_at": time.time(), "sessions": sessions}
+        return {
+            "user": unified_user_id,
+            "exported_at": time.time(),
+            "links": [
+                {
+                    "platform": x.platform,
+                    "platform_user_id": x.platform_user_id,
+                    "linked_at": x.linked_at,
+                }
+                for x in sorted(links, key=lambda x: (x.platform, x.platform_user_id))
+            ],
+            "sessions": sessions,
+        }
 
     async def forget(self, unified_user_id: str) -> int:
         """Delete every DM session of this person (all linked accounts). Returns entries removed.

@@ -100,9 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolver = open_identity(config)
     pairing: Any = None
     try:
-        from ..session.pairing import PairingStore
-
-        pairing = PairingStore()
+        pairing = open_pairing(config)
         botos = _build_botos(config, agent, platforms, resolver, pairing)
         model = describe_model(agent, ask_server=True)
         asyncio.run(_serve(botos, lambda: banner(config, agent, botos, model=model)))
@@ -131,6 +129,13 @@ def _check(config: Config, platforms: Mapping[str, Any], problems: list[Problem]
         f"identity: {redact_url(identity_url(config))} (reachable)"
     )
     return 0
+
+
+def open_pairing(config: Config) -> Any:
+    """The pairing store ``run`` uses: ``$ONETHREAD_HOME/pairing.db``, capped by the config."""
+    from ..session.pairing import PairingStore
+
+    return PairingStore(max_codes=config.access.max_codes)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -299,7 +304,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     user = args.user or _login_name()
     console = load_adapter_class("console")
     try:
-        adapter = console(user=user, user_name=args.name or user)  # type: ignore[call-arg]
+        # greeting="": the banner below is the one greeting.
+        adapter = console(user=user, user_name=args.name or user, greeting="")  # type: ignore[call-arg]
     except ValueError as exc:
         raise ConfigError(f"--user: {exc}") from exc
     resolver = open_identity(config)
