@@ -11,7 +11,7 @@ from typing import Any
 
 from ..agent.files import File
 from ..agent.responder import Responder, as_responder
-from ..errors import PlatformError
+from ..errors import PlatformError, StoreUnavailable
 from ..platforms.base import Adapter, Attachment, Inbound
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
@@ -19,6 +19,7 @@ from ..session.blobs import DEFAULT_MAX_BYTES
 from ..session.history.base import DELIVERY_CUT, HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
+from ..session.outage import store_failed, stores_ok
 from ..session.validation import validate_platform
 from .attachments import Taken, take_attachments
 from .commands import CommandRouter
@@ -264,7 +265,14 @@ class Bot:
         """
         if self._stopping is None or self._closed:
             return
-        verdict = await self._gate.check(msg)
+        try:
+            verdict = await self._gate.check(msg)
+        except StoreUnavailable as exc:
+            # The duplicate filter's server is down. Answering a redelivery twice
+            # beats dropping every message: let it through (the turn says sorry
+            # if the history is down too).
+            store_failed(exc, f"the duplicate check of a {self.platform} message")
+            verdict = Verdict.ACCEPT
         if verdict is not Verdict.ACCEPT:
             log.debug("%s: dropped message %s: %s", self.platform, msg.message_id, verdict.value)
             return
@@ -343,6 +351,7 @@ class Bot:
                         attachments=taken.attachments if taken is not None else (),
                         deliver=deliver,
                     )
+                stores_ok()  # a whole turn worked: any store outage on record is over
             if reply and not attempted:  # a command's answer, or the model-failure apology
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
                 if command:
@@ -356,8 +365,11 @@ class Bot:
                 masked(self.platform, msg.chat_id),
                 exc,
             )
-        except Exception:
-            log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable):  # an outage: one line for all of it
+                store_failed(exc, f"a turn on {self.platform}")
+            else:
+                log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
             if attempted:  # the reply went out (the store failed after): no apology on top
                 return
             with contextlib.suppress(PlatformError):  # the platform may be the problem

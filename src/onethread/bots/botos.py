@@ -15,11 +15,14 @@ from ..errors import (
     PlatformUnavailable,
     RecipientUnknown,
     RetryAfter,
+    StoreError,
+    StoreUnavailable,
 )
 from ..session._conn.shared import who
 from ..session.attachments import Attachment
 from ..session.history.base import delivery_failed
 from ..session.identity.base import IdentityResolverProtocol
+from ..session.outage import store_failed
 from ..session.outbox import Outbox, OutboxItem
 from ..session.pairing import PairingStore
 from ..session.text import clean_text
@@ -170,7 +173,7 @@ class BotOS:
         self._tasks = {name: asyncio.create_task(bot.start()) for name, bot in self.bots.items()}
         serving = None
         if self.outbox is not None:  # deliver what other hosts queued for our platforms
-            serving = asyncio.create_task(self.outbox.serve(list(self.bots), self._deliver))
+            serving = asyncio.create_task(self._serve_outbox(self.outbox))
         stop_wait = asyncio.create_task(self._stopping.wait())
         try:
             pending: set[asyncio.Task[Any]] = set(self._tasks.values())
@@ -198,6 +201,30 @@ class BotOS:
             if self._owns_session:
                 await self._session.close()
                 await self.coordination.close()
+
+    async def _serve_outbox(self, outbox: Outbox) -> None:
+        """Deliver what other hosts queue for our platforms, until cancelled.
+
+        Through an outage of the outbox's server, serve again with backoff
+        (1 s doubling to 30 s; the outage is logged once); any other store
+        error stops the outbox (logged) and leaves the bots serving.
+        """
+        loop = asyncio.get_running_loop()
+        delay = 1.0
+        while True:
+            started = loop.time()
+            try:
+                await outbox.serve(list(self.bots), self._deliver)
+                return
+            except StoreUnavailable as exc:
+                store_failed(exc, "the cross-host outbox")
+            except StoreError as exc:
+                log.error("the cross-host outbox stopped: %s", exc)
+                return
+            if loop.time() - started > 60:  # it had been serving: start the backoff over
+                delay = 1.0
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def stop(self) -> None:
         """Stop every bot (draining running turns) and return when all are down."""

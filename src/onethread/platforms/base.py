@@ -35,7 +35,14 @@ from ..session.attachments import Attachment
 from ..session.text import clean_text
 from .delivery import RetryPolicy, cap_messages, send_with_retry
 
-__all__ = ["Adapter", "Attachment", "Inbound", "OnInbound"]
+__all__ = [
+    "Adapter",
+    "Attachment",
+    "Inbound",
+    "OnInbound",
+    "credential_in",
+    "whitespace_problem",
+]
 
 log = logging.getLogger("onethread.platforms")
 
@@ -87,6 +94,26 @@ _TEXT_FIELDS = ("platform", "chat_id", "chat_type", "user_id", "text", "message_
 
 
 OnInbound = Callable[[Inbound], Awaitable[None]]
+
+
+def credential_in(
+    options: Mapping[str, Any], env: Mapping[str, str], option: str, variable: str
+) -> tuple[str, str]:
+    """For :meth:`Adapter.check_options`: the credential ``option`` (else ``env[variable]``)
+    and how a message names where it came from. ``("", ...)`` when neither is set
+    (the config check reports that itself); never put the value in a message.
+    """
+    value = options.get(option)
+    if value:
+        return str(value), f"the {option} option"
+    return env.get(variable, ""), variable
+
+
+def whitespace_problem(value: str, where: str) -> str | None:
+    """A pasted credential with spaces or a line break in it (a frequent copy mistake)."""
+    if value != value.strip() or any(c.isspace() for c in value):
+        return f"{where} has spaces or a line break in it; copy the token alone"
+    return None
 
 
 class Adapter(ABC):

@@ -49,9 +49,10 @@ from typing import Any, ClassVar, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..errors import BadRequest, ConfigError, PlatformUnavailable
+from ..errors import BadRequest, ConfigError, PlatformUnavailable, StoreUnavailable
 from ..session._conn.shared import masked
 from ..session.history.base import HistoryEntry
+from ..session.outage import store_failed
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
 from .web_protocol import (
@@ -441,6 +442,9 @@ class WebAdapter(Adapter):
             return []
         try:
             return list(await self.history_provider(user))
+        except StoreUnavailable as exc:  # an outage: one line for all of it
+            store_failed(exc, "loading a web chat's history")
+            return None
         except Exception:
             log.exception("web: could not load the history of %s", masked(PLATFORM, user))
             return None

@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from ...errors import MissingDependencyError, SchemaVersionError, StoreError
+from ...errors import MissingDependencyError, SchemaVersionError, StoreError, StoreUnavailable
 from .shared import redact
 
 try:
@@ -118,8 +118,15 @@ def sync_client(url: str, options: dict[str, Any]) -> redis.Redis:
 
 
 def store_error(url: str, exc: BaseException) -> StoreError:
-    """Map a driver error to ``StoreError`` naming the (redacted) server."""
-    return StoreError(f"Redis at {redact(url)}: {exc}")
+    """Map a driver error to ``StoreError`` naming the (redacted) server.
+
+    An unreachable server (refused, timed out, connection dropped, still
+    loading its data) is :class:`StoreUnavailable`: an outage, not a bug.
+    """
+    where = f"Redis at {redact(url)}"
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return StoreUnavailable(where, str(exc))
+    return StoreError(f"{where}: {exc}")
 
 
 def validate_prefix(prefix: str) -> str:

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ...errors import StoreUnavailable
 from .._conn.postgres import (
     advisory_key,
     migrate_async,
@@ -40,6 +41,7 @@ from .._conn.postgres import (
     validate_schema,
 )
 from .._conn.shared import PerLoop
+from ..outage import store_failed
 from ._shared import Lease, guard, local_locks
 from .base import LocalTurnLocks
 
@@ -277,7 +279,13 @@ class PostgresTurnLocks:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (number,))
             session.answered = time.monotonic()
         except psycopg.Error as exc:
-            log.warning("releasing the turn lock of %r failed (%s); closing its session", key, exc)
+            error = store_error(self.url, exc)
+            if isinstance(error, StoreUnavailable):  # an outage: one line for all of it
+                store_failed(error, f"releasing the turn lock of {key!r}")
+            else:
+                log.warning(
+                    "releasing the turn lock of %r failed (%s); closing its session", key, exc
+                )
             await conn.close()
 
 

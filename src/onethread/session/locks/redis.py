@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ...errors import StoreUnavailable
 from .._conn.redis import (
     LuaScript,
     RedisError,
@@ -36,6 +37,7 @@ from .._conn.redis import (
     validate_prefix,
 )
 from .._conn.shared import PerLoop
+from ..outage import store_failed
 from ._shared import Lease, guard, local_locks
 from .base import LocalTurnLocks
 
@@ -205,7 +207,11 @@ class RedisTurnLocks:
             await _RELEASE.run(client, [self._key(lease.key)], [lease.token])
         except RedisError as exc:
             # Not fatal: the lock expires with its lease; other hosts wait until then.
-            log.warning("releasing the turn lock of %r failed (%s); it expires", lease.key, exc)
+            error = store_error(self.url, exc)
+            if isinstance(error, StoreUnavailable):  # an outage: one line for all of it
+                store_failed(error, f"releasing the turn lock of {lease.key!r}; it expires")
+            else:
+                log.warning("releasing the turn lock of %r failed (%s); it expires", lease.key, exc)
 
 
 class RedisDuplicateFilter:
