@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import PlatformError
+from ..logs import log_turn
+from ..metrics import NULL_METRICS, NullMetrics
 from ..platforms.base import Adapter, Inbound
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
@@ -21,7 +24,7 @@ from .commands import CommandRouter
 from .gate import Gate, Verdict
 from .heap import freeze_startup_heap
 from .linking import LinkFlow
-from .manager import BotSessionManager, Responder
+from .manager import BotSessionManager, Responder, TurnStats
 from .policy import AccessPolicy, default_policy
 from .supervisor import Backoff, supervise
 
@@ -33,7 +36,7 @@ TURN_FAILED = "Sorry, something went wrong on my side and I could not answer tha
 
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
                 "drain_timeout", "access", "owners", "commands", "pairing",
-                "gc_freeze")  # fmt: skip
+                "gc_freeze", "metrics")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -60,7 +63,9 @@ class Bot:
             ``owners`` (owner user ids on this platform), ``pairing`` (a
             ``PairingStore`` for /link and approval codes), ``gc_freeze``
             (default True: at start, move the objects alive then out of the
-            cyclic garbage collector's walk, see ``onethread.bots.heap``);
+            cyclic garbage collector's walk, see ``onethread.bots.heap``),
+            ``metrics`` (an ``onethread.metrics.Metrics`` to count turns and
+            deliveries in; default none, BotOS gives its bots its own);
             anything else goes to the platform adapter (e.g. ``base_url``).
 
     ``await start()`` runs until ``stop()``; ``run()`` is the blocking form that
@@ -121,6 +126,13 @@ class Bot:
         self._done: asyncio.Event | None = None
         self.ready = asyncio.Event()
         self.on_turn: Callable[[Inbound, str], Awaitable[None]] | None = None
+        self.metrics: NullMetrics = NULL_METRICS
+        self.use_metrics(own.get("metrics") or NULL_METRICS)
+
+    def use_metrics(self, metrics: NullMetrics) -> None:
+        """Count this bot's turns and its adapter's deliveries in ``metrics``."""
+        self.metrics = metrics
+        self.adapter.metrics = metrics
 
     def adopt(self, session: BotSessionManager, gate: Gate) -> bool:
         """Move this (not yet started) bot onto a shared session manager and gate.
@@ -224,6 +236,8 @@ class Bot:
             return
         verdict = await self._gate.check(msg)
         if verdict is not Verdict.ACCEPT:
+            if verdict is Verdict.DUPLICATE:
+                self.metrics.duplicate(self.platform)
             log.debug("%s: dropped message %s: %s", self.platform, msg.message_id, verdict.value)
             return
         key = self._session.key_for(
@@ -240,9 +254,14 @@ class Bot:
     async def _handle(self, msg: Inbound, previous: asyncio.Task[None] | None = None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
+        started = time.perf_counter()
+        stats = TurnStats()
+        outcome = "error"
+        reply: str | None = None
         try:
             reply = await self.access.check(msg)
             if reply is not None:  # refused: at most one short reply, never the agent
+                outcome = "refused"
                 if reply:
                     await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
                 return
@@ -260,22 +279,37 @@ class Bot:
                         thread_id=msg.thread_id,
                         user_name=msg.user_name,
                         message_id=msg.message_id,
+                        stats=stats,
                     )
+                outcome = "model_error" if stats.model_failed else "ok"
+            else:
+                outcome = "command"
             if reply:
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
         except PlatformError as exc:
+            outcome = "undelivered"
             log.error(
                 "%s: could not deliver the reply to %s: %s",
                 self.platform,
                 masked(self.platform, msg.chat_id),
                 exc,
             )
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
         except Exception:
+            outcome = "error"
+            reply = TURN_FAILED
             log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
             with contextlib.suppress(PlatformError):  # the platform may be the problem
                 await self.adapter.send(msg.chat_id, TURN_FAILED, thread_id=msg.thread_id)
+        finally:
+            total = time.perf_counter() - started
+            self.metrics.turn(self.platform, outcome, total, stats.model_seconds)
+            log_turn(self.platform, msg.user_id, len(msg.text), len(reply or ""),
+                     stats.model_seconds, total, outcome)  # fmt: skip
 
 
 async def run_until_signal(

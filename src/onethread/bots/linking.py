@@ -23,6 +23,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
+from ..metrics import NULL_METRICS, NullMetrics
 from ..platforms.base import Inbound
 from ..session._conn.shared import who
 from ..session.identity.base import IdentityLink, unlinked_id
@@ -60,7 +61,8 @@ class LinkFlow:
     it to the bot of that platform); without it only the redeemer is told.
     ``_busy`` serialises redemptions in this process (the store's transaction
     already makes one code usable once across processes); it is an
-    ``asyncio.Lock`` owned by the event loop.
+    ``asyncio.Lock`` owned by the event loop. Each attempt is counted in
+    ``metrics`` (``issued``, ``linked``, ``refused``, ``locked_out``).
     """
 
     def __init__(
@@ -69,10 +71,12 @@ class LinkFlow:
         store: PairingStore | None = None,
         *,
         notify: Notifier | None = None,
+        metrics: NullMetrics = NULL_METRICS,
     ) -> None:
         self.session = session
         self._store = store
         self.notify = notify
+        self.metrics = metrics
         self._busy = asyncio.Lock()
 
     @property
@@ -85,6 +89,7 @@ class LinkFlow:
     async def __call__(self, msg: Inbound, arg: str) -> str:
         """Handle ``/link`` (issue a code) or ``/link CODE`` (redeem it)."""
         if msg.chat_type != "dm":
+            self.metrics.link("refused")
             if arg:
                 # Everyone in the group has now seen the code: spend it so nobody can
                 # redeem it from their own DM and take over the issuer's identity.
@@ -100,7 +105,9 @@ class LinkFlow:
             return "Linking is not enabled on this bot (it has no identity resolver)."
         if not arg:
             return await self._issue(msg)
-        return await self._redeem(msg, arg)
+        reply, outcome = await self._redeem(msg, arg)
+        self.metrics.link(outcome)
+        return reply
 
     async def _issue(self, msg: Inbound) -> str:
         code = await asyncio.to_thread(
@@ -111,6 +118,7 @@ class LinkFlow:
             chat_id=msg.chat_id,
             user_name=msg.user_name,
         )
+        self.metrics.link("issued" if code is not None else "refused")
         if code is None:
             return (
                 "You already have 3 unused link codes. Use one of them, or wait until "
@@ -123,7 +131,8 @@ class LinkFlow:
             f"It works once, for {minutes} minutes. Never share it with anyone."
         )
 
-    async def _redeem(self, msg: Inbound, arg: str) -> str:
+    async def _redeem(self, msg: Inbound, arg: str) -> tuple[str, str]:
+        """The reply and the outcome for metrics (``linked``, ``refused``, ``locked_out``)."""
         resolver = self.session.identity_resolver
         assert resolver is not None
         async with self._busy:
@@ -136,7 +145,8 @@ class LinkFlow:
             )
             if result.code is None:
                 log.info("link refused for %s (%s)", who(msg.platform, msg.user_id), result.error)
-                return _REFUSALS[result.error]
+                outcome = "locked_out" if result.error == "locked" else "refused"
+                return _REFUSALS[result.error], outcome
             issuer = result.code
             refusal = ""
             if (issuer.platform, issuer.user_id) == (msg.platform, msg.user_id):
@@ -159,7 +169,7 @@ class LinkFlow:
                 )
             if refusal:
                 await asyncio.to_thread(self.store.release, arg)
-                return refusal
+                return refusal, "refused"
             # Resolver writes do file or network I/O: off the event loop.
             if not issuer_linked:
                 await asyncio.to_thread(resolver.link, issuer.platform, issuer.user_id, unified)
@@ -180,7 +190,7 @@ class LinkFlow:
                 log.exception("could not confirm the link on %s", issuer.platform)
         log.info("linked %s and %s", who(issuer.platform, issuer.user_id),
                  who(msg.platform, msg.user_id))  # fmt: skip
-        return confirmation
+        return confirmation, "linked"
 
     def _links(self, unified: str) -> list[IdentityLink]:
         links_for = getattr(self.session.identity_resolver, "links_for", None)

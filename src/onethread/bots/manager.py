@@ -21,7 +21,7 @@ from ..session.keys import DM, GROUP_TYPES, legacy_key, session_key, unified_key
 from ..session.locks import LocalTurnLocks, TurnLocks
 from ..session.urls import open_history_store
 
-__all__ = ["APOLOGY", "BotSessionManager", "Responder"]
+__all__ = ["APOLOGY", "BotSessionManager", "Responder", "TurnStats"]
 
 log = logging.getLogger("onethread.session")
 
@@ -38,6 +38,20 @@ class Responder(Protocol):
     ) -> str:
         """Return the reply to ``message`` given the earlier ``history``."""
         ...
+
+
+class TurnStats:
+    """What :meth:`BotSessionManager.chat` measured of one turn (for metrics and the turn log).
+
+    ``model_seconds``: time in ``agent.respond`` (0 when it was not reached);
+    ``model_failed``: the model raised ``ModelError`` and the apology was returned.
+    """
+
+    __slots__ = ("model_failed", "model_seconds")
+
+    def __init__(self) -> None:
+        self.model_seconds = 0.0
+        self.model_failed = False
 
 
 class BotSessionManager:
@@ -78,7 +92,8 @@ class BotSessionManager:
         self._store: HistoryStore | None = store if not isinstance(store, str | None) else None
         self.identity_resolver = identity_resolver
         self.max_history = max_history
-        self.locks: TurnLocks = locks or LocalTurnLocks()
+        # Not `locks or ...`: lock sets have a length, and an empty one is falsy.
+        self.locks: TurnLocks = locks if locks is not None else LocalTurnLocks()
         self._merged: set[tuple[str, str, str]] = set()
         # mirror_to_session calls made inside the loop, still writing (loop thread only).
         self.pending_mirrors: set[asyncio.Task[bool]] = set()
@@ -158,6 +173,7 @@ class BotSessionManager:
         thread_id: str = "",
         user_name: str = "",
         message_id: str = "",
+        stats: TurnStats | None = None,
     ) -> str:
         """Run one turn and return the reply.
 
@@ -166,6 +182,7 @@ class BotSessionManager:
         ``max_history`` entries, asks the agent, and appends the user message
         and the reply in one transaction. If the model fails (``ModelError``)
         the user's message is still stored and a short apology is returned.
+        ``stats``, when given, receives the model's time and whether it failed.
         """
         if self.loop is None:
             self.bind_loop()
@@ -211,12 +228,18 @@ class BotSessionManager:
                     user_name=user_name,
                     message_id=message_id,
                 )
+                asked = time.perf_counter()
                 try:
                     reply = await agent.respond(history, message, group=group)
                 except ModelError as exc:
+                    if stats is not None:
+                        stats.model_seconds = time.perf_counter() - asked
+                        stats.model_failed = True
                     log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
                     await self.store.append(key, [message])
                     return APOLOGY
+                if stats is not None:
+                    stats.model_seconds = time.perf_counter() - asked
                 answer = HistoryEntry(
                     role="assistant",
                     content=reply,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
 from ..errors import FormattingRejected
+from ..metrics import NULL_METRICS, NullMetrics
 from .delivery import RetryPolicy, send_with_retry, split_message
 
 __all__ = ["Adapter", "Inbound", "OnInbound"]
@@ -74,6 +75,8 @@ class Adapter(ABC):
     name: ClassVar[str] = ""
     max_message_length: ClassVar[int] = 4000
     typing_interval: ClassVar[float] = 4.0
+    metrics: NullMetrics = NULL_METRICS
+    """Where ``send()`` counts deliveries, retries and rate-limit waits (set by the Bot)."""
 
     def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
         self.retry_policy = retry_policy or RetryPolicy()
@@ -130,11 +133,22 @@ class Adapter(ABC):
         Retries rate limits and server errors per ``retry_policy``; a formatting
         rejection is resent as plain text. Returns the ids of the sent messages.
         Raises the last ``PlatformError`` when a chunk cannot be delivered.
+        Counted in ``metrics`` as one delivery, ``delivered`` or ``failed``.
         """
         ids: list[str] = []
-        for chunk in split_message(text, self.max_message_length):
-            ids.append(await self._send_chunk(chat_id, chunk, thread_id))
+        try:
+            for chunk in split_message(text, self.max_message_length):
+                ids.append(await self._send_chunk(chat_id, chunk, thread_id))
+        except Exception:
+            self.metrics.delivery(self.name, "failed")
+            raise
+        self.metrics.delivery(self.name, "delivered")
         return ids
+
+    def _on_wait(self, rate_limited: bool, seconds: float) -> None:
+        self.metrics.delivery(self.name, "retried")
+        if rate_limited:
+            self.metrics.rate_limit_wait(self.name, seconds)
 
     async def _send_chunk(self, chat_id: str, chunk: str, thread_id: str) -> str:
         what = f"{self.name} send to {chat_id}"
@@ -143,6 +157,7 @@ class Adapter(ABC):
                 lambda: self.do_send(chat_id, chunk, thread_id=thread_id, formatted=True),
                 self.retry_policy,
                 what=what,
+                on_wait=self._on_wait,
             )
         except FormattingRejected:
             log.info("%s: markup rejected, resending as plain text", what)
@@ -150,6 +165,7 @@ class Adapter(ABC):
                 lambda: self.do_send(chat_id, chunk, thread_id=thread_id, formatted=False),
                 self.retry_policy,
                 what=what,
+                on_wait=self._on_wait,
             )
 
     @final
