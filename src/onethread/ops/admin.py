@@ -68,7 +68,9 @@ MAX_FAILURES_TOTAL = 50
 FAILURE_WINDOW = 900.0
 APPROVED_TEXT = "You have been approved: write again and I will answer."
 
-_NO_STORE = {"Cache-Control": "no-store"}
+# Admin pages are never cached, and send their Origin on same-origin POSTs (the web
+# chat's "no-referrer" would make Chromium send "Origin: null").
+_NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
 
 
 class Throttle:
@@ -198,10 +200,19 @@ class Admin:
         return request.remote or "unknown"
 
     def _same_origin(self, request: web.Request) -> bool:
-        """A browser's POST from another site's page carries that site's Origin."""
+        """False for a browser request sent by another site's page.
+
+        ``Sec-Fetch-Site`` says it directly when the browser sends it; else the
+        ``Origin`` (a browser's POST carries one) must be this server. A request
+        with neither is not a browser's form (a script holding the cookie).
+        """
+        fetch_site = request.headers.get("Sec-Fetch-Site")
+        if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+            return False
         origin = request.headers.get("Origin")
         if origin is None or origin == "null":
-            return origin is None  # "null": a sandboxed or file page, never ours
+            # "null": a privacy-minded browser hid it; trust Sec-Fetch-Site if it came.
+            return origin is None or fetch_site is not None
         _, sep, authority = origin.rstrip("/").lower().partition("://")
         return bool(sep) and authority == request.host.lower()
 
