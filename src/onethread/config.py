@@ -50,7 +50,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .platforms.registry import PLATFORMS
+from .platforms.registry import PLATFORMS, credentials
 from .session.urls import ACCEPTED_FORMS
 
 __all__ = [
@@ -69,12 +69,9 @@ __all__ = [
 
 DEFAULT_CONFIG_NAME = "onethread.yaml"
 
-#: The environment variables holding each platform's credentials, by option name.
-PLATFORM_TOKENS: dict[str, dict[str, str]] = {
-    "telegram": {"token": "TELEGRAM_BOT_TOKEN"},
-    "discord": {"token": "DISCORD_BOT_TOKEN"},
-    "slack": {"token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN"},
-}
+#: The environment variables holding each platform's credentials, by option name
+#: (from each platform's ``PlatformSpec.credentials``).
+PLATFORM_TOKENS: dict[str, dict[str, str]] = credentials()
 
 _ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TOOL_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -194,7 +191,7 @@ class Config(_Strict):
             chosen = {name: dict(opts or {}) for name, opts in self.platforms.items()}
         else:
             chosen = {"web": {}}
-            for name, variables in PLATFORM_TOKENS.items():
+            for name, variables in credentials().items():
                 if all(env.get(var) for var in variables.values()):
                     chosen[name] = {}
         if web:

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import PLATFORM_TOKENS, Config, ConfigFileError, Problem, did_you_mean
+from .config import Config, ConfigFileError, Problem, did_you_mean
 from .errors import ConfigError, MissingDependencyError
-from .platforms.registry import load_adapter_class
+from .platforms.registry import credentials, load_adapter_class
 
 __all__ = ["check_config", "import_tool", "tool_functions"]
 
@@ -82,7 +82,7 @@ def _platform_problems(
             if option not in accepted:
                 msg = f"unknown option; {did_you_mean(option, accepted)}"
                 problems.append((f"{key}.{option}", msg))
-    for option, var in PLATFORM_TOKENS.get(name, {}).items():
+    for option, var in credentials().get(name, {}).items():
         if options.get(option) or env.get(var):
             continue
         if from_file:
@@ -93,23 +93,8 @@ def _platform_problems(
         else:
             fix = f"export {var}=... too, or unset the other {name} variable"
         problems.append((f"{key}.{option}", f"not set; {fix}"))
-    if name == "web":
-        port = options.get("port", 8080)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            msg = f"must be a port number from 0 to 65535 (0: any free port), got {port!r}"
-            problems.append((f"{key}.port", msg))
-        from .platforms.web import TOKEN_ENV, is_loopback
-
-        host = str(options.get("host", "127.0.0.1"))
-        if not is_loopback(host) and not (options.get("access_token") or env.get(TOKEN_ENV)):
-            problems.append(
-                (
-                    f"{key}.access_token",
-                    f"required when host is {host} (reachable from other machines); "
-                    f"export {TOKEN_ENV}=<a long random secret> (or set access_token), "
-                    "or bind to 127.0.0.1",
-                )
-            )
+    cls = load_adapter_class(name)
+    problems.extend((f"{key}.{option}", msg) for option, msg in cls.check_options(options, env))
     return problems
 
 
@@ -143,7 +128,7 @@ def check_config(
     for name, options in platforms.items():
         problems += _platform_problems(name, options, env, from_file)
     if not from_file:
-        for name, variables in PLATFORM_TOKENS.items():
+        for name, variables in credentials().items():
             set_vars = [var for var in variables.values() if env.get(var)]
             if set_vars and name not in platforms:
                 missing = [var for var in variables.values() if not env.get(var)]

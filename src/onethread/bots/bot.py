@@ -104,11 +104,7 @@ class Bot:
         elif options or token is not None:
             raise TypeError(f"adapter options {sorted(options)} given with a ready adapter")
         self.adapter = adapter
-        if self.platform == "web":
-            from ..platforms.web import WebAdapter, attach_history
-
-            if isinstance(adapter, WebAdapter):
-                attach_history(self)  # the page shows the stored conversation on load
+        adapter.bind(self)  # e.g. the web chat shows the stored conversation on load
         self._gate: Gate = own.get("gate") or Gate(LocalDuplicateFilter())
         self.access: AccessPolicy = own.get("access") or default_policy(
             self.platform, owners=own.get("owners", ()), store=own.get("pairing")

@@ -146,6 +146,13 @@ class BotOS:
 
             metrics.add_refresher(refresh_outbox)
 
+    def http_adapter(self) -> Any:
+        """The adapter that serves HTTP (the web chat: it has ``mounts``), or None."""
+        for bot in self.bots.values():
+            if isinstance(getattr(bot.adapter, "mounts", None), list):
+                return bot.adapter
+        return None
+
     def pairing_store(self) -> PairingStore | None:
         """The pairing store approvals live in: ``pairing=``, else the first approval
         policy's (None when no platform asks for approval)."""
@@ -204,10 +211,9 @@ class BotOS:
         self._stopping = asyncio.Event()
         self._session.bind_loop()
         self.ops.attach()
-        web = self.bots.get("web")
-        mounts = getattr(getattr(web, "adapter", None), "mounts", None)
-        if isinstance(mounts, list) and self.ops.mount not in mounts:
-            mounts.append(self.ops.mount)  # /readyz, /metrics, /admin on the web chat's server
+        server = self.http_adapter()
+        if server is not None and self.ops.mount not in server.mounts:
+            server.mounts.append(self.ops.mount)  # /readyz, /metrics, /admin on its server
         if self.gc_freeze:
             freeze_startup_heap()
         self._tasks = {name: asyncio.create_task(bot.start()) for name, bot in self.bots.items()}

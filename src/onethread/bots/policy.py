@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..platforms.base import Inbound
+from ..platforms.registry import PLATFORMS
 from ..session._conn.shared import who
 from ..session.pairing import PairingStore
 
@@ -39,7 +40,6 @@ __all__ = [
 log = logging.getLogger("onethread.access")
 
 APPROVAL_PURPOSE = "approve"
-LOCAL_PLATFORMS = frozenset({"web", "console"})
 
 
 @runtime_checkable
@@ -205,9 +205,11 @@ def make_policy(
 def default_policy(
     platform: str, *, owners: Iterable[str] = (), store: PairingStore | None = None
 ) -> AccessPolicy:
-    """``open`` for web/console; ``approval`` when owners are set; else ``open`` + a warning."""
+    """``open`` for local platforms (web chat, terminal: ``PlatformSpec.local``);
+    ``approval`` when owners are set; else ``open`` + a warning."""
     owner_ids = list(owners)
-    if platform in LOCAL_PLATFORMS:
+    entry = PLATFORMS.get(platform)
+    if entry is not None and entry.local:
         return OpenPolicy()
     if owner_ids:
         return ApprovalPolicy(store, owners=owner_ids)

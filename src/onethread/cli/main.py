@@ -19,10 +19,11 @@ from pathlib import Path
 from .. import __version__
 from ..config import DEFAULT_CONFIG_NAME
 from ..errors import ConfigError, OnethreadError
+from ..platforms.registry import PLATFORMS
 
-__all__ = ["STARTER_CONFIG", "build_parser", "main"]
+__all__ = ["STARTER_CONFIG", "build_parser", "main", "starter_config"]
 
-STARTER_CONFIG = """\
+_STARTER_TEMPLATE = """\
 # onethread: one AI agent on every messaging platform, one conversation per person.
 # Check this file:  onethread run --check      Start:  onethread run
 # ${VAR} is replaced by the environment variable VAR; ${VAR:-fallback} gives a default.
@@ -41,16 +42,7 @@ agent:
 
 # The platforms to serve: exactly the ones listed here.
 platforms:
-  web:                          # the built-in web chat
-    host: 127.0.0.1             # any other host also needs access_token: ${ONETHREAD_WEB_TOKEN}
-    port: 8080
-  # telegram:                   # pip install "onethread[telegram]"
-  #   token: ${TELEGRAM_BOT_TOKEN}
-  # discord:                    # pip install "onethread[discord]"
-  #   token: ${DISCORD_BOT_TOKEN}
-  # slack:                      # pip install "onethread[slack]" (Socket Mode)
-  #   token: ${SLACK_BOT_TOKEN}
-  #   app_token: ${SLACK_APP_TOKEN}
+{platform_lines}
 
 # Where identity links and conversation history live. The defaults are under
 # $ONETHREAD_HOME (default ~/.onethread). Accepted forms: memory://,
@@ -77,6 +69,22 @@ owners: {}
 # How many earlier messages the model sees on each turn.
 max_history: 100
 """
+
+
+def _platform_lines() -> str:
+    lines: list[str] = []
+    for entry in sorted(PLATFORMS.values(), key=lambda e: not e.local):  # web chat first
+        prefix = "  " if entry.local else "  # "
+        lines.extend(prefix + line for line in entry.init_lines)
+    return "\n".join(lines)
+
+
+def starter_config() -> str:
+    """The commented ``onethread.yaml`` that ``onethread init`` writes."""
+    return _STARTER_TEMPLATE.replace("{platform_lines}", _platform_lines())
+
+
+STARTER_CONFIG = starter_config()
 
 
 def _common() -> argparse.ArgumentParser:
@@ -138,7 +146,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path} already exists; pass --force to overwrite it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(STARTER_CONFIG, encoding="utf-8")
+        path.write_text(starter_config(), encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
     flag = "" if str(path) == DEFAULT_CONFIG_NAME else f" --config {path}"
@@ -149,7 +157,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 # SDK loggers that put credentials or message contents in their lines (httpx logs
 # Telegram request URLs, which contain the bot token; PTB and slack_sdk log call
 # parameters, which contain /link codes). They stay at WARNING whatever -v says.
-_CHATTY_SDK_LOGGERS = ("httpx", "httpcore", "telegram", "slack_sdk", "slack_bolt", "discord")
+_CHATTY_SDK_LOGGERS = ("httpx", "httpcore")  # plus each PlatformSpec.loggers
 
 
 def _setup_logging(verbosity: int, log_format: str = "text", *, serving: bool = False) -> None:
@@ -167,7 +175,10 @@ def _setup_logging(verbosity: int, log_format: str = "text", *, serving: bool = 
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
-    for name in _CHATTY_SDK_LOGGERS:
+    chatty = _CHATTY_SDK_LOGGERS + tuple(
+        logger for entry in PLATFORMS.values() for logger in entry.loggers
+    )
+    for name in chatty:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
     if serving:
         logging.getLogger(TURN_LOGGER).setLevel(min(level, logging.INFO))

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_CONFIG_NAME, PLATFORM_TOKENS, Config, ConfigFileError
+from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError
 from ..errors import ConfigError
+from ..platforms.registry import PLATFORMS, credentials
 from .common import (
     build_agent,
     close_resolver,
@@ -30,8 +31,6 @@ from .common import (
 )
 
 __all__ = ["add_parsers", "banner", "cmd_chat", "cmd_run"]
-
-_TITLES = {"telegram": "Telegram", "discord": "Discord", "slack": "Slack"}
 
 
 def _port(text: str) -> int:
@@ -52,9 +51,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="serve the agent on the web chat and every configured platform",
         description=(
             "Serve the agent. With no config: the web chat on http://127.0.0.1:8080, plus "
-            "Telegram, Discord and Slack when their tokens are in the environment "
-            "(TELEGRAM_BOT_TOKEN, DISCORD_BOT_TOKEN, SLACK_BOT_TOKEN + SLACK_APP_TOKEN). "
-            "Ctrl-C stops cleanly."
+            "every platform whose credentials are in the environment ("
+            + "; ".join(
+                f"{PLATFORMS[name].title}: {' + '.join(variables.values())}"
+                for name, variables in credentials().items()
+            )
+            + "). Ctrl-C stops cleanly."
         ),
     )
     run.add_argument("--host", help="web chat interface (default 127.0.0.1)")
@@ -202,14 +204,15 @@ async def _serve(botos: Any, text: Callable[[], str]) -> None:
 
 
 def _add_hint(config: Config, served: Mapping[str, Any]) -> str:
-    for name, variables in PLATFORM_TOKENS.items():
+    for name, variables in credentials().items():
         if name in served:
             continue
         exports = " ".join(f"{var}=..." for var in variables.values())
+        title = PLATFORMS[name].title
         if config.platforms is None:
-            return f"add {_TITLES[name]}: export {exports} and restart"
+            return f"add {title}: export {exports} and restart"
         where = config.source or DEFAULT_CONFIG_NAME
-        return f"add {_TITLES[name]}: add {name}: under platforms: in {where} and export {exports}"
+        return f"add {title}: add {name}: under platforms: in {where} and export {exports}"
     return ""
 
 

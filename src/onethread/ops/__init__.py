@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -62,8 +62,7 @@ class Operations:
         if admin_token is None:
             admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
         if admin_token is None:
-            web_bot = botos.bots.get("web")
-            admin_token = getattr(getattr(web_bot, "adapter", None), "access_token", None)
+            admin_token = getattr(botos.http_adapter(), "access_token", None)
         self.admin = Admin(botos, token=admin_token, audit=self.audit, errors=self.errors)
         self._attached = False
 
@@ -96,8 +95,7 @@ class Operations:
         )
 
     def _scrape_allowed(self, request: web.Request) -> bool:
-        adapter: Any = getattr(self.botos.bots.get("web"), "adapter", None)
-        authorized = getattr(adapter, "authorized", None)
+        authorized = getattr(self.botos.http_adapter(), "authorized", None)
         return bool(authorized(request)) if callable(authorized) else True
 
     async def _metrics(self, request: web.Request) -> web.Response:

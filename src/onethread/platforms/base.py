@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
@@ -82,7 +82,26 @@ class Adapter(ABC):
         self.retry_policy = retry_policy or RetryPolicy()
         self._failure: asyncio.Future[BaseException] | None = None
 
+    @classmethod
+    def check_options(
+        cls, options: Mapping[str, Any], env: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """Mistakes in this platform's config ``options``: ``(option, message with the fix)``.
+
+        Called by ``onethread run --check`` and before ``run`` starts, with the
+        environment the credentials come from. The default finds none.
+        """
+        return []
+
     # -- lifecycle -------------------------------------------------------------
+
+    def bind(self, bot: Any) -> None:
+        """Called once by the ``Bot`` that owns this adapter, before ``start``.
+
+        The default does nothing; an adapter that shows stored conversations
+        (the web chat) reads ``bot.session`` here.
+        """
+        return None
 
     @abstractmethod
     async def start(self, on_inbound: OnInbound) -> None:

@@ -1,4 +1,12 @@
-"""Platform adapters by name. Adding a platform is one module plus one entry here."""
+"""Platform adapters by name: everything about a platform in one ``PlatformSpec``.
+
+Adding a platform is one module plus one entry here. The config (which
+credentials to read), the CLI (titles, the ``init`` template, which SDK loggers
+to keep quiet), the access policy (local platforms) and the log masking (ids
+that are credentials) all read these entries; no other module names a
+platform, except that the CLI's ``chat`` command is the ``console`` platform
+and ``--host``/``--port`` are the built-in web chat's.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +14,117 @@ import importlib
 from dataclasses import dataclass
 
 from ..errors import ConfigError, MissingDependencyError
+from ..session._conn.shared import declare_secret_ids
 from .base import Adapter
 
-__all__ = ["PLATFORMS", "PlatformSpec", "load_adapter_class"]
+__all__ = ["PLATFORMS", "PlatformSpec", "credentials", "load_adapter_class", "spec"]
 
 
 @dataclass(frozen=True, slots=True)
 class PlatformSpec:
-    """Where an adapter lives and which install extra brings its SDK."""
+    """What onethread knows about one platform.
+
+    ``module``/``cls``: where the adapter lives. ``extra``: the install extra
+    that brings its SDK (``None``: nothing to install); ``sdk_module`` is
+    imported first to tell "SDK missing" from a bug. ``title``: the name shown
+    to people. ``credentials``: ``(option, ENV_VAR)`` pairs; the platform is
+    served without a config file when every variable is set. ``loggers``: SDK
+    loggers that write credentials or message text, held at WARNING whatever
+    ``-v`` says. ``init_lines``: the lines ``onethread init`` writes under
+    ``platforms:`` (commented out unless the platform is local). ``local``:
+    served to whoever runs it (this machine's user), so open by default.
+    ``secret_ids``: a user id is a bearer credential, so logs show a short
+    hash of it.
+    """
 
     module: str
     cls: str
-    extra: str | None  # None: no optional dependency
-    sdk_module: str | None = None  # imported to tell "SDK missing" from a bug
+    extra: str | None
+    sdk_module: str | None = None
+    title: str = ""
+    credentials: tuple[tuple[str, str], ...] = ()
+    loggers: tuple[str, ...] = ()
+    init_lines: tuple[str, ...] = ()
+    local: bool = False
+    secret_ids: bool = False
 
 
 PLATFORMS: dict[str, PlatformSpec] = {
     "telegram": PlatformSpec(
-        "onethread.platforms.telegram", "TelegramAdapter", "telegram", "telegram"
+        "onethread.platforms.telegram",
+        "TelegramAdapter",
+        "telegram",
+        "telegram",
+        title="Telegram",
+        credentials=(("token", "TELEGRAM_BOT_TOKEN"),),
+        loggers=("telegram",),
+        init_lines=(
+            'telegram:                   # pip install "onethread[telegram]"',
+            "  token: ${TELEGRAM_BOT_TOKEN}",
+        ),
     ),
-    "discord": PlatformSpec("onethread.platforms.discord", "DiscordAdapter", "discord", "discord"),
-    "slack": PlatformSpec("onethread.platforms.slack", "SlackAdapter", "slack", "slack_bolt"),
-    "web": PlatformSpec("onethread.platforms.web", "WebAdapter", None),
-    "console": PlatformSpec("onethread.platforms.console", "ConsoleAdapter", None),
+    "discord": PlatformSpec(
+        "onethread.platforms.discord",
+        "DiscordAdapter",
+        "discord",
+        "discord",
+        title="Discord",
+        credentials=(("token", "DISCORD_BOT_TOKEN"),),
+        loggers=("discord",),
+        init_lines=(
+            'discord:                    # pip install "onethread[discord]"',
+            "  token: ${DISCORD_BOT_TOKEN}",
+        ),
+    ),
+    "slack": PlatformSpec(
+        "onethread.platforms.slack",
+        "SlackAdapter",
+        "slack",
+        "slack_bolt",
+        title="Slack",
+        credentials=(("token", "SLACK_BOT_TOKEN"), ("app_token", "SLACK_APP_TOKEN")),
+        loggers=("slack_sdk", "slack_bolt"),
+        init_lines=(
+            'slack:                      # pip install "onethread[slack]" (Socket Mode)',
+            "  token: ${SLACK_BOT_TOKEN}",
+            "  app_token: ${SLACK_APP_TOKEN}",
+        ),
+    ),
+    "web": PlatformSpec(
+        "onethread.platforms.web",
+        "WebAdapter",
+        None,
+        title="web chat",
+        init_lines=(
+            "web:                          # the built-in web chat",
+            "  host: 127.0.0.1             # any other host also needs access_token: "
+            "${ONETHREAD_WEB_TOKEN}",
+            "  port: 8080",
+        ),
+        local=True,
+        secret_ids=True,
+    ),
+    "console": PlatformSpec(
+        "onethread.platforms.console", "ConsoleAdapter", None, title="terminal", local=True
+    ),
 }
+
+declare_secret_ids(name for name, entry in PLATFORMS.items() if entry.secret_ids)
+
+
+def spec(name: str) -> PlatformSpec:
+    """The entry of platform ``name``; ``ConfigError`` listing the known ones if none."""
+    entry = PLATFORMS.get(name)
+    if entry is None:
+        raise ConfigError(
+            f"unknown platform {name!r}; known platforms: {', '.join(sorted(PLATFORMS))}"
+        )
+    return entry
+
+
+def credentials() -> dict[str, dict[str, str]]:
+    """``{platform: {option: ENV_VAR}}`` for every platform that needs credentials."""
+    return {name: dict(e.credentials) for name, e in PLATFORMS.items() if e.credentials}
 
 
 def load_adapter_class(name: str) -> type[Adapter]:
@@ -39,18 +134,14 @@ def load_adapter_class(name: str) -> type[Adapter]:
     ``MissingDependencyError`` (with the ``pip install`` line) when the
     platform's SDK is not installed.
     """
-    spec = PLATFORMS.get(name)
-    if spec is None:
-        raise ConfigError(
-            f"unknown platform {name!r}; known platforms: {', '.join(sorted(PLATFORMS))}"
-        )
-    if spec.sdk_module is not None and spec.extra is not None:
+    entry = spec(name)
+    if entry.sdk_module is not None and entry.extra is not None:
         try:
-            importlib.import_module(spec.sdk_module)
+            importlib.import_module(entry.sdk_module)
         except ImportError as exc:
-            raise MissingDependencyError(f"the {name} platform", spec.extra) from exc
-    module = importlib.import_module(spec.module)
-    cls = getattr(module, spec.cls)
+            raise MissingDependencyError(f"the {name} platform", entry.extra) from exc
+    module = importlib.import_module(entry.module)
+    cls = getattr(module, entry.cls)
     if not (isinstance(cls, type) and issubclass(cls, Adapter)):
-        raise TypeError(f"{spec.module}.{spec.cls} is not an Adapter subclass")
+        raise TypeError(f"{entry.module}.{entry.cls} is not an Adapter subclass")
     return cls

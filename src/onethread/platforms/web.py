@@ -40,7 +40,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -172,7 +172,33 @@ class WebAdapter(Adapter):
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
 
+    @classmethod
+    def check_options(
+        cls, options: Mapping[str, Any], env: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """A real port, and an access token whenever other machines can reach the page."""
+        problems: list[tuple[str, str]] = []
+        port = options.get("port", 8080)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            msg = f"must be a port number from 0 to 65535 (0: any free port), got {port!r}"
+            problems.append(("port", msg))
+        host = str(options.get("host", "127.0.0.1"))
+        if not is_loopback(host) and not (options.get("access_token") or env.get(TOKEN_ENV)):
+            problems.append(
+                (
+                    "access_token",
+                    f"required when host is {host} (reachable from other machines); "
+                    f"export {TOKEN_ENV}=<a long random secret> (or set access_token), "
+                    "or bind to 127.0.0.1",
+                )
+            )
+        return problems
+
     # -- lifecycle -------------------------------------------------------------
+
+    def bind(self, bot: Any) -> None:
+        """Show ``bot``'s stored conversation when a page loads (:func:`attach_history`)."""
+        attach_history(bot)
 
     async def start(self, on_inbound: OnInbound) -> None:
         """Listen on ``host:port``; return once serving.

@@ -20,15 +20,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["PerLoop", "masked", "redact", "who"]
+__all__ = ["PerLoop", "declare_secret_ids", "masked", "redact", "who"]
 
 # Platforms whose user id is a bearer credential: whoever knows it is that user.
-_SECRET_IDS = frozenset({"web"})
+# Filled in by the platform registry (``PlatformSpec.secret_ids``), which every
+# module that logs a platform's ids imports first; the session layer names no
+# platform. Guarded by the GIL: a set replaced whole, never mutated.
+_SECRET_IDS: frozenset[str] = frozenset()
+
+
+def declare_secret_ids(platforms: Iterable[str]) -> None:
+    """Mask the ids of ``platforms`` in logs from now on (see :func:`masked`)."""
+    global _SECRET_IDS
+    _SECRET_IDS = _SECRET_IDS | frozenset(platforms)
 
 
 def masked(platform: str, value: str, *, always: bool = False) -> str:
