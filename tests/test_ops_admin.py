@@ -1,0 +1,250 @@
+"""The admin page over HTTP (aiohttp's client): who may use it, what each action does,
+what it writes to the audit trail, and that it agrees with the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from helpers import RecordingAgent
+from onethread.bots import Bot, BotOS
+from onethread.bots.policy import ApprovalPolicy
+from onethread.cli import main
+from onethread.ops.admin import ADMIN_TOKEN_ENV, MAX_FAILURES, Throttle
+from onethread.ops.audit import AuditLog
+from onethread.platforms.web import TOKEN_ENV, WebAdapter
+from onethread.session.history.base import HistoryEntry
+from onethread.session.pairing import PairingStore
+from onethread.session.urls import open_identity_resolver
+from onethread.testing import FakeAdapter
+
+TOKEN = "admin-token-for-tests-21c9"
+
+
+async def serve(**options: Any) -> tuple[BotOS, asyncio.Task[None]]:
+    agent = RecordingAgent()
+    adapter = FakeAdapter("telegram")
+    pairing = options.pop("pairing", None)
+    bot_options = {}
+    if pairing is not None:
+        bot_options = {"access": ApprovalPolicy(pairing, owners=["1"]), "pairing": pairing}
+    botos = BotOS(
+        agent,
+        platforms={"web": options.pop("web", {"port": 0})},
+        bots=[Bot("telegram", agent, adapter=adapter, **bot_options)],
+        store="memory://",
+        pairing=pairing,
+        **options,
+    )
+    task = asyncio.create_task(botos.start())
+    await botos.wait_ready(5)
+    return botos, task
+
+
+@pytest.fixture
+async def botos(tmp_path: Path) -> AsyncIterator[BotOS]:
+    pairing = PairingStore()  # the CLI's default file under $ONETHREAD_HOME
+    resolver = open_identity_resolver(None)  # likewise: identity.json under $ONETHREAD_HOME
+    os_, task = await serve(pairing=pairing, identity_resolver=resolver, admin_token=TOKEN)
+    yield os_
+    await os_.stop()
+    await task
+    pairing.close()
+
+
+def url(botos: BotOS, path: str = "") -> str:
+    adapter = botos.bots["web"].adapter
+    assert isinstance(adapter, WebAdapter)
+    return adapter.url + path
+
+
+def client() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def login(http: aiohttp.ClientSession, botos: BotOS, token: str = TOKEN) -> str:
+    """Log in; return the page's CSRF token."""
+    async with http.post(url(botos, "admin/login"), data={"token": token}) as resp:
+        assert resp.status == 200, await resp.text()
+        page = await resp.text()
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match is not None
+    return match.group(1)
+
+
+async def post(
+    http: aiohttp.ClientSession, botos: BotOS, action: str, csrf: str, **form: str
+) -> tuple[int, str]:
+    async with http.post(url(botos, f"admin/{action}"), data={"csrf": csrf, **form}) as resp:
+        return resp.status, await resp.text()
+
+
+async def test_admin_is_off_without_a_token_even_on_loopback() -> None:
+    os_, task = await serve(audit=":memory:")
+    try:
+        async with client() as http:
+            async with http.get(url(os_, "admin")) as resp:
+                assert resp.status == 403
+                assert ADMIN_TOKEN_ENV in await resp.text()
+            async with http.post(url(os_, "admin/login"), data={"token": ""}) as resp:
+                assert resp.status == 403
+    finally:
+        await os_.stop()
+        await task
+
+
+async def test_the_web_token_is_the_fallback_and_the_admin_token_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, "web-token-123")
+    os_, task = await serve(audit=":memory:")
+    try:
+        async with client() as http:
+            await login(http, os_, "web-token-123")
+            # /metrics needs the web token too once the chat has one
+            async with http.get(url(os_, "metrics")) as resp:
+                assert resp.status == 401
+            headers = {"Authorization": "Bearer web-token-123"}
+            async with http.get(url(os_, "metrics"), headers=headers) as resp:
+                assert resp.status == 200
+    finally:
+        await os_.stop()
+        await task
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "separate-admin-token")
+    os_, task = await serve(audit=":memory:")
+    try:
+        async with client() as http:
+            async with http.post(url(os_, "admin/login"), data={"token": "web-token-123"}) as r:
+                assert r.status == 401
+            await login(http, os_, "separate-admin-token")
+    finally:
+        await os_.stop()
+        await task
+
+
+async def test_forms_need_the_session_csrf_and_our_origin(botos: BotOS) -> None:
+    botos.session.identity_resolver.link("telegram", "7", "carol")  # type: ignore[union-attr]
+    async with client() as http:
+        csrf = await login(http, botos)
+        form = {"platform": "telegram", "user_id": "7"}
+        assert (await post(http, botos, "unlink", "wrong", **form))[0] == 403
+        assert (await post(http, botos, "unlink", "", **form))[0] == 403
+        for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                        {"Origin": "null"}):  # fmt: skip
+            async with http.post(url(botos, "admin/unlink"), data={"csrf": csrf, **form},
+                                 headers=headers) as resp:  # fmt: skip
+                assert resp.status == 403, headers
+        assert botos.session.resolve("telegram", "7") == "carol"
+        status, page = await post(http, botos, "unlink", csrf, **form)
+        assert status == 200 and "unlinked from carol" in page
+        assert botos.session.resolve("telegram", "7") == "telegram:7"
+
+
+async def test_deny_link_and_refusals_are_audited_and_agree_with_the_cli(
+    botos: BotOS, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = botos.bots["telegram"].adapter
+    assert isinstance(fake, FakeAdapter)
+    for user in ("555", "666"):
+        await fake.inject("hello", user=user, user_name=f"name {user}")
+    await fake.wait_sent(2)
+    async with client() as http:
+        csrf = await login(http, botos)
+        async with http.get(url(botos, "admin")) as resp:
+            page = await resp.text()
+        assert "name 555" in page and "name 666" in page
+        status, page = await post(http, botos, "deny", csrf, platform="telegram", user_id="666")
+        assert "deny telegram:666: denied" in page and "name 666" not in page
+        status, page = await post(http, botos, "approve", csrf, platform="telegram",
+                                  user_id="555")  # fmt: skip
+        assert "approve telegram:555: approved" in page
+        status, page = await post(http, botos, "link", csrf, platform="telegram",
+                                  user_id="555", unified="dora")  # fmt: skip
+        assert "link telegram:555: linked to dora" in page
+        status, page = await post(http, botos, "link", csrf, platform="telegram",
+                                  user_id="555", unified="bad:id")  # fmt: skip
+        assert "refused:" in page
+        status, page = await post(http, botos, "link", csrf, platform="nosuch",
+                                  user_id="1", unified="x")  # fmt: skip
+        assert "refused: unknown platform" in page
+    store = botos.pairing_store()
+    assert store is not None
+    assert not store.is_approved("telegram", "666")
+    # The CLI reads the same files and agrees.
+    assert main(["access", "list"]) == 0
+    assert capsys.readouterr().out.strip() == "telegram:555"
+    assert main(["identity", "list", "dora"]) == 0
+    assert "555" in capsys.readouterr().out
+    # The trail is in the store (a file), not only in this process.
+    trail = AuditLog(botos.ops.audit.path).recent()
+    assert [(a.action, a.detail.split(":")[0]) for a in reversed(trail)] == [
+        ("login", "ok"), ("deny", "denied"), ("approve", "approved; told them"),
+        ("link", "linked to dora"), ("link", "refused"), ("link", "refused"),
+    ]  # fmt: skip
+
+
+async def test_person_page_escapes_text_and_shows_marks(botos: BotOS) -> None:
+    store = botos.session.store
+    await store.append("user:erin", [
+        HistoryEntry("user", "<script>alert(1)</script>", 1.0, platform="telegram",
+                     user_name="<b>erin</b>"),
+        HistoryEntry("assistant", "reminder!", 2.0, mirror=True, source="cron"),
+        HistoryEntry("assistant", "lost reply", 3.0,
+                     metadata={"delivery": "failed", "delivery_error": "PlatformUnavailable"}),
+    ])  # fmt: skip
+    async with client() as http:
+        await login(http, botos)
+        async with http.get(url(botos, "admin/person"), params={"u": "erin"}) as resp:
+            page = await resp.text()
+            assert resp.headers["Cache-Control"] == "no-store"
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>erin</b>" not in page and "&lt;b&gt;erin&lt;/b&gt;" in page
+    assert "mirrored: cron" in page
+    assert "not delivered (PlatformUnavailable)" in page
+
+
+async def test_recent_errors_and_logout(botos: BotOS) -> None:
+    logging.getLogger("onethread.test").error("the store went away (StoreError)")
+    async with client() as http:
+        csrf = await login(http, botos)
+        async with http.get(url(botos, "admin")) as resp:
+            assert "the store went away (StoreError)" in await resp.text()
+        status, page = await post(http, botos, "logout", csrf)
+        assert status == 401 and "Log in" in page  # redirected to the login form
+        async with http.get(url(botos, "admin")) as resp:
+            assert resp.status == 401  # the session is gone
+        assert (await post(http, botos, "approve", csrf, platform="telegram", user_id="1"))[
+            0
+        ] == 401
+
+
+async def test_wrong_tokens_lock_the_login_out(botos: BotOS) -> None:
+    async with client() as http:
+        for _ in range(MAX_FAILURES):
+            async with http.post(url(botos, "admin/login"), data={"token": "guess"}) as resp:
+                assert resp.status == 401
+        async with http.post(url(botos, "admin/login"), data={"token": TOKEN}) as resp:
+            assert resp.status == 429
+            assert int(resp.headers["Retry-After"]) > 0
+
+
+def test_throttle_per_client_and_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("onethread.ops.admin.time.monotonic", lambda: now[0])
+    throttle = Throttle(per_client=3, total=5, window=60.0)
+    for _ in range(3):
+        throttle.fail("a")
+    assert throttle.retry_after("a") == 60.0
+    assert throttle.retry_after("b") == 0.0
+    throttle.fail("b")
+    throttle.fail("c")
+    assert throttle.retry_after("d") == 60.0  # five failures in all: everyone waits
+    now[0] += 61.0
+    assert throttle.retry_after("a") == 0.0 and throttle.retry_after("d") == 0.0
