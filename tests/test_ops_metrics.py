@@ -309,3 +309,20 @@ def test_an_empty_lock_set_given_to_the_manager_is_kept() -> None:
     locks = LocalTurnLocks()
     assert len(locks) == 0
     assert BotSessionManager(store="memory://", locks=locks).locks is locks
+
+
+def test_recording_does_not_import_prometheus_client() -> None:
+    """~80 ms of imports: paid when metrics are first read, not at start-up."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from onethread.bots import BotOS\n"
+        "b = BotOS(platforms=['web'], store='memory://', audit=':memory:')\n"
+        "b.metrics.turn('web', 'ok', 0.01, 0.005)\n"
+        "assert 'prometheus_client' not in sys.modules, 'imported at start-up'\n"
+        "b.metrics.registry\n"
+        "assert 'prometheus_client' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

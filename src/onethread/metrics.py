@@ -11,8 +11,8 @@ Labels are bounded: ``platform`` (a registered platform name) and ``outcome``
 :data:`NULL_METRICS` records nothing (``BotOS(metrics=False)``); the turn and
 the adapters call the same methods on either, so the hot path has no ``if``.
 
-``prometheus_client`` is imported when a :class:`Metrics` is made (it costs
-~80 ms), not when this module is.
+``prometheus_client`` (~80 ms to import) is imported when metrics are first
+read (``registry``, ``/metrics``), not to record them.
 """
 
 from __future__ import annotations
@@ -133,9 +133,8 @@ class Metrics(NullMetrics):
     enabled = True
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import CollectorRegistry
-
-        self.registry: CollectorRegistry = registry or CollectorRegistry()
+        self._registry = registry
+        self._registered = False
         self._stats: dict[str, _PlatformStats] = {}
         self._rate_limit_waits: dict[str, int] = {}
         self._rate_limit_seconds: dict[str, float] = {}
@@ -146,7 +145,19 @@ class Metrics(NullMetrics):
         self._platforms_up: dict[str, Callable[[], bool]] = {}
         self._locks: Callable[[], int] | None = None
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
-        self.registry.register(_Collector(self))
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """This BotOS's own ``prometheus_client.CollectorRegistry`` (made on first use:
+        prometheus-client is imported only when metrics are read, not to record them)."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry()
+        if not self._registered:
+            self._registry.register(_Collector(self))
+            self._registered = True
+        return self._registry
 
     # -- recording (the hot path) ----------------------------------------------
 
