@@ -148,8 +148,9 @@ async def test_forms_need_the_session_csrf_and_our_origin(botos: BotOS) -> None:
 
 
 async def test_deny_link_and_refusals_are_audited_and_agree_with_the_cli(
-    botos: BotOS, capsys: pytest.CaptureFixture[str]
+    botos: BotOS, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="onethread.audit")
     fake = botos.bots["telegram"].adapter
     assert isinstance(fake, FakeAdapter)
     for user in ("555", "666"):
@@ -182,6 +183,9 @@ async def test_deny_link_and_refusals_are_audited_and_agree_with_the_cli(
     assert capsys.readouterr().out.strip() == "telegram:555"
     assert main(["identity", "list", "dora"]) == 0
     assert "555" in capsys.readouterr().out
+    logged = [r.getMessage() for r in caplog.records if r.name == "onethread.audit"]
+    assert len(logged) == 6 and logged[1].startswith("admin admin#")
+    assert "deny telegram:666 (denied)" in logged[1]
     # The trail is in the store (a file), not only in this process.
     trail = AuditLog(botos.ops.audit.path).recent()
     assert [(a.action, a.detail.split(":")[0]) for a in reversed(trail)] == [

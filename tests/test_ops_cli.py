@@ -81,12 +81,13 @@ async def test_run_with_json_logs_serves_readyz_and_metrics(tmp_path: Path) -> N
 @pytest.fixture
 def _restore_logging() -> Iterator[None]:
     root = logging.getLogger()
-    turns = logging.getLogger(TURN_LOGGER)
-    saved = (root.level, list(root.handlers), turns.level)
+    turns, audit = logging.getLogger(TURN_LOGGER), logging.getLogger("onethread.audit")
+    saved = (root.level, list(root.handlers), turns.level, audit.level)
     yield
     root.setLevel(saved[0])
     root.handlers[:] = saved[1]
     turns.setLevel(saved[2])
+    audit.setLevel(saved[3])
 
 
 @pytest.mark.usefixtures("_restore_logging")
@@ -94,4 +95,5 @@ def test_run_shows_the_turn_line_at_the_default_level() -> None:
     logging.getLogger().handlers.clear()
     _setup_logging(0, "text", serving=True)
     assert logging.getLogger(TURN_LOGGER).isEnabledFor(logging.INFO)
+    assert logging.getLogger("onethread.audit").isEnabledFor(logging.INFO)
     assert not logging.getLogger("onethread.bot").isEnabledFor(logging.INFO)

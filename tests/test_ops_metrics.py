@@ -326,3 +326,36 @@ def test_recording_does_not_import_prometheus_client() -> None:
         "assert 'prometheus_client' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_a_completed_link_is_counted() -> None:
+    import re
+
+    agent = RecordingAgent()
+    telegram, discord = FakeAdapter("telegram"), FakeAdapter("discord")
+    os_ = BotOS(
+        agent,
+        platforms={"web": {"port": 0}},
+        bots=[Bot("telegram", agent, adapter=telegram), Bot("discord", agent, adapter=discord)],
+        store="memory://",
+        identity_resolver=InMemoryIdentityResolver(),
+        pairing=PairingStore(":memory:"),
+        audit=":memory:",
+    )
+    task = asyncio.create_task(os_.start())
+    await os_.wait_ready(5)
+    try:
+        await telegram.inject("/link", user="t1")
+        issued = (await telegram.wait_sent(1))[-1].text
+        match = re.search(r"/link (\S+(?: \S+)*)\n", issued)
+        assert match, issued
+        await discord.inject(f"/link {match.group(1)}", user="d1")
+        assert "Linked" in (await discord.wait_sent(1))[-1].text
+        await asyncio.sleep(0.01)
+        got = await scrape(os_)
+    finally:
+        await os_.stop()
+        await task
+    assert got[("onethread_link_attempts_total", (("outcome", "issued"),))] == 1
+    assert got[("onethread_link_attempts_total", (("outcome", "linked"),))] == 1
+    assert ("onethread_link_attempts_total", (("outcome", "refused"),)) not in got

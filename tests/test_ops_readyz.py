@@ -96,8 +96,25 @@ async def readyz(http: aiohttp.ClientSession, botos: BotOS) -> tuple[int, dict[s
         return resp.status, await resp.json()
 
 
+async def outbox_depth(http: aiohttp.ClientSession, botos: BotOS) -> float | None:
+    """``onethread_outbox_depth{platform="web"}`` from ``/metrics`` (which must answer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    adapter = botos.bots["web"].adapter
+    assert isinstance(adapter, WebAdapter)
+    async with http.get(adapter.url + "metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "onethread_outbox_depth" and s.labels == {"platform": "web"}:
+                return s.value
+    return None
+
+
 async def test_readyz_follows_the_store(botos: BotOS, private_redis: PrivateRedis) -> None:
     async with aiohttp.ClientSession() as http:
+        assert await outbox_depth(http, botos) == 0
         status, body = await readyz(http, botos)
         assert status == 200, body
         assert {name: s["ok"] for name, s in body["stores"].items()} == {
@@ -114,6 +131,7 @@ async def test_readyz_follows_the_store(botos: BotOS, private_redis: PrivateRedi
         assert body["platforms"]["web"] == {"ok": True, "state": "connected"}
         text = str(body)
         assert str(private_redis.port) not in text and "redis://" not in text  # no address
+        assert await outbox_depth(http, botos) == 0  # the rest of /metrics still answers
 
         private_redis.start()
         deadline = time.monotonic() + 15

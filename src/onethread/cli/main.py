@@ -163,8 +163,9 @@ _CHATTY_SDK_LOGGERS = ("httpx", "httpcore")  # plus each PlatformSpec.loggers
 def _setup_logging(verbosity: int, log_format: str = "text", *, serving: bool = False) -> None:
     """Log to stderr: WARNING and up (``-v`` INFO, ``-vv`` DEBUG), as text or JSON lines.
 
-    ``serving`` (``onethread run``): the per-turn line (``onethread.turns``, INFO)
-    is shown at the default level too; an operator wants one line per turn.
+    ``serving`` (``onethread run``): the per-turn line (``onethread.turns``) and
+    the admin page's audit lines (``onethread.audit``), both INFO, are shown at
+    the default level too: an operator wants one line per turn and every action.
     """
     from ..logs import TURN_LOGGER, JsonFormatter
 
@@ -181,7 +182,8 @@ def _setup_logging(verbosity: int, log_format: str = "text", *, serving: bool = 
     for name in chatty:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
     if serving:
-        logging.getLogger(TURN_LOGGER).setLevel(min(level, logging.INFO))
+        for name in (TURN_LOGGER, "onethread.audit"):
+            logging.getLogger(name).setLevel(min(level, logging.INFO))
 
 
 def _error(message: str) -> None:
