@@ -252,3 +252,24 @@ def test_throttle_per_client_and_in_all(monkeypatch: pytest.MonkeyPatch) -> None
     assert throttle.retry_after("d") == 60.0  # five failures in all: everyone waits
     now[0] += 61.0
     assert throttle.retry_after("a") == 0.0 and throttle.retry_after("d") == 0.0
+
+
+async def test_long_lists_are_capped_on_the_page(
+    botos: BotOS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("onethread.ops.admin.MAX_ENTRIES", 2)
+    monkeypatch.setattr("onethread.ops.admin.MAX_PEOPLE", 1)
+    for n, who in enumerate(("frank", "grace")):
+        await botos.session.store.append(f"user:{who}", [
+            HistoryEntry("user", f"{who} {i}", 10.0 * n + i, platform="telegram")
+            for i in range(3)
+        ])  # fmt: skip
+    async with client() as http:
+        await login(http, botos)
+        async with http.get(url(botos, "admin/person"), params={"u": "frank"}) as resp:
+            page = await resp.text()
+        async with http.get(url(botos, "admin")) as resp:
+            overview = await resp.text()
+    assert "the latest 2 of 3 entries" in page
+    assert "frank 0" not in page and "frank 1" in page and "frank 2" in page
+    assert "?u=grace" in overview and "?u=frank" not in overview  # the most recent only

@@ -44,12 +44,12 @@ class BotOS:
             ids), ``pairing`` (a ``PairingStore`` for /link and approvals),
             ``gc_freeze`` (default True: at start, move the objects alive then
             out of the cyclic garbage collector's walk, which keeps full
-            collections short; see ``onethread.bots.heap``); the rest is given
-            ``metrics`` (default True: a ``Metrics`` with its own registry,
-            served at ``/metrics``; False: none; or a ready ``Metrics``),
-            ``audit`` (the admin page's ``AuditLog`` or its path) and
-            ``admin_token`` (see ``onethread.ops``); the rest is given
-            to every platform's Bot (e.g. ``drain_timeout``).
+            collections short; see ``onethread.bots.heap``), ``metrics``
+            (default True: a ``Metrics`` with its own registry, served at
+            ``/metrics``; False: none; or a ready ``Metrics``), ``audit``
+            (the admin page's ``AuditLog`` or its path) and ``admin_token``
+            (see ``onethread.ops``); the rest is given to every platform's
+            Bot (e.g. ``drain_timeout``).
 
     One platform failing is restarted with backoff by its own supervisor and
     never stops the others; a platform with bad credentials is logged as fatal

@@ -66,6 +66,8 @@ MAX_SESSIONS = 100
 MAX_FAILURES = 5
 MAX_FAILURES_TOTAL = 50
 FAILURE_WINDOW = 900.0
+MAX_PEOPLE = 200  # rows on the overview, most recent first (the CLI lists them all)
+MAX_ENTRIES = 1000  # history entries on a person's page, the latest
 APPROVED_TEXT = "You have been approved: write again and I will answer."
 
 # Admin pages are never cached, and send their Origin on same-origin POSTs (the web
@@ -327,7 +329,8 @@ class Admin:
                 person.accounts.append((link.platform, link.platform_user_id))
         for person in people.values():
             person.accounts.sort()
-        return sorted(people.values(), key=lambda p: (-p.last_seen, p.who))
+        ordered = sorted(people.values(), key=lambda p: (-p.last_seen, p.who))
+        return ordered[:MAX_PEOPLE]
 
     async def _person(self, request: web.Request) -> web.Response:
         session = self._require(request)
@@ -346,8 +349,9 @@ class Admin:
             links = await asyncio.to_thread(links_for, user)
             accounts = sorted((x.platform, x.platform_user_id) for x in links)
         html = pages.person_page(
-            csrf=session.csrf, flash=flash, who=user, accounts=accounts, entries=entries
-        )
+            csrf=session.csrf, flash=flash, who=user, accounts=accounts,
+            entries=entries[-MAX_ENTRIES:], total=len(entries),
+        )  # fmt: skip
         return web.Response(text=html, content_type="text/html", headers=_NO_STORE)
 
     # -- actions -----------------------------------------------------------------

@@ -247,6 +247,12 @@ def _marks(entry: Mapping[str, Any]) -> str:
     return " ".join(marks)
 
 
+def _count(shown: int, total: int | None) -> str:
+    if total is None or total == shown:
+        return f"{shown} entries"
+    return f"the latest {shown} of {total} entries; onethread history export has them all"
+
+
 def person_page(
     *,
     csrf: str,
@@ -254,8 +260,10 @@ def person_page(
     who: str,
     accounts: Sequence[tuple[str, str]],
     entries: Sequence[tuple[str, Mapping[str, Any]]],
+    total: int | None = None,
 ) -> str:
-    """One person's accounts (with unlink) and their whole history, read-only."""
+    """One person's accounts (with unlink) and their history (the latest ``entries``
+    of ``total``), read-only."""
     person = Person(who, list(accounts))
     back = f"/admin/person?u={quote(who, safe='')}"
     rows = "".join(
@@ -275,7 +283,7 @@ def person_page(
         f"<h1>{_e(who)}</h1>"
         f'<section id="accounts"><h2>Linked accounts</h2>{_accounts(person, csrf, back)}'
         "</section>"
-        f'<section id="history"><h2>History ({len(entries)} entries, read-only)</h2>'
+        f'<section id="history"><h2>History ({_count(len(entries), total)}, read-only)</h2>'
         f"{history}</section>"
     )
     return _page(who, body, flash=flash, csrf=csrf)
