@@ -4,9 +4,11 @@ what it writes to the audit trail, and that it agrees with the CLI."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +275,71 @@ async def test_long_lists_are_capped_on_the_page(
     assert "the latest 2 of 3 entries" in page
     assert "frank 0" not in page and "frank 1" in page and "frank 2" in page
     assert "?u=grace" in overview and "?u=frank" not in overview  # the most recent only
+
+
+@dataclass
+class Job:
+    """The fields of DESIGN.md's ``Job`` the admin page shows."""
+
+    id: str
+    unified_user_id: str
+    text: str
+    next_run: datetime.datetime
+    every: datetime.timedelta | None = None
+    cron: str | None = None
+    prompt: bool = False
+    platform: str | None = None
+    source_label: str = "cron"
+
+
+class SchedulingBotOS(BotOS):
+    """``BotOS.jobs()``/``cancel()`` as DESIGN.md's "Scheduled messages" defines them,
+    standing in for the scheduler (another branch) until it is on main."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        self.active = {
+            "j1": Job("j1", "alice", "Stand-up in 5 minutes", soon),
+            "j2": Job("j2", "bob", "<b>Summarise</b> my day", soon, cron="0 18 * * 1-5",
+                      prompt=True),
+        }  # fmt: skip
+
+    async def jobs(self, user: str | None = None) -> list[Job]:
+        return [j for j in self.active.values() if user is None or j.unified_user_id == user]
+
+    async def cancel(self, job_id: str) -> bool:
+        return self.active.pop(job_id, None) is not None
+
+
+async def test_scheduled_jobs_are_listed_and_cancelled_when_there_is_a_scheduler(
+    botos: BotOS,
+) -> None:
+    async with client() as http:
+        await login(http, botos)
+        async with http.get(url(botos, "admin")) as resp:
+            assert 'id="jobs"' not in await resp.text()  # no scheduler, no section
+    os_ = SchedulingBotOS(RecordingAgent(), platforms={"web": {"port": 0}}, store="memory://",
+                          admin_token=TOKEN, audit=":memory:")  # fmt: skip
+    task = asyncio.create_task(os_.start())
+    await os_.wait_ready(5)
+    try:
+        async with client() as http:
+            csrf = await login(http, os_)
+            async with http.get(url(os_, "admin")) as resp:
+                page = await resp.text()
+            assert "Stand-up in 5 minutes" in page and "cron 0 18 * * 1-5" in page
+            assert "prompt: &lt;b&gt;Summarise&lt;/b&gt;" in page
+            status, page = await post(http, os_, "cancel", csrf, job_id="j1")
+            assert "cancel job j1: cancelled" in page and "Stand-up" not in page
+            status, page = await post(http, os_, "cancel", csrf, job_id="j1")
+            assert "cancel job j1: refused: job j1 is not active" in page
+        assert set(os_.active) == {"j2"}
+        trail = [(a.action, a.target, a.detail) for a in reversed(os_.ops.audit.recent())]
+        assert trail[1:] == [
+            ("cancel", "job j1", "cancelled"),
+            ("cancel", "job j1", "refused: job j1 is not active (already done or cancelled)"),
+        ]
+    finally:
+        await os_.stop()
+        await task

@@ -47,7 +47,14 @@ TURN_OUTCOMES = frozenset(
 )
 DELIVERY_OUTCOMES = frozenset({"delivered", "failed", "retried"})
 LINK_OUTCOMES = frozenset({"issued", "linked", "refused", "locked_out"})
-JOB_OUTCOMES = frozenset({"due", "late"})
+JOB_OUTCOMES = frozenset(
+    {
+        "due",  # fired on time
+        "late",  # fired late (everything was down), within the grace period
+        "missed",  # skipped: later than the grace period
+        "failed",  # could not be delivered
+    }
+)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -210,7 +217,8 @@ class Metrics(NullMetrics):
         self._links[outcome] = self._links.get(outcome, 0) + 1
 
     def scheduled_job(self, outcome: str) -> None:
-        """Count one scheduled job that fired ``due`` (on time) or ``late`` (after a miss).
+        """Count one scheduled occurrence: ``due`` (fired on time), ``late`` (fired
+        within the grace period), ``missed`` (skipped, too late) or ``failed``.
 
         The hook for the scheduler: ``onethread_scheduled_jobs_total{outcome}``
         appears with the first call, so a deployment without a scheduler shows
@@ -329,7 +337,7 @@ class _Collector:
         yield links
         if m._jobs:
             jobs = CounterMetricFamily(
-                "onethread_scheduled_jobs", "Scheduled jobs fired, on time (due) or late.",
+                "onethread_scheduled_jobs", "Scheduled occurrences: due, late, missed or failed.",
                 labels=["outcome"],
             )  # fmt: skip
             for outcome, n in sorted(m._jobs.items()):

@@ -163,6 +163,7 @@ class Admin:
             "deny": self._do_deny,
             "unlink": self._do_unlink,
             "link": self._do_link,
+            "cancel": self._do_cancel,
         }
         for name, action in actions.items():
             app.router.add_post(f"/admin/{name}", self._action_handler(name, action))
@@ -302,10 +303,25 @@ class Admin:
             requests=requests,
             people=await self._people(),
             linking=self._resolver_can("link"),
+            jobs=await self._jobs(),
             errors=self.errors.latest(30),
             audit=await asyncio.to_thread(self.audit.recent, 20),
         )
         return web.Response(text=html, content_type="text/html", headers=_NO_STORE)
+
+    def _scheduler(self) -> tuple[Any, Any] | None:
+        """``(jobs, cancel)`` of the BotOS when it has a scheduler (``BotOS.jobs`` and
+        ``BotOS.cancel``, DESIGN.md "Scheduled messages"), else None."""
+        jobs = getattr(self.botos, "jobs", None)
+        cancel = getattr(self.botos, "cancel", None)
+        return (jobs, cancel) if callable(jobs) and callable(cancel) else None
+
+    async def _jobs(self) -> list[Any] | None:
+        scheduler = self._scheduler()
+        if scheduler is None:
+            return None
+        jobs: list[Any] = await scheduler[0]()
+        return jobs[:MAX_PEOPLE]
 
     def _resolver_can(self, method: str) -> bool:
         return callable(getattr(self.botos.session.identity_resolver, method, None))
@@ -450,6 +466,19 @@ class Admin:
         session.forget_merge(platform, user_id)
         return f"{platform}:{user_id}", f"unlinked from {before}"
 
+    async def _do_cancel(self, form: Any, who: str) -> tuple[str, str]:
+        from ..errors import ConfigError
+
+        job_id = str(form.get("job_id", "")).strip()
+        scheduler = self._scheduler()
+        if scheduler is None:
+            raise ConfigError("this deployment has no scheduler")
+        if not job_id:
+            raise ConfigError("which job? (job_id is empty)")
+        if not await scheduler[1](job_id):
+            raise ConfigError(f"job {job_id} is not active (already done or cancelled)")
+        return f"job {job_id}", "cancelled"
+
     async def _do_link(self, form: Any, who: str) -> tuple[str, str]:
         from ..errors import ConfigError
 
@@ -468,6 +497,9 @@ def _redirect(location: str) -> web.Response:
 
 
 def _target(form: Any) -> str:
+    job_id = str(form.get("job_id", "")).strip()
+    if job_id:
+        return f"job {job_id}"
     platform = str(form.get("platform", "")).strip()
     user_id = str(form.get("user_id", "")).strip()
     return f"{platform}:{user_id}" if platform or user_id else "-"

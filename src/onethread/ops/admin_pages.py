@@ -178,6 +178,33 @@ def _people(people: Sequence[Person], csrf: str, linking: bool) -> str:
     return f'<section id="people"><h2>People</h2>{table}{link_form}</section>'
 
 
+def _repeat(job: Any) -> str:
+    cron = getattr(job, "cron", None)
+    every = getattr(job, "every", None)
+    return f"cron {cron}" if cron else f"every {every}" if every else "once"
+
+
+def _jobs(jobs: Sequence[Any], csrf: str) -> str:
+    """Scheduled jobs (``onethread.bots.BotOS.jobs()``), each with a Cancel button."""
+    rows = "".join(
+        f"<tr><td><code>{_e(j.id)}</code></td><td>{_e(j.unified_user_id)}</td>"
+        f"<td>{_e(_when(j.next_run.timestamp()))}</td><td>{_e(_repeat(j))}</td>"
+        f"<td>{_e(getattr(j, 'platform', None) or 'last used')}</td>"
+        f'<td class="content">{"prompt: " if getattr(j, "prompt", False) else ""}'
+        f"{_e(j.text[:200])}</td><td>"
+        + _form("/admin/cancel", csrf, {"job_id": j.id}, "Cancel", "deny")
+        + "</td></tr>"
+        for j in jobs
+    )
+    body = (
+        "<table><thead><tr><th>job</th><th>person</th><th>next run</th><th>repeats</th>"
+        f"<th>platform</th><th>text</th><th></th></tr></thead><tbody>{rows}</tbody></table>"
+        if rows
+        else '<p class="hint">No scheduled jobs.</p>'
+    )
+    return f'<section id="jobs"><h2>Scheduled jobs</h2>{body}</section>'
+
+
 def _errors(errors: Iterable[ErrorRecord]) -> str:
     rows = "".join(
         f"<tr><td>{_when(r.at)}</td><td>{_e(r.level)}</td><td>{_e(r.logger)}</td>"
@@ -216,15 +243,17 @@ def dashboard_page(
     stores: Mapping[str, Mapping[str, Any]],
     requests: Sequence[Any] | None,
     people: Sequence[Person],
+    jobs: Sequence[Any] | None = None,
     linking: bool,
     errors: Iterable[ErrorRecord],
     audit: Iterable[AuditEntry],
 ) -> str:
-    """The main page: platforms, stores, approvals, people, errors, the audit trail."""
+    """The main page: platforms, stores, approvals, people, scheduled jobs (when
+    there is a scheduler: ``jobs`` is None without one), errors, the audit trail."""
     body = (
         '<div class="grid">' + _platforms(platforms) + _stores(stores) + "</div>"
-        + _approvals(requests, csrf) + _people(people, csrf, linking) + _errors(errors)
-        + _audit(audit)
+        + _approvals(requests, csrf) + _people(people, csrf, linking)
+        + (_jobs(jobs, csrf) if jobs is not None else "") + _errors(errors) + _audit(audit)
     )  # fmt: skip
     return _page("Overview", body, flash=flash, csrf=csrf)
 
