@@ -97,3 +97,21 @@ def test_run_shows_the_turn_line_at_the_default_level() -> None:
     assert logging.getLogger(TURN_LOGGER).isEnabledFor(logging.INFO)
     assert logging.getLogger("onethread.audit").isEnabledFor(logging.INFO)
     assert not logging.getLogger("onethread.bot").isEnabledFor(logging.INFO)
+
+
+def test_json_lines_stay_one_line_with_a_traceback() -> None:
+    from onethread.logs import JsonFormatter
+
+    try:
+        raise RuntimeError("boom\nsecond line")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord(
+            "onethread.bot", logging.ERROR, __file__, 1, "turn %s failed", ("m1",), sys.exc_info()
+        )
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["message"] == "turn m1 failed" and data["level"] == "ERROR"
+    assert "RuntimeError: boom" in data["exc"] and "turn" not in {"platform"} & set(data)
