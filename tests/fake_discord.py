@@ -194,6 +194,7 @@ class FakeDiscord:
         # switches
         self._rate_limits: list[tuple[float, bool, str]] = []
         self._failures: list[tuple[int, str]] = []
+        self._cut_off = 0  # message sends to carry out and leave unanswered
         self._revoked = False
         self._forbidden: set[str] = set()
         # plumbing
@@ -553,6 +554,11 @@ class FakeDiscord:
         """Answer the next ``n`` matching requests with ``status`` (route "messages" or "any")."""
         self._failures.extend([(status, route)] * n)
 
+    def cut_off_next(self, n: int = 1) -> None:
+        """The next ``n`` message sends are carried out, then their connection is closed
+        without an answer (the client cannot know the message was posted)."""
+        self._cut_off += n
+
     def forbid(self, channel_id: str) -> None:
         """The bot lacks permission in ``channel_id``: sends get 403 Missing Permissions."""
         self._forbidden.add(channel_id)
@@ -822,6 +828,10 @@ class FakeDiscord:
                     return self._rate_limited(item[0], item[1])
                 return self._json({"message": "Service Unavailable", "code": 0}, int(item[0]))
         result: web.Response = await getattr(self, handler)(body, *match.groups())
+        if is_message and self._cut_off:
+            self._cut_off -= 1  # carried out (the message exists), but never answered
+            if request.transport is not None:
+                request.transport.close()
         return result
 
     def _json(

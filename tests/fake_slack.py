@@ -83,6 +83,10 @@ Switches:
 - ``revoke_token(which="both", error="invalid_auth")``: ``"bot"``, ``"app"``
   or ``"both"`` stop working (``account_inactive`` etc. also possible);
   revoking the app token closes open sockets. ``restore_tokens()`` undoes it.
+- ``slow_next(seconds, n=1, method="chat.postMessage")``: the call is carried
+  out (the message is posted) and answered ``seconds`` late.
+- ``cut_off_next(n=1, method="chat.postMessage")``: the call is carried out,
+  then its connection is closed without an answer.
 - ``drop_connection()``: abort every websocket (no close frame).
   ``await close_connection(code=1000)``: a close frame.
   ``await send_disconnect(reason="refresh_requested", close_after=5.0)``:
@@ -217,6 +221,7 @@ class FakeSlack:
         self.disconnects_sent = 0
         # switches
         self._failures: list[_Failure] = []
+        self._late: list[tuple[str, float | None]] = []  # (method, delay; None: cut off)
         self._revoked: dict[str, str] = {}  # "bot"/"app" -> error code
         # plumbing
         self._tickets: set[str] = set()
@@ -352,6 +357,15 @@ class FakeSlack:
     ) -> None:
         """The next ``n`` calls of ``method`` answer ``{"ok": false, "error": error}``."""
         self._failures += [_Failure(method, status, error)] * n
+
+    def slow_next(self, seconds: float, n: int = 1, method: str = "chat.postMessage") -> None:
+        """The next ``n`` calls of ``method`` are carried out, then answered ``seconds`` late."""
+        self._late += [(method, seconds)] * n
+
+    def cut_off_next(self, n: int = 1, method: str = "chat.postMessage") -> None:
+        """The next ``n`` calls of ``method`` are carried out, then left unanswered (the
+        connection is closed)."""
+        self._late += [(method, None)] * n
 
     def reject_blocks_next(self, n: int = 1) -> None:
         """The next ``n`` ``chat.postMessage`` calls carrying blocks answer ``invalid_blocks``."""
@@ -600,6 +614,15 @@ class FakeSlack:
         self._changed.set()
         response = self._dispatch(method, args, kind, rec)
         rec.status = response.status
+        late = next((i for i, (m, _) in enumerate(self._late) if m in ("*", method)), None)
+        if late is not None:
+            _, delay = self._late.pop(late)
+            if delay is None:
+                rec.status = 0
+                if request.transport is not None:
+                    request.transport.close()
+            else:
+                await asyncio.sleep(delay)
         return response
 
     def _error(

@@ -50,7 +50,9 @@ accepted for fast tests), ``server_error(method, status=500, times=1)`` (502 is
 an nginx HTML page, as in production), ``fail(method, status, description,
 times=1)`` for any scripted error (``method="*"`` matches all),
 ``auth_failure = True`` (every call, long polls in flight too, answers 401
-Unauthorized, like a revoked token), ``drop_connections()`` / ``restore()``
+Unauthorized, like a revoked token), ``slow(method, seconds, times=1)`` (the
+call is carried out, e.g. the message sent, and answered ``seconds`` late),
+``drop_connections()`` / ``restore()``
 (every request, long polls in flight too, gets its TCP connection closed
 without an answer), and
 ``webhook_url`` (while set, ``getUpdates`` answers 409 Conflict).
@@ -521,6 +523,7 @@ class FakeTelegram:
         )
         self._chats: dict[int | str, dict[str, Any]] = {}
         self._faults: defaultdict[str, deque[_Fault]] = defaultdict(deque)
+        self._slow: defaultdict[str, deque[float]] = defaultdict(deque)
         self._allowed_updates: list[str] | None = _DEFAULT_ALLOWED
         self._poll_generation = 0
         self._changed = asyncio.Event()
@@ -695,6 +698,12 @@ class FakeTelegram:
                         503: "Service Unavailable", 504: "Gateway Timeout"}  # fmt: skip
         self.fail(method, status, descriptions.get(status, "Internal Server Error"), times=times)
 
+    def slow(self, method: str = "sendMessage", seconds: float = 1.0, *, times: int = 1) -> None:
+        """Carry out the next ``times`` calls of ``method``, then answer ``seconds`` late
+        (the message is sent: a client that gives up first cannot know it)."""
+        for _ in range(times):
+            self._slow[method].append(seconds)
+
     def drop_connections(self) -> None:
         """Close every connection without answering, including long polls in flight."""
         self.dropping = True
@@ -758,6 +767,8 @@ class FakeTelegram:
             if handler is None:
                 raise _ApiError(404, "Not Found")
             result = await handler(params, request)
+            if self._slow.get(method):
+                await asyncio.sleep(self._slow[method].popleft())
         except _ApiError as exc:
             call.status = exc.status
             if exc.status == 502:

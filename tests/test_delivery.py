@@ -4,8 +4,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onethread.errors import BadRequest, PlatformUnavailable, RetryAfter
-from onethread.platforms.delivery import RetryPolicy, send_with_retry, split_message
+from onethread.errors import BadRequest, OutcomeUnknown, PlatformUnavailable, RetryAfter
+from onethread.platforms.delivery import (
+    CUT_NOTE,
+    RetryPolicy,
+    cap_messages,
+    send_with_retry,
+    split_message,
+)
 
 
 def _strip_fences(chunks: list[str]) -> str:
@@ -56,6 +62,43 @@ def test_property_chunks_fit_and_nothing_lost(text: str, limit: int) -> None:
         return "".join(ch for ch in s if ch not in " \n`")
 
     assert core("".join(chunks)) == core(text)
+
+
+def test_cap_keeps_ten_messages_whole_and_cuts_the_eleventh() -> None:
+    ten = "\n\n".join("x" * 90 for _ in range(10))  # ten paragraphs, one per message
+    assert cap_messages(ten, 100, 10) == (split_message(ten, 100), False)
+    eleven = ten + "\n\n" + "q" * 90
+    chunks, cut = cap_messages(eleven, 100, 10)
+    assert cut and len(chunks) == 10
+    assert all(len(c) <= 100 for c in chunks)
+    assert chunks[-1].endswith(CUT_NOTE) and "q" not in "".join(chunks)
+    assert chunks[:9] == split_message(eleven, 100)[:9]  # the first part, unchanged
+
+
+def test_cap_inside_a_code_block_still_renders() -> None:
+    text = "```python\n" + "\n".join(f"line_{i} = {i}" for i in range(2000)) + "\n```"
+    chunks, cut = cap_messages(text, 300, 3)
+    assert cut and len(chunks) == 3 and all(len(c) <= 300 for c in chunks)
+    last = chunks[-1]
+    assert last.startswith("```python\n") and last.endswith(f"```\n\n{CUT_NOTE}")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("ab \n`")), max_size=3000),
+    limit=st.integers(min_value=16, max_value=400),
+    max_messages=st.integers(min_value=1, max_value=12),
+)
+def test_property_capped_messages_fit(text: str, limit: int, max_messages: int) -> None:
+    chunks, cut = cap_messages(text, limit, max_messages)
+    assert len(chunks) <= max_messages
+    assert all(len(c) <= limit for c in chunks)
+    assert cut == (len(split_message(text, limit)) > max_messages)
+    if cut:
+        assert chunks[-1].endswith(CUT_NOTE[:limit])
+        assert chunks[:-1] == split_message(text, limit)[: max_messages - 1]
+    else:
+        assert chunks == split_message(text, limit)
 
 
 async def test_retry_after_honoured_then_success() -> None:
@@ -111,3 +154,28 @@ async def test_bad_request_not_retried() -> None:
     with pytest.raises(BadRequest):
         await send_with_retry(call, RetryPolicy(), what="t")
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "calls"),
+    [
+        (RetryAfter(0.0), 3),
+        (PlatformUnavailable("503"), 3),
+        (OutcomeUnknown("read timeout"), 1),  # may have arrived: never sent twice
+        (BadRequest("chat not found"), 1),
+    ],
+)
+async def test_only_what_certainly_did_not_arrive_is_retried(error: Exception, calls: int) -> None:
+    made = 0
+
+    async def call() -> str:
+        nonlocal made
+        made += 1
+        raise error
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    with pytest.raises(type(error)):
+        await send_with_retry(call, RetryPolicy(attempts=3), what="t", sleep=no_wait)
+    assert made == calls

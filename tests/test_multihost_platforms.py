@@ -105,6 +105,13 @@ async def test_two_hosts_one_conversation_and_cross_host_notify(
         await tg.wait_for_messages(2, timeout=20)
         monkeypatch.setenv("ONETHREAD_MODEL", "")
         third = BotOS(Agent(name="a"), identity_resolver=resolver, store=shared_url)
+        # A turn is stored once its reply is delivered (a few ms after the fake saw it):
+        # wait for it, or notify() may still see Discord as her latest platform.
+        for _ in range(200):
+            entries = await third.session.store.load("user:alice")
+            if [e.content for e in entries[-2:]][:1] == ["I'm on telegram now"]:
+                break
+            await asyncio.sleep(0.05)
         assert await third.notify("alice", "Reminder: standup", source_label="cron") == []
         sent = await tg.wait_for_messages(3, timeout=20)
         assert sent[2].text == "Reminder: standup" and sent[2].chat_id == 12345

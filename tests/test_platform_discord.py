@@ -20,6 +20,7 @@ from onethread.errors import (
     BadRequest,
     ConfigError,
     FormattingRejected,
+    OutcomeUnknown,
     PlatformAuthError,
     PlatformUnavailable,
     RetryAfter,
@@ -403,6 +404,52 @@ async def test_server_errors_are_retried(fake: FakeDiscord, make: Any) -> None:
     assert [m.text for m in fake.sent] == ["after outage"]
 
 
+class CountingDiscord(DiscordAdapter):
+    """Counts ``do_send`` attempts (a refused connection never reaches the fake)."""
+
+    attempts = 0
+
+    async def do_send(
+        self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
+    ) -> str:
+        self.attempts += 1
+        return await super().do_send(chat_id, text, thread_id=thread_id, formatted=formatted)
+
+
+@pytest.mark.parametrize(
+    ("fault", "attempts", "error"),
+    [
+        ("503", 2, None),  # a server error: retried
+        ("refused", FAST.attempts, PlatformUnavailable),  # never connected: every attempt
+        ("cut-off", 1, OutcomeUnknown),  # posted, left unanswered: not sent again
+    ],
+)
+async def test_send_retries_only_what_certainly_did_not_arrive(
+    fake: FakeDiscord, fault: str, attempts: int, error: type[Exception] | None
+) -> None:
+    adapter = CountingDiscord(token=fake.token, base_url=fake.base_url,
+                              gateway_url=fake.gateway_url, retry_policy=FAST)  # fmt: skip
+    await adapter.start(Inbox())
+    try:
+        if fault == "503":
+            fake.fail_next_5xx(1, status=503)
+        elif fault == "cut-off":
+            fake.cut_off_next()
+        if error is None:
+            await adapter.send(fake.general_id, "exactly once, please")
+        else:
+            if fault == "refused":
+                await fake.stop()
+            with pytest.raises(error) as info:
+                await adapter.send(fake.general_id, "exactly once, please")
+            assert type(info.value) is error
+    finally:
+        await adapter.stop()
+    assert adapter.attempts == attempts
+    if fault != "refused":
+        assert [m.text for m in fake.sent] == ["exactly once, please"]
+
+
 async def _revoke(server: FakeDiscord) -> str:
     server.revoke_token(close_gateway=False)
     return server.general_id
@@ -466,14 +513,18 @@ async def test_too_long_is_a_bad_request(fake: FakeDiscord, make: Any) -> None:
         (discord.LoginFailure("bad"), PlatformAuthError),
         (discord.PrivilegedIntentsRequired(None), PlatformAuthError),
         (discord.GatewayNotFound(), PlatformUnavailable),
-        (aiohttp.ClientConnectionError("refused"), PlatformUnavailable),
-        (TimeoutError(), PlatformUnavailable),
+        (aiohttp.ConnectionTimeoutError(), PlatformUnavailable),  # never connected
+        (aiohttp.ServerDisconnectedError(), OutcomeUnknown),  # cut off after sending
+        (aiohttp.ClientConnectionError("reset"), OutcomeUnknown),
+        (aiohttp.SocketTimeoutError(), OutcomeUnknown),  # no answer in time
+        (TimeoutError(), OutcomeUnknown),
     ],
 )
 async def test_map_discord_errors(error: Exception, expected: type[Exception]) -> None:
     with pytest.raises(expected) as info:
         async with map_discord_errors():
             raise error
+    assert type(info.value) is expected
     assert info.value.__cause__ is error
     if isinstance(error, discord.RateLimited):
         assert info.value.retry_after == 3.5  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from onethread.errors import (
     ConfigError,
     ConnectionLost,
     FormattingRejected,
+    OutcomeUnknown,
     PlatformAuthError,
     PlatformError,
     PlatformUnavailable,
@@ -401,6 +402,66 @@ async def test_error_mapping(
     assert type(info.value) is expected
     assert info.value.platform == "slack"
     assert info.value.__cause__ is not None
+
+
+class CountingSlack(SlackAdapter):
+    """Counts ``do_send`` attempts (a refused connection never reaches the fake)."""
+
+    attempts = 0
+
+    async def do_send(
+        self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
+    ) -> str:
+        self.attempts += 1
+        return await super().do_send(chat_id, text, thread_id=thread_id, formatted=formatted)
+
+
+@pytest.mark.parametrize(
+    ("fault", "retried", "error"),
+    [
+        ("429", True, None),
+        ("503", True, None),
+        ("refused", True, PlatformUnavailable),  # retried until the attempts run out
+        ("timeout", False, OutcomeUnknown),  # posted, answered too late: not sent again
+        ("cut-off", False, OutcomeUnknown),  # posted, connection closed unanswered
+        ("channel_not_found", False, BadRequest),
+    ],
+)
+async def test_send_retries_only_what_certainly_did_not_arrive(
+    fake: FakeSlack, fault: str, retried: bool, error: type[Exception] | None
+) -> None:
+    adapter = CountingSlack(token=fake.bot_token, app_token=fake.app_token,
+                            base_url=fake.base_url, retry_policy=FAST_RETRY)  # fmt: skip
+    adapter.web.timeout = 1  # the SDK's own per-call timeout (30 s by default)
+    if fault == "429":
+        fake.rate_limit_next(1, retry_after=0.01)
+    elif fault == "503":
+        fake.fail_next_5xx(1, status=503)
+    elif fault == "refused":
+        await fake.stop()
+    elif fault == "timeout":
+        fake.slow_next(3.0)
+    elif fault == "cut-off":
+        fake.cut_off_next()
+    else:
+        fake.fail_next_error(fault)
+    try:
+        if error is None:
+            await adapter.send(fake.general_id, "exactly once, please")
+        else:
+            with pytest.raises(error) as info:
+                await adapter.send(fake.general_id, "exactly once, please")
+            assert type(info.value) is error
+    finally:
+        await adapter.stop()
+    if fault == "refused":
+        assert adapter.attempts == FAST_RETRY.attempts
+        return
+    assert adapter.attempts == (2 if retried else 1)
+    posts = [r for r in fake.requests if r.method == "chat.postMessage"]
+    assert len(posts) == adapter.attempts  # no retry hidden in the SDK either
+    delivered = [m.text for m in fake.sent]
+    assert delivered == ([] if fault == "channel_not_found" else ["exactly once, please"])
 
 
 async def test_unreachable_server_is_unavailable() -> None:

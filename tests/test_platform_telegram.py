@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from onethread.errors import (
     ConfigError,
     ConnectionLost,
     FormattingRejected,
+    OutcomeUnknown,
     PlatformAuthError,
     PlatformUnavailable,
     RetryAfter,
@@ -209,6 +211,12 @@ def test_fake_parses_markup_like_telegram(text: str, mode: str | None, visible: 
 # -- error mapping -------------------------------------------------------------------------
 
 
+def caused(exc: tg.TelegramError, cause: BaseException) -> tg.TelegramError:
+    """``exc`` raised ``from cause``, as PTB's HTTPXRequest raises its errors."""
+    exc.__cause__ = cause
+    return exc
+
+
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
@@ -220,12 +228,23 @@ def test_fake_parses_markup_like_telegram(text: str, mode: str | None, visible: 
             FormattingRejected,
         ),  # fmt: skip
         (tg.ChatMigrated(-1001), BadRequest),
-        (tg.TimedOut(), PlatformUnavailable),
-        (tg.NetworkError("Bad Gateway"), PlatformUnavailable),
+        (tg.TimedOut(), OutcomeUnknown),
+        (caused(tg.TimedOut(), httpx.ReadTimeout("read")), OutcomeUnknown),
+        (caused(tg.TimedOut(), httpx.WriteTimeout("write")), OutcomeUnknown),
+        (caused(tg.TimedOut(), httpx.ConnectTimeout("connect")), PlatformUnavailable),
+        (caused(tg.TimedOut("Pool timeout"), httpx.PoolTimeout("pool")), PlatformUnavailable),
+        (caused(tg.NetworkError("httpx.ConnectError"), httpx.ConnectError("refused")),
+         PlatformUnavailable),
+        (caused(tg.NetworkError("httpx.RemoteProtocolError"),
+                httpx.RemoteProtocolError("Server disconnected")), OutcomeUnknown),
+        (caused(tg.NetworkError("httpx.ReadError"), httpx.ReadError("reset")), OutcomeUnknown),
+        (tg.NetworkError("Bad Gateway"), PlatformUnavailable),  # the server answered 502
+        (caused(tg.NetworkError("Bad Gateway (502)"), tg.TelegramError("Invalid server response")),
+         PlatformUnavailable),  # a 5xx with an HTML body
         (tg.Conflict("Conflict: terminated by other getUpdates request"), PlatformUnavailable),
-        (tg.TelegramError("Invalid server response"), PlatformUnavailable),
+        (tg.TelegramError("Invalid server response"), OutcomeUnknown),  # an unreadable 2xx
     ],
-)
+)  # fmt: skip
 def test_error_mapping(exc: tg.TelegramError, expected: type[Exception]) -> None:
     with pytest.raises(expected) as info, map_telegram_errors():
         raise exc
@@ -414,6 +433,91 @@ async def test_server_errors_are_retried(
     assert [m.text for m in fake.sent] == ["eventually"]
 
 
+class CountingTelegram(TelegramAdapter):
+    """Counts ``do_send`` attempts (a refused connection never reaches the fake)."""
+
+    attempts = 0
+
+    async def do_send(
+        self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
+    ) -> str:
+        self.attempts += 1
+        return await super().do_send(chat_id, text, thread_id=thread_id, formatted=formatted)
+
+
+async def _refuse_connections(fake: FakeTelegram) -> None:
+    await fake.stop()  # nothing listens on the port any more: connection refused
+
+
+async def _rate_limit(fake: FakeTelegram) -> None:
+    fake.rate_limit("sendMessage", retry_after=0.01)
+
+
+async def _server_500(fake: FakeTelegram) -> None:
+    fake.server_error("sendMessage", 500)
+
+
+async def _nginx_502(fake: FakeTelegram) -> None:
+    fake.server_error("sendMessage", 502)
+
+
+async def _answer_late(fake: FakeTelegram) -> None:
+    fake.slow("sendMessage", 1.5)  # sent at once, answered after the 0.3 s read timeout
+
+
+async def _cut_off(fake: FakeTelegram) -> None:
+    fake.drop_connections()  # the request arrives, the connection closes unanswered
+
+
+async def _refuse_request(fake: FakeTelegram) -> None:
+    fake.fail("sendMessage", 400, "Bad Request: chat not found")
+
+
+@pytest.mark.parametrize(
+    ("fault", "retried", "error"),
+    [
+        (_rate_limit, True, None),
+        (_server_500, True, None),
+        (_nginx_502, True, None),
+        (_refuse_connections, True, PlatformUnavailable),  # retried until attempts run out
+        (_answer_late, False, OutcomeUnknown),  # a timeout: it may have arrived
+        (_cut_off, False, OutcomeUnknown),  # cut off after sending: may have arrived
+        (_refuse_request, False, BadRequest),
+    ],
+    ids=["429", "500", "502", "refused", "timeout", "cut-off", "400"],
+)
+async def test_send_retries_only_what_certainly_did_not_arrive(
+    fake: FakeTelegram,
+    fault: Callable[[FakeTelegram], Any],
+    retried: bool,
+    error: type[Exception] | None,
+) -> None:
+    adapter = CountingTelegram(token=fake.token, base_url=fake.base_url, retry_policy=FAST,
+                               read_timeout=0.3)  # fmt: skip
+    adapter.poll_retry_delay = 0.02
+    await adapter.start(Inbox())
+    try:
+        await fault(fake)
+        if error is None:
+            await adapter.send("42", "exactly once, please")
+        else:
+            with pytest.raises(error) as info:
+                await adapter.send("42", "exactly once, please")
+            assert type(info.value) is error
+    finally:
+        await adapter.stop()
+    if error is PlatformUnavailable:  # the server never saw it; every attempt was made
+        assert adapter.attempts == FAST.attempts
+        return
+    assert adapter.attempts == (2 if retried else 1)
+    sends = [c for c in fake.requests if c.method == "sendMessage"]
+    assert len(sends) == adapter.attempts
+    if fault in (_answer_late, _cut_off) or error is None:
+        # Never twice: the timed-out message did arrive, and was not sent again.
+        expected = [] if fault is _cut_off else ["exactly once, please"]
+        assert [m.text for m in fake.sent] == expected
+
+
 async def test_rejected_markup_falls_back_to_plain_text(
     fake: FakeTelegram, running: tuple[TelegramAdapter, Inbox]
 ) -> None:
@@ -519,6 +623,37 @@ async def test_transient_poll_errors_recover_without_restart(
     await inbox.wait(2)
     assert [c.status for c in fake.requests if c.method == "getUpdates"][1:3] == [502, 429]
     assert not adapter._failure_future().done()
+
+
+async def test_long_poll_rate_limit_is_capped_and_polling_resumes(
+    fake: FakeTelegram,
+    make_adapter: Callable[..., TelegramAdapter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A getUpdates 429 asking for 97 minutes (seen in production) is waited at most
+    the send cap (60 s) each time; the bot polls again and hears the next message."""
+    adapter, inbox = make_adapter(retry_policy=RetryPolicy()), Inbox()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # record the wait instead of sitting it out
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    adapter.sleep = sleep
+    fake.rate_limit("getUpdates", retry_after=5820, times=3)
+    await adapter.start(inbox)
+    try:
+        fake.inject_message(42, "still there?")
+        [msg] = await inbox.wait(1)
+        assert msg.text == "still there?"
+        assert waits == [60.0, 60.0, 60.0]
+        statuses = [c.status for c in fake.requests if c.method == "getUpdates"]
+        assert statuses[:4] == [429, 429, 429, 200]
+        long_notes = [r for r in caplog.records if "5820" in r.getMessage()]
+        assert len(long_notes) == 1 and long_notes[0].levelname == "WARNING"
+        assert not adapter._failure_future().done()
+    finally:
+        await adapter.stop()
 
 
 async def test_dropped_connection_is_reported_and_restart_works(

@@ -21,6 +21,8 @@ Errors carry their data as attributes (``RetryAfter.retry_after``,
         ├── PlatformAuthError       wrong or revoked token: fatal for that platform
         ├── RetryAfter              rate limited (.retry_after seconds)
         ├── PlatformUnavailable     5xx or network trouble: retryable
+        │   └── OutcomeUnknown      timed out / cut off after sending: may have arrived,
+        │                           so a send is not retried
         ├── BadRequest              the platform refused the request: not retryable
         │   └── FormattingRejected  the markup was refused; resend as plain text
         └── ConnectionLost          the adapter's connection dropped: restart it
@@ -41,6 +43,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelError",
     "OnethreadError",
+    "OutcomeUnknown",
     "PlatformAuthError",
     "PlatformError",
     "PlatformUnavailable",
@@ -153,6 +156,14 @@ class RetryAfter(PlatformError):
 
 class PlatformUnavailable(PlatformError):
     """A server error or network failure; the call may succeed if retried."""
+
+
+class OutcomeUnknown(PlatformUnavailable):
+    """The call may or may not have taken effect: it timed out waiting for the answer,
+    or the connection was lost after the request went out, or the answer could not be
+    read. ``send()`` does not retry it (a retry could repeat a message that arrived);
+    callers that only read (polling) may retry it like any ``PlatformUnavailable``.
+    """
 
 
 class BadRequest(PlatformError):

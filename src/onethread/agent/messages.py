@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from ..session.history.base import HistoryEntry
+from ..session.history.base import DELIVERY_CUT, HistoryEntry
 
-__all__ = ["EARLIER_CONVERSATION", "build_messages", "entry_text"]
+__all__ = ["CUT_SHORT", "EARLIER_CONVERSATION", "UNDELIVERED", "build_messages", "entry_text"]
 
 EARLIER_CONVERSATION = "(earlier conversation)"
 """The user message put first when the kept history starts with the assistant."""
+
+UNDELIVERED = "NOT DELIVERED: sending this to the person failed"
+"""The label of an entry whose send failed for good (``HistoryEntry.undelivered``)."""
+
+CUT_SHORT = "SENT CUT SHORT: too long, the person got only the first part of this"
+"""The label of a reply that was sent only in part (``metadata["delivery"] == "cut"``)."""
 
 _EMPTY_MESSAGE = "(empty message)"
 
@@ -21,7 +28,17 @@ def entry_text(entry: HistoryEntry, *, group: bool = False) -> str:
     Mirrored entries (sent by the bot on its own) are labelled with their
     source, e.g. ``[sent by the bot on its own via cron] Reminder: ...``; in a
     group, user text is attributed ``[user_name] text`` (user id if no name).
+    Text whose delivery failed is labelled ``[NOT DELIVERED: ...]``, and a
+    reply sent only in part ``[SENT CUT SHORT: ...]``, so the model does not
+    assume the person read it all.
     """
+    if entry.undelivered:
+        error = entry.metadata.get("delivery_error") or "error"
+        inner = replace(entry, metadata={})
+        return f"[{UNDELIVERED} ({error})] {entry_text(inner, group=group)}"
+    if entry.metadata and entry.metadata.get("delivery") == DELIVERY_CUT:
+        inner = replace(entry, metadata={})
+        return f"[{CUT_SHORT}] {entry_text(inner, group=group)}"
     if entry.mirror:
         via = f" via {entry.source}" if entry.source else ""
         return f"[sent by the bot on its own{via}] {entry.content}"
@@ -57,8 +74,9 @@ def build_messages(
         content = entry.content
         if not content or content.isspace():  # the same test as `not content.strip()`
             continue
-        if entry.mirror:
-            role, text = "assistant", entry_text(entry, group=group)
+        if entry.mirror or (entry.metadata and "delivery" in entry.metadata):
+            role = "user" if entry.role == "user" and not entry.mirror else "assistant"
+            text = entry_text(entry, group=group)
         elif entry.role == "user":
             role, text = "user", entry_text(entry, group=True) if group else content
         else:

@@ -16,7 +16,7 @@ from ..metrics import NULL_METRICS, NullMetrics
 from ..platforms.base import Adapter, Inbound
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
-from ..session.history.base import HistoryStore
+from ..session.history.base import DELIVERY_CUT, HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
 from ..session.validation import validate_platform
@@ -216,7 +216,10 @@ class Bot:
     # -- sending ---------------------------------------------------------------
 
     async def send(self, chat_id: str, text: str, thread_id: str | None = None) -> list[str]:
-        """Send ``text`` (split to the platform's limit, retried) and return message ids."""
+        """Send ``text`` (split to the platform's limit, at most 10 messages, retried).
+
+        Returns the ids of the sent messages; see ``Adapter.send``.
+        """
         return await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
 
     # -- the turn --------------------------------------------------------------
@@ -254,6 +257,7 @@ class Bot:
         stats = TurnStats()
         outcome = "error"
         reply: str | None = None
+        attempted = False  # the turn began sending its reply
         try:
             reply = await self.access.check(msg)
             if reply is not None:  # refused: at most one short reply, never the agent
@@ -263,7 +267,19 @@ class Bot:
                 return
             reply = await self._commands.handle(msg)
             if reply is None:
-                async with self.adapter.typing(msg.chat_id, msg.thread_id):
+                typing = self.adapter.typing(msg.chat_id, msg.thread_id)
+
+                async def deliver(text: str) -> dict[str, str] | None:
+                    nonlocal attempted
+                    attempted = True
+                    await typing.__aexit__(None, None, None)  # no "typing…" after the reply
+                    whole = self.adapter.fits(text)
+                    await self.adapter.send(msg.chat_id, text, thread_id=msg.thread_id)
+                    return None if whole else {"delivery": DELIVERY_CUT}
+
+                async with typing:
+                    # The turn sends the reply itself, so that a reply that cannot be
+                    # delivered is stored marked as such (metadata["delivery"]).
                     reply = await self._session.chat(
                         self.agent,
                         msg.user_id,
@@ -275,12 +291,13 @@ class Bot:
                         thread_id=msg.thread_id,
                         user_name=msg.user_name,
                         message_id=msg.message_id,
+                        deliver=deliver,
                         stats=stats,
                     )
                 outcome = "model_error" if stats.model_failed else "ok"
             else:
                 outcome = "command"
-            if reply:
+            if reply and not attempted:  # a command's answer, or the model-failure apology
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
@@ -297,8 +314,10 @@ class Bot:
             raise
         except Exception:
             outcome = "error"
-            reply = TURN_FAILED
             log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
+            if attempted:  # the reply went out (the store failed after): no apology on top
+                return
+            reply = TURN_FAILED
             with contextlib.suppress(PlatformError):  # the platform may be the problem
                 await self.adapter.send(msg.chat_id, TURN_FAILED, thread_id=msg.thread_id)
         finally:

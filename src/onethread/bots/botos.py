@@ -7,8 +7,16 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import ConfigError, RecipientUnknown
+from ..errors import (
+    ConfigError,
+    OutcomeUnknown,
+    PlatformUnavailable,
+    RecipientUnknown,
+    RetryAfter,
+)
 from ..metrics import NULL_METRICS, Metrics, NullMetrics
+from ..session._conn.shared import who
+from ..session.history.base import delivery_failed
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.outbox import Outbox, OutboxItem
 from ..session.pairing import PairingStore
@@ -275,7 +283,8 @@ class BotOS:
         store), the message is queued durably in the outbox and that host sends
         and mirrors it; the result is then ``[]``. Raises ``RecipientUnknown``
         when the person never wrote to a platform anyone can reach. Returns the
-        sent message ids.
+        sent message ids. When the send fails for good the text is mirrored
+        anyway, marked ``metadata["delivery"] == "failed"``, and the error raised.
         """
         last = await self._session.last_seen(unified_user_id)
         if last is None:
@@ -293,21 +302,75 @@ class BotOS:
                 )
             )
             return []
-        ids = await self.bots[last.platform].send(last.chat_id, text)
+        try:
+            ids = await self.bots[last.platform].send(last.chat_id, text)
+        except Exception as exc:  # kept in history, marked not delivered, then raised
+            await self._mirror_failed(
+                unified_user_id, text, source_label, last.platform, last.chat_id, exc
+            )
+            raise
         await self._mirror_sent(unified_user_id, text, source_label, last.platform, last.chat_id)
         return ids
 
     async def _mirror_sent(
-        self, unified_user_id: str, text: str, source: str, platform: str, chat_id: str
+        self,
+        unified_user_id: str,
+        text: str,
+        source: str,
+        platform: str,
+        chat_id: str,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         await self._session.mirror(
             unified_user_id, text, source=source,
-            metadata={"platform": platform, "chat_id": chat_id},
+            metadata={"platform": platform, "chat_id": chat_id, **(extra or {})},
         )  # fmt: skip
 
+    async def _mirror_failed(
+        self,
+        unified_user_id: str,
+        text: str,
+        source: str,
+        platform: str,
+        chat_id: str,
+        exc: BaseException,
+    ) -> None:
+        """Mirror text whose send failed for good, marked so (never raises: the send
+        error is what the caller must see)."""
+        try:
+            await self._mirror_sent(
+                unified_user_id, text, source, platform, chat_id, delivery_failed(exc)
+            )
+        except Exception:
+            log.exception("could not record the failed delivery to %s", who(unified_user_id))
+
     async def _deliver(self, item: OutboxItem) -> None:
-        """Outbox callback: send an item queued by another host, then mirror it."""
-        await self.bots[item.platform].send(item.chat_id, item.text, item.thread_id or None)
+        """Outbox callback: send an item queued by another host, then mirror it.
+
+        A send that failed for good is mirrored marked not delivered. Errors
+        that a later attempt may cure (``RetryAfter``, ``PlatformUnavailable``)
+        are raised so the outbox retries the item (mirrored as failed on its
+        last attempt); any other error (a refused request, a send whose outcome
+        is unknown) is not retried: that could repeat a message that arrived.
+        """
+        try:
+            await self.bots[item.platform].send(item.chat_id, item.text, item.thread_id or None)
+        except Exception as exc:
+            retryable = isinstance(exc, RetryAfter | PlatformUnavailable) and not isinstance(
+                exc, OutcomeUnknown
+            )
+            # An outbox that does not say how many attempts it makes is never at its
+            # last: a retryable failure is then not mirrored (rather than once per try).
+            last = item.attempts >= getattr(self.outbox, "max_attempts", float("inf"))
+            if item.unified_user_id and (last or not retryable):
+                await self._mirror_failed(
+                    item.unified_user_id, item.text, item.source, item.platform, item.chat_id, exc
+                )
+            if retryable:
+                raise
+            log.error("outbox: %s item %s not delivered, not retried: %s", item.platform,
+                      item.id, exc)  # fmt: skip
+            return
         if item.unified_user_id:
             await self._mirror_sent(
                 item.unified_user_id, item.text, item.source, item.platform, item.chat_id

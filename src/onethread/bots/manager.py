@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..errors import ModelError
 from ..session._conn.shared import masked, who
 from ..session.context import SessionContext, clear_session_context, set_session_context
-from ..session.history.base import HistoryEntry, HistoryStore
+from ..session.history.base import HistoryEntry, HistoryStore, delivery_failed
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
 from ..session.keys import DM, GROUP_TYPES, legacy_key, session_key, unified_key
 from ..session.locks import LocalTurnLocks, TurnLocks
@@ -173,6 +173,7 @@ class BotSessionManager:
         thread_id: str = "",
         user_name: str = "",
         message_id: str = "",
+        deliver: Callable[[str], Awaitable[Mapping[str, Any] | None]] | None = None,
         stats: TurnStats | None = None,
     ) -> str:
         """Run one turn and return the reply.
@@ -181,8 +182,17 @@ class BotSessionManager:
         ``SessionContext`` for the agent's tools, loads the last
         ``max_history`` entries, asks the agent, and appends the user message
         and the reply in one transaction. If the model fails (``ModelError``)
-        the user's message is still stored and a short apology is returned.
-        ``stats``, when given, receives the model's time and whether it failed.
+        the user's message is still stored and a short apology is returned
+        (not delivered, not stored: the caller sends it). ``stats``, when
+        given, receives the model's time and whether it failed.
+
+        ``deliver`` (optional) sends the reply; it runs under the turn lock
+        before the turn is stored. When it raises, the turn is stored anyway,
+        the reply marked ``metadata["delivery"] == "failed"`` with
+        ``metadata["delivery_error"]`` (the error's class name), and the error
+        is re-raised. A mapping ``deliver`` returns becomes the reply's metadata
+        (``{"delivery": "cut"}``: only the first part was sent). Without
+        ``deliver`` the caller sends the returned reply.
         """
         if self.loop is None:
             self.bind_loop()
@@ -240,14 +250,29 @@ class BotSessionManager:
                     return APOLOGY
                 if stats is not None:
                     stats.model_seconds = time.perf_counter() - asked
+                stamp = max(time.time(), message.timestamp)
+                undelivered: BaseException | None = None
+                outcome: Mapping[str, Any] | None = None
+                if deliver is not None and reply:
+                    # Sent before the turn is stored, under the turn lock: the reply is
+                    # stored once, in the turn's one transaction, with how delivery went.
+                    try:
+                        outcome = await deliver(reply)
+                    except BaseException as exc:  # re-raised below, once the turn is stored
+                        undelivered = exc
                 answer = HistoryEntry(
                     role="assistant",
                     content=reply,
-                    timestamp=max(time.time(), message.timestamp),
+                    timestamp=stamp,
                     platform=platform,
                     chat_id=chat_id,
+                    metadata=delivery_failed(undelivered)
+                    if undelivered is not None
+                    else dict(outcome or {}),
                 )
                 await self.store.append(key, [message, answer])
+                if undelivered is not None:
+                    raise undelivered
                 return reply
             finally:
                 clear_session_context(token)

@@ -94,7 +94,10 @@ def mirror_to_session(
     (``"telegram:12345"``). The entry is stored with its provenance
     (``mirror=True``, ``source=source_label``, ``metadata``) and reaches the
     model labelled with its source. It is serialised with live turns through
-    the session's turn lock.
+    the session's turn lock. Text you tried to send and could not is recorded
+    as such with ``metadata={"delivery": "failed", "delivery_error": "..."}``
+    (``onethread.session.history.base.delivery_failed(exc)`` builds it): the
+    model then sees it labelled as not delivered.
 
     Safe from anywhere:
 

@@ -138,6 +138,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
             speaker = "assistant"
             if entry.get("mirror"):
                 speaker += f" ({entry.get('source') or 'mirror'})"
+        metadata = entry.get("metadata") or {}
+        if metadata.get("delivery") == "failed":  # kept, but the person never got it
+            speaker += f" [NOT DELIVERED: {metadata.get('delivery_error') or 'error'}]"
+        elif metadata.get("delivery") == "cut":  # too long: only the first part was sent
+            speaker += " [SENT CUT SHORT]"
         where = entry.get("platform") or "-"
         line = f"{_when(float(entry['timestamp']))}  {where:<8}  {speaker}: {entry['content']}"
         say(_printable(line))

@@ -15,7 +15,8 @@ Shape (python-telegram-bot's, at httpx's size):
   ``PlatformUnavailable``, ``FormattingRejected``, ``BadRequest``,
   ``PlatformAuthError``).
 - ``do_typing(chat_id, thread_id)``: optional typing hook.
-- ``send()`` (final): chunking, retries, plain-text fallback and logging.
+- ``send()`` (final): chunking (at most ``max_messages``), retries, plain-text
+  fallback and logging.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, ClassVar, final
 
 from ..errors import FormattingRejected
 from ..metrics import NULL_METRICS, NullMetrics
-from .delivery import RetryPolicy, send_with_retry, split_message
+from .delivery import RetryPolicy, cap_messages, send_with_retry
 
 __all__ = ["Adapter", "Inbound", "OnInbound"]
 
@@ -74,6 +75,8 @@ class Adapter(ABC):
 
     name: ClassVar[str] = ""
     max_message_length: ClassVar[int] = 4000
+    # One reply never floods a chat: beyond this many messages it is cut (with a note).
+    max_messages: ClassVar[int] = 10
     typing_interval: ClassVar[float] = 4.0
     metrics: NullMetrics = NULL_METRICS
     """Where ``send()`` counts deliveries, retries and rate-limit waits (set by the Bot)."""
@@ -149,14 +152,22 @@ class Adapter(ABC):
     async def send(self, chat_id: str, text: str, *, thread_id: str = "") -> list[str]:
         """Send ``text`` split to the platform's limit, in order, in the same thread.
 
+        At most ``max_messages`` (10) messages: a longer text is sent as its
+        first part, ending with a note that it was cut (``cap_messages``).
         Retries rate limits and server errors per ``retry_policy``; a formatting
         rejection is resent as plain text. Returns the ids of the sent messages.
         Raises the last ``PlatformError`` when a chunk cannot be delivered.
         Counted in ``metrics`` as one delivery, ``delivered`` or ``failed``.
         """
+        chunks, cut = cap_messages(text, self.max_message_length, self.max_messages)
+        if cut:
+            log.warning(
+                "%s send to %s: a %d-character reply cut to %d messages",
+                self.name, chat_id, len(text), len(chunks),
+            )  # fmt: skip
         ids: list[str] = []
         try:
-            for chunk in split_message(text, self.max_message_length):
+            for chunk in chunks:
                 ids.append(await self._send_chunk(chat_id, chunk, thread_id))
         except Exception:
             self.metrics.delivery(self.name, "failed")
@@ -168,6 +179,13 @@ class Adapter(ABC):
         self.metrics.delivery(self.name, "retried")
         if rate_limited:
             self.metrics.rate_limit_wait(self.name, seconds)
+
+    @final
+    def fits(self, text: str) -> bool:
+        """True when :meth:`send` sends ``text`` whole (not cut at ``max_messages``)."""
+        if len(text) <= self.max_message_length:
+            return True
+        return not cap_messages(text, self.max_message_length, self.max_messages)[1]
 
     async def _send_chunk(self, chat_id: str, chunk: str, thread_id: str) -> str:
         what = f"{self.name} send to {chat_id}"

@@ -1,6 +1,13 @@
 """Delivery policy: split long replies to a platform's limit, retry what is retryable.
 
 Pure functions and a small retry policy, used by the adapter base's ``send()``.
+
+What a failed call does: a rate limit (429) and a server error or refused
+connection (``PlatformUnavailable``) are retried with backoff; a **timeout**
+(or a connection lost after the request went out: ``OutcomeUnknown``) is
+never retried, because the platform may have delivered the message before
+the answer was lost and a retry would send it twice. The send fails instead
+and the reply is kept in history marked not delivered.
 """
 
 from __future__ import annotations
@@ -12,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..errors import PlatformUnavailable, RetryAfter
+from ..errors import OutcomeUnknown, PlatformUnavailable, RetryAfter
 
-__all__ = ["RetryPolicy", "send_with_retry", "split_message"]
+__all__ = ["CUT_NOTE", "RetryPolicy", "cap_messages", "send_with_retry", "split_message"]
 
 log = logging.getLogger("onethread.delivery")
 T = TypeVar("T")
@@ -81,6 +88,42 @@ def split_message(text: str, limit: int) -> list[str]:
     return chunks
 
 
+CUT_NOTE = "[This reply was too long to send in full and was cut here.]"
+"""Ends the last message of a reply cut by :func:`cap_messages`."""
+
+
+def cap_messages(text: str, limit: int, max_messages: int) -> tuple[list[str], bool]:
+    """``split_message(text, limit)``, at most ``max_messages`` of it; True when cut.
+
+    A reply longer than ``max_messages`` messages goes out as its first part:
+    the last message is shortened (at a paragraph, line or word) to make room
+    for :data:`CUT_NOTE`, so the person knows the rest is missing. (Once
+    outbound attachments exist, the whole text should follow as a file.)
+    """
+    if max_messages < 1:
+        raise ValueError("max_messages must be at least 1")
+    # Splitting costs O(len(text) ** 2 / limit); a long text is split only as far as
+    # the cap needs. Every chunk but the last of a prefix is the whole text's own
+    # (each cut looks ``limit`` characters ahead), so a prefix with more than
+    # ``max_messages`` chunks decides both the cut and the chunks kept.
+    window = (max_messages + 2) * limit
+    chunks = split_message(text[:window], limit) if len(text) > window else []
+    if len(chunks) <= max_messages:
+        chunks = split_message(text, limit)
+    if len(chunks) <= max_messages:
+        return chunks, False
+    kept = chunks[:max_messages]
+    room = limit - len(CUT_NOTE) - 2
+    if room < 16:  # a tiny limit: the note takes the last message (or what fits of it)
+        kept[-1] = CUT_NOTE[:limit]
+        return kept, True
+    last = kept[-1]
+    if len(last) > room:
+        last = split_message(last, room)[0]
+    kept[-1] = f"{last}\n\n{CUT_NOTE}"
+    return kept, True
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How ``send`` retries: ``attempts`` tries in all, waits capped at ``max_delay``.
@@ -105,15 +148,29 @@ async def send_with_retry(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_wait: Callable[[bool, float], None] | None = None,
 ) -> T:
-    """Run ``call``, retrying ``RetryAfter`` and ``PlatformUnavailable`` per ``policy``.
+    """Run ``call``, retrying what certainly did not arrive, per ``policy``.
 
-    Other errors propagate at once. After the last attempt the error propagates.
-    ``on_wait(rate_limited, seconds)`` is told of each wait before a retry
-    (``rate_limited`` is True for a ``RetryAfter``), for metrics.
+    Retried: ``RetryAfter`` (a 429: the platform refused the call; waited out
+    up to ``policy.max_delay``) and ``PlatformUnavailable`` (the connection
+    could not be made, or the server answered 5xx: nothing was sent or the
+    server said it did not take it). Not retried: ``OutcomeUnknown``, the
+    error adapters raise when a call timed out waiting for the answer or lost
+    its connection after the request went out. Such a message may well have
+    arrived, and sending it again could show it twice, so the timeout is
+    raised at once: ``send()`` fails, and a reply is stored marked
+    ``delivery: failed`` (``delivery_error: "OutcomeUnknown"``). Other errors
+    (``BadRequest``, ``PlatformAuthError``) propagate at once too. After the
+    last attempt the error propagates. ``on_wait(rate_limited, seconds)`` is
+    told of each wait before a retry (``rate_limited`` is True for a
+    ``RetryAfter``), for metrics.
     """
     for attempt in range(policy.attempts):
         try:
             return await call()
+        except OutcomeUnknown as exc:
+            log.error("%s: %s; not retried: it may have arrived, a retry could repeat it",
+                      what, exc)  # fmt: skip
+            raise
         except RetryAfter as exc:
             if attempt + 1 >= policy.attempts or exc.retry_after > policy.max_delay:
                 log.error("%s: giving up after rate limit (retry_after=%ss)", what, exc.retry_after)

@@ -24,7 +24,9 @@ Behaviour a caller should know:
 - Rate limits: discord.py waits out 429s itself (per bucket, up to 5 tries per
   request) and retries 500/502/504 itself. What still fails reaches
   ``map_discord_errors``: ``RetryAfter`` (``retry_after`` from the 429 body),
-  ``PlatformUnavailable`` (5xx, network), ``BadRequest`` (403 missing
+  ``PlatformUnavailable`` (5xx, no connection), ``OutcomeUnknown`` (a timeout
+  or a connection lost mid-call: the message may be posted, so a send is not
+  retried; discord.py itself does not retry these on Linux), ``BadRequest`` (403 missing
   permission, 404, 400), ``PlatformAuthError`` (401). Waits longer than the
   retry policy's ``max_delay`` (at least 30 s, discord.py's floor) are not slept
   by discord.py but raised as ``RetryAfter``.
@@ -57,6 +59,7 @@ from ..errors import (
     BadRequest,
     ConfigError,
     ConnectionLost,
+    OutcomeUnknown,
     PlatformAuthError,
     PlatformError,
     PlatformUnavailable,
@@ -129,8 +132,13 @@ async def map_discord_errors() -> AsyncIterator[None]:
         ) from exc
     except discord.GatewayNotFound as exc:
         raise PlatformUnavailable("could not fetch the gateway URL", platform=PLATFORM) from exc
-    except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        # No connection was made: nothing was sent, a retry cannot repeat anything.
         raise PlatformUnavailable(f"network error: {exc!r}", platform=PLATFORM) from exc
+    except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError
+        # A timeout or a connection lost after the request went out: the message may
+        # have been posted, so a send must not be repeated.
+        raise OutcomeUnknown(f"network error: {exc!r}", platform=PLATFORM) from exc
 
 
 def normalize_message(

@@ -71,6 +71,7 @@ from ..errors import (
     ConfigError,
     ConnectionLost,
     FormattingRejected,
+    OutcomeUnknown,
     PlatformAuthError,
     PlatformError,
     PlatformUnavailable,
@@ -122,8 +123,10 @@ def map_slack_errors(what: str = "slack call") -> Iterator[None]:
     ``RetryAfter`` (``Retry-After``), 5xx/``fatal_error``/``internal_error`` ->
     ``PlatformUnavailable``, token codes (``invalid_auth``, ``not_authed``,
     ``account_inactive``, ``missing_scope``...) -> ``PlatformAuthError``, block
-    codes -> ``FormattingRejected``, any other code -> ``BadRequest``; aiohttp
-    errors and timeouts -> ``PlatformUnavailable``. Chained with ``from``.
+    codes -> ``FormattingRejected``, any other code -> ``BadRequest``; a
+    connection that could not be made -> ``PlatformUnavailable``; a timeout or
+    a connection lost mid-call -> ``OutcomeUnknown`` (may have been carried
+    out: a send is not retried). Chained with ``from``.
     """
     try:
         yield
@@ -143,8 +146,13 @@ def map_slack_errors(what: str = "slack call") -> Iterator[None]:
         if code in _FORMAT_ERRORS:
             raise FormattingRejected(detail, platform="slack") from exc
         raise BadRequest(detail, platform="slack") from exc
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        # No connection was made: nothing was sent, a retry cannot repeat anything.
         raise PlatformUnavailable(f"{what}: {exc!r}", platform="slack") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # A timeout, or a connection lost after the request went out: it may have
+        # been carried out (a message posted), so a send must not be repeated.
+        raise OutcomeUnknown(f"{what}: {exc!r}", platform="slack") from exc
 
 
 def _unescape(text: str) -> str:
@@ -271,7 +279,10 @@ class SlackAdapter(Adapter):
         self.base_url = _base_url(base_url)
         self.ping_interval = float(ping_interval)
         self.connect_timeout = float(connect_timeout)
-        self.web = AsyncWebClient(base_url=self.base_url)
+        # No SDK-level retries: its default retries a timed-out or cut-off call once
+        # (ServerTimeoutError, ServerDisconnectedError), which can post a message
+        # twice. Retrying is send()'s job, and only for what certainly did not arrive.
+        self.web = AsyncWebClient(base_url=self.base_url, retry_handlers=[])
         self.app = AsyncApp(
             client=self.web,
             name="onethread",
@@ -466,7 +477,7 @@ class SlackAdapter(Adapter):
         try:
             with map_slack_errors(f"name of {key}"):
                 name = pick(await call())
-        except (RetryAfter, PlatformUnavailable) as exc:
+        except (RetryAfter, PlatformUnavailable) as exc:  # OutcomeUnknown too: a timeout
             log.debug("slack: name lookup failed for now: %s", exc)
             return ""  # transient: ask again next time
         except PlatformError as exc:

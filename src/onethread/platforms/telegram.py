@@ -28,9 +28,10 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, ClassVar
 
+import httpx
 from telegram import Bot, Message, Update
 from telegram import error as tg
 from telegram.constants import ChatAction, ChatType, MessageEntityType, ParseMode
@@ -42,6 +43,7 @@ from ..errors import (
     ConfigError,
     ConnectionLost,
     FormattingRejected,
+    OutcomeUnknown,
     PlatformAuthError,
     PlatformError,
     PlatformUnavailable,
@@ -105,8 +107,10 @@ def map_telegram_errors() -> Iterator[None]:
     ``RetryAfter`` -> ``RetryAfter`` (seconds, timedelta-safe); ``InvalidToken``
     (401/404) -> ``PlatformAuthError``; a markup parse error -> ``FormattingRejected``;
     other 400s, ``Forbidden`` (403: blocked by the user, not in the chat) and
-    ``ChatMigrated`` -> ``BadRequest``; ``TimedOut``/``NetworkError``/``Conflict``
-    and unreadable answers -> ``PlatformUnavailable``.
+    ``ChatMigrated`` -> ``BadRequest``; a refused connection, a 5xx and
+    ``Conflict`` -> ``PlatformUnavailable`` (retried); a timeout, a connection
+    lost mid-call and unreadable answers -> ``OutcomeUnknown`` (the call may have
+    gone through: a send is not retried; see ``_may_have_arrived``).
     """
     try:
         yield
@@ -132,7 +136,32 @@ def map_telegram_errors() -> Iterator[None]:
             raise FormattingRejected(str(exc), platform=PLATFORM) from exc
         raise BadRequest(str(exc), platform=PLATFORM) from exc
     except tg.TelegramError as exc:  # NetworkError, TimedOut, Conflict, invalid answers
-        raise PlatformUnavailable(f"{type(exc).__name__}: {exc}", platform=PLATFORM) from exc
+        unknown = _may_have_arrived(exc)
+        kind = OutcomeUnknown if unknown else PlatformUnavailable
+        raise kind(f"{type(exc).__name__}: {exc}", platform=PLATFORM) from exc
+
+
+def _may_have_arrived(exc: tg.TelegramError) -> bool:
+    """Whether the Bot API may have acted on the call that raised ``exc``.
+
+    PTB keeps the transport's error as ``__cause__``: a connection that was
+    never made (``ConnectError``, ``ConnectTimeout``) or a pool that had no
+    free connection (``PoolTimeout``) sent nothing. A server that answered
+    with an error status (5xx, a 502 page; no ``__cause__``, or the body's
+    parse error) did not take the call, nor did a 409 ``Conflict``. Anything
+    else (a read or write timeout, a connection cut off mid-call, a 2xx
+    whose body cannot be read) may have gone through.
+    """
+    if isinstance(exc, tg.Conflict):
+        return False
+    cause = exc.__cause__
+    if isinstance(exc, tg.TimedOut):
+        return not isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout)
+    if isinstance(exc, tg.NetworkError):
+        if cause is None or isinstance(cause, tg.TelegramError):
+            return False  # the server answered with an error status
+        return not isinstance(cause, httpx.ConnectError)
+    return True  # e.g. "Invalid server response": a 2xx the SDK could not parse
 
 
 # -- normalising ---------------------------------------------------------------
@@ -283,13 +312,18 @@ class TelegramAdapter(Adapter):
         token: the bot token (default ``TELEGRAM_BOT_TOKEN``, read now).
         base_url: Bot API server root (default ``TELEGRAM_API_BASE_URL``, else
             ``https://api.telegram.org``); ``/bot<token>`` is appended.
-        retry_policy: how ``send`` retries rate limits and server errors.
+        retry_policy: how ``send`` retries rate limits and server errors; its
+            ``max_delay`` (60 s) also caps the wait a ``getUpdates`` 429 asks
+            for (polling resumes after it, whatever ``retry_after`` says).
         poll_timeout: long-poll ``timeout`` of ``getUpdates`` in seconds (whole
             seconds for api.telegram.org; ``stop()`` does not wait for it).
         drop_pending_updates: skip updates that queued up before the first start
             (restarts after a lost connection never drop anything).
         max_poll_failures: consecutive failed polls (retried with a short
             backoff) before the connection is reported lost to the supervisor.
+        read_timeout: seconds to wait for the answer to a call (PTB's 5 by
+            default; the long poll gets ``poll_timeout`` on top). A send that
+            times out may have arrived: it fails and is not retried.
 
     ``bot`` is the running ``telegram.Bot`` (``None`` while stopped), for
     callers who need a Bot API method the adapter does not wrap.
@@ -301,7 +335,7 @@ class TelegramAdapter(Adapter):
 
     _OPTIONS: ClassVar[tuple[str, ...]] = (
         "token", "base_url", "retry_policy", "poll_timeout", "drop_pending_updates",
-        "max_poll_failures",
+        "max_poll_failures", "read_timeout",
     )  # fmt: skip
 
     def __init__(
@@ -313,6 +347,7 @@ class TelegramAdapter(Adapter):
         poll_timeout: float = 10.0,
         drop_pending_updates: bool = False,
         max_poll_failures: int = 3,
+        read_timeout: float = 5.0,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -324,20 +359,25 @@ class TelegramAdapter(Adapter):
         token = token if token is not None else os.environ.get(TOKEN_ENV, "")
         if not token:
             raise ConfigError(f"no Telegram bot token: pass token= or set {TOKEN_ENV}")
-        if poll_timeout <= 0 or max_poll_failures < 1:
-            raise ConfigError("telegram: poll_timeout must be > 0 and max_poll_failures >= 1")
+        if poll_timeout <= 0 or max_poll_failures < 1 or read_timeout <= 0:
+            raise ConfigError(
+                "telegram: poll_timeout and read_timeout must be > 0 and max_poll_failures >= 1"
+            )
         root = base_url if base_url is not None else os.environ.get(BASE_URL_ENV, "")
         self.api_root = (root or DEFAULT_API_ROOT).rstrip("/")
         self._token = token
         self.poll_timeout = float(poll_timeout)
         self.drop_pending_updates = drop_pending_updates
         self.max_poll_failures = max_poll_failures
+        self.read_timeout = float(read_timeout)
         self.bot: Bot | None = None
         self.bot_id = 0
         self.bot_username = ""
         self._offset: int | None = None  # next update_id to fetch; survives restarts
         self._poll_task: asyncio.Task[None] | None = None
         self._started_once = False
+        # How the poll loop pauses (a capped 429 wait, the backoff); tests swap it.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def __repr__(self) -> str:
         return f"TelegramAdapter(api_root={self.api_root!r}, bot={self.bot_username or '?'})"
@@ -356,7 +396,7 @@ class TelegramAdapter(Adapter):
             self._token,
             base_url=f"{self.api_root}/bot",
             base_file_url=f"{self.api_root}/file/bot",
-            request=HTTPXRequest(connection_pool_size=32),
+            request=HTTPXRequest(connection_pool_size=32, read_timeout=self.read_timeout),
             # The long poll holds its connection for up to poll_timeout; PTB adds
             # the poll timeout to this read timeout for getUpdates.
             get_updates_request=HTTPXRequest(connection_pool_size=2),
@@ -402,6 +442,7 @@ class TelegramAdapter(Adapter):
 
     async def _poll(self, bot: Bot, on_inbound: OnInbound) -> None:
         failures = 0
+        capped = False  # a long rate limit is being sat out (logged once, not per poll)
         while True:
             try:
                 with map_telegram_errors():
@@ -410,8 +451,20 @@ class TelegramAdapter(Adapter):
                         allowed_updates=ALLOWED_UPDATES,
                     )  # fmt: skip
             except RetryAfter as exc:
-                log.warning("telegram: getUpdates rate limited; waiting %gs", exc.retry_after)
-                await asyncio.sleep(exc.retry_after)
+                # The server's say-so is capped as a send's wait is: a 429 asking for
+                # 97 minutes must not deafen the bot. Poll again after the cap; if
+                # still limited, the server says so again (logged at WARNING once).
+                wait = min(exc.retry_after, self.retry_policy.max_delay)
+                if wait < exc.retry_after:
+                    if not capped:
+                        log.warning(
+                            "telegram: getUpdates rate limited for %gs; polling again every "
+                            "%gs until it lifts", exc.retry_after, wait,
+                        )  # fmt: skip
+                    capped = True
+                else:
+                    log.warning("telegram: getUpdates rate limited; waiting %gs", wait)
+                await self.sleep(wait)
                 continue
             except PlatformAuthError as exc:
                 self.report_failure(exc)
@@ -429,9 +482,10 @@ class TelegramAdapter(Adapter):
                     return
                 delay = self.poll_retry_delay * 2 ** (failures - 1)
                 log.warning("telegram: getUpdates failed (%r); retrying in %.2fs", reason, delay)
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
                 continue
             failures = 0
+            capped = False
             for update in updates:
                 await self._deliver(update, on_inbound)
                 # Confirmed by the next getUpdates; set after delivery, so a stop

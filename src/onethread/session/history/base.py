@@ -6,7 +6,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["HistoryEntry", "HistoryStore", "SessionSummary"]
+__all__ = [
+    "DELIVERY_CUT",
+    "DELIVERY_FAILED",
+    "HistoryEntry",
+    "HistoryStore",
+    "SessionSummary",
+    "delivery_failed",
+]
+
+DELIVERY_FAILED = "failed"
+"""``metadata["delivery"]`` of text that did not reach the person (see ``delivery_failed``)."""
+
+DELIVERY_CUT = "cut"
+"""``metadata["delivery"]`` of a reply too long to send whole: only its first part went out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +30,11 @@ class HistoryEntry:
     on its own (a reminder, a cross-platform reply) that was mirrored in with
     ``mirror_to_session``; ``source`` says who produced it (``"cron"``,
     ``"notify"``) and ``metadata`` carries the caller's extra JSON-able data.
-    ``timestamp`` is Unix seconds.
+    ``timestamp`` is Unix seconds. Text the bot meant to send and could not
+    deliver is kept, marked ``metadata["delivery"] == "failed"`` and
+    ``metadata["delivery_error"]`` (the error's class name); see
+    :attr:`undelivered`. A reply sent only in part (too long) is marked
+    ``metadata["delivery"] == "cut"``.
     """
 
     role: str
@@ -31,6 +48,11 @@ class HistoryEntry:
     mirror: bool = False
     source: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def undelivered(self) -> bool:
+        """True when the bot's text did not reach the person (a send that failed for good)."""
+        return bool(self.metadata) and self.metadata.get("delivery") == DELIVERY_FAILED
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field (used by export and the Redis store)."""
@@ -64,6 +86,11 @@ class HistoryEntry:
             source=str(data.get("source", "")),
             metadata=dict(data.get("metadata") or {}),
         )
+
+
+def delivery_failed(exc: BaseException) -> dict[str, str]:
+    """The metadata that marks an entry as not delivered because of ``exc``."""
+    return {"delivery": DELIVERY_FAILED, "delivery_error": type(exc).__name__}
 
 
 @dataclass(frozen=True, slots=True)
