@@ -204,6 +204,7 @@ async def test_person_page_escapes_text_and_shows_marks(botos: BotOS) -> None:
         HistoryEntry("assistant", "reminder!", 2.0, mirror=True, source="cron"),
         HistoryEntry("assistant", "lost reply", 3.0,
                      metadata={"delivery": "failed", "delivery_error": "PlatformUnavailable"}),
+        HistoryEntry("assistant", "very long reply", 4.0, metadata={"delivery": "cut"}),
     ])  # fmt: skip
     async with client() as http:
         await login(http, botos)
@@ -214,6 +215,7 @@ async def test_person_page_escapes_text_and_shows_marks(botos: BotOS) -> None:
     assert "<b>erin</b>" not in page and "&lt;b&gt;erin&lt;/b&gt;" in page
     assert "mirrored: cron" in page
     assert "not delivered (PlatformUnavailable)" in page
+    assert "cut: only the first part was sent" in page
 
 
 async def test_recent_errors_and_logout(botos: BotOS) -> None:

@@ -14,6 +14,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from ..session.history.base import DELIVERY_CUT, DELIVERY_FAILED
 from .audit import AuditEntry, ErrorRecord
 
 __all__ = ["Person", "dashboard_page", "login_page", "message_page", "person_page"]
@@ -270,9 +271,11 @@ def _marks(entry: Mapping[str, Any]) -> str:
         marks.append(f'<span class="mark mirror">mirrored: {_e(entry.get("source") or "mirror")}'
                      "</span>")  # fmt: skip
     meta = entry.get("metadata") or {}
-    if meta.get("delivery") == "failed":
+    if meta.get("delivery") == DELIVERY_FAILED:  # kept, but the person never got it
         why = meta.get("delivery_error") or "error"
         marks.append(f'<span class="mark undelivered">not delivered ({_e(why)})</span>')
+    elif meta.get("delivery") == DELIVERY_CUT:  # too long: only the first part went out
+        marks.append('<span class="mark undelivered">cut: only the first part was sent</span>')
     return " ".join(marks)
 
 
