@@ -279,7 +279,9 @@ async def paired_bursts(
     change on a shared machine hit both alike, which separate runs cannot.
     Returns turns, wall and CPU seconds per side.
     """
-    totals = {side: {"turns": 0, "wall_s": 0.0, "cpu_s": 0.0} for side in ("on", "off")}
+    totals: dict[str, Any] = {
+        side: {"turns": 0, "wall_s": 0.0, "cpu_s": 0.0, "bursts": []} for side in ("on", "off")
+    }
     async with World(store_on, users, True) as on, World(store_off, users, False) as off:
         worlds = {"on": on, "off": off}
         for world in worlds.values():
@@ -290,9 +292,12 @@ async def paired_bursts(
                 del world.tracker.latencies[:]
                 t0, cpu0 = time.perf_counter(), time.process_time()
                 await world.closed_loop(burst_seconds)
-                totals[side]["wall_s"] += time.perf_counter() - t0
-                totals[side]["cpu_s"] += time.process_time() - cpu0
-                totals[side]["turns"] += len(world.tracker.latencies)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+                turns = len(world.tracker.latencies)
+                totals[side]["wall_s"] += wall
+                totals[side]["cpu_s"] += cpu
+                totals[side]["turns"] += turns
+                totals[side]["bursts"].append((turns, wall, cpu))
     return totals
 
 
@@ -319,6 +324,8 @@ def metrics_overhead(args: argparse.Namespace) -> None:
     process. The loop is CPU-bound, so both measure the same thing on a quiet
     machine; on a shared one the CPU figure is the steadier.
     """
+    import statistics
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for store in args.stores.split(","):
@@ -329,11 +336,20 @@ def metrics_overhead(args: argparse.Namespace) -> None:
                 paired_bursts(*urls, args.overhead_users, args.rounds, args.seconds)
             )
             row: dict[str, Any] = {"store": store, "users": args.overhead_users, **totals}
-            for key, over in (("turns_per_s", "wall_s"), ("turns_per_cpu_s", "cpu_s")):
-                on = totals["on"]["turns"] / totals["on"][over]
-                off = totals["off"]["turns"] / totals["off"][over]
+            for key, col in (("turns_per_s", 1), ("turns_per_cpu_s", 2)):
+                on = totals["on"]["turns"] / sum(b[col] for b in totals["on"]["bursts"])
+                off = totals["off"]["turns"] / sum(b[col] for b in totals["off"]["bursts"])
+                # Each on burst ran next to an off burst: the median of their ratios
+                # shrugs off a burst another program on the machine slowed down.
+                ratios = [
+                    (a[0] / a[col]) / (b[0] / b[col])
+                    for a, b in zip(totals["on"]["bursts"], totals["off"]["bursts"], strict=True)
+                    if a[col] > 0 and b[col] > 0 and b[0] > 0
+                ]
                 row[key] = {"on": round(on), "off": round(off),
-                            "cost_percent": round(100.0 * (1.0 - on / off), 2)}  # fmt: skip
+                            "cost_percent": round(100.0 * (1.0 - on / off), 2),
+                            "paired_median_cost_percent":
+                                round(100.0 * (1.0 - statistics.median(ratios)), 2)}  # fmt: skip
             cost_us = recording_cost_us()
             turn_us = 1e6 * totals["off"]["cpu_s"] / totals["off"]["turns"]
             row["recording"] = {"us_per_turn": round(cost_us, 3), "turn_cpu_us": round(turn_us, 1),
@@ -342,8 +358,10 @@ def metrics_overhead(args: argparse.Namespace) -> None:
             wall, cpu = row["turns_per_s"], row["turns_per_cpu_s"]
             print(
                 f"{store:7} users={args.overhead_users} metrics on/off: turns/s "
-                f"{wall['on']}/{wall['off']} (cost {wall['cost_percent']:+.2f}%), "
-                f"turns per CPU-s {cpu['on']}/{cpu['off']} (cost {cpu['cost_percent']:+.2f}%); "
+                f"{wall['on']}/{wall['off']} (cost {wall['cost_percent']:+.2f}%, paired "
+                f"median {wall['paired_median_cost_percent']:+.2f}%), turns per CPU-s "
+                f"{cpu['on']}/{cpu['off']} (cost {cpu['cost_percent']:+.2f}%, paired median "
+                f"{cpu['paired_median_cost_percent']:+.2f}%); "
                 f"recording alone {cost_us:.2f} us of a {turn_us:.0f} us turn "
                 f"({row['recording']['cost_percent']:.2f}%)",
                 flush=True,
