@@ -172,6 +172,14 @@ async def test_deny_link_and_refusals_are_audited_and_agree_with_the_cli(
                                   user_id="555", unified="dora")  # fmt: skip
         assert "link telegram:555: linked to dora" in page
         status, page = await post(http, botos, "link", csrf, platform="telegram",
+                                  user_id="555", unified="dora")  # fmt: skip
+        assert "link telegram:555: linked to dora" in page and "(was" not in page
+        status, page = await post(http, botos, "link", csrf, platform="telegram",
+                                  user_id="666", unified="dora")  # fmt: skip
+        status, page = await post(http, botos, "link", csrf, platform="telegram",
+                                  user_id="666", unified="erik")  # fmt: skip
+        assert "link telegram:666: linked to erik (was dora)" in page
+        status, page = await post(http, botos, "link", csrf, platform="telegram",
                                   user_id="555", unified="bad:id")  # fmt: skip
         assert "refused:" in page
         status, page = await post(http, botos, "link", csrf, platform="nosuch",
@@ -186,13 +194,14 @@ async def test_deny_link_and_refusals_are_audited_and_agree_with_the_cli(
     assert main(["identity", "list", "dora"]) == 0
     assert "555" in capsys.readouterr().out
     logged = [r.getMessage() for r in caplog.records if r.name == "onethread.audit"]
-    assert len(logged) == 6 and logged[1].startswith("admin admin#")
+    assert len(logged) == 9 and logged[1].startswith("admin admin#")
     assert "deny telegram:666 (denied)" in logged[1]
     # The trail is in the store (a file), not only in this process.
     trail = AuditLog(botos.ops.audit.path).recent()
     assert [(a.action, a.detail.split(":")[0]) for a in reversed(trail)] == [
         ("login", "ok"), ("deny", "denied"), ("approve", "approved; told them"),
-        ("link", "linked to dora"), ("link", "refused"), ("link", "refused"),
+        ("link", "linked to dora"), ("link", "linked to dora"), ("link", "linked to dora"),
+        ("link", "linked to erik (was dora)"), ("link", "refused"), ("link", "refused"),
     ]  # fmt: skip
 
 
@@ -342,6 +351,25 @@ async def test_scheduled_jobs_are_listed_and_cancelled_when_there_is_a_scheduler
             ("cancel", "job j1", "cancelled"),
             ("cancel", "job j1", "refused: job j1 is not active (already done or cancelled)"),
         ]
+    finally:
+        await os_.stop()
+        await task
+
+
+async def test_a_proxy_origin_listed_for_the_web_chat_is_accepted() -> None:
+    """Behind a reverse proxy the page's origin is not the Host the server sees."""
+    os_, task = await serve(
+        web={"port": 0, "allowed_origins": ["https://bot.example.com"]},
+        admin_token=TOKEN, audit=":memory:",
+    )  # fmt: skip
+    try:
+        async with client() as http:
+            csrf = await login(http, os_)
+            for origin, status in (("https://bot.example.com", 200), ("https://evil.example", 403)):
+                async with http.post(url(os_, "admin/deny"), headers={"Origin": origin},
+                                     data={"csrf": csrf, "platform": "telegram",
+                                           "user_id": "1"}) as resp:  # fmt: skip
+                    assert resp.status == status, origin
     finally:
         await os_.stop()
         await task

@@ -205,18 +205,23 @@ class Admin:
     def _same_origin(self, request: web.Request) -> bool:
         """False for a browser request sent by another site's page.
 
-        ``Sec-Fetch-Site`` says it directly when the browser sends it; else the
-        ``Origin`` (a browser's POST carries one) must be this server. A request
-        with neither is not a browser's form (a script holding the cookie).
+        ``Sec-Fetch-Site``, which pages cannot set, says it directly when the
+        browser sends it (behind a reverse proxy too). Else the ``Origin`` (a
+        browser's POST carries one) must be this server or one of the web
+        chat's ``allowed_origins``. A request with neither is not a browser's
+        form (a script holding the cookie, which the CSRF token still checks).
         """
         fetch_site = request.headers.get("Sec-Fetch-Site")
-        if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-            return False
+        if fetch_site is not None:
+            return fetch_site in ("same-origin", "none")
         origin = request.headers.get("Origin")
-        if origin is None or origin == "null":
-            # "null": a privacy-minded browser hid it; trust Sec-Fetch-Site if it came.
-            return origin is None or fetch_site is not None
-        _, sep, authority = origin.rstrip("/").lower().partition("://")
+        if origin is None:
+            return True
+        origin = origin.rstrip("/").lower()
+        allowed: frozenset[str] = getattr(self.botos.http_adapter(), "allowed_origins", frozenset())
+        if origin in allowed:
+            return True
+        _, sep, authority = origin.partition("://")  # "null" (a hidden origin) has none
         return bool(sep) and authority == request.host.lower()
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
@@ -487,8 +492,10 @@ class Admin:
         resolver = self.botos.session.identity_resolver
         if resolver is None:
             raise ConfigError("linking is not enabled (no identity resolver)")
+        before = resolver.resolve(platform, user_id)
         await asyncio.to_thread(resolver.link, platform, user_id, unified)  # validates
-        return f"{platform}:{user_id}", f"linked to {unified}"
+        moved = "" if before in (unified, unlinked_id(platform, user_id)) else f" (was {before})"
+        return f"{platform}:{user_id}", f"linked to {unified}{moved}"  # as `identity link` says
 
 
 def _redirect(location: str) -> web.Response:
