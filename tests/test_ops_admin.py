@@ -345,11 +345,15 @@ async def test_scheduled_jobs_are_listed_and_cancelled_when_there_is_a_scheduler
             assert "cancel job j1: cancelled" in page and "Stand-up" not in page
             status, page = await post(http, os_, "cancel", csrf, job_id="j1")
             assert "cancel job j1: refused: job j1 is not active" in page
-        assert set(os_.active) == {"j2"}
+            assert set(os_.active) == {"j2"}
+            os_.active = None  # type: ignore[assignment]  # the scheduler breaks: a bug
+            status, _ = await post(http, os_, "cancel", csrf, job_id="j2")
+            assert status == 500
         trail = [(a.action, a.target, a.detail) for a in reversed(os_.ops.audit.recent())]
         assert trail[1:] == [
             ("cancel", "job j1", "cancelled"),
             ("cancel", "job j1", "refused: job j1 is not active (already done or cancelled)"),
+            ("cancel", "job j2", "failed: AttributeError"),  # audited all the same
         ]
     finally:
         await os_.stop()

@@ -157,7 +157,7 @@ class Admin:
         app.router.add_get("/admin/admin.css", self._stylesheet)
         app.router.add_get("/admin/person", self._person)
         app.router.add_post("/admin/login", self._login)
-        actions: dict[str, Callable[[Any, str], Awaitable[tuple[str, str]]]] = {
+        actions: dict[str, Callable[[Any], Awaitable[tuple[str, str]]]] = {
             "logout": self._do_logout,
             "approve": self._do_approve,
             "deny": self._do_deny,
@@ -378,7 +378,7 @@ class Admin:
     # -- actions -----------------------------------------------------------------
 
     def _action_handler(
-        self, name: str, action: Callable[[Any, str], Awaitable[tuple[str, str]]]
+        self, name: str, action: Callable[[Any], Awaitable[tuple[str, str]]]
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
             session = self._require(request)
@@ -393,9 +393,12 @@ class Admin:
             if not back.startswith("/admin") or back.startswith("//"):
                 back = "/admin"
             try:
-                target, outcome = await action(form, self._who(session))
+                target, outcome = await action(form)
             except (OnethreadError, ValueError) as exc:
                 target, outcome = _target(form), f"refused: {exc}"
+            except Exception as exc:  # a bug or an outage: audited, then a 500 as usual
+                await self._record(session, name, _target(form), f"failed: {type(exc).__name__}")
+                raise
             await self._record(session, name, target, outcome)
             if name == "logout":
                 key = next((k for k, s in self._sessions.items() if s is session), None)
@@ -419,10 +422,10 @@ class Admin:
             raise ConfigError("platform and account id are both needed")
         return known_platform(platform), user_id
 
-    async def _do_logout(self, form: Any, who: str) -> tuple[str, str]:
+    async def _do_logout(self, form: Any) -> tuple[str, str]:
         return "admin page", "ok"
 
-    async def _do_approve(self, form: Any, who: str) -> tuple[str, str]:
+    async def _do_approve(self, form: Any) -> tuple[str, str]:
         from ..bots.policy import APPROVAL_PURPOSE
         from ..errors import ConfigError
 
@@ -441,7 +444,7 @@ class Admin:
                 log.warning("could not tell %s they were approved: %s", platform, exc)
         return f"{platform}:{user_id}", "approved" + told
 
-    async def _do_deny(self, form: Any, who: str) -> tuple[str, str]:
+    async def _do_deny(self, form: Any) -> tuple[str, str]:
         from ..bots.policy import APPROVAL_PURPOSE
         from ..errors import ConfigError
 
@@ -454,7 +457,7 @@ class Admin:
             raise ConfigError(f"{platform}:{user_id} has no pending request")
         return f"{platform}:{user_id}", "denied"
 
-    async def _do_unlink(self, form: Any, who: str) -> tuple[str, str]:
+    async def _do_unlink(self, form: Any) -> tuple[str, str]:
         from ..errors import ConfigError
 
         platform, user_id = self._account(form)
@@ -471,7 +474,7 @@ class Admin:
         session.forget_merge(platform, user_id)
         return f"{platform}:{user_id}", f"unlinked from {before}"
 
-    async def _do_cancel(self, form: Any, who: str) -> tuple[str, str]:
+    async def _do_cancel(self, form: Any) -> tuple[str, str]:
         from ..errors import ConfigError
 
         job_id = str(form.get("job_id", "")).strip()
@@ -484,7 +487,7 @@ class Admin:
             raise ConfigError(f"job {job_id} is not active (already done or cancelled)")
         return f"job {job_id}", "cancelled"
 
-    async def _do_link(self, form: Any, who: str) -> tuple[str, str]:
+    async def _do_link(self, form: Any) -> tuple[str, str]:
         from ..errors import ConfigError
 
         platform, user_id = self._account(form)
