@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
+from byo_frameworks import env_for, last_user_text, model_handler, request_text
+from fake_openai import FakeOpenAI
 from onethread.bots import BotSessionManager
 from readme_examples import examples, run_example, run_plain_example
 
@@ -58,3 +62,21 @@ def test_session_manager_example(capsys: object) -> None:
 
 def test_resolvers_example() -> None:
     run_plain_example("resolvers", {})
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["byo-praisonaiagents", "byo-openai-agents", "byo-pydantic-ai", "byo-langgraph"],
+)
+async def test_bring_your_own_agent_examples(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with FakeOpenAI(model_handler) as server:
+        for key, value in env_for(server.base_url).items():
+            monkeypatch.setenv(key, value)
+        # The example is a script (asyncio.run): it runs in a thread, the fake on this loop.
+        await asyncio.to_thread(run_plain_example, name, {"__name__": "__main__"})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2:] == ["ack: What is my cat called?", "tool said: You are Alice on discord"]
+    asked = next(b for b in server.requests if last_user_text(b) == "What is my cat called?")
+    assert "My cat is called Tom." in request_text(asked)  # across platforms, in the framework

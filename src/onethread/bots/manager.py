@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
+from ..agent.responder import Responder, as_responder
 from ..errors import ModelError
 from ..session._conn.shared import masked, who
 from ..session.context import SessionContext, clear_session_context, set_session_context
@@ -28,16 +29,6 @@ log = logging.getLogger("onethread.session")
 _MERGED_MAX = 100_000  # accounts remembered as merged (see merge_legacy)
 
 APOLOGY = "Sorry, I could not reach my language model just now. Please try again in a moment."
-
-
-class Responder(Protocol):
-    """What the manager needs of an agent (``onethread.Agent`` is one)."""
-
-    async def respond(
-        self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
-    ) -> str:
-        """Return the reply to ``message`` given the earlier ``history``."""
-        ...
 
 
 class TurnStats:
@@ -98,6 +89,10 @@ class BotSessionManager:
         # mirror_to_session calls made inside the loop, still writing (loop thread only).
         self.pending_mirrors: set[asyncio.Task[bool]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Framework agents given to chat() directly, wrapped once: id -> (agent, wrapper).
+        # The agent is held so its id is not reused while the entry lives.
+        self._wrapped: dict[int, tuple[object, Responder]] = {}
+        self._plain: set[type] = set()  # classes as_responder() returned as they are
 
     # -- plumbing --------------------------------------------------------------
 
@@ -160,9 +155,25 @@ class BotSessionManager:
 
     # -- the turn --------------------------------------------------------------
 
+    def _responder(self, agent: object) -> Responder:
+        """``agent`` as a Responder (``onethread.agent.as_responder``), wrapped once per agent."""
+        if type(agent) in self._plain:
+            return agent  # type: ignore[return-value]  # checked once per class: the hot path
+        found = self._wrapped.get(id(agent))
+        if found is not None and found[0] is agent:
+            return found[1]
+        responder = as_responder(agent)
+        if responder is agent:
+            self._plain.add(type(agent))
+            return responder
+        if len(self._wrapped) >= 64:  # a handful of agents in practice; never unbounded
+            self._wrapped.pop(next(iter(self._wrapped)))
+        self._wrapped[id(agent)] = (agent, responder)
+        return responder
+
     async def chat(
         self,
-        agent: Responder,
+        agent: Responder | object,
         user_id: str,
         prompt: str,
         *,
@@ -186,6 +197,10 @@ class BotSessionManager:
         (not delivered, not stored: the caller sends it). ``stats``, when
         given, receives the model's time and whether it failed.
 
+        ``agent`` is anything ``Bot(agent=...)`` accepts: an ``Agent``, a
+        Responder, or a framework's agent (wrapped, see ``onethread.agent``);
+        anything else is a ``TypeError`` naming what is accepted.
+
         ``deliver`` (optional) sends the reply; it runs under the turn lock
         before the turn is stored. When it raises, the turn is stored anyway,
         the reply marked ``metadata["delivery"] == "failed"`` with
@@ -194,6 +209,7 @@ class BotSessionManager:
         (``{"delivery": "cut"}``: only the first part was sent). Without
         ``deliver`` the caller sends the returned reply.
         """
+        responder = self._responder(agent)
         if self.loop is None:
             self.bind_loop()
         unified = self.resolve(platform, user_id)
@@ -240,7 +256,7 @@ class BotSessionManager:
                 )
                 asked = time.perf_counter()
                 try:
-                    reply = await agent.respond(history, message, group=group)
+                    reply = await responder.respond(history, message, group=group)
                 except ModelError as exc:
                     if stats is not None:
                         stats.model_seconds = time.perf_counter() - asked
