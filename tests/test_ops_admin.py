@@ -377,3 +377,19 @@ async def test_a_proxy_origin_listed_for_the_web_chat_is_accepted() -> None:
     finally:
         await os_.stop()
         await task
+
+
+async def test_approving_a_sender_of_a_platform_served_elsewhere(botos: BotOS) -> None:
+    """The approval is stored (their next message, on the host that serves them, is
+    answered); nobody is told from here, and the page says so."""
+    from onethread.bots.policy import APPROVAL_PURPOSE
+
+    store = botos.pairing_store()
+    assert store is not None
+    assert store.issue(APPROVAL_PURPOSE, "discord", "77", chat_id="dm-77") is not None
+    async with client() as http:
+        csrf = await login(http, botos)
+        status, page = await post(http, botos, "approve", csrf, platform="discord", user_id="77")
+    assert "approve discord:77: approved; not told (discord is not served here)" in page
+    assert store.is_approved("discord", "77")
+    assert store.requests(APPROVAL_PURPOSE) == []

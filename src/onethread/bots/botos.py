@@ -206,9 +206,13 @@ class BotOS:
         if bot is not None:
             await bot.send(chat_id, text)
 
-    async def send_to(self, platform: str, chat_id: str, text: str) -> None:
-        """Send ``text`` to a chat on ``platform`` if this BotOS serves it (else nothing)."""
+    async def send_to(self, platform: str, chat_id: str, text: str) -> bool:
+        """Send ``text`` to a chat on ``platform``; False (nothing sent) when this BotOS
+        does not serve that platform. Raises the platform's error when sending fails."""
+        if platform not in self.bots:
+            return False
         await self._send_to(platform, chat_id, text)
+        return True
 
     async def start(self) -> None:
         """Start every bot and serve until :meth:`stop`.

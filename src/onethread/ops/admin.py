@@ -436,12 +436,16 @@ class Admin:
         settled = await asyncio.to_thread(pairing.settle, APPROVAL_PURPOSE, platform, user_id)
         await asyncio.to_thread(pairing.approve, platform, user_id)
         told = ""
-        for request in settled[-1:]:  # the latest chat the request came from
+        latest = max(settled, key=lambda r: r.created, default=None)  # where they last asked
+        if latest is not None and latest.chat_id:
             try:
-                await self.botos.send_to(platform, request.chat_id, APPROVED_TEXT)
-                told = "; told them"
+                if await self.botos.send_to(platform, latest.chat_id, APPROVED_TEXT):
+                    told = "; told them"
+                else:  # another host serves that platform
+                    told = f"; not told ({platform} is not served here)"
             except Exception as exc:  # approved all the same; their next message is answered
                 log.warning("could not tell %s they were approved: %s", platform, exc)
+                told = f"; could not tell them ({type(exc).__name__})"
         return f"{platform}:{user_id}", "approved" + told
 
     async def _do_deny(self, form: Any) -> tuple[str, str]:
