@@ -3,6 +3,7 @@ per-turn line as one JSON object per line (the same fields as the text line)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -46,17 +47,21 @@ async def test_run_with_json_logs_serves_readyz_and_metrics(tmp_path: Path) -> N
             async with http.get(url + "readyz") as resp:
                 assert resp.status == 200
                 body = await resp.json()
-            async with http.get(url + "metrics") as resp:
-                assert resp.status == 200
-                metrics = await resp.text()
+            # The turn is counted once stored, a moment after its reply went out.
+            turns: dict[tuple[tuple[str, str], ...], float] = {}
+            async with asyncio.timeout(10):
+                while not turns:
+                    async with http.get(url + "metrics") as resp:
+                        assert resp.status == 200
+                        metrics = await resp.text()
+                    turns = {
+                        tuple(sorted(s.labels.items())): s.value
+                        for family in text_string_to_metric_families(metrics)
+                        for s in family.samples
+                        if s.name == "onethread_turns_total"
+                    }
         assert body["platforms"] == {"web": {"ok": True, "state": "connected"}}
         assert set(body["stores"]) == {"history", "identity", "pairing"}
-        turns = {
-            tuple(sorted(s.labels.items())): s.value
-            for family in text_string_to_metric_families(metrics)
-            for s in family.samples
-            if s.name == "onethread_turns_total"
-        }
         assert turns == {(("outcome", "ok"), ("platform", "web")): 1.0}
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0

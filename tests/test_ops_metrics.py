@@ -28,14 +28,20 @@ FAST = RetryPolicy(attempts=3, base_delay=0.001, max_delay=1.0)
 
 
 class Agent(RecordingAgent):
-    """Answers, except that a message ``fail`` makes the model fail."""
+    """Answers, except that a message ``fail`` makes the model fail; with ``hold`` set,
+    every answer waits for that event."""
+
+    hold: asyncio.Event | None = None
 
     async def respond(
         self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
     ) -> str:
         if message.content == "fail":
             raise ModelError("upstream 500", status_code=500)
-        return await super().respond(history, message, group=group)
+        reply = await super().respond(history, message, group=group)
+        if self.hold is not None:
+            await self.hold.wait()
+        return reply
 
 
 class FlakyAdapter(FakeAdapter):
@@ -86,12 +92,19 @@ def fake(botos: BotOS) -> FlakyAdapter:
     return adapter
 
 
+async def settled(*bots: Bot) -> None:
+    """Until every turn of ``bots`` has finished (its accounting runs after the send)."""
+    async with asyncio.timeout(10):
+        while any(bot._turns for bot in bots):
+            await asyncio.sleep(0.005)
+
+
 async def turn(botos: BotOS, text: str, **kw: str) -> None:
     adapter = fake(botos)
     before = len(adapter.sent)
     await adapter.inject(text, **kw)
     await adapter.wait_sent(before + 1)
-    await asyncio.sleep(0.01)  # the turn's accounting runs after the send returns
+    await settled(*botos.bots.values())
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -122,7 +135,7 @@ async def test_metrics_count_what_happened(botos: BotOS) -> None:
     await turn(botos, "/link WRONGCODE2345", user="u5")  # refused
     fake(botos).errors += [PlatformUnavailable("503", platform="telegram")] * 3
     await fake(botos).inject("never arrives", user="u6")
-    await asyncio.sleep(0.2)
+    await settled(*botos.bots.values())
 
     got = await scrape(botos)
 
@@ -163,14 +176,20 @@ async def test_locked_out_link_attempts_are_counted(botos: BotOS) -> None:
 
 async def test_live_turn_locks_are_a_gauge(botos: BotOS) -> None:
     agent = botos.agent
-    assert isinstance(agent, RecordingAgent)
-    agent.delay = 0.5
+    assert isinstance(agent, Agent)
+    release = asyncio.Event()
+    agent.hold = release  # both turns wait inside the model, holding their turn locks
     await fake(botos).inject("slow", user="a")
     await fake(botos).inject("slow", user="b")
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(10):
+        while len(agent.calls) < 2:
+            await asyncio.sleep(0.01)
     got = await scrape(botos)
     assert got[("onethread_turn_locks", ())] == 2
+    release.set()
     await fake(botos).wait_sent(2)
+    await settled(*botos.bots.values())
+    assert (await scrape(botos))[("onethread_turn_locks", ())] == 0
 
 
 async def test_metrics_off_serves_404_and_counts_nothing() -> None:
@@ -264,7 +283,7 @@ async def test_web_accounts_are_hashed_the_same_way_every_turn(
         await adapter.inject("one", user="42")
         await adapter.inject("two", user="42")
         await adapter.wait_sent(2)
-        await asyncio.sleep(0.01)
+        await settled(bot)
     finally:
         await bot.stop()
         await task
@@ -351,7 +370,7 @@ async def test_a_completed_link_is_counted() -> None:
         assert match, issued
         await discord.inject(f"/link {match.group(1)}", user="d1")
         assert "Linked" in (await discord.wait_sent(1))[-1].text
-        await asyncio.sleep(0.01)
+        await settled(*os_.bots.values())
         got = await scrape(os_)
     finally:
         await os_.stop()
