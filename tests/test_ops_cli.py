@@ -60,6 +60,7 @@ async def test_run_with_json_logs_serves_readyz_and_metrics(tmp_path: Path) -> N
                         for s in family.samples
                         if s.name == "onethread_turns_total"
                     }
+                    await asyncio.sleep(0 if turns else 0.05)
         assert body["platforms"] == {"web": {"ok": True, "state": "connected"}}
         assert set(body["stores"]) == {"history", "identity", "pairing"}
         assert turns == {(("outcome", "ok"), ("platform", "web")): 1.0}
