@@ -122,3 +122,20 @@ def test_json_lines_stay_one_line_with_a_traceback() -> None:
     assert data["message"] == "turn m1 failed" and data["level"] == "ERROR"
     assert "RuntimeError: boom" in data["exc"]
     assert "platform" not in data  # only the per-turn line carries the turn fields
+
+
+def test_the_readme_examples_of_operating_match_what_is_served() -> None:
+    """The README's scrape config and /readyz body are what the code serves."""
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Operating onethread", 1)[1].split("\n## ", 1)[0]
+    blocks = dict(re.findall(r"```(\w+)\n(.*?)```", section, re.S))
+    scrape = yaml.safe_load(blocks["yaml"])["scrape_configs"][0]
+    assert scrape["metrics_path"] == "/metrics"
+    body = json.loads(blocks["json"])
+    assert set(body) == {"ready", "stores", "platforms"}
+    for store in body["stores"].values():
+        assert set(store) <= {"ok", "kind", "error"} and "kind" in store
+    for platform in body["platforms"].values():
+        assert platform["state"] in ("connected", "connecting", "failed")
