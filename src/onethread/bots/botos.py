@@ -192,7 +192,7 @@ class BotOS:
                 f"the {bot.platform} bot has its own session manager; build it with "
                 "session=botos.session so every platform shares one history"
             )
-        bot._commands = self.commands  # /link across platforms needs the shared flow
+        bot.use_commands(self.commands)  # /link across platforms needs the shared flow
         bot.use_metrics(self.metrics)
         if isinstance(self.metrics, Metrics):
             self.metrics.watch_platform(bot.platform, bot.ready.is_set)

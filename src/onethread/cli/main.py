@@ -122,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="json: one JSON object per log line, for log shippers (default text)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        help="one of these; COMMAND -h shows its help",
+    )
     cli_run.add_parsers(sub, common)
 
     init = sub.add_parser(

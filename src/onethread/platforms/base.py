@@ -78,6 +78,8 @@ class Adapter(ABC):
     # One reply never floods a chat: beyond this many messages it is cut (with a note).
     max_messages: ClassVar[int] = 10
     typing_interval: ClassVar[float] = 4.0
+    help_lines: ClassVar[tuple[str, ...]] = ()
+    """Lines this platform adds to ``/help``: commands the adapter handles itself."""
     metrics: NullMetrics = NULL_METRICS
     """Where ``send()`` counts deliveries, retries and rate-limit waits (set by the Bot)."""
 
@@ -103,6 +105,16 @@ class Adapter(ABC):
 
         The default does nothing; an adapter that shows stored conversations
         (the web chat) reads ``bot.session`` here.
+        """
+        return None
+
+    def on_unstored_reply(self, msg: Inbound, reply: str) -> None:
+        """Called by the ``Bot`` after it answered ``msg`` with ``reply`` outside the
+        history (a slash command, an access refusal): neither is stored, and the
+        model never sees them.
+
+        The default does nothing; an adapter that redraws the conversation from
+        the history (the web chat, on a page reload) keeps them itself.
         """
         return None
 
