@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DELIVERY_OUTCOMES",
+    "JOB_OUTCOMES",
     "LINK_OUTCOMES",
     "NULL_METRICS",
     "TURN_OUTCOMES",
