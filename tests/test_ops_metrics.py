@@ -269,7 +269,7 @@ async def test_one_info_line_per_turn_without_text_or_ids(
     assert {k: record[k] for k in fields} == fields
 
 
-async def test_web_accounts_are_hashed_the_same_way_every_turn(
+async def test_an_account_gets_the_same_hash_every_turn(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from onethread.session._conn.shared import who
