@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 __all__ = ["FakeOpenAI", "FakeReply", "Handler", "error", "text", "tool_call", "tool_calls"]
 
@@ -122,6 +122,9 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self._queue: deque[FakeReply | str] = deque()
+        # POST /v1/audio/transcriptions: what each upload says (by its bytes), and the calls.
+        self.transcripts: dict[bytes, str] = {}
+        self.transcriptions: list[dict[str, Any]] = []
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -139,6 +142,7 @@ class FakeOpenAI:
         """Bind to a free port on 127.0.0.1 and serve."""
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -166,6 +170,30 @@ class FakeOpenAI:
             return await self._answer(request)
         finally:
             self.in_flight -= 1
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        """``multipart/form-data`` with ``file`` and ``model``, as the real endpoint takes."""
+        if self.api_key is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            return _error_response(error(401))
+        if not request.content_type.startswith("multipart/"):
+            return _error_response(error(400, "Expected multipart/form-data."))
+        fields: dict[str, Any] = {}
+        async for part in await request.multipart():
+            if isinstance(part, BodyPartReader) and part.name:
+                data = await part.read()
+                fields[part.name] = (part.filename, bytes(data))
+        if "file" not in fields or "model" not in fields:
+            return _error_response(error(400, "'file' and 'model' are required."))
+        filename, data = fields["file"]
+        self.transcriptions.append(
+            {"model": fields["model"][1].decode(), "filename": filename, "bytes": len(data)}
+        )
+        said = self.transcripts.get(data)
+        if said is None:
+            return _error_response(error(400, "fake_openai: no transcript set for these bytes"))
+        return web.json_response({"text": said})
 
     async def _answer(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")

@@ -378,3 +378,27 @@ async def test_a_completed_link_is_counted() -> None:
     assert got[("onethread_link_attempts_total", (("outcome", "issued"),))] == 1
     assert got[("onethread_link_attempts_total", (("outcome", "linked"),))] == 1
     assert ("onethread_link_attempts_total", (("outcome", "refused"),)) not in got
+
+
+async def test_a_message_of_refused_attachments_only_is_its_own_outcome() -> None:
+    from onethread.session.attachments import Attachment
+
+    metrics = Metrics()
+    adapter = FakeAdapter("telegram")
+    bot = Bot("telegram", RecordingAgent(), adapter=adapter, store="memory://",
+              max_attachment_bytes=1000, metrics=metrics)  # fmt: skip
+    task = asyncio.create_task(bot.start())
+    await asyncio.wait_for(bot.ready.wait(), 5)
+    try:
+        big = Attachment("file", name="big.bin", size=5_000_000)
+        await adapter.inject("", user="1", files=[(big, b"x" * 10)])
+        await adapter.wait_sent(1)
+        await settled(bot)
+    finally:
+        await bot.stop()
+        await task
+    got = samples((await metrics.exposition()).decode())
+    key = ("onethread_turns_total", (("outcome", "attachment_refused"), ("platform", "telegram")))
+    assert got[key] == 1
+    assert ("onethread_model_seconds_count", (("platform", "telegram"),)) in got  # zero, present
+    assert got[("onethread_model_seconds_count", (("platform", "telegram"),))] == 0

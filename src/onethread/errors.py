@@ -13,7 +13,9 @@ Errors carry their data as attributes (``RetryAfter.retry_after``,
     ├── StoreError                  a store (identity or history) failed
     │   ├── CorruptStoreError       a store file cannot be parsed (.path); never overwritten
     │   ├── SchemaVersionError      the store's schema is newer than this code knows
-    │   └── TurnLockLost            a shared turn lock was lost while held (.key, .reason)
+    │   ├── TurnLockLost            a shared turn lock was lost while held (.key, .reason)
+    │   └── BlobNotFound            no bytes in the blob store at that address (.ref)
+    ├── AttachmentRefused           an attachment past a limit (.reason, .limit); tell the person
     ├── IdentityError               identity linking refused (e.g. already linked elsewhere)
     ├── RecipientUnknown            notify(): no platform known for that person yet
     ├── ModelError                  the language model call failed (.status_code)
@@ -34,7 +36,9 @@ as a unified id containing ``:``, as Python callers expect.
 from __future__ import annotations
 
 __all__ = [
+    "AttachmentRefused",
     "BadRequest",
+    "BlobNotFound",
     "ConfigError",
     "ConnectionLost",
     "CorruptStoreError",
@@ -101,6 +105,26 @@ class SchemaVersionError(StoreError):
             f"{where}: schema version {found} is newer than this onethread knows ({known}); "
             "upgrade onethread"
         )
+
+
+class BlobNotFound(StoreError):
+    """The blob store holds no bytes at ``ref`` (a ``sha256:<hex>`` address)."""
+
+    def __init__(self, where: str, ref: str) -> None:
+        self.ref = ref
+        super().__init__(f"{where}: no blob {ref}")
+
+
+class AttachmentRefused(OnethreadError):
+    """An attachment that cannot be taken: ``.reason`` is ``"too_large"`` or ``"type"``.
+
+    The message is fit to send to the person who sent it (it names the limit).
+    """
+
+    def __init__(self, reason: str, message: str, *, limit: int = 0) -> None:
+        self.reason = reason
+        self.limit = limit
+        super().__init__(message)
 
 
 class TurnLockLost(StoreError):

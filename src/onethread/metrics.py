@@ -41,6 +41,7 @@ TURN_OUTCOMES = frozenset(
         "model_error",  # the model failed: the person got the apology
         "command",  # a slash command answered it
         "refused",  # the access policy refused the sender
+        "attachment_refused",  # only attachments, each refused (too large, say)
         "undelivered",  # the reply could not be delivered
         "error",  # the turn failed (a bug or a store outage)
         "cancelled",  # stopped at shutdown

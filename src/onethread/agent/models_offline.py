@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..session.attachments import Attachment
 from ..session.history.base import HistoryEntry
+from .attachments import attachment_line
 from .models import ModelReply
 
 __all__ = ["OfflineModel"]
@@ -41,7 +43,10 @@ class OfflineModel:
             if entry.platform and entry.platform not in platforms:
                 platforms.append(entry.platform)
         told = any(e.role == "assistant" and _HOW_TO in e.content for e in history)
-        return self._text(message.content, len(history), platforms, notice=not told)
+        text = self._text(message.content, len(history), platforms, notice=not told)
+        if message.attachments:
+            text += "\n" + _received(message.attachments)
+        return text
 
     async def complete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
@@ -56,6 +61,7 @@ class OfflineModel:
         quote = " ".join(said.split())
         if len(quote) > _QUOTE_LIMIT:
             quote = quote[: _QUOTE_LIMIT - 1].rstrip() + "…"
+        said_line = f'You said: "{quote}"' if quote else "You sent no text."
         if earlier == 0:
             memory = "This is the start of our conversation: I hold no earlier messages."
         else:
@@ -63,8 +69,27 @@ class OfflineModel:
             memory = f"I remember this conversation: {earlier} earlier {noun}"
             memory += f" from {_join(platforms)}." if platforms else "."
         if not notice:
-            return f'You said: "{quote}"\n{memory}'
-        return f'{self.reason}\nYou said: "{quote}"\n{memory}\n{_HOW_TO}'
+            return f"{said_line}\n{memory}"
+        return f"{self.reason}\n{said_line}\n{memory}\n{_HOW_TO}"
+
+
+def _received(attachments: Sequence[Attachment]) -> str:
+    """What came with the message, and what it would take to read it."""
+    lines = [attachment_line(a) for a in attachments]
+    needs: list[str] = []
+    kinds = {a.kind for a in attachments}
+    if kinds & {"image", "sticker"}:
+        needs.append("a model that takes images (e.g. ONETHREAD_MODEL=gpt-4o-mini)")
+    if any(a.kind in ("voice", "audio") and not a.transcript for a in attachments):
+        needs.append("a transcription model (ONETHREAD_TRANSCRIBE_MODEL, e.g. whisper-1)")
+    if kinds & {"file", "video"}:
+        needs.append("a language model to read what the files say")
+    text = "You sent: " + "; ".join(lines) + "."
+    if needs:
+        text += " I received it and keep it with our conversation; to read it I need " + (
+            _join(needs) + "."
+        )
+    return text
 
 
 def _join(items: list[str]) -> str:

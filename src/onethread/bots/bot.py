@@ -7,20 +7,23 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ..agent.files import File
 from ..agent.responder import Responder, as_responder
 from ..errors import PlatformError
 from ..logs import log_turn
 from ..metrics import NULL_METRICS, NullMetrics
-from ..platforms.base import Adapter, Inbound
+from ..platforms.base import Adapter, Attachment, Inbound
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
+from ..session.blobs import DEFAULT_MAX_BYTES
 from ..session.history.base import DELIVERY_CUT, HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
 from ..session.validation import validate_platform
+from .attachments import Taken, take_attachments
 from .commands import CommandRouter
 from .gate import Gate, Verdict
 from .heap import freeze_startup_heap
@@ -37,7 +40,7 @@ TURN_FAILED = "Sorry, something went wrong on my side and I could not answer tha
 
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
                 "drain_timeout", "access", "owners", "commands", "pairing",
-                "gc_freeze", "metrics")  # fmt: skip
+                "gc_freeze", "blobs", "max_attachment_bytes", "metrics")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -69,6 +72,9 @@ class Bot:
             ``PairingStore`` for /link and approval codes), ``gc_freeze``
             (default True: at start, move the objects alive then out of the
             cyclic garbage collector's walk, see ``onethread.bots.heap``),
+            ``blobs`` (blob store or URL for attachments, see
+            ``BotSessionManager``), ``max_attachment_bytes`` (default 20 MB:
+            larger attachments are refused with a message to the sender),
             ``metrics`` (an ``onethread.metrics.Metrics`` to count turns and
             deliveries in; default none, BotOS gives its bots its own);
             anything else goes to the platform adapter (e.g. ``base_url``).
@@ -98,10 +104,14 @@ class Bot:
                 store=store,
                 identity_resolver=identity_resolver,
                 max_history=own.get("max_history", 100),
+                blobs=own.get("blobs"),
             )
         elif identity_resolver is not None and session.identity_resolver is not identity_resolver:
             raise ValueError("pass identity_resolver to the shared session manager, not the Bot")
         self._session = session
+        self.max_attachment_bytes = int(own.get("max_attachment_bytes", DEFAULT_MAX_BYTES))
+        if self.max_attachment_bytes <= 0:
+            raise ValueError("max_attachment_bytes must be a positive number of bytes")
         adapter: Adapter | None = own.get("adapter")
         if adapter is None:
             adapter_cls: Any = load_adapter_class(self.platform)  # subclasses take token=
@@ -230,12 +240,30 @@ class Bot:
 
     # -- sending ---------------------------------------------------------------
 
-    async def send(self, chat_id: str, text: str, thread_id: str | None = None) -> list[str]:
-        """Send ``text`` (split to the platform's limit, at most 10 messages, retried).
+    async def send(
+        self,
+        chat_id: str,
+        text: str,
+        thread_id: str | None = None,
+        attachments: Sequence[File | Attachment] = (),
+    ) -> list[str]:
+        """Send ``text`` (split to the platform's limit, at most 10 messages, retried),
+        then each of ``attachments`` (``onethread.File`` or stored ``Attachment``):
+        images as photos where the platform has them, the rest as documents.
 
-        Returns the ids of the sent messages; see ``Adapter.send``.
+        Returns the ids of the sent messages; see ``Adapter.send`` and
+        ``Adapter.send_files``. ``text`` may be empty when files are sent.
         """
-        return await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
+        files = await self._session.store_files(attachments) if attachments else ()
+        ids = (
+            await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
+            if (text or not files)
+            else []
+        )
+        if files:
+            pairs = await self._session.file_bytes(files)
+            ids += await self.adapter.send_files(str(chat_id), pairs, thread_id=thread_id or "")
+        return ids
 
     # -- the turn --------------------------------------------------------------
 
@@ -265,6 +293,14 @@ class Bot:
         task.add_done_callback(lambda t: self._tails.pop(key, None) if self._tails.get(key) is t
                                else None)  # fmt: skip
 
+    async def _take_attachments(self, msg: Inbound) -> Taken | None:
+        """Fetch and store ``msg``'s attachments (``None`` when it has none)."""
+        if not msg.attachments:
+            return None
+        return await take_attachments(
+            self.adapter, msg, self._session.blobs, max_bytes=self.max_attachment_bytes
+        )
+
     async def _handle(self, msg: Inbound, previous: asyncio.Task[None] | None = None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
@@ -281,17 +317,33 @@ class Bot:
                     await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
                     self.adapter.on_unstored_reply(msg, reply)
                 return
-            reply = await self._commands.handle(msg)
+            reply = await self._commands.handle(msg) if msg.text else None
             command = reply is not None  # its reply is not stored in the history
             if reply is None:
+                taken = await self._take_attachments(msg)
+                if taken is not None and not taken.attachments and not msg.text.strip():
+                    # Nothing left to answer: say only why each attachment was refused.
+                    outcome = "attachment_refused"
+                    await self.adapter.send(
+                        msg.chat_id, "\n".join(taken.refusals), thread_id=msg.thread_id
+                    )
+                    return
+                if taken is not None and taken.refusals:
+                    await self.adapter.send(
+                        msg.chat_id, "\n".join(taken.refusals), thread_id=msg.thread_id
+                    )
                 typing = self.adapter.typing(msg.chat_id, msg.thread_id)
 
-                async def deliver(text: str) -> dict[str, str] | None:
+                async def deliver(
+                    text: str, files: Sequence[tuple[Attachment, bytes]] = ()
+                ) -> dict[str, str] | None:
                     nonlocal attempted
                     attempted = True
                     await typing.__aexit__(None, None, None)  # no "typing…" after the reply
                     whole = self.adapter.fits(text)
                     await self.adapter.send(msg.chat_id, text, thread_id=msg.thread_id)
+                    if files:
+                        await self.adapter.send_files(msg.chat_id, files, thread_id=msg.thread_id)
                     return None if whole else {"delivery": DELIVERY_CUT}
 
                 async with typing:
@@ -308,6 +360,7 @@ class Bot:
                         thread_id=msg.thread_id,
                         user_name=msg.user_name,
                         message_id=msg.message_id,
+                        attachments=taken.attachments if taken is not None else (),
                         deliver=deliver,
                         stats=stats,
                     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..agent.files import File
 from ..agent.responder import Responder, as_responder
 from ..errors import (
     ConfigError,
@@ -17,6 +18,7 @@ from ..errors import (
 )
 from ..metrics import NULL_METRICS, Metrics, NullMetrics
 from ..session._conn.shared import who
+from ..session.attachments import Attachment
 from ..session.history.base import delivery_failed
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.outbox import Outbox, OutboxItem
@@ -48,7 +50,7 @@ class BotOS:
         identity_resolver: links accounts across platforms.
         bots: ready ``Bot`` objects to add (they are re-pointed at the shared
             session only if they were built without one).
-        **options: ``store``, ``max_history`` for the shared session manager
+        **options: ``store``, ``max_history``, ``blobs`` for the shared session manager
             (or ``session`` for a ready one); ``access`` (one ``AccessPolicy``
             or a mapping platform -> policy), ``owners`` (platform -> owner
             ids), ``pairing`` (a ``PairingStore`` for /link and approvals),
@@ -89,6 +91,7 @@ class BotOS:
                 identity_resolver=identity_resolver,
                 max_history=options.pop("max_history", 100),
                 locks=coordination.locks,
+                blobs=options.pop("blobs", None),
             )
         self._session = session
         self._gate = Gate(coordination.duplicates)
@@ -280,7 +283,11 @@ class BotOS:
         )
 
     async def notify(
-        self, unified_user_id: str, text: str, source_label: str = "notify"
+        self,
+        unified_user_id: str,
+        text: str,
+        source_label: str = "notify",
+        attachments: Sequence[File | Attachment] = (),
     ) -> list[str]:
         """Send ``text`` to the person where they last talked to the bot, and mirror it.
 
@@ -291,7 +298,11 @@ class BotOS:
         when the person never wrote to a platform anyone can reach. Returns the
         sent message ids. When the send fails for good the text is mirrored
         anyway, marked ``metadata["delivery"] == "failed"``, and the error raised.
+        ``attachments`` (``onethread.File`` or stored ``Attachment``) are sent
+        after the text and mirrored with it; through the outbox they travel by
+        blob address, so hosts must share the blob store (``s3://``).
         """
+        files = await self._session.store_files(attachments) if attachments else ()
         last = await self._session.last_seen(unified_user_id)
         if last is None:
             raise RecipientUnknown(unified_user_id)
@@ -305,17 +316,20 @@ class BotOS:
                     text=text,
                     unified_user_id=unified_user_id,
                     source=source_label,
+                    attachments=files,
                 )
             )
             return []
         try:
-            ids = await self.bots[last.platform].send(last.chat_id, text)
+            ids = await self.bots[last.platform].send(last.chat_id, text, attachments=files)
         except Exception as exc:  # kept in history, marked not delivered, then raised
             await self._mirror_failed(
-                unified_user_id, text, source_label, last.platform, last.chat_id, exc
+                unified_user_id, text, source_label, last.platform, last.chat_id, exc, files
             )
             raise
-        await self._mirror_sent(unified_user_id, text, source_label, last.platform, last.chat_id)
+        await self._mirror_sent(
+            unified_user_id, text, source_label, last.platform, last.chat_id, files=files
+        )
         return ids
 
     async def _mirror_sent(
@@ -326,10 +340,12 @@ class BotOS:
         platform: str,
         chat_id: str,
         extra: Mapping[str, Any] | None = None,
+        files: Sequence[Attachment] = (),
     ) -> None:
         await self._session.mirror(
             unified_user_id, text, source=source,
             metadata={"platform": platform, "chat_id": chat_id, **(extra or {})},
+            attachments=files,
         )  # fmt: skip
 
     async def _mirror_failed(
@@ -340,12 +356,13 @@ class BotOS:
         platform: str,
         chat_id: str,
         exc: BaseException,
+        files: Sequence[Attachment] = (),
     ) -> None:
         """Mirror text whose send failed for good, marked so (never raises: the send
         error is what the caller must see)."""
         try:
             await self._mirror_sent(
-                unified_user_id, text, source, platform, chat_id, delivery_failed(exc)
+                unified_user_id, text, source, platform, chat_id, delivery_failed(exc), files
             )
         except Exception:
             log.exception("could not record the failed delivery to %s", who(unified_user_id))
@@ -360,7 +377,9 @@ class BotOS:
         is unknown) is not retried: that could repeat a message that arrived.
         """
         try:
-            await self.bots[item.platform].send(item.chat_id, item.text, item.thread_id or None)
+            await self.bots[item.platform].send(
+                item.chat_id, item.text, item.thread_id or None, attachments=item.attachments
+            )
         except Exception as exc:
             retryable = isinstance(exc, RetryAfter | PlatformUnavailable) and not isinstance(
                 exc, OutcomeUnknown
@@ -370,8 +389,9 @@ class BotOS:
             last = item.attempts >= getattr(self.outbox, "max_attempts", float("inf"))
             if item.unified_user_id and (last or not retryable):
                 await self._mirror_failed(
-                    item.unified_user_id, item.text, item.source, item.platform, item.chat_id, exc
-                )
+                    item.unified_user_id, item.text, item.source, item.platform, item.chat_id,
+                    exc, item.attachments,
+                )  # fmt: skip
             if retryable:
                 raise
             log.error("outbox: %s item %s not delivered, not retried: %s", item.platform,
@@ -379,5 +399,6 @@ class BotOS:
             return
         if item.unified_user_id:
             await self._mirror_sent(
-                item.unified_user_id, item.text, item.source, item.platform, item.chat_id
-            )
+                item.unified_user_id, item.text, item.source, item.platform, item.chat_id,
+                files=item.attachments,
+            )  # fmt: skip

@@ -7,14 +7,19 @@ one history store, one identity resolver, one set of turn locks.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from ..agent.files import File, turn_files
 from ..agent.responder import Responder, as_responder
-from ..errors import ModelError
+from ..agent.transcribe import Transcriber
+from ..errors import ModelError, StoreError
 from ..session._conn.shared import masked, who
+from ..session.attachments import Attachment
+from ..session.blobs import BlobStore, open_blob_store
 from ..session.context import SessionContext, clear_session_context, set_session_context
 from ..session.history.base import HistoryEntry, HistoryStore, delivery_failed
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
@@ -55,6 +60,11 @@ class BotSessionManager:
             every DM on its legacy ``bot_{platform}_{user_id}`` key.
         max_history: how many earlier entries the model sees per turn.
         locks: turn locks (default: in-process); shared back-ends pass theirs.
+        blobs: the blob store for attachment bytes, or its URL; ``None``: a
+            ``file:`` store under ``ONETHREAD_HOME`` (``memory://`` when the
+            history is in memory). Opened lazily.
+        transcriber: turns voice notes into text before the turn (``None``:
+            ``Transcriber.from_env()``, i.e. ``ONETHREAD_TRANSCRIBE_MODEL``).
 
     Concurrency: turns on one session key run one at a time, in arrival
     order, whichever bot or platform they come from (``locks``). Different
@@ -69,6 +79,8 @@ class BotSessionManager:
         max_history: int = 100,
         *,
         locks: TurnLocks | None = None,
+        blobs: BlobStore | str | None = None,
+        transcriber: Transcriber | None = None,
     ) -> None:
         if identity_resolver is not None and not isinstance(
             identity_resolver, IdentityResolverProtocol
@@ -89,12 +101,91 @@ class BotSessionManager:
         # mirror_to_session calls made inside the loop, still writing (loop thread only).
         self.pending_mirrors: set[asyncio.Task[bool]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._blobs_arg = blobs
+        self._blobs: BlobStore | None = blobs if not isinstance(blobs, str | None) else None
+        self.transcriber = transcriber if transcriber is not None else Transcriber.from_env()
+        # Whether each responder's respond() takes blobs= (by type, asked once).
+        self._takes_blobs: dict[type, bool] = {}
         # Framework agents given to chat() directly, wrapped once: id -> (agent, wrapper).
         # The agent is held so its id is not reused while the entry lives.
         self._wrapped: dict[int, tuple[object, Responder]] = {}
         self._plain: set[type] = set()  # classes as_responder() returned as they are
 
     # -- plumbing --------------------------------------------------------------
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The blob store for attachment bytes (opened on first use)."""
+        if self._blobs is None:
+            url = self._blobs_arg if isinstance(self._blobs_arg, str) else None
+            if url is None and _in_memory(self._store_arg, self._store):
+                url = "memory://"
+            self._blobs = open_blob_store(url)
+        return self._blobs
+
+    async def _transcribed(self, attachments: Sequence[Attachment]) -> tuple[Attachment, ...]:
+        """``attachments`` with voice notes and audio transcribed (once; failures logged)."""
+        if self.transcriber is None:
+            return tuple(attachments)
+        out = []
+        for a in attachments:
+            if a.kind in ("voice", "audio") and a.blob and not a.transcript:
+                try:
+                    data = await self.blobs.get(a.blob)
+                    text = await self.transcriber.transcribe(data, name=a.name, mime=a.mime)
+                except (ModelError, StoreError) as exc:
+                    log.warning("could not transcribe %s: %s", a.blob, exc)
+                else:
+                    a = a.with_(transcript=text)
+            out.append(a)
+        return tuple(out)
+
+    async def store_files(self, items: Sequence[File | Attachment]) -> tuple[Attachment, ...]:
+        """Outgoing files as stored attachments: ``File`` bytes go into :attr:`blobs`.
+
+        An ``Attachment`` must already be stored (``blob`` set); ``ValueError``
+        otherwise, and ``TypeError`` for anything but the two.
+        """
+        out: list[Attachment] = []
+        for item in items:
+            if isinstance(item, File):
+                blob = await self.blobs.put(item.data)
+                out.append(Attachment(item.kind, item.mime, item.name, len(item.data), blob))
+            elif isinstance(item, Attachment):
+                if not item.blob:
+                    raise ValueError(
+                        f"attachment {item.name or item.kind!r} has no blob: send a "
+                        "onethread.File(path_or_bytes) instead, or store the bytes first"
+                    )
+                out.append(item)
+            else:
+                raise TypeError(
+                    f"attachments must be onethread.File or Attachment, not {type(item).__name__}"
+                )
+        return tuple(out)
+
+    async def file_bytes(self, attachments: Sequence[Attachment]) -> list[tuple[Attachment, bytes]]:
+        """Each stored attachment with its bytes, read from :attr:`blobs`."""
+        return [(a, await self.blobs.get(a.blob)) for a in attachments]
+
+    async def _respond(
+        self, agent: Responder, history: Sequence[HistoryEntry], message: HistoryEntry, group: bool
+    ) -> str:
+        if not message.attachments:
+            return await agent.respond(history, message, group=group)
+        kind = type(agent)
+        takes = self._takes_blobs.get(kind)
+        if takes is None:
+            try:
+                takes = "blobs" in inspect.signature(agent.respond).parameters
+            except (TypeError, ValueError):
+                takes = False
+            self._takes_blobs[kind] = takes
+        if takes:
+            respond: Any = agent.respond
+            reply: str = await respond(history, message, group=group, blobs=self.blobs)
+            return reply
+        return await agent.respond(history, message, group=group)
 
     @property
     def store(self) -> HistoryStore:
@@ -184,7 +275,8 @@ class BotSessionManager:
         thread_id: str = "",
         user_name: str = "",
         message_id: str = "",
-        deliver: Callable[[str], Awaitable[Mapping[str, Any] | None]] | None = None,
+        attachments: Sequence[Attachment] = (),
+        deliver: Callable[..., Awaitable[Mapping[str, Any] | None]] | None = None,
         stats: TurnStats | None = None,
     ) -> str:
         """Run one turn and return the reply.
@@ -208,6 +300,12 @@ class BotSessionManager:
         is re-raised. A mapping ``deliver`` returns becomes the reply's metadata
         (``{"delivery": "cut"}``: only the first part was sent). Without
         ``deliver`` the caller sends the returned reply.
+
+        ``attachments`` (stored in :attr:`blobs` already) are kept with the
+        message; voice notes are transcribed first when a transcriber is set.
+        Files the agent's tools return (``onethread.File``) are stored and kept
+        with the reply; ``deliver`` then gets them too:
+        ``deliver(reply, files=[(attachment, bytes), ...])``.
         """
         responder = self._responder(agent)
         if self.loop is None:
@@ -240,6 +338,7 @@ class BotSessionManager:
             message_id=message_id,
             chat_type=chat_type,
         )
+        files = await self._transcribed(attachments) if attachments else ()
         async with self.locks.hold(key):
             token = set_session_context(ctx)
             try:
@@ -253,10 +352,13 @@ class BotSessionManager:
                     user_id=user_id,
                     user_name=user_name,
                     message_id=message_id,
+                    attachments=files,
                 )
                 asked = time.perf_counter()
                 try:
-                    reply = await responder.respond(history, message, group=group)
+                    with turn_files() as produced:
+                        reply = await self._respond(responder, history, message, group)
+                    sent = await self.store_files(produced) if produced else ()
                 except ModelError as exc:
                     if stats is not None:
                         stats.model_seconds = time.perf_counter() - asked
@@ -273,7 +375,10 @@ class BotSessionManager:
                     # Sent before the turn is stored, under the turn lock: the reply is
                     # stored once, in the turn's one transaction, with how delivery went.
                     try:
-                        outcome = await deliver(reply)
+                        if sent:
+                            outcome = await deliver(reply, files=await self.file_bytes(sent))
+                        else:
+                            outcome = await deliver(reply)
                     except BaseException as exc:  # re-raised below, once the turn is stored
                         undelivered = exc
                 answer = HistoryEntry(
@@ -285,6 +390,7 @@ class BotSessionManager:
                     metadata=delivery_failed(undelivered)
                     if undelivered is not None
                     else dict(outcome or {}),
+                    attachments=sent,
                 )
                 await self.store.append(key, [message, answer])
                 if undelivered is not None:
@@ -317,9 +423,14 @@ class BotSessionManager:
         *,
         source: str = "delivery",
         metadata: Mapping[str, Any] | None = None,
+        attachments: Sequence[Attachment] = (),
     ) -> None:
-        """Append text the bot sent on its own to ``user_id``'s history, under the turn lock."""
-        if not isinstance(text, str) or not text:
+        """Append text the bot sent on its own to ``user_id``'s history, under the turn lock.
+
+        ``attachments`` (already in :attr:`blobs`) are the files sent with it;
+        the text may then be empty.
+        """
+        if not isinstance(text, str) or not (text or attachments):
             raise ValueError("mirror text must be a non-empty string")
         meta = dict(metadata or {})
         key = self.mirror_key(user_id)
@@ -334,6 +445,7 @@ class BotSessionManager:
                 mirror=True,
                 source=source,
                 metadata=meta,
+                attachments=tuple(attachments),
             )
             await self.store.append(key, [entry])
 
@@ -431,8 +543,20 @@ class BotSessionManager:
         return None
 
     async def close(self) -> None:
-        """Finish pending in-loop mirrors (up to 10 s), then close the history store."""
+        """Finish pending in-loop mirrors (up to 10 s), then close the stores it opened."""
         if self.pending_mirrors:
             await asyncio.wait(set(self.pending_mirrors), timeout=10.0)
         if self._store is not None:
             await self._store.close()
+        if self._blobs is not None and self._blobs is not self._blobs_arg:
+            await self._blobs.close()
+        if self.transcriber is not None:
+            await self.transcriber.aclose()
+
+
+def _in_memory(store_arg: object, store: object) -> bool:
+    if isinstance(store_arg, str):
+        return store_arg.startswith("memory:")
+    from ..session.history.memory import MemoryHistoryStore
+
+    return isinstance(store, MemoryHistoryStore)

@@ -29,6 +29,7 @@ __all__ = [
     "check_layout",
     "reraise_swallowed_cancel",
     "check_layout_async",
+    "upgrade_layout_async",
     "redact",
     "store_error",
     "validate_prefix",
@@ -68,6 +69,35 @@ async def check_layout_async(client: redis.asyncio.Redis, key: str, known: int, 
     """As :func:`check_layout`, for the asyncio client."""
     await client.set(key, known, nx=True)
     _compare(f"Redis at {redact(url)}, key {key!r}", await client.get(key), known)
+
+
+_UPGRADE_LAYOUT_SRC = """
+local found = redis.call('GET', KEYS[1])
+if not found then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+local n = tonumber(found)
+if n and n < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return found
+"""
+
+
+async def upgrade_layout_async(client: redis.asyncio.Redis, key: str, known: int, url: str) -> int:
+    """Record layout ``known`` at ``key``, raising an older one to it; refuse a newer one.
+
+    For layouts whose older versions need no rewrite (entries are
+    self-describing and a newer field is simply absent): the upgrade is the
+    version change, done atomically by one script whoever runs it first.
+    Returns the version found before (``known`` for a new prefix).
+    """
+    found = await _UPGRADE_LAYOUT.run(client, [key], [known])
+    if isinstance(found, bytes):
+        found = found.decode()
+    _compare(f"Redis at {redact(url)}, key {key!r}", found, known)
+    return int(found)
 
 
 class LuaScript:
@@ -110,3 +140,6 @@ def reraise_swallowed_cancel() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+_UPGRADE_LAYOUT = LuaScript(_UPGRADE_LAYOUT_SRC)

@@ -29,9 +29,9 @@ from typing import Any, cast
 from .._conn.redis import (
     LuaScript,
     RedisError,
-    check_layout_async,
     redis,
     store_error,
+    upgrade_layout_async,
     validate_prefix,
 )
 from .._conn.shared import PerLoop
@@ -39,7 +39,7 @@ from .base import HistoryEntry, SessionSummary
 
 __all__ = ["LAYOUT_VERSION", "RedisHistoryStore"]
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: entries may carry "attachments" (layout 1 data reads as is)
 
 # KEYS: entries, seq, sessions, platforms. ARGV: session key, n, max ts,
 # then n (ts, json) pairs, then the platforms to record.
@@ -125,7 +125,7 @@ class RedisHistoryStore:
     async def _open(self, home: bool) -> redis.asyncio.Redis:
         client = redis.asyncio.Redis.from_url(self.url, **self._options)
         try:
-            await check_layout_async(client, self._k + "layout", LAYOUT_VERSION, self.url)
+            await upgrade_layout_async(client, self._k + "layout", LAYOUT_VERSION, self.url)
         except BaseException as exc:
             await client.aclose()
             if isinstance(exc, RedisError):

@@ -78,6 +78,7 @@ from ._sqlite_cache import TailCache
 from ._sqlite_checkpoint import Checkpoints
 from ._sqlite_sql import (
     COUNT_UPTO,
+    MIGRATE_1_TO_2,
     SCHEMA,
     SELECT_LAST_IDS,
     TURN_ERRORS,
@@ -96,7 +97,7 @@ from .base import HistoryEntry, SessionSummary
 
 __all__ = ["SCHEMA_VERSION", "SQLiteHistoryStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: entries.attachments (see _migrate)
 _OPEN_TIMEOUT = 30.0  # seconds to wait for other connections' locks (worker side)
 # Several processes may create the file at once: one row, whoever is first.
 _FIRST_VERSION = (
@@ -109,6 +110,31 @@ _LOOP_WRITE_MAX = 256  # clears and merges of more rows run on the worker thread
 
 
 _Pending = tuple[str, list[HistoryEntry], list[Row], asyncio.Future[None]]
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
+    """Upgrade a database written by an earlier release in place, once; its version after.
+
+    Under ``BEGIN IMMEDIATE`` (one writer at a time, across processes), the
+    version is read again, so of several processes opening an old file at
+    once exactly one migrates it and the others find it done. Schema 1 -> 2
+    adds ``entries.attachments`` (existing rows: none). Rows are never rewritten.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(conn.execute("SELECT max(version) FROM schema_version").fetchone()[0])
+        if found < 2:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+            if "attachments" not in columns:
+                conn.execute(MIGRATE_1_TO_2)
+            conn.execute("UPDATE schema_version SET version = 2")
+            found = 2
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found
 
 
 class SQLiteHistoryStore(Checkpoints):
@@ -174,6 +200,8 @@ class SQLiteHistoryStore(Checkpoints):
             found = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
             if found is None:
                 retry_busy(lambda: conn.execute(_FIRST_VERSION, (SCHEMA_VERSION,)), _OPEN_TIMEOUT)
+            elif found < SCHEMA_VERSION:
+                found = retry_busy(lambda: _migrate(conn), _OPEN_TIMEOUT)
         except sqlite3.DatabaseError as exc:
             if is_busy(exc):  # locked, not broken: say so, and touch nothing
                 raise StoreError(f"{self.path}: locked by another process ({exc})") from exc
