@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..agent.files import File
 from ..agent.responder import Responder, as_responder
 from ..errors import PlatformError, StoreUnavailable
+from ..logs import log_turn
+from ..metrics import NULL_METRICS, NullMetrics
 from ..platforms.base import Adapter, Attachment, Inbound
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
@@ -26,7 +29,7 @@ from .commands import CommandRouter
 from .gate import Gate, Verdict
 from .heap import freeze_startup_heap
 from .linking import LinkFlow
-from .manager import BotSessionManager
+from .manager import BotSessionManager, TurnStats
 from .policy import AccessPolicy, default_policy
 from .supervisor import Backoff, supervise
 
@@ -38,7 +41,7 @@ TURN_FAILED = "Sorry, something went wrong on my side and I could not answer tha
 
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
                 "drain_timeout", "access", "owners", "commands", "pairing",
-                "gc_freeze", "blobs", "max_attachment_bytes")  # fmt: skip
+                "gc_freeze", "blobs", "max_attachment_bytes", "metrics")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -72,7 +75,9 @@ class Bot:
             cyclic garbage collector's walk, see ``onethread.bots.heap``),
             ``blobs`` (blob store or URL for attachments, see
             ``BotSessionManager``), ``max_attachment_bytes`` (default 20 MB:
-            larger attachments are refused with a message to the sender);
+            larger attachments are refused with a message to the sender),
+            ``metrics`` (an ``onethread.metrics.Metrics`` to count turns and
+            deliveries in; default none, BotOS gives its bots its own);
             anything else goes to the platform adapter (e.g. ``base_url``).
 
     ``await start()`` runs until ``stop()``; ``run()`` is the blocking form that
@@ -137,6 +142,13 @@ class Bot:
         self._done: asyncio.Event | None = None
         self.ready = asyncio.Event()
         self.on_turn: Callable[[Inbound, str], Awaitable[None]] | None = None
+        self.metrics: NullMetrics = NULL_METRICS
+        self.use_metrics(own.get("metrics") or NULL_METRICS)
+
+    def use_metrics(self, metrics: NullMetrics) -> None:
+        """Count this bot's turns and its adapter's deliveries in ``metrics``."""
+        self.metrics = metrics
+        self.adapter.metrics = metrics
 
     def adopt(self, session: BotSessionManager, gate: Gate) -> bool:
         """Move this (not yet started) bot onto a shared session manager and gate.
@@ -274,6 +286,8 @@ class Bot:
             store_failed(exc, f"the duplicate check of a {self.platform} message")
             verdict = Verdict.ACCEPT
         if verdict is not Verdict.ACCEPT:
+            if verdict is Verdict.DUPLICATE:
+                self.metrics.duplicate(self.platform)
             log.debug("%s: dropped message %s: %s", self.platform, msg.message_id, verdict.value)
             return
         key = self._session.key_for(
@@ -298,10 +312,15 @@ class Bot:
     async def _handle(self, msg: Inbound, previous: asyncio.Task[None] | None = None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
+        started = time.perf_counter()
+        stats = TurnStats()
+        outcome = "error"
+        reply: str | None = None
         attempted = False  # the turn began sending its reply
         try:
             reply = await self.access.check(msg)
             if reply is not None:  # refused: at most one short reply, never the agent
+                outcome = "refused"
                 if reply:
                     await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
                     self.adapter.on_unstored_reply(msg, reply)
@@ -312,6 +331,7 @@ class Bot:
                 taken = await self._take_attachments(msg)
                 if taken is not None and not taken.attachments and not msg.text.strip():
                     # Nothing left to answer: say only why each attachment was refused.
+                    outcome = "attachment_refused"
                     await self.adapter.send(
                         msg.chat_id, "\n".join(taken.refusals), thread_id=msg.thread_id
                     )
@@ -350,8 +370,12 @@ class Bot:
                         message_id=msg.message_id,
                         attachments=taken.attachments if taken is not None else (),
                         deliver=deliver,
+                        stats=stats,
                     )
                 stores_ok()  # a whole turn worked: any store outage on record is over
+                outcome = "model_error" if stats.model_failed else "ok"
+            else:
+                outcome = "command"
             if reply and not attempted:  # a command's answer, or the model-failure apology
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
                 if command:
@@ -359,21 +383,32 @@ class Bot:
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
         except PlatformError as exc:
+            outcome = "undelivered"
             log.error(
                 "%s: could not deliver the reply to %s: %s",
                 self.platform,
                 masked(self.platform, msg.chat_id),
                 exc,
             )
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
         except Exception as exc:
+            outcome = "error"
             if isinstance(exc, StoreUnavailable):  # an outage: one line for all of it
                 store_failed(exc, f"a turn on {self.platform}")
             else:
                 log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
             if attempted:  # the reply went out (the store failed after): no apology on top
                 return
+            reply = TURN_FAILED
             with contextlib.suppress(PlatformError):  # the platform may be the problem
                 await self.adapter.send(msg.chat_id, TURN_FAILED, thread_id=msg.thread_id)
+        finally:
+            total = time.perf_counter() - started
+            self.metrics.turn(self.platform, outcome, total, stats.model_seconds)
+            log_turn(self.platform, msg.user_id, len(msg.text), len(reply or ""),
+                     stats.model_seconds, total, outcome)  # fmt: skip
 
 
 async def run_until_signal(

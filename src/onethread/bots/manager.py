@@ -28,13 +28,27 @@ from ..session.locks import LocalTurnLocks, TurnLocks
 from ..session.text import clean_text, clean_value
 from ..session.urls import open_history_store
 
-__all__ = ["APOLOGY", "BotSessionManager", "Responder"]
+__all__ = ["APOLOGY", "BotSessionManager", "Responder", "TurnStats"]
 
 log = logging.getLogger("onethread.session")
 
 _MERGED_MAX = 100_000  # accounts remembered as merged (see merge_legacy)
 
 APOLOGY = "Sorry, I could not reach my language model just now. Please try again in a moment."
+
+
+class TurnStats:
+    """What :meth:`BotSessionManager.chat` measured of one turn (for metrics and the turn log).
+
+    ``model_seconds``: time in ``agent.respond`` (0 when it was not reached);
+    ``model_failed``: the model raised ``ModelError`` and the apology was returned.
+    """
+
+    __slots__ = ("model_failed", "model_seconds")
+
+    def __init__(self) -> None:
+        self.model_seconds = 0.0
+        self.model_failed = False
 
 
 class BotSessionManager:
@@ -82,7 +96,8 @@ class BotSessionManager:
         self._store: HistoryStore | None = store if not isinstance(store, str | None) else None
         self.identity_resolver = identity_resolver
         self.max_history = max_history
-        self.locks: TurnLocks = locks or LocalTurnLocks()
+        # Not `locks or ...`: lock sets have a length, and an empty one is falsy.
+        self.locks: TurnLocks = locks if locks is not None else LocalTurnLocks()
         self._merged: set[tuple[str, str, str]] = set()
         # mirror_to_session calls made inside the loop, still writing (loop thread only).
         self.pending_mirrors: set[asyncio.Task[bool]] = set()
@@ -263,6 +278,7 @@ class BotSessionManager:
         message_id: str = "",
         attachments: Sequence[Attachment] = (),
         deliver: Callable[..., Awaitable[Mapping[str, Any] | None]] | None = None,
+        stats: TurnStats | None = None,
     ) -> str:
         """Run one turn and return the reply.
 
@@ -271,7 +287,8 @@ class BotSessionManager:
         ``max_history`` entries, asks the agent, and appends the user message
         and the reply in one transaction. If the model fails (``ModelError``)
         the user's message is still stored and a short apology is returned
-        (not delivered, not stored: the caller sends it).
+        (not delivered, not stored: the caller sends it). ``stats``, when
+        given, receives the model's time and whether it failed.
 
         ``agent`` is anything ``Bot(agent=...)`` accepts: an ``Agent``, a
         Responder, or a framework's agent (wrapped, see ``onethread.agent``);
@@ -342,14 +359,20 @@ class BotSessionManager:
                     message_id=message_id,
                     attachments=files,
                 )
+                asked = time.perf_counter()
                 try:
                     with turn_files() as produced:
                         reply = await self._respond(responder, history, message, group)
                     sent = await self.store_files(produced) if produced else ()
                 except ModelError as exc:
+                    if stats is not None:
+                        stats.model_seconds = time.perf_counter() - asked
+                        stats.model_failed = True
                     log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
                     await self.store.append(key, [message])
                     return APOLOGY
+                if stats is not None:
+                    stats.model_seconds = time.perf_counter() - asked
                 stamp = max(time.time(), message.timestamp)
                 undelivered: BaseException | None = None
                 outcome: Mapping[str, Any] | None = None

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
 from ..errors import AttachmentRefused, FormattingRejected
+from ..metrics import NULL_METRICS, NullMetrics
 from ..session.attachments import Attachment
 from ..session.text import clean_text
 from .delivery import RetryPolicy, cap_messages, send_with_retry
@@ -130,6 +131,8 @@ class Adapter(ABC):
     typing_interval: ClassVar[float] = 4.0
     help_lines: ClassVar[tuple[str, ...]] = ()
     """Lines this platform adds to ``/help``: commands the adapter handles itself."""
+    metrics: NullMetrics = NULL_METRICS
+    """Where ``send()`` counts deliveries, retries and rate-limit waits (set by the Bot)."""
 
     def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
         self.retry_policy = retry_policy or RetryPolicy()
@@ -246,6 +249,7 @@ class Adapter(ABC):
             lambda: self.do_send_file(chat_id, attachment, data, thread_id=thread_id),
             self.retry_policy,
             what=f"{self.name} file to {chat_id}",
+            on_wait=self._on_wait,  # retries and rate-limit waits count as for text
         )
 
     async def do_download(self, msg: Inbound, index: int) -> bytes:
@@ -284,6 +288,7 @@ class Adapter(ABC):
         Retries rate limits and server errors per ``retry_policy``; a formatting
         rejection is resent as plain text. Returns the ids of the sent messages.
         Raises the last ``PlatformError`` when a chunk cannot be delivered.
+        Counted in ``metrics`` as one delivery, ``delivered`` or ``failed``.
         """
         chunks, cut = cap_messages(text, self.max_message_length, self.max_messages)
         if cut:
@@ -292,9 +297,19 @@ class Adapter(ABC):
                 self.name, chat_id, len(text), len(chunks),
             )  # fmt: skip
         ids: list[str] = []
-        for chunk in chunks:
-            ids.append(await self._send_chunk(chat_id, chunk, thread_id))
+        try:
+            for chunk in chunks:
+                ids.append(await self._send_chunk(chat_id, chunk, thread_id))
+        except Exception:
+            self.metrics.delivery(self.name, "failed")
+            raise
+        self.metrics.delivery(self.name, "delivered")
         return ids
+
+    def _on_wait(self, rate_limited: bool, seconds: float) -> None:
+        self.metrics.delivery(self.name, "retried")
+        if rate_limited:
+            self.metrics.rate_limit_wait(self.name, seconds)
 
     @final
     def fits(self, text: str) -> bool:
@@ -310,6 +325,7 @@ class Adapter(ABC):
                 lambda: self.do_send(chat_id, chunk, thread_id=thread_id, formatted=True),
                 self.retry_policy,
                 what=what,
+                on_wait=self._on_wait,
             )
         except FormattingRejected:
             log.info("%s: markup rejected, resending as plain text", what)
@@ -317,6 +333,7 @@ class Adapter(ABC):
                 lambda: self.do_send(chat_id, chunk, thread_id=thread_id, formatted=False),
                 self.retry_policy,
                 what=what,
+                on_wait=self._on_wait,
             )
 
     @final

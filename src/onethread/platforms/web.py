@@ -172,6 +172,9 @@ class WebAdapter(Adapter):
         self._runner: web.AppRunner | None = None
         self._on_inbound: OnInbound | None = None
         self._static: dict[str, bytes] = {}
+        self.mounts: list[Callable[[web.Application], None]] = []
+        """Called with the aiohttp app before it serves: more routes on the same server
+        (``BotOS`` mounts ``/readyz``, ``/metrics`` and ``/admin`` here)."""
 
     @property
     def url(self) -> str:
@@ -221,6 +224,8 @@ class WebAdapter(Adapter):
         app.router.add_get("/static/{name}", self._static_file)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/ws", self._websocket)
+        for mount in self.mounts:
+            mount(app)
         app.on_response_prepare.append(self._add_headers)
         # No access log: its lines would carry user ids and tokens from the query.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -329,6 +334,11 @@ class WebAdapter(Adapter):
         if auth.lower().startswith("bearer "):
             return auth[7:].strip()
         return request.query.get("token") or request.cookies.get(COOKIE)
+
+    def authorized(self, request: web.Request) -> bool:
+        """True when ``request`` carries the access token (or, with none set, comes to a
+        loopback host name); routes mounted on this server use it too."""
+        return self._authorized(request)
 
     def _authorized(self, request: web.Request) -> bool:
         if self.access_token is None:

@@ -73,6 +73,7 @@ __all__ = [
     "PairingCode",
     "PairingStore",
     "Redemption",
+    "Request",
     "format_code",
     "generate_code",
     "normalize_code",
@@ -198,6 +199,19 @@ class Issued:
 
     code: str | None
     refused: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A live code seen from the owner's side (the code itself is only stored hashed)."""
+
+    purpose: str
+    platform: str
+    user_id: str
+    chat_id: str
+    user_name: str
+    created: float
+    expires: float
 
 
 class PairingStore:
@@ -421,6 +435,41 @@ class PairingStore:
                 (purpose, self._clock()),
             ).fetchone()
         return int(row[0])
+
+    def requests(self, purpose: str, limit: int = 200) -> list[Request]:
+        """The live (unused, unexpired) codes for ``purpose``, oldest first: who is waiting."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT purpose, platform, user_id, chat_id, user_name, created, expires "
+                "FROM codes WHERE purpose = ? AND used IS NULL AND expires > ? "
+                "ORDER BY created LIMIT ?",
+                (purpose, self._clock(), limit),
+            ).fetchall()
+        return [Request(*row) for row in rows]
+
+    def settle(self, purpose: str, platform: str, user_id: str) -> list[Request]:
+        """Use up every live code of this account for ``purpose`` (an owner answered it
+        without the code: approved or denied). Returns the requests settled."""
+        now = self._clock()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._conn.execute(
+                    "SELECT purpose, platform, user_id, chat_id, user_name, created, expires "
+                    "FROM codes WHERE purpose = ? AND platform = ? AND user_id = ? "
+                    "AND used IS NULL AND expires > ?",
+                    (purpose, platform, user_id, now),
+                ).fetchall()
+                self._conn.execute(
+                    "UPDATE codes SET used = ? WHERE purpose = ? AND platform = ? "
+                    "AND user_id = ? AND used IS NULL",
+                    (now, purpose, platform, user_id),
+                )
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        return [Request(*row) for row in rows]
 
     def legacy_codes_live(self, purpose: str) -> bool:
         """True while a code issued by onethread 0.1 (8 characters) is live for ``purpose``."""

@@ -237,6 +237,10 @@ class PostgresTurnLocks:
                     del session.held[number]
                     await asyncio.shield(self._release(session, conn, key, number))
 
+    def __len__(self) -> int:
+        """Session keys with a turn holding or waiting for a lock in this process."""
+        return sum(len(locks) for locks in list(self._local.values()))
+
     async def close(self) -> None:
         """Close the lock connections; the server frees any lock they held."""
         await self._sessions.aclose()

@@ -146,6 +146,10 @@ class RedisTurnLocks:
                 renewer.cancel()
                 await asyncio.shield(self._release(client, lease))
 
+    def __len__(self) -> int:
+        """Session keys with a turn holding or waiting for a lock in this process."""
+        return sum(len(locks) for locks in list(self._local.values()))
+
     async def close(self) -> None:
         """Close the connection pools. Locks still held expire with their lease."""
         await self._clients.aclose()

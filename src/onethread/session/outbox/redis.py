@@ -119,6 +119,19 @@ class RedisOutbox:
                 raise store_error(self.url, exc) from exc
         return str(entry_id)
 
+    async def depth(self, platforms: Collection[str]) -> dict[str, int]:
+        """Messages waiting (or being delivered) per platform: one round trip to the server."""
+        names = sorted(set(platforms))
+        async with self._clients.borrow() as client:
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        pipe.xlen(self._stream(name))
+                    counts = await pipe.execute()
+            except RedisError as exc:
+                raise store_error(self.url, exc) from exc
+        return {name: int(n) for name, n in zip(names, counts, strict=True)}
+
     async def dead(self, limit: int = 100) -> list[OutboxItem]:
         """Items given up after ``max_attempts`` (oldest first), for inspection."""
         async with self._clients.borrow() as client:
