@@ -20,11 +20,11 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 __all__ = ["FakeOpenAI", "FakeReply", "Handler", "error", "text", "tool_call", "tool_calls"]
 
@@ -105,7 +105,8 @@ def error(
 
 
 class FakeOpenAI:
-    """An aiohttp server implementing ``POST /v1/chat/completions`` on 127.0.0.1, port 0.
+    """An aiohttp server implementing ``POST /v1/chat/completions`` (and
+    ``GET /v1/models``, listing ``models``) on 127.0.0.1, port 0.
 
     With ``api_key`` set, requests with another bearer token get 401 as the
     real API does. ``requests`` and ``auth_headers`` record every request.
@@ -113,15 +114,26 @@ class FakeOpenAI:
     ``unexpected``. Delays end early when the server closes.
     """
 
-    def __init__(self, handler: Handler | None = None, *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        *,
+        api_key: str | None = None,
+        models: Sequence[str] = ("fake-model",),
+    ) -> None:
         self.handler = handler
         self.api_key = api_key
+        self.models = list(models)
+        self.model_listings = 0
         self.requests: list[dict[str, Any]] = []
         self.auth_headers: list[str] = []
         self.unexpected = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self._queue: deque[FakeReply | str] = deque()
+        # POST /v1/audio/transcriptions: what each upload says (by its bytes), and the calls.
+        self.transcripts: dict[bytes, str] = {}
+        self.transcriptions: list[dict[str, Any]] = []
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -139,6 +151,8 @@ class FakeOpenAI:
         """Bind to a free port on 127.0.0.1 and serve."""
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -159,6 +173,16 @@ class FakeOpenAI:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    async def _models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``: ``models`` as the API lists them (auth as for completions)."""
+        self.model_listings += 1
+        if self.api_key is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            return _error_response(error(401))
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
     async def _chat_completions(self, request: web.Request) -> web.Response:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -166,6 +190,30 @@ class FakeOpenAI:
             return await self._answer(request)
         finally:
             self.in_flight -= 1
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        """``multipart/form-data`` with ``file`` and ``model``, as the real endpoint takes."""
+        if self.api_key is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            return _error_response(error(401))
+        if not request.content_type.startswith("multipart/"):
+            return _error_response(error(400, "Expected multipart/form-data."))
+        fields: dict[str, Any] = {}
+        async for part in await request.multipart():
+            if isinstance(part, BodyPartReader) and part.name:
+                data = await part.read()
+                fields[part.name] = (part.filename, bytes(data))
+        if "file" not in fields or "model" not in fields:
+            return _error_response(error(400, "'file' and 'model' are required."))
+        filename, data = fields["file"]
+        self.transcriptions.append(
+            {"model": fields["model"][1].decode(), "filename": filename, "bytes": len(data)}
+        )
+        said = self.transcripts.get(data)
+        if said is None:
+            return _error_response(error(400, "fake_openai: no transcript set for these bytes"))
+        return web.json_response({"text": said})
 
     async def _answer(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")

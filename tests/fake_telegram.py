@@ -69,6 +69,7 @@ characters after entity parsing (400 "message is too long").
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import re
@@ -112,6 +113,19 @@ class SentMessage:
     raw_text: str
     parse_mode: str | None
     entities: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class SentFile:
+    """A photo or document the bot uploaded (``method`` is ``sendPhoto``/``sendDocument``)."""
+
+    chat_id: int | str
+    method: str
+    filename: str
+    data: bytes
+    caption: str
+    thread_id: int | None
+    message_id: int
 
 
 @dataclass
@@ -522,6 +536,10 @@ class FakeTelegram:
             lambda: itertools.count(1)
         )
         self._chats: dict[int | str, dict[str, Any]] = {}
+        # Files users sent: file_id -> (file_path, bytes); served at /file/bot<token>/<path>.
+        self.files: dict[str, tuple[str, bytes]] = {}
+        self.file_downloads = 0
+        self.sent_files: list[SentFile] = []
         self._faults: defaultdict[str, deque[_Fault]] = defaultdict(deque)
         self._slow: defaultdict[str, deque[float]] = defaultdict(deque)
         self._allowed_updates: list[str] | None = _DEFAULT_ALLOWED
@@ -537,6 +555,7 @@ class FakeTelegram:
         """Listen on 127.0.0.1 (a free port)."""
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._file)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -732,6 +751,72 @@ class FakeTelegram:
 
     # -- HTTP ------------------------------------------------------------------------------
 
+    def add_file(self, data: bytes, *, kind: str = "documents", name: str = "file") -> str:
+        """Keep ``data`` as a file a user sent; its ``file_id`` (use it in an update)."""
+        file_id = f"BQAC{len(self.files) + 1:04d}{hashlib.sha1(data).hexdigest()[:12]}"
+        self.files[file_id] = (f"{kind}/file_{len(self.files)}_{name}", bytes(data))
+        return file_id
+
+    def inject_media(
+        self,
+        user_id: int,
+        field: str,
+        data: bytes,
+        *,
+        caption: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> int:
+        """Queue a DM carrying a file: ``field`` is ``photo``, ``voice``, ``audio``,
+        ``document``, ``video`` or ``sticker``, shaped as the Bot API sends it
+        (``extra`` adds fields such as ``file_name``/``mime_type``)."""
+        file_id = self.add_file(data, kind=field + "s")
+        obj: dict[str, Any] = {"file_id": file_id, "file_unique_id": file_id[-8:],
+                               "file_size": len(data), **(extra or {})}  # fmt: skip
+        if field == "photo":
+            small = {**obj, "width": 90, "height": 60, "file_id": self.add_file(data[:10])}
+            value: Any = [small, {**obj, "width": 1280, "height": 853}]
+        elif field == "voice":
+            value = {"duration": 3, "mime_type": "audio/ogg", **obj}
+        elif field == "sticker":
+            value = {"width": 512, "height": 512, "is_animated": False, "is_video": False,
+                     "type": "regular", "emoji": "😀", **obj}  # fmt: skip
+        elif field in ("video", "audio"):
+            value = {"duration": 3, **({"width": 640, "height": 480} if field == "video" else {}),
+                     **obj}  # fmt: skip
+        else:
+            value = obj
+        update = message_update(user_id, caption, update_id=next(self._update_ids),
+                                message_id=next(self._message_ids[user_id]))  # fmt: skip
+        message = update["message"]
+        message.pop("text", None)
+        message.pop("entities", None)
+        if caption:
+            message["caption"] = caption
+        message[field] = value
+        self._chats[user_id] = message["chat"]
+        return self.inject_update(update)
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["token"] != self.token:
+            return web.json_response({"ok": False, "error_code": 401,
+                                      "description": "Unauthorized"}, status=401)  # fmt: skip
+        path = request.match_info["path"]
+        for file_path, data in self.files.values():
+            if file_path == path:
+                self.file_downloads += 1
+                return web.Response(body=data, content_type="application/octet-stream")
+        return await self._not_found(request)
+
+    async def _m_getfile(self, params: dict[str, Any], request: web.Request) -> Any:
+        file_id = str(_value(params, "file_id"))
+        if file_id not in self.files:
+            raise _bad("wrong file_id or the file is temporarily unavailable")
+        path, data = self.files[file_id]
+        if len(data) > 20 * 1024 * 1024:
+            raise _bad("file is too big")
+        return {"file_id": file_id, "file_unique_id": file_id[-8:], "file_size": len(data),
+                "file_path": path}  # fmt: skip
+
     async def _not_found(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"},
                                  status=404)  # fmt: skip
@@ -874,6 +959,56 @@ class FakeTelegram:
             result["message_thread_id"] = thread_id
             result["is_topic_message"] = bool(chat.get("is_forum"))
         return result
+
+    async def _upload(self, method: str, field_name: str, limit: int, request: web.Request,
+                      params: dict[str, Any]) -> Any:  # fmt: skip
+        """``sendPhoto``/``sendDocument`` with a multipart upload, as the Bot API takes them:
+        the file in the part the ``attach://NAME`` value names (PTB's ``attach=True``)
+        or in the field itself."""
+        chat_id = _chat_id(params)
+        form = await request.post() if request.content_type.startswith("multipart/") else {}
+        ref = params.get(field_name)
+        part = form.get(field_name)
+        if isinstance(ref, str) and ref.startswith("attach://"):
+            part = form.get(ref[len("attach://") :])
+        if not isinstance(part, web.FileField):
+            raise _bad(f"there is no {field_name} in the request")
+        data = part.file.read()
+        if not data:
+            raise _bad("file must be non-empty")
+        if len(data) > limit:
+            raise _ApiError(413, "Request Entity Too Large")
+        caption = str(params.get("caption") or "")
+        thread_id = _int(params, "message_thread_id")
+        message_id = next(self._message_ids[chat_id])
+        self.sent_files.append(SentFile(chat_id, method, part.filename or "", data, caption,
+                                        thread_id, message_id))  # fmt: skip
+        self._notify()
+        chat = self._chats.get(chat_id) or {"id": chat_id, "type": "private", "first_name": "Test"}
+        result: dict[str, Any] = {"message_id": message_id, "from": self.bot_user, "chat": chat,
+                                  "date": int(time.time())}  # fmt: skip
+        file_id = self.add_file(data, kind=field_name + "s", name=part.filename or "file")
+        if field_name == "photo":
+            result["photo"] = [{"file_id": file_id, "file_unique_id": file_id[-8:],
+                                "width": 90, "height": 90, "file_size": len(data)}]  # fmt: skip
+        else:
+            result["document"] = {"file_id": file_id, "file_unique_id": file_id[-8:],
+                                  "file_name": part.filename or "file",
+                                  "file_size": len(data)}  # fmt: skip
+        if caption:
+            result["caption"] = caption
+        return result
+
+    async def _m_sendphoto(self, params: dict[str, Any], request: web.Request) -> Any:
+        return await self._upload("sendPhoto", "photo", 10 * 1024 * 1024, request, params)
+
+    async def _m_senddocument(self, params: dict[str, Any], request: web.Request) -> Any:
+        return await self._upload("sendDocument", "document", 50 * 1024 * 1024, request, params)
+
+    async def wait_for_files(self, n: int, timeout: float = 5.0) -> list[SentFile]:
+        """Wait until the bot has uploaded ``n`` files."""
+        await self.wait_until(lambda: len(self.sent_files) >= n, timeout, f"{n} file(s)")
+        return list(self.sent_files)
 
     async def _m_sendchataction(self, params: dict[str, Any], request: web.Request) -> Any:
         chat_id = _chat_id(params)

@@ -122,7 +122,13 @@ async def test_delivered_where_the_person_talked_last_and_mirrored_with_the_labe
     assert entry.metadata["job_id"] == job.id
     assert entry.metadata["scheduled_for"] == job.next_run.isoformat()
     assert (entry.platform, entry.chat_id) == ("discord", "dm-200")
-    assert await botos.jobs("alice") == []  # a one-off is done
+
+    async def done() -> bool:
+        return await botos.jobs("alice") == []  # a one-off ends
+
+    await eventually(done)
+    exposed = (await botos.metrics.exposition()).decode()
+    assert 'onethread_scheduled_jobs_total{outcome="due"} 1' in exposed
 
 
 async def test_platform_and_label_chosen_by_the_caller(make: Make) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from onethread.session.attachments import Attachment
 from onethread.session.history.base import HistoryEntry, HistoryStore
 from onethread.session.urls import open_history_store
 from services import postgres_schema, postgres_url, redis_prefix, redis_url
@@ -52,10 +53,16 @@ async def test_append_load_roundtrip_keeps_every_field(store: HistoryStore) -> N
         mirror=True,
         source="cron",
         metadata={"job": "standup", "n": 2},
+        attachments=(
+            Attachment("image", "image/png", "cat.png", 1234, "sha256:" + "ab" * 32, caption="x"),
+            Attachment("voice", "audio/ogg", size=99, transcript="see you at nine"),
+        ),
     )
     await store.append("k", [full, e("yo", 2.0, role="assistant")])
     got = await store.load("k")
     assert got[0] == full
+    assert got[0].attachments[1].transcript == "see you at nine"
+    assert got[1].attachments == ()
     assert [x.content for x in got] == ["hi", "yo"]
 
 

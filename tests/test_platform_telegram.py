@@ -130,7 +130,7 @@ def test_sender_kinds() -> None:
     )  # fmt: skip
 
 
-def test_non_messages_are_ignored() -> None:
+def test_non_messages_are_ignored_and_a_sticker_is_an_attachment() -> None:
     callback = {"update_id": 5, "callback_query": {
         "id": "1", "chat_instance": "x", "data": "d",
         "from": {"id": 7, "is_bot": False, "first_name": "A"}}}  # fmt: skip
@@ -140,7 +140,9 @@ def test_non_messages_are_ignored() -> None:
     sticker["message"]["sticker"] = {"file_id": "s", "file_unique_id": "u", "width": 1,
                                      "height": 1, "is_animated": False, "is_video": False,
                                      "type": "regular"}  # fmt: skip
-    assert norm(sticker) is None
+    only_sticker = norm(sticker)  # an attachment-only message is never dropped
+    assert only_sticker is not None and only_sticker.text == ""
+    assert [a.kind for a in only_sticker.attachments] == ["sticker"]
     edited = message_update(7, "fixed typo")
     edited["edited_message"] = edited.pop("message")
     assert norm(edited) is None

@@ -225,9 +225,50 @@ async def run_reminder_tools(monkeypatch: pytest.MonkeyPatch) -> None:
     ]  # fmt: skip
 
 
+def _captured(name: str) -> str:
+    """Run a plain-script example in this thread, returning what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run_plain_example(name, {"__name__": "__main__"})
+    return out.getvalue()
+
+
+async def run_photo(monkeypatch: pytest.MonkeyPatch) -> None:
+    printed = await asyncio.to_thread(_captured, "photo")
+    print(printed, end="")
+    assert "You sent: [image: dot.png (image/png, 67 bytes) with the caption" in printed
+
+
+async def run_voice_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with FakeOpenAI(lambda body: "You asked me to call mum.") as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        server.transcripts[b"OggS" + bytes(60)] = "please call mum"
+        printed = await asyncio.to_thread(_captured, "voice-note")
+        assert len(server.transcriptions) == 1
+        assert server.requests[0]["messages"][-1]["content"] == "[voice note] please call mum"
+    assert printed.splitlines()[-2:] == ["You asked me to call mum.", "please call mum"]
+
+
+async def run_send_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onethread import File
+    from onethread.agent.files import split_result, turn_files
+
+    ns: dict[str, Any] = {}
+    run_plain_example("send-file", ns)
+    with turn_files() as produced:
+        told = split_result(ns["monthly_report"]("may"))
+    assert isinstance(produced[0], File) and produced[0].name == "report-may.csv"
+    assert produced[0].data == b"month,total\nmay,42\n" and produced[0].mime == "text/plain"
+    assert told.startswith("Report for may:\n(file report-may.csv, text/plain")
+
+
 RUNNERS: dict[str, Runner] = {
     "schedule": run_schedule,
     "reminder-tools": run_reminder_tools,
+    "photo": run_photo,
+    "voice-note": run_voice_note,
+    "send-file": run_send_file,
     **{
         name: _byo_runner(name)
         for name in ("byo-praisonaiagents", "byo-openai-agents", "byo-pydantic-ai", "byo-langgraph")

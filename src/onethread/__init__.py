@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Agent", "__version__"]
+__all__ = ["Agent", "File", "__version__"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .agent.files import File
 
 
 def __getattr__(name: str) -> Any:
@@ -20,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from .agent import Agent
 
         return Agent
+    if name == "File":
+        from .agent.files import File
+
+        return File
     raise AttributeError(f"module 'onethread' has no attribute {name!r}")

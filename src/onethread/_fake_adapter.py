@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .platforms.base import Adapter, Inbound, OnInbound
+from .session.attachments import Attachment
 
 __all__ = ["FakeAdapter", "SentMessage"]
 
@@ -41,6 +43,8 @@ class FakeAdapter(Adapter):
         self._on_inbound: OnInbound | None = None
         self._ids = itertools.count(1)
         self._new_message = asyncio.Condition()
+        self._files: dict[tuple[str, int], bytes] = {}  # (message id, index) -> bytes
+        self.downloads = 0
 
     async def start(self, on_inbound: OnInbound) -> None:
         """Begin delivering injected messages to ``on_inbound``."""
@@ -78,24 +82,38 @@ class FakeAdapter(Adapter):
         message_id: str | None = None,
         mentions_bot: bool | None = None,
         from_bot: bool = False,
+        files: Sequence[tuple[Attachment, bytes]] = (),
     ) -> Inbound:
-        """Deliver a message from ``user`` as the platform would; returns the Inbound."""
+        """Deliver a message from ``user`` as the platform would; returns the Inbound.
+
+        ``files``: attachments as the platform describes them, each with the
+        bytes the bot will fetch (``Adapter.download``).
+        """
         if self._on_inbound is None:
             raise RuntimeError("the FakeAdapter is not started (await bot.start() first)")
+        mid = message_id if message_id is not None else f"in-{next(self._ids)}"
+        for index, (_, data) in enumerate(files):
+            self._files[(mid, index)] = bytes(data)
         msg = Inbound(
             platform=self.name,
             chat_id=chat_id if chat_id is not None else f"dm-{user}",
             chat_type=chat_type,
             user_id=user,
             text=text,
-            message_id=message_id if message_id is not None else f"in-{next(self._ids)}",
+            message_id=mid,
             thread_id=thread_id,
             user_name=user_name or user,
             mentions_bot=chat_type == "dm" if mentions_bot is None else mentions_bot,
             from_bot=from_bot,
+            attachments=tuple(a for a, _ in files),
         )
         await self._on_inbound(msg)
         return msg
+
+    async def do_download(self, msg: Inbound, index: int) -> bytes:
+        """The bytes given to :meth:`inject` for that attachment."""
+        self.downloads += 1
+        return self._files[(msg.message_id, index)]
 
     async def wait_sent(self, count: int, timeout: float = 10.0) -> list[SentMessage]:
         """Wait until at least ``count`` messages were sent; return them all."""

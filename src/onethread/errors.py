@@ -12,8 +12,11 @@ Errors carry their data as attributes (``RetryAfter.retry_after``,
     │   └── MissingDependencyError  an optional SDK is not installed (.extra, .install_hint)
     ├── StoreError                  a store (identity or history) failed
     │   ├── CorruptStoreError       a store file cannot be parsed (.path); never overwritten
+    │   ├── StoreUnavailable        a store server cannot be reached now (.store, .reason)
     │   ├── SchemaVersionError      the store's schema is newer than this code knows
-    │   └── TurnLockLost            a shared turn lock was lost while held (.key, .reason)
+    │   ├── TurnLockLost            a shared turn lock was lost while held (.key, .reason)
+    │   └── BlobNotFound            no bytes in the blob store at that address (.ref)
+    ├── AttachmentRefused           an attachment past a limit (.reason, .limit); tell the person
     ├── IdentityError               identity linking refused (e.g. already linked elsewhere)
     ├── RecipientUnknown            notify(): no platform known for that person yet
     ├── ModelError                  the language model call failed (.status_code)
@@ -34,7 +37,9 @@ as a unified id containing ``:``, as Python callers expect.
 from __future__ import annotations
 
 __all__ = [
+    "AttachmentRefused",
     "BadRequest",
+    "BlobNotFound",
     "ConfigError",
     "ConnectionLost",
     "CorruptStoreError",
@@ -51,6 +56,7 @@ __all__ = [
     "RetryAfter",
     "SchemaVersionError",
     "StoreError",
+    "StoreUnavailable",
     "TurnLockLost",
 ]
 
@@ -79,6 +85,21 @@ class StoreError(OnethreadError):
     """A history or identity store failed."""
 
 
+class StoreUnavailable(StoreError):
+    """A store's server cannot be reached (refused, timed out, connection lost, shutting down).
+
+    ``store`` names the store with any password redacted (``"Redis at
+    redis://host:6379/0"``), ``reason`` is the driver's message on one line.
+    Raised by every network back-end at its driver boundary, so callers can
+    tell an outage (temporary: log it once, retry later) from a bug.
+    """
+
+    def __init__(self, store: str, reason: str) -> None:
+        self.store = store
+        self.reason = " ".join(reason.split())
+        super().__init__(f"{store}: {self.reason}")
+
+
 class CorruptStoreError(StoreError):
     """A store file exists but cannot be read or parsed. It is never overwritten."""
 
@@ -101,6 +122,26 @@ class SchemaVersionError(StoreError):
             f"{where}: schema version {found} is newer than this onethread knows ({known}); "
             "upgrade onethread"
         )
+
+
+class BlobNotFound(StoreError):
+    """The blob store holds no bytes at ``ref`` (a ``sha256:<hex>`` address)."""
+
+    def __init__(self, where: str, ref: str) -> None:
+        self.ref = ref
+        super().__init__(f"{where}: no blob {ref}")
+
+
+class AttachmentRefused(OnethreadError):
+    """An attachment that cannot be taken: ``.reason`` is ``"too_large"`` or ``"type"``.
+
+    The message is fit to send to the person who sent it (it names the limit).
+    """
+
+    def __init__(self, reason: str, message: str, *, limit: int = 0) -> None:
+        self.reason = reason
+        self.limit = limit
+        super().__init__(message)
 
 
 class TurnLockLost(StoreError):

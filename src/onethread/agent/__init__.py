@@ -11,15 +11,18 @@ Agents SDK, pydantic-ai, LangGraph), which it wraps (``agent.frameworks``).
 from __future__ import annotations
 
 from .agent import Agent
+from .files import File
 from .messages import build_messages
 from .models import ModelClient, ModelReply, ToolCall, TurnModel
 from .models_offline import OfflineModel
 from .models_openai import OpenAIModel
 from .responder import Responder, as_responder
 from .tools import Tool, tool_from_function
+from .transcribe import Transcriber
 
 __all__ = [
     "Agent",
+    "File",
     "ModelClient",
     "ModelReply",
     "OfflineModel",
@@ -27,6 +30,7 @@ __all__ = [
     "Responder",
     "Tool",
     "ToolCall",
+    "Transcriber",
     "TurnModel",
     "as_responder",
     "build_messages",

@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from ..errors import ConfigError, ModelError
+from ..session.blobs import BlobStore
 from ..session.history.base import HistoryEntry
+from .attachments import content_parts, takes_images
 from .messages import build_messages
 from .models import ModelClient, ToolCall, TurnModel
 from .models_offline import OfflineModel
@@ -19,6 +21,9 @@ from .tools import Tool, run_tool_call, tool_from_function
 __all__ = ["Agent"]
 
 logger = logging.getLogger("onethread.agent")
+
+#: How to name the model when only the server is configured.
+MODEL_FIX = "export ONETHREAD_MODEL=<a model the server serves> (or set agent.model)"
 
 _WRAP_UP = (
     "(The tool budget for this message is used up. Answer now with what you have, "
@@ -33,7 +38,9 @@ class Agent:
 
     - ``None``: ``ONETHREAD_MODEL`` (read now) on the OpenAI-compatible endpoint
       if ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set; otherwise
-      :class:`OfflineModel`, which says plainly that no model is configured.
+      :class:`OfflineModel`, which says plainly that no model is configured
+      (and, when ``OPENAI_BASE_URL`` is set without ``ONETHREAD_MODEL``, that
+      the model name is what is missing: no model of the server is guessed).
     - a ``str``: that model name on the OpenAI-compatible endpoint; raises
       ``ConfigError`` now if neither ``OPENAI_API_KEY`` nor ``OPENAI_BASE_URL``
       is set.
@@ -41,7 +48,9 @@ class Agent:
 
     ``tools`` are plain sync or async functions (or :class:`Tool` objects); a
     definition the schema cannot describe raises ``TypeError`` here.
-    ``timeout`` applies to models built from a name. The agent holds no
+    ``timeout`` applies to models built from a name. ``vision``: whether the
+    model takes images (image parts); ``None`` guesses from the model name
+    (``onethread.agent.attachments.VISION_MODEL_PREFIXES``). The agent holds no
     conversation state, so one instance serves any number of concurrent turns.
     """
 
@@ -54,6 +63,7 @@ class Agent:
         *,
         max_tool_rounds: int = 8,
         timeout: float = 60.0,
+        vision: bool | None = None,
     ) -> None:
         if max_tool_rounds < 0:
             raise ConfigError(f"max_tool_rounds must be 0 or more, got {max_tool_rounds}")
@@ -72,6 +82,9 @@ class Agent:
         self.model: ModelClient | TurnModel = _resolve_model(model, timeout=timeout)
         # Checked once: isinstance against a Protocol is slow, respond() is hot.
         self._turn_model = self.model if isinstance(self.model, TurnModel) else None
+        if vision is None:
+            vision = takes_images(str(getattr(self.model, "model", "") or ""))
+        self.vision = vision
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, tools={list(self.tools)!r}, model={self.model!r})"
@@ -82,6 +95,7 @@ class Agent:
         message: HistoryEntry | str,
         *,
         group: bool = False,
+        blobs: BlobStore | None = None,
     ) -> str:
         """Answer ``message`` given the earlier ``history`` (oldest first); return the reply text.
 
@@ -92,6 +106,8 @@ class Agent:
         never up. Raises :class:`~onethread.errors.ModelError` when the model
         fails or answers with nothing; the caller turns that into an apology.
         A ``str`` message is taken as a user message with no metadata.
+        ``blobs``: the blob store holding the message's attachments, for image
+        parts (when ``vision``) and the text of small text files.
         """
         if isinstance(message, str):
             message = HistoryEntry(role="user", content=message, timestamp=time.time())
@@ -99,6 +115,11 @@ class Agent:
             return await self._turn_model.reply(history, message, group=group)
         model = cast(ModelClient, self.model)  # not a TurnModel, so a ModelClient
         messages = build_messages(self.instructions, history, message, group=group)
+        if message.attachments and blobs is not None:
+            last = messages[-1]
+            last["content"] = await content_parts(
+                str(last["content"]), message.attachments, blobs, images=self.vision
+            )
         for _ in range(self.max_tool_rounds + 1):
             reply = await model.complete(messages, self._schemas)
             if not reply.tool_calls:
@@ -124,6 +145,14 @@ def _resolve_model(model: str | ModelClient | None, *, timeout: float) -> ModelC
         return OpenAIModel(model, timeout=timeout)
     if model is None:
         name = os.environ.get("ONETHREAD_MODEL", "").strip()
+        if not name and os.environ.get("OPENAI_BASE_URL"):
+            # A server but no model name: say so rather than guess one of its models
+            # (a server may serve several; the first listed is not a choice).
+            return OfflineModel(
+                "OPENAI_BASE_URL is set, but ONETHREAD_MODEL (the model to use there) is "
+                "not, so this is an automatic reply.",
+                note=f"OPENAI_BASE_URL is set but ONETHREAD_MODEL is not; {MODEL_FIX}",
+            )
         if not name:
             return OfflineModel()
         if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..session.history.base import DELIVERY_CUT, HistoryEntry
+from .attachments import with_attachments
 
 __all__ = ["CUT_SHORT", "EARLIER_CONVERSATION", "UNDELIVERED", "build_messages", "entry_text"]
 
@@ -28,6 +29,7 @@ def entry_text(entry: HistoryEntry, *, group: bool = False) -> str:
     Mirrored entries (sent by the bot on its own) are labelled with their
     source, e.g. ``[sent by the bot on its own via cron] Reminder: ...``; in a
     group, user text is attributed ``[user_name] text`` (user id if no name).
+    Attachments follow, one line each (``[voice note] what was said``).
     Text whose delivery failed is labelled ``[NOT DELIVERED: ...]``, and a
     reply sent only in part ``[SENT CUT SHORT: ...]``, so the model does not
     assume the person read it all.
@@ -39,14 +41,17 @@ def entry_text(entry: HistoryEntry, *, group: bool = False) -> str:
     if entry.metadata and entry.metadata.get("delivery") == DELIVERY_CUT:
         inner = replace(entry, metadata={})
         return f"[{CUT_SHORT}] {entry_text(inner, group=group)}"
+    content = (
+        with_attachments(entry.content, entry.attachments) if entry.attachments else entry.content
+    )
     if entry.mirror:
         via = f" via {entry.source}" if entry.source else ""
-        return f"[sent by the bot on its own{via}] {entry.content}"
+        return f"[sent by the bot on its own{via}] {content}"
     if group and entry.role == "user":
         who = entry.user_name or entry.user_id
         if who:
-            return f"[{who}] {entry.content}"
-    return entry.content
+            return f"[{who}] {content}"
+    return content
 
 
 def build_messages(
@@ -72,7 +77,9 @@ def build_messages(
     last = ""
     for entry in history:
         content = entry.content
-        if not content or content.isspace():  # the same test as `not content.strip()`
+        if entry.attachments:
+            content = with_attachments(content, entry.attachments)
+        elif not content or content.isspace():  # the same test as `not content.strip()`
             continue
         if entry.mirror or (entry.metadata and "delivery" in entry.metadata):
             role = "user" if entry.role == "user" and not entry.mirror else "assistant"
@@ -88,7 +95,9 @@ def build_messages(
             texts.append(text)
             last = role
     content = message.content
-    if not content or content.isspace():
+    if message.attachments:
+        content = with_attachments(content, message.attachments)
+    elif not content or content.isspace():
         content = _EMPTY_MESSAGE
     if group:  # as entry_text() of the message with role "user" and mirror False
         who = message.user_name or message.user_id

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..session.attachments import Attachment
 from ..session.history.base import HistoryEntry
+from .attachments import attachment_line
 from .models import ModelReply
 
 __all__ = ["OfflineModel"]
@@ -26,11 +28,14 @@ class OfflineModel:
     per conversation: only when no earlier reply in the history carries it
     (so again after ``/new``). No I/O and no waiting, so it is also fit for
     benchmarks. ``reason`` (optional) replaces the first sentence, e.g. to
-    say that ``ONETHREAD_MODEL`` is set but no endpoint is.
+    say that ``ONETHREAD_MODEL`` is set but no endpoint is; ``note`` says the
+    same in a few words for start-up banners.
     """
 
-    def __init__(self, reason: str = "") -> None:
+    def __init__(self, reason: str = "", *, note: str = "") -> None:
         self.reason = reason or "No language model is configured, so this is an automatic reply."
+        #: Why no model runs and how to get one, in a few words for banners.
+        self.note = note or "set ONETHREAD_MODEL and OPENAI_API_KEY for a real one"
 
     async def reply(
         self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
@@ -41,7 +46,10 @@ class OfflineModel:
             if entry.platform and entry.platform not in platforms:
                 platforms.append(entry.platform)
         told = any(e.role == "assistant" and _HOW_TO in e.content for e in history)
-        return self._text(message.content, len(history), platforms, notice=not told)
+        text = self._text(message.content, len(history), platforms, notice=not told)
+        if message.attachments:
+            text += "\n" + _received(message.attachments)
+        return text
 
     async def complete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
@@ -56,6 +64,7 @@ class OfflineModel:
         quote = " ".join(said.split())
         if len(quote) > _QUOTE_LIMIT:
             quote = quote[: _QUOTE_LIMIT - 1].rstrip() + "…"
+        said_line = f'You said: "{quote}"' if quote else "You sent no text."
         if earlier == 0:
             memory = "This is the start of our conversation: I hold no earlier messages."
         else:
@@ -63,8 +72,27 @@ class OfflineModel:
             memory = f"I remember this conversation: {earlier} earlier {noun}"
             memory += f" from {_join(platforms)}." if platforms else "."
         if not notice:
-            return f'You said: "{quote}"\n{memory}'
-        return f'{self.reason}\nYou said: "{quote}"\n{memory}\n{_HOW_TO}'
+            return f"{said_line}\n{memory}"
+        return f"{self.reason}\n{said_line}\n{memory}\n{_HOW_TO}"
+
+
+def _received(attachments: Sequence[Attachment]) -> str:
+    """What came with the message, and what it would take to read it."""
+    lines = [attachment_line(a) for a in attachments]
+    needs: list[str] = []
+    kinds = {a.kind for a in attachments}
+    if kinds & {"image", "sticker"}:
+        needs.append("a model that takes images (e.g. ONETHREAD_MODEL=gpt-4o-mini)")
+    if any(a.kind in ("voice", "audio") and not a.transcript for a in attachments):
+        needs.append("a transcription model (ONETHREAD_TRANSCRIBE_MODEL, e.g. whisper-1)")
+    if kinds & {"file", "video"}:
+        needs.append("a language model to read what the files say")
+    text = "You sent: " + "; ".join(lines) + "."
+    if needs:
+        text += " I received it and keep it with our conversation; to read it I need " + (
+            _join(needs) + "."
+        )
+    return text
 
 
 def _join(items: list[str]) -> str:

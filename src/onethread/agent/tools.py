@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .files import split_result
 from .models import ToolCall
 
 __all__ = ["Tool", "run_tool_call", "tool_from_function"]
@@ -303,7 +304,7 @@ async def run_tool_call(tools: Mapping[str, Tool], call: ToolCall) -> str:
         # The model should see the failure and may recover; the developer sees the traceback.
         logger.warning("tool %s raised", call.name, exc_info=True)
         return f"error: {type(exc).__name__}: {exc}"
-    return _result_text(result)
+    return _result_text(split_result(result))
 
 
 def _result_text(result: Any) -> str:

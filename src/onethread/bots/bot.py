@@ -6,23 +6,30 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ..agent.files import File
 from ..agent.responder import Responder, as_responder
-from ..errors import PlatformError
-from ..platforms.base import Adapter, Inbound
+from ..errors import PlatformError, StoreUnavailable
+from ..logs import log_turn
+from ..metrics import NULL_METRICS, NullMetrics
+from ..platforms.base import Adapter, Attachment, Inbound
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
+from ..session.blobs import DEFAULT_MAX_BYTES
 from ..session.history.base import DELIVERY_CUT, HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
+from ..session.outage import store_failed, stores_ok
 from ..session.validation import validate_platform
+from .attachments import Taken, take_attachments
 from .commands import CommandRouter
 from .gate import Gate, Verdict
 from .heap import freeze_startup_heap
 from .linking import LinkFlow
-from .manager import BotSessionManager
+from .manager import BotSessionManager, TurnStats
 from .policy import AccessPolicy, default_policy
 from .supervisor import Backoff, supervise
 
@@ -34,7 +41,7 @@ TURN_FAILED = "Sorry, something went wrong on my side and I could not answer tha
 
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
                 "drain_timeout", "access", "owners", "commands", "pairing",
-                "gc_freeze")  # fmt: skip
+                "gc_freeze", "blobs", "max_attachment_bytes", "metrics")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -65,7 +72,12 @@ class Bot:
             ``owners`` (owner user ids on this platform), ``pairing`` (a
             ``PairingStore`` for /link and approval codes), ``gc_freeze``
             (default True: at start, move the objects alive then out of the
-            cyclic garbage collector's walk, see ``onethread.bots.heap``);
+            cyclic garbage collector's walk, see ``onethread.bots.heap``),
+            ``blobs`` (blob store or URL for attachments, see
+            ``BotSessionManager``), ``max_attachment_bytes`` (default 20 MB:
+            larger attachments are refused with a message to the sender),
+            ``metrics`` (an ``onethread.metrics.Metrics`` to count turns and
+            deliveries in; default none, BotOS gives its bots its own);
             anything else goes to the platform adapter (e.g. ``base_url``).
 
     ``await start()`` runs until ``stop()``; ``run()`` is the blocking form that
@@ -93,10 +105,14 @@ class Bot:
                 store=store,
                 identity_resolver=identity_resolver,
                 max_history=own.get("max_history", 100),
+                blobs=own.get("blobs"),
             )
         elif identity_resolver is not None and session.identity_resolver is not identity_resolver:
             raise ValueError("pass identity_resolver to the shared session manager, not the Bot")
         self._session = session
+        self.max_attachment_bytes = int(own.get("max_attachment_bytes", DEFAULT_MAX_BYTES))
+        if self.max_attachment_bytes <= 0:
+            raise ValueError("max_attachment_bytes must be a positive number of bytes")
         adapter: Adapter | None = own.get("adapter")
         if adapter is None:
             adapter_cls: Any = load_adapter_class(self.platform)  # subclasses take token=
@@ -126,6 +142,13 @@ class Bot:
         self._done: asyncio.Event | None = None
         self.ready = asyncio.Event()
         self.on_turn: Callable[[Inbound, str], Awaitable[None]] | None = None
+        self.metrics: NullMetrics = NULL_METRICS
+        self.use_metrics(own.get("metrics") or NULL_METRICS)
+
+    def use_metrics(self, metrics: NullMetrics) -> None:
+        """Count this bot's turns and its adapter's deliveries in ``metrics``."""
+        self.metrics = metrics
+        self.adapter.metrics = metrics
 
     def adopt(self, session: BotSessionManager, gate: Gate) -> bool:
         """Move this (not yet started) bot onto a shared session manager and gate.
@@ -218,12 +241,30 @@ class Bot:
 
     # -- sending ---------------------------------------------------------------
 
-    async def send(self, chat_id: str, text: str, thread_id: str | None = None) -> list[str]:
-        """Send ``text`` (split to the platform's limit, at most 10 messages, retried).
+    async def send(
+        self,
+        chat_id: str,
+        text: str,
+        thread_id: str | None = None,
+        attachments: Sequence[File | Attachment] = (),
+    ) -> list[str]:
+        """Send ``text`` (split to the platform's limit, at most 10 messages, retried),
+        then each of ``attachments`` (``onethread.File`` or stored ``Attachment``):
+        images as photos where the platform has them, the rest as documents.
 
-        Returns the ids of the sent messages; see ``Adapter.send``.
+        Returns the ids of the sent messages; see ``Adapter.send`` and
+        ``Adapter.send_files``. ``text`` may be empty when files are sent.
         """
-        return await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
+        files = await self._session.store_files(attachments) if attachments else ()
+        ids = (
+            await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
+            if (text or not files)
+            else []
+        )
+        if files:
+            pairs = await self._session.file_bytes(files)
+            ids += await self.adapter.send_files(str(chat_id), pairs, thread_id=thread_id or "")
+        return ids
 
     # -- the turn --------------------------------------------------------------
 
@@ -236,8 +277,17 @@ class Bot:
         """
         if self._stopping is None or self._closed:
             return
-        verdict = await self._gate.check(msg)
+        try:
+            verdict = await self._gate.check(msg)
+        except StoreUnavailable as exc:
+            # The duplicate filter's server is down. Answering a redelivery twice
+            # beats dropping every message: let it through (the turn says sorry
+            # if the history is down too).
+            store_failed(exc, f"the duplicate check of a {self.platform} message")
+            verdict = Verdict.ACCEPT
         if verdict is not Verdict.ACCEPT:
+            if verdict is Verdict.DUPLICATE:
+                self.metrics.duplicate(self.platform)
             log.debug("%s: dropped message %s: %s", self.platform, msg.message_id, verdict.value)
             return
         key = self._session.key_for(
@@ -251,28 +301,57 @@ class Bot:
         task.add_done_callback(lambda t: self._tails.pop(key, None) if self._tails.get(key) is t
                                else None)  # fmt: skip
 
+    async def _take_attachments(self, msg: Inbound) -> Taken | None:
+        """Fetch and store ``msg``'s attachments (``None`` when it has none)."""
+        if not msg.attachments:
+            return None
+        return await take_attachments(
+            self.adapter, msg, self._session.blobs, max_bytes=self.max_attachment_bytes
+        )
+
     async def _handle(self, msg: Inbound, previous: asyncio.Task[None] | None = None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
+        started = time.perf_counter()
+        stats = TurnStats()
+        outcome = "error"
+        reply: str | None = None
         attempted = False  # the turn began sending its reply
         try:
             reply = await self.access.check(msg)
             if reply is not None:  # refused: at most one short reply, never the agent
+                outcome = "refused"
                 if reply:
                     await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
                     self.adapter.on_unstored_reply(msg, reply)
                 return
-            reply = await self._commands.handle(msg)
+            reply = await self._commands.handle(msg) if msg.text else None
             command = reply is not None  # its reply is not stored in the history
             if reply is None:
+                taken = await self._take_attachments(msg)
+                if taken is not None and not taken.attachments and not msg.text.strip():
+                    # Nothing left to answer: say only why each attachment was refused.
+                    outcome = "attachment_refused"
+                    await self.adapter.send(
+                        msg.chat_id, "\n".join(taken.refusals), thread_id=msg.thread_id
+                    )
+                    return
+                if taken is not None and taken.refusals:
+                    await self.adapter.send(
+                        msg.chat_id, "\n".join(taken.refusals), thread_id=msg.thread_id
+                    )
                 typing = self.adapter.typing(msg.chat_id, msg.thread_id)
 
-                async def deliver(text: str) -> dict[str, str] | None:
+                async def deliver(
+                    text: str, files: Sequence[tuple[Attachment, bytes]] = ()
+                ) -> dict[str, str] | None:
                     nonlocal attempted
                     attempted = True
                     await typing.__aexit__(None, None, None)  # no "typing…" after the reply
                     whole = self.adapter.fits(text)
                     await self.adapter.send(msg.chat_id, text, thread_id=msg.thread_id)
+                    if files:
+                        await self.adapter.send_files(msg.chat_id, files, thread_id=msg.thread_id)
                     return None if whole else {"delivery": DELIVERY_CUT}
 
                 async with typing:
@@ -289,8 +368,14 @@ class Bot:
                         thread_id=msg.thread_id,
                         user_name=msg.user_name,
                         message_id=msg.message_id,
+                        attachments=taken.attachments if taken is not None else (),
                         deliver=deliver,
+                        stats=stats,
                     )
+                stores_ok()  # a whole turn worked: any store outage on record is over
+                outcome = "model_error" if stats.model_failed else "ok"
+            else:
+                outcome = "command"
             if reply and not attempted:  # a command's answer, or the model-failure apology
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
                 if command:
@@ -298,18 +383,32 @@ class Bot:
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
         except PlatformError as exc:
+            outcome = "undelivered"
             log.error(
                 "%s: could not deliver the reply to %s: %s",
                 self.platform,
                 masked(self.platform, msg.chat_id),
                 exc,
             )
-        except Exception:
-            log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as exc:
+            outcome = "error"
+            if isinstance(exc, StoreUnavailable):  # an outage: one line for all of it
+                store_failed(exc, f"a turn on {self.platform}")
+            else:
+                log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
             if attempted:  # the reply went out (the store failed after): no apology on top
                 return
+            reply = TURN_FAILED
             with contextlib.suppress(PlatformError):  # the platform may be the problem
                 await self.adapter.send(msg.chat_id, TURN_FAILED, thread_id=msg.thread_id)
+        finally:
+            total = time.perf_counter() - started
+            self.metrics.turn(self.platform, outcome, total, stats.model_seconds)
+            log_turn(self.platform, msg.user_id, len(msg.text), len(reply or ""),
+                     stats.model_seconds, total, outcome)  # fmt: skip
 
 
 async def run_until_signal(

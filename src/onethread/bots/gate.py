@@ -16,7 +16,7 @@ class Verdict(enum.Enum):
     ACCEPT = "accept"
     OWN_MESSAGE = "own message"
     FROM_BOT = "sent by a bot"
-    EMPTY = "no text"
+    EMPTY = "no text and no attachment"
     DUPLICATE = "duplicate message id"
     NOT_ADDRESSED = "group message not addressed to the bot"
 
@@ -38,7 +38,7 @@ class Gate:
             return Verdict.OWN_MESSAGE
         if msg.from_bot:
             return Verdict.FROM_BOT
-        if not msg.text.strip():
+        if not msg.attachments and not msg.text.strip():
             return Verdict.EMPTY
         if msg.chat_type != "dm" and not msg.mentions_bot:
             return Verdict.NOT_ADDRESSED

@@ -85,6 +85,7 @@ class JobService:
         self.botos = botos
         self.store = store
         self.timezone = timezone
+        scheduler_options.setdefault("record", botos.metrics.scheduled_job)
         self.scheduler = Scheduler(store, self._fire, failed=self._failed, **scheduler_options)
 
     # -- the API behind BotOS.schedule/jobs/cancel ----------------------------------

@@ -7,28 +7,48 @@ one history store, one identity resolver, one set of turn locks.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from ..agent.files import File, turn_files
 from ..agent.responder import Responder, as_responder
-from ..errors import ModelError
+from ..agent.transcribe import Transcriber
+from ..errors import ModelError, StoreError
 from ..session._conn.shared import masked, who
+from ..session.attachments import Attachment
+from ..session.blobs import BlobStore, open_blob_store
 from ..session.context import SessionContext, clear_session_context, set_session_context
 from ..session.history.base import HistoryEntry, HistoryStore, delivery_failed
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
 from ..session.keys import DM, GROUP_TYPES, legacy_key, session_key, unified_key
 from ..session.locks import LocalTurnLocks, TurnLocks
+from ..session.text import clean_text, clean_value
 from ..session.urls import open_history_store
 
-__all__ = ["APOLOGY", "BotSessionManager", "Responder"]
+__all__ = ["APOLOGY", "BotSessionManager", "Responder", "TurnStats"]
 
 log = logging.getLogger("onethread.session")
 
 _MERGED_MAX = 100_000  # accounts remembered as merged (see merge_legacy)
 
 APOLOGY = "Sorry, I could not reach my language model just now. Please try again in a moment."
+
+
+class TurnStats:
+    """What :meth:`BotSessionManager.chat` measured of one turn (for metrics and the turn log).
+
+    ``model_seconds``: time in ``agent.respond`` (0 when it was not reached);
+    ``model_failed``: the model raised ``ModelError`` and the apology was returned.
+    """
+
+    __slots__ = ("model_failed", "model_seconds")
+
+    def __init__(self) -> None:
+        self.model_seconds = 0.0
+        self.model_failed = False
 
 
 class BotSessionManager:
@@ -41,6 +61,11 @@ class BotSessionManager:
             every DM on its legacy ``bot_{platform}_{user_id}`` key.
         max_history: how many earlier entries the model sees per turn.
         locks: turn locks (default: in-process); shared back-ends pass theirs.
+        blobs: the blob store for attachment bytes, or its URL; ``None``: a
+            ``file:`` store under ``ONETHREAD_HOME`` (``memory://`` when the
+            history is in memory). Opened lazily.
+        transcriber: turns voice notes into text before the turn (``None``:
+            ``Transcriber.from_env()``, i.e. ``ONETHREAD_TRANSCRIBE_MODEL``).
 
     Concurrency: turns on one session key run one at a time, in arrival
     order, whichever bot or platform they come from (``locks``). Different
@@ -55,6 +80,8 @@ class BotSessionManager:
         max_history: int = 100,
         *,
         locks: TurnLocks | None = None,
+        blobs: BlobStore | str | None = None,
+        transcriber: Transcriber | None = None,
     ) -> None:
         if identity_resolver is not None and not isinstance(
             identity_resolver, IdentityResolverProtocol
@@ -69,17 +96,97 @@ class BotSessionManager:
         self._store: HistoryStore | None = store if not isinstance(store, str | None) else None
         self.identity_resolver = identity_resolver
         self.max_history = max_history
-        self.locks: TurnLocks = locks or LocalTurnLocks()
+        # Not `locks or ...`: lock sets have a length, and an empty one is falsy.
+        self.locks: TurnLocks = locks if locks is not None else LocalTurnLocks()
         self._merged: set[tuple[str, str, str]] = set()
         # mirror_to_session calls made inside the loop, still writing (loop thread only).
         self.pending_mirrors: set[asyncio.Task[bool]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._blobs_arg = blobs
+        self._blobs: BlobStore | None = blobs if not isinstance(blobs, str | None) else None
+        self.transcriber = transcriber if transcriber is not None else Transcriber.from_env()
+        # Whether each responder's respond() takes blobs= (by type, asked once).
+        self._takes_blobs: dict[type, bool] = {}
         # Framework agents given to chat() directly, wrapped once: id -> (agent, wrapper).
         # The agent is held so its id is not reused while the entry lives.
         self._wrapped: dict[int, tuple[object, Responder]] = {}
         self._plain: set[type] = set()  # classes as_responder() returned as they are
 
     # -- plumbing --------------------------------------------------------------
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The blob store for attachment bytes (opened on first use)."""
+        if self._blobs is None:
+            url = self._blobs_arg if isinstance(self._blobs_arg, str) else None
+            if url is None and _in_memory(self._store_arg, self._store):
+                url = "memory://"
+            self._blobs = open_blob_store(url)
+        return self._blobs
+
+    async def _transcribed(self, attachments: Sequence[Attachment]) -> tuple[Attachment, ...]:
+        """``attachments`` with voice notes and audio transcribed (once; failures logged)."""
+        if self.transcriber is None:
+            return tuple(attachments)
+        out = []
+        for a in attachments:
+            if a.kind in ("voice", "audio") and a.blob and not a.transcript:
+                try:
+                    data = await self.blobs.get(a.blob)
+                    text = await self.transcriber.transcribe(data, name=a.name, mime=a.mime)
+                except (ModelError, StoreError) as exc:
+                    log.warning("could not transcribe %s: %s", a.blob, exc)
+                else:
+                    a = a.with_(transcript=text)
+            out.append(a)
+        return tuple(out)
+
+    async def store_files(self, items: Sequence[File | Attachment]) -> tuple[Attachment, ...]:
+        """Outgoing files as stored attachments: ``File`` bytes go into :attr:`blobs`.
+
+        An ``Attachment`` must already be stored (``blob`` set); ``ValueError``
+        otherwise, and ``TypeError`` for anything but the two.
+        """
+        out: list[Attachment] = []
+        for item in items:
+            if isinstance(item, File):
+                blob = await self.blobs.put(item.data)
+                out.append(Attachment(item.kind, item.mime, item.name, len(item.data), blob))
+            elif isinstance(item, Attachment):
+                if not item.blob:
+                    raise ValueError(
+                        f"attachment {item.name or item.kind!r} has no blob: send a "
+                        "onethread.File(path_or_bytes) instead, or store the bytes first"
+                    )
+                out.append(item)
+            else:
+                raise TypeError(
+                    f"attachments must be onethread.File or Attachment, not {type(item).__name__}"
+                )
+        return tuple(out)
+
+    async def file_bytes(self, attachments: Sequence[Attachment]) -> list[tuple[Attachment, bytes]]:
+        """Each stored attachment with its bytes, read from :attr:`blobs`."""
+        return [(a, await self.blobs.get(a.blob)) for a in attachments]
+
+    async def _respond(
+        self, agent: Responder, history: Sequence[HistoryEntry], message: HistoryEntry, group: bool
+    ) -> str:
+        if not message.attachments:
+            return await agent.respond(history, message, group=group)
+        kind = type(agent)
+        takes = self._takes_blobs.get(kind)
+        if takes is None:
+            try:
+                takes = "blobs" in inspect.signature(agent.respond).parameters
+            except (TypeError, ValueError):
+                takes = False
+            self._takes_blobs[kind] = takes
+        if takes:
+            respond: Any = agent.respond
+            reply: str = await respond(history, message, group=group, blobs=self.blobs)
+            return reply
+        return await agent.respond(history, message, group=group)
 
     @property
     def store(self) -> HistoryStore:
@@ -169,7 +276,9 @@ class BotSessionManager:
         thread_id: str = "",
         user_name: str = "",
         message_id: str = "",
-        deliver: Callable[[str], Awaitable[Mapping[str, Any] | None]] | None = None,
+        attachments: Sequence[Attachment] = (),
+        deliver: Callable[..., Awaitable[Mapping[str, Any] | None]] | None = None,
+        stats: TurnStats | None = None,
     ) -> str:
         """Run one turn and return the reply.
 
@@ -178,7 +287,8 @@ class BotSessionManager:
         ``max_history`` entries, asks the agent, and appends the user message
         and the reply in one transaction. If the model fails (``ModelError``)
         the user's message is still stored and a short apology is returned
-        (not delivered, not stored: the caller sends it).
+        (not delivered, not stored: the caller sends it). ``stats``, when
+        given, receives the model's time and whether it failed.
 
         ``agent`` is anything ``Bot(agent=...)`` accepts: an ``Agent``, a
         Responder, or a framework's agent (wrapped, see ``onethread.agent``);
@@ -191,10 +301,20 @@ class BotSessionManager:
         is re-raised. A mapping ``deliver`` returns becomes the reply's metadata
         (``{"delivery": "cut"}``: only the first part was sent). Without
         ``deliver`` the caller sends the returned reply.
+
+        ``attachments`` (stored in :attr:`blobs` already) are kept with the
+        message; voice notes are transcribed first when a transcriber is set.
+        Files the agent's tools return (``onethread.File``) are stored and kept
+        with the reply; ``deliver`` then gets them too:
+        ``deliver(reply, files=[(attachment, bytes), ...])``.
+        Lone surrogates in any string become U+FFFD (``onethread.session.text``).
         """
         responder = self._responder(agent)
         if self.loop is None:
             self.bind_loop()
+        user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id = map(
+            clean_text, (user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id)
+        )
         unified = self.resolve(platform, user_id)
         group = chat_type in GROUP_TYPES
         key = session_key(
@@ -223,6 +343,7 @@ class BotSessionManager:
             message_id=message_id,
             chat_type=chat_type,
         )
+        files = await self._transcribed(attachments) if attachments else ()
         async with self.locks.hold(key):
             token = set_session_context(ctx)
             try:
@@ -236,13 +357,22 @@ class BotSessionManager:
                     user_id=user_id,
                     user_name=user_name,
                     message_id=message_id,
+                    attachments=files,
                 )
+                asked = time.perf_counter()
                 try:
-                    reply = await responder.respond(history, message, group=group)
+                    with turn_files() as produced:
+                        reply = await self._respond(responder, history, message, group)
+                    sent = await self.store_files(produced) if produced else ()
                 except ModelError as exc:
+                    if stats is not None:
+                        stats.model_seconds = time.perf_counter() - asked
+                        stats.model_failed = True
                     log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
                     await self.store.append(key, [message])
                     return APOLOGY
+                if stats is not None:
+                    stats.model_seconds = time.perf_counter() - asked
                 stamp = max(time.time(), message.timestamp)
                 undelivered: BaseException | None = None
                 outcome: Mapping[str, Any] | None = None
@@ -250,7 +380,10 @@ class BotSessionManager:
                     # Sent before the turn is stored, under the turn lock: the reply is
                     # stored once, in the turn's one transaction, with how delivery went.
                     try:
-                        outcome = await deliver(reply)
+                        if sent:
+                            outcome = await deliver(reply, files=await self.file_bytes(sent))
+                        else:
+                            outcome = await deliver(reply)
                     except BaseException as exc:  # re-raised below, once the turn is stored
                         undelivered = exc
                 answer = HistoryEntry(
@@ -262,6 +395,7 @@ class BotSessionManager:
                     metadata=delivery_failed(undelivered)
                     if undelivered is not None
                     else dict(outcome or {}),
+                    attachments=sent,
                 )
                 await self.store.append(key, [message, answer])
                 if undelivered is not None:
@@ -294,11 +428,18 @@ class BotSessionManager:
         *,
         source: str = "delivery",
         metadata: Mapping[str, Any] | None = None,
+        attachments: Sequence[Attachment] = (),
     ) -> None:
-        """Append text the bot sent on its own to ``user_id``'s history, under the turn lock."""
-        if not isinstance(text, str) or not text:
+        """Append text the bot sent on its own to ``user_id``'s history, under the turn lock.
+
+        ``attachments`` (already in :attr:`blobs`) are the files sent with it;
+        the text may then be empty. Lone surrogates in the text, ids and
+        metadata become U+FFFD (``onethread.session.text``).
+        """
+        if not isinstance(text, str) or not (text or attachments):
             raise ValueError("mirror text must be a non-empty string")
-        meta = dict(metadata or {})
+        user_id, text, source = clean_text(user_id), clean_text(text), clean_text(source)
+        meta = clean_value(dict(metadata or {}))
         key = self.mirror_key(user_id)
         async with self.locks.hold(key):
             # Stamped under the lock: a mirror that waited for a turn sorts after it.
@@ -311,6 +452,7 @@ class BotSessionManager:
                 mirror=True,
                 source=source,
                 metadata=meta,
+                attachments=tuple(attachments),
             )
             await self.store.append(key, [entry])
 
@@ -475,8 +617,20 @@ class BotSessionManager:
             await self.store.append(key, entries)
 
     async def close(self) -> None:
-        """Finish pending in-loop mirrors (up to 10 s), then close the history store."""
+        """Finish pending in-loop mirrors (up to 10 s), then close the stores it opened."""
         if self.pending_mirrors:
             await asyncio.wait(set(self.pending_mirrors), timeout=10.0)
         if self._store is not None:
             await self._store.close()
+        if self._blobs is not None and self._blobs is not self._blobs_arg:
+            await self._blobs.close()
+        if self.transcriber is not None:
+            await self.transcriber.aclose()
+
+
+def _in_memory(store_arg: object, store: object) -> bool:
+    if isinstance(store_arg, str):
+        return store_arg.startswith("memory:")
+    from ..session.history.memory import MemoryHistoryStore
+
+    return isinstance(store, MemoryHistoryStore)

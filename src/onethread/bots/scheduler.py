@@ -52,6 +52,9 @@ __all__ = ["Fire", "OnFailed", "Scheduler", "Undelivered"]
 
 log = logging.getLogger("onethread.scheduler")
 
+LATE = 60.0
+"""Seconds after its time from which a delivered occurrence counts as ``late``."""
+
 Fire = Callable[[Job, datetime], Awaitable[None]]
 """Delivers one occurrence (original time given); raising means it failed."""
 
@@ -101,6 +104,9 @@ class Scheduler:
             :meth:`wake` when they move it).
         max_sleep: longest sleep between looks at the store (default 60 s).
         owner: this host's name in claims (default ``hostname-pid-random``).
+        record: told each occurrence's outcome: ``due`` (fired on time, within
+            a minute), ``late`` (fired later, within ``grace``), ``missed``,
+            ``failed`` (``Metrics.scheduled_job``).
 
     Concurrency: :meth:`run` once per process, on the loop that uses the
     store; :meth:`wake` from that loop.
@@ -119,6 +125,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         max_sleep: float = 60.0,
         owner: str | None = None,
+        record: Callable[[str], None] | None = None,
     ) -> None:
         if grace < 0 or lease <= 0 or concurrency < 1 or max_sleep <= 0:
             raise ValueError("grace >= 0, lease > 0, concurrency >= 1 and max_sleep > 0 are needed")
@@ -134,6 +141,7 @@ class Scheduler:
         self.clock = clock
         self.max_sleep = max_sleep
         self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.record = record or (lambda outcome: None)
         self._wake: asyncio.Event | None = None
         self._running: set[asyncio.Task[None]] = set()
         self.fired = 0  # occurrences delivered by this process (for logs and tests)
@@ -256,6 +264,7 @@ class Scheduler:
                 job.id, job.unified_user_id, _when(occurrence), late, self.grace,
             )  # fmt: skip
             error = f"missed by {late:.0f} s (grace {self.grace:.0f} s)"
+            self.record("missed")
             return self._advance(job, now, occurrence, "missed", error)
         job = job.evolve(next_run=occurrence)
         delivery: asyncio.Future[None] = asyncio.ensure_future(self.fire(job, occurrence))
@@ -268,6 +277,7 @@ class Scheduler:
         exc = delivery.exception()
         if exc is None:
             self.fired += 1
+            self.record("late" if late > LATE else "due")
             return self._advance(job, self.clock(), occurrence, "delivered", "")
         attempts = job.attempts + 1
         pending = exc.pending_reply if isinstance(exc, Undelivered) else job.pending_reply
@@ -286,6 +296,7 @@ class Scheduler:
             "job %s for %s: delivery of the occurrence of %s failed %d times; giving up: %s",
             job.id, job.unified_user_id, _when(occurrence), attempts, exc,
         )  # fmt: skip
+        self.record("failed")
         if self.failed is not None:
             try:
                 await self.failed(job.evolve(pending_reply=pending), occurrence, exc)

@@ -5,7 +5,7 @@ Importing this package imports no platform SDK.
 
 from __future__ import annotations
 
-from .base import Adapter, Inbound, OnInbound
+from .base import Adapter, Attachment, Inbound, OnInbound
 from .registry import PLATFORMS, load_adapter_class
 
-__all__ = ["PLATFORMS", "Adapter", "Inbound", "OnInbound", "load_adapter_class"]
+__all__ = ["PLATFORMS", "Adapter", "Attachment", "Inbound", "OnInbound", "load_adapter_class"]

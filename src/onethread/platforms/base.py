@@ -25,15 +25,25 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
-from ..errors import FormattingRejected
+from ..errors import AttachmentRefused, FormattingRejected
+from ..metrics import NULL_METRICS, NullMetrics
+from ..session.attachments import Attachment
+from ..session.text import clean_text
 from .delivery import RetryPolicy, cap_messages, send_with_retry
 
-__all__ = ["Adapter", "Inbound", "OnInbound"]
+__all__ = [
+    "Adapter",
+    "Attachment",
+    "Inbound",
+    "OnInbound",
+    "credential_in",
+    "whitespace_problem",
+]
 
 log = logging.getLogger("onethread.platforms")
 
@@ -45,7 +55,15 @@ class Inbound:
     ``chat_type`` is ``"dm"``, ``"group"`` or ``"channel"``. ``mentions_bot`` is
     true when the message addresses the bot (a mention, a reply to the bot, or a
     command). ``from_bot`` marks messages sent by any bot account, ``from_self``
-    by this bot. ``raw`` keeps the SDK object for adapters; it is not compared.
+    by this bot. ``attachments`` are what came with the message (photos,
+    voice notes, files), described by the adapter; ``blob`` is empty until the
+    bot has fetched the bytes (``Adapter.download``). A message may be
+    attachments only, with empty ``text``. ``raw`` keeps the SDK object for
+    adapters; it is not compared.
+
+    Every string field is passed through ``onethread.session.text.clean_text``
+    when constructed (lone surrogates become U+FFFD), so whatever an adapter
+    hands in can be stored and sent by every back-end.
     """
 
     platform: str
@@ -60,10 +78,43 @@ class Inbound:
     mentions_bot: bool = False
     from_bot: bool = False
     from_self: bool = False
+    attachments: tuple[Attachment, ...] = ()
     raw: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                cleaned = clean_text(value)
+                if cleaned is not value:
+                    object.__setattr__(self, name, cleaned)  # frozen: set once, here
+
+
+_TEXT_FIELDS = ("platform", "chat_id", "chat_type", "user_id", "text", "message_id",
+                "chat_name", "thread_id", "user_name")  # fmt: skip
 
 
 OnInbound = Callable[[Inbound], Awaitable[None]]
+
+
+def credential_in(
+    options: Mapping[str, Any], env: Mapping[str, str], option: str, variable: str
+) -> tuple[str, str]:
+    """For :meth:`Adapter.check_options`: the credential ``option`` (else ``env[variable]``)
+    and how a message names where it came from. ``("", ...)`` when neither is set
+    (the config check reports that itself); never put the value in a message.
+    """
+    value = options.get(option)
+    if value:
+        return str(value), f"the {option} option"
+    return env.get(variable, ""), variable
+
+
+def whitespace_problem(value: str, where: str) -> str | None:
+    """A pasted credential with spaces or a line break in it (a frequent copy mistake)."""
+    if value != value.strip() or any(c.isspace() for c in value):
+        return f"{where} has spaces or a line break in it; copy the token alone"
+    return None
 
 
 class Adapter(ABC):
@@ -74,11 +125,14 @@ class Adapter(ABC):
 
     name: ClassVar[str] = ""
     max_message_length: ClassVar[int] = 4000
+    max_file_bytes: ClassVar[int] = 20 * 1024 * 1024  # largest file the platform takes from bots
     # One reply never floods a chat: beyond this many messages it is cut (with a note).
     max_messages: ClassVar[int] = 10
     typing_interval: ClassVar[float] = 4.0
     help_lines: ClassVar[tuple[str, ...]] = ()
     """Lines this platform adds to ``/help``: commands the adapter handles itself."""
+    metrics: NullMetrics = NULL_METRICS
+    """Where ``send()`` counts deliveries, retries and rate-limit waits (set by the Bot)."""
 
     def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
         self.retry_policy = retry_policy or RetryPolicy()
@@ -154,6 +208,74 @@ class Adapter(ABC):
         plain text. Raise the mapped ``onethread.errors`` on failure.
         """
 
+    async def do_send_file(
+        self, chat_id: str, attachment: Attachment, data: bytes, *, thread_id: str = ""
+    ) -> str:
+        """Send one file (``attachment`` describes ``data``): a photo for images where
+        the platform has photos, else a document, with ``attachment.caption``.
+        Return the message id; raise the mapped ``onethread.errors``. The default
+        says the platform takes no files."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} cannot send files")
+
+    @final
+    async def send_files(
+        self, chat_id: str, files: Sequence[tuple[Attachment, bytes]], *, thread_id: str = ""
+    ) -> list[str]:
+        """Send each file in order, retried like text; return the message ids.
+
+        A file larger than ``max_file_bytes`` (or any file, on a platform that
+        takes none) is not sent: a short text line says so instead, so the
+        person knows something is missing. Raises the last ``PlatformError``
+        when a file cannot be delivered.
+        """
+        ids: list[str] = []
+        for attachment, data in files:
+            label = attachment.name or f"a {attachment.kind}"
+            if len(data) > self.max_file_bytes:
+                note = f"(I could not send {label}: it is larger than {self.name} allows.)"
+                ids += await self.send(chat_id, note, thread_id=thread_id)
+                continue
+            try:
+                ids.append(await self._send_file(chat_id, attachment, data, thread_id))
+            except NotImplementedError:
+                note = f"(I could not send {label}: {self.name} takes no files from me.)"
+                ids += await self.send(chat_id, note, thread_id=thread_id)
+        return ids
+
+    async def _send_file(
+        self, chat_id: str, attachment: Attachment, data: bytes, thread_id: str
+    ) -> str:
+        return await send_with_retry(
+            lambda: self.do_send_file(chat_id, attachment, data, thread_id=thread_id),
+            self.retry_policy,
+            what=f"{self.name} file to {chat_id}",
+            on_wait=self._on_wait,  # retries and rate-limit waits count as for text
+        )
+
+    async def do_download(self, msg: Inbound, index: int) -> bytes:
+        """The bytes of ``msg.attachments[index]``, fetched from the platform.
+
+        Adapters whose platform sends files implement it (from what they kept
+        in ``msg.raw``); the default says the platform has none. Raise the
+        mapped ``onethread.errors`` on failure.
+        """
+        raise NotImplementedError(f"{self.name or type(self).__name__} cannot fetch attachments")
+
+    @final
+    async def download(self, msg: Inbound, index: int, *, max_bytes: int) -> bytes:
+        """The bytes of attachment ``index`` of ``msg``, at most ``max_bytes`` of them.
+
+        Raises ``AttachmentRefused`` (``reason="too_large"``) before fetching
+        when the platform says the file is larger, and after when it was.
+        """
+        declared = msg.attachments[index].size
+        if declared > max_bytes:
+            raise _too_large(declared, max_bytes)
+        data = await self.do_download(msg, index)
+        if len(data) > max_bytes:
+            raise _too_large(len(data), max_bytes)
+        return data
+
     async def do_typing(self, chat_id: str, thread_id: str = "") -> None:  # noqa: B027
         """Show a typing indicator once (default: the platform has none)."""
 
@@ -166,6 +288,7 @@ class Adapter(ABC):
         Retries rate limits and server errors per ``retry_policy``; a formatting
         rejection is resent as plain text. Returns the ids of the sent messages.
         Raises the last ``PlatformError`` when a chunk cannot be delivered.
+        Counted in ``metrics`` as one delivery, ``delivered`` or ``failed``.
         """
         chunks, cut = cap_messages(text, self.max_message_length, self.max_messages)
         if cut:
@@ -174,9 +297,19 @@ class Adapter(ABC):
                 self.name, chat_id, len(text), len(chunks),
             )  # fmt: skip
         ids: list[str] = []
-        for chunk in chunks:
-            ids.append(await self._send_chunk(chat_id, chunk, thread_id))
+        try:
+            for chunk in chunks:
+                ids.append(await self._send_chunk(chat_id, chunk, thread_id))
+        except Exception:
+            self.metrics.delivery(self.name, "failed")
+            raise
+        self.metrics.delivery(self.name, "delivered")
         return ids
+
+    def _on_wait(self, rate_limited: bool, seconds: float) -> None:
+        self.metrics.delivery(self.name, "retried")
+        if rate_limited:
+            self.metrics.rate_limit_wait(self.name, seconds)
 
     @final
     def fits(self, text: str) -> bool:
@@ -192,6 +325,7 @@ class Adapter(ABC):
                 lambda: self.do_send(chat_id, chunk, thread_id=thread_id, formatted=True),
                 self.retry_policy,
                 what=what,
+                on_wait=self._on_wait,
             )
         except FormattingRejected:
             log.info("%s: markup rejected, resending as plain text", what)
@@ -199,6 +333,7 @@ class Adapter(ABC):
                 lambda: self.do_send(chat_id, chunk, thread_id=thread_id, formatted=False),
                 self.retry_policy,
                 what=what,
+                on_wait=self._on_wait,
             )
 
     @final
@@ -260,3 +395,15 @@ class _Typing:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _too_large(size: int, limit: int) -> AttachmentRefused:
+    return AttachmentRefused(
+        "too_large",
+        f"That file is {_mb(size)}; I can take files up to {_mb(limit)}.",
+        limit=limit,
+    )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{size / 1000:.0f} KB"

@@ -28,11 +28,11 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import httpx
-from telegram import Bot, Message, Update
+from telegram import Bot, InputFile, Message, Update
 from telegram import error as tg
 from telegram.constants import ChatAction, ChatType, MessageEntityType, ParseMode
 from telegram.request import HTTPXRequest
@@ -49,7 +49,8 @@ from ..errors import (
     PlatformUnavailable,
     RetryAfter,
 )
-from .base import Adapter, Inbound, OnInbound
+from ..session.attachments import Attachment
+from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
 
 __all__ = [
@@ -64,6 +65,13 @@ log = logging.getLogger("onethread.platforms.telegram")
 
 PLATFORM = "telegram"
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
+# The shape @BotFather gives: the bot's numeric id, ':', then the secret. The
+# Bot API manual (https://core.telegram.org/bots/api#authorizing-your-bot)
+# shows "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"; tokens issued today carry
+# 35 characters of [A-Za-z0-9_-] after the colon. 30 or more are accepted, so
+# a longer secret some day is not refused; what this catches is a value that
+# cannot be a token at all ("obviously-fake", a paste of the wrong field).
+TOKEN_SHAPE = re.compile(r"[0-9]+:[A-Za-z0-9_-]{30,}")
 BASE_URL_ENV = "TELEGRAM_API_BASE_URL"
 DEFAULT_API_ROOT = "https://api.telegram.org"
 ALLOWED_UPDATES = ("message", "channel_post")
@@ -164,6 +172,8 @@ def _may_have_arrived(exc: tg.TelegramError) -> bool:
     return True  # e.g. "Invalid server response": a 2xx the SDK could not parse
 
 
+_PHOTO_MAX = 10 * 1024 * 1024  # sendPhoto's limit; larger images go as documents
+
 # -- normalising ---------------------------------------------------------------
 
 
@@ -192,15 +202,16 @@ def _addresses_bot(message: Message, bot_id: int, bot_username: str) -> bool:
 
 
 def normalize_message(message: Message, *, bot_id: int, bot_username: str) -> Inbound | None:
-    """Turn a Telegram ``Message`` into an ``Inbound``; ``None`` when it carries no text.
+    """Turn a Telegram ``Message`` into an ``Inbound``; ``None`` with neither text nor a file.
 
     ``thread_id`` is the forum topic (``message_thread_id`` of a topic message),
     else ``""``. A message sent on behalf of a chat (anonymous admin, channel)
     is attributed to that chat. Pure: no I/O, no filtering of own/bot messages.
     """
-    text = message.text if message.text is not None else message.caption
+    text = (message.text if message.text is not None else message.caption) or ""
     chat_type = _CHAT_TYPES.get(message.chat.type)
-    if not text or chat_type is None:
+    files = tuple(a for a, _ in media(message))
+    if not (text or files) or chat_type is None:
         return None
     from_bot = from_self = False
     if message.sender_chat is not None:
@@ -229,8 +240,50 @@ def normalize_message(message: Message, *, bot_id: int, bot_username: str) -> In
         mentions_bot=chat_type == "dm" or _addresses_bot(message, bot_id, bot_username),
         from_bot=from_bot,
         from_self=from_self,
+        attachments=files,
         raw=message,
     )
+
+
+def media(message: Message) -> list[tuple[Attachment, str]]:
+    """The message's files as attachments, each with its Bot API ``file_id``.
+
+    A photo comes in several sizes: the largest is taken. Telegram re-encodes
+    photos as JPEG; other files keep the sender's type and name, which the bot
+    checks against the bytes once fetched.
+    """
+    found: list[tuple[Attachment, str]] = []
+    if message.photo:
+        best = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+        found.append((Attachment("image", "image/jpeg", size=best.file_size or 0), best.file_id))
+    if message.voice is not None:
+        v = message.voice
+        found.append((Attachment("voice", v.mime_type or "audio/ogg", size=v.file_size or 0),
+                      v.file_id))  # fmt: skip
+    if message.audio is not None:
+        a = message.audio
+        found.append((Attachment("audio", a.mime_type or "", a.file_name or "",
+                                 a.file_size or 0), a.file_id))  # fmt: skip
+    for video in (message.video, message.video_note, message.animation):
+        if video is not None:
+            name = getattr(video, "file_name", None) or ""
+            mime = getattr(video, "mime_type", None) or "video/mp4"
+            found.append((Attachment("video", mime, name, video.file_size or 0), video.file_id))
+    if message.document is not None and message.animation is None:
+        d = message.document
+        found.append((Attachment("file", d.mime_type or "", d.file_name or "",
+                                 d.file_size or 0), d.file_id))  # fmt: skip
+    if message.sticker is not None:
+        s = message.sticker
+        mime = (
+            "video/webm"
+            if s.is_video
+            else "application/x-tgsticker"
+            if s.is_animated
+            else ("image/webp")
+        )
+        found.append((Attachment("sticker", mime, s.emoji or "", s.file_size or 0), s.file_id))
+    return found
 
 
 def normalize_update(update: Update, *, bot_id: int, bot_username: str) -> Inbound | None:
@@ -333,12 +386,30 @@ class TelegramAdapter(Adapter):
 
     name: ClassVar[str] = PLATFORM
     max_message_length: ClassVar[int] = 4096
+    max_file_bytes: ClassVar[int] = 50 * 1024 * 1024  # the Bot API's upload limit
     poll_retry_delay: float = 0.5  # first backoff after a failed poll; doubles each time
 
     _OPTIONS: ClassVar[tuple[str, ...]] = (
         "token", "base_url", "retry_policy", "poll_timeout", "drop_pending_updates",
         "max_poll_failures", "read_timeout",
     )  # fmt: skip
+
+    @classmethod
+    def check_options(
+        cls, options: Mapping[str, Any], env: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """The token's shape: ``<bot id digits>:<secret>`` (see ``TOKEN_SHAPE``)."""
+        token, where = credential_in(options, env, "token", TOKEN_ENV)
+        if not token:
+            return []  # "not set" is the config check's own problem
+        problem = whitespace_problem(token, where)
+        if problem is None and not TOKEN_SHAPE.fullmatch(token):
+            problem = (
+                f"{where} is not a Telegram bot token, which looks like "
+                "123456789:AAH... (the bot's id, a colon, then about 35 letters, digits, "
+                "'_' or '-'); copy it again from @BotFather (/token)"
+            )
+        return [("token", problem)] if problem else []
 
     def __init__(
         self,
@@ -506,6 +577,35 @@ class TelegramAdapter(Adapter):
             log.exception("telegram: handling update %s failed", update.update_id)
 
     # -- sending ---------------------------------------------------------------
+
+    async def do_send_file(
+        self, chat_id: str, attachment: Attachment, data: bytes, *, thread_id: str = ""
+    ) -> str:
+        """``sendPhoto`` for images up to 10 MB, else ``sendDocument`` (multipart upload)."""
+        bot = self._running_bot()
+        upload = InputFile(data, filename=attachment.name or "file", attach=True)
+        common: dict[str, Any] = {
+            "chat_id": _chat_ref(chat_id),
+            "caption": attachment.caption or None,
+            "message_thread_id": _thread_ref(thread_id),
+        }
+        with map_telegram_errors():
+            if attachment.kind == "image" and len(data) <= _PHOTO_MAX:
+                message = await bot.send_photo(photo=upload, **common)
+            else:
+                message = await bot.send_document(document=upload, **common)
+        return str(message.message_id)
+
+    async def do_download(self, msg: Inbound, index: int) -> bytes:
+        """``getFile``, then the file itself from the Bot API's file URL (up to 20 MB there)."""
+        if not isinstance(msg.raw, Message):
+            raise BadRequest("this message carries no Telegram file", platform=PLATFORM)
+        file_id = media(msg.raw)[index][1]
+        bot = self._running_bot()
+        with map_telegram_errors():
+            file = await bot.get_file(file_id)
+            data = await file.download_as_bytearray()
+        return bytes(data)
 
     def _running_bot(self) -> Bot:
         if self.bot is None:

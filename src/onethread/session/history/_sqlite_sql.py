@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._conn.sqlite import is_busy
+from ..attachments import Attachment
 from .base import HistoryEntry
 
 Row = tuple[Any, ...]
@@ -31,18 +32,23 @@ CREATE TABLE IF NOT EXISTS entries (
     message_id TEXT NOT NULL DEFAULT '',
     mirror INTEGER NOT NULL DEFAULT 0,
     source TEXT NOT NULL DEFAULT '',
-    metadata TEXT NOT NULL DEFAULT '{}'
+    metadata TEXT NOT NULL DEFAULT '{}',
+    attachments TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS entries_key_ts ON entries (key, ts, id);
 """
 
 COLUMNS = (
-    "role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, metadata"
+    "role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, "
+    "metadata, attachments"
 )
 INSERT = (
-    "INSERT INTO entries (key, role, content, ts, platform, chat_id, user_id, "
-    "user_name, message_id, mirror, source, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO entries (key, role, content, ts, platform, chat_id, user_id, user_name, "
+    "message_id, mirror, source, metadata, attachments) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Schema 1 (the first release) had no attachments column; see SQLiteHistoryStore._migrate.
+MIGRATE_1_TO_2 = "ALTER TABLE entries ADD COLUMN attachments TEXT NOT NULL DEFAULT '[]'"
 SELECT_ALL = f"SELECT {COLUMNS} FROM entries WHERE key = ? ORDER BY ts, id"
 SELECT_LAST = f"SELECT {COLUMNS} FROM entries WHERE key = ? ORDER BY ts DESC, id DESC LIMIT ?"
 SELECT_LAST_IDS = (
@@ -52,22 +58,27 @@ COUNT_UPTO = "SELECT count(*) FROM (SELECT 1 FROM entries WHERE key = ? LIMIT ?)
 
 
 def row_to_entry(row: Row, skip: int = 0) -> HistoryEntry:
-    role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, meta = (
-        row[skip:] if skip else row
-    )
+    (role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, meta,
+     files) = row[skip:] if skip else row  # fmt: skip
     metadata = json.loads(meta) if meta != "{}" else {}
+    attachments = tuple(Attachment.from_dict(a) for a in json.loads(files)) if files != "[]" else ()
     # The columns are HistoryEntry's fields, in its order.
     return HistoryEntry(
         role, content, ts, platform, chat_id, user_id, user_name, message_id, bool(mirror),
-        source, metadata,
+        source, metadata, attachments,
     )  # fmt: skip
 
 
 def entry_to_row(key: str, e: HistoryEntry) -> Row:
     meta = json.dumps(dict(e.metadata), separators=(",", ":")) if e.metadata else "{}"
+    files = (
+        json.dumps([a.to_dict() for a in e.attachments], separators=(",", ":"))
+        if e.attachments
+        else "[]"
+    )
     return (
         key, e.role, e.content, float(e.timestamp), e.platform, e.chat_id, e.user_id, e.user_name,
-        e.message_id, int(e.mirror), e.source, meta,
+        e.message_id, int(e.mirror), e.source, meta, files,
     )  # fmt: skip
 
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..attachments import Attachment
+
 __all__ = [
     "DELIVERY_CUT",
     "DELIVERY_FAILED",
@@ -35,6 +37,8 @@ class HistoryEntry:
     ``metadata["delivery_error"]`` (the error's class name); see
     :attr:`undelivered`. A reply sent only in part (too long) is marked
     ``metadata["delivery"] == "cut"``.
+    ``attachments`` are references to bytes in the blob store (photos, voice
+    notes, files), never the bytes.
     """
 
     role: str
@@ -48,6 +52,7 @@ class HistoryEntry:
     mirror: bool = False
     source: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
 
     @property
     def undelivered(self) -> bool:
@@ -55,8 +60,12 @@ class HistoryEntry:
         return bool(self.metadata) and self.metadata.get("delivery") == DELIVERY_FAILED
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every field (used by export and the Redis store)."""
-        return {
+        """A JSON-able dict of every field (used by export and the Redis store).
+
+        ``attachments`` is left out when there are none, so a text entry reads
+        exactly as the previous release wrote it.
+        """
+        out = {
             "role": self.role,
             "content": self.content,
             "timestamp": self.timestamp,
@@ -69,6 +78,9 @@ class HistoryEntry:
             "source": self.source,
             "metadata": dict(self.metadata),
         }
+        if self.attachments:
+            out["attachments"] = [a.to_dict() for a in self.attachments]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HistoryEntry:
@@ -85,6 +97,7 @@ class HistoryEntry:
             mirror=bool(data.get("mirror", False)),
             source=str(data.get("source", "")),
             metadata=dict(data.get("metadata") or {}),
+            attachments=tuple(Attachment.from_dict(a) for a in data.get("attachments") or ()),
         )
 
 

@@ -21,11 +21,12 @@ from psycopg.types.json import Json
 
 from .._conn.postgres import open_pool, psycopg, psycopg_pool, sql, store_error, validate_schema
 from .._conn.shared import PerLoop
+from ..attachments import Attachment
 from .base import HistoryEntry, SessionSummary
 
 __all__ = ["SCHEMA_VERSION", "PostgresHistoryStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: attachments column (added in place to a version 1 table)
 
 _DDL = (
     """CREATE TABLE IF NOT EXISTS {s}.onethread_history (
@@ -41,19 +42,24 @@ _DDL = (
         message_id TEXT NOT NULL DEFAULT '',
         mirror BOOLEAN NOT NULL DEFAULT FALSE,
         source TEXT NOT NULL DEFAULT '',
-        metadata JSON NOT NULL DEFAULT '{{}}'
+        metadata JSON NOT NULL DEFAULT '{{}}',
+        attachments JSONB NOT NULL DEFAULT '[]'
     )""",
     "CREATE INDEX IF NOT EXISTS onethread_history_key_ts ON {s}.onethread_history (key, ts, id)",
+    # Version 1 tables: add the column in place (existing rows: no attachments).
+    "ALTER TABLE {s}.onethread_history "
+    "ADD COLUMN IF NOT EXISTS attachments JSONB NOT NULL DEFAULT '[]'",
 )
 _COLUMNS = (
-    "role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, metadata"
+    "role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, "
+    "metadata, attachments"
 )
 _QUERIES = {
     "all": f"SELECT {_COLUMNS} FROM {{s}}.onethread_history WHERE key = %s ORDER BY ts, id",
     "last": f"SELECT {_COLUMNS} FROM {{s}}.onethread_history WHERE key = %s "
     "ORDER BY ts DESC, id DESC LIMIT %s",
     "insert": f"INSERT INTO {{s}}.onethread_history (key, {_COLUMNS}) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
     "clear": "DELETE FROM {s}.onethread_history WHERE key = %s",
     "merge": "UPDATE {s}.onethread_history SET key = %s WHERE key = %s",
     "count": "SELECT count(*) FROM {s}.onethread_history WHERE key = %s",
@@ -63,12 +69,17 @@ _QUERIES = {
 
 
 def _row_to_entry(row: Sequence[Any]) -> HistoryEntry:
-    role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, meta = row
+    (role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, meta,
+     files) = row  # fmt: skip
     # The columns are HistoryEntry's fields, in its order.
     return HistoryEntry(
         role, content, float(ts), platform, chat_id, user_id, user_name, message_id,
         bool(mirror), source, dict(meta or {}),
+        tuple(Attachment.from_dict(a) for a in files) if files else (),
     )  # fmt: skip
+
+
+_NO_FILES = "[]"  # JSONB literal: the column's default, without serialising
 
 
 def _text(value: str) -> str:
@@ -80,6 +91,7 @@ def _entry_to_row(key: str, e: HistoryEntry) -> tuple[Any, ...]:
         _text(key), _text(e.role), _text(e.content), float(e.timestamp), _text(e.platform),
         _text(e.chat_id), _text(e.user_id), _text(e.user_name), _text(e.message_id),
         bool(e.mirror), _text(e.source), Json(dict(e.metadata)),
+        Json([a.to_dict() for a in e.attachments]) if e.attachments else _NO_FILES,
     )  # fmt: skip
 
 

@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..attachments import Attachment
+
 __all__ = ["Deliver", "Outbox", "OutboxItem"]
 
 
@@ -40,6 +42,9 @@ class OutboxItem:
     ``id`` is assigned by the outbox (empty before ``put``); ``attempts``
     counts the hand-outs so far, including the current one. ``unified_user_id``,
     ``source`` and ``metadata`` are for the mirror into the person's history.
+    ``attachments`` are files to send after the text, by their address in the
+    blob store: the serving host must reach the same blob store (``s3://``
+    when hosts do not share a disk).
     """
 
     platform: str
@@ -51,21 +56,22 @@ class OutboxItem:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     id: str = ""
     attempts: int = 0
+    attachments: tuple[Attachment, ...] = ()
 
     def to_json(self) -> str:
         """The message fields (not ``id``/``attempts``) as JSON."""
-        return json.dumps(
-            {
-                "platform": self.platform,
-                "chat_id": self.chat_id,
-                "text": self.text,
-                "thread_id": self.thread_id,
-                "unified_user_id": self.unified_user_id,
-                "source": self.source,
-                "metadata": dict(self.metadata),
-            },
-            ensure_ascii=False,
-        )
+        fields: dict[str, Any] = {
+            "platform": self.platform,
+            "chat_id": self.chat_id,
+            "text": self.text,
+            "thread_id": self.thread_id,
+            "unified_user_id": self.unified_user_id,
+            "source": self.source,
+            "metadata": dict(self.metadata),
+        }
+        if self.attachments:  # absent otherwise: an item reads as the previous release wrote it
+            fields["attachments"] = [a.to_dict() for a in self.attachments]
+        return json.dumps(fields, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, data: str, *, id: str, attempts: int) -> OutboxItem:
@@ -81,6 +87,7 @@ class OutboxItem:
             metadata=dict(d.get("metadata") or {}),
             id=id,
             attempts=attempts,
+            attachments=tuple(Attachment.from_dict(a) for a in d.get("attachments") or ()),
         )
 
 
