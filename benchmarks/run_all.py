@@ -26,6 +26,7 @@ QUICK = {
     "bench_resolver.py": ["--seconds", "0.3"],
     "bench_startup.py": ["--repeats", "3"],
     "bench_memory.py": ["--people", "5000"],
+    "bench_byo_agent.py": ["--turns", "20"],
 }
 
 
@@ -98,6 +99,14 @@ def table() -> str:
             f"| RSS per 10,000 idle people, {row['store']} | {row['total_mb_per_10k']} MB "
             f"(links {row['links_bytes_per_person']} B + session "
             f"{row['sessions_bytes_per_person']} B each) | |"
+        )
+    byo: dict = load("byo_agent")
+    for name, row in byo.get("results", {}).items():
+        lines.append(
+            f"| {name} wrapper, CPU per turn over calling it directly "
+            f"({byo['history']} history entries) | {row['overhead_cpu_mean_ms']:+} ms "
+            f"(direct {row['direct']['cpu_mean_ms']} ms, wrapper "
+            f"{row['wrapper']['cpu_mean_ms']} ms) | |"
         )
     return "\n".join(lines)
 

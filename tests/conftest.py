@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from byo_frameworks import QUIET_ENV
+
 _ENV = (
     "ONETHREAD_HOME", "ONETHREAD_IDENTITY_PATH", "ONETHREAD_MODEL", "OPENAI_API_KEY",
     "OPENAI_BASE_URL", "TELEGRAM_BOT_TOKEN", "TELEGRAM_API_BASE_URL", "DISCORD_BOT_TOKEN",
@@ -21,6 +23,8 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     """No test reads the developer's ~/.onethread or real credentials."""
     for name in _ENV:
         monkeypatch.delenv(name, raising=False)
+    for name, value in QUIET_ENV.items():  # no framework traces or telemetry leave the box
+        monkeypatch.setenv(name, value)
     home = tmp_path / "onethread-home"
     monkeypatch.setenv("ONETHREAD_HOME", str(home))
     yield home

@@ -72,7 +72,9 @@ Gateway protocol: HELLO (op 10) -> IDENTIFY (op 2; token and intents checked)
 heartbeat op 1 -> ACK op 11; RESUME (op 6) replays missed dispatches then sends
 RESUMED, or op 9 when the session is unknown; dispatches carry increasing
 ``s``. ``?compress=zlib-stream`` is honoured with one zlib stream per
-connection, each payload flushed with Z_SYNC_FLUSH; ``encoding`` must be json.
+connection, each payload flushed with Z_SYNC_FLUSH, and ``?compress=zstd-stream``
+(what discord.py asks for when ``zstandard`` is installed) with one zstd stream
+per connection, each payload ending a block; ``encoding`` must be json.
 REST responses carry exactly ``Content-Type: application/json`` (discord.py
 compares the header verbatim).
 """
@@ -136,11 +138,27 @@ class _Session:
     resumable: bool = True
 
 
+_STREAMS = (None, "zlib-stream", "zstd-stream")
+
+
+def _stream_compressor(kind: str | None) -> Callable[[bytes], bytes] | None:
+    """One compression stream for a connection: each call returns one whole payload."""
+    if kind == "zlib-stream":
+        stream = zlib.compressobj()
+        return lambda data: stream.compress(data) + stream.flush(zlib.Z_SYNC_FLUSH)
+    if kind == "zstd-stream":
+        import zstandard  # discord.py asks for zstd only when it is installed
+
+        zstd = zstandard.ZstdCompressor().compressobj()
+        return lambda data: zstd.compress(data) + zstd.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    return None
+
+
 @dataclass(eq=False)
 class _Conn:
     ws: web.WebSocketResponse
     request: web.Request
-    zlib: Any = None  # a zlib compressobj when the client asked for zlib-stream
+    compress: Callable[[bytes], bytes] | None = None  # the stream the client asked for
     session: _Session | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed_by_fake: bool = False
@@ -646,7 +664,7 @@ class FakeDiscord:
         query = dict(request.query)
         self.gateway_queries.append(query)
         compress = query.get("compress")
-        conn = _Conn(ws, request, zlib.compressobj() if compress == "zlib-stream" else None)
+        conn = _Conn(ws, request, _stream_compressor(compress))
         self._conns.add(conn)
         self.connections += 1
         self._notify()
@@ -654,8 +672,8 @@ class FakeDiscord:
             if query.get("v") not in ("9", "10"):
                 await conn.close(4012, b"Invalid API version.")
                 return ws
-            if query.get("encoding", "json") != "json" or compress not in (None, "zlib-stream"):
-                await conn.close(4000, b"fake: only json + zlib-stream supported")
+            if query.get("encoding", "json") != "json" or compress not in _STREAMS:
+                await conn.close(4000, b"fake: only json, zlib-stream or zstd-stream supported")
                 return ws
             await self._send(
                 conn,
@@ -771,9 +789,8 @@ class FakeDiscord:
             if conn.ws.closed:
                 return  # the event stays in the session log for a RESUME
             try:
-                if conn.zlib is not None:
-                    blob = conn.zlib.compress(data.encode()) + conn.zlib.flush(zlib.Z_SYNC_FLUSH)
-                    await conn.ws.send_bytes(blob)
+                if conn.compress is not None:
+                    await conn.ws.send_bytes(conn.compress(data.encode()))
                 else:
                     await conn.ws.send_str(data)
             except ConnectionError:

@@ -17,16 +17,29 @@ def examples() -> dict[str, str]:
     return dict(_EXAMPLE.findall(README.read_text()))
 
 
-def compile_example(name: str) -> Any:
-    """Compile an example; top-level ``await`` is allowed, as in the docs."""
+SEED_AGENT_IMPORT = "from onethread import Agent\n"
+
+
+def with_seed_agent(name: str) -> str:
+    """The example with the seed's agent import, ``from praisonaiagents import Agent``."""
+    source = examples()[name]
+    assert SEED_AGENT_IMPORT in source, f"example {name} does not import onethread's Agent"
+    return source.replace(SEED_AGENT_IMPORT, "from praisonaiagents import Agent\n")
+
+
+def compile_example(name: str, source: str | None = None) -> Any:
+    """Compile an example (or ``source`` under its name); top-level ``await`` is allowed."""
     return compile(
-        examples()[name], f"README.md:{name}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        examples()[name] if source is None else source,
+        f"README.md:{name}",
+        "exec",
+        flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
     )
 
 
-async def run_example(name: str, namespace: dict[str, Any]) -> None:
-    """Run an example in ``namespace`` (awaiting it if it awaits)."""
-    result = eval(compile_example(name), namespace)  # noqa: S307 - our own README
+async def run_example(name: str, namespace: dict[str, Any], source: str | None = None) -> None:
+    """Run an example (or ``source`` given for it) in ``namespace``, awaiting it if it awaits."""
+    result = eval(compile_example(name, source), namespace)  # noqa: S307 - our own README
     if asyncio.iscoroutine(result):
         await result
 

@@ -25,7 +25,7 @@ from helpers import RecordingAgent
 from onethread.bots import BotSessionManager
 from onethread.bots.policy import APPROVAL_PURPOSE
 from onethread.session.identity.file import FileIdentityResolver
-from onethread.session.pairing import PairingStore
+from onethread.session.pairing import PairingStore, format_code
 from onethread.session.urls import open_history_store
 
 pytestmark = pytest.mark.multiprocess
@@ -267,7 +267,8 @@ def test_access_approve_revoke(tmp_path: Path, _isolated_env: Path) -> None:
     assert code is not None
     wrong = cli(tmp_path, "access", "approve", "discord", code)
     assert_user_error(wrong, "issued on telegram, not discord")
-    approved = cli(tmp_path, "access", "approve", "telegram", code)
+    # As the sender was shown it (K7QW-2MXP-H4RT), typed in lower case.
+    approved = cli(tmp_path, "access", "approve", "telegram", format_code(code).lower())
     assert approved.returncode == 0 and "approved telegram:555" in approved.stdout
     assert cli(tmp_path, "access", "list").stdout.strip() == "telegram:555"
     assert_user_error(cli(tmp_path, "access", "approve", "telegram", code), "approval code")

@@ -330,3 +330,23 @@ def test_import_tool_refuses_non_callables() -> None:
     with pytest.raises(ConfigError, match="is not a function"):
         import_tool("os:sep")
     assert import_tool("os.path:join") is not None
+
+
+def test_the_pairing_code_cap_is_configurable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onethread.cli.run import open_pairing
+    from onethread.session.pairing import MAX_CODES
+
+    assert parse("").access.max_codes == MAX_CODES
+    assert "access.max_codes: Input should be greater than or equal to 1" in problem(
+        "access: {max_codes: 0}\n"
+    )
+    monkeypatch.setenv("ONETHREAD_HOME", str(tmp_path))
+    store = open_pairing(parse("access: {max_codes: 2}\n"))
+    try:
+        assert store.path == str(tmp_path / "pairing.db") and store.max_codes == 2
+        assert store.issue("link", "telegram", "1") and store.issue("link", "telegram", "2")
+        assert store.try_issue("link", "telegram", "3").refused == "full"
+    finally:
+        store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import time
@@ -344,6 +345,61 @@ async def test_link_flow_through_real_clients(fakes: Fakes, tmp_path: Path) -> N
     assert "remember: blue" in all_text(colour)
 
 
+async def test_link_names_the_new_person_through_real_clients(fakes: Fakes, tmp_path: Path) -> None:
+    """Telegram's "Alice Liddell" links with Discord: the person is "alice-liddell";
+    a second one of that name is "alice-liddell-2"; /link NAME chooses the name."""
+    from onethread.session import SQLiteIdentityResolver
+    from onethread.session.pairing import PairingStore
+
+    resolver = SQLiteIdentityResolver(tmp_path / "identity.db")
+    botos = BotOS(
+        Agent(name="a"),
+        platforms=["telegram", "discord"],
+        identity_resolver=resolver,
+        store="memory://",
+        pairing=PairingStore(tmp_path / "pairing.db"),
+    )
+    task = await start(botos)
+    tg, dc = fakes.telegram, fakes.discord
+    try:
+        tg.inject_message(1, "/link", first_name="Alice", last_name="Liddell")
+        [issued] = await tg.wait_for_messages(1, timeout=15)
+        assert '"alice-liddell"' in issued.text
+        code = issued.text.split("/link ")[1].split()[0]
+        assert re.fullmatch(r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}", code)
+        await dc.inject_dm(4242, f"/link {code.lower().replace('-', ' ')}", username="Al")
+        [confirm] = await dc.wait_for_messages(1, timeout=15)
+        assert 'Linked as "alice-liddell"' in confirm.text
+        told = await tg.wait_for_messages(2, timeout=15)
+        assert 'Linked as "alice-liddell"' in told[1].text
+        assert resolver.resolve("discord", "4242") == "alice-liddell"
+        await dc.inject_dm(4242, "/whoami")
+        whoami = (await dc.wait_for_messages(2, timeout=15))[1]
+        assert '"alice-liddell"' in whoami.text and "telegram:1" in whoami.text
+        await dc.inject_dm(4242, "remember: blue")
+        await dc.wait_for_messages(3, timeout=15)
+        # Another Alice Liddell: the name is taken, so she is alice-liddell-2.
+        tg.inject_message(2, "/link", first_name="Alice", last_name="Liddell")
+        code = (await tg.wait_for_messages(3, timeout=15))[2].text.split("/link ")[1].split()[0]
+        await dc.inject_dm(5151, f"/link {code}")
+        assert 'Linked as "alice-liddell-2"' in (await dc.wait_for_messages(4, timeout=15))[3].text
+        # /link NAME: this one chose "Mary Ann".
+        await dc.inject_dm(6161, "/link Mary Ann", username="M")
+        code = (await dc.wait_for_messages(5, timeout=15))[4].text.split("/link ")[1].split()[0]
+        tg.inject_message(3, f"/link {code}", first_name="Not Mary")
+        assert 'Linked as "mary-ann"' in (await tg.wait_for_messages(5, timeout=15))[4].text
+        assert (
+            resolver.resolve("telegram", "3") == resolver.resolve("discord", "6161") == ("mary-ann")
+        )
+        # What she said is found under the name the operator sees (`history show alice-liddell`).
+        exported = await botos.session.export("alice-liddell")
+        said = [e["content"] for e in exported["sessions"]["user:alice-liddell"]]
+        assert "remember: blue" in said
+    finally:
+        await stop(botos, task)
+        resolver.close()
+
+
 async def test_link_refusals_lockout_unlink_and_approval_through_real_clients(
     fakes: Fakes, tmp_path: Path
 ) -> None:
@@ -378,7 +434,7 @@ async def test_link_refusals_lockout_unlink_and_approval_through_real_clients(
         code = (await tg.wait_for_messages(3, timeout=15))[2].text.split("/link ")[1].split()[0]
         # Five wrong codes from the Discord owner account, then the right one: locked out.
         for _ in range(5):
-            await dc.inject_dm(4242, "/link AAAAAAAA")
+            await dc.inject_dm(4242, "/link AAAA-AAAA-AAA2")
         await dc.wait_for_messages(5, timeout=15)
         await dc.inject_dm(4242, f"/link {code}")
         sent = await dc.wait_for_messages(6, timeout=15)

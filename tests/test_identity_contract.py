@@ -42,6 +42,7 @@ class Resolver(Protocol):
     def resolve(self, platform: str, platform_user_id: str) -> str: ...
     def link(self, platform: str, platform_user_id: str, unified_user_id: str) -> None: ...
     def unlink(self, platform: str, platform_user_id: str) -> bool: ...
+    def claim(self, platform: str, platform_user_id: str, unified_user_id: str) -> bool: ...
     def links_for(self, unified_user_id: str) -> list[IdentityLink]: ...
     def all_links(self) -> list[IdentityLink]: ...
     def close(self) -> None: ...
@@ -363,6 +364,66 @@ def test_many_threads_link_at_once(resolver: Resolver) -> None:
             assert resolver.resolve("telegram", f"t{n}-{i}") == f"user{n}x{i}"
 
 
+# -- claim: link to an id only if nobody else has it ------------------------------
+
+
+def test_claim_takes_a_free_id_and_refuses_a_taken_one(resolver: Resolver) -> None:
+    assert resolver.claim("telegram", "1", "alice") is True
+    assert resolver.resolve("telegram", "1") == "alice"
+    assert resolver.claim("telegram", "1", "alice") is True  # its own id: still true
+    assert resolver.claim("discord", "2", "alice") is False
+    assert resolver.resolve("discord", "2") == "discord:2"
+    resolver.link("discord", "2", "alice")  # link() itself never refuses
+    assert resolver.unlink("telegram", "1") and resolver.unlink("discord", "2")
+    assert resolver.claim("slack", "3", "alice") is True  # nobody has it any more
+    with pytest.raises(ValueError, match="':'"):
+        resolver.claim("slack", "4", "bad:id")
+
+
+def test_claim_is_seen_by_a_second_instance(backend: Backend) -> None:
+    _persistent(backend)
+    first, second = backend.open(), backend.open()
+    assert first.claim("telegram", "1", "alice")
+    assert second.claim("discord", "2", "alice") is False
+    assert second.resolve("discord", "2") == "discord:2"
+    first.close()
+    second.close()
+
+
+def test_concurrent_claims_of_one_id_have_one_winner(backend: Backend) -> None:
+    """Threads, each with its own instance where the store is shared, claim the same ids."""
+    workers, rounds = 6, 10
+    shared = backend.open()
+    instances = (
+        [backend.open() for _ in range(workers)] if backend.persistent else [shared] * workers
+    )
+    barrier = threading.Barrier(workers)
+    won: list[list[int]] = [[] for _ in range(workers)]
+    errors: list[BaseException] = []
+
+    def claimer(n: int) -> None:
+        try:
+            for r in range(rounds):
+                barrier.wait(timeout=30)
+                if instances[n].claim("telegram", f"w{n}-r{r}", f"name-{r}"):
+                    won[n].append(r)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(r for rs in won for r in rs) == list(range(rounds))
+    for r in range(rounds):
+        assert len(shared.links_for(f"name-{r}")) == 1
+    for instance in {id(i): i for i in [shared, *instances]}.values():
+        instance.close()
+
+
 def test_resolve_is_fast(resolver: Resolver) -> None:
     resolver.link("telegram", "1", "alice")
     resolve = resolver.resolve
@@ -373,3 +434,28 @@ def test_resolve_is_fast(resolver: Resolver) -> None:
     rate = n / (time.perf_counter() - start)
     # The target is >= 1,000,000/s (measured ~8M/s); the bound leaves room for slow CI.
     assert rate > 250_000, f"{rate:,.0f} resolves/s"
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "file",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.service),
+        pytest.param("postgres", marks=pytest.mark.service),
+    ],
+)
+def test_claims_from_several_processes_have_one_winner_each(kind: str, tmp_path: Path) -> None:
+    """Four OS processes claim the same ten ids at once: each id goes to exactly one."""
+    from _claim_worker import run_claims
+
+    with ExitStack() as stack:
+        if kind == "redis":
+            where, namespace = redis_url(), stack.enter_context(redis_prefix())
+        elif kind == "postgres":
+            where, namespace = postgres_url(), stack.enter_context(postgres_schema())
+        else:
+            where, namespace = str(tmp_path / f"identity.{kind}"), "-"
+        won = run_claims(kind, where, namespace, workers=4, rounds=10, scratch=tmp_path)
+    assert sorted(r for rounds in won for r in rounds) == list(range(10))

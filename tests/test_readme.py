@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from byo_frameworks import env_for, last_user_text, model_handler, request_text
+from fake_openai import FakeOpenAI
 from onethread.bots import BotSessionManager
 from readme_examples import examples, run_example, run_plain_example
 
@@ -99,3 +101,21 @@ def test_send_file_example_tool_returns_a_file() -> None:
     assert isinstance(produced[0], File) and produced[0].name == "report-may.csv"
     assert produced[0].data == b"month,total\nmay,42\n" and produced[0].mime == "text/plain"
     assert told.startswith("Report for may:\n(file report-may.csv, text/plain")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["byo-praisonaiagents", "byo-openai-agents", "byo-pydantic-ai", "byo-langgraph"],
+)
+async def test_bring_your_own_agent_examples(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with FakeOpenAI(model_handler) as server:
+        for key, value in env_for(server.base_url).items():
+            monkeypatch.setenv(key, value)
+        # The example is a script (asyncio.run): it runs in a thread, the fake on this loop.
+        await asyncio.to_thread(run_plain_example, name, {"__name__": "__main__"})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2:] == ["ack: What is my cat called?", "tool said: You are Alice on discord"]
+    asked = next(b for b in server.requests if last_user_text(b) == "What is my cat called?")
+    assert "My cat is called Tom." in request_text(asked)  # across platforms, in the framework

@@ -17,6 +17,7 @@ Example::
       default: approval              # open | allowlist | approval
       platforms: {telegram: allowlist}
       allowlist: {telegram: ["12345"]}
+      max_codes: 10000               # pairing codes kept at once, all accounts
     owners: {telegram: "12345"}
     max_history: 100
 
@@ -128,12 +129,16 @@ class AccessConfig(_Strict):
     ``approval`` when the platform has owners, else open with a warning).
     ``allowlist`` mode serves the ids in ``allowlist[platform]`` and the
     platform's owners; ``approval`` gives unknown senders a code that an owner
-    approves with ``onethread access approve PLATFORM CODE``.
+    approves with ``onethread access approve PLATFORM CODE``. ``max_codes``
+    caps the pairing codes (``/link`` and approval) kept at once across every
+    account; past it, new codes are refused with a message (see
+    ``onethread.session.pairing``).
     """
 
     default: Mode | None = None
     platforms: dict[str, Mode] = Field(default_factory=dict)
     allowlist: dict[str, list[str]] = Field(default_factory=dict)
+    max_codes: int = Field(default=10_000, ge=1)
 
     def mode(self, platform: str) -> Mode | None:
         """The access mode of ``platform`` (``None``: the built-in default)."""

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..agent.files import File
+from ..agent.responder import Responder, as_responder
 from ..errors import PlatformError
 from ..platforms.base import Adapter, Attachment, Inbound
 from ..platforms.registry import load_adapter_class
@@ -24,7 +25,7 @@ from .commands import CommandRouter
 from .gate import Gate, Verdict
 from .heap import freeze_startup_heap
 from .linking import LinkFlow
-from .manager import BotSessionManager, Responder
+from .manager import BotSessionManager
 from .policy import AccessPolicy, default_policy
 from .supervisor import Backoff, supervise
 
@@ -51,7 +52,11 @@ class Bot:
     Args:
         platform: a registered platform name (``"telegram"``, ``"discord"``,
             ``"slack"``, ``"web"``, ``"console"``).
-        agent: the agent answering (default: an ``Agent`` named ``assistant``).
+        agent: the agent answering (default: an ``Agent`` named ``assistant``):
+            an ``onethread.Agent``, any ``onethread.agent.Responder``, or a
+            praisonaiagents / OpenAI Agents SDK / pydantic-ai agent or compiled
+            LangGraph graph, wrapped so it keeps no conversation between
+            people. Anything else is a ``TypeError`` naming what is accepted.
         token: the platform credential; default from the platform's env var.
         identity_resolver: links accounts across platforms (default: none,
             every DM keeps its legacy key).
@@ -77,14 +82,14 @@ class Bot:
     def __init__(
         self,
         platform: str,
-        agent: Responder | None = None,
+        agent: object = None,
         *,
         token: str | None = None,
         identity_resolver: IdentityResolverProtocol | None = None,
         **options: Any,
     ) -> None:
         self.platform = validate_platform(platform)
-        self.agent: Responder = agent if agent is not None else _default_agent()
+        self.agent: Responder = as_responder(agent) if agent is not None else _default_agent()
         own = {k: options.pop(k) for k in _BOT_OPTIONS if k in options}
         session: BotSessionManager | None = own.get("session")
         self._owns_session = session is None

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..agent.files import File
+from ..agent.responder import Responder, as_responder
 from ..errors import (
     ConfigError,
     OutcomeUnknown,
@@ -27,7 +28,7 @@ from .commands import CommandRouter
 from .gate import Gate
 from .heap import freeze_startup_heap
 from .linking import LinkFlow
-from .manager import BotSessionManager, Responder
+from .manager import BotSessionManager
 
 __all__ = ["BotOS"]
 
@@ -42,7 +43,8 @@ class BotOS:
     Discord keeps one conversation, and their turns never run at once.
 
     Args:
-        agent: the agent answering on every platform (default: ``Agent("assistant")``).
+        agent: the agent answering on every platform (default: ``Agent("assistant")``);
+            anything ``Bot(agent=...)`` accepts, framework agents included.
         platforms: platform names, or a mapping of name -> adapter options.
         identity_resolver: links accounts across platforms.
         bots: ready ``Bot`` objects to add (they are re-pointed at the shared
@@ -63,13 +65,13 @@ class BotOS:
 
     def __init__(
         self,
-        agent: Responder | None = None,
+        agent: object = None,
         platforms: Iterable[str] | Mapping[str, Mapping[str, Any]] | None = None,
         identity_resolver: IdentityResolverProtocol | None = None,
         bots: Iterable[Bot] | None = None,
         **options: Any,
     ) -> None:
-        self.agent: Responder = agent if agent is not None else _default_agent()
+        self.agent: Responder = as_responder(agent) if agent is not None else _default_agent()
         session: BotSessionManager | None = options.pop("session", None)
         store = options.pop("store", None)
         coordination: Coordination | None = options.pop("coordination", None)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..platforms.base import Inbound
 from ..session.identity.base import unlinked_id
+from .linking import link_help
 from .manager import BotSessionManager
 
 __all__ = ["CommandRouter", "parse_command"]
@@ -70,8 +71,7 @@ class CommandRouter:
             "/new: start a fresh conversation",
         ]
         if "link" in (self.extra or {}):
-            lines.append("/link: get a code to link another account (in a DM)")
-            lines.append("/link CODE: link this account using a code from another one")
+            lines += link_help()
         lines.append("/unlink: detach this account from your linked identity")
         return "\n".join(lines)
 
@@ -81,7 +81,7 @@ class CommandRouter:
         if unified is None or unified == unlinked_id(msg.platform, msg.user_id):
             lines.append("This account is not linked to other accounts.")
             return "\n".join(lines)
-        lines.append(f"Unified id: {unified}")
+        lines.append(f'Linked as "{unified}" (your unified id: one conversation everywhere).')
         links_for = getattr(self.session.identity_resolver, "links_for", None)
         if links_for is not None:
             links = await asyncio.to_thread(links_for, unified)

@@ -11,9 +11,10 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from ..agent.files import File, turn_files
+from ..agent.responder import Responder, as_responder
 from ..agent.transcribe import Transcriber
 from ..errors import ModelError, StoreError
 from ..session._conn.shared import masked, who
@@ -33,16 +34,6 @@ log = logging.getLogger("onethread.session")
 _MERGED_MAX = 100_000  # accounts remembered as merged (see merge_legacy)
 
 APOLOGY = "Sorry, I could not reach my language model just now. Please try again in a moment."
-
-
-class Responder(Protocol):
-    """What the manager needs of an agent (``onethread.Agent`` is one)."""
-
-    async def respond(
-        self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
-    ) -> str:
-        """Return the reply to ``message`` given the earlier ``history``."""
-        ...
 
 
 class BotSessionManager:
@@ -100,6 +91,10 @@ class BotSessionManager:
         self.transcriber = transcriber if transcriber is not None else Transcriber.from_env()
         # Whether each responder's respond() takes blobs= (by type, asked once).
         self._takes_blobs: dict[type, bool] = {}
+        # Framework agents given to chat() directly, wrapped once: id -> (agent, wrapper).
+        # The agent is held so its id is not reused while the entry lives.
+        self._wrapped: dict[int, tuple[object, Responder]] = {}
+        self._plain: set[type] = set()  # classes as_responder() returned as they are
 
     # -- plumbing --------------------------------------------------------------
 
@@ -236,9 +231,25 @@ class BotSessionManager:
 
     # -- the turn --------------------------------------------------------------
 
+    def _responder(self, agent: object) -> Responder:
+        """``agent`` as a Responder (``onethread.agent.as_responder``), wrapped once per agent."""
+        if type(agent) in self._plain:
+            return agent  # type: ignore[return-value]  # checked once per class: the hot path
+        found = self._wrapped.get(id(agent))
+        if found is not None and found[0] is agent:
+            return found[1]
+        responder = as_responder(agent)
+        if responder is agent:
+            self._plain.add(type(agent))
+            return responder
+        if len(self._wrapped) >= 64:  # a handful of agents in practice; never unbounded
+            self._wrapped.pop(next(iter(self._wrapped)))
+        self._wrapped[id(agent)] = (agent, responder)
+        return responder
+
     async def chat(
         self,
-        agent: Responder,
+        agent: Responder | object,
         user_id: str,
         prompt: str,
         *,
@@ -261,6 +272,10 @@ class BotSessionManager:
         the user's message is still stored and a short apology is returned
         (not delivered, not stored: the caller sends it).
 
+        ``agent`` is anything ``Bot(agent=...)`` accepts: an ``Agent``, a
+        Responder, or a framework's agent (wrapped, see ``onethread.agent``);
+        anything else is a ``TypeError`` naming what is accepted.
+
         ``deliver`` (optional) sends the reply; it runs under the turn lock
         before the turn is stored. When it raises, the turn is stored anyway,
         the reply marked ``metadata["delivery"] == "failed"`` with
@@ -275,6 +290,7 @@ class BotSessionManager:
         with the reply; ``deliver`` then gets them too:
         ``deliver(reply, files=[(attachment, bytes), ...])``.
         """
+        responder = self._responder(agent)
         if self.loop is None:
             self.bind_loop()
         unified = self.resolve(platform, user_id)
@@ -323,7 +339,7 @@ class BotSessionManager:
                 )
                 try:
                     with turn_files() as produced:
-                        reply = await self._respond(agent, history, message, group)
+                        reply = await self._respond(responder, history, message, group)
                     sent = await self.store_files(produced) if produced else ()
                 except ModelError as exc:
                     log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)

@@ -24,7 +24,8 @@ from ..errors import ConfigError
 from ..platforms.base import Inbound
 from ..platforms.registry import PLATFORMS
 from ..session._conn.shared import who
-from ..session.pairing import PairingStore
+from ..session.pairing import PairingStore, format_code
+from ._throttle import LogThrottle
 
 __all__ = [
     "APPROVAL_PURPOSE",
@@ -120,6 +121,7 @@ class ApprovalPolicy:
         self.max_pending = max_pending
         self._approved: set[tuple[str, str]] = set()
         self._told = _Told()
+        self._warnings = LogThrottle(log)
 
     @property
     def store(self) -> PairingStore:
@@ -138,8 +140,8 @@ class ApprovalPolicy:
             return None
         if msg.chat_type != "dm":
             return ""
-        code = await asyncio.to_thread(
-            self.store.issue,
+        issued = await asyncio.to_thread(
+            self.store.try_issue,
             APPROVAL_PURPOSE,
             msg.platform,
             msg.user_id,
@@ -149,16 +151,22 @@ class ApprovalPolicy:
             max_pending=self.max_pending,
             ttl=3600.0,
         )
-        if code is None:
-            if await asyncio.to_thread(self.store.live_codes, APPROVAL_PURPOSE, *account):
+        if issued.code is None:
+            if issued.refused == "account":
                 return ""  # this sender already holds a live code: one reply per code
             if self._told.first(account):
+                if issued.refused == "full":
+                    self._warnings.warn(
+                        "full",
+                        "approval codes refused to new senders: the pairing store holds its "
+                        "maximum number of codes (access.max_codes); a flood of new senders?",
+                    )
                 return "This bot is not taking new users right now. Please try again later."
             return ""
         log.info("approval requested by %s", who(msg.platform, msg.user_id))
         return (
             "This bot answers approved people only. Ask its owner to run:\n"
-            f"onethread access approve {msg.platform} {code}\n"
+            f"onethread access approve {msg.platform} {format_code(issued.code)}\n"
             "The code is valid for one hour."
         )
 

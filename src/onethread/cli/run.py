@@ -103,9 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolver = open_identity(config)
     pairing: Any = None
     try:
-        from ..session.pairing import PairingStore
-
-        pairing = PairingStore()
+        pairing = open_pairing(config)
         botos = _build_botos(config, agent, platforms, resolver, pairing)
         asyncio.run(_serve(botos, lambda: banner(config, agent, botos)))
     finally:
@@ -113,6 +111,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             pairing.close()
         close_resolver(resolver)
     return 0
+
+
+def open_pairing(config: Config) -> Any:
+    """The pairing store ``run`` uses: ``$ONETHREAD_HOME/pairing.db``, capped by the config."""
+    from ..session.pairing import PairingStore
+
+    return PairingStore(max_codes=config.access.max_codes)
 
 
 def _check_port(host: str, port: int) -> None:

@@ -95,6 +95,11 @@ class LinkTable:
         keys = self._by_unified.get(unified_user_id, {})
         return sorted((self._links[key] for key in keys), key=_sort_key)
 
+    def taken(self, unified_user_id: str, platform: str, platform_user_id: str) -> bool:
+        """True when an account other than this one is linked to ``unified_user_id``."""
+        return any(key != (platform, platform_user_id)
+                   for key in self._by_unified.get(unified_user_id, {}))  # fmt: skip
+
     def all_links(self) -> list[IdentityLink]:
         """Every link, sorted by (platform, platform_user_id)."""
         return sorted(self._links.values(), key=_sort_key)

@@ -118,6 +118,14 @@ class SyncedResolver(ResolverContextManager):
         """
 
     @abstractmethod
+    def _do_claim(self, link: IdentityLink) -> tuple[bool, int]:
+        """Store ``link`` unless another account has its unified id, atomically.
+
+        Returns (the account is linked to it now?, the version after the
+        call). Raises ``StoreError``.
+        """
+
+    @abstractmethod
     def _do_unlink(self, platform: str, platform_user_id: str) -> tuple[bool, int]:
         """Remove the account's link; (removed?, version after). Raises ``StoreError``."""
 
@@ -164,6 +172,22 @@ class SyncedResolver(ResolverContextManager):
             IdentityLink(platform, platform_user_id, unified_user_id, time.time())
         )
         self._catch_up(version)
+
+    def claim(self, platform: str, platform_user_id: str, unified_user_id: str) -> bool:
+        """Link the account to ``unified_user_id`` unless another account has that id.
+
+        ``True`` if the account is now linked to it (also when it already
+        was), ``False`` if the id is taken (nothing changes). Atomic on the
+        server: hosts claiming one id at once cannot both win. Errors and
+        blocking as :meth:`link`.
+        """
+        validate_link_args(platform, platform_user_id, unified_user_id)
+        self._check_open()
+        claimed, version = self._do_claim(
+            IdentityLink(platform, platform_user_id, unified_user_id, time.time())
+        )
+        self._catch_up(version)
+        return claimed
 
     def unlink(self, platform: str, platform_user_id: str) -> bool:
         """Remove the account's link; ``True`` if there was one. Errors as :meth:`link`."""

@@ -36,10 +36,13 @@ class IdentityResolverProtocol(Protocol):
 
     Required: ``resolve`` and ``link`` (the shape of a user's own resolver, such
     as the seed's ``DatabaseIdentityResolver``; onethread accepts it everywhere).
-    The built-in resolvers also have ``unlink(platform, platform_user_id) -> bool``
-    and ``links_for(unified_user_id) -> list[IdentityLink]``; features that need
-    them (``/unlink``, ``/whoami``, export of every linked account) say so when
-    a resolver lacks them.
+    The built-in resolvers also have ``unlink(platform, platform_user_id) -> bool``,
+    ``links_for(unified_user_id) -> list[IdentityLink]`` and
+    ``claim(platform, platform_user_id, unified_user_id) -> bool`` (link only
+    if no other account has that id, atomically); features that need them
+    (``/unlink``, ``/whoami``, export of every linked account) say so when a
+    resolver lacks them, and ``/link`` names new people less safely without
+    ``claim`` (see ``onethread.bots.linking``).
 
     ``resolve`` is on the hot path of every turn and is synchronous: it must not
     do network I/O on the event loop (built-ins answer from memory).

@@ -184,6 +184,31 @@ class FileIdentityResolver(ResolverContextManager):
 
         self._change(apply)
 
+    def claim(self, platform: str, platform_user_id: str, unified_user_id: str) -> bool:
+        """Link the account to ``unified_user_id`` unless another account has that id.
+
+        ``True`` if the account is now linked to it (also when it already
+        was), ``False`` if the id is taken (no write). The check and the write
+        happen under the lock file, on what is on disk: two processes claiming
+        one id at once cannot both win. Errors as :meth:`link`.
+        """
+        validate_link_args(platform, platform_user_id, unified_user_id)
+        claimed = False
+
+        def apply(table: LinkTable) -> bool:
+            nonlocal claimed
+            if table.taken(unified_user_id, platform, platform_user_id):
+                return False
+            claimed = True
+            old = table.get(platform, platform_user_id)
+            if old is not None and old.unified_user_id == unified_user_id:
+                return False
+            table.put(IdentityLink(platform, platform_user_id, unified_user_id, time.time()))
+            return True
+
+        self._change(apply)
+        return claimed
+
     def unlink(self, platform: str, platform_user_id: str) -> bool:
         """Remove the account's link; ``True`` if there was one.
 

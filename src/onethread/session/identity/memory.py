@@ -57,6 +57,23 @@ class InMemoryIdentityResolver(ResolverContextManager):
                 return
             self._table.put(IdentityLink(platform, platform_user_id, unified_user_id, time.time()))
 
+    def claim(self, platform: str, platform_user_id: str, unified_user_id: str) -> bool:
+        """Link the account to ``unified_user_id`` unless another account has that id.
+
+        ``True`` if the account is now linked to it (also when it already
+        was), ``False`` if the id is taken (nothing changes). The check and the
+        link are one step under the lock. Raises ``ValueError`` as :meth:`link`.
+        """
+        validate_link_args(platform, platform_user_id, unified_user_id)
+        with self._lock:
+            if self._table.taken(unified_user_id, platform, platform_user_id):
+                return False
+            old = self._table.get(platform, platform_user_id)
+            if old is None or old.unified_user_id != unified_user_id:
+                link = IdentityLink(platform, platform_user_id, unified_user_id, time.time())
+                self._table.put(link)
+            return True
+
     def unlink(self, platform: str, platform_user_id: str) -> bool:
         """Remove the account's link; ``True`` if there was one. Thread-safe."""
         with self._lock:

@@ -56,6 +56,8 @@ _QUERIES = {
     "(platform, platform_user_id, unified_user_id, linked_at) VALUES (%s, %s, %s, %s) "
     "ON CONFLICT (platform, platform_user_id) DO UPDATE SET "
     "unified_user_id = excluded.unified_user_id, linked_at = excluded.linked_at",
+    "taken": "SELECT 1 FROM {s}.onethread_links WHERE unified_user_id = %s "
+    "AND NOT (platform = %s AND platform_user_id = %s) LIMIT 1",
     "delete": "DELETE FROM {s}.onethread_links WHERE platform = %s AND platform_user_id = %s",
     "bump": "UPDATE {s}.onethread_links_version SET version = version + 1 RETURNING version",
 }
@@ -163,6 +165,14 @@ class PostgresIdentityResolver(SyncedResolver):
         return int(row[0]) if row else 0
 
     def _do_link(self, link: IdentityLink) -> int:
+        return self._put(link, only_if_free=False)[1]
+
+    def _do_claim(self, link: IdentityLink) -> tuple[bool, int]:
+        # The version row is locked FOR UPDATE first: changes are serialised, so
+        # the check below cannot race another host's claim of the same id.
+        return self._put(link, only_if_free=True)
+
+    def _put(self, link: IdentityLink, *, only_if_free: bool) -> tuple[bool, int]:
         q = self._q
         with self._io_lock:
             try:
@@ -170,16 +180,23 @@ class PostgresIdentityResolver(SyncedResolver):
                 with conn.transaction():
                     version = _one(conn.execute(q["lock"]).fetchone())
                     account = _encode(link.platform_user_id)
+                    if (
+                        only_if_free
+                        and conn.execute(
+                            q["taken"], (link.unified_user_id, link.platform, account)
+                        ).fetchone()
+                    ):
+                        return False, version
                     row = conn.execute(q["get"], (link.platform, account)).fetchone()
                     if row is not None and row[0] == link.unified_user_id:
-                        return version
+                        return True, version
                     conn.execute(
                         q["upsert"],
                         (link.platform, account, link.unified_user_id, link.linked_at),
                     )
                     version = _one(conn.execute(q["bump"]).fetchone())
                     self._notify(conn, version, link.platform, link.platform_user_id, link)
-                    return version
+                    return True, version
             except psycopg.Error as exc:
                 raise store_error(self.url, exc) from exc
 

@@ -18,6 +18,7 @@ import json
 import time
 from typing import Any
 
+from ...errors import StoreError
 from .._conn.redis import LuaScript, RedisError, check_layout, redis, store_error, validate_prefix
 from .._conn.shared import redact
 from ._synced import WAKEUP, Change, Snapshot, SyncedResolver
@@ -38,6 +39,23 @@ local v = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[4], cjson.encode({v = v, f = ARGV[1], d = ARGV[3]}))
 return v
 """)
+
+# KEYS: links, version. ARGV: expected version, field, unified id, value, channel.
+# _LINK, if the version is still the expected one; else -1 (a change came between).
+_CLAIM = LuaScript("""
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then
+  return -1
+end
+local cur = redis.call('HGET', KEYS[1], ARGV[2])
+if cur and cjson.decode(cur).u == ARGV[3] then
+  return tonumber(ARGV[1])
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+local v = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[5], cjson.encode({v = v, f = ARGV[2], d = ARGV[4]}))
+return v
+""")
+_CLAIM_ATTEMPTS = 20
 
 # KEYS: links, version. ARGV: field, channel. Returns {removed, version}.
 _UNLINK = LuaScript("""
@@ -144,6 +162,39 @@ class RedisIdentityResolver(SyncedResolver):
             )
         except RedisError as exc:
             raise store_error(self.url, exc) from exc
+
+    def _do_claim(self, link: IdentityLink) -> tuple[bool, int]:
+        # Compare and set on the version: the cache, caught up to version V,
+        # says the id is free; the script links only if the server is still at
+        # V (no change of any link came between), else we catch up and retry.
+        field = f"{link.platform}:{link.platform_user_id}"
+        value = json.dumps({"u": link.unified_user_id, "t": link.linked_at}, ensure_ascii=False)
+        keys = [self._links_key, self._version_key]
+        for _ in range(_CLAIM_ATTEMPTS):
+            self._sync()
+            with self._lock:
+                expected = self._version
+                taken = self._table.taken(
+                    link.unified_user_id, link.platform, link.platform_user_id
+                )
+            if taken:
+                return False, expected
+            try:
+                version = int(
+                    _CLAIM.run_sync(
+                        self._client,
+                        keys,
+                        [expected, field, link.unified_user_id, value, self._channel],
+                    )
+                )
+            except RedisError as exc:
+                raise store_error(self.url, exc) from exc
+            if version >= 0:
+                return True, version
+        raise StoreError(
+            f"{self._where}: could not claim {link.unified_user_id!r}: the links kept "
+            f"changing ({_CLAIM_ATTEMPTS} tries); try again"
+        )
 
     def _do_unlink(self, platform: str, platform_user_id: str) -> tuple[bool, int]:
         keys = [self._links_key, self._version_key]

@@ -36,6 +36,10 @@ _UPSERT = (
     "VALUES (?, ?, ?, ?) ON CONFLICT (platform, platform_user_id) DO UPDATE SET "
     "unified_user_id = excluded.unified_user_id, linked_at = excluded.linked_at"
 )
+_TAKEN = (
+    "SELECT 1 FROM links WHERE unified_user_id = ? "
+    "AND NOT (platform = ? AND platform_user_id = ?) LIMIT 1"
+)
 _DELETE = "DELETE FROM links WHERE platform = ? AND platform_user_id = ?"
 
 
@@ -133,12 +137,35 @@ class SQLiteIdentityResolver(ResolverContextManager):
         ``ValueError`` for invalid arguments, ``StoreError`` if the database
         fails. Thread- and process-safe.
         """
+        self._put(platform, platform_user_id, unified_user_id, only_if_free=False)
+
+    def claim(self, platform: str, platform_user_id: str, unified_user_id: str) -> bool:
+        """Link the account to ``unified_user_id`` unless another account has that id.
+
+        ``True`` if the account is now linked to it (also when it already
+        was), ``False`` if the id is taken (nothing changes). The check and the
+        write are one ``IMMEDIATE`` transaction: two processes claiming one id
+        at once cannot both win. Errors as :meth:`link`.
+        """
+        return self._put(platform, platform_user_id, unified_user_id, only_if_free=True)
+
+    def _put(
+        self, platform: str, platform_user_id: str, unified_user_id: str, *, only_if_free: bool
+    ) -> bool:
         validate_link_args(platform, platform_user_id, unified_user_id)
         with self._lock:
             conn = self._open_conn()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    if (
+                        only_if_free
+                        and conn.execute(
+                            _TAKEN, (unified_user_id, platform, platform_user_id)
+                        ).fetchone()
+                    ):
+                        conn.execute("ROLLBACK")
+                        return False
                     row = conn.execute(_SELECT_ONE, (platform, platform_user_id)).fetchone()
                     link = IdentityLink(platform, platform_user_id, unified_user_id, time.time())
                     if row is None or row[0] != unified_user_id:
@@ -154,6 +181,7 @@ class SQLiteIdentityResolver(ResolverContextManager):
                     self._table.put(link)
             except sqlite3.Error as exc:
                 raise _store_error(self.path, exc) from exc
+            return True
 
     def unlink(self, platform: str, platform_user_id: str) -> bool:
         """Remove the account's link; ``True`` if there was one.

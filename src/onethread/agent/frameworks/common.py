@@ -1,0 +1,57 @@
+"""What the framework wrappers share: the turn as alternating chat messages, the session key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ...errors import ModelError
+from ...session.context import SessionContext, get_session_context
+from ...session.history.base import HistoryEntry
+from ...session.keys import DM, session_key
+from ..messages import build_messages
+
+__all__ = ["chat_turns", "current_session_key", "model_error"]
+
+
+def chat_turns(
+    history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
+) -> tuple[list[tuple[str, str]], str]:
+    """The earlier conversation as ``(role, text)`` pairs, and the new user text.
+
+    Built by :func:`~onethread.agent.messages.build_messages` (without a
+    system message), so roles alternate ``user``/``assistant``, the earlier
+    part ends with ``assistant`` (or is empty), mirrored entries are labelled
+    with their source and, in a group, each user text starts ``[name]``.
+    """
+    messages = build_messages("", history, message, group=group)
+    turns = [(str(m["role"]), str(m["content"])) for m in messages]
+    return turns[:-1], turns[-1][1]
+
+
+def current_session_key(ctx: SessionContext | None = None) -> str:
+    """The session key of the turn running now, from its :class:`SessionContext`.
+
+    The same key the session manager stores the history under: a group's
+    chat key, a linked person's ``user:`` key, else the account's legacy key.
+    Raises ``RuntimeError`` outside a turn (an empty context).
+    """
+    ctx = ctx if ctx is not None else get_session_context()
+    if ctx.is_empty:
+        raise RuntimeError("no session context: this runs only inside a turn")
+    return session_key(
+        platform=ctx.platform,
+        user_id=ctx.user_id,
+        chat_type=ctx.chat_type or DM,
+        chat_id=ctx.chat_id,
+        thread_id=ctx.thread_id,
+        unified_user_id=ctx.unified_user_id or None,
+    )
+
+
+def model_error(framework: str, exc: BaseException) -> ModelError:
+    """A :class:`ModelError` for a failed framework run, keeping an HTTP status if there is one."""
+    status = getattr(exc, "status_code", None)
+    return ModelError(
+        f"the {framework} run failed: {type(exc).__name__}: {exc}",
+        status_code=status if isinstance(status, int) else None,
+    )
