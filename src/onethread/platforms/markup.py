@@ -283,6 +283,15 @@ def to_web_html(markdown: str) -> str:
 
     Links with a scheme other than http(s), mailto, tel or a relative path
     (``javascript:``, ``vbscript:``, ``data:`` but images) stay text
-    (markdown-it's link validation); tables stay tables.
+    (markdown-it's link validation); tables stay tables, a column's alignment
+    as ``class="align-right"`` (the page's Content-Security-Policy refuses
+    inline styles).
     """
-    return str(_parser().render(markdown))
+    md = _parser()
+    env: dict[str, object] = {}
+    tokens = md.parse(markdown, env)
+    for tok in tokens:
+        if tok.type in ("th_open", "td_open") and tok.attrs.get("style"):
+            align = str(tok.attrs.pop("style")).removeprefix("text-align:")
+            tok.attrSet("class", f"align-{align}")
+    return str(md.renderer.render(tokens, md.options, env))
