@@ -16,7 +16,7 @@ time, tool calls as deltas by index, then ``data: [DONE]``), spread over the
 reply's ``stream_over`` seconds (:func:`streamed`). ``fail_after=n`` sends an
 ``error`` event after ``n`` text chunks instead of the rest, as the API does
 when a stream breaks. ``stream_starts`` records when each stream's first text
-chunk was written (``time.monotonic()``).
+chunk was written (``time.monotonic()``), ``stream_bodies`` the request of each.
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ class FakeOpenAI:
         self.transcripts: dict[bytes, str] = {}
         self.transcriptions: list[dict[str, Any]] = []
         self.stream_starts: list[float] = []
+        self.stream_bodies: list[dict[str, Any]] = []
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -282,6 +283,7 @@ class FakeOpenAI:
                     await asyncio.wait_for(self._closing.wait(), pause)
             if index == 0:
                 self.stream_starts.append(time.monotonic())
+                self.stream_bodies.append(body)
             await event({"content": word})
         for index, call in enumerate(reply.calls):
             args = call["function"]["arguments"]

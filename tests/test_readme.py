@@ -119,3 +119,10 @@ async def test_bring_your_own_agent_examples(
     assert printed[-2:] == ["ack: What is my cat called?", "tool said: You are Alice on discord"]
     asked = next(b for b in server.requests if last_user_text(b) == "What is my cat called?")
     assert "My cat is called Tom." in request_text(asked)  # across platforms, in the framework
+
+
+def test_streamed_reply_example(capsys: pytest.CaptureFixture[str]) -> None:
+    run_plain_example("streamed-reply", {"__name__": "__main__"})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Streams **word** by word."
+    assert out[1] == "4 pieces; stored once: ['hello', 'Streams **word** by word.']"

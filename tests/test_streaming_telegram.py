@@ -184,3 +184,15 @@ async def test_a_code_block_and_a_table_arrive_as_valid_telegram_html(
     assert kinds.count("pre") == 2 and "bold" in kinds and "text_link" in kinds
     assert "apple | 3" in message.text and "print('<hi>' & 1)" in message.text
     assert "<script>alert(1)</script>" in message.text  # shown as text, not markup
+
+
+def test_streaming_false_from_a_platforms_options() -> None:
+    """`platforms: {telegram: {streaming: false}}` in the config file reaches the Bot."""
+    from onethread.bots import BotOS
+
+    botos = BotOS(
+        agent=Agent("a"),
+        platforms={"telegram": {"streaming": False, "token": "1:x"}, "web": {"port": 0}},
+    )
+    assert botos.bots["telegram"].streaming is False
+    assert botos.bots["web"].streaming is True
