@@ -1,4 +1,5 @@
-"""Extract the README's runnable examples (``<!-- example: NAME -->`` + a python block)."""
+"""Extract the README's Python blocks (``<!-- example: NAME -->`` + a python block) and
+the output shown for them (``<!-- output: NAME -->`` + a text block)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,30 @@ from pathlib import Path
 from typing import Any
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-_EXAMPLE = re.compile(r"<!-- example: ([\w-]+) -->\n```python\n(.*?)```", re.S)
+_PYTHON = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_NAME = re.compile(r"<!-- example: ([\w-]+) -->\n\Z")
+_OUTPUT = re.compile(r"<!-- output: ([\w-]+) -->\n```text\n(.*?)^```", re.S | re.M)
+
+
+def python_blocks() -> list[tuple[str | None, str]]:
+    """``(name or None, source)`` of EVERY python block in the README, in order."""
+    text = README.read_text()
+    out = []
+    for match in _PYTHON.finditer(text):
+        before = text[max(0, match.start() - 80) : match.start()]
+        name = _NAME.search(before)
+        out.append((name.group(1) if name else None, match.group(1)))
+    return out
 
 
 def examples() -> dict[str, str]:
-    """NAME -> source of every marked example in the README."""
-    return dict(_EXAMPLE.findall(README.read_text()))
+    """NAME -> source of every named python block in the README."""
+    return {name: source for name, source in python_blocks() if name is not None}
+
+
+def outputs() -> dict[str, str]:
+    """NAME -> the output the README shows for that example."""
+    return dict(_OUTPUT.findall(README.read_text()))
 
 
 SEED_AGENT_IMPORT = "from onethread import Agent\n"

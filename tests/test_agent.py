@@ -352,6 +352,35 @@ async def test_offline_model_says_so_and_shows_memory() -> None:
 async def test_offline_model_complete_works_from_messages() -> None:
     reply = await OfflineModel().complete([{"role": "user", "content": "hi"}], [])
     assert "No language model is configured" in reply.content and not reply.tool_calls
+    again = await OfflineModel().complete(
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": reply.content},
+            {"role": "user", "content": "and now?"},
+        ],
+        [],
+    )
+    memory = "I remember this conversation: 2 earlier messages."
+    assert again.content == f'You said: "and now?"\n{memory}'
+
+
+async def test_offline_notice_is_said_once_per_conversation() -> None:
+    from onethread.bots import BotSessionManager
+
+    session = BotSessionManager(store="memory://")
+    agent = Agent("a")
+    replies = [
+        await session.chat(agent, "42", text, platform="web") for text in ("one", "two", "three")
+    ]
+    notice = "No language model is configured"
+    assert [notice in r for r in replies] == [True, False, False]
+    assert "OPENAI_API_KEY" not in replies[1] + replies[2]
+    assert replies[2] == (
+        'You said: "three"\nI remember this conversation: 4 earlier messages from web.'
+    )
+    await session.reset("42", platform="web")  # /new: a new conversation hears it again
+    assert notice in await session.chat(agent, "42", "four", platform="web")
+    await session.close()
 
 
 # --- testing helpers -------------------------------------------------------------------

@@ -326,3 +326,47 @@ async def test_a_message_arriving_during_the_drain_is_answered() -> None:
     await stopping
     await task
     assert sorted(s.text for s in adapter.sent) == ["reply:first", "reply:late"]
+
+
+async def test_replies_kept_out_of_the_history_are_handed_to_the_adapter() -> None:
+    """Commands and refusals (never stored) reach ``on_unstored_reply``; turns do not."""
+    from onethread.bots.policy import AllowlistPolicy
+    from onethread.platforms.base import Inbound
+
+    class Recording(FakeAdapter):
+        def __init__(self) -> None:
+            super().__init__("telegram")
+            self.unstored: list[tuple[str, str]] = []
+
+        def on_unstored_reply(self, msg: Inbound, reply: str) -> None:
+            self.unstored.append((msg.text, reply))
+
+    adapter = Recording()
+    b = Bot("telegram", RecordingAgent(), adapter=adapter, store="memory://",
+            access=AllowlistPolicy(["1"]))  # fmt: skip
+    task = await started(b)
+    try:
+        await adapter.inject("hi", user="1")
+        await adapter.inject("/whoami", user="1", user_name="Ann")
+        await adapter.inject("let me in", user="2")
+        await adapter.wait_sent(3)
+    finally:
+        await b.stop()
+        await task
+    unstored = dict(adapter.unstored)  # two people: their turns run concurrently
+    assert sorted(unstored) == ["/whoami", "let me in"]
+    assert "You are Ann" in unstored["/whoami"]
+    assert unstored["let me in"] == "Sorry, this bot is private."
+
+
+@pytest.mark.parametrize("platform", ["telegram", "discord", "slack"])
+async def test_building_needs_no_credentials_and_start_names_the_missing_one(
+    platform: str,
+) -> None:
+    from onethread.errors import ConfigError
+    from onethread.platforms.registry import spec
+
+    b = Bot(platform, RecordingAgent(), store="memory://")  # no token anywhere
+    first_variable = spec(platform).credentials[0][1]
+    with pytest.raises(ConfigError, match=first_variable):
+        await b.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -534,3 +536,85 @@ async def test_a_platform_refusing_its_token_exits_1(tmp_path: Path) -> None:
     text = stderr.decode()
     assert "error: telegram: the bot token was rejected" in text and "Traceback" not in text
     assert stdout == b""
+
+
+# -- help texts ----------------------------------------------------------------------
+
+
+def _parsers(
+    parser: argparse.ArgumentParser, path: str = "onethread"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers(child, f"{path} {name}")
+
+
+def test_every_command_has_a_description_and_every_argument_help() -> None:
+    from onethread.cli.main import build_parser
+
+    seen = []
+    for path, parser in _parsers(build_parser()):
+        seen.append(path)
+        text = parser.format_help()
+        assert parser.description, f"{path} --help has no description"
+        assert "``" not in text and ":class:" not in text, f"{path} --help shows reST"
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{path}: the argument {action.dest} has no help"
+            if isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{path}: {action.metavar} has no help"
+                helps = {choice.dest: choice.help for choice in action._choices_actions}
+                assert all(helps.values()) and set(helps) == set(action.choices), path
+    assert "onethread history export" in seen and "onethread sessions" in seen
+
+
+WEB_ID = "0f3cdf5c99942629753e63cd2f8c9b4f"  # what the web chat's page makes: 32 hex digits
+
+
+def test_ids_are_printed_whole_and_export_has_the_links(tmp_path: Path) -> None:
+    narrow = {"COLUMNS": "40"}
+    assert (
+        cli(tmp_path, "identity", "link", "web", WEB_ID, "alice-with-a-long-name").returncode == 0
+    )
+    assert (
+        cli(tmp_path, "identity", "link", "telegram", "12345", "alice-with-a-long-name").returncode
+        == 0
+    )
+    listing = cli(tmp_path, "identity", "list", env=narrow)
+    assert listing.returncode == 0 and "…" not in listing.stdout
+    row = next(
+        line for line in listing.stdout.splitlines() if line.startswith("alice") and "web" in line
+    )
+    assert row.split()[:3] == ["alice-with-a-long-name", "web", WEB_ID]
+
+    # No history yet (reading creates no file), and still the person's links.
+    export = cli(tmp_path, "history", "export", "alice-with-a-long-name")
+    data = json.loads(export.stdout)
+    assert [(x["platform"], x["platform_user_id"]) for x in data["links"]] == [
+        ("telegram", "12345"),
+        ("web", WEB_ID),
+    ]
+    assert data["sessions"] == {}
+    assert not (Path(os.environ["ONETHREAD_HOME"]) / "history.db").exists()
+
+
+async def test_sessions_print_web_ids_whole(tmp_path: Path, _isolated_env: Path) -> None:
+    store = open_history_store(f"sqlite:///{_isolated_env / 'history.db'}")
+    manager = BotSessionManager(store=store)
+    await manager.chat(RecordingAgent(), WEB_ID, "hi", platform="web", chat_id=f"web-{WEB_ID}")
+    await manager.close()
+    sessions = cli(tmp_path, "sessions", env={"COLUMNS": "40"})
+    assert sessions.returncode == 0 and "…" not in sessions.stdout
+    assert f"web:{WEB_ID}" in sessions.stdout.split()
+    shown = cli(tmp_path, "history", "show", f"web:{WEB_ID}")
+    assert "hi" in shown.stdout
+
+
+def test_init_writes_one_final_newline(tmp_path: Path) -> None:
+    assert cli(tmp_path, "init").returncode == 0
+    text = (tmp_path / "onethread.yaml").read_text()
+    assert text.endswith("\n") and not text.endswith("\n\n")

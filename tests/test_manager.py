@@ -177,6 +177,14 @@ async def test_reset_export_forget() -> None:
     exported = await mgr.export("alice")
     assert list(exported["sessions"]) == ["user:alice"]
     assert exported["sessions"]["user:alice"][0]["content"] == "hello"
+    assert exported["links"] == [
+        {
+            "platform": "telegram",
+            "platform_user_id": "1",
+            "linked_at": pytest.approx(time.time(), abs=60),
+        }
+    ]
+    assert (await mgr.export("telegram:9"))["links"] == []  # an unlinked account: none
     assert await mgr.forget("alice") == 2
     assert await mgr.export("alice") == {
         **exported,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
+import select
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TextIO
 
 import pytest
@@ -196,3 +202,100 @@ async def test_streaming_false_writes_the_reply_in_one_go() -> None:
               input_stream=io.StringIO("hi\n"), output_stream=out)  # fmt: skip
     await run_to_eof(bot)
     assert out.pieces == ["one two three four\n"]
+
+
+# -- `onethread chat` on a pseudo-terminal, as a person at a keyboard sees it ----------
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
+
+
+class Terminal:
+    """``onethread chat`` (its real entry) on a pseudo-terminal."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        import pty
+
+        self.master, slave = pty.openpty()
+        env = {**os.environ, "TERM": "xterm", "COLUMNS": "200"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "onethread", "chat", *args],
+            cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        )  # fmt: skip
+        os.close(slave)
+        self.seen = b""
+
+    @property
+    def text(self) -> str:
+        """What the screen shows so far, line by line: a cleared line ends one, escape
+        sequences and the padding rich adds to the terminal's width are dropped."""
+        raw = self.seen.decode(errors="replace").replace("\r\x1b[K", "\n")
+        return "\n".join(line.rstrip() for line in _ANSI.sub("", raw).split("\n"))
+
+    def expect(self, text: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.text:
+            assert time.monotonic() < deadline, f"{text!r} not in {self.text!r}"
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    self.seen += os.read(self.master, 4096)
+                except OSError:  # the child closed the terminal
+                    assert text in self.text, self.text
+                    return
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\r")
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            os.close(self.master)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_terminal_chat_keeps_lines_one_banner_and_help_names_quit(tmp_path: Path) -> None:
+    term = Terminal(tmp_path, "--user", "ada")
+    term.expect("Ctrl-D to leave\n>")  # the banner, then the prompt
+    term.type("/help")
+    term.expect("/quit: leave the chat")
+    term.type("hello terminal")
+    term.expect("To use a language model")
+    term.type("second line please")
+    term.expect('You said: "second line please"\nI remember this conversation')
+    term.type("/quit")
+    assert term.close() == 0
+    screen = term.text
+    assert screen.count("onethread chat as ada") == 1 and "Chatting as" not in screen
+    help_lines = [
+        "I am an AI assistant; just write to me.",
+        "/whoami: who I think you are, and your linked accounts",
+        "/new: start a fresh conversation",
+        "/quit: leave the chat (Ctrl-D too)",
+    ]
+    lines = [line.strip() for line in screen.splitlines()]
+    for line in help_lines:
+        assert line in lines, f"{line!r} is not a line of its own in {screen!r}"
+    assert "No language model is configured, so this is an automatic reply." in lines
+    assert 'You said: "hello terminal"' in lines
+    assert screen.count("No language model is configured") == 1  # once per conversation
+
+
+def test_help_names_quit_only_on_the_terminal() -> None:
+    out = io.StringIO()
+    bot = Bot("console", RecordingAgent(), store="memory://",
+              input_stream=io.StringIO("/help\n"), output_stream=out)  # fmt: skip
+    asyncio.run(run_to_eof(bot))
+    assert "/quit: leave the chat" in out.getvalue()
+
+    from onethread.testing import FakeAdapter
+
+    other = Bot("web", RecordingAgent(), store="memory://", adapter=FakeAdapter("web"))
+    reply = asyncio.run(other._commands.handle(Inbound("web", "w", "dm", "u", "/help")))
+    assert reply is not None and "/whoami" in reply and "/quit" not in reply
+
+
+def test_a_greeting_is_shown_once_and_can_be_turned_off() -> None:
+    assert ConsoleAdapter(user="ada").greeting.startswith("Chatting as ada.")
+    assert ConsoleAdapter(user="ada", greeting="").greeting == ""

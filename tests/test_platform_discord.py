@@ -109,9 +109,14 @@ def test_registered_under_its_name() -> None:
     assert DiscordAdapter.max_message_length == 2000
 
 
-def test_missing_token_names_the_env_var() -> None:
-    with pytest.raises(ConfigError, match="DISCORD_BOT_TOKEN"):
-        DiscordAdapter()
+async def test_missing_token_is_named_by_start_not_construction() -> None:
+    adapter = DiscordAdapter(base_url="http://127.0.0.1:1")  # constructing needs no credential
+
+    async def never(msg: object) -> None:
+        raise AssertionError(msg)
+
+    with pytest.raises(ConfigError, match="set DISCORD_BOT_TOKEN"):
+        await adapter.start(never)
 
 
 def test_unknown_option_lists_the_accepted_ones() -> None:
@@ -671,3 +676,61 @@ async def test_normalize_ignores_system_and_empty_messages(
     assert normalize_message(_message(state, data), bot_id=fake.bot_id) is None
     data = await fake.inject_guild_message(fake.general_id, 6, "", mention_bot=True)
     assert normalize_message(_message(state, data), bot_id=fake.bot_id) is None
+
+
+# -- what a user reads when Discord cannot be reached ---------------------------------
+
+
+async def test_a_dns_failure_is_one_readable_line() -> None:
+    from aiohttp.client_reqrep import ConnectionKey
+
+    key = ConnectionKey("discord.com", 443, True, True, None, None, None)
+    dns = aiohttp.ClientConnectorDNSError(key, socket.gaierror(-2, "Name or service not known"))
+    with pytest.raises(PlatformUnavailable) as info:
+        async with map_discord_errors():
+            raise dns
+    text = str(info.value)
+    assert text == (
+        "discord: network error: Cannot connect to host discord.com:443 ssl:default "
+        "[Name or service not known]"
+    )
+    assert "ConnectionKey" not in text and "\n" not in text
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_start_logs_no_voice_noise_and_one_short_line(tmp_path: Any) -> None:
+    """A fresh process, as `onethread run` is: discord.py's voice warnings are given
+    once per process, at the first Client."""
+    import subprocess
+    import sys
+
+    script = f"""
+import asyncio, logging
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+from onethread.platforms.discord import DiscordAdapter
+from onethread.errors import PlatformUnavailable
+
+async def main():
+    adapter = DiscordAdapter(token="obviously-fake", base_url="http://127.0.0.1:{_closed_port()}")
+    async def never(msg):
+        raise AssertionError(msg)
+    try:
+        await adapter.start(never)
+    except PlatformUnavailable as exc:
+        print("ERROR:", exc)
+
+asyncio.run(main())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "voice will NOT be supported" not in result.stderr
+    assert "PyNaCl" not in result.stderr and "davey" not in result.stderr
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("ERROR:")]
+    assert "Cannot connect to host 127.0.0.1" in line and len(line) < 200, line

@@ -208,13 +208,18 @@ def test_tokens_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         ({}, {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "nope"}, "SLACK_APP_TOKEN"),
     ],
 )
-def test_bad_credentials_are_config_errors(
+async def test_bad_credentials_are_config_errors_from_start(
     monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], env: dict[str, str], named: str
 ) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    adapter = SlackAdapter(base_url="http://127.0.0.1:1/", **kwargs)  # constructing checks none
+
+    async def never(msg: object) -> None:
+        raise AssertionError(msg)
+
     with pytest.raises(ConfigError, match=named):
-        SlackAdapter(**kwargs)
+        await adapter.start(never)  # before any request: port 1 would refuse it
 
 
 def test_unknown_option_lists_the_accepted_ones() -> None:

@@ -267,9 +267,21 @@ def test_retry_after_mapping_accepts_int_and_timedelta(value: int | dtm.timedelt
 # -- construction --------------------------------------------------------------------------
 
 
+async def test_missing_token_is_named_by_start_not_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with FakeTelegram() as fake:
+        adapter = TelegramAdapter(base_url=fake.base_url)  # constructing needs no credential
+        with pytest.raises(ConfigError, match="no Telegram bot token: set TELEGRAM_BOT_TOKEN"):
+            await adapter.start(Inbox())
+        assert adapter.bot is None and fake.requests == []  # nothing was contacted
+        monkeypatch.setenv("TELEGRAM_BOT_TOKEN", fake.token)  # set later: start() reads it
+        await adapter.start(Inbox())
+        assert adapter.bot_username == fake.bot_username
+        await adapter.stop()
+
+
 def test_options_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="TELEGRAM_BOT_TOKEN"):
-        TelegramAdapter()
     assert TelegramAdapter(token="1:x").api_root == "https://api.telegram.org"
     with pytest.raises(ConfigError, match="accepted: token, base_url"):
         TelegramAdapter(token="1:x", channel="oops")

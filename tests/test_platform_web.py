@@ -500,3 +500,21 @@ async def test_dns_rebinding_host_refused_without_a_token() -> None:
             assert bad.status == 401
     finally:
         await adapter.stop()
+
+
+def test_side_log_is_bounded_and_merges_in_time_order() -> None:
+    from onethread.platforms.web_protocol import SideLog
+
+    log = SideLog(per_user=3, max_users=2)
+    log.add("a", {"text": "c1", "ts": 2.0}, {"text": "r1", "ts": 2.0})
+    log.add("a", {"text": "c2", "ts": 4.0}, {"text": "r2", "ts": 4.0})
+    assert [m["text"] for m in log.messages("a")] == ["r1", "c2", "r2"]  # oldest dropped
+    history = [{"text": "h1", "ts": 1.0}, {"text": "h2", "ts": 3.0}, {"text": "h3", "ts": 5.0}]
+    merged = log.merge("a", history)
+    assert [m["text"] for m in merged] == ["h1", "r1", "h2", "c2", "r2", "h3"]
+    assert log.merge("nobody", history) is history
+    log.add("b", {"text": "x", "ts": 1.0})
+    log.add("c", {"text": "y", "ts": 1.0})  # a third user: the least recent ("a") goes
+    assert log.messages("a") == [] and log.messages("c") != []
+    with pytest.raises(ValueError):
+        SideLog(per_user=0)

@@ -288,3 +288,53 @@ async def test_the_stop_button_ends_the_reply_and_keeps_what_was_written(
     finally:
         await b.stop()
         await task
+
+
+async def test_commands_stay_on_the_page_after_reload_and_the_notice_is_said_once(
+    browser: Browser,
+) -> None:
+    """The real offline agent: its no-model notice once per conversation; /help and
+    /whoami with their replies are still shown after a reload, in their place, and
+    never reach the model (its memory counts only the two real turns)."""
+    from playwright.async_api import expect
+
+    from onethread import Agent
+
+    bot = Bot("web", Agent("assistant"), store="memory://", port=0)
+    task = asyncio.create_task(bot.start())
+    try:
+        await asyncio.wait_for(bot.ready.wait(), 5)
+        page, problems = await open_page(browser, url_of(bot))
+        await page.fill("#name", "Ada")
+        await page.click("#start")
+        await expect(page.locator("#status")).to_have_text("connected")
+        assistant = page.locator(".msg.assistant .body")
+        for n, text in enumerate(["hello", "/help", "/whoami", "still there?"], start=1):
+            await page.fill("#text", text)
+            await page.press("#text", "Enter")
+            await expect(assistant).to_have_count(n)
+        await expect(page.locator(".msg.pending")).to_have_count(0)
+        notice = "No language model is configured"
+        await expect(page.locator(".msg.assistant", has_text=notice)).to_have_count(1)
+        await expect(assistant.nth(3)).to_contain_text(
+            "I remember this conversation: 2 earlier messages from web."
+        )
+        before = await page.locator(".msg .body").all_inner_texts()
+
+        await page.reload()
+        await expect(page.locator("#status")).to_have_text("connected")
+        await expect(page.locator(".msg")).to_have_count(8)
+        after = await page.locator(".msg .body").all_inner_texts()
+        assert after == before
+        users = await page.locator(".msg.user .body").all_inner_texts()
+        assert users == ["hello", "/help", "/whoami", "still there?"]
+        assert "/quit" not in after[3] and "/whoami" in after[3]  # the web chat's /help
+        assert "You are Ada (web id" in after[5]
+        user = await page.evaluate("localStorage.getItem('onethread.user')")
+        stored = await bot.session.history(user, platform="web", chat_id=f"web-{user}")
+        assert [e.content for e in stored if e.role == "user"] == ["hello", "still there?"]
+        assert len(stored) == 4  # the commands are on the page, not in the history
+        assert problems == []
+    finally:
+        await bot.stop()
+        await task

@@ -22,11 +22,13 @@ _HOW_TO = (
 class OfflineModel:
     """Answers without any language model: a plain notice, a quote, and the memory it holds.
 
-    The reply never pretends to be an AI answer. It quotes the user's message,
-    says how many earlier messages the conversation holds and from which
-    platforms, and how to configure a model. No I/O and no waiting, so it is
-    also fit for benchmarks. ``reason`` (optional) replaces the first sentence,
-    e.g. to say that ``ONETHREAD_MODEL`` is set but no endpoint is.
+    The reply never pretends to be an AI answer. It quotes the user's message
+    and says how many earlier messages the conversation holds and from which
+    platforms. The notice (no model, and how to configure one) is said once
+    per conversation: only when no earlier reply in the history carries it
+    (so again after ``/new``). No I/O and no waiting, so it is also fit for
+    benchmarks. ``reason`` (optional) replaces the first sentence, e.g. to
+    say that ``ONETHREAD_MODEL`` is set but no endpoint is.
     """
 
     def __init__(self, reason: str = "") -> None:
@@ -40,7 +42,8 @@ class OfflineModel:
         for entry in history:
             if entry.platform and entry.platform not in platforms:
                 platforms.append(entry.platform)
-        text = self._text(message.content, len(history), platforms)
+        told = any(e.role == "assistant" and _HOW_TO in e.content for e in history)
+        text = self._text(message.content, len(history), platforms, notice=not told)
         if message.attachments:
             text += "\n" + _received(message.attachments)
         return text
@@ -51,9 +54,10 @@ class OfflineModel:
         """The offline reply from chat messages alone (platforms are unknown there)."""
         turns = [m for m in messages if m.get("role") in ("user", "assistant")]
         last = str(turns[-1].get("content") or "") if turns else ""
-        return ModelReply(self._text(last, max(len(turns) - 1, 0), []))
+        told = any(m["role"] == "assistant" and _HOW_TO in str(m.get("content")) for m in turns)
+        return ModelReply(self._text(last, max(len(turns) - 1, 0), [], notice=not told))
 
-    def _text(self, said: str, earlier: int, platforms: list[str]) -> str:
+    def _text(self, said: str, earlier: int, platforms: list[str], *, notice: bool) -> str:
         quote = " ".join(said.split())
         if len(quote) > _QUOTE_LIMIT:
             quote = quote[: _QUOTE_LIMIT - 1].rstrip() + "…"
@@ -64,6 +68,8 @@ class OfflineModel:
             noun = "message" if earlier == 1 else "messages"
             memory = f"I remember this conversation: {earlier} earlier {noun}"
             memory += f" from {_join(platforms)}." if platforms else "."
+        if not notice:
+            return f"{said_line}\n{memory}"
         return f"{self.reason}\n{said_line}\n{memory}\n{_HOW_TO}"
 
 

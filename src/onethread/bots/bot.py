@@ -124,8 +124,12 @@ class Bot:
         self.access: AccessPolicy = own.get("access") or default_policy(
             self.platform, owners=own.get("owners", ()), store=own.get("pairing")
         )
-        self._commands: CommandRouter = own.get("commands") or CommandRouter(
-            self._session, extra={"link": LinkFlow(self._session, own.get("pairing"))}
+        self._commands: CommandRouter  # set by use_commands()
+        self.use_commands(
+            own.get("commands")
+            or CommandRouter(
+                self._session, extra={"link": LinkFlow(self._session, own.get("pairing"))}
+            )
         )
         self._backoff: Backoff = own.get("backoff") or Backoff()
         self.drain_timeout: float = float(own.get("drain_timeout", 10.0))
@@ -154,8 +158,14 @@ class Bot:
         self._session = session
         self._owns_session = False
         self._gate = gate
-        self._commands = CommandRouter(session)
+        self.use_commands(CommandRouter(session))
         return True
+
+    def use_commands(self, router: CommandRouter) -> None:
+        """Answer slash commands with ``router`` (``BotOS`` shares one across its bots);
+        this platform's ``/help`` lines (``adapter.help_lines``) are added to it."""
+        router.platform_help.setdefault(self.platform, self.adapter.help_lines)
+        self._commands = router
 
     @property
     def session(self) -> BotSessionManager:
@@ -293,8 +303,10 @@ class Bot:
             if reply is not None:  # refused: at most one short reply, never the agent
                 if reply:
                     await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
+                    self.adapter.on_unstored_reply(msg, reply)
                 return
             reply = await self._commands.handle(msg) if msg.text else None
+            command = reply is not None  # its reply is not stored in the history
             if reply is None:
                 taken = await self._take_attachments(msg)
                 if taken is not None and not taken.attachments and not msg.text.strip():
@@ -357,6 +369,8 @@ class Bot:
                     )
             if reply and not attempted:  # a command's answer, or the model-failure apology
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
+                if command:
+                    self.adapter.on_unstored_reply(msg, reply)
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
         except PlatformError as exc:

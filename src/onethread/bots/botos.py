@@ -143,7 +143,7 @@ class BotOS:
                 f"the {bot.platform} bot has its own session manager; build it with "
                 "session=botos.session so every platform shares one history"
             )
-        bot._commands = self.commands  # /link across platforms needs the shared flow
+        bot.use_commands(self.commands)  # /link across platforms needs the shared flow
         if not self.gc_freeze:
             bot.gc_freeze = False  # BotOS(gc_freeze=False) holds for bots added ready-made
         self.bots[bot.platform] = bot

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..platforms.base import Inbound
 from ..session.identity.base import unlinked_id
@@ -38,10 +38,13 @@ class CommandRouter:
 
     ``extra`` maps more command names to handlers (the pairing flow adds
     ``/link``); each handler gets the message and the argument text.
+    ``platform_help`` maps a platform to the lines it adds to ``/help`` (its
+    adapter's ``help_lines``, e.g. the terminal's ``/quit``).
     """
 
     session: BotSessionManager
     extra: dict[str, Handler] | None = None
+    platform_help: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def _handlers(self) -> dict[str, Handler]:
         handlers: dict[str, Handler] = {
@@ -73,6 +76,7 @@ class CommandRouter:
         if "link" in (self.extra or {}):
             lines += link_help()
         lines.append("/unlink: detach this account from your linked identity")
+        lines.extend(self.platform_help.get(msg.platform, ()))
         return "\n".join(lines)
 
     async def _whoami(self, msg: Inbound, _arg: str) -> str:

@@ -518,18 +518,37 @@ class BotSessionManager:
         return keys
 
     async def export(self, unified_user_id: str) -> dict[str, Any]:
-        """Everything stored of one person's DM sessions, as JSON-able data.
+        """Everything stored of one person, as JSON-able data.
 
-        Includes the unified session and the legacy sessions of each linked
-        account (normally empty once merged). Group chats belong to the group
-        and are not included.
+        ``links``: the person's linked accounts (``platform``,
+        ``platform_user_id``, ``linked_at``; empty for an unlinked
+        ``platform:id`` or a resolver without ``links_for``). ``sessions``: the
+        unified session and the legacy sessions of each linked account
+        (normally empty once merged). Group chats belong to the group and are
+        not included.
         """
+        links_for = getattr(self.identity_resolver, "links_for", None)
+        links: list[IdentityLink] = []
+        if links_for is not None and ":" not in unified_user_id:
+            links = await asyncio.to_thread(links_for, unified_user_id)
         sessions = {}
         for key in self._person_keys(unified_user_id):
             entries = await self.store.load(key)
             if entries:
                 sessions[key] = [e.to_dict() for e in entries]
-        return {"user": unified_user_id, "exported_at": time.time(), "sessions": sessions}
+        return {
+            "user": unified_user_id,
+            "exported_at": time.time(),
+            "links": [
+                {
+                    "platform": x.platform,
+                    "platform_user_id": x.platform_user_id,
+                    "linked_at": x.linked_at,
+                }
+                for x in sorted(links, key=lambda x: (x.platform, x.platform_user_id))
+            ],
+            "sessions": sessions,
+        }
 
     async def forget(self, unified_user_id: str) -> int:
         """Delete every DM session of this person (all linked accounts). Returns entries removed.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,8 +28,10 @@ __all__ = [
     "identity_url",
     "open_history",
     "open_identity",
+    "printable",
     "redact_url",
     "say",
+    "table",
 ]
 
 
@@ -37,6 +40,24 @@ def say(text: str = "", *, file: TextIO | None = None) -> None:
     out = file or sys.stdout
     out.write(text + "\n")
     out.flush()
+
+
+def printable(text: str) -> str:
+    """``text`` without terminal control sequences: a remote user's message must not
+    drive the operator's terminal (ESC, OSC, cursor moves). Newlines and tabs stay."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain aligned columns, every value whole: ids are never cut to the terminal's
+    width (they are there to be copied), a narrow terminal wraps the line instead."""
+    cells = [[" ".join(printable(value).split()) for value in row] for row in rows]
+    widths = [max(len(r[i]) for r in [list(headers), *cells]) for i in range(len(headers))]
+    lines = [list(headers), *cells]
+    return "\n".join(
+        "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -16,10 +16,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from ..config import Config
 from ..errors import ConfigError, OnethreadError
 from ..platforms.registry import PLATFORMS
@@ -29,11 +25,21 @@ from .common import (
     history_url,
     open_history,
     open_identity,
+    printable,
     redact_url,
     say,
+    table,
 )
 
 __all__ = ["add_parsers", "who"]
+
+_HISTORY_HELP = """\
+Show, export or forget what is stored of a person's conversations.
+
+USER is a person's unified id (alice: their sessions on every linked account)
+or an unlinked account as PLATFORM:ID (telegram:12345), exactly as the "who"
+column of onethread sessions shows it."""
+_USER_HELP = "unified id (alice) or PLATFORM:ID of an unlinked account (telegram:12345)"
 
 T = TypeVar("T")
 
@@ -44,29 +50,57 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "history",
         parents=[common],
         help="show, export or forget a person's conversation",
-        description=__doc__,
+        description=_HISTORY_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    hsub = history.add_subparsers(dest="action", metavar="ACTION", required=True)
-    show = hsub.add_parser("show", parents=[common], help="print a person's conversation")
-    show.add_argument("user", help="unified id (alice) or PLATFORM:ID (telegram:12345)")
+    hsub = history.add_subparsers(
+        dest="action",
+        metavar="ACTION",
+        required=True,
+        help="one of these; ACTION -h shows its help",
+    )
+    show = hsub.add_parser(
+        "show",
+        parents=[common],
+        help="print a person's conversation",
+        description="Print a person's conversation, oldest first, from every linked account.",
+    )
+    show.add_argument("user", help=_USER_HELP)
     show.add_argument("--platform", "-p", help="only messages on this platform")
     show.add_argument("--json", action="store_true", help="print JSON entries")
     show.set_defaults(func=_cmd_show)
     export = hsub.add_parser(
-        "export", parents=[common], help="print everything stored of a person, as JSON"
+        "export",
+        parents=[common],
+        help="print everything stored of a person, as JSON",
+        description=(
+            "Print everything stored of a person as JSON: their linked accounts and every "
+            "entry of their conversations, with provenance."
+        ),
     )
-    export.add_argument("user")
+    export.add_argument("user", help=_USER_HELP)
     export.set_defaults(func=_cmd_export)
     forget = hsub.add_parser(
-        "forget", parents=[common], help="delete a person's conversations (every linked account)"
+        "forget",
+        parents=[common],
+        help="delete a person's conversations (every linked account)",
+        description=(
+            "Delete a person's conversations on every linked account (asks first). "
+            "Identity links are kept: onethread identity unlink removes them."
+        ),
     )
-    forget.add_argument("user")
+    forget.add_argument("user", help=_USER_HELP)
     forget.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     forget.set_defaults(func=_cmd_forget)
 
     sessions = sub.add_parser(
-        "sessions", parents=[common], help="list recent sessions: who, platforms, last seen"
+        "sessions",
+        parents=[common],
+        help="list recent sessions: who, platforms, last seen",
+        description=(
+            "List the most recent sessions: who (as USER for onethread history), the "
+            "platforms, when the last message was and how many messages it holds."
+        ),
     )
     sessions.add_argument("--limit", "-n", type=int, default=50, help="how many (default 50)")
     sessions.add_argument("--json", action="store_true", help="print JSON")
@@ -81,13 +115,18 @@ def _store_missing(config: Config) -> bool:
     return not Path(url[len("sqlite:///") :]).expanduser().exists()
 
 
-def _with_manager(config: Config, job: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``job(manager)`` with a session manager on the configured stores, then close them."""
+def _with_manager(config: Config, job: Callable[[Any], Awaitable[T]], *, history: bool = True) -> T:
+    """Run ``job(manager)`` with a session manager on the configured stores, then close them.
+
+    ``history=False``: an empty in-memory history instead (nothing stored yet,
+    and reading must not create the file); the identity store is the real one.
+    """
     from ..bots import BotSessionManager
 
     resolver = open_identity(config)
     try:
-        manager = BotSessionManager(store=open_history(config), identity_resolver=resolver)
+        store = open_history(config) if history else "memory://"
+        manager = BotSessionManager(store=store, identity_resolver=resolver)
 
         async def run() -> T:
             try:
@@ -101,9 +140,8 @@ def _with_manager(config: Config, job: Callable[[Any], Awaitable[T]]) -> T:
 
 
 def _export(config: Config, user: str) -> dict[str, Any]:
-    if _store_missing(config):
-        return {"user": user, "sessions": {}}
-    result: dict[str, Any] = _with_manager(config, lambda m: m.export(user))
+    history = not _store_missing(config)
+    result: dict[str, Any] = _with_manager(config, lambda m: m.export(user), history=history)
     return result
 
 
@@ -145,14 +183,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
             speaker += " [SENT CUT SHORT]"
         where = entry.get("platform") or "-"
         line = f"{_when(float(entry['timestamp']))}  {where:<8}  {speaker}: {entry['content']}"
-        say(_printable(line))
+        say(printable(line))
     return 0
-
-
-def _printable(text: str) -> str:
-    """``text`` without terminal control sequences: a remote user's message must not
-    drive the operator's terminal (ESC, OSC, cursor moves). Newlines and tabs stay."""
-    return "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -237,13 +269,9 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
     if not rows:
         say(f"no sessions yet (history: {redact_url(history_url(config))})")
         return 0
-    table = Table("who", "platforms", "last seen", "messages", box=None)
-    for r in rows:
-        table.add_row(
-            Text(who(r.key)),
-            Text(", ".join(r.platforms) or "-"),
-            _when(r.last_timestamp),
-            str(r.count),
-        )
-    Console(soft_wrap=True).print(table)
+    cells = [
+        (who(r.key), ", ".join(r.platforms) or "-", _when(r.last_timestamp), str(r.count))
+        for r in rows
+    ]
+    say(table(("who", "platforms", "last seen", "messages"), cells))
     return 0

@@ -15,14 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from ..config import did_you_mean
 from ..errors import ConfigError, OnethreadError
 from ..platforms.registry import PLATFORMS
-from .common import close_resolver, config_from_args, open_identity, redact_url, say
+from .common import close_resolver, config_from_args, open_identity, redact_url, say, table
 
 __all__ = ["add_parsers", "known_platform", "parse_links"]
 
@@ -35,19 +31,40 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="link accounts on different platforms to one person",
         description="Manage identity links: which platform accounts are one person.",
     )
-    isub = identity.add_subparsers(dest="action", metavar="ACTION", required=True)
+    isub = identity.add_subparsers(
+        dest="action",
+        metavar="ACTION",
+        required=True,
+        help="one of these; ACTION -h shows its help",
+    )
     link = isub.add_parser(
-        "link", parents=[common], help="link PLATFORM account ID to person UNIFIED"
+        "link",
+        parents=[common],
+        help="link PLATFORM account ID to person UNIFIED",
+        description=(
+            "Link an account to a person: their messages from it share the person's one "
+            "conversation. A running onethread run sees the link on its next message."
+        ),
     )
     link.add_argument("platform", help="e.g. telegram")
     link.add_argument("id", help="the account's id on that platform, e.g. 12345")
     link.add_argument("unified", help="the person's unified id, e.g. alice (no ':')")
     link.set_defaults(func=_cmd_link)
-    unlink = isub.add_parser("unlink", parents=[common], help="remove an account's link")
-    unlink.add_argument("platform")
-    unlink.add_argument("id")
+    unlink = isub.add_parser(
+        "unlink",
+        parents=[common],
+        help="remove an account's link",
+        description="Remove an account's link: its next messages start a separate conversation.",
+    )
+    unlink.add_argument("platform", help="e.g. telegram")
+    unlink.add_argument("id", help="the account's id on that platform, e.g. 12345")
     unlink.set_defaults(func=_cmd_unlink)
-    listing = isub.add_parser("list", parents=[common], help="show links (of one person)")
+    listing = isub.add_parser(
+        "list",
+        parents=[common],
+        help="show links (of one person)",
+        description="Show every link, or one person's accounts; ids are printed whole.",
+    )
     listing.add_argument("unified", nargs="?", help="only this person's accounts")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=_cmd_list)
@@ -55,6 +72,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "import",
         parents=[common],
         help="import links from an identity.json (PraisonAI's format too)",
+        description=(
+            "Import links from an identity.json file (onethread's or PraisonAI's format). "
+            "Accounts already linked to someone else are skipped unless --replace is given."
+        ),
     )
     imp.add_argument("path", help='a JSON file: {"links": {"telegram::12345": "alice"}}')
     imp.add_argument(
@@ -68,19 +89,40 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="approve senders (access policy 'approval')",
         description="Approve or revoke senders for the 'approval' access policy.",
     )
-    asub = access.add_subparsers(dest="action", metavar="ACTION", required=True)
-    approve = asub.add_parser(
-        "approve", parents=[common], help="approve the sender who was given CODE"
+    asub = access.add_subparsers(
+        dest="action",
+        metavar="ACTION",
+        required=True,
+        help="one of these; ACTION -h shows its help",
     )
-    approve.add_argument("platform")
-    approve.add_argument("code")
+    approve = asub.add_parser(
+        "approve",
+        parents=[common],
+        help="approve the sender who was given CODE",
+        description="Approve the sender the bot gave CODE: their next message is answered.",
+    )
+    approve.add_argument("platform", help="where the sender wrote, e.g. telegram")
+    approve.add_argument("code", help="the code the bot gave the sender (dashes optional)")
     approve.set_defaults(func=_cmd_approve)
-    revoke = asub.add_parser("revoke", parents=[common], help="withdraw a sender's approval")
-    revoke.add_argument("platform")
-    revoke.add_argument("id")
+    revoke = asub.add_parser(
+        "revoke",
+        parents=[common],
+        help="withdraw a sender's approval",
+        description=(
+            "Withdraw a sender's approval. A running onethread run that has served them "
+            "keeps doing so until it restarts."
+        ),
+    )
+    revoke.add_argument("platform", help="e.g. telegram")
+    revoke.add_argument("id", help="the sender's account id on that platform")
     revoke.set_defaults(func=_cmd_revoke)
-    approved = asub.add_parser("list", parents=[common], help="show approved senders")
-    approved.add_argument("platform", nargs="?")
+    approved = asub.add_parser(
+        "list",
+        parents=[common],
+        help="show approved senders",
+        description="Show the approved senders, as PLATFORM:ID.",
+    )
+    approved.add_argument("platform", nargs="?", help="only this platform's senders")
     approved.set_defaults(func=_cmd_approved)
 
 
@@ -158,12 +200,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not links:
         say(f"no accounts linked to {args.unified}" if args.unified else "no links yet")
         return 0
-    table = Table("person", "platform", "account", "linked", box=None)
-    for x in sorted(links, key=lambda x: (x.unified_user_id, x.platform, x.platform_user_id)):
-        table.add_row(
-            Text(x.unified_user_id), Text(x.platform), Text(x.platform_user_id), _when(x.linked_at)
-        )
-    Console(soft_wrap=True).print(table)
+    ordered = sorted(links, key=lambda x: (x.unified_user_id, x.platform, x.platform_user_id))
+    cells = [
+        (x.unified_user_id, x.platform, x.platform_user_id, _when(x.linked_at)) for x in ordered
+    ]
+    say(table(("person", "platform", "account", "linked"), cells))
     return 0
 
 

@@ -116,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onethread {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--verbose", "-v", action="count", default=0, help="log more (-vv: debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        help="one of these; COMMAND -h shows its help",
+    )
     cli_run.add_parsers(sub, common)
 
     init = sub.add_parser(

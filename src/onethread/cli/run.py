@@ -282,7 +282,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     user = args.user or _login_name()
     console = load_adapter_class("console")
     try:
-        adapter = console(user=user, user_name=args.name or user)  # type: ignore[call-arg]
+        # greeting="": the banner below is the one greeting.
+        adapter = console(user=user, user_name=args.name or user, greeting="")  # type: ignore[call-arg]
     except ValueError as exc:
         raise ConfigError(f"--user: {exc}") from exc
     resolver = open_identity(config)

@@ -95,6 +95,8 @@ class Adapter(ABC):
     edit_interval: ClassVar[float] = 1.0
     # A streamed reply's first words wait this long (a reply done by then goes whole).
     first_post_delay: ClassVar[float] = 0.25
+    help_lines: ClassVar[tuple[str, ...]] = ()
+    """Lines this platform adds to ``/help``: commands the adapter handles itself."""
 
     def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
         self.retry_policy = retry_policy or RetryPolicy()
@@ -119,6 +121,16 @@ class Adapter(ABC):
 
         The default does nothing; an adapter that shows stored conversations
         (the web chat) reads ``bot.session`` here.
+        """
+        return None
+
+    def on_unstored_reply(self, msg: Inbound, reply: str) -> None:
+        """Called by the ``Bot`` after it answered ``msg`` with ``reply`` outside the
+        history (a slash command, an access refusal): neither is stored, and the
+        model never sees them.
+
+        The default does nothing; an adapter that redraws the conversation from
+        the history (the web chat, on a page reload) keeps them itself.
         """
         return None
 

@@ -12,9 +12,10 @@ Behaviour a caller should know:
   conversation: the adapter calls ``adapter.on_eof()`` if set (sync or async;
   ``onethread chat`` sets it to stop the bot, which lets running turns finish
   first). Without ``on_eof`` the bot keeps running and only input stops.
-- On a terminal (stdin and stdout both ttys, no streams given): line editing
-  and history through ``readline`` when available, a prompt, a subtle ``…``
-  while the bot is typing, and Markdown replies rendered with ``rich``. With
+- On a terminal (stdin and stdout both ttys, no streams given): a greeting,
+  line editing and history through ``readline`` when available, a prompt, a
+  subtle ``…`` while the bot is typing, and Markdown replies rendered with
+  ``rich``, keeping every line break as written (as chat apps show them). With
   streams or pipes the output is the plain reply text, one block per reply.
 - Streamed replies (``reply_stream``): written as the model writes them, on a
   terminal re-rendered as Markdown in place (``rich.live``, a few times a
@@ -59,6 +60,9 @@ class ConsoleAdapter(Adapter):
         input_stream: where lines come from (default: ``sys.stdin``).
         output_stream: where replies go (default: ``sys.stdout``).
         prompt: shown before each line on a terminal.
+        greeting: shown once on a terminal when the chat starts (default:
+            who you are and how to leave; ``""``: none, e.g. when the caller
+            printed its own banner).
 
     ``on_eof``: called once on ``/quit`` or end of input, from the event loop;
     a coroutine function is run as a task that ``stop()`` does not cancel.
@@ -66,6 +70,7 @@ class ConsoleAdapter(Adapter):
 
     name: ClassVar[str] = PLATFORM
     max_message_length: ClassVar[int] = 100_000
+    help_lines: ClassVar[tuple[str, ...]] = ("/quit: leave the chat (Ctrl-D too)",)
 
     def __init__(
         self,
@@ -77,6 +82,7 @@ class ConsoleAdapter(Adapter):
         output_stream: TextIO | None = None,
         retry_policy: RetryPolicy | None = None,
         prompt: str = "> ",
+        greeting: str | None = None,
     ) -> None:
         super().__init__(retry_policy=retry_policy)
         del token  # no credential on this platform
@@ -86,6 +92,11 @@ class ConsoleAdapter(Adapter):
         self.user_name = user_name or user
         self.chat_id = f"console-{user}"
         self.prompt = prompt
+        self.greeting = (
+            f"Chatting as {self.user_name}. /help lists the commands; /quit leaves."
+            if greeting is None
+            else greeting
+        )
         self.on_eof: Callable[[], Any] | None = None
         self._input = input_stream
         self._output = output_stream
@@ -100,6 +111,7 @@ class ConsoleAdapter(Adapter):
         self._ended = False
         self._rich: Any = None
         self._tty_state: list[Any] | None = None
+        self._at_prompt = False  # the input thread waits in input(); read by the loop
 
     @property
     def output(self) -> TextIO:
@@ -135,7 +147,8 @@ class ConsoleAdapter(Adapter):
                 self._tty_state = _save_terminal()
                 with contextlib.suppress(ImportError):
                     import readline  # noqa: F401  # line editing and history for input()
-                self._write(f"Chatting as {self.user_name}. Type /quit to leave.\n")
+                if self.greeting:
+                    self._write(self.greeting + "\n")
             self._thread = threading.Thread(
                 target=self._read_lines, name="onethread-console-input", daemon=True
             )
@@ -160,10 +173,13 @@ class ConsoleAdapter(Adapter):
 
     def _read_line(self) -> str | None:
         if self.interactive:
+            self._at_prompt = True  # input() shows the prompt; a reply redraws it
             try:
                 return input(self.prompt)
             except EOFError:
                 return None
+            finally:
+                self._at_prompt = False
         stream = self._input if self._input is not None else sys.stdin
         line = stream.readline()
         return line.rstrip("\r\n") if line else None
@@ -243,6 +259,8 @@ class ConsoleAdapter(Adapter):
         out.flush()
 
     def _redraw_prompt(self) -> None:
+        if not self._at_prompt:
+            return  # the input thread shows the prompt itself when it asks next
         buffer = ""
         readline = sys.modules.get("readline")
         if readline is not None:
@@ -287,9 +305,7 @@ class ConsoleAdapter(Adapter):
         if self._rich_console() is False:
             self._write(text if text.endswith("\n") else text + "\n")
             return
-        from rich.markdown import Markdown
-
-        self._rich.print(Markdown(text) if formatted else text, markup=False, highlight=False)
+        self._rich.print(_markdown(text) if formatted else text, markup=False, highlight=False)
 
     def reply_stream(self, chat_id: str, thread_id: str = "") -> ReplyStream | None:
         """Deltas written to the output as they come (see the module docstring)."""
@@ -340,9 +356,7 @@ class _ConsoleStream:
             now = asyncio.get_running_loop().time()
             if now - self._last >= self._REFRESH:
                 self._last = now
-                from rich.markdown import Markdown
-
-                self._live.update(Markdown(self.written), refresh=True)
+                self._live.update(_markdown(self.written), refresh=True)
         except (OSError, ValueError) as exc:
             raise BadRequest(f"cannot write the reply: {exc!r}", platform=PLATFORM) from exc
 
@@ -351,9 +365,7 @@ class _ConsoleStream:
         adapter = self.adapter
         try:
             if self._live not in (None, False):
-                from rich.markdown import Markdown
-
-                self._live.update(Markdown(text), refresh=True)
+                self._live.update(_markdown(text), refresh=True)
                 self._live.stop()
                 self._live = None
                 adapter._redraw_prompt()
@@ -374,6 +386,24 @@ class _ConsoleStream:
         if self._live not in (None, False):
             self._live.stop()
             self._live = None
+
+
+def _markdown(text: str) -> Any:
+    """``text`` as a ``rich`` Markdown renderable whose single newlines are line breaks.
+
+    CommonMark joins the lines of a paragraph (a "soft break"); a chat reply
+    (``/help``, the model's short lines) means them as written, as Telegram and
+    the web chat show them. So every soft break of the parsed tokens becomes a
+    hard one.
+    """
+    from rich.markdown import Markdown
+
+    rendered = Markdown(text)
+    for block in rendered.parsed:
+        for token in block.children or ():
+            if token.type == "softbreak":
+                token.type = "hardbreak"
+    return rendered
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:

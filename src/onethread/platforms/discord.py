@@ -65,6 +65,7 @@ from ..errors import (
     PlatformUnavailable,
     RetryAfter,
 )
+from ._describe import describe
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
 from .markup import to_discord
@@ -135,11 +136,11 @@ async def map_discord_errors() -> AsyncIterator[None]:
         raise PlatformUnavailable("could not fetch the gateway URL", platform=PLATFORM) from exc
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         # No connection was made: nothing was sent, a retry cannot repeat anything.
-        raise PlatformUnavailable(f"network error: {exc!r}", platform=PLATFORM) from exc
+        raise PlatformUnavailable(f"network error: {describe(exc)}", platform=PLATFORM) from exc
     except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError
         # A timeout or a connection lost after the request went out: the message may
         # have been posted, so a send must not be repeated.
-        raise OutcomeUnknown(f"network error: {exc!r}", platform=PLATFORM) from exc
+        raise OutcomeUnknown(f"network error: {describe(exc)}", platform=PLATFORM) from exc
 
 
 def normalize_message(
@@ -231,6 +232,15 @@ class _EndpointHTTPClient(HTTPClient):
         return await super().ws_connect(url, compress=compress)
 
 
+def _no_voice_warnings() -> None:
+    """discord.py warns once per process, at the first Client, that PyNaCl (and davey)
+    are missing so "voice will NOT be supported". onethread sends no voice over
+    Discord: mark the warnings as given. (Class flags, absent in older versions.)"""
+    for flag in ("warn_nacl", "warn_dave"):
+        if getattr(discord.VoiceClient, flag, False):
+            setattr(discord.VoiceClient, flag, False)
+
+
 class _Client(discord.Client):
     """A discord.Client wired to one adapter, with the per-client endpoint override."""
 
@@ -238,6 +248,7 @@ class _Client(discord.Client):
 
     def __init__(self, adapter: DiscordAdapter, intents: discord.Intents) -> None:
         timeout = adapter.retry_policy.max_delay
+        _no_voice_warnings()
         super().__init__(intents=intents, max_ratelimit_timeout=timeout)
         self.http = _EndpointHTTPClient(
             self.loop,
@@ -268,7 +279,8 @@ class DiscordAdapter(Adapter):
     Options: ``token`` (else ``DISCORD_BOT_TOKEN``), ``base_url`` (else
     ``DISCORD_API_BASE_URL``), ``gateway_url`` (else ``DISCORD_GATEWAY_URL``),
     ``start_timeout`` (seconds to wait for READY, default 30), ``retry_policy``.
-    Unknown options raise ``ConfigError``; so does a missing token.
+    Unknown options raise ``ConfigError``; a missing token raises it from
+    ``start()`` (the variable is read again there), never at construction.
     """
 
     name: ClassVar[str] = PLATFORM
@@ -291,10 +303,7 @@ class DiscordAdapter(Adapter):
                 f"accepted: {', '.join(_OPTIONS)}"
             )
         super().__init__(retry_policy=retry_policy)
-        token = os.environ.get(TOKEN_ENV, "") if token is None else token
-        if not token.strip():
-            raise ConfigError(f"discord needs a bot token: pass token=... or set {TOKEN_ENV}")
-        self._token = token.strip()
+        self._token = (os.environ.get(TOKEN_ENV, "") if token is None else token).strip()
         self.base_url = base_url or os.environ.get(API_ENV) or None
         self.gateway_url = gateway_url or os.environ.get(GATEWAY_ENV) or None
         self.start_timeout = start_timeout
@@ -313,11 +322,15 @@ class DiscordAdapter(Adapter):
     async def start(self, on_inbound: OnInbound) -> None:
         """Log in, open the gateway and return once READY arrived.
 
-        Raises ``PlatformAuthError`` for a refused token or intent,
-        ``PlatformUnavailable`` when Discord cannot be reached in ``start_timeout``.
+        Raises ``ConfigError`` when there is no token, ``PlatformAuthError``
+        for a refused token or intent, ``PlatformUnavailable`` when Discord
+        cannot be reached in ``start_timeout``.
         """
         if self._client is not None:
             raise RuntimeError("DiscordAdapter is already started; stop() it first")
+        self._token = self._token or os.environ.get(TOKEN_ENV, "").strip()
+        if not self._token:
+            raise ConfigError(f"discord needs a bot token: set {TOKEN_ENV} (or pass token=...)")
         self._on_inbound = on_inbound
         self._started = self._stopping = False
         intents = discord.Intents.default()

@@ -35,9 +35,11 @@ __all__ = ["to_discord", "to_plain", "to_slack_mrkdwn", "to_telegram_html", "to_
 _LANG = re.compile(r"[^\w+#.-]")
 
 
-@lru_cache(maxsize=1)
-def _parser() -> MarkdownIt:
-    return MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+@lru_cache(maxsize=2)
+def _parser(breaks: bool = False) -> MarkdownIt:
+    # breaks: a single newline is a line break (<br>), as a chat reply means it.
+    options = {"html": False, "breaks": breaks}
+    return MarkdownIt("commonmark", options).enable(["table", "strikethrough"])
 
 
 class _Target:
@@ -282,12 +284,13 @@ def to_web_html(markdown: str) -> str:
     """``markdown`` as HTML for the web chat: raw HTML in it shown as text, never run.
 
     Links with a scheme other than http(s), mailto, tel or a relative path
-    (``javascript:``, ``vbscript:``, ``data:`` but images) stay text
+    (``javascript:``, ``vbscript:``, ``data:`` but images) stay text; a
+    single newline is a line break, as a chat reply means it
     (markdown-it's link validation); tables stay tables, a column's alignment
     as ``class="align-right"`` (the page's Content-Security-Policy refuses
     inline styles).
     """
-    md = _parser()
+    md = _parser(breaks=True)
     env: dict[str, object] = {}
     tokens = md.parse(markdown, env)
     for tok in tokens:

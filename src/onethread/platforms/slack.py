@@ -79,6 +79,7 @@ from ..errors import (
     PlatformUnavailable,
     RetryAfter,
 )
+from ._describe import describe
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
 from .markup import to_slack_mrkdwn
@@ -151,11 +152,11 @@ def map_slack_errors(what: str = "slack call") -> Iterator[None]:
         raise BadRequest(detail, platform="slack") from exc
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         # No connection was made: nothing was sent, a retry cannot repeat anything.
-        raise PlatformUnavailable(f"{what}: {exc!r}", platform="slack") from exc
+        raise PlatformUnavailable(f"{what}: {describe(exc)}", platform="slack") from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
         # A timeout, or a connection lost after the request went out: it may have
         # been carried out (a message posted), so a send must not be repeated.
-        raise OutcomeUnknown(f"{what}: {exc!r}", platform="slack") from exc
+        raise OutcomeUnknown(f"{what}: {describe(exc)}", platform="slack") from exc
 
 
 def _unescape(text: str) -> str:
@@ -238,8 +239,9 @@ def normalize_event(
     )
 
 
-def _credential(value: str | None, env: str, option: str, prefix: str) -> str:
-    token = value if value is not None else os.environ.get(env, "")
+def _credential(value: str, env: str, option: str, prefix: str) -> str:
+    """``value`` (else ``env`` read now), checked: ``ConfigError`` naming ``env`` if unusable."""
+    token = value or os.environ.get(env, "")
     if not token:
         raise ConfigError(f"the slack platform needs {env} (or the {option!r} option)")
     if not token.startswith(prefix):
@@ -263,9 +265,10 @@ class SlackAdapter(Adapter):
     ``retry_policy``, ``ping_interval`` (seconds between Socket Mode pings,
     default 10) and ``connect_timeout`` (how long ``start()`` waits for
     ``hello`` and how long the socket may stay down before a failure is
-    reported, default 30). Raises ``ConfigError`` for missing or malformed
-    tokens and unknown options. ``app`` is the Bolt app, ``web`` its Web API
-    client.
+    reported, default 30). Raises ``ConfigError`` for unknown options; missing
+    or malformed tokens raise it from ``start()`` (the variables are read
+    again there), never at construction. ``app`` is the Bolt app, ``web`` its
+    Web API client.
     """
 
     name: ClassVar[str] = "slack"
@@ -291,8 +294,11 @@ class SlackAdapter(Adapter):
         if ping_interval <= 0 or connect_timeout <= 0:
             raise ConfigError("slack: ping_interval and connect_timeout must be positive")
         super().__init__(retry_policy=retry_policy)
-        self._token = _credential(token, "SLACK_BOT_TOKEN", "token", "xoxb-")
-        self._app_token = _credential(app_token, "SLACK_APP_TOKEN", "app_token", "xapp-")
+        # Read now, checked by start() (which reads an unset variable again).
+        self._token = token if token is not None else os.environ.get("SLACK_BOT_TOKEN", "")
+        self._app_token = (
+            app_token if app_token is not None else os.environ.get("SLACK_APP_TOKEN", "")
+        )
         self.base_url = _base_url(base_url)
         self.ping_interval = float(ping_interval)
         self.connect_timeout = float(connect_timeout)
@@ -310,7 +316,7 @@ class SlackAdapter(Adapter):
             ssl_check_enabled=False,
             ignoring_self_events_enabled=False,  # the gate, not the adapter, filters
         )
-        self.web.token = self._token  # set after AsyncApp() so Bolt uses authorize alone
+        self.web.token = self._token or None  # after AsyncApp() so Bolt uses authorize alone
         self.app.event("message")(self._on_event)
         self.app.event("app_mention")(self._on_event)
         self.bot_user_id = ""
@@ -330,12 +336,16 @@ class SlackAdapter(Adapter):
     async def start(self, on_inbound: OnInbound) -> None:
         """Check the tokens, open the Socket Mode connection, return after Slack's ``hello``.
 
-        Raises ``PlatformAuthError`` for a bad or revoked token,
-        ``PlatformUnavailable`` when Slack cannot be reached or says no
-        ``hello`` within ``connect_timeout``.
+        Raises ``ConfigError`` for a missing or malformed token,
+        ``PlatformAuthError`` for a bad or revoked one, ``PlatformUnavailable``
+        when Slack cannot be reached or says no ``hello`` within
+        ``connect_timeout``.
         """
         if self._handler is not None:
             raise RuntimeError("the slack adapter is already started; stop() it first")
+        self._token = _credential(self._token, "SLACK_BOT_TOKEN", "token", "xoxb-")
+        self._app_token = _credential(self._app_token, "SLACK_APP_TOKEN", "app_token", "xapp-")
+        self.web.token = self._token
         with map_slack_errors("auth.test"):
             auth = await self.web.auth_test()
         self.bot_user_id = str(auth.get("user_id") or "")

@@ -310,7 +310,9 @@ class TelegramAdapter(Adapter):
     """Telegram via python-telegram-bot, long polling ``getUpdates``.
 
     Args:
-        token: the bot token (default ``TELEGRAM_BOT_TOKEN``, read now).
+        token: the bot token (default ``TELEGRAM_BOT_TOKEN``, read now and, if
+            unset then, again by ``start()``, which raises ``ConfigError``
+            naming the variable when there is none).
         base_url: Bot API server root (default ``TELEGRAM_API_BASE_URL``, else
             ``https://api.telegram.org``); ``/bot<token>`` is appended.
         retry_policy: how ``send`` retries rate limits and server errors; its
@@ -358,16 +360,13 @@ class TelegramAdapter(Adapter):
                 f"accepted: {', '.join(self._OPTIONS)}"
             )
         super().__init__(retry_policy=retry_policy)
-        token = token if token is not None else os.environ.get(TOKEN_ENV, "")
-        if not token:
-            raise ConfigError(f"no Telegram bot token: pass token= or set {TOKEN_ENV}")
         if poll_timeout <= 0 or max_poll_failures < 1 or read_timeout <= 0:
             raise ConfigError(
                 "telegram: poll_timeout and read_timeout must be > 0 and max_poll_failures >= 1"
             )
         root = base_url if base_url is not None else os.environ.get(BASE_URL_ENV, "")
         self.api_root = (root or DEFAULT_API_ROOT).rstrip("/")
-        self._token = token
+        self._token = token if token is not None else os.environ.get(TOKEN_ENV, "")
         self.poll_timeout = float(poll_timeout)
         self.drop_pending_updates = drop_pending_updates
         self.max_poll_failures = max_poll_failures
@@ -389,11 +388,15 @@ class TelegramAdapter(Adapter):
     async def start(self, on_inbound: OnInbound) -> None:
         """Check the token (``getMe``), clear any webhook, start polling; return once polling.
 
-        Raises ``PlatformAuthError`` for a rejected token and
-        ``PlatformUnavailable`` when the server cannot be reached.
+        Raises ``ConfigError`` when there is no token, ``PlatformAuthError``
+        for a rejected one and ``PlatformUnavailable`` when the server cannot
+        be reached.
         """
         if self._poll_task is not None:
             raise RuntimeError("telegram adapter is already started; stop() it first")
+        self._token = self._token or os.environ.get(TOKEN_ENV, "")
+        if not self._token:
+            raise ConfigError(f"no Telegram bot token: set {TOKEN_ENV} (or pass token=)")
         bot = Bot(
             self._token,
             base_url=f"{self.api_root}/bot",

@@ -24,7 +24,11 @@ Behaviour a caller should know:
 - History: on page load the server sends the conversation from
   ``history_provider(user_id)`` (an async function returning
   ``web_protocol.history_message`` dicts). :func:`attach_history` wires it to a
-  ``Bot``'s session manager; without one the page starts empty.
+  ``Bot``'s session manager; without one the page starts empty. Slash
+  commands and their replies are not in the history (the model never sees
+  them); the adapter keeps the last ``side_log_size`` of them per user in
+  memory (:class:`~onethread.platforms.web_protocol.SideLog`) and shows them
+  in their place on a reload. A server restart forgets them.
 - ``port=0`` picks a free port; ``adapter.port`` and ``adapter.url`` are real
   once ``start()`` returned. ``token`` is accepted for the ``Bot`` interface
   and unused.
@@ -55,6 +59,7 @@ from .markup import to_web_html
 from .web_protocol import (
     Outbox,
     ProtocolError,
+    SideLog,
     chat_id_for,
     clean_name,
     history_message,
@@ -122,6 +127,8 @@ class WebAdapter(Adapter):
         allowed_origins: extra page origins (``https://chat.example.com``)
             allowed to open the socket, for a reverse proxy that rewrites Host.
         outbox_size: unacked replies kept per user for a reconnect.
+        side_log_size: slash commands and replies (messages) kept per user
+            for a page reload.
 
     Raises ``ConfigError`` for a non-loopback host without a token or a bad port.
     """
@@ -140,6 +147,7 @@ class WebAdapter(Adapter):
         history_provider: HistoryProvider | None = None,
         allowed_origins: Iterable[str] = (),
         outbox_size: int = 100,
+        side_log_size: int = 100,
     ) -> None:
         super().__init__(retry_policy=retry_policy)
         del token  # no credential on this platform
@@ -160,6 +168,7 @@ class WebAdapter(Adapter):
         self.history_provider: HistoryProvider | None = history_provider
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self._outbox = Outbox(per_user=outbox_size)
+        self._side_log = SideLog(per_user=side_log_size)
         self._sockets: dict[str, set[web.WebSocketResponse]] = {}
         self._runner: web.AppRunner | None = None
         self._on_inbound: OnInbound | None = None
@@ -286,6 +295,19 @@ class WebAdapter(Adapter):
         if user is None:
             return None
         return _WebStream(self, user, uuid.uuid4().hex)
+
+    def on_unstored_reply(self, msg: Inbound, reply: str) -> None:
+        """Keep a command and its reply so a reloaded page shows them (not the model)."""
+        user = user_for_chat(msg.chat_id)
+        if user is None:
+            return
+        now = time.time()
+        common = {"platform": PLATFORM, "source": "", "mirror": False, "command": True}
+        self._side_log.add(
+            user,
+            {"role": "user", "text": msg.text, "ts": now, **common},
+            {"role": "assistant", "text": reply, "ts": now, **common},
+        )
 
     async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
         """Tell the user's open tabs the bot is typing (not kept for later)."""
@@ -418,6 +440,7 @@ class WebAdapter(Adapter):
             if messages is None:
                 await ws.send_json({"type": "error", "error": "history is unavailable"})
             else:
+                messages = self._side_log.merge(user, messages)
                 await ws.send_json({"type": "history", "messages": messages})
                 # Replies already in the history need no replay.
                 shown = (m.get("text") for m in messages if m.get("role") == "assistant")

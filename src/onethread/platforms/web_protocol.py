@@ -15,6 +15,7 @@ Server to client::
 
     {"type": "hello", "user": "...", "name": "..."}
     {"type": "history", "messages": [{"role", "text", "ts", "platform", "source", "mirror"}]}
+        (a slash command and its reply, kept out of the history, carry "command": true)
     {"type": "message", "id", "role": "assistant" | "user", "text", "ts", "format", "html"}
     {"type": "delta", "id": "<reply id>", "text": "<the next piece>"}   a reply streaming
     {"type": "abandon", "id": "<reply id>"}            that streamed reply ended without text
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ __all__ = [
     "ClientFrame",
     "Outbox",
     "ProtocolError",
+    "SideLog",
     "chat_id_for",
     "clean_name",
     "history_message",
@@ -213,3 +215,44 @@ class Outbox:
         if not box:
             del self._boxes[user_id]
         return len(gone)
+
+
+class SideLog:
+    """Per user, the messages kept out of the history: slash commands and their replies.
+
+    The page redraws the conversation from the history on every load; these
+    are not in it (the model must never see them), so the adapter keeps them
+    here and :meth:`merge` puts them back in time order. Bounded:
+    ``per_user`` messages for each user, ``max_users`` users (the least
+    recently used dropped first). In this process's memory: a page reload
+    keeps them, a server restart forgets them. Touched on the event loop
+    thread only.
+    """
+
+    def __init__(self, per_user: int = 100, max_users: int = 1000) -> None:
+        if per_user < 1 or max_users < 1:
+            raise ValueError("side log sizes must be at least 1")
+        self.per_user = per_user
+        self.max_users = max_users
+        self._logs: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+
+    def add(self, user_id: str, *messages: dict[str, Any]) -> None:
+        """Keep ``messages`` (``history_message``-shaped dicts with a ``ts``) for ``user_id``."""
+        log = self._logs.get(user_id)
+        if log is None:
+            log = self._logs[user_id] = deque(maxlen=self.per_user)
+        self._logs.move_to_end(user_id)
+        log.extend(messages)
+        while len(self._logs) > self.max_users:
+            self._logs.popitem(last=False)
+
+    def messages(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's kept messages, oldest first."""
+        return list(self._logs.get(user_id, ()))
+
+    def merge(self, user_id: str, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``history`` with the user's kept messages put in, ordered by ``ts`` (stable)."""
+        kept = self.messages(user_id)
+        if not kept:
+            return history
+        return sorted([*history, *kept], key=lambda m: float(m.get("ts") or 0.0))
