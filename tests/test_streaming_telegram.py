@@ -196,3 +196,50 @@ def test_streaming_false_from_a_platforms_options() -> None:
     )
     assert botos.bots["telegram"].streaming is False
     assert botos.bots["web"].streaming is True
+
+
+async def test_a_final_edit_that_fails_marks_the_reply_not_delivered(
+    servers: tuple[FakeTelegram, FakeOpenAI],
+) -> None:
+    tg, oa = servers
+    oa.queue(streamed(LONG, over=1.5))
+    tg.fail("editMessageText", 400, "Bad Request: message to edit not found", times=100)
+    session = BotSessionManager(store="memory://")
+    history = await run_turn(tg, session, Agent("a", model="gpt-test"))
+    assert history[-1].content == LONG  # stored once, whole, with how delivery went
+    assert history[-1].metadata["delivery"] == "failed"
+    assert history[-1].metadata["delivery_error"] == "BadRequest"
+    assert tg.sent[0].text != LONG  # the draft stayed as it was
+
+
+async def test_a_streamed_reply_past_max_messages_is_cut_and_marked(
+    servers: tuple[FakeTelegram, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onethread.platforms.delivery import CUT_NOTE
+    from onethread.platforms.telegram import TelegramAdapter
+
+    tg, oa = servers
+    monkeypatch.setattr(TelegramAdapter, "max_message_length", 100)
+    monkeypatch.setattr(TelegramAdapter, "max_messages", 2)
+    reply = " ".join(f"longer-word-{i}" for i in range(60))
+    oa.queue(streamed(reply, over=1.0))
+    session = BotSessionManager(store="memory://")
+    history = await run_turn(tg, session, Agent("a", model="gpt-test"))
+    assert len(tg.sent) == 2 and tg.sent[-1].text.endswith(CUT_NOTE)
+    assert history[-1].content == reply and history[-1].metadata["delivery"] == "cut"
+
+
+async def test_an_edit_whose_markup_is_refused_goes_as_plain_text(
+    servers: tuple[FakeTelegram, FakeOpenAI],
+) -> None:
+    tg, oa = servers
+    oa.queue(streamed("**" + LONG + "**", over=2.5))
+    tg.fail("editMessageText", 400, "Bad Request: can't parse entities: Unsupported start "
+            "tag \"x\" at byte offset 0", times=1)  # fmt: skip
+    session = BotSessionManager(store="memory://")
+    await run_turn(tg, session, Agent("a", model="gpt-test"))
+    plain = [e for e in tg.edits if e.parse_mode is None]
+    # The refused edit went again, as plain text (the draft so far: "**" not yet closed).
+    assert plain and plain[0].raw_text.startswith("**word0") and "<" not in plain[0].raw_text
+    assert tg.sent[0].parse_mode == "HTML" and tg.sent[0].text == LONG  # the final: HTML
+    assert [e["type"] for e in tg.sent[0].entities] == ["bold"]
