@@ -47,6 +47,7 @@ def test_raw_html_and_script_links_are_text_everywhere() -> None:
 
 
 def test_nested_lists_and_quotes() -> None:
+    assert to_plain("0. zero\n1. one") == "0. zero\n1. one"  # numbering as written
     md = "1. first\n   - inner\n2. second\n\n> quoted\n> more"
     assert to_plain(md) == "1. first\n   • inner\n2. second\n\n> quoted\n> more"
     assert to_telegram_html(md).endswith("<blockquote>quoted\nmore</blockquote>")

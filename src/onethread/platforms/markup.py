@@ -221,7 +221,8 @@ def _blocks(tokens: Sequence[Token], t: _Target) -> list[str]:
 
 def _list(opening: Token, tokens: Sequence[Token], t: _Target) -> str:
     ordered = opening.type == "ordered_list_open"
-    number = int(opening.attrGet("start") or 1)
+    start = opening.attrGet("start")
+    number = int(start) if start is not None else 1  # a list may start at 0
     items: list[str] = []
     i = 0
     while i < len(tokens):
