@@ -349,7 +349,12 @@ class _ConsoleStream:
                 adapter._write(piece)
                 return
             if self._live is None:
+                if self.written == piece:
+                    return  # one piece may be the whole reply: finish prints it once
                 self._live = self._start_live()
+                if self._live is False:  # no rich: what was held back, then piece by piece
+                    adapter._write(self.written)
+                    return
             if self._live is False:
                 adapter._write(piece)
                 return
@@ -368,6 +373,11 @@ class _ConsoleStream:
                 self._live.update(_markdown(text), refresh=True)
                 self._live.stop()
                 self._live = None
+                adapter._redraw_prompt()
+                return None
+            if adapter.interactive and self._live is None:  # never shown: print it whole
+                adapter._write(_CLEAR_LINE)
+                adapter._print_rich(text, True)
                 adapter._redraw_prompt()
                 return None
             if text.startswith(self.written):
