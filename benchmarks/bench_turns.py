@@ -22,6 +22,13 @@ Two ways to load it:
                                      [--rate 10000] [--open-users 100] [--open-seconds 5]
                                      [--open-runs 3]
                                      [--stores memory,sqlite]
+    python benchmarks/bench_turns.py --metrics-overhead [--seconds 0.25] [--rounds 20]
+                                     [--overhead-users 100] [--stores memory,sqlite]
+
+``--metrics-overhead``: the closed loop with Prometheus metrics on and off
+(``BotOS(metrics=...)``): two BotOS in one process, run in alternating bursts
+of ``--seconds`` (``--rounds`` of each), so drift on a shared machine hits both
+alike; prints the throughput of each and the cost.
 """
 
 from __future__ import annotations
@@ -91,14 +98,16 @@ class BenchAdapter(FakeAdapter):
 class World:
     """A BotOS with two in-process platforms and ``users`` people linked across both."""
 
-    def __init__(self, store: str | HistoryStore, users: int) -> None:
+    def __init__(self, store: str | HistoryStore, users: int, metrics: bool = True) -> None:
         resolver = InMemoryIdentityResolver()
         for i in range(users):
             resolver.link("telegram", f"t{i}", f"user{i}")
             resolver.link("discord", f"d{i}", f"user{i}")
         agent = Agent(name="bench", model=EchoModel())
         self.tracker = Tracker()
-        self.botos = BotOS(agent=agent, identity_resolver=resolver, store=store, max_history=20)
+        self.botos = BotOS(
+            agent=agent, identity_resolver=resolver, store=store, max_history=20, metrics=metrics
+        )
         self.adapters = {name: BenchAdapter(name, self.tracker) for name in PLATFORMS}
         for name, adapter in self.adapters.items():
             self.botos.add_bot(
@@ -171,19 +180,22 @@ class World:
         }
 
 
-async def closed(store_url: str, users: int, seconds: float) -> dict[str, Any]:
-    async with World(store_url, users) as world:
+async def closed(
+    store_url: str, users: int, seconds: float, metrics: bool = True
+) -> dict[str, Any]:
+    async with World(store_url, users, metrics) as world:
         await world.closed_loop(0.3)  # warm-up: opens the store, merges, fills caches
         del world.tracker.latencies[:]
         gc.collect()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         await world.closed_loop(seconds)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         lat = world.tracker.latencies
     return {
         "users": users,
         "turns": len(lat),
         "turns_per_s": round(len(lat) / elapsed),
+        "turns_per_cpu_s": round(len(lat) / cpu) if cpu > 0 else 0,
         **summary(lat),
     }
 
@@ -258,6 +270,106 @@ def diagnose(args: argparse.Namespace) -> None:
     print("wrote", write("turns_diagnose", {"open_seconds": args.open_seconds, "rows": rows}))
 
 
+async def paired_bursts(
+    store_on: str, store_off: str, users: int, bursts: int, burst_seconds: float
+) -> dict[str, Any]:
+    """Two BotOS in one loop, metrics on and off, run in alternating short bursts.
+
+    Alternating every ``burst_seconds`` (on, off, off, on, ...) makes a load
+    change on a shared machine hit both alike, which separate runs cannot.
+    Returns turns, wall and CPU seconds per side.
+    """
+    totals: dict[str, Any] = {
+        side: {"turns": 0, "wall_s": 0.0, "cpu_s": 0.0, "bursts": []} for side in ("on", "off")
+    }
+    async with World(store_on, users, True) as on, World(store_off, users, False) as off:
+        worlds = {"on": on, "off": off}
+        for world in worlds.values():
+            await world.closed_loop(0.3)  # warm-up: opens the store, merges, fills caches
+        for i in range(bursts):
+            for side in ("on", "off") if i % 2 == 0 else ("off", "on"):
+                world = worlds[side]
+                del world.tracker.latencies[:]
+                t0, cpu0 = time.perf_counter(), time.process_time()
+                await world.closed_loop(burst_seconds)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+                turns = len(world.tracker.latencies)
+                totals[side]["wall_s"] += wall
+                totals[side]["cpu_s"] += cpu
+                totals[side]["turns"] += turns
+                totals[side]["bursts"].append((turns, wall, cpu))
+    return totals
+
+
+def recording_cost_us(n: int = 200_000) -> float:
+    """Microseconds a turn spends recording metrics: the calls one turn makes
+    (``turn`` and one ``delivery``), on and off, best of 5 batches of ``n``."""
+    from onethread.metrics import NULL_METRICS, Metrics
+
+    def batch(m: Any) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            m.turn("telegram", "ok", 0.0031, 0.0012)
+            m.delivery("telegram", "delivered")
+        return (time.perf_counter() - t0) / n
+
+    on, off = Metrics(), NULL_METRICS
+    return 1e6 * (min(batch(on) for _ in range(5)) - min(batch(off) for _ in range(5)))
+
+
+def metrics_overhead(args: argparse.Namespace) -> None:
+    """Closed-loop throughput with metrics on and off, side by side in one process.
+
+    Two readings: turns per wall-clock second, and turns per CPU second of this
+    process. The loop is CPU-bound, so both measure the same thing on a quiet
+    machine; on a shared one the CPU figure is the steadier.
+    """
+    import statistics
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for store in args.stores.split(","):
+            urls = ["memory://"] * 2 if store == "memory" else [
+                f"sqlite:///{Path(tmp)}/{side}.db" for side in ("on", "off")
+            ]  # fmt: skip
+            totals = asyncio.run(
+                paired_bursts(*urls, args.overhead_users, args.rounds, args.seconds)
+            )
+            row: dict[str, Any] = {"store": store, "users": args.overhead_users, **totals}
+            for key, col in (("turns_per_s", 1), ("turns_per_cpu_s", 2)):
+                on = totals["on"]["turns"] / sum(b[col] for b in totals["on"]["bursts"])
+                off = totals["off"]["turns"] / sum(b[col] for b in totals["off"]["bursts"])
+                # Each on burst ran next to an off burst: the median of their ratios
+                # shrugs off a burst another program on the machine slowed down.
+                ratios = [
+                    (a[0] / a[col]) / (b[0] / b[col])
+                    for a, b in zip(totals["on"]["bursts"], totals["off"]["bursts"], strict=True)
+                    if a[col] > 0 and b[col] > 0 and b[0] > 0
+                ]
+                row[key] = {"on": round(on), "off": round(off),
+                            "cost_percent": round(100.0 * (1.0 - on / off), 2),
+                            "paired_median_cost_percent":
+                                round(100.0 * (1.0 - statistics.median(ratios)), 2)}  # fmt: skip
+            cost_us = recording_cost_us()
+            turn_us = 1e6 * totals["off"]["cpu_s"] / totals["off"]["turns"]
+            row["recording"] = {"us_per_turn": round(cost_us, 3), "turn_cpu_us": round(turn_us, 1),
+                                "cost_percent": round(100.0 * cost_us / turn_us, 2)}  # fmt: skip
+            rows.append(row)
+            wall, cpu = row["turns_per_s"], row["turns_per_cpu_s"]
+            print(
+                f"{store:7} users={args.overhead_users} metrics on/off: turns/s "
+                f"{wall['on']}/{wall['off']} (cost {wall['cost_percent']:+.2f}%, paired "
+                f"median {wall['paired_median_cost_percent']:+.2f}%), turns per CPU-s "
+                f"{cpu['on']}/{cpu['off']} (cost {cpu['cost_percent']:+.2f}%, paired median "
+                f"{cpu['paired_median_cost_percent']:+.2f}%); "
+                f"recording alone {cost_us:.2f} us of a {turn_us:.0f} us turn "
+                f"({row['recording']['cost_percent']:.2f}%)",
+                flush=True,
+            )
+    result = {"burst_seconds": args.seconds, "bursts": args.rounds, "rows": rows}
+    print("wrote", write("metrics_overhead", result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="closed loop, per row")
@@ -275,7 +387,17 @@ def main() -> None:
         help="only the SQLite open loop, as is / GC off / WAL syncs off / checkpoints off: "
         "what the latency tail is made of (diagnostic; not how to run onethread)",
     )
+    parser.add_argument(
+        "--metrics-overhead",
+        action="store_true",
+        help="only the closed loop, Prometheus metrics on and off side by side",
+    )
+    parser.add_argument("--rounds", type=int, default=20, help="--metrics-overhead: bursts of each")
+    parser.add_argument("--overhead-users", type=int, default=100)
     args = parser.parse_args()
+    if args.metrics_overhead:
+        metrics_overhead(args)
+        return
     if args.diagnose:
         diagnose(args)
         return

@@ -4,12 +4,18 @@ Usage::
 
     python _identity_worker.py KIND PATH link PLATFORM USER_ID UNIFIED
     python _identity_worker.py KIND PATH bulk WORKER COUNT GO_FILE
+    python _identity_worker.py file PATH stuck PLATFORM USER_ID UNIFIED
 
 KIND is ``file`` or ``sqlite``. ``bulk`` prints ``ready``, waits until GO_FILE
 exists (a start barrier, so every worker writes at the same time), then links
 ``telegram``/``w{WORKER}-{i}`` to ``user{WORKER}x{i}`` for i in range(COUNT).
 
-The tests call :func:`run_link` and :func:`run_bulk` rather than this script's CLI.
+``stuck`` links one account but stops for good between writing (and
+fsyncing) the temp file and renaming it over PATH, after printing
+``writing TEMP_PATH``: the moment a SIGKILL leaves the temp file behind.
+
+The tests call :func:`run_link`, :func:`run_bulk` and :func:`start_stuck`
+rather than this script's CLI.
 """
 
 from __future__ import annotations
@@ -72,6 +78,26 @@ def run_bulk(kind: str, path: Path, workers: int, count: int, scratch: Path) -> 
                 proc.wait()
 
 
+def start_stuck(path: Path, platform: str, user_id: str, unified: str) -> subprocess.Popen[str]:
+    """A writer process stopped mid-write (see ``stuck``); its first line names the temp file."""
+    return subprocess.Popen(
+        _command("file", path, "stuck", platform, user_id, unified),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop_before_rename() -> None:
+    """Make the next atomic write stop after its temp file is complete, before the rename."""
+
+    def stuck(src: str, dst: str) -> None:
+        print("writing", src, flush=True)
+        time.sleep(3600)
+
+    os.replace = stuck  # type: ignore[assignment]  # this process only
+
+
 def main(argv: list[str]) -> int:
     kind, path, mode, *rest = argv
     resolver: FileIdentityResolver | SQLiteIdentityResolver
@@ -82,8 +108,10 @@ def main(argv: list[str]) -> int:
     else:
         raise SystemExit(f"unknown kind {kind!r}")
     with resolver:
-        if mode == "link":
+        if mode in ("link", "stuck"):
             platform, user_id, unified = rest
+            if mode == "stuck":
+                _stop_before_rename()
             resolver.link(platform, user_id, unified)
         elif mode == "bulk":
             worker, count, go_file = int(rest[0]), int(rest[1]), rest[2]

@@ -172,13 +172,18 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
+# A token of the real shape (base64url of a snowflake, a timestamp, an HMAC), so
+# `onethread run --check` accepts it; the fake accepts only this value.
+DEFAULT_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GfAkE1.fake-discord-token_for-onethread-tests"
+
+
 class FakeDiscord:
     """Discord's REST API and Gateway, faked on 127.0.0.1 (see the module docstring)."""
 
     def __init__(
         self,
         *,
-        token: str = "fake-discord-token",
+        token: str = DEFAULT_TOKEN,
         bot_name: str = "onethread-bot",
         heartbeat_interval_ms: int = 41250,
         message_content_allowed: bool = True,

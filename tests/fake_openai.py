@@ -29,7 +29,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +133,8 @@ def error(
 
 
 class FakeOpenAI:
-    """An aiohttp server implementing ``POST /v1/chat/completions`` on 127.0.0.1, port 0.
+    """An aiohttp server implementing ``POST /v1/chat/completions`` (and
+    ``GET /v1/models``, listing ``models``) on 127.0.0.1, port 0.
 
     With ``api_key`` set, requests with another bearer token get 401 as the
     real API does. ``requests`` and ``auth_headers`` record every request.
@@ -141,9 +142,17 @@ class FakeOpenAI:
     ``unexpected``. Delays end early when the server closes.
     """
 
-    def __init__(self, handler: Handler | None = None, *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        *,
+        api_key: str | None = None,
+        models: Sequence[str] = ("fake-model",),
+    ) -> None:
         self.handler = handler
         self.api_key = api_key
+        self.models = list(models)
+        self.model_listings = 0
         self.requests: list[dict[str, Any]] = []
         self.auth_headers: list[str] = []
         self.unexpected = 0
@@ -172,6 +181,7 @@ class FakeOpenAI:
         """Bind to a free port on 127.0.0.1 and serve."""
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -192,6 +202,16 @@ class FakeOpenAI:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``: ``models`` as the API lists them (auth as for completions)."""
+        self.model_listings += 1
+        if self.api_key is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            return _error_response(error(401))
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1

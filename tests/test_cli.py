@@ -32,6 +32,8 @@ from onethread.session.urls import open_history_store
 
 pytestmark = pytest.mark.multiprocess
 
+TELEGRAM_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw1"  # the shape of a real one
+
 
 def cli(
     cwd: Path, *args: str, input: str | None = None, env: dict[str, str] | None = None
@@ -97,7 +99,7 @@ def test_check_without_a_config_uses_the_defaults(tmp_path: Path, _isolated_env:
 
 
 def test_tokens_in_the_environment_switch_platforms_on(tmp_path: Path) -> None:
-    result = cli(tmp_path, "run", "--check", env={"TELEGRAM_BOT_TOKEN": "123:abc"})
+    result = cli(tmp_path, "run", "--check", env={"TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN})
     assert result.returncode == 0, result.stderr
     assert "platforms: web, telegram" in result.stdout
     half = cli(tmp_path, "run", "--check", env={"SLACK_BOT_TOKEN": "xoxb-1"})
@@ -520,7 +522,7 @@ async def test_a_platform_refusing_its_token_exits_1(tmp_path: Path) -> None:
     (tmp_path / "onethread.yaml").write_text("platforms: [telegram]\n")
     env = {
         **os.environ,
-        "TELEGRAM_BOT_TOKEN": "1:wrong",
+        "TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN,  # well-formed, refused by this server
         "TELEGRAM_API_BASE_URL": f"http://127.0.0.1:{port}",
     }
     try:

@@ -21,6 +21,7 @@ from onethread.platforms.registry import PLATFORMS, PlatformSpec
 from onethread.session.urls import ACCEPTED_FORMS
 
 FILE = "onethread.yaml"
+DISCORD_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GfAkE1.abcdefghijklmnopqrstuvwxyz012345678"
 
 
 def parse(text: str, **env: str) -> Config:
@@ -264,7 +265,7 @@ def test_missing_token_names_the_variable() -> None:
 
 def test_token_from_the_environment_is_enough() -> None:
     config = parse("platforms:\n  discord:\n")
-    assert check_config(config, {"DISCORD_BOT_TOKEN": "x"}) == {"discord": {}}
+    assert check_config(config, {"DISCORD_BOT_TOKEN": DISCORD_TOKEN}) == {"discord": {}}
 
 
 def test_unknown_platform_option_did_you_mean() -> None:

@@ -93,7 +93,8 @@ async def test_one_failing_turn_in_a_shared_commit_fails_alone(claimed: SQLiteHi
         return_exceptions=True,
     )
     assert results[0] is None and results[2] is None
-    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert isinstance(results[1], StoreError) and str(store.path) in str(results[1])
+    assert isinstance(results[1].__cause__, sqlite3.IntegrityError)
     assert [x.content for x in await store.load("a", 10)] == ["a1", "a2"]
     assert await store.load("b", 10) == []  # all of the turn or none of it
     assert [x.content for x in await store.load("c", 10)] == ["c1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import threading
 import time
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from _identity_worker import bulk_ids, run_bulk, run_link
+from _identity_worker import bulk_ids, run_bulk, run_link, start_stuck
 from onethread.errors import CorruptStoreError, SchemaVersionError, StoreError
-from onethread.session.identity.file import FileIdentityResolver
+from onethread.session.identity.file import STALE_TEMP_AGE, FileIdentityResolver
 
 
 def _mode(path: Path) -> int:
@@ -263,3 +264,75 @@ def test_hammer_one_instance_from_many_threads(path: Path) -> None:
     on_disk = json.loads(path.read_text())["links"]
     assert {k.removeprefix("telegram::"): v["unified"] for k, v in on_disk.items()} == expected
     assert {x.platform_user_id: x.unified_user_id for x in r.all_links()} == expected
+
+
+# -- temp files left by killed writers -------------------------------------------
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+@pytest.mark.multiprocess
+def test_writer_killed_mid_write_leaves_a_temp_file_a_later_open_removes(path: Path) -> None:
+    FileIdentityResolver(path).link("telegram", "1", "alice")
+    proc = start_stuck(path, "telegram", "2", "bob")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("writing "), proc.communicate(timeout=10)
+        tmp = Path(line.split(" ", 1)[1].strip())
+        assert tmp.parent == path.parent and b'"bob"' in tmp.read_bytes()  # a full copy
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert tmp.exists()  # what the kill leaves behind
+    r = FileIdentityResolver(path)
+    assert tmp.exists()  # younger than STALE_TEMP_AGE: it could be a live writer's
+    assert r.resolve("telegram", "2") == "telegram:2" and r.resolve("telegram", "1") == "alice"
+    _age(tmp, STALE_TEMP_AGE + 60)
+    r = FileIdentityResolver(path)
+    assert not tmp.exists()
+    assert r.resolve("telegram", "1") == "alice"
+    r.link("telegram", "2", "bob")  # the lock the killed writer held is free again
+    assert sorted(p.name for p in path.parent.iterdir()) == ["identity.json", "identity.json.lock"]
+
+
+def test_open_removes_stale_temp_files_only_when_unlocked(path: Path) -> None:
+    import fcntl
+
+    FileIdentityResolver(path).link("telegram", "1", "alice")
+    folder = path.parent
+    stale = folder / ".identity.json.stale_01.tmp"
+    fresh = folder / ".identity.json.fresh_01.tmp"
+    not_ours = [folder / ".identity.json.notes.tmp", folder / ".other.json.stale_02.tmp",
+                folder / "identity.json.stale_03.tmp"]  # fmt: skip
+    for p in (stale, fresh, *not_ours):
+        p.write_text("{}")
+    for p in (stale, *not_ours):
+        _age(p, STALE_TEMP_AGE + 5)
+
+    fd = os.open(folder / "identity.json.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a writer at work (another open file description)
+        FileIdentityResolver(path)
+        assert stale.exists()  # locked: left for a later open
+    finally:
+        os.close(fd)
+
+    r = FileIdentityResolver(path)
+    assert not stale.exists()
+    assert fresh.exists() and all(p.exists() for p in not_ours)
+    assert r.resolve("telegram", "1") == "alice"
+
+
+def test_open_creates_nothing_in_a_folder_without_temp_files(tmp_path: Path) -> None:
+    FileIdentityResolver(tmp_path / "missing" / "identity.json")
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "empty").mkdir()
+    FileIdentityResolver(tmp_path / "empty" / "identity.json")
+    assert list((tmp_path / "empty").iterdir()) == []

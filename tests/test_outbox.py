@@ -180,3 +180,27 @@ async def test_a_host_killed_mid_delivery_loses_nothing(shared: Shared, running:
     await asyncio.sleep(0.2)
     await sender.close()
     assert [(g.text, g.attempts) for g in got] == [("survives", 2)]
+
+
+async def test_depth_counts_what_waits_per_platform(shared: Shared, running: Any) -> None:
+    """The ``onethread_outbox_depth`` gauge's source: queued and in-flight, not delivered."""
+    outbox = shared.outbox(poll=0.05)
+    try:
+        assert await outbox.depth(["telegram", "slack"]) == {"telegram": 0, "slack": 0}
+        for n in range(3):
+            await outbox.put(item(f"t{n}"))
+        await outbox.put(item("s0", platform="slack"))
+        assert await outbox.depth(["telegram", "slack"]) == {"telegram": 3, "slack": 1}
+        delivered: list[str] = []
+
+        async def deliver(it: OutboxItem) -> None:
+            delivered.append(it.text)
+
+        running(shared.outbox(poll=0.05), ["telegram"], deliver)
+        await wait_until(lambda: len(delivered) == 3, 10)
+        async with asyncio.timeout(5):
+            while (await outbox.depth(["telegram", "slack"]))["telegram"]:
+                await asyncio.sleep(0.02)  # acknowledged just after deliver returns
+        assert await outbox.depth(["telegram", "slack"]) == {"telegram": 0, "slack": 1}
+    finally:
+        await outbox.close()

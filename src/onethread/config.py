@@ -66,6 +66,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "store_url_problem",
+    "without_repeats",
 ]
 
 DEFAULT_CONFIG_NAME = "onethread.yaml"
@@ -86,12 +87,17 @@ class ConfigFileError(ConfigError):
 
     ``path`` is the file (``None`` for settings that came from elsewhere);
     ``problems`` lists ``(key, message)`` pairs. ``str()`` gives one line per
-    problem: ``FILE: KEY: message``.
+    problem: ``FILE: KEY: message``. ``config`` (when loading got that far) is
+    the file with the faulty keys left out, so the checks that need imports
+    can still run and report their mistakes in the same listing.
     """
 
-    def __init__(self, path: str | None, problems: Sequence[Problem]) -> None:
+    def __init__(
+        self, path: str | None, problems: Sequence[Problem], *, config: Config | None = None
+    ) -> None:
         self.path = path
         self.problems = list(problems)
+        self.config = config
         where = f"{path}: " if path else ""
         super().__init__(
             "\n".join(f"{where}{key}: {msg}" if key else f"{where}{msg}" for key, msg in problems)
@@ -244,19 +250,75 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
         raise ConfigFileError(
             source, [("", "the top level must be a mapping of keys (agent:, platforms:, ...)")]
         )
+    # Every mistake in one listing: an unset ${VAR} or a wrong type does not hide
+    # the mistakes of the other keys, nor of the keys nested beside it.
     problems: list[Problem] = []
     data = _substitute(data, (), os.environ if env is None else env, problems)
-    if problems:
-        raise ConfigFileError(source, problems)
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigFileError(source, _pydantic_problems(exc)) from None
+    config = _validate(data, problems)
     config._source = source
-    problems = _semantic_problems(config)
+    problems += without_repeats(_semantic_problems(config), problems)
     if problems:
-        raise ConfigFileError(source, problems)
+        raise ConfigFileError(source, problems, config=config)
     return config
+
+
+def without_repeats(found: Iterable[Problem], known: Sequence[Problem]) -> list[Problem]:
+    """``found`` minus the problems at or under a key that a ``known`` problem names.
+
+    One mistake is reported once: an unset ``${VAR}`` is not also a bad URL or
+    a missing token.
+    """
+
+    def under(key: str, other: str) -> bool:
+        return bool(other) and (key == other or key.startswith((other + ".", other + "[")))
+
+    return [(k, m) for k, m in found if not any(under(k, other) for other, _ in known)]
+
+
+def _validate(data: dict[str, Any], problems: list[Problem]) -> Config:
+    """The config ``data`` describes, leaving out (and reporting) every faulty key."""
+    for _ in range(8):  # each round removes at least one key; a handful always suffice
+        try:
+            return Config.model_validate(data)
+        except ValidationError as exc:
+            for problem in _pydantic_problems(exc):
+                if problem not in problems:
+                    problems.append(problem)
+            pruned = _without(data, [tuple(err["loc"]) for err in exc.errors()])
+            if pruned == data:
+                break
+            data = pruned
+    return Config()
+
+
+def _without(data: Any, locs: Sequence[tuple[str | int, ...]]) -> Any:
+    """A copy of ``data`` with the deepest existing key of each ``loc`` removed.
+
+    Pydantic's locations can end in names that are not keys of the data (the
+    member of a union that was tried); those parts are ignored.
+    """
+    drop: set[tuple[str | int, ...]] = set()
+    for loc in locs:
+        node: Any = data
+        path: tuple[str | int, ...] = ()
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                node, path = node[part], (*path, part)
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node, path = node[part], (*path, part)
+            else:
+                break
+        if path:
+            drop.add(path)
+
+    def copy(value: Any, at: tuple[str | int, ...]) -> Any:
+        if isinstance(value, dict):
+            return {k: copy(v, (*at, k)) for k, v in value.items() if (*at, k) not in drop}
+        if isinstance(value, list):
+            return [copy(v, (*at, i)) for i, v in enumerate(value) if (*at, i) not in drop]
+        return value
+
+    return copy(data, ())
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigFileError, Problem, did_you_mean
+from .config import Config, ConfigFileError, Problem, did_you_mean, without_repeats
 from .errors import ConfigError, MissingDependencyError
 from .platforms.registry import credentials, load_adapter_class
 
-__all__ = ["check_config", "import_tool", "tool_functions"]
+__all__ = ["check_config", "config_problems", "import_tool", "tool_functions"]
 
 _NOT_ADAPTER_OPTIONS = frozenset({"self", "retry_policy"})
 # Options every platform takes that the Bot keeps (not the adapter's): Bot(streaming=...).
@@ -117,15 +117,54 @@ def check_config(
     env: Mapping[str, str] | None = None,
     *,
     web: Mapping[str, Any] | None = None,
+    known: Sequence[Problem] = (),
 ) -> dict[str, dict[str, Any]]:
     """Check what :func:`load_config` cannot: platform SDKs and options, tokens, tools, drivers.
 
     Returns the platform options to serve (see :meth:`Config.platform_options`).
-    Raises :class:`ConfigFileError` listing every problem.
+    Raises :class:`ConfigFileError` listing every problem, ``known`` ones first
+    (those :func:`load_config` found: pass ``ConfigFileError.problems`` with
+    its ``.config`` to report everything in one listing).
     """
-    env = os.environ if env is None else env
-    platforms = config.platform_options(env, web=web)
-    from_file = config.platforms is not None
+    platforms, problems = config_problems(config, env, web=web, known=known)
+    if problems:
+        raise ConfigFileError(config.source, problems, config=config)
+    return platforms
+
+
+def config_problems(
+    config: Config,
+    env: Mapping[str, str] | None = None,
+    *,
+    web: Mapping[str, Any] | None = None,
+    known: Sequence[Problem] = (),
+) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
+    """:func:`check_config` without raising: the platforms to serve and every problem.
+
+    A problem under a key that a ``known`` problem already names is left out
+    (an unset ``${VAR}`` is not also reported as a missing token).
+    """
+    found = _checks(config, os.environ if env is None else env, web, known)
+    problems = [*known, *without_repeats(found, known)]
+    platforms = {} if _section_dropped(config, known) else config.platform_options(env, web=web)
+    return platforms, problems
+
+
+def _section_dropped(config: Config, known: Sequence[Problem]) -> bool:
+    # `platforms:` itself was faulty and left out: checking the defaults instead
+    # (web + tokens in the environment) would report on platforms nobody listed.
+    return config.platforms is None and any(key == "platforms" for key, _ in known)
+
+
+def _checks(
+    config: Config,
+    env: Mapping[str, str],
+    web: Mapping[str, Any] | None,
+    known: Sequence[Problem],
+) -> list[Problem]:
+    dropped = _section_dropped(config, known)
+    platforms = {} if dropped else config.platform_options(env, web=web)
+    from_file = dropped or config.platforms is not None
     problems: list[Problem] = []
     for name, options in platforms.items():
         problems += _platform_problems(name, options, env, from_file)
@@ -171,9 +210,7 @@ def check_config(
         problem = _driver_problem(url) if url else None
         if problem:
             problems.append((key, problem))
-    if problems:
-        raise ConfigFileError(config.source, problems)
-    return platforms
+    return problems
 
 
 def _search_path(config: Config) -> list[Path]:

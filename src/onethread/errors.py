@@ -12,6 +12,7 @@ Errors carry their data as attributes (``RetryAfter.retry_after``,
     │   └── MissingDependencyError  an optional SDK is not installed (.extra, .install_hint)
     ├── StoreError                  a store (identity or history) failed
     │   ├── CorruptStoreError       a store file cannot be parsed (.path); never overwritten
+    │   ├── StoreUnavailable        a store server cannot be reached now (.store, .reason)
     │   ├── SchemaVersionError      the store's schema is newer than this code knows
     │   ├── TurnLockLost            a shared turn lock was lost while held (.key, .reason)
     │   └── BlobNotFound            no bytes in the blob store at that address (.ref)
@@ -57,6 +58,7 @@ __all__ = [
     "RetryAfter",
     "SchemaVersionError",
     "StoreError",
+    "StoreUnavailable",
     "TurnLockLost",
 ]
 
@@ -83,6 +85,21 @@ class MissingDependencyError(ConfigError):
 
 class StoreError(OnethreadError):
     """A history or identity store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """A store's server cannot be reached (refused, timed out, connection lost, shutting down).
+
+    ``store`` names the store with any password redacted (``"Redis at
+    redis://host:6379/0"``), ``reason`` is the driver's message on one line.
+    Raised by every network back-end at its driver boundary, so callers can
+    tell an outage (temporary: log it once, retry later) from a bug.
+    """
+
+    def __init__(self, store: str, reason: str) -> None:
+        self.store = store
+        self.reason = " ".join(reason.split())
+        super().__init__(f"{store}: {self.reason}")
 
 
 class CorruptStoreError(StoreError):

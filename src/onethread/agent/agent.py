@@ -22,6 +22,9 @@ __all__ = ["Agent"]
 
 logger = logging.getLogger("onethread.agent")
 
+#: How to name the model when only the server is configured.
+MODEL_FIX = "export ONETHREAD_MODEL=<a model the server serves> (or set agent.model)"
+
 _WRAP_UP = (
     "(The tool budget for this message is used up. Answer now with what you have, "
     "without calling tools.)"
@@ -35,7 +38,9 @@ class Agent:
 
     - ``None``: ``ONETHREAD_MODEL`` (read now) on the OpenAI-compatible endpoint
       if ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set; otherwise
-      :class:`OfflineModel`, which says plainly that no model is configured.
+      :class:`OfflineModel`, which says plainly that no model is configured
+      (and, when ``OPENAI_BASE_URL`` is set without ``ONETHREAD_MODEL``, that
+      the model name is what is missing: no model of the server is guessed).
     - a ``str``: that model name on the OpenAI-compatible endpoint; raises
       ``ConfigError`` now if neither ``OPENAI_API_KEY`` nor ``OPENAI_BASE_URL``
       is set.
@@ -191,6 +196,14 @@ def _resolve_model(model: str | ModelClient | None, *, timeout: float) -> ModelC
         return OpenAIModel(model, timeout=timeout)
     if model is None:
         name = os.environ.get("ONETHREAD_MODEL", "").strip()
+        if not name and os.environ.get("OPENAI_BASE_URL"):
+            # A server but no model name: say so rather than guess one of its models
+            # (a server may serve several; the first listed is not a choice).
+            return OfflineModel(
+                "OPENAI_BASE_URL is set, but ONETHREAD_MODEL (the model to use there) is "
+                "not, so this is an automatic reply.",
+                note=f"OPENAI_BASE_URL is set but ONETHREAD_MODEL is not; {MODEL_FIX}",
+            )
         if not name:
             return OfflineModel()
         if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):

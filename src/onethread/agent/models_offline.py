@@ -28,11 +28,14 @@ class OfflineModel:
     per conversation: only when no earlier reply in the history carries it
     (so again after ``/new``). No I/O and no waiting, so it is also fit for
     benchmarks. ``reason`` (optional) replaces the first sentence, e.g. to
-    say that ``ONETHREAD_MODEL`` is set but no endpoint is.
+    say that ``ONETHREAD_MODEL`` is set but no endpoint is; ``note`` says the
+    same in a few words for start-up banners.
     """
 
-    def __init__(self, reason: str = "") -> None:
+    def __init__(self, reason: str = "", *, note: str = "") -> None:
         self.reason = reason or "No language model is configured, so this is an automatic reply."
+        #: Why no model runs and how to get one, in a few words for banners.
+        self.note = note or "set ONETHREAD_MODEL and OPENAI_API_KEY for a real one"
 
     async def reply(
         self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False

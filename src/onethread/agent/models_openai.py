@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI
     from openai.types.chat import ChatCompletion
 
-__all__ = ["OpenAIModel", "map_openai_errors"]
+__all__ = ["OpenAIModel", "list_models", "map_openai_errors"]
 
 logger = logging.getLogger("onethread.agent")
 
@@ -162,6 +162,37 @@ class OpenAIModel:
         client, self._client, self._client_loop = self._client, None, None
         if client is not None:
             await client.close()
+
+
+async def list_models(
+    base_url: str | None = None, api_key: str | None = None, *, timeout: float = 5.0
+) -> list[str]:
+    """The model names an OpenAI-compatible server offers (``GET {base_url}/models``).
+
+    ``base_url`` and ``api_key`` default to ``OPENAI_BASE_URL`` and
+    ``OPENAI_API_KEY``. One attempt, no retries, at most ``timeout`` seconds.
+    Raises ``ModelError`` when the server cannot be reached or refuses.
+    """
+    import openai
+
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    api_key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
+    where = base_url or "api.openai.com"
+    client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+    try:
+        page = await asyncio.wait_for(client.models.list(), timeout + 1.0)
+        return [model.id async for model in page]
+    except TimeoutError as exc:
+        raise ModelError(f"{where} did not list its models within {timeout:g}s") from exc
+    except openai.APIStatusError as exc:
+        raise ModelError(
+            f"{where} answered HTTP {exc.status_code} to GET /models",
+            status_code=exc.status_code,
+        ) from exc
+    except openai.OpenAIError as exc:
+        raise ModelError(f"cannot list the models of {where}: {exc}") from exc
+    finally:
+        await client.close()
 
 
 @contextmanager

@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..agent.files import File
 from ..agent.responder import Responder, as_responder
-from ..errors import PlatformError
+from ..errors import PlatformError, StoreUnavailable
+from ..logs import log_turn
+from ..metrics import NULL_METRICS, NullMetrics
 from ..platforms.base import Adapter, Attachment, Inbound
 from ..platforms.draft import ReplyStream
 from ..platforms.registry import load_adapter_class
@@ -20,13 +23,14 @@ from ..session.blobs import DEFAULT_MAX_BYTES
 from ..session.history.base import DELIVERY_CUT, HistoryStore
 from ..session.identity.base import IdentityResolverProtocol
 from ..session.locks import LocalDuplicateFilter
+from ..session.outage import store_failed, stores_ok
 from ..session.validation import validate_platform
 from .attachments import Taken, take_attachments
 from .commands import CommandRouter
 from .gate import Gate, Verdict
 from .heap import freeze_startup_heap
 from .linking import LinkFlow
-from .manager import BotSessionManager
+from .manager import BotSessionManager, TurnStats
 from .policy import AccessPolicy, default_policy
 from .supervisor import Backoff, supervise
 
@@ -38,7 +42,8 @@ TURN_FAILED = "Sorry, something went wrong on my side and I could not answer tha
 
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
                 "drain_timeout", "access", "owners", "commands", "pairing",
-                "gc_freeze", "blobs", "max_attachment_bytes", "streaming")  # fmt: skip
+                "gc_freeze", "blobs", "max_attachment_bytes", "streaming",
+                "metrics")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -77,6 +82,8 @@ class Bot:
             them, as a draft edited about once a second on platforms that can
             edit, as deltas in the web chat and the terminal; False sends each
             reply whole, in one go);
+            ``metrics`` (an ``onethread.metrics.Metrics`` to count turns and
+            deliveries in; default none, BotOS gives its bots its own);
             anything else goes to the platform adapter (e.g. ``base_url``).
 
     ``await start()`` runs until ``stop()``; ``run()`` is the blocking form that
@@ -142,6 +149,13 @@ class Bot:
         self._done: asyncio.Event | None = None
         self.ready = asyncio.Event()
         self.on_turn: Callable[[Inbound, str], Awaitable[None]] | None = None
+        self.metrics: NullMetrics = NULL_METRICS
+        self.use_metrics(own.get("metrics") or NULL_METRICS)
+
+    def use_metrics(self, metrics: NullMetrics) -> None:
+        """Count this bot's turns and its adapter's deliveries in ``metrics``."""
+        self.metrics = metrics
+        self.adapter.metrics = metrics
 
     def adopt(self, session: BotSessionManager, gate: Gate) -> bool:
         """Move this (not yet started) bot onto a shared session manager and gate.
@@ -270,8 +284,17 @@ class Bot:
         """
         if self._stopping is None or self._closed:
             return
-        verdict = await self._gate.check(msg)
+        try:
+            verdict = await self._gate.check(msg)
+        except StoreUnavailable as exc:
+            # The duplicate filter's server is down. Answering a redelivery twice
+            # beats dropping every message: let it through (the turn says sorry
+            # if the history is down too).
+            store_failed(exc, f"the duplicate check of a {self.platform} message")
+            verdict = Verdict.ACCEPT
         if verdict is not Verdict.ACCEPT:
+            if verdict is Verdict.DUPLICATE:
+                self.metrics.duplicate(self.platform)
             log.debug("%s: dropped message %s: %s", self.platform, msg.message_id, verdict.value)
             return
         key = self._session.key_for(
@@ -296,11 +319,16 @@ class Bot:
     async def _handle(self, msg: Inbound, previous: asyncio.Task[None] | None = None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
+        started = time.perf_counter()
+        stats = TurnStats()
+        outcome = "error"
+        reply: str | None = None
         attempted = False  # the turn began sending its reply
         stream: ReplyStream | None = None
         try:
             reply = await self.access.check(msg)
             if reply is not None:  # refused: at most one short reply, never the agent
+                outcome = "refused"
                 if reply:
                     await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
                     self.adapter.on_unstored_reply(msg, reply)
@@ -311,6 +339,7 @@ class Bot:
                 taken = await self._take_attachments(msg)
                 if taken is not None and not taken.attachments and not msg.text.strip():
                     # Nothing left to answer: say only why each attachment was refused.
+                    outcome = "attachment_refused"
                     await self.adapter.send(
                         msg.chat_id, "\n".join(taken.refusals), thread_id=msg.thread_id
                     )
@@ -366,7 +395,12 @@ class Bot:
                         attachments=taken.attachments if taken is not None else (),
                         deliver=deliver,
                         on_delta=on_delta,
+                        stats=stats,
                     )
+                stores_ok()  # a whole turn worked: any store outage on record is over
+                outcome = "model_error" if stats.model_failed else "ok"
+            else:
+                outcome = "command"
             if reply and not attempted:  # a command's answer, or the model-failure apology
                 await self.adapter.send(msg.chat_id, reply, thread_id=msg.thread_id)
                 if command:
@@ -374,19 +408,32 @@ class Bot:
             if self.on_turn is not None:
                 await self.on_turn(msg, reply)
         except PlatformError as exc:
+            outcome = "undelivered"
             log.error(
                 "%s: could not deliver the reply to %s: %s",
                 self.platform,
                 masked(self.platform, msg.chat_id),
                 exc,
             )
-        except Exception:
-            log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as exc:
+            outcome = "error"
+            if isinstance(exc, StoreUnavailable):  # an outage: one line for all of it
+                store_failed(exc, f"a turn on {self.platform}")
+            else:
+                log.exception("%s: turn for message %s failed", self.platform, msg.message_id)
             if attempted:  # the reply went out (the store failed after): no apology on top
                 return
+            reply = TURN_FAILED
             with contextlib.suppress(PlatformError):  # the platform may be the problem
                 await self.adapter.send(msg.chat_id, TURN_FAILED, thread_id=msg.thread_id)
         finally:
+            total = time.perf_counter() - started
+            self.metrics.turn(self.platform, outcome, total, stats.model_seconds)
+            log_turn(self.platform, msg.user_id, len(msg.text), len(reply or ""),
+                     stats.model_seconds, total, outcome)  # fmt: skip
             if stream is not None:
                 await stream.close()  # a turn that ended without its final text
 

@@ -15,13 +15,18 @@ from ..errors import (
     PlatformUnavailable,
     RecipientUnknown,
     RetryAfter,
+    StoreError,
+    StoreUnavailable,
 )
+from ..metrics import NULL_METRICS, Metrics, NullMetrics
 from ..session._conn.shared import who
 from ..session.attachments import Attachment
 from ..session.history.base import delivery_failed
 from ..session.identity.base import IdentityResolverProtocol
+from ..session.outage import store_failed
 from ..session.outbox import Outbox, OutboxItem
 from ..session.pairing import PairingStore
+from ..session.text import clean_text
 from ..session.urls import Coordination, open_coordination
 from .bot import Bot, _default_agent, run_until_signal
 from .commands import CommandRouter
@@ -55,8 +60,12 @@ class BotOS:
             ids), ``pairing`` (a ``PairingStore`` for /link and approvals),
             ``gc_freeze`` (default True: at start, move the objects alive then
             out of the cyclic garbage collector's walk, which keeps full
-            collections short; see ``onethread.bots.heap``); the rest is given
-            to every platform's Bot (e.g. ``drain_timeout``).
+            collections short; see ``onethread.bots.heap``), ``metrics``
+            (default True: a ``Metrics`` with its own registry, served at
+            ``/metrics``; False: none; or a ready ``Metrics``), ``audit``
+            (the admin page's ``AuditLog`` or its path) and ``admin_token``
+            (see ``onethread.ops``); the rest is given to every platform's
+            Bot (e.g. ``drain_timeout``).
 
     One platform failing is restarted with backoff by its own supervisor and
     never stops the others; a platform with bad credentials is logged as fatal
@@ -92,7 +101,13 @@ class BotOS:
         self._gate = Gate(coordination.duplicates)
         self.outbox: Outbox | None = coordination.outbox
         self.pairing: PairingStore | None = options.pop("pairing", None)
-        self.link_flow = LinkFlow(session, self.pairing, notify=self._send_to)
+        metrics = options.pop("metrics", True)
+        self.metrics: NullMetrics = (
+            metrics if isinstance(metrics, NullMetrics) else Metrics() if metrics else NULL_METRICS
+        )
+        audit = options.pop("audit", None)
+        admin_token = options.pop("admin_token", None)
+        self.link_flow = LinkFlow(session, self.pairing, notify=self._send_to, metrics=self.metrics)
         self.commands = CommandRouter(session, extra={"link": self.link_flow})
         access = options.pop("access", None)
         owners: Mapping[str, Iterable[str]] = options.pop("owners", None) or {}
@@ -125,6 +140,47 @@ class BotOS:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping: asyncio.Event | None = None
         self.failed: dict[str, BaseException] = {}
+        self._watch_metrics()
+        from ..ops import Operations
+
+        self.ops = Operations(self, metrics=self.metrics, audit=audit, admin_token=admin_token)
+
+    def _watch_metrics(self) -> None:
+        """Gauges read at scrape time: platforms up, live turn locks, outbox depth."""
+        metrics = self.metrics
+        if not isinstance(metrics, Metrics):
+            return
+        locks = self._session.locks  # the ones turns really take
+        if hasattr(locks, "__len__"):
+            metrics.watch_locks(lambda: len(locks))  # type: ignore[arg-type]
+        depth = getattr(self.outbox, "depth", None)
+        if callable(depth):
+            platforms = list(self.bots)
+
+            async def refresh_outbox() -> None:
+                for platform, n in (await depth(platforms)).items():
+                    metrics.set_outbox_depth(platform, n)
+
+            metrics.add_refresher(refresh_outbox)
+
+    def http_adapter(self) -> Any:
+        """The adapter that serves HTTP (the web chat: it has ``mounts``), or None."""
+        for bot in self.bots.values():
+            if isinstance(getattr(bot.adapter, "mounts", None), list):
+                return bot.adapter
+        return None
+
+    def pairing_store(self) -> PairingStore | None:
+        """The pairing store approvals live in: ``pairing=``, else the first approval
+        policy's (None when no platform asks for approval)."""
+        if self.pairing is not None:
+            return self.pairing
+        from .policy import ApprovalPolicy
+
+        for bot in self.bots.values():
+            if isinstance(bot.access, ApprovalPolicy):
+                return bot.access.store
+        return None
 
     @property
     def session(self) -> BotSessionManager:
@@ -144,6 +200,9 @@ class BotOS:
                 "session=botos.session so every platform shares one history"
             )
         bot.use_commands(self.commands)  # /link across platforms needs the shared flow
+        bot.use_metrics(self.metrics)
+        if isinstance(self.metrics, Metrics):
+            self.metrics.watch_platform(bot.platform, bot.ready.is_set)
         if not self.gc_freeze:
             bot.gc_freeze = False  # BotOS(gc_freeze=False) holds for bots added ready-made
         self.bots[bot.platform] = bot
@@ -153,6 +212,14 @@ class BotOS:
         bot = self.bots.get(platform)
         if bot is not None:
             await bot.send(chat_id, text)
+
+    async def send_to(self, platform: str, chat_id: str, text: str) -> bool:
+        """Send ``text`` to a chat on ``platform``; False (nothing sent) when this BotOS
+        does not serve that platform. Raises the platform's error when sending fails."""
+        if platform not in self.bots:
+            return False
+        await self._send_to(platform, chat_id, text)
+        return True
 
     async def start(self) -> None:
         """Start every bot and serve until :meth:`stop`.
@@ -164,12 +231,16 @@ class BotOS:
             raise ConfigError("BotOS has no platforms: pass platforms=[...] or bots=[...]")
         self._stopping = asyncio.Event()
         self._session.bind_loop()
+        self.ops.attach()
+        server = self.http_adapter()
+        if server is not None and self.ops.mount not in server.mounts:
+            server.mounts.append(self.ops.mount)  # /readyz, /metrics, /admin on its server
         if self.gc_freeze:
             freeze_startup_heap()
         self._tasks = {name: asyncio.create_task(bot.start()) for name, bot in self.bots.items()}
         serving = None
         if self.outbox is not None:  # deliver what other hosts queued for our platforms
-            serving = asyncio.create_task(self.outbox.serve(list(self.bots), self._deliver))
+            serving = asyncio.create_task(self._serve_outbox(self.outbox))
         stop_wait = asyncio.create_task(self._stopping.wait())
         try:
             pending: set[asyncio.Task[Any]] = set(self._tasks.values())
@@ -194,9 +265,34 @@ class BotOS:
                 await asyncio.gather(serving, return_exceptions=True)
             await asyncio.gather(*(bot.stop() for bot in self.bots.values()))
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            self.ops.detach()
             if self._owns_session:
                 await self._session.close()
                 await self.coordination.close()
+
+    async def _serve_outbox(self, outbox: Outbox) -> None:
+        """Deliver what other hosts queue for our platforms, until cancelled.
+
+        Through an outage of the outbox's server, serve again with backoff
+        (1 s doubling to 30 s; the outage is logged once); any other store
+        error stops the outbox (logged) and leaves the bots serving.
+        """
+        loop = asyncio.get_running_loop()
+        delay = 1.0
+        while True:
+            started = loop.time()
+            try:
+                await outbox.serve(list(self.bots), self._deliver)
+                return
+            except StoreUnavailable as exc:
+                store_failed(exc, "the cross-host outbox")
+            except StoreError as exc:
+                log.error("the cross-host outbox stopped: %s", exc)
+                return
+            if loop.time() - started > 60:  # it had been serving: start the backoff over
+                delay = 1.0
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def stop(self) -> None:
         """Stop every bot (draining running turns) and return when all are down."""
@@ -234,6 +330,8 @@ class BotOS:
         after the text and mirrored with it; through the outbox they travel by
         blob address, so hosts must share the blob store (``s3://``).
         """
+        unified_user_id, text = clean_text(unified_user_id), clean_text(text)
+        source_label = clean_text(source_label)
         files = await self._session.store_files(attachments) if attachments else ()
         last = await self._session.last_seen(unified_user_id)
         if last is None:

@@ -41,6 +41,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
+from ..metrics import NULL_METRICS, NullMetrics
 from ..platforms.base import Inbound
 from ..session._conn.shared import masked, who
 from ..session.identity.base import IdentityLink, unlinked_id
@@ -105,7 +106,8 @@ class LinkFlow:
     ``_busy`` serialises redemptions in this process (the store's transaction
     already makes one code usable once across processes, and the resolver's
     ``claim`` one name one person's); it is an ``asyncio.Lock`` owned by the
-    event loop.
+    event loop. Each attempt is counted in ``metrics`` (``issued``,
+    ``linked``, ``refused``, ``locked_out``).
     """
 
     def __init__(
@@ -114,10 +116,12 @@ class LinkFlow:
         store: PairingStore | None = None,
         *,
         notify: Notifier | None = None,
+        metrics: NullMetrics = NULL_METRICS,
     ) -> None:
         self.session = session
         self._store = store
         self.notify = notify
+        self.metrics = metrics
         self._busy = asyncio.Lock()
         self._warnings = LogThrottle(log)
 
@@ -132,6 +136,7 @@ class LinkFlow:
         """Handle ``/link`` and ``/link NAME`` (issue a code) or ``/link CODE`` (redeem it)."""
         is_code = await self._is_code(arg)
         if msg.chat_type != "dm":
+            self.metrics.link("refused")
             if is_code:
                 # Everyone in the group has now seen the code: spend it so nobody can
                 # redeem it from their own DM and take over the issuer's identity.
@@ -146,12 +151,15 @@ class LinkFlow:
         if resolver is None:
             return "Linking is not enabled on this bot (it has no identity resolver)."
         if is_code:
-            return await self._redeem(msg, arg)
+            reply, outcome = await self._redeem(msg, arg)
+            self.metrics.link(outcome)
+            return reply
         name = ""
         if arg:
             try:
                 name = requested_name(arg)
             except ValueError as exc:
+                self.metrics.link("refused")
                 return str(exc)
         return await self._issue(msg, name)
 
@@ -175,6 +183,7 @@ class LinkFlow:
             user_name=msg.user_name,
             name=name,
         )
+        self.metrics.link("issued" if issued.code is not None else "refused")
         if issued.code is None:
             if issued.refused == "full":
                 self._warnings.warn(
@@ -213,7 +222,8 @@ class LinkFlow:
                 lines.append("To choose your name, send /link NAME instead (e.g. /link alice).")
         return "\n".join(lines)
 
-    async def _redeem(self, msg: Inbound, arg: str) -> str:
+    async def _redeem(self, msg: Inbound, arg: str) -> tuple[str, str]:
+        """The reply and the outcome for metrics (``linked``, ``refused``, ``locked_out``)."""
         resolver = self.session.identity_resolver
         assert resolver is not None
         async with self._busy:
@@ -232,7 +242,9 @@ class LinkFlow:
                         "links refused to everyone: too many wrong codes in the last hour, "
                         "from many accounts; a brute-force attempt?",
                     )
-                return _REFUSALS[result.error]
+                # "locked": this account guessed too often; "busy": everyone is paused.
+                outcome = "locked_out" if result.error in ("locked", "busy") else "refused"
+                return _REFUSALS[result.error], outcome
             issuer = result.code
             refusal = ""
             if (issuer.platform, issuer.user_id) == (msg.platform, msg.user_id):
@@ -252,7 +264,7 @@ class LinkFlow:
                 )
             if refusal:
                 await asyncio.to_thread(self.store.release, arg)
-                return refusal
+                return refusal, "refused"
             # A's existing identity, else B's (adding a platform works from either
             # side), else a new person, named and linked to A in one step.
             # Resolver writes do file or network I/O: off the event loop.
@@ -287,7 +299,7 @@ class LinkFlow:
                 log.exception("could not confirm the link on %s", issuer.platform)
         log.info("linked %s and %s as %s", who(issuer.platform, issuer.user_id),
                  who(msg.platform, msg.user_id), unified)  # fmt: skip
-        return confirmation
+        return confirmation, "linked"
 
     async def _new_person(self, issuer: PairingCode, msg: Inbound) -> str:
         """Name a new person and link the issuing account to the name (see the module doc)."""

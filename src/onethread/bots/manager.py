@@ -26,9 +26,17 @@ from ..session.history.base import HistoryEntry, HistoryStore, delivery_failed
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
 from ..session.keys import DM, GROUP_TYPES, legacy_key, session_key, unified_key
 from ..session.locks import LocalTurnLocks, TurnLocks
+from ..session.text import clean_text, clean_value
 from ..session.urls import open_history_store
 
-__all__ = ["APOLOGY", "MODEL_STOPPED", "READER_STOPPED", "BotSessionManager", "Responder"]
+__all__ = [
+    "APOLOGY",
+    "MODEL_STOPPED",
+    "READER_STOPPED",
+    "BotSessionManager",
+    "Responder",
+    "TurnStats",
+]
 
 log = logging.getLogger("onethread.session")
 
@@ -39,6 +47,20 @@ MODEL_STOPPED = "(the model stopped answering here)"
 """Ends a streamed reply whose model failed after writing part of it."""
 READER_STOPPED = "(stopped here)"
 """Ends a streamed reply the person stopped (the web chat's stop button)."""
+
+
+class TurnStats:
+    """What :meth:`BotSessionManager.chat` measured of one turn (for metrics and the turn log).
+
+    ``model_seconds``: time in ``agent.respond`` (0 when it was not reached);
+    ``model_failed``: the model raised ``ModelError`` and the apology was returned.
+    """
+
+    __slots__ = ("model_failed", "model_seconds")
+
+    def __init__(self) -> None:
+        self.model_seconds = 0.0
+        self.model_failed = False
 
 
 class BotSessionManager:
@@ -86,7 +108,8 @@ class BotSessionManager:
         self._store: HistoryStore | None = store if not isinstance(store, str | None) else None
         self.identity_resolver = identity_resolver
         self.max_history = max_history
-        self.locks: TurnLocks = locks or LocalTurnLocks()
+        # Not `locks or ...`: lock sets have a length, and an empty one is falsy.
+        self.locks: TurnLocks = locks if locks is not None else LocalTurnLocks()
         self._merged: set[tuple[str, str, str]] = set()
         # mirror_to_session calls made inside the loop, still writing (loop thread only).
         self.pending_mirrors: set[asyncio.Task[bool]] = set()
@@ -279,6 +302,7 @@ class BotSessionManager:
         attachments: Sequence[Attachment] = (),
         deliver: Callable[..., Awaitable[Mapping[str, Any] | None]] | None = None,
         on_delta: OnDelta | None = None,
+        stats: TurnStats | None = None,
     ) -> str:
         """Run one turn and return the reply.
 
@@ -287,7 +311,8 @@ class BotSessionManager:
         ``max_history`` entries, asks the agent, and appends the user message
         and the reply in one transaction. If the model fails (``ModelError``)
         the user's message is still stored and a short apology is returned
-        (not delivered, not stored: the caller sends it).
+        (not delivered, not stored: the caller sends it). ``stats``, when
+        given, receives the model's time and whether it failed.
 
         ``agent`` is anything ``Bot(agent=...)`` accepts: an ``Agent``, a
         Responder, or a framework's agent (wrapped, see ``onethread.agent``);
@@ -316,10 +341,15 @@ class BotSessionManager:
         stored like any reply; when ``on_delta`` raises ``ReplyStopped`` (the
         reader stopped it), the same with :data:`READER_STOPPED`
         (``"reader"``). A failure before any text is the usual apology.
+
+        Lone surrogates in any string become U+FFFD (``onethread.session.text``).
         """
         responder = self._responder(agent)
         if self.loop is None:
             self.bind_loop()
+        user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id = map(
+            clean_text, (user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id)
+        )
         unified = self.resolve(platform, user_id)
         group = chat_type in GROUP_TYPES
         key = session_key(
@@ -374,11 +404,15 @@ class BotSessionManager:
                         await stream_to(piece)
 
                 stopped: dict[str, str] = {}
+                asked = time.perf_counter()
                 try:
                     with turn_files() as produced:
                         reply = await self._respond(responder, history, message, group, relay)
                     sent = await self.store_files(produced) if produced else ()
                 except ModelError as exc:
+                    if stats is not None:
+                        stats.model_seconds = time.perf_counter() - asked
+                        stats.model_failed = True
                     log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
                     if not "".join(written).strip():
                         await self.store.append(key, [message])
@@ -392,6 +426,8 @@ class BotSessionManager:
                     log.info("reply for %s stopped by the reader", masked(platform, key))
                     reply, sent = _cut_short(written, READER_STOPPED), ()
                     stopped = {"stopped": "reader"}
+                if stats is not None:
+                    stats.model_seconds = time.perf_counter() - asked
                 stamp = max(time.time(), message.timestamp)
                 undelivered: BaseException | None = None
                 outcome: Mapping[str, Any] | None = None
@@ -454,11 +490,13 @@ class BotSessionManager:
         """Append text the bot sent on its own to ``user_id``'s history, under the turn lock.
 
         ``attachments`` (already in :attr:`blobs`) are the files sent with it;
-        the text may then be empty.
+        the text may then be empty. Lone surrogates in the text, ids and
+        metadata become U+FFFD (``onethread.session.text``).
         """
         if not isinstance(text, str) or not (text or attachments):
             raise ValueError("mirror text must be a non-empty string")
-        meta = dict(metadata or {})
+        user_id, text, source = clean_text(user_id), clean_text(text), clean_text(source)
+        meta = clean_value(dict(metadata or {}))
         key = self.mirror_key(user_id)
         async with self.locks.hold(key):
             # Stamped under the lock: a mirror that waited for a turn sorts after it.

@@ -14,7 +14,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import StoreUnavailable
 from ..session._conn.shared import who
+from ..session.outage import store_failed
 from .manager import BotSessionManager
 
 __all__ = ["amirror_to_session", "mirror_to_session"]
@@ -56,8 +58,8 @@ async def amirror_to_session(
         return await asyncio.to_thread(
             _mirror_from_thread, mgr, user_id, message_text, source_label, metadata, lock
         )
-    except Exception:
-        log.exception("mirror to %s (source %r) failed", who(user_id), source_label)
+    except Exception as exc:
+        _log_failure(exc, user_id, source_label)
         return False
 
 
@@ -125,6 +127,13 @@ def mirror_to_session(
         mgr.pending_mirrors.add(task)
         task.add_done_callback(mgr.pending_mirrors.discard)
         return True
-    except Exception:
-        log.exception("mirror to %s (source %r) failed", who(user_id), source_label)
+    except Exception as exc:
+        _log_failure(exc, user_id, source_label)
         return False
+
+
+def _log_failure(exc: Exception, user_id: str, source_label: str) -> None:
+    if isinstance(exc, StoreUnavailable):  # an outage: one line for all of it
+        store_failed(exc, f"a mirror to {who(user_id)} (source {source_label!r})")
+    else:
+        log.error("mirror to %s (source %r) failed", who(user_id), source_label, exc_info=exc)

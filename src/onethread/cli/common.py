@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, load_config
-from ..errors import ConfigError
+from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, Problem, load_config
+from ..errors import ConfigError, MissingDependencyError, StoreError, StoreUnavailable
 from ..session._conn.shared import redact
 from ..session.history.base import HistoryStore
 from ..session.urls import (
@@ -21,8 +23,11 @@ from ..session.urls import (
 
 __all__ = [
     "build_agent",
+    "checked_config",
     "close_resolver",
     "config_from_args",
+    "require_stores",
+    "store_problems",
     "describe_model",
     "history_url",
     "identity_url",
@@ -68,6 +73,83 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if Path(DEFAULT_CONFIG_NAME).is_file():
         return load_config(DEFAULT_CONFIG_NAME)
     return Config()
+
+
+def checked_config(
+    args: argparse.Namespace, web: dict[str, Any] | None = None
+) -> tuple[Config, dict[str, dict[str, Any]], list[Problem]]:
+    """The config, the platforms it serves, and EVERY mistake in it (none raised).
+
+    A file with mistakes is still checked as far as it goes (its faulty keys
+    left out), so one run reports them all. Raises ``ConfigFileError`` only
+    when the file cannot be read or parsed at all.
+    """
+    from ..config_check import config_problems
+
+    try:
+        config = config_from_args(args)
+        known: list[Problem] = []
+    except ConfigFileError as exc:
+        if exc.config is None:
+            raise
+        config, known = exc.config, exc.problems
+    platforms, problems = config_problems(config, web=web, known=known)
+    return config, platforms, problems
+
+
+def _stores(config: Config) -> list[tuple[str, str, str]]:
+    """``(config key, what it holds, URL)`` of every store ``run`` opens."""
+    history = history_url(config)
+    scheme = history.partition(":")[0].lower()
+    shared = scheme in ("redis", "rediss", "postgresql", "postgres")
+    what = "history store"
+    if shared:
+        what += " (it also holds the turn locks, duplicate filter and outbox)"
+    return [("history", what, history), ("identity", "identity store", identity_url(config))]
+
+
+def _fix(config: Config, key: str, url: str) -> str:
+    where = config.source or DEFAULT_CONFIG_NAME
+    if url.partition(":")[0].lower() in ("sqlite", "file"):
+        return f"or change {key}: in {where}"
+    return f"start it or check the URL (host, port, user, password), or change {key}: in {where}"
+
+
+def store_problems(config: Config, skip: Sequence[str] = ()) -> list[Problem]:
+    """Connect to every configured store (5 s timeout each, all at once); one problem each.
+
+    Stores whose key is in ``skip`` (already reported as wrong) and stores whose
+    driver is not installed (reported by the config check) are not tried.
+    """
+    from ..session.probe import probe_store
+
+    stores = [s for s in _stores(config) if s[0] not in skip]
+
+    async def probe_all() -> list[BaseException | None]:
+        async def one(url: str) -> BaseException | None:
+            try:
+                await probe_store(url)
+            except (StoreError, MissingDependencyError) as exc:
+                return exc
+            return None
+
+        return list(await asyncio.gather(*(one(url) for _, _, url in stores)))
+
+    problems: list[Problem] = []
+    for (key, what, url), error in zip(stores, asyncio.run(probe_all()), strict=True):
+        if isinstance(error, StoreError):
+            state = "cannot be reached" if isinstance(error, StoreUnavailable) else "is unusable"
+            detail = str(error).rstrip(". ")
+            problems.append((key, f"the {what} {state}: {detail}; {_fix(config, key, url)}"))
+    return problems
+
+
+def require_stores(config: Config) -> None:
+    """Refuse to start (``StoreError``, one line naming the store and the fix) when a store
+    cannot be reached."""
+    problems = store_problems(config)
+    if problems:
+        raise StoreError(problems[0][1])
 
 
 def history_url(config: Config) -> str:
@@ -130,13 +212,42 @@ def build_agent(config: Config) -> Any:
         raise ConfigFileError(config.source, [("agent.model", str(exc))]) from exc
 
 
-def describe_model(agent: Any) -> str:
-    """A short description of the agent's model for banners."""
+def describe_model(agent: Any, *, ask_server: bool = False) -> str:
+    """A short description of the agent's model for banners.
+
+    With ``ask_server``, when ``OPENAI_BASE_URL`` is set but no model is named,
+    the server is asked which models it offers (``GET /models``, 5 s at most),
+    so the fix can be copied. Not from inside a running event loop.
+    """
     from ..agent import OfflineModel, OpenAIModel
 
     model = getattr(agent, "model", None)
     if isinstance(model, OfflineModel):
-        return "offline (set ONETHREAD_MODEL and OPENAI_API_KEY for a real one)"
+        text = f"offline ({model.note})"
+        if ask_server and _server_without_model():
+            text = f"offline ({model.note}; {_offered_models()})"
+        return text
     if isinstance(model, OpenAIModel):
         return f"{model.model} at {redact_url(model.base_url or 'api.openai.com')}"
     return type(model).__name__
+
+
+def _server_without_model() -> bool:
+    return (
+        bool(os.environ.get("OPENAI_BASE_URL"))
+        and not os.environ.get("ONETHREAD_MODEL", "").strip()
+    )
+
+
+def _offered_models() -> str:
+    from ..agent.models_openai import list_models
+    from ..errors import ModelError
+
+    try:
+        names = asyncio.run(list_models())
+    except ModelError as exc:
+        return f"could not ask it which models it has: {exc}"
+    if not names:
+        return "it lists no models"
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"it offers: {shown}"

@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onethread {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--verbose", "-v", action="count", default=0, help="log more (-vv: debug)")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per log line, for log shippers (default text)",
+    )
     sub = parser.add_subparsers(
         dest="command",
         metavar="COMMAND",
@@ -159,14 +165,30 @@ def _cmd_init(args: argparse.Namespace) -> int:
 _CHATTY_SDK_LOGGERS = ("httpx", "httpcore")  # plus each PlatformSpec.loggers
 
 
-def _setup_logging(verbosity: int) -> None:
+def _setup_logging(verbosity: int, log_format: str = "text", *, serving: bool = False) -> None:
+    """Log to stderr: WARNING and up (``-v`` INFO, ``-vv`` DEBUG), as text or JSON lines.
+
+    ``serving`` (``onethread run``): the per-turn line (``onethread.turns``) and
+    the admin page's audit lines (``onethread.audit``), both INFO, are shown at
+    the default level too: an operator wants one line per turn and every action.
+    """
+    from ..logs import TURN_LOGGER, JsonFormatter
+
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     chatty = _CHATTY_SDK_LOGGERS + tuple(
         logger for entry in PLATFORMS.values() for logger in entry.loggers
     )
     for name in chatty:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    if serving:
+        for name in (TURN_LOGGER, "onethread.audit"):
+            logging.getLogger(name).setLevel(min(level, logging.INFO))
 
 
 def _error(message: str) -> None:
@@ -183,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error (argparse printed it)
         return exc.code if isinstance(exc.code, int) else 2
     debug = bool(getattr(args, "debug", False))
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format, serving=args.command == "run")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

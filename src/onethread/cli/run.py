@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError
-from ..errors import ConfigError
+from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, Problem
+from ..errors import ConfigError, StoreError
 from ..platforms.registry import PLATFORMS, credentials
 from .common import (
     build_agent,
+    checked_config,
     close_resolver,
     config_from_args,
     describe_model,
@@ -27,7 +28,9 @@ from .common import (
     open_history,
     open_identity,
     redact_url,
+    require_stores,
     say,
+    store_problems,
 )
 
 __all__ = ["add_parsers", "banner", "cmd_chat", "cmd_run"]
@@ -84,32 +87,47 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``onethread run``: serve until SIGINT/SIGTERM, then stop cleanly (exit 0)."""
-    from ..config_check import check_config
-
-    config = config_from_args(args)
     web = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    platforms = check_config(config, web=web)
-    agent = build_agent(config)  # tool schemas and the model, checked by --check too
+    config, platforms, problems = checked_config(args, web)
     if args.check:
-        where = config.source or "no config file, defaults"
-        say(
-            f"{where}: OK | platforms: {', '.join(platforms)} | "
-            f"model: {describe_model(agent)} | history: {redact_url(history_url(config))} | "
-            f"identity: {redact_url(identity_url(config))}"
-        )
-        return 0
+        return _check(config, platforms, problems)
+    if problems:
+        raise ConfigFileError(config.source, problems)
+    agent = build_agent(config)  # tool schemas and the model, checked by --check too
     if "web" in platforms:
         _check_port(str(platforms["web"]["host"]), int(platforms["web"]["port"]))
+    require_stores(config)
     resolver = open_identity(config)
     pairing: Any = None
     try:
         pairing = open_pairing(config)
         botos = _build_botos(config, agent, platforms, resolver, pairing)
-        asyncio.run(_serve(botos, lambda: banner(config, agent, botos)))
+        model = describe_model(agent, ask_server=True)
+        asyncio.run(_serve(botos, lambda: banner(config, agent, botos, model=model)))
     finally:
         if pairing is not None:
             pairing.close()
         close_resolver(resolver)
+    return 0
+
+
+def _check(config: Config, platforms: Mapping[str, Any], problems: list[Problem]) -> int:
+    """``run --check``: every mistake and every unreachable store in one listing."""
+    if not problems:
+        agent = build_agent(config)  # the model and the tool schemas
+    stores = store_problems(config, skip=[key for key, _ in problems])
+    if problems:
+        raise ConfigFileError(config.source, problems + stores)
+    if stores:
+        where = f"{config.source}: " if config.source else ""
+        raise StoreError("\n".join(f"{where}{key}: {msg}" for key, msg in stores))
+    where = config.source or "no config file, defaults"
+    say(
+        f"{where}: OK | platforms: {', '.join(platforms)} | "
+        f"model: {describe_model(agent, ask_server=True)} | "
+        f"history: {redact_url(history_url(config))} (reachable) | "
+        f"identity: {redact_url(identity_url(config))} (reachable)"
+    )
     return 0
 
 
@@ -221,8 +239,11 @@ def _add_hint(config: Config, served: Mapping[str, Any]) -> str:
     return ""
 
 
-def banner(config: Config, agent: Any, botos: Any) -> str:
-    """The start-up banner: URL, model, stores, platforms, and how to add a platform."""
+def banner(config: Config, agent: Any, botos: Any, *, model: str | None = None) -> str:
+    """The start-up banner: URL, model, stores, platforms, and how to add a platform.
+
+    ``model`` replaces the model's description (one worked out before the loop runs).
+    """
     lines = ["onethread is running"]
     web = botos.bots.get("web")
     if web is not None:
@@ -230,7 +251,7 @@ def banner(config: Config, agent: Any, botos: Any) -> str:
         if getattr(web.adapter, "access_token", None):
             url += " (add ?token=<your access token> once)"
         lines.append(f"  web chat:  {url}")
-    lines.append(f"  model:     {describe_model(agent)}")
+    lines.append(f"  model:     {model or describe_model(agent)}")
     lines.append(f"  history:   {redact_url(history_url(config))}")
     lines.append(f"  identity:  {redact_url(identity_url(config))}")
     lines.append(f"  platforms: {', '.join(botos.bots)}")
@@ -279,6 +300,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     agent = build_agent(config)
+    require_stores(config)
     user = args.user or _login_name()
     console = load_adapter_class("console")
     try:
@@ -304,7 +326,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             **access,
         )
         say(
-            f"onethread chat as {user} | model: {describe_model(agent)} | "
+            f"onethread chat as {user} | model: {describe_model(agent, ask_server=True)} | "
             f"history: {redact_url(history_url(config))} | /help for commands, "
             "/quit or Ctrl-D to leave"
         )

@@ -36,12 +36,21 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
 from ..errors import AttachmentRefused, FormattingRejected
+from ..metrics import NULL_METRICS, NullMetrics
 from ..session.attachments import Attachment
+from ..session.text import clean_text
 from .delivery import RetryPolicy, cap_messages, send_with_retry
 from .draft import EditDraft, ReplyStream
 from .markup import to_plain
 
-__all__ = ["Adapter", "Attachment", "Inbound", "OnInbound"]
+__all__ = [
+    "Adapter",
+    "Attachment",
+    "Inbound",
+    "OnInbound",
+    "credential_in",
+    "whitespace_problem",
+]
 
 log = logging.getLogger("onethread.platforms")
 
@@ -58,6 +67,10 @@ class Inbound:
     bot has fetched the bytes (``Adapter.download``). A message may be
     attachments only, with empty ``text``. ``raw`` keeps the SDK object for
     adapters; it is not compared.
+
+    Every string field is passed through ``onethread.session.text.clean_text``
+    when constructed (lone surrogates become U+FFFD), so whatever an adapter
+    hands in can be stored and sent by every back-end.
     """
 
     platform: str
@@ -75,8 +88,40 @@ class Inbound:
     attachments: tuple[Attachment, ...] = ()
     raw: Any = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                cleaned = clean_text(value)
+                if cleaned is not value:
+                    object.__setattr__(self, name, cleaned)  # frozen: set once, here
+
+
+_TEXT_FIELDS = ("platform", "chat_id", "chat_type", "user_id", "text", "message_id",
+                "chat_name", "thread_id", "user_name")  # fmt: skip
+
 
 OnInbound = Callable[[Inbound], Awaitable[None]]
+
+
+def credential_in(
+    options: Mapping[str, Any], env: Mapping[str, str], option: str, variable: str
+) -> tuple[str, str]:
+    """For :meth:`Adapter.check_options`: the credential ``option`` (else ``env[variable]``)
+    and how a message names where it came from. ``("", ...)`` when neither is set
+    (the config check reports that itself); never put the value in a message.
+    """
+    value = options.get(option)
+    if value:
+        return str(value), f"the {option} option"
+    return env.get(variable, ""), variable
+
+
+def whitespace_problem(value: str, where: str) -> str | None:
+    """A pasted credential with spaces or a line break in it (a frequent copy mistake)."""
+    if value != value.strip() or any(c.isspace() for c in value):
+        return f"{where} has spaces or a line break in it; copy the token alone"
+    return None
 
 
 class Adapter(ABC):
@@ -97,6 +142,8 @@ class Adapter(ABC):
     first_post_delay: ClassVar[float] = 0.25
     help_lines: ClassVar[tuple[str, ...]] = ()
     """Lines this platform adds to ``/help``: commands the adapter handles itself."""
+    metrics: NullMetrics = NULL_METRICS
+    """Where ``send()`` counts deliveries, retries and rate-limit waits (set by the Bot)."""
 
     def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
         self.retry_policy = retry_policy or RetryPolicy()
@@ -214,6 +261,7 @@ class Adapter(ABC):
             lambda: self.do_send_file(chat_id, attachment, data, thread_id=thread_id),
             self.retry_policy,
             what=f"{self.name} file to {chat_id}",
+            on_wait=self._on_wait,  # retries and rate-limit waits count as for text
         )
 
     async def do_download(self, msg: Inbound, index: int) -> bytes:
@@ -314,6 +362,7 @@ class Adapter(ABC):
         Retries rate limits and server errors per ``retry_policy``; a formatting
         rejection is resent as plain text. Returns the ids of the sent messages.
         Raises the last ``PlatformError`` when a chunk cannot be delivered.
+        Counted in ``metrics`` as one delivery, ``delivered`` or ``failed``.
         """
         chunks, cut = self.chunks(text)
         if cut:
@@ -322,9 +371,19 @@ class Adapter(ABC):
                 self.name, chat_id, len(text), len(chunks),
             )  # fmt: skip
         ids: list[str] = []
-        for chunk in chunks:
-            ids.append(await self.send_chunk(chat_id, chunk, thread_id))
+        try:
+            for chunk in chunks:
+                ids.append(await self.send_chunk(chat_id, chunk, thread_id))
+        except Exception:
+            self.metrics.delivery(self.name, "failed")
+            raise
+        self.metrics.delivery(self.name, "delivered")
         return ids
+
+    def _on_wait(self, rate_limited: bool, seconds: float) -> None:
+        self.metrics.delivery(self.name, "retried")
+        if rate_limited:
+            self.metrics.rate_limit_wait(self.name, seconds)
 
     @final
     def fits(self, text: str) -> bool:
@@ -343,6 +402,7 @@ class Adapter(ABC):
                 lambda: self.do_send(chat_id, chunk, thread_id=thread_id, formatted=True),
                 self.retry_policy,
                 what=what,
+                on_wait=self._on_wait,
             )
         except FormattingRejected:
             log.info("%s: markup rejected, resending as plain text", what)
@@ -351,6 +411,7 @@ class Adapter(ABC):
                 lambda: self.do_send(chat_id, plain, thread_id=thread_id, formatted=False),
                 self.retry_policy,
                 what=what,
+                on_wait=self._on_wait,
             )
 
     @final

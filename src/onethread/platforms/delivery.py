@@ -146,6 +146,7 @@ async def send_with_retry(
     *,
     what: str,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_wait: Callable[[bool, float], None] | None = None,
 ) -> T:
     """Run ``call``, retrying what certainly did not arrive, per ``policy``.
 
@@ -159,7 +160,9 @@ async def send_with_retry(
     raised at once: ``send()`` fails, and a reply is stored marked
     ``delivery: failed`` (``delivery_error: "OutcomeUnknown"``). Other errors
     (``BadRequest``, ``PlatformAuthError``) propagate at once too. After the
-    last attempt the error propagates.
+    last attempt the error propagates. ``on_wait(rate_limited, seconds)`` is
+    told of each wait before a retry (``rate_limited`` is True for a
+    ``RetryAfter``), for metrics.
     """
     for attempt in range(policy.attempts):
         try:
@@ -173,6 +176,8 @@ async def send_with_retry(
                 log.error("%s: giving up after rate limit (retry_after=%ss)", what, exc.retry_after)
                 raise
             log.warning("%s: rate limited, retrying in %.2fs", what, exc.retry_after)
+            if on_wait is not None:
+                on_wait(True, exc.retry_after)
             await sleep(exc.retry_after)
         except PlatformUnavailable as exc:
             if attempt + 1 >= policy.attempts:
@@ -180,5 +185,7 @@ async def send_with_retry(
                 raise
             delay = policy.backoff(attempt)
             log.warning("%s: %s; retrying in %.2fs", what, exc, delay)
+            if on_wait is not None:
+                on_wait(False, delay)
             await sleep(delay)
     raise AssertionError("unreachable: the loop returns or raises")

@@ -42,11 +42,13 @@ Behaviour a caller should know:
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 import aiohttp
@@ -66,7 +68,7 @@ from ..errors import (
     RetryAfter,
 )
 from ._describe import describe
-from .base import Adapter, Inbound, OnInbound
+from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
 from .markup import to_discord
 
@@ -76,6 +78,21 @@ log = logging.getLogger("onethread.platforms.discord")
 
 PLATFORM = "discord"
 TOKEN_ENV = "DISCORD_BOT_TOKEN"
+# A bot token is three base64url parts joined by dots: the bot's user id (a
+# snowflake, in decimal digits, base64url-encoded), a timestamp, and an HMAC.
+# Discord does not document the layout; the libraries that check it locally
+# agree on it (serenity's utils::token::validate, nostrum's Token.check_token!).
+TOKEN_SHAPE = re.compile(r"([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def _encodes_an_id(part: str) -> bool:
+    try:
+        decoded = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return decoded.isdigit()
+
+
 API_ENV = "DISCORD_API_BASE_URL"
 GATEWAY_ENV = "DISCORD_GATEWAY_URL"
 _OPTIONS = ("token", "base_url", "gateway_url", "start_timeout", "retry_policy")
@@ -286,6 +303,27 @@ class DiscordAdapter(Adapter):
     name: ClassVar[str] = PLATFORM
     max_message_length: ClassVar[int] = 2000
     typing_interval: ClassVar[float] = 8.0  # Discord shows "typing" for about 10 s
+
+    @classmethod
+    def check_options(
+        cls, options: Mapping[str, Any], env: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """The token's shape: three base64url parts, the first the bot's id (``TOKEN_SHAPE``)."""
+        token, where = credential_in(options, env, "token", TOKEN_ENV)
+        if not token:
+            return []  # "not set" is the config check's own problem
+        problem = whitespace_problem(token, where)
+        if token.startswith(("Bot ", "Bearer ")):
+            problem = f"{where} starts with {token.split()[0]!r}; give the token alone"
+        elif problem is None:
+            match = TOKEN_SHAPE.fullmatch(token)
+            if match is None or not _encodes_an_id(match.group(1)):
+                problem = (
+                    f"{where} is not a Discord bot token, which is three parts joined by dots "
+                    "(MTIz...NzY4.GxYz12.abc...); copy it again from the Developer Portal "
+                    "(your application > Bot > Reset Token)"
+                )
+        return [("token", problem)] if problem else []
 
     def __init__(
         self,

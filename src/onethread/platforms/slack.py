@@ -80,7 +80,7 @@ from ..errors import (
     RetryAfter,
 )
 from ._describe import describe
-from .base import Adapter, Inbound, OnInbound
+from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
 from .markup import to_slack_mrkdwn
 
@@ -239,13 +239,39 @@ def normalize_event(
     )
 
 
+# Token prefixes, from Slack's token types page
+# (https://api.slack.com/authentication/token-types): bot tokens start with
+# xoxb-, app-level tokens (the ones Socket Mode connects with) with xapp-, user
+# tokens with xoxp-. slack-bolt's Socket Mode handlers document the xapp-
+# prefix for their app_token too.
+_TOKENS = {
+    "token": ("SLACK_BOT_TOKEN", "xoxb-",
+              "the Bot User OAuth Token (xoxb-..., under OAuth & Permissions)"),
+    "app_token": ("SLACK_APP_TOKEN", "xapp-",
+                  "an app-level token (xapp-..., under Basic Information > App-Level Tokens, "
+                  "scope connections:write)"),
+}  # fmt: skip
+_KINDS = {"xoxb-": "a bot token", "xapp-": "an app-level token", "xoxp-": "a user token"}
+
+
+def _shape_problem(token: str, where: str, option: str) -> str | None:
+    _, prefix, source = _TOKENS[option]
+    problem = whitespace_problem(token, where)
+    if problem is not None or token.startswith(prefix):
+        return problem
+    kind = next((k for p, k in _KINDS.items() if token.startswith(p)), "")
+    got = f"is {kind}" if kind else "does not start with " + repr(prefix)
+    return f"{where} {got}; it needs {source}"
+
+
 def _credential(value: str, env: str, option: str, prefix: str) -> str:
     """``value`` (else ``env`` read now), checked: ``ConfigError`` naming ``env`` if unusable."""
     token = value or os.environ.get(env, "")
     if not token:
         raise ConfigError(f"the slack platform needs {env} (or the {option!r} option)")
-    if not token.startswith(prefix):
-        raise ConfigError(f"{env} (the {option!r} option) must be a token starting with {prefix!r}")
+    problem = _shape_problem(token, f"{env} (the {option!r} option)", option)
+    if problem is not None:
+        raise ConfigError(problem)
     return token
 
 
@@ -274,6 +300,19 @@ class SlackAdapter(Adapter):
     name: ClassVar[str] = "slack"
     max_message_length: ClassVar[int] = 12_000  # markdown blocks; plain text allows 40,000
     typing_interval: ClassVar[float] = 60.0  # the thread status lasts two minutes
+
+    @classmethod
+    def check_options(
+        cls, options: Mapping[str, Any], env: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """The tokens' shapes: ``token`` starts with ``xoxb-``, ``app_token`` with ``xapp-``."""
+        problems = []
+        for option, (variable, _, _) in _TOKENS.items():
+            token, where = credential_in(options, env, option, variable)
+            problem = _shape_problem(token, where, option) if token else None
+            if problem is not None:
+                problems.append((option, problem))
+        return problems
 
     def __init__(
         self,

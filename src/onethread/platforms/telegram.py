@@ -25,8 +25,9 @@ import contextlib
 import datetime as dtm
 import logging
 import os
+import re
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import httpx
@@ -48,7 +49,7 @@ from ..errors import (
     RetryAfter,
 )
 from ..session.attachments import Attachment
-from .base import Adapter, Inbound, OnInbound
+from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
 from .markup import to_plain, to_telegram_html
 
@@ -63,6 +64,13 @@ log = logging.getLogger("onethread.platforms.telegram")
 
 PLATFORM = "telegram"
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
+# The shape @BotFather gives: the bot's numeric id, ':', then the secret. The
+# Bot API manual (https://core.telegram.org/bots/api#authorizing-your-bot)
+# shows "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"; tokens issued today carry
+# 35 characters of [A-Za-z0-9_-] after the colon. 30 or more are accepted, so
+# a longer secret some day is not refused; what this catches is a value that
+# cannot be a token at all ("obviously-fake", a paste of the wrong field).
+TOKEN_SHAPE = re.compile(r"[0-9]+:[A-Za-z0-9_-]{30,}")
 BASE_URL_ENV = "TELEGRAM_API_BASE_URL"
 DEFAULT_API_ROOT = "https://api.telegram.org"
 ALLOWED_UPDATES = ("message", "channel_post")
@@ -341,6 +349,23 @@ class TelegramAdapter(Adapter):
         "token", "base_url", "retry_policy", "poll_timeout", "drop_pending_updates",
         "max_poll_failures", "read_timeout",
     )  # fmt: skip
+
+    @classmethod
+    def check_options(
+        cls, options: Mapping[str, Any], env: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """The token's shape: ``<bot id digits>:<secret>`` (see ``TOKEN_SHAPE``)."""
+        token, where = credential_in(options, env, "token", TOKEN_ENV)
+        if not token:
+            return []  # "not set" is the config check's own problem
+        problem = whitespace_problem(token, where)
+        if problem is None and not TOKEN_SHAPE.fullmatch(token):
+            problem = (
+                f"{where} is not a Telegram bot token, which looks like "
+                "123456789:AAH... (the bot's id, a colon, then about 35 letters, digits, "
+                "'_' or '-'); copy it again from @BotFather (/token)"
+            )
+        return [("token", problem)] if problem else []
 
     def __init__(
         self,

@@ -49,9 +49,10 @@ from typing import Any, ClassVar, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..errors import BadRequest, ConfigError, PlatformUnavailable, ReplyStopped
+from ..errors import BadRequest, ConfigError, PlatformUnavailable, ReplyStopped, StoreUnavailable
 from ..session._conn.shared import masked
 from ..session.history.base import HistoryEntry
+from ..session.outage import store_failed
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
 from .draft import ReplyStream
@@ -174,6 +175,9 @@ class WebAdapter(Adapter):
         self._on_inbound: OnInbound | None = None
         self._static: dict[str, bytes] = {}
         self._streams: dict[str, _WebStream] = {}  # reply id -> its stream, while it streams
+        self.mounts: list[Callable[[web.Application], None]] = []
+        """Called with the aiohttp app before it serves: more routes on the same server
+        (``BotOS`` mounts ``/readyz``, ``/metrics`` and ``/admin`` here)."""
 
     @property
     def url(self) -> str:
@@ -223,6 +227,8 @@ class WebAdapter(Adapter):
         app.router.add_get("/static/{name}", self._static_file)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/ws", self._websocket)
+        for mount in self.mounts:
+            mount(app)
         app.on_response_prepare.append(self._add_headers)
         # No access log: its lines would carry user ids and tokens from the query.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -345,6 +351,11 @@ class WebAdapter(Adapter):
             return auth[7:].strip()
         return request.query.get("token") or request.cookies.get(COOKIE)
 
+    def authorized(self, request: web.Request) -> bool:
+        """True when ``request`` carries the access token (or, with none set, comes to a
+        loopback host name); routes mounted on this server use it too."""
+        return self._authorized(request)
+
     def _authorized(self, request: web.Request) -> bool:
         if self.access_token is None:
             # No token means "this machine only": refuse a Host that is not a
@@ -457,6 +468,9 @@ class WebAdapter(Adapter):
             return []
         try:
             return list(await self.history_provider(user))
+        except StoreUnavailable as exc:  # an outage: one line for all of it
+            store_failed(exc, "loading a web chat's history")
+            return None
         except Exception:
             log.exception("web: could not load the history of %s", masked(PLATFORM, user))
             return None

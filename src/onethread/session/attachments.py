@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .text import clean_text
+
 __all__ = ["KINDS", "Attachment"]
 
 #: Every ``Attachment.kind``.
@@ -32,7 +34,8 @@ class Attachment:
     what a voice note or audio says, transcribed once and kept. ``caption``:
     the text the sender put on it.
 
-    Raises ``ValueError`` for an unknown kind or a negative size.
+    Raises ``ValueError`` for an unknown kind or a negative size. Lone
+    surrogates in the strings become U+FFFD (``onethread.session.text``).
     """
 
     kind: str
@@ -48,6 +51,12 @@ class Attachment:
             raise ValueError(f"unknown attachment kind {self.kind!r}; use one of {KINDS}")
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
             raise ValueError(f"attachment size must be a whole number of bytes, got {self.size!r}")
+        for name in ("mime", "name", "transcript", "caption"):  # as Inbound's strings
+            value = getattr(self, name)
+            if isinstance(value, str):
+                cleaned = clean_text(value)
+                if cleaned is not value:
+                    object.__setattr__(self, name, cleaned)  # frozen: set once, here
 
     def with_(self, **changes: Any) -> Attachment:
         """A copy with ``changes`` (``blob=``, ``transcript=``, ...)."""

@@ -34,8 +34,10 @@ Everything lives in one SQLite database (default ``$ONETHREAD_HOME/pairing.db``)
 so the CLI (``onethread access approve``) and the running bot, in different
 processes, see the same codes. Each method is one short transaction; callers on
 the event loop run them with ``asyncio.to_thread``. ``_lock`` (a
-``threading.Lock``) guards the one connection; SQLite's file lock guards
-against other processes.
+``threading.Lock`` in a ``Guard``) guards the one connection; SQLite's file
+lock guards against other processes. A driver failure inside it (a full disk:
+``database or disk is full``) leaves as ``StoreError`` naming the file and, for
+a full disk, the fix; the ``sqlite3`` error is its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ import hashlib
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import CorruptStoreError, SchemaVersionError, StoreError
-from ._conn.sqlite import is_busy, retry_busy
+from ._conn.sqlite import Guard, is_busy, is_full, retry_busy, store_error
 from .home import onethread_home
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "PairingCode",
     "PairingStore",
     "Redemption",
+    "Request",
     "format_code",
     "generate_code",
     "normalize_code",
@@ -199,6 +201,19 @@ class Issued:
     refused: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A live code seen from the owner's side (the code itself is only stored hashed)."""
+
+    purpose: str
+    platform: str
+    user_id: str
+    chat_id: str
+    user_name: str
+    created: float
+    expires: float
+
+
 class PairingStore:
     """Codes, failure counts and approved senders in one SQLite file.
 
@@ -226,7 +241,7 @@ class PairingStore:
         self._clock = clock
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
+        self._lock = Guard(self.path)  # its block's sqlite3 errors leave as StoreError
         try:
             self._conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
@@ -238,8 +253,8 @@ class PairingStore:
             salt = self._current_salt() or retry_busy(self._migrate, 10.0)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            if is_busy(exc):  # locked, not broken: say so, and touch nothing
-                raise StoreError(f"{self.path}: locked by another process ({exc})") from exc
+            if is_busy(exc) or is_full(exc):  # locked or no room, not broken: touch nothing
+                raise store_error(self.path, exc) from exc
             raise CorruptStoreError(self.path, f"not a readable pairing database ({exc})") from exc
         except BaseException:
             self._conn.close()
@@ -277,10 +292,11 @@ class PairingStore:
                 "INSERT OR IGNORE INTO meta (k, v) VALUES ('salt', ?)", (secrets.token_hex(16),)
             )
             salt = str(conn.execute("SELECT v FROM meta WHERE k = 'salt'").fetchone()[0])
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have ended it itself (a full disk)
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return salt
 
     def _hash(self, code: str) -> str:
@@ -299,10 +315,11 @@ class PairingStore:
             try:
                 self._prune(now)
                 result = step(now)
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # SQLite may have ended it itself (a full disk)
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
         return result
 
     def _prune(self, now: float) -> None:
@@ -418,6 +435,41 @@ class PairingStore:
                 (purpose, self._clock()),
             ).fetchone()
         return int(row[0])
+
+    def requests(self, purpose: str, limit: int = 200) -> list[Request]:
+        """The live (unused, unexpired) codes for ``purpose``, oldest first: who is waiting."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT purpose, platform, user_id, chat_id, user_name, created, expires "
+                "FROM codes WHERE purpose = ? AND used IS NULL AND expires > ? "
+                "ORDER BY created LIMIT ?",
+                (purpose, self._clock(), limit),
+            ).fetchall()
+        return [Request(*row) for row in rows]
+
+    def settle(self, purpose: str, platform: str, user_id: str) -> list[Request]:
+        """Use up every live code of this account for ``purpose`` (an owner answered it
+        without the code: approved or denied). Returns the requests settled."""
+        now = self._clock()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._conn.execute(
+                    "SELECT purpose, platform, user_id, chat_id, user_name, created, expires "
+                    "FROM codes WHERE purpose = ? AND platform = ? AND user_id = ? "
+                    "AND used IS NULL AND expires > ?",
+                    (purpose, platform, user_id, now),
+                ).fetchall()
+                self._conn.execute(
+                    "UPDATE codes SET used = ? WHERE purpose = ? AND platform = ? "
+                    "AND user_id = ? AND used IS NULL",
+                    (now, purpose, platform, user_id),
+                )
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        return [Request(*row) for row in rows]
 
     def legacy_codes_live(self, purpose: str) -> bool:
         """True while a code issued by onethread 0.1 (8 characters) is live for ``purpose``."""

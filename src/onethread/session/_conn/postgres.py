@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from ...errors import MissingDependencyError, SchemaVersionError, StoreError
+from ...errors import MissingDependencyError, SchemaVersionError, StoreError, StoreUnavailable
 from .shared import redact
 
 try:
@@ -55,9 +55,25 @@ def validate_schema(schema: str) -> str:
     return schema
 
 
+# SQLSTATE classes of an unreachable server: 08 connection exception, 57P01-57P03
+# admin/crash shutdown and "cannot connect now". A failed connect or a dropped
+# connection has no SQLSTATE at all (libpq never heard back); neither has the
+# pool's PoolTimeout.
+_UNAVAILABLE_STATES = ("08", "57P")
+
+
 def store_error(url: str, exc: BaseException) -> StoreError:
-    """Map a driver error to ``StoreError`` naming the (redacted) server."""
-    return StoreError(f"PostgreSQL at {redact(url)}: {exc}")
+    """Map a driver error to ``StoreError`` naming the (redacted) server.
+
+    An unreachable server is :class:`StoreUnavailable` (an outage, not a bug):
+    an ``OperationalError`` without SQLSTATE or of class 08/57P.
+    """
+    where = f"PostgreSQL at {redact(url)}"
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        if state is None or state.startswith(_UNAVAILABLE_STATES):
+            return StoreUnavailable(where, str(exc))
+    return StoreError(f"{where}: {exc}")
 
 
 def _statements(schema: str) -> tuple[sql.Composed, sql.Composed, sql.Composed]:

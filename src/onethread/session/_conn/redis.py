@@ -1,9 +1,18 @@
-"""Shared plumbing of the Redis back-ends: the import guard, key layout version, errors.
+"""Shared plumbing of the Redis back-ends: the import guard, clients, key layout, errors.
 
-Every Redis back-end (history, identity, turn locks, duplicate filter) keeps
-its keys under one prefix (default ``onethread:``) and records the layout it
-wrote in ``{prefix}{component}:layout``. A layout newer than the code knows is
-a :class:`~onethread.errors.SchemaVersionError`, never silently misread.
+Every Redis back-end (history, identity, turn locks, duplicate filter, outbox)
+keeps its keys under one prefix (default ``onethread:``) and records the
+layout it wrote in ``{prefix}{component}:layout``. A layout newer than the
+code knows is a :class:`~onethread.errors.SchemaVersionError`, never silently
+misread.
+
+Every back-end makes its clients with :func:`async_client` / :func:`sync_client`:
+a bounded pool (``max_connections``, default :data:`POOL_SIZE`) in which a
+call that finds every connection busy WAITS for one (up to ``pool_timeout``
+seconds, default :data:`POOL_TIMEOUT`) instead of failing at once, as
+redis-py's default pool does ("Too many connections"). Load beyond the pool
+queues in the process (back-pressure) rather than failing turns or opening
+ever more connections to the server.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from ...errors import MissingDependencyError, SchemaVersionError, StoreError
+from ...errors import MissingDependencyError, SchemaVersionError, StoreError, StoreUnavailable
 from .shared import redact
 
 try:
@@ -24,23 +33,100 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = [
     "LuaScript",
+    "POOL_SIZE",
+    "POOL_TIMEOUT",
+    "PoolExhausted",
     "RedisError",
-    "redis",
+    "async_client",
     "check_layout",
-    "reraise_swallowed_cancel",
     "check_layout_async",
     "upgrade_layout_async",
+    "check_pool_options",
     "redact",
+    "redis",
+    "reraise_swallowed_cancel",
     "store_error",
+    "sync_client",
     "validate_prefix",
 ]
 
 RedisError = redis.RedisError
 
+POOL_SIZE = 16  # connections per client (one client per store and event loop)
+POOL_TIMEOUT = 30.0  # seconds a call waits for a free connection
+
+
+class PoolExhausted(redis.exceptions.ConnectionError):
+    """No connection of the pool came free within ``pool_timeout`` seconds."""
+
+    def __init__(self, size: int, timeout: float | None) -> None:
+        super().__init__(
+            f"all {size} pooled connections stayed busy for {timeout} s; lower the load, "
+            "or raise max_connections (and the server's maxclients) or pool_timeout"
+        )
+        self.size = size
+        self.timeout = timeout
+
+
+class _WaitingPool(redis.asyncio.BlockingConnectionPool):
+    """redis-py's waiting pool, whose timeout names the pool and the fix."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.exceptions.ConnectionError as exc:
+            # redis-py raises ConnectionError "from" the wait's TimeoutError; a
+            # failed connect raises its own TimeoutError or an OSError cause.
+            if isinstance(exc.__cause__, asyncio.TimeoutError):
+                raise PoolExhausted(self.max_connections, self.timeout) from exc
+            raise
+
+
+def check_pool_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Return ``options`` if its pool settings are possible, else raise ``ValueError``."""
+    _pool_options(options)
+    return options
+
+
+def _pool_options(options: dict[str, Any]) -> tuple[dict[str, Any], int, float]:
+    opts = dict(options)
+    size = int(opts.pop("max_connections", POOL_SIZE))
+    timeout = float(opts.pop("pool_timeout", POOL_TIMEOUT))
+    if size < 1 or timeout <= 0:
+        raise ValueError("max_connections must be >= 1 and pool_timeout > 0 seconds")
+    return opts, size, timeout
+
+
+def async_client(url: str, options: dict[str, Any]) -> redis.asyncio.Redis:
+    """A ``redis.asyncio`` client on a waiting pool (see the module docstring).
+
+    ``options`` go to the connection, except ``max_connections`` (pool size)
+    and ``pool_timeout`` (seconds to wait for a free connection, then
+    :class:`PoolExhausted`). ``ValueError`` for impossible values.
+    """
+    opts, size, timeout = _pool_options(options)
+    pool = _WaitingPool.from_url(url, max_connections=size, timeout=timeout, **opts)
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+def sync_client(url: str, options: dict[str, Any]) -> redis.Redis:
+    """As :func:`async_client`, for the blocking client (redis-py's own timeout
+    error, ``ConnectionError("No connection available.")``, when the pool stays full)."""
+    opts, size, timeout = _pool_options(options)
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=size, timeout=timeout, **opts)
+    return redis.Redis.from_pool(pool)
+
 
 def store_error(url: str, exc: BaseException) -> StoreError:
-    """Map a driver error to ``StoreError`` naming the (redacted) server."""
-    return StoreError(f"Redis at {redact(url)}: {exc}")
+    """Map a driver error to ``StoreError`` naming the (redacted) server.
+
+    An unreachable server (refused, timed out, connection dropped, still
+    loading its data) is :class:`StoreUnavailable`: an outage, not a bug.
+    """
+    where = f"Redis at {redact(url)}"
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return StoreUnavailable(where, str(exc))
+    return StoreError(f"{where}: {exc}")
 
 
 def validate_prefix(prefix: str) -> str:

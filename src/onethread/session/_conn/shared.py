@@ -40,22 +40,24 @@ def declare_secret_ids(platforms: Iterable[str]) -> None:
     _SECRET_IDS = _SECRET_IDS | frozenset(platforms)
 
 
-def masked(platform: str, value: str) -> str:
+def masked(platform: str, value: str, *, always: bool = False) -> str:
     """``value`` (a user id, chat id or session key of ``platform``) fit for logs.
 
     On a platform whose user id is a credential (the web chat: the browser's
-    id is all it takes to be that user) anything holding it is shown as a
-    short hash, the same for the same value, so log lines can still be
-    matched up.
+    id is all it takes to be that user), or on any platform with ``always``
+    (the per-turn line, which log shippers carry off the host), anything
+    holding it is shown as a short hash, the same for the same value, so log
+    lines can still be matched up.
     """
-    if platform in _SECRET_IDS:
+    if always or platform in _SECRET_IDS:
         digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
         return f"#{digest[:8]}"
     return value
 
 
-def who(platform: str, user_id: str = "") -> str:
-    """``platform:user_id`` for logs, the id :func:`masked` where it is a credential.
+def who(platform: str, user_id: str = "", *, always: bool = False) -> str:
+    """``platform:user_id`` for logs, the id :func:`masked` where it is a credential
+    (on every platform with ``always``).
 
     With one argument, it is a ``platform:user_id`` reference (or a unified
     id, shown as it is).
@@ -64,7 +66,7 @@ def who(platform: str, user_id: str = "") -> str:
         platform, sep, user_id = platform.partition(":")
         if not sep:
             return platform
-    return f"{platform}:{masked(platform, user_id)}"
+    return f"{platform}:{masked(platform, user_id, always=always)}"
 
 
 R = TypeVar("R")

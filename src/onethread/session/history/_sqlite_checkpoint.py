@@ -39,6 +39,19 @@ checkpoints, so the WAL overshoots it: its file peaked at ~80 MB at 10,000
 turns/s. SQLite reuses the file from the start rather than shrinking it.
 (A checkpoint run by another process, e.g. the CLI writing while the bot is
 idle, could still leave that one header sync to the loop's next commit.)
+
+**Little free space.** Each turn committed alone adds 3 to 8 WAL frames
+(12-32 KiB) whatever its size, so at those thresholds the WAL alone would
+need ~80 MB of disk before its first restart, and a store on a nearly full
+disk failed after a few dozen turns. So the worker measures the free space at
+each checkpoint (:func:`room_limits`) and keeps the WAL to about a quarter of
+it (plus what its file already holds): it restarts the WAL at half that
+budget, checkpoints every budget/16 rows, and (``journal_size_limit``, set
+at the claim) has SQLite cut the file back to the budget when it starts the
+WAL afresh, so a burst does not hold the disk for good. Below about 1 GB free,
+checkpoints come more often than ``CHECKPOINT_ROWS``; below 512 MB the
+restart comes before ``RESTART_FRAMES``. With more room nothing changes.
+Figures: ``benchmarks/bench_disk_room.py``.
 """
 
 from __future__ import annotations
@@ -47,9 +60,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from .._conn.sqlite import is_busy
 from ._sqlite_sql import begin_read
@@ -65,6 +81,32 @@ CHECKPOINT_ROWS = 4096  # rows committed on the loop between checkpoints (1-2 WA
 SMALL_PASS = 256  # WAL frames (1 MB): a pass copying no more leaves little for the last one
 RESTART_FRAMES = 16_384  # start the WAL afresh once it is this long (64 MB of 4 KiB pages)
 MAX_PASSES = 6  # checkpoint passes, each up to a newer pin, before that last one
+WAL_SHARE = 4  # the WAL may take 1/WAL_SHARE of the free space (see *Little free space*)
+MIN_RESTART_FRAMES = 16  # 64 KiB: below this, restarts would come every turn or two
+MIN_CHECKPOINT_ROWS = 2
+
+
+def room_limits(path: Path, page_size: int) -> tuple[int, int]:
+    """(restart frames, checkpoint rows) that keep the WAL of the database at
+    ``path`` to about a quarter of the space it can use (free space plus its
+    file's current size; see *Little free space*). The callers cap them by
+    ``RESTART_FRAMES``/``CHECKPOINT_ROWS``: where room is ample, those decide."""
+    wal = path.with_name(path.name + "-wal")
+    try:
+        held = os.path.getsize(wal)
+    except OSError:
+        held = 0
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return RESTART_FRAMES, CHECKPOINT_ROWS
+    budget = (free + held) // WAL_SHARE // max(page_size, 512)  # frames the WAL may hold
+    # Restart at half the budget; a checkpoint every budget/16 rows, as one row
+    # committed alone adds 3 to 8 frames: between two looks the WAL grows by at
+    # most about the other half.
+    frames = max(MIN_RESTART_FRAMES, budget // 2)
+    rows = max(MIN_CHECKPOINT_ROWS, budget // 16)
+    return frames, rows
 
 
 def _log_failure(job: concurrent.futures.Future[None]) -> None:
@@ -96,12 +138,56 @@ class Checkpoints:
     _worker_rows: int
     _connect: Callable[[], sqlite3.Connection]
     _resume: Callable[[], None]
+    path: Path
+    # Limits from the free space (worker thread writes, loop reads: plain ints,
+    # atomic under the GIL; a stale value delays one checkpoint at most).
+    _room_frames: int = 2**62
+    _room_rows: int = 2**62
+    _page_size: int = 4096
+
+    def _measure_room(self, conn: sqlite3.Connection) -> None:
+        """Recompute the free-space limits (worker thread; a statvfs and a stat)."""
+        self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self._room_frames, self._room_rows = room_limits(self.path, self._page_size)
+
+    def _limit_wal_file(self, conn: sqlite3.Connection) -> None:
+        """Short of space, have ``conn`` cut the WAL file back to the budget when
+        it starts the WAL afresh: the file otherwise keeps its largest size, and
+        one burst would hold that space for good. Measured once, at the claim."""
+        if self._room_frames < RESTART_FRAMES:
+            conn.execute(f"PRAGMA journal_size_limit = {2 * self._room_frames * self._page_size}")
 
     def _start_checkpoint(self, pin: sqlite3.Connection) -> None:
         """Hand a checkpoint pinned at ``pin`` to the worker (loop thread)."""
         self._since_checkpoint = 0
         self._checkpoint = self._executor.submit(self._run_checkpoint, pin)
         self._checkpoint.add_done_callback(_log_failure)
+        self._checkpoint.add_done_callback(self._resume_soon)
+
+    def _room_full(self) -> bool:
+        """Hold the loop's commits (loop thread)? Only short of space (the limits
+        are below ``CHECKPOINT_ROWS``: under ~1 GB free; with more room the loop
+        never waits for a checkpoint, as before): the WAL has taken twice its
+        checkpoint interval since the last checkpoint began, which has not
+        finished (a busy loop can keep the worker waiting for the GIL while it
+        commits a hundred turns). The checkpoint's end resumes them; a pin the
+        worker asks for is let through (it needs the loop's next commit).
+        """
+        job = self._checkpoint
+        return (
+            self._room_rows < CHECKPOINT_ROWS
+            and self._since_checkpoint >= 2 * self._room_rows
+            and job is not None
+            and not job.done()
+            and self._pin_asked is None
+        )
+
+    def _resume_soon(self, _job: concurrent.futures.Future[None]) -> None:
+        """A checkpoint ended (any thread): have the loop commit what waited."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(self._resume)
 
     def _worker_committed(self, conn: sqlite3.Connection, rows: int) -> None:
         """The worker committed ``rows`` rows: every ``CHECKPOINT_ROWS``, checkpoint them.
@@ -109,9 +195,10 @@ class Checkpoints:
         A failed checkpoint is logged, not raised: the rows are stored.
         """
         self._worker_rows += rows
-        if self._worker_rows >= CHECKPOINT_ROWS and self._loop is not None:
+        if self._worker_rows >= min(CHECKPOINT_ROWS, self._room_rows) and self._loop is not None:
             self._worker_rows = 0  # writes that came this way checkpoint here
             try:
+                self._measure_room(conn)
                 self._worker_checkpoint(conn)
             except sqlite3.Error as exc:
                 log.error("checkpoint failed: %s", exc, exc_info=exc)
@@ -119,6 +206,8 @@ class Checkpoints:
     def _loop_owned(self) -> None:
         """Make sure the loop's first commit syncs nothing; then checkpoints are ours."""
         conn = self._connect()
+        self._measure_room(conn)
+        self._limit_wal_file(conn)
         self._hold_commits()  # held from __init__ at the first claim; not at a later one
         self._finish_checkpoint(conn)
         conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -129,7 +218,7 @@ class Checkpoints:
         pin = self._pin
         if (
             pin is None
-            or self._since_checkpoint < CHECKPOINT_ROWS
+            or self._since_checkpoint < min(CHECKPOINT_ROWS, self._room_rows)
             or (self._checkpoint is not None and not self._checkpoint.done())
         ):
             return None
@@ -141,14 +230,16 @@ class Checkpoints:
         ``pin`` holds a read transaction begun just before one of the loop's
         commits, so the pass cannot copy every frame (which would let the
         loop's next commit start the WAL afresh and sync its header). Once the
-        WAL holds ``RESTART_FRAMES`` frames, it is started afresh
+        WAL holds ``RESTART_FRAMES`` frames (fewer on a disk short of space),
+        it is started afresh
         (:meth:`_restart_wal`); until then a pass up to the pin is all.
         """
         restart = True  # after an error: the careful way (hold, copy the rest, restart)
         try:
             if self._conn is not None:
+                self._measure_room(self._conn)
                 _, frames, copied = self._conn.execute(CHECKPOINT).fetchone()
-                restart = frames >= RESTART_FRAMES
+                restart = frames >= min(RESTART_FRAMES, self._room_frames)
                 if restart:
                     pin = self._catch_up(pin, copied)
         finally:

@@ -29,6 +29,8 @@ from typing import Any, cast
 from .._conn.redis import (
     LuaScript,
     RedisError,
+    async_client,
+    check_pool_options,
     redis,
     store_error,
     upgrade_layout_async,
@@ -97,7 +99,10 @@ class RedisHistoryStore:
     Args:
         url: ``redis://[:password@]HOST:PORT/DB`` (``rediss://`` for TLS).
         prefix: namespace of every key this store writes (default ``onethread:``).
-        **options: passed to ``redis.asyncio.Redis.from_url`` (timeouts, pool size).
+        **options: passed to the ``redis.asyncio`` connections (e.g.
+            ``socket_timeout``), except ``max_connections`` (pool size,
+            default 16) and ``pool_timeout`` (seconds a call waits for a
+            free connection, default 30; see ``onethread.session._conn.redis``).
 
     Errors: driver failures raise ``StoreError`` naming the server (password
     hidden); a key layout newer than this code raises ``SchemaVersionError``.
@@ -112,18 +117,20 @@ class RedisHistoryStore:
     def __init__(self, url: str, *, prefix: str = "onethread:", **options: Any) -> None:
         self.url = url
         self.prefix = validate_prefix(prefix)
-        self._options: dict[str, Any] = {
-            "decode_responses": True,
-            "encoding_errors": "surrogatepass",  # any Python str round-trips
-            **options,
-        }
+        self._options: dict[str, Any] = check_pool_options(
+            {
+                "decode_responses": True,
+                "encoding_errors": "surrogatepass",  # any Python str round-trips
+                **options,
+            }
+        )
         self._k = f"{prefix}history:"
         self._clients: PerLoop[redis.asyncio.Redis] = PerLoop(
             self._open, self._close_client, what="this history store"
         )
 
     async def _open(self, home: bool) -> redis.asyncio.Redis:
-        client = redis.asyncio.Redis.from_url(self.url, **self._options)
+        client = async_client(self.url, self._options)
         try:
             await upgrade_layout_async(client, self._k + "layout", LAYOUT_VERSION, self.url)
         except BaseException as exc:

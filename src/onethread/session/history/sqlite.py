@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import CorruptStoreError, SchemaVersionError, StoreError
-from .._conn.sqlite import is_busy, retry_busy
+from .._conn.sqlite import is_busy, is_full, mapped_errors, retry_busy, store_error
 from ._sqlite_cache import TailCache
 from ._sqlite_checkpoint import Checkpoints
 from ._sqlite_sql import (
@@ -145,6 +145,11 @@ class SQLiteHistoryStore(Checkpoints):
         cache_entries: how many recent entries the loop side may keep in
             memory for fast loads (0: none); about 400 bytes each.
 
+    Errors: ``CorruptStoreError`` for a file that is not a usable database,
+    ``SchemaVersionError`` for a newer one; any other driver failure is a
+    ``StoreError`` naming the file (a full disk also names the fix: free
+    space); the ``sqlite3`` error is its ``__cause__``.
+
     Concurrency: safe from many tasks, threads and processes. The event loop
     that first uses the store serves ``load``/``append`` on its own thread
     (see the module docstring: no fsync and no lock waits there); every other
@@ -194,6 +199,9 @@ class SQLiteHistoryStore(Checkpoints):
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             conn = sqlite3.connect(self.path, timeout=_OPEN_TIMEOUT, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc) from exc
+        try:
             retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"), _OPEN_TIMEOUT)
             conn.execute("PRAGMA synchronous=NORMAL")
             retry_busy(lambda: conn.executescript(SCHEMA), _OPEN_TIMEOUT)
@@ -203,11 +211,8 @@ class SQLiteHistoryStore(Checkpoints):
             elif found < SCHEMA_VERSION:
                 found = retry_busy(lambda: _migrate(conn), _OPEN_TIMEOUT)
         except sqlite3.DatabaseError as exc:
-            if is_busy(exc):  # locked, not broken: say so, and touch nothing
-                raise StoreError(f"{self.path}: locked by another process ({exc})") from exc
-            raise CorruptStoreError(
-                str(self.path), f"not a readable SQLite database ({exc})"
-            ) from exc
+            conn.close()  # let go of the file (a full disk's tmpfs cannot be unmounted else)
+            raise self._open_error(exc) from exc
         if found is not None and found > SCHEMA_VERSION:
             conn.close()
             raise SchemaVersionError(str(self.path), found, SCHEMA_VERSION)
@@ -217,6 +222,12 @@ class SQLiteHistoryStore(Checkpoints):
             pass  # not ours to fix (e.g. a read-only mount); the data is still usable
         self._conn = conn
         return conn
+
+    def _open_error(self, exc: sqlite3.DatabaseError) -> StoreError:
+        """Locked or no room: a ``StoreError`` that says so (the file is fine); else corrupt."""
+        if is_busy(exc) or is_full(exc):
+            return store_error(self.path, exc)
+        return CorruptStoreError(str(self.path), f"not a readable SQLite database ({exc})")
 
     def _load(self, key: str, limit: int | None) -> list[HistoryEntry]:
         return select_entries(self._connect(), key, limit)
@@ -316,6 +327,7 @@ class SQLiteHistoryStore(Checkpoints):
                 raise sqlite3.OperationalError(f"journal_mode is {mode}, not wal")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the worker
+            self._limit_wal_file(conn)
         except BaseException:
             conn.close()
             raise
@@ -347,9 +359,9 @@ class SQLiteHistoryStore(Checkpoints):
         """Commit the queued turns (one loop iteration's worth) in one transaction."""
         self._flushing = True  # first our flag, then the worker's (_hold_commits, _newer_pin)
         try:
-            # Held back while a hand-off is under way or the worker ends a
-            # checkpoint; both flush when done.
-            if not self._batch or self._handing_off or self._quiet:
+            # Held back while a hand-off is under way, the worker ends a checkpoint,
+            # or (short of disk space) a checkpoint lags; each flushes when done.
+            if not self._batch or self._handing_off or self._quiet or self._room_full():
                 return
             batch = [item for item in self._batch if not item[3].done()]  # not cancelled
             self._batch = []
@@ -470,13 +482,14 @@ class SQLiteHistoryStore(Checkpoints):
         """The last ``limit`` entries of ``key`` (all when ``None``), oldest first."""
         if limit is not None and limit <= 0:
             return []
-        loop = asyncio.get_running_loop()
-        conn = self._fast if loop is self._loop else await self._claim(loop)
-        if conn is not None:
-            entries = self._loop_load(conn, key, limit)
-            if entries is not None:
-                return entries
-        return await self._run(self._load, key, limit)
+        with mapped_errors(self.path):
+            loop = asyncio.get_running_loop()
+            conn = self._fast if loop is self._loop else await self._claim(loop)
+            if conn is not None:
+                entries = self._loop_load(conn, key, limit)
+                if entries is not None:
+                    return entries
+            return await self._run(self._load, key, limit)
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
         """Append ``entries`` to ``key`` in one transaction; committed when this returns."""
@@ -484,18 +497,19 @@ class SQLiteHistoryStore(Checkpoints):
             return
         items = list(entries)
         rows = [entry_to_row(key, e) for e in items]  # a bad entry fails here, alone
-        loop = asyncio.get_running_loop()
-        conn = self._fast if loop is self._loop else await self._claim(loop)
-        if conn is None:
-            [error] = await self._run(self._append_turns, [rows])
-            if error is not None:
-                raise error
-            return
-        fut: asyncio.Future[None] = loop.create_future()
-        if not self._batch:
-            loop.call_soon(self._flush)
-        self._batch.append((key, items, rows, fut))
-        await fut
+        with mapped_errors(self.path):
+            loop = asyncio.get_running_loop()
+            conn = self._fast if loop is self._loop else await self._claim(loop)
+            if conn is None:
+                [error] = await self._run(self._append_turns, [rows])
+                if error is not None:
+                    raise error
+                return
+            fut: asyncio.Future[None] = loop.create_future()
+            if not self._batch:
+                loop.call_soon(self._flush)
+            self._batch.append((key, items, rows, fut))
+            await fut
 
     async def clear(self, key: str) -> int:
         """Delete every entry of ``key``; return how many."""
@@ -517,6 +531,12 @@ class SQLiteHistoryStore(Checkpoints):
         connection and forgets just ``keys`` in the cache; a large one (or one
         while the worker ends a checkpoint) runs on the worker thread.
         """
+        with mapped_errors(self.path):
+            return await self._change_here(source, keys, sql, args)
+
+    async def _change_here(
+        self, source: str, keys: tuple[str, ...], sql: str, args: tuple[Any, ...]
+    ) -> int:
         loop = asyncio.get_running_loop()
         conn = self._fast if loop is self._loop else await self._claim(loop)
         if conn is not None:
@@ -539,11 +559,13 @@ class SQLiteHistoryStore(Checkpoints):
 
     async def count(self, key: str) -> int:
         """How many entries ``key`` holds."""
-        return await self._run(self._count, key)
+        with mapped_errors(self.path):
+            return await self._run(self._count, key)
 
     async def sessions(self, limit: int = 50) -> list[SessionSummary]:
         """The most recently used sessions, newest first."""
-        return await self._run(self._sessions, limit)
+        with mapped_errors(self.path):
+            return await self._run(self._sessions, limit)
 
     async def close(self) -> None:
         """Commit queued turns, close both connections and stop the worker thread.

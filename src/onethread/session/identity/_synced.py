@@ -143,6 +143,14 @@ class SyncedResolver(ResolverContextManager):
 
     # -- the public API ----------------------------------------------------------
 
+    def ping(self) -> None:
+        """Ask the server for the link version once (readiness checks); raises on failure.
+
+        Blocking: call it from a worker thread.
+        """
+        self._check_open()
+        self._do_version()
+
     def resolve(self, platform: str, platform_user_id: str) -> str:
         """Return the unified id, or ``f"{platform}:{platform_user_id}"`` when unlinked.
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -34,16 +36,33 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     def _lock_fd(fd: int) -> None:
         msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
 
+    def _try_lock_fd(fd: int) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
 else:
     import fcntl
 
     def _lock_fd(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
 
+    def _try_lock_fd(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
-__all__ = ["FORMAT_VERSION", "FileIdentityResolver"]
+
+__all__ = ["FORMAT_VERSION", "STALE_TEMP_AGE", "FileIdentityResolver"]
+
+log = logging.getLogger("onethread.identity")
 
 FORMAT_VERSION = 1
+STALE_TEMP_AGE = 60.0  # seconds: an older temp file whose writer is gone is removed on open
 _KEY_SEP = "::"
 _monotonic = time.monotonic
 
@@ -125,6 +144,13 @@ class FileIdentityResolver(ResolverContextManager):
     it changed, so another process's change shows within that interval.
     ``links_for`` and ``all_links`` check on every call.
 
+    Temp files: a writer killed between writing its temp file
+    (``.identity.json.XXXXXXXX.tmp``, up to a full copy) and the rename leaves
+    it behind. Opening a resolver removes those older than
+    ``STALE_TEMP_AGE`` (a minute), and only while it holds the lock file, so
+    no live writer's temp file is touched; a busy lock defers it to a later
+    open.
+
     Errors: a file that cannot be read or parsed raises ``CorruptStoreError``
     (``.path`` names it) at construction, on reload (from ``resolve`` too,
     until it is fixed) and from every change, which never writes over it; a
@@ -151,6 +177,7 @@ class FileIdentityResolver(ResolverContextManager):
         self._broken_signature: _Signature = None
         signature, links, _ = self._load()
         self._install(LinkTable(links), signature)
+        self._remove_stale_temps()
 
     def resolve(self, platform: str, platform_user_id: str) -> str:
         """Return the unified id, or ``f"{platform}:{platform_user_id}"`` when unlinked.
@@ -302,6 +329,46 @@ class FileIdentityResolver(ResolverContextManager):
             self._install(table, signature)
             return changed
 
+    def _remove_stale_temps(self) -> int:
+        """Remove temp files of killed writers (see the class doc); return how many.
+
+        Never raises: a temp file that cannot be removed now costs disk space,
+        not links, and is logged.
+        """
+        folder = self.path.parent
+        pattern = re.compile(re.escape(f".{self.path.name}.") + r"[a-z0-9_]{8}\.tmp")
+        cutoff = time.time() - STALE_TEMP_AGE
+        try:
+            names = [e.name for e in os.scandir(folder) if pattern.fullmatch(e.name)]
+        except OSError:  # no folder yet (nothing to clean) or unreadable
+            return 0
+        stale = [folder / name for name in names if _mtime(folder / name) < cutoff]
+        if not stale:
+            return 0
+        removed = 0
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.warning("%s: cannot open the lock file to remove stale temp files (%s)",
+                        self._lock_path, exc)  # fmt: skip
+            return 0
+        try:
+            if not _try_lock_fd(fd):
+                return 0  # a writer is at work: the next open cleans up
+            for tmp in stale:
+                try:
+                    os.unlink(tmp)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("%s: cannot remove a stale temp file (%s)", tmp, exc)
+        finally:
+            os.close(fd)  # releases the lock
+        if removed:
+            log.info("%s: removed %d temp file(s) left by killed writers", folder, removed)
+        return removed
+
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
         try:
@@ -350,6 +417,14 @@ class FileIdentityResolver(ResolverContextManager):
             return _signature(os.stat(self.path))
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot write the identity file ({exc})") from exc
+
+
+def _mtime(path: Path) -> float:
+    """``path``'s modification time; +inf if it is gone (never counted as stale)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")
 
 
 def _fsync_folder(folder: Path) -> None:

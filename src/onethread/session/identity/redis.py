@@ -19,7 +19,15 @@ import time
 from typing import Any
 
 from ...errors import StoreError
-from .._conn.redis import LuaScript, RedisError, check_layout, redis, store_error, validate_prefix
+from .._conn.redis import (
+    LuaScript,
+    RedisError,
+    check_layout,
+    check_pool_options,
+    store_error,
+    sync_client,
+    validate_prefix,
+)
 from .._conn.shared import redact
 from ._synced import WAKEUP, Change, Snapshot, SyncedResolver
 from .base import IdentityLink
@@ -84,7 +92,10 @@ class RedisIdentityResolver(SyncedResolver):
             bound on staleness if a notification is lost).
         sync_timeout: how long ``link`` and friends wait for the listener to
             apply a change before reloading in the calling thread.
-        **options: passed to ``redis.Redis.from_url``.
+        **options: passed to the ``redis`` connections, except
+            ``max_connections`` (pool size, default 16, at least 2: the
+            change listener holds one) and ``pool_timeout`` (seconds a call
+            waits for a free connection, default 30).
 
     Staleness: see :mod:`onethread.session.identity._synced` (a change on
     another host shows within the pub/sub latency, tested < 1 s).
@@ -115,13 +126,17 @@ class RedisIdentityResolver(SyncedResolver):
         self._links_key = f"{prefix}identity:links"
         self._version_key = f"{prefix}identity:version"
         self._channel = f"{prefix}identity:changes"
-        self._options: dict[str, Any] = {
-            "decode_responses": True,
-            "encoding_errors": "surrogatepass",  # any Python str round-trips
-            "health_check_interval": 5,
-            **options,
-        }
-        self._client = redis.Redis.from_url(url, **self._options)
+        self._options: dict[str, Any] = check_pool_options(
+            {
+                "decode_responses": True,
+                "encoding_errors": "surrogatepass",  # any Python str round-trips
+                "health_check_interval": 5,
+                **options,
+            }
+        )
+        if int(self._options.get("max_connections", 2)) < 2:
+            raise ValueError("max_connections must be at least 2 (the change listener holds one)")
+        self._client = sync_client(url, self._options)
         try:
             check_layout(self._client, f"{prefix}identity:layout", LAYOUT_VERSION, url)
             self._start(f"onethread-identity-redis-{prefix}")

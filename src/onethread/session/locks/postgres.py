@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ...errors import StoreUnavailable
 from .._conn.postgres import (
     advisory_key,
     migrate_async,
@@ -40,6 +41,7 @@ from .._conn.postgres import (
     validate_schema,
 )
 from .._conn.shared import PerLoop
+from ..outage import store_failed
 from ._shared import Lease, guard, local_locks
 from .base import LocalTurnLocks
 
@@ -77,7 +79,8 @@ def _ddl(schema: str) -> list[sql.Composed]:
 class _LockSession:
     """The connection whose PostgreSQL session holds this loop's advisory locks.
 
-    ``held`` (lease per advisory key) and ``conn`` are touched only from the
+    ``held`` (lease per advisory key), ``conn`` and ``answered`` (when a query
+    on it last completed, ``time.monotonic()``) are touched only from the
     owning loop; ``_reconnect`` (an ``asyncio.Lock``) makes one task reopen a
     dead connection while the others wait.
     """
@@ -86,6 +89,7 @@ class _LockSession:
         self.url, self.schema, self.check_interval = url, schema, check_interval
         self.conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self.held: dict[int, Lease] = {}
+        self.answered = time.monotonic()
         self._reconnect = asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -119,19 +123,48 @@ class _LockSession:
             lease.mark_lost(reason)
 
     async def _watch(self) -> None:
-        """While locks are held, check the session every ``check_interval`` seconds."""
+        """While locks are held, check the session every ``check_interval`` seconds.
+
+        The session is dead when a whole interval passes with no query on it
+        answered. Under load hundreds of lock queries queue on this one
+        connection: a probe queued behind them with a plain timeout was taken
+        for a dead session, and every turn it held failed. So a session that
+        answered a lock query within the interval is not probed, and a probe
+        waits as long as other queries keep being answered.
+        """
         while True:
             await asyncio.sleep(self.check_interval)
             conn = self.conn
             if not self.held or conn is None:
                 continue
-            try:
-                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self.check_interval)
-            except (psycopg.Error, OSError, TimeoutError) as exc:
-                log.error("turn lock session failed (%s); stopping the turns it held", exc)
+            if time.monotonic() - self.answered < self.check_interval:
+                continue
+            failure = await self._probe(conn)
+            if failure is not None:
+                log.error("turn lock session failed (%s); stopping the turns it held", failure)
                 if self.conn is conn:
-                    self.lose_all(f"its PostgreSQL session failed ({exc})")
+                    self.lose_all(f"its PostgreSQL session failed ({failure})")
                 await conn.close()
+
+    async def _probe(self, conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> BaseException | None:
+        """``SELECT 1`` on ``conn``: None once answered; the error, or ``TimeoutError``
+        when an interval passes with neither it nor any other query answered."""
+        probe = asyncio.ensure_future(conn.execute("SELECT 1"))
+        try:
+            seen = self.answered
+            while True:
+                done, _ = await asyncio.wait({probe}, timeout=self.check_interval)
+                if done:
+                    failure = probe.exception()
+                    if failure is None:
+                        self.answered = time.monotonic()
+                    return failure
+                if self.answered == seen:  # nothing answered for an interval
+                    return TimeoutError(f"no answer within {self.check_interval} s")
+                seen = self.answered  # busy, not dead: wait on
+        finally:
+            if not probe.done():
+                probe.cancel()
 
     async def close(self) -> None:
         """Stop the watchdog and close the connection (the server frees every lock)."""
@@ -202,7 +235,11 @@ class PostgresTurnLocks:
             finally:
                 if session.held.get(number) is lease:
                     del session.held[number]
-                    await asyncio.shield(self._release(conn, key, number))
+                    await asyncio.shield(self._release(session, conn, key, number))
+
+    def __len__(self) -> int:
+        """Session keys with a turn holding or waiting for a lock in this process."""
+        return sum(len(locks) for locks in list(self._local.values()))
 
     async def close(self) -> None:
         """Close the lock connections; the server frees any lock they held."""
@@ -217,12 +254,13 @@ class PostgresTurnLocks:
             try:
                 cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (number,))
                 row = await cur.fetchone()
+                session.answered = time.monotonic()
                 if row is not None and row[0]:
                     try:
                         cur = await conn.execute(self._fence)
                         fence_row = await cur.fetchone()
                     except BaseException:
-                        await self._release(conn, key, number)
+                        await self._release(session, conn, key, number)
                         raise
                     lease = Lease(key, str(number), int(fence_row[0]) if fence_row else 0)
                     session.held[number] = lease
@@ -233,14 +271,25 @@ class PostgresTurnLocks:
             wait = min(wait * 1.5, _WAIT_MAX)
 
     async def _release(
-        self, conn: psycopg.AsyncConnection[tuple[Any, ...]], key: str, number: int
+        self,
+        session: _LockSession,
+        conn: psycopg.AsyncConnection[tuple[Any, ...]],
+        key: str,
+        number: int,
     ) -> None:
         if conn.closed or conn.broken:
             return  # the session is gone, and its locks with it
         try:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (number,))
+            session.answered = time.monotonic()
         except psycopg.Error as exc:
-            log.warning("releasing the turn lock of %r failed (%s); closing its session", key, exc)
+            error = store_error(self.url, exc)
+            if isinstance(error, StoreUnavailable):  # an outage: one line for all of it
+                store_failed(error, f"releasing the turn lock of {key!r}")
+            else:
+                log.warning(
+                    "releasing the turn lock of %r failed (%s); closing its session", key, exc
+                )
             await conn.close()
 
 

@@ -25,15 +25,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ...errors import StoreUnavailable
 from .._conn.redis import (
     LuaScript,
     RedisError,
+    async_client,
+    check_pool_options,
     redis,
     reraise_swallowed_cancel,
     store_error,
     validate_prefix,
 )
 from .._conn.shared import PerLoop
+from ..outage import store_failed
 from ._shared import Lease, guard, local_locks
 from .base import LocalTurnLocks
 
@@ -70,8 +74,10 @@ class _Clients(PerLoop["redis.asyncio.Redis"]):
     """``redis.asyncio`` clients per event loop (see ``PerLoop``)."""
 
     def __init__(self, url: str, options: dict[str, Any], what: str) -> None:
+        check_pool_options(options)
+
         async def create(home: bool) -> redis.asyncio.Redis:
-            return redis.asyncio.Redis.from_url(url, **options)
+            return async_client(url, options)
 
         async def destroy(client: redis.asyncio.Redis) -> None:
             await client.aclose()
@@ -87,7 +93,9 @@ class RedisTurnLocks:
         lease: seconds a lock outlives its holder's last renewal (the time a
             dead host keeps a person waiting). Renewed every ``lease/3``.
         prefix: namespace of the lock keys (default ``onethread:``).
-        **options: passed to ``redis.asyncio.Redis.from_url``.
+        **options: passed to the ``redis.asyncio`` connections, except
+            ``max_connections`` (pool size, default 16) and ``pool_timeout``
+            (seconds a call waits for a free connection, default 30).
 
     ``hold(key)`` (the ``TurnLocks`` protocol) and ``lease(key)`` (which
     yields the :class:`Lease` with its fencing token) wait for the lock.
@@ -137,6 +145,10 @@ class RedisTurnLocks:
             finally:
                 renewer.cancel()
                 await asyncio.shield(self._release(client, lease))
+
+    def __len__(self) -> int:
+        """Session keys with a turn holding or waiting for a lock in this process."""
+        return sum(len(locks) for locks in list(self._local.values()))
 
     async def close(self) -> None:
         """Close the connection pools. Locks still held expire with their lease."""
@@ -199,7 +211,11 @@ class RedisTurnLocks:
             await _RELEASE.run(client, [self._key(lease.key)], [lease.token])
         except RedisError as exc:
             # Not fatal: the lock expires with its lease; other hosts wait until then.
-            log.warning("releasing the turn lock of %r failed (%s); it expires", lease.key, exc)
+            error = store_error(self.url, exc)
+            if isinstance(error, StoreUnavailable):  # an outage: one line for all of it
+                store_failed(error, f"releasing the turn lock of {lease.key!r}; it expires")
+            else:
+                log.warning("releasing the turn lock of %r failed (%s); it expires", lease.key, exc)
 
 
 class RedisDuplicateFilter:

@@ -67,6 +67,8 @@ _QUERIES = {
     "WHERE id = %s AND claimed_by = %s",
     "done": "DELETE FROM {s}.onethread_outbox WHERE id = %s AND claimed_by = %s",
     "dead": "UPDATE {s}.onethread_outbox SET dead_reason = %s, claimed_by = NULL WHERE id = %s",
+    "depth": "SELECT platform, count(*) FROM {s}.onethread_outbox "
+    "WHERE dead_reason IS NULL AND platform = ANY(%s) GROUP BY platform",
     "list_dead": "SELECT id, body, attempts FROM {s}.onethread_outbox "
     "WHERE dead_reason IS NOT NULL ORDER BY id LIMIT %s",
 }
@@ -154,6 +156,14 @@ class PostgresOutbox:
                 raise store_error(self.url, exc) from exc
         assert row is not None
         return str(row[0])
+
+    async def depth(self, platforms: Collection[str]) -> dict[str, int]:
+        """Messages waiting (or being delivered) per platform: one query."""
+        names = sorted(set(platforms))
+        counts = {name: 0 for name in names}
+        for platform, n in await self._execute("depth", (names,)):
+            counts[str(platform)] = int(n)
+        return counts
 
     async def dead(self, limit: int = 100) -> list[OutboxItem]:
         """Items given up after ``max_attempts`` (oldest first), for inspection."""

@@ -27,7 +27,15 @@ import uuid
 from collections.abc import Collection
 from typing import Any, cast
 
-from .._conn.redis import RedisError, redis, reraise_swallowed_cancel, store_error, validate_prefix
+from .._conn.redis import (
+    RedisError,
+    async_client,
+    check_pool_options,
+    redis,
+    reraise_swallowed_cancel,
+    store_error,
+    validate_prefix,
+)
 from .._conn.shared import PerLoop
 from .base import Deliver, OutboxItem
 
@@ -89,10 +97,10 @@ class RedisOutbox:
         self.max_attempts = max_attempts
         self.poll = poll
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        opts: dict[str, Any] = {"decode_responses": True, **options}
+        opts: dict[str, Any] = check_pool_options({"decode_responses": True, **options})
 
         async def create(home: bool) -> redis.asyncio.Redis:
-            return redis.asyncio.Redis.from_url(url, **opts)
+            return async_client(url, opts)
 
         async def destroy(client: redis.asyncio.Redis) -> None:
             await client.aclose()
@@ -110,6 +118,19 @@ class RedisOutbox:
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc
         return str(entry_id)
+
+    async def depth(self, platforms: Collection[str]) -> dict[str, int]:
+        """Messages waiting (or being delivered) per platform: one round trip to the server."""
+        names = sorted(set(platforms))
+        async with self._clients.borrow() as client:
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        pipe.xlen(self._stream(name))
+                    counts = await pipe.execute()
+            except RedisError as exc:
+                raise store_error(self.url, exc) from exc
+        return {name: int(n) for name, n in zip(names, counts, strict=True)}
 
     async def dead(self, limit: int = 100) -> list[OutboxItem]:
         """Items given up after ``max_attempts`` (oldest first), for inspection."""
