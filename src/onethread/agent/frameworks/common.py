@@ -9,8 +9,9 @@ from ...session.context import SessionContext, get_session_context
 from ...session.history.base import HistoryEntry
 from ...session.keys import DM, session_key
 from ..messages import build_messages
+from ..models import OnDelta
 
-__all__ = ["chat_turns", "current_session_key", "model_error"]
+__all__ = ["Relay", "chat_turns", "current_session_key", "model_error"]
 
 
 def chat_turns(
@@ -55,3 +56,33 @@ def model_error(framework: str, exc: BaseException) -> ModelError:
         f"the {framework} run failed: {type(exc).__name__}: {exc}",
         status_code=status if isinstance(status, int) else None,
     )
+
+
+class Relay:
+    """Text a framework streams, passed on to ``on_delta``: empty pieces dropped, and a
+    blank line before the text of each later model response (as ``Agent`` streams rounds).
+
+    Call :meth:`next_response` when the framework starts another model response
+    (after a tool call); the final reply stays the framework's own output.
+    """
+
+    __slots__ = ("_on_delta", "_new", "_tail")
+
+    def __init__(self, on_delta: OnDelta) -> None:
+        self._on_delta = on_delta
+        self._new = False
+        self._tail = ""  # the last two characters passed on
+
+    def next_response(self) -> None:
+        """The next text belongs to a new model response."""
+        self._new = True
+
+    async def feed(self, piece: str) -> None:
+        """Pass ``piece`` on (nothing when it is empty)."""
+        if not piece:
+            return
+        if self._new and self._tail and self._tail != "\n\n":
+            piece = ("\n" if self._tail.endswith("\n") else "\n\n") + piece
+        self._new = False
+        self._tail = (self._tail + piece)[-2:]
+        await self._on_delta(piece)

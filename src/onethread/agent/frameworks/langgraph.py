@@ -24,6 +24,12 @@ Tools in a ``ToolNode`` see ``get_session_context()`` (LangGraph runs sync
 tools in a thread pool with the context copied: tested). ``openai.APIError``
 (from ``langchain-openai``) and ``GraphRecursionError`` become
 :class:`~onethread.errors.ModelError`.
+
+With ``on_delta`` the graph runs with ``astream(..., stream_mode=["messages",
+"values"])``: the text of each ``AIMessageChunk`` a chat model streams inside
+the graph (any node's, a tool's own model calls included) is passed on as it
+comes, and the reply returned is the last message of the final state, as
+without streaming.
 """
 
 from __future__ import annotations
@@ -32,14 +38,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import openai
-from langchain_core.messages import BaseMessage, RemoveMessage
+from langchain_core.messages import AIMessageChunk, BaseMessage, RemoveMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import GraphRecursionError
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 
 from ...errors import ModelError
 from ...session.history.base import HistoryEntry
-from .common import chat_turns, current_session_key, model_error
+from ..models import OnDelta
+from .common import Relay, chat_turns, current_session_key, model_error
 
 __all__ = ["LangGraphResponder"]
 
@@ -74,9 +81,17 @@ class LangGraphResponder:
         return f"LangGraphResponder({getattr(self.graph, 'name', self.graph)!r})"
 
     async def respond(
-        self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
+        self,
+        history: Sequence[HistoryEntry],
+        message: HistoryEntry,
+        *,
+        group: bool = False,
+        on_delta: OnDelta | None = None,
     ) -> str:
-        """Invoke the graph on this person's messages; return the last message's text."""
+        """Invoke the graph on this person's messages; return the last message's text.
+
+        ``on_delta``: stream the text of the chat models' messages as it is written.
+        """
         earlier, text = chat_turns(history, message, group=group)
         messages: list[Any] = [{"role": role, "content": content} for role, content in earlier]
         messages.append({"role": "user", "content": text})
@@ -85,10 +100,31 @@ class LangGraphResponder:
             messages.insert(0, RemoveMessage(id=REMOVE_ALL_MESSAGES))
             config["configurable"] = {"thread_id": current_session_key()}
         try:
-            state = await self.graph.ainvoke({"messages": messages}, config)
+            if on_delta is None:
+                state = await self.graph.ainvoke({"messages": messages}, config)
+            else:
+                state = await self._streamed({"messages": messages}, config, Relay(on_delta))
         except (openai.APIError, GraphRecursionError) as exc:
             raise model_error("LangGraph", exc) from exc
         return _last_text(state)
+
+    async def _streamed(self, state: dict[str, Any], config: dict[str, Any], relay: Relay) -> Any:
+        """``astream`` the graph, each AI message chunk's text to ``relay``; the final state."""
+        final: Any = None
+        message_id: str | None = None
+        async for mode, part in self.graph.astream(
+            state, config, stream_mode=["messages", "values"]
+        ):
+            if mode == "values":
+                final = part
+                continue
+            chunk = part[0]
+            if isinstance(chunk, AIMessageChunk):
+                if chunk.id != message_id:
+                    message_id = chunk.id
+                    relay.next_response()
+                await relay.feed(chunk.text)
+        return final
 
 
 def _last_text(state: Any) -> str:

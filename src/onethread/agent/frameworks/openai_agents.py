@@ -17,6 +17,11 @@ copies the context). Model failures (``openai.APIError``, the SDK's
 The SDK exports traces to OpenAI by default; turn that off with
 ``OPENAI_AGENTS_DISABLE_TRACING=1`` or ``agents.set_tracing_disabled(True)``
 if conversations must not leave your endpoint.
+
+With ``on_delta`` the turn runs with ``Runner.run_streamed`` and the text of
+each model response (its raw ``response.output_text.delta`` events) is passed
+on as it comes; the reply returned is the run's ``final_output``, as without
+streaming.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from typing import Any
 import openai
 from agents import Runner
 from agents.exceptions import MaxTurnsExceeded, ModelBehaviorError
+from openai.types.responses import ResponseCreatedEvent, ResponseTextDeltaEvent
 
 from ...errors import ModelError
 from ...session.context import get_session_context
 from ...session.history.base import HistoryEntry
-from .common import chat_turns, model_error
+from ..models import OnDelta
+from .common import Relay, chat_turns, model_error
 
 __all__ = ["OpenAIAgentsResponder"]
 
@@ -54,9 +61,17 @@ class OpenAIAgentsResponder:
         return f"OpenAIAgentsResponder({getattr(self.agent, 'name', self.agent)!r})"
 
     async def respond(
-        self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
+        self,
+        history: Sequence[HistoryEntry],
+        message: HistoryEntry,
+        *,
+        group: bool = False,
+        on_delta: OnDelta | None = None,
     ) -> str:
-        """Run the agent once on this person's history plus ``message``; return its final output."""
+        """Run the agent once on this person's history plus ``message``; return its final output.
+
+        ``on_delta``: stream the text of the model's responses as it is written.
+        """
         earlier, text = chat_turns(history, message, group=group)
         items: list[Any] = [{"role": role, "content": content} for role, content in earlier]
         items.append({"role": "user", "content": text})
@@ -66,10 +81,30 @@ class OpenAIAgentsResponder:
         if self.max_turns is not None:
             options["max_turns"] = self.max_turns
         try:
-            result = await Runner.run(self.agent, items, **options)
+            if on_delta is None:
+                result: Any = await Runner.run(self.agent, items, **options)
+            else:
+                result = await _streamed(self.agent, items, options, Relay(on_delta))
         except (openai.APIError, ModelBehaviorError, MaxTurnsExceeded) as exc:
             raise model_error("OpenAI Agents SDK", exc) from exc
         return _as_text(result.final_output)
+
+
+async def _streamed(agent: Any, items: list[Any], options: dict[str, Any], relay: Relay) -> Any:
+    """``Runner.run_streamed``, each response's text to ``relay``; the finished result."""
+    result = Runner.run_streamed(agent, items, **options)
+    try:
+        async for event in result.stream_events():
+            if event.type != "raw_response_event":
+                continue
+            if isinstance(event.data, ResponseCreatedEvent):
+                relay.next_response()
+            elif isinstance(event.data, ResponseTextDeltaEvent):
+                await relay.feed(event.data.delta)
+    finally:
+        if not result.is_complete:  # on_delta raised (or we were cancelled): stop the run
+            result.cancel()
+    return result
 
 
 def _as_text(output: Any) -> str:

@@ -16,12 +16,16 @@ Tools see ``get_session_context()`` (async tools run in the turn's task; sync
 tools in a worker thread with the context copied: tested). Model failures
 (pydantic-ai's ``AgentRunError`` family: HTTP errors, unexpected model
 behaviour, usage limits) become :class:`~onethread.errors.ModelError`.
+
+With ``on_delta`` the same ``run`` is given an ``event_stream_handler`` that
+passes on the text parts of each model response as they stream (tool calls
+still run as without streaming); the reply returned is the run's ``output``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
 from pydantic_ai.exceptions import AgentRunError
@@ -29,13 +33,17 @@ from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
     ModelResponse,
+    PartDeltaEvent,
+    PartStartEvent,
     TextPart,
+    TextPartDelta,
     UserPromptPart,
 )
 
 from ...errors import ModelError
 from ...session.history.base import HistoryEntry
-from .common import chat_turns, model_error
+from ..models import OnDelta
+from .common import Relay, chat_turns, model_error
 
 __all__ = ["PydanticAIResponder"]
 
@@ -51,9 +59,17 @@ class PydanticAIResponder:
         return f"PydanticAIResponder({getattr(self.agent, 'name', None) or self.agent!r})"
 
     async def respond(
-        self, history: Sequence[HistoryEntry], message: HistoryEntry, *, group: bool = False
+        self,
+        history: Sequence[HistoryEntry],
+        message: HistoryEntry,
+        *,
+        group: bool = False,
+        on_delta: OnDelta | None = None,
     ) -> str:
-        """Run the agent once with this person's history as ``message_history``."""
+        """Run the agent once with this person's history as ``message_history``.
+
+        ``on_delta``: stream the text of the model's responses as it is written.
+        """
         earlier, text = chat_turns(history, message, group=group)
         messages: list[ModelMessage] = [
             ModelRequest(parts=[UserPromptPart(content)])
@@ -71,10 +87,27 @@ class PydanticAIResponder:
                     first = messages[0]
                     assert isinstance(first, ModelRequest)
                     messages[0] = ModelRequest(parts=[*system, *first.parts])
-            result = await self.agent.run(text, message_history=messages, deps=self.deps)
+            options: dict[str, Any] = {"message_history": messages, "deps": self.deps}
+            if on_delta is not None:
+                options["event_stream_handler"] = _text_to(Relay(on_delta))
+            result = await self.agent.run(text, **options)
         except AgentRunError as exc:
             raise model_error("pydantic-ai", exc) from exc
         return _as_text(result.output)
+
+
+def _text_to(relay: Relay) -> Any:
+    """An ``event_stream_handler`` passing each text part's content on to ``relay``."""
+
+    async def handler(_ctx: Any, events: AsyncIterable[Any]) -> None:
+        async for event in events:
+            if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                relay.next_response()
+                await relay.feed(event.part.content)
+            elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+                await relay.feed(event.delta.content_delta)
+
+    return handler
 
 
 def _as_text(output: Any) -> str:
