@@ -49,6 +49,11 @@ class Responder(Protocol):
     user's message and answers with a short apology; any other exception is a
     bug and the bot tells the person the turn failed.
 
+    Streaming (optional): a ``respond`` that also takes ``on_delta`` is given
+    one when the reply can stream (a platform draft, the web chat); await it
+    with each piece of text as the model writes it, in order, and still
+    return the whole reply. Without that parameter the reply goes out whole.
+
     Concurrency: ``respond`` is called from many turns at once (one per person
     at a time), so it must keep no conversation state of its own between calls.
     The session context (``onethread.session.get_session_context()``) is set
