@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from byo_frameworks import build, env_for, model_handler, quiet
-from fake_openai import FakeOpenAI, FakeReply, streamed
+from fake_openai import FakeOpenAI, FakeReply, streamed, tool_call
 from fake_telegram import FakeTelegram
 from onethread.agent import as_responder
 from onethread.bots import Bot, BotSessionManager
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.timeout(60)
 
 STREAMING = ("openai-agents", "pydantic-ai", "langgraph")
 REPLY = "one two three four five six"
+PEOPLE = 10
 LONG = " ".join(f"word{i}" for i in range(30))
 
 
@@ -167,3 +168,36 @@ async def test_a_telegram_draft_shows_the_first_words_before_the_model_finishes(
     assert message.text == LONG  # the final text, last
     assert tg.edits  # the draft grew while the model wrote
     assert [e.content for e in history] == ["hello", LONG]
+
+
+@pytest.mark.parametrize("framework", STREAMING)
+async def test_text_before_a_tool_call_streams_and_the_next_response_starts_a_paragraph(
+    framework: str, model: FakeOpenAI
+) -> None:
+    check = tool_call("whoami", {})
+    model.queue(FakeReply(content="Let me check.", calls=check.calls))  # then the handler
+    session = BotSessionManager(store="memory://")
+    agent = build(framework, model.base_url, tools=[whoami])
+    on_delta = Recorder(model)
+    reply = await session.chat(agent, "u7", "who am i?", platform="discord", on_delta=on_delta)
+    assert reply == "tool said: discord/u7/discord:u7"  # the framework's final output
+    assert "".join(on_delta.pieces) == f"Let me check.\n\n{reply}"
+
+
+@pytest.mark.parametrize("framework", STREAMING)
+async def test_people_streaming_at_once_each_get_only_their_own_words(
+    framework: str, model: FakeOpenAI
+) -> None:
+    session = BotSessionManager(store="memory://")
+    agent = build(framework, model.base_url)
+    recorders = [Recorder(model) for _ in range(PEOPLE)]
+    replies = await asyncio.gather(
+        *(
+            session.chat(agent, f"u{i}", f"my word is pw{i:02d}x", platform="telegram",
+                         on_delta=recorders[i])
+            for i in range(PEOPLE)
+        )
+    )  # fmt: skip
+    assert model.max_in_flight >= PEOPLE // 2, "the streams did not overlap"
+    for i, (reply, rec) in enumerate(zip(replies, recorders, strict=True)):
+        assert reply == f"ack: my word is pw{i:02d}x" == "".join(rec.pieces)
