@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from byo_frameworks import build, env_for, model_handler, quiet
+from byo_frameworks import build, build_graph, env_for, model_handler, quiet
 from fake_openai import FakeOpenAI, FakeReply, streamed, tool_call
 from fake_telegram import FakeTelegram
 from onethread.agent import as_responder
@@ -201,3 +201,37 @@ async def test_people_streaming_at_once_each_get_only_their_own_words(
     assert model.max_in_flight >= PEOPLE // 2, "the streams did not overlap"
     for i, (reply, rec) in enumerate(zip(replies, recorders, strict=True)):
         assert reply == f"ack: my word is pw{i:02d}x" == "".join(rec.pieces)
+
+
+async def test_a_pydantic_ai_agents_own_event_stream_handler_still_sees_every_event(
+    model: FakeOpenAI,
+) -> None:
+    from pydantic_ai.messages import PartDeltaEvent
+
+    agent = build("pydantic-ai", model.base_url)
+    events: list[Any] = []
+
+    async def own(_ctx: Any, stream: Any) -> None:
+        async for event in stream:
+            events.append(event)
+
+    agent._event_stream_handler = own  # as pydantic-ai's durable-execution agents set it
+    on_delta = Recorder(model)
+    session = BotSessionManager(store="memory://")
+    reply = await session.chat(agent, "u1", REPLY, platform="telegram", on_delta=on_delta)
+    assert "".join(on_delta.pieces) == reply == f"ack: {REPLY}"
+    deltas = [e.delta.content_delta for e in events if isinstance(e, PartDeltaEvent)]
+    assert len(deltas) >= 4 and reply.endswith("".join(deltas))
+
+
+async def test_a_checkpointed_langgraph_graph_streams_only_this_turns_reply(
+    model: FakeOpenAI,
+) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    graph = build_graph(model.base_url, [], checkpointer=InMemorySaver())
+    session = BotSessionManager(store="memory://")
+    for said in ("first thing", "second thing"):
+        on_delta = Recorder(model)
+        reply = await session.chat(graph, "u1", said, platform="telegram", on_delta=on_delta)
+        assert reply == f"ack: {said}" == "".join(on_delta.pieces)

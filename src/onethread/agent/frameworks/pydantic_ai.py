@@ -19,13 +19,14 @@ behaviour, usage limits) become :class:`~onethread.errors.ModelError`.
 
 With ``on_delta`` the same ``run`` is given an ``event_stream_handler`` that
 passes on the text parts of each model response as they stream (tool calls
-still run as without streaming); the reply returned is the run's ``output``.
+still run as without streaming; the agent's own ``event_stream_handler``, if
+it has one, still sees every event); the reply returned is the run's ``output``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 from pydantic_ai.exceptions import AgentRunError
@@ -89,23 +90,36 @@ class PydanticAIResponder:
                     messages[0] = ModelRequest(parts=[*system, *first.parts])
             options: dict[str, Any] = {"message_history": messages, "deps": self.deps}
             if on_delta is not None:
-                options["event_stream_handler"] = _text_to(Relay(on_delta))
+                options["event_stream_handler"] = _text_to(
+                    Relay(on_delta), getattr(self.agent, "event_stream_handler", None)
+                )
             result = await self.agent.run(text, **options)
         except AgentRunError as exc:
             raise model_error("pydantic-ai", exc) from exc
         return _as_text(result.output)
 
 
-def _text_to(relay: Relay) -> Any:
-    """An ``event_stream_handler`` passing each text part's content on to ``relay``."""
+def _text_to(relay: Relay, own: Any) -> Any:
+    """An ``event_stream_handler`` passing each text part's content on to ``relay``.
 
-    async def handler(_ctx: Any, events: AsyncIterable[Any]) -> None:
+    The agent's own handler (``own``, if it has one) still gets every event.
+    """
+
+    async def tapped(events: AsyncIterable[Any]) -> AsyncIterator[Any]:
         async for event in events:
             if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
                 relay.next_response()
                 await relay.feed(event.part.content)
             elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
                 await relay.feed(event.delta.content_delta)
+            yield event
+
+    async def handler(ctx: Any, events: AsyncIterable[Any]) -> None:
+        if own is not None:
+            await own(ctx, tapped(events))
+            return
+        async for _ in tapped(events):
+            pass
 
     return handler
 
