@@ -132,3 +132,33 @@ def test_message_frames_with_attachments() -> None:
             parse_client_frame(f'{{"type":"message","id":"m","text":"t","attachments":{bad}}}')
     with pytest.raises(ProtocolError):
         parse_client_frame('{"type":"message","id":"m","text":" ","attachments":[]}')
+
+
+async def test_after_a_restart_the_files_a_page_is_shown_are_its_own_again(bot: Bot) -> None:
+    assert isinstance(bot.adapter, WebAdapter)
+    agent = bot.agent
+    assert isinstance(agent, RecordingAgent)
+    async with aiohttp.ClientSession() as http:
+        info = await (await upload(http, bot, "carol", png(), "p.png")).json()
+        ws = await http.ws_connect(f"{base(bot)}ws", params={"user": "carol", "name": "C"})
+        await ws.receive_json()
+        await ws.receive_json()
+        await ws.send_json({"type": "message", "id": "m1", "text": "look",
+                            "attachments": [{"file": info["file"]}]})  # fmt: skip
+        while not agent.calls:
+            await asyncio.wait_for(ws.receive_json(), 10)
+        await ws.close()
+        url = f"{base(bot)}files/{info['file']}"
+        for _ in range(100):  # the turn is stored just after the reply
+            if await bot.session.history("carol", platform="web", chat_id="web-carol"):
+                break
+            await asyncio.sleep(0.02)
+        bot.adapter.files._owned.clear()  # what a restart forgets
+        assert (await http.get(url, params={"user": "carol"})).status == 404
+        ws = await http.ws_connect(f"{base(bot)}ws", params={"user": "carol", "name": "C"})
+        await ws.receive_json()
+        history = await ws.receive_json()
+        await ws.close()
+        assert history["messages"][0]["attachments"][0]["file"] == info["file"]
+        assert (await http.get(url, params={"user": "carol"})).status == 200
+        assert (await http.get(url, params={"user": "mallory"})).status == 404
