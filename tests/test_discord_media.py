@@ -132,6 +132,9 @@ async def test_an_attachment_url_off_discords_cdn_is_not_fetched(
         item.url = item.url.replace("127.0.0.1", "169.254.169.254")
         with pytest.raises(BadRequest, match="not Discord's CDN"):
             await adapter.do_download(got[0], 0)
+        item.url = "http://cdn.discordapp.com/attachments/1/2/x.txt"  # not https
+        with pytest.raises(BadRequest, match="not Discord's CDN"):
+            await adapter.do_download(got[0], 0)
         assert dc.cdn_downloads == 0 and sent["attachments"][0]["size"] == 5
     finally:
         await adapter.stop()

@@ -139,6 +139,9 @@ async def test_a_file_url_off_slack_is_not_fetched(servers: tuple[FakeSlack, Fak
         moved = dataclasses.replace(got[0], raw=raw)
         with pytest.raises(BadRequest, match="not Slack's"):
             await adapter.do_download(moved, 0)
+        plain = dict(raw["files"][0], url_private_download="http://files.slack.com/x")
+        with pytest.raises(BadRequest, match="not Slack's"):  # the token never goes in clear
+            await adapter.do_download(dataclasses.replace(got[0], raw={**raw, "files": [plain]}), 0)
         assert sl.private_downloads == []
     finally:
         await adapter.stop()

@@ -601,19 +601,20 @@ class DiscordAdapter(Adapter):
     async def do_download(self, msg: Inbound, index: int) -> bytes:
         """The bytes of attachment ``index``: ``Attachment.read()`` from its CDN URL.
 
-        Only Discord's CDN hosts (``CDN_HOSTS``) or the host of ``base_url``
+        Only Discord's CDN hosts (``CDN_HOSTS``, over https) or the host of ``base_url``
         are asked; any other URL raises ``BadRequest`` unfetched.
         """
         if not isinstance(msg.raw, discord.Message):
             raise BadRequest("this message carries no Discord attachment", platform=PLATFORM)
         item = msg.raw.attachments[index]
-        host = yarl.URL(item.url).host or ""
-        allowed = set(CDN_HOSTS)
-        if self.base_url is not None:
-            allowed.add(yarl.URL(self.base_url).host or "")
-        if host not in allowed:
+        url = yarl.URL(item.url)
+        cdn = url.host in CDN_HOSTS and url.scheme == "https"
+        api = yarl.URL(self.base_url) if self.base_url is not None else None
+        configured = api is not None and (url.host, url.scheme) == (api.host, api.scheme)
+        if not (cdn or configured):
             raise BadRequest(
-                f"attachment URL host {host!r} is not Discord's CDN; not fetched", platform=PLATFORM
+                f"attachment URL {url.scheme}://{url.host} is not Discord's CDN; not fetched",
+                platform=PLATFORM,
             )
         async with map_discord_errors():
             return await item.read()
