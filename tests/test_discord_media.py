@@ -10,6 +10,7 @@ the fake parses as the real API does.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ async def servers(
                             "OPENAI_API_KEY": "sk-test"}.items():  # fmt: skip
             monkeypatch.setenv(name, value)
         yield dc, oa
+        gc.collect()  # the agents' HTTP clients close on this loop, not a later test's
+        await asyncio.sleep(0.05)
 
 
 async def stored(session: BotSessionManager, chat: str, n: int) -> list[Any]:
