@@ -235,3 +235,27 @@ async def test_a_checkpointed_langgraph_graph_streams_only_this_turns_reply(
         on_delta = Recorder(model)
         reply = await session.chat(graph, "u1", said, platform="telegram", on_delta=on_delta)
         assert reply == f"ack: {said}" == "".join(on_delta.pieces)
+
+
+@pytest.mark.parametrize("framework", STREAMING)
+async def test_a_reader_stopping_the_reply_stops_the_run_before_its_tool_call(
+    framework: str, model: FakeOpenAI
+) -> None:
+    ran: list[str] = []
+
+    def lookup() -> str:
+        """Look something up."""
+        ran.append("lookup")
+        return "found"
+
+    check = tool_call("lookup", {})
+    model.queue(FakeReply(content="Let me look that up now.", calls=check.calls, stream_over=0.3))
+
+    async def stop(piece: str) -> None:
+        raise ReplyStopped("stop")
+
+    session = BotSessionManager(store="memory://")
+    agent = build(framework, model.base_url, tools=[lookup])
+    await session.chat(agent, "u1", "look it up", platform="telegram", on_delta=stop)
+    await asyncio.sleep(0.8)  # time for a run left going to finish its stream and call the tool
+    assert ran == [] and len(model.requests) == 1

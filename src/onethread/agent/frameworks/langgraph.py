@@ -34,6 +34,7 @@ without streaming.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,18 +113,19 @@ class LangGraphResponder:
         """``astream`` the graph, each AI message chunk's text to ``relay``; the final state."""
         final: Any = None
         message_id: str | None = None
-        async for mode, part in self.graph.astream(
-            state, config, stream_mode=["messages", "values"]
-        ):
-            if mode == "values":
-                final = part
-                continue
-            chunk = part[0]
-            if isinstance(chunk, AIMessageChunk):
-                if chunk.id != message_id:
-                    message_id = chunk.id
-                    relay.next_response()
-                await relay.feed(chunk.text)
+        # Closed at once when on_delta raises (a reader stopped the reply): the run stops.
+        stream = self.graph.astream(state, config, stream_mode=["messages", "values"])
+        async with contextlib.aclosing(stream):
+            async for mode, part in stream:
+                if mode == "values":
+                    final = part
+                    continue
+                chunk = part[0]
+                if isinstance(chunk, AIMessageChunk):
+                    if chunk.id != message_id:
+                        message_id = chunk.id
+                        relay.next_response()
+                    await relay.feed(chunk.text)
         return final
 
 
