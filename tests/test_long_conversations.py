@@ -1,0 +1,256 @@
+"""Long conversations: the token budget, summaries, /new archives (issue 16).
+
+Through the real ``openai`` SDK against tests/fake_openai.py, whose fake model
+answers from what it was sent and reports ``usage.prompt_tokens`` (its own
+count: words).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+from fake_openai import FakeOpenAI, FakeReply, error
+from services import redis_prefix, redis_url
+
+from onethread.agent import Agent, OpenAIModel, tokens
+from onethread.agent.summary import EXTRACT_HEADER, SUMMARY_ROLE, SUMMARY_SYSTEM
+from onethread.bots import BotSessionManager
+from onethread.session.history.memory import MemoryHistoryStore
+from onethread.session.keys import archive_key, summary_key
+
+KEY = "bot_console_u1"
+FILLER = "Tell me something interesting about rivers and mountains and the sea, please."
+ANSWER = "Rivers carve valleys over long ages, and mountains rise where the plates meet."
+SUMMARY_MARK = SUMMARY_SYSTEM.split(".")[0]
+
+
+def _fake_summary(body: dict[str, Any]) -> str:
+    """The fake summariser: the previous summary, plus every new line holding a digit."""
+    text = str(body["messages"][-1]["content"])
+    before, _, rest = text.partition("\n\nNEW MESSAGES:\n")
+    previous = before.removeprefix("PREVIOUS SUMMARY:\n")
+    new = rest.partition("\n\nUPDATED SUMMARY:")[0]
+    lines = [] if previous == "(none yet)" else previous.splitlines()
+    # Each line starts with its provenance "[YYYY-MM-DD ...]": look for digits after it.
+    lines += [line for line in new.splitlines() if re.search(r"\d", line.partition("]")[2])]
+    return "\n".join(lines) or "Nothing worth keeping yet."
+
+
+def _is_summary(body: dict[str, Any]) -> bool:
+    return str(body["messages"][0].get("content", "")).startswith(SUMMARY_MARK)
+
+
+def _fake_chat(body: dict[str, Any]) -> str:
+    """The fake model: answers the lucky-number question from what it was sent."""
+    messages = body["messages"]
+    if "what is my lucky number" in str(messages[-1]["content"]).lower():
+        sent = "\n".join(str(m.get("content") or "") for m in messages[:-1])
+        found = re.search(r"lucky number is (\d+)", sent)
+        return f"Your lucky number is {found.group(1)}." if found else "I do not know."
+    return ANSWER
+
+
+def handler(body: dict[str, Any]) -> str:
+    return _fake_summary(body) if _is_summary(body) else _fake_chat(body)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_corrections() -> None:
+    tokens.forget_corrections()
+
+
+def _agent(server: FakeOpenAI, **kw: Any) -> Agent:
+    model = OpenAIModel("fake-model", base_url=server.base_url, api_key="sk-test", **kw)
+    return Agent("helper", instructions="You are a helpful assistant.", model=model)
+
+
+def _words(body: dict[str, Any]) -> int:
+    """The fake server's own prompt count (as it reports in usage.prompt_tokens)."""
+    return sum(len(str(m.get("content") or "").split()) for m in body["messages"])
+
+
+async def _settle(manager: BotSessionManager) -> None:
+    while manager.compaction.pending:
+        await asyncio.gather(*manager.compaction.pending.values(), return_exceptions=True)
+
+
+async def test_300_turns_within_budget_keep_the_lucky_number() -> None:
+    async with FakeOpenAI(handler) as server:
+        agent = _agent(server)
+        manager = BotSessionManager(MemoryHistoryStore(), context_tokens=2000)
+        seen = 0
+        for turn in range(1, 301):
+            ratio = tokens.correction("fake-model")
+            if turn == 1:
+                prompt = "my lucky number is 7"
+            elif turn == 300:
+                prompt = "What is my lucky number?"
+            else:
+                prompt = FILLER
+            reply = await manager.chat(agent, "u1", prompt, platform="console")
+            for body in server.requests[seen:]:
+                assert _words(body) <= 2000, turn  # the fake's count
+                estimate = tokens.estimate_messages(body["messages"], body.get("tools") or ())
+                if ratio != 1.0 or turn == 1:
+                    assert estimate * ratio <= 2000, (turn, estimate, ratio)
+            seen = len(server.requests)
+            if turn < 300:
+                await asyncio.sleep(0)  # folds run between turns, as they would live
+        assert reply == "Your lucky number is 7."
+        await _settle(manager)
+        turns = [b for b in server.requests if not _is_summary(b)]
+        folds = [b for b in server.requests if _is_summary(b)]
+        assert folds, "no summary was ever asked for"
+        last = turns[-1]["messages"]
+        # The first message itself is long out of the window: the number came from the summary.
+        assert not any(m["content"] == "my lucky number is 7" for m in last)
+        assert any("SUMMARY of the earlier conversation" in str(m["content"]) for m in last)
+        later = [b for b in turns[50:] if "lucky number is 7" in str(b["messages"])]
+        assert later, "no later request carried the summary"
+        summaries = await manager.store.load(summary_key(KEY))
+        assert summaries and all(s.role == SUMMARY_ROLE for s in summaries)
+        # Each fold updates the last: ranges follow each other, covers start at the first turn.
+        first = (await manager.store.load(KEY))[0].timestamp
+        for before, after in zip(summaries, summaries[1:], strict=False):
+            assert after.metadata["folded"][0] > before.metadata["folded"][1]
+            assert after.metadata["covers"][0] == first
+        assert summaries[-1].metadata["platforms"] == ["console"]
+        assert summaries[-1].metadata["kind"] == "summary"
+        # The full history stays in the store.
+        assert await manager.store.count(KEY) == 600
+        await manager.close()
+
+
+async def test_a_failing_summary_leaves_the_turn_answered_and_is_retried() -> None:
+    failures = {"left": 2}
+
+    def flaky(body: dict[str, Any]) -> FakeReply | str:
+        if _is_summary(body) and failures["left"] > 0:
+            failures["left"] -= 1
+            return error(500)
+        return handler(body)
+
+    async with FakeOpenAI(flaky) as server:
+        agent = _agent(server, max_retries=0)
+        manager = BotSessionManager(MemoryHistoryStore(), context_tokens=600)
+        await manager.chat(agent, "u1", "my lucky number is 7", platform="console")
+        replies = []
+        for _ in range(40):
+            replies.append(await manager.chat(agent, "u1", FILLER, platform="console"))
+            await _settle(manager)
+        assert replies == [ANSWER] * 40  # every turn answered while the summary failed
+        assert manager.compaction.failures == 2
+        assert failures["left"] == 0
+        summaries = await manager.store.load(summary_key(KEY))
+        assert summaries, "the summary was never retried"
+        assert "lucky number is 7" in summaries[-1].content
+        await manager.close()
+
+
+async def test_failures_pause_after_max_in_a_row() -> None:
+    async with FakeOpenAI(lambda b: error(500) if _is_summary(b) else handler(b)) as server:
+        agent = _agent(server, max_retries=0)
+        manager = BotSessionManager(MemoryHistoryStore(), context_tokens=600)
+        for _ in range(40):
+            await manager.chat(agent, "u1", FILLER, platform="console")
+            await _settle(manager)
+        assert manager.compaction.failures == manager.compaction.max_failures
+        assert sum(map(_is_summary, server.requests)) == manager.compaction.max_failures
+        await manager.close()
+
+
+async def test_the_offline_model_keeps_an_honest_extract() -> None:
+    manager = BotSessionManager(MemoryHistoryStore(), context_tokens=400)
+    agent = Agent("offline")  # no model configured
+    await manager.chat(agent, "u1", "my lucky number is 7", platform="console")
+    for i in range(30):
+        await manager.chat(agent, "u1", f"{FILLER} ({'x' * i})", platform="console")
+        await _settle(manager)
+    summaries = await manager.store.load(summary_key(KEY))
+    assert summaries and summaries[-1].metadata["kind"] == "extract"
+    text = summaries[-1].content
+    assert text.startswith(EXTRACT_HEADER)
+    lines = text.splitlines()[1:]
+    assert all("person on console" in line for line in lines)  # only the person's own words
+    assert tokens.estimate(text) <= 400 // 4
+    await manager.close()
+
+
+async def test_compact_folds_now_and_says_how_much() -> None:
+    async with FakeOpenAI(handler) as server:
+        agent = _agent(server)
+        manager = BotSessionManager(MemoryHistoryStore(), context_tokens=16_000)
+        for text in ("my lucky number is 7", "I live in Lyon", "hello"):
+            await manager.chat(agent, "u1", text, platform="console")
+        assert not await manager.store.load(summary_key(KEY))  # far below the budget
+        folded = await manager.compact(agent, "u1", platform="console")
+        assert folded == 4  # all but the last exchange
+        summary = (await manager.store.load(summary_key(KEY)))[-1]
+        assert "lucky number is 7" in summary.content
+        history, _ = await manager.compaction.load(KEY, agent, (await manager.store.load(KEY))[0])
+        assert [e.role for e in history] == [SUMMARY_ROLE, "user", "assistant"]
+        await manager.close()
+
+
+async def test_new_archives_instead_of_deleting() -> None:
+    manager = BotSessionManager(MemoryHistoryStore())
+    agent = Agent("offline")
+    await manager.chat(agent, "u1", "my lucky number is 7", platform="console")
+    moved = await manager.reset("u1", platform="console")
+    assert moved == 2
+    assert await manager.store.load(KEY) == []
+    archived = await manager.store.load(archive_key(KEY))
+    assert [e.content for e in archived][0] == "my lucky number is 7"
+    data = await manager.export("console:u1")
+    assert archive_key(KEY) in data["sessions"]
+    assert await manager.forget("console:u1") == 2
+    assert await manager.store.load(archive_key(KEY)) == []
+    await manager.close()
+
+
+async def test_two_hosts_on_one_redis_never_fold_the_same_range_twice() -> None:
+    from onethread.session.history.redis import RedisHistoryStore
+    from onethread.session.locks.redis import RedisTurnLocks
+
+    slow = {"calls": 0}
+
+    async def slow_summary(body: dict[str, Any]) -> str:
+        if _is_summary(body):
+            slow["calls"] += 1
+            await asyncio.sleep(0.05)  # a wide window for a second host to fold too
+        return handler(body)
+
+    with redis_prefix() as prefix:
+        async with FakeOpenAI(slow_summary) as server:
+            hosts = [
+                BotSessionManager(
+                    RedisHistoryStore(redis_url(), prefix=prefix),
+                    locks=RedisTurnLocks(redis_url(), prefix=prefix),
+                    context_tokens=700,
+                )
+                for _ in range(2)
+            ]
+            agents = [_agent(server), _agent(server)]
+            await hosts[0].chat(agents[0], "u1", "my lucky number is 7", platform="console")
+            for i in range(30):
+                host = i % 2
+                await hosts[host].chat(agents[host], "u1", FILLER, platform="console")
+                if i % 5 == 4:  # both hosts fold at once, as two processes would
+                    await asyncio.gather(
+                        *(h.compact(a, "u1", platform="console") for h, a in zip(hosts, agents))
+                    )
+            for h in hosts:
+                await _settle(h)
+            summaries = await hosts[0].store.load(summary_key(KEY))
+            assert len(summaries) >= 2
+            ranges = [s.metadata["folded"] for s in summaries]
+            for before, after in zip(ranges, ranges[1:], strict=False):
+                assert after[0] > before[1], ranges  # never the same range twice
+            folded = sum(r[2] for r in ranges)
+            assert folded <= await hosts[0].store.count(KEY)
+            assert slow["calls"] == len(summaries)
+            for h in hosts:
+                await h.close()
