@@ -8,18 +8,23 @@ count: words).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_openai import FakeOpenAI, FakeReply, error
-from services import redis_prefix, redis_url
 
+from fake_openai import FakeOpenAI, FakeReply, error
 from onethread.agent import Agent, OpenAIModel, tokens
 from onethread.agent.summary import EXTRACT_HEADER, SUMMARY_ROLE, SUMMARY_SYSTEM
 from onethread.bots import BotSessionManager
 from onethread.session.history.memory import MemoryHistoryStore
 from onethread.session.keys import archive_key, summary_key
+from services import redis_prefix, redis_url
 
 KEY = "bot_console_u1"
 FILLER = "Tell me something interesting about rivers and mountains and the sea, please."
@@ -240,7 +245,10 @@ async def test_two_hosts_on_one_redis_never_fold_the_same_range_twice() -> None:
                 await hosts[host].chat(agents[host], "u1", FILLER, platform="console")
                 if i % 5 == 4:  # both hosts fold at once, as two processes would
                     await asyncio.gather(
-                        *(h.compact(a, "u1", platform="console") for h, a in zip(hosts, agents))
+                        *(
+                            h.compact(a, "u1", platform="console")
+                            for h, a in zip(hosts, agents, strict=True)
+                        )
                     )
             for h in hosts:
                 await _settle(h)
@@ -254,3 +262,72 @@ async def test_two_hosts_on_one_redis_never_fold_the_same_range_twice() -> None:
             assert slow["calls"] == len(summaries)
             for h in hosts:
                 await h.close()
+
+
+def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "onethread", *args],
+        cwd=cwd,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+
+
+async def test_new_then_history_show_archived(tmp_path: Path, _isolated_env: Path) -> None:
+    from onethread.bots.commands import CommandRouter
+    from onethread.platforms.base import Inbound
+    from onethread.session.identity.file import FileIdentityResolver
+    from onethread.session.urls import open_history_store
+
+    resolver = FileIdentityResolver(_isolated_env / "identity.json")
+    resolver.link("telegram", "12345", "alice")
+    manager = BotSessionManager(
+        store=open_history_store(f"sqlite:///{_isolated_env / 'history.db'}"),
+        identity_resolver=resolver,
+    )
+    agent = Agent("offline")
+    await manager.chat(agent, "12345", "my lucky number is 7", platform="telegram")
+    await manager.compact(agent, "12345", platform="telegram")  # nothing yet: 1 exchange
+    router = CommandRouter(manager, agent=agent)
+    said = await router.handle(
+        Inbound(platform="telegram", chat_id="12345", chat_type="dm", user_id="12345", text="/new")
+    )
+    assert said is not None and "2 earlier messages archived" in said
+    await manager.chat(agent, "12345", "a fresh start", platform="telegram")
+    history, _ = await manager.compaction.load(
+        "user:alice", agent, (await manager.store.load("user:alice"))[-1]
+    )
+    assert "my lucky number is 7" not in str(history)  # archived: not loaded
+    await manager.close()
+
+    current = _cli(tmp_path, "history", "show", "alice")
+    assert current.returncode == 0, current.stderr
+    assert "a fresh start" in current.stdout and "lucky" not in current.stdout
+    archived = _cli(tmp_path, "history", "show", "alice", "--archived")
+    assert archived.returncode == 0, archived.stderr
+    assert "my lucky number is 7" in archived.stdout and "a fresh start" not in archived.stdout
+    export = json.loads(_cli(tmp_path, "history", "export", "alice").stdout)
+    assert "user:alice#archived" in export["sessions"]
+    sessions = json.loads(_cli(tmp_path, "sessions", "--json").stdout)
+    assert [row["key"] for row in sessions] == ["user:alice"]
+
+
+async def test_history_show_marks_summaries(tmp_path: Path, _isolated_env: Path) -> None:
+    from onethread.session.urls import open_history_store
+
+    manager = BotSessionManager(
+        store=open_history_store(f"sqlite:///{_isolated_env / 'history.db'}")
+    )
+    agent = Agent("offline")
+    for text in ("my lucky number is 7", "one", "two"):
+        await manager.chat(agent, "u1", text, platform="console")
+    assert await manager.compact(agent, "u1", platform="console") == 4
+    await manager.close()
+    show = _cli(tmp_path, "history", "show", "console:u1")
+    assert show.returncode == 0, show.stderr
+    assert "[SUMMARY of 4 more entries]" in show.stdout
+    assert "[SUMMARY of 4 more entries]: (Extract, not a summary" in show.stdout
+    assert "person on console] my lucky number is 7" in show.stdout

@@ -54,7 +54,8 @@ class BotOS:
         identity_resolver: links accounts across platforms.
         bots: ready ``Bot`` objects to add (they are re-pointed at the shared
             session only if they were built without one).
-        **options: ``store``, ``max_history``, ``blobs`` for the shared session manager
+        **options: ``store``, ``max_history``, ``blobs``, ``context_tokens``,
+            ``summary_model`` for the shared session manager
             (or ``session`` for a ready one); ``access`` (one ``AccessPolicy``
             or a mapping platform -> policy), ``owners`` (platform -> owner
             ids), ``pairing`` (a ``PairingStore`` for /link and approvals),
@@ -96,6 +97,8 @@ class BotOS:
                 max_history=options.pop("max_history", 100),
                 locks=coordination.locks,
                 blobs=options.pop("blobs", None),
+                context_tokens=options.pop("context_tokens", None),
+                summary_model=options.pop("summary_model", None),
             )
         self._session = session
         self._gate = Gate(coordination.duplicates)
@@ -108,7 +111,7 @@ class BotOS:
         audit = options.pop("audit", None)
         admin_token = options.pop("admin_token", None)
         self.link_flow = LinkFlow(session, self.pairing, notify=self._send_to, metrics=self.metrics)
-        self.commands = CommandRouter(session, extra={"link": self.link_flow})
+        self.commands = CommandRouter(session, extra={"link": self.link_flow}, agent=self.agent)
         access = options.pop("access", None)
         owners: Mapping[str, Iterable[str]] = options.pop("owners", None) or {}
         self.gc_freeze = bool(options.get("gc_freeze", True))  # also each Bot's option
