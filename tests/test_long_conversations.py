@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -331,3 +332,145 @@ async def test_history_show_marks_summaries(tmp_path: Path, _isolated_env: Path)
     assert "[SUMMARY of 4 more entries]" in show.stdout
     assert "[SUMMARY of 4 more entries]: (Extract, not a summary" in show.stdout
     assert "person on console] my lucky number is 7" in show.stdout
+
+
+class _Recorder:
+    """A plain Responder that records the history it was handed."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[Any]] = []
+
+    async def respond(self, history: Any, message: Any, *, group: bool = False) -> str:
+        self.seen.append(list(history))
+        return "ok " * 40
+
+
+async def test_a_responder_gets_the_summary_first_as_role_summary() -> None:
+    from onethread.agent.messages import build_messages
+
+    async with FakeOpenAI(handler) as server:
+        recorder = _Recorder()
+        recorder.summary_model = OpenAIModel(  # type: ignore[attr-defined]
+            "fake-model", base_url=server.base_url, api_key="sk-test"
+        )
+        manager = BotSessionManager(MemoryHistoryStore(), context_tokens=500)
+        await manager.chat(recorder, "u1", "my lucky number is 7", platform="console")
+        for _ in range(20):
+            await manager.chat(recorder, "u1", FILLER, platform="console")
+            await _settle(manager)
+        last = recorder.seen[-1]
+        assert last[0].role == SUMMARY_ROLE and "lucky number is 7" in last[0].content
+        assert all(e.role != SUMMARY_ROLE for e in last[1:])
+        messages = build_messages("", last, last[-1])
+        assert messages[1]["role"] == "assistant"  # the summary: the assistant's side
+        assert messages[1]["content"].startswith("[SUMMARY of the earlier conversation, ")
+        await manager.close()
+        await recorder.summary_model.aclose()  # type: ignore[attr-defined]
+
+
+def test_default_budget_from_the_model_table() -> None:
+    assert tokens.default_budget("gpt-4o-mini") == 128_000 - 8_192
+    assert tokens.default_budget("openai/gpt-4o") == 128_000 - 8_192
+    assert tokens.default_budget("gpt-4") == 8_192 - 1_638
+    assert tokens.default_budget("some-local-model") == 16_000 - 3_200
+    assert tokens.default_budget(None) == 16_000 - 3_200
+    manager = BotSessionManager(MemoryHistoryStore())
+    assert manager.compaction.budget(Agent("a", context_tokens=3000)) == 3000
+    assert (
+        BotSessionManager(MemoryHistoryStore(), context_tokens=900).compaction.budget(
+            Agent("a", context_tokens=3000)
+        )
+        == 900
+    )
+
+
+def test_usage_corrects_the_estimate_per_model() -> None:
+    tokens.observe("m1", 1000, 500)
+    assert tokens.correction("m1") == 0.5
+    assert tokens.correction("m2") == 1.0
+    tokens.observe("m1", 1000, 2000)
+    assert 0.5 < tokens.correction("m1") < 2.0
+
+
+async def test_loading_stops_at_the_budget_whatever_the_history_size() -> None:
+    from onethread.session.history.base import HistoryEntry
+
+    class Counting(MemoryHistoryStore):
+        asked: list[int | None] = []
+
+        async def load(self, key: str, limit: int | None = None) -> list[HistoryEntry]:
+            self.asked.append(limit)
+            return await super().load(key, limit)
+
+    store = Counting()
+    entries = [
+        HistoryEntry(role="user" if i % 2 == 0 else "assistant", content=FILLER, timestamp=i)
+        for i in range(100_000)
+    ]
+    await store.append(KEY, entries)
+    manager = BotSessionManager(store, context_tokens=2000)
+    message = HistoryEntry(role="user", content="hi", timestamp=200_000.0)
+    history, due = await manager.compaction.load(KEY, Agent("a"), message)
+    assert due and 40 < len(history) < 200
+    assert all(limit is not None and limit <= 2048 for limit in store.asked)
+
+
+@pytest.mark.parametrize(
+    ("mode", "last_ago", "due"),
+    [("never", 10**6, False), ("idle", 60, False), ("idle", 4 * 3600, True)],
+)
+def test_reset_policy_idle(mode: str, last_ago: float, due: bool) -> None:
+    from onethread.session.reset import ResetPolicy
+
+    policy = ResetPolicy(mode, idle_minutes=240)
+    assert policy.due(1_000_000.0 - last_ago, 1_000_000.0) is due
+
+
+def test_reset_policy_daily_and_bad_values() -> None:
+    import datetime as dt
+
+    from onethread.session.reset import ResetPolicy
+
+    policy = ResetPolicy("daily", daily_at="04:00")
+    at = dt.datetime(2026, 5, 3, 5, 0, tzinfo=dt.UTC).timestamp()
+    assert policy.due(at - 2 * 3600, at)  # 03:00, before today's 04:00
+    assert not policy.due(at - 1800, at)  # 04:30
+    with pytest.raises(ValueError, match="never, idle or daily"):
+        ResetPolicy("weekly")
+    with pytest.raises(ValueError, match="HH:MM"):
+        ResetPolicy("daily", daily_at="4am")
+
+
+async def test_an_idle_session_is_archived_before_the_next_message() -> None:
+    from onethread.session.reset import ResetPolicy
+
+    manager = BotSessionManager(MemoryHistoryStore(), reset=ResetPolicy("idle", idle_minutes=1))
+    agent = _Recorder()
+    await manager.chat(agent, "u1", "my lucky number is 7", platform="console")
+    await manager.chat(agent, "u1", "still here", platform="console")
+    assert len(agent.seen[-1]) == 2  # not idle: same conversation
+    old = await manager.store.load(KEY)
+    store = MemoryHistoryStore()  # the same entries, two minutes older
+    await store.append(KEY, [replace(e, timestamp=e.timestamp - 120) for e in old])
+    manager._store = store
+    await manager.chat(agent, "u1", "back again", platform="console")
+    assert agent.seen[-1] == []  # a fresh conversation...
+    assert len(await store.load(archive_key(KEY))) == 4  # ...the old one archived
+    await manager.close()
+
+
+def test_config_session_section(tmp_path: Path) -> None:
+    from onethread.config import ConfigFileError, load_config
+
+    good = tmp_path / "onethread.yaml"
+    good.write_text(
+        "context_tokens: 4000\nagent: {summary_model: small}\n"
+        "session: {reset: daily, daily_at: '03:30'}\n"
+    )
+    config = load_config(good)
+    assert config.context_tokens == 4000 and config.agent.summary_model == "small"
+    assert (config.session.reset, config.session.daily_at) == ("daily", "03:30")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("session: {reset: weekly}\n")
+    with pytest.raises(ConfigFileError, match="session.reset"):
+        load_config(bad)

@@ -42,7 +42,7 @@ TURN_FAILED = "Sorry, something went wrong on my side and I could not answer tha
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
                 "drain_timeout", "access", "owners", "commands", "pairing",
                 "gc_freeze", "blobs", "max_attachment_bytes", "metrics",
-                "context_tokens", "summary_model")  # fmt: skip
+                "context_tokens", "summary_model", "reset")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -66,7 +66,8 @@ class Bot:
         identity_resolver: links accounts across platforms (default: none,
             every DM keeps its legacy key).
         **options: ``store`` (history store or URL), ``max_history``,
-            ``context_tokens`` and ``summary_model`` (see ``BotSessionManager``),
+            ``context_tokens``, ``summary_model`` and ``reset`` (see
+            ``BotSessionManager``),
             ``session`` (a shared ``BotSessionManager``), ``adapter`` (an
             adapter instance, e.g. ``onethread.testing.FakeAdapter``),
             ``drain_timeout`` (seconds running turns get at stop, default 10),
@@ -110,6 +111,7 @@ class Bot:
                 blobs=own.get("blobs"),
                 context_tokens=own.get("context_tokens"),
                 summary_model=own.get("summary_model"),
+                reset=own.get("reset"),
             )
         elif identity_resolver is not None and session.identity_resolver is not identity_resolver:
             raise ValueError("pass identity_resolver to the shared session manager, not the Bot")

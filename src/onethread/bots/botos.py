@@ -55,7 +55,7 @@ class BotOS:
         bots: ready ``Bot`` objects to add (they are re-pointed at the shared
             session only if they were built without one).
         **options: ``store``, ``max_history``, ``blobs``, ``context_tokens``,
-            ``summary_model`` for the shared session manager
+            ``summary_model``, ``reset`` for the shared session manager
             (or ``session`` for a ready one); ``access`` (one ``AccessPolicy``
             or a mapping platform -> policy), ``owners`` (platform -> owner
             ids), ``pairing`` (a ``PairingStore`` for /link and approvals),
@@ -99,6 +99,7 @@ class BotOS:
                 blobs=options.pop("blobs", None),
                 context_tokens=options.pop("context_tokens", None),
                 summary_model=options.pop("summary_model", None),
+                reset=options.pop("reset", None),
             )
         self._session = session
         self._gate = Gate(coordination.duplicates)

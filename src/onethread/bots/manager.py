@@ -34,6 +34,7 @@ from ..session.keys import (
     unified_key,
 )
 from ..session.locks import LocalTurnLocks, TurnLocks
+from ..session.reset import ResetPolicy
 from ..session.text import clean_text, clean_value
 from ..session.urls import open_history_store
 from .compaction import Compaction
@@ -80,6 +81,8 @@ class BotSessionManager:
         summary_model: the model that writes summaries (a name or a
             ``ModelClient``); ``None``: the agent's own model.
         compaction: ``False`` keeps the budget but never summarises.
+        reset: when a session starts afresh on its own (``ResetPolicy``:
+            ``never`` by default, ``idle`` or ``daily``); a reset archives.
         locks: turn locks (default: in-process); shared back-ends pass theirs.
         blobs: the blob store for attachment bytes, or its URL; ``None``: a
             ``file:`` store under ``ONETHREAD_HOME`` (``memory://`` when the
@@ -105,6 +108,7 @@ class BotSessionManager:
         context_tokens: int | None = None,
         summary_model: ModelClient | str | None = None,
         compaction: bool = True,
+        reset: ResetPolicy | None = None,
     ) -> None:
         if identity_resolver is not None and not isinstance(
             identity_resolver, IdentityResolverProtocol
@@ -134,6 +138,7 @@ class BotSessionManager:
         # The agent is held so its id is not reused while the entry lives.
         self._wrapped: dict[int, tuple[object, Responder]] = {}
         self._plain: set[type] = set()  # classes as_responder() returned as they are
+        self.reset_policy = reset if reset is not None else ResetPolicy()
         #: The token budget and the summaries (``onethread.bots.compaction``).
         self.compaction = Compaction(
             self,
@@ -379,6 +384,8 @@ class BotSessionManager:
             async with self.locks.hold(key):
                 token = set_session_context(ctx)
                 try:
+                    if self.reset_policy.active:
+                        await self._reset_if_due(key)
                     message = HistoryEntry(
                         role="user",
                         content=prompt,
@@ -441,6 +448,14 @@ class BotSessionManager:
         finally:
             if fold_due:  # after the turn, never in front of its reply
                 self.compaction.schedule(key, responder)
+
+    async def _reset_if_due(self, key: str) -> None:
+        """Archive ``key`` (the turn lock is held) when the reset policy says it is stale."""
+        newest = await self.store.load(key, 1)
+        if newest and self.reset_policy.due(newest[-1].timestamp, time.time()):
+            moved = await self.store.merge(key, archive_key(key))
+            await self.store.merge(summary_key(key), archive_key(key))
+            log.info("session reset (%s): archived %d entries", self.reset_policy.reset, moved)
 
     # -- mirror ----------------------------------------------------------------
 
