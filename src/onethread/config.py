@@ -22,6 +22,7 @@ Example::
     max_history: 100
     context_tokens: 8000             # the prompt budget (default: from the model)
     session: {reset: idle, idle_minutes: 240, daily_at: "04:00"}   # never | idle | daily
+    timezone: Europe/Berlin          # for schedules of people with no /tz (default UTC)
 
 Loading is two steps. :func:`load_config` reads the file, substitutes
 ``${VAR}`` (and ``${VAR:-default}``; ``$${`` is a literal ``${``) in string
@@ -179,6 +180,7 @@ class Config(_Strict):
     max_history: int = Field(default=100, ge=0)
     context_tokens: int | None = Field(default=None, ge=256)
     session: SessionConfig = Field(default_factory=lambda: SessionConfig())
+    timezone: str = "UTC"
     _source: str | None = PrivateAttr(default=None)
 
     @field_validator("platforms", mode="before")
@@ -188,6 +190,13 @@ class Config(_Strict):
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return dict.fromkeys(value)
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from .session.jobs.timing import zone
+
+        return zone(value).key
 
     @field_validator("owners", mode="before")
     @classmethod

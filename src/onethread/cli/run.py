@@ -190,6 +190,7 @@ def _build_botos(
             coordination=open_coordination(config.history),
             max_history=config.max_history,
             **_session_options(config),
+            timezone=config.timezone,
             access=_policies(config, list(platforms), pairing),
             owners=dict(config.owners),
             pairing=pairing,
