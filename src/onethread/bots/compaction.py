@@ -6,9 +6,12 @@ newest entry backwards in growing pages, the unsummarised entries that fit the
 budget. Its cost depends on the budget, not on how many entries the session
 holds. When the unsummarised part has grown past three quarters of what the
 budget leaves for history, the turn asks for a fold: :meth:`schedule` starts
-a task that takes the person's turn lock (on every host, when the locks are
-shared) once the turn is done, re-reads, and folds the older part into an
-updated summary with the summariser. A fold never runs in front of a reply;
+a task that, once the turn is done, reads what to fold under the person's turn
+lock (shared by every host when the locks are), lets the summariser write the
+updated summary with no turn lock held (one fold per session at a time, under
+the lock ``summary_key(key)``), and appends it under the turn lock again: no
+turn sees half a fold, and none waits for the model. A fold never runs in
+front of a reply;
 one that fails or times out is logged and tried again after the next turns
 (``max_failures`` in a row, then once per ``cooldown`` seconds).
 """
@@ -29,7 +32,7 @@ from ..agent.models_offline import OfflineModel
 from ..agent.summary import extract, summarise, summary_entry
 from ..errors import ModelError, StoreError
 from ..session.history.base import HistoryEntry
-from ..session.keys import summary_key
+from ..session.keys import archive_key, summary_key
 
 if TYPE_CHECKING:
     from .manager import BotSessionManager
@@ -190,20 +193,28 @@ class Compaction:
     async def fold(self, key: str, responder: object, *, force: bool = False) -> int:
         """Fold the older unsummarised entries of ``key`` now; return how many were folded.
 
-        Takes the turn lock. Without ``force``, only when the unsummarised part
-        is past three quarters of the history room; with it (``/compact``),
-        everything but the last exchange. Raises ``ModelError`` (the summariser
-        failed), ``TimeoutError`` (it took over ``summary_timeout``) or
-        ``StoreError``; what was folded before the failure stays folded.
+        Without ``force``, only when the unsummarised part is past three
+        quarters of the history room; with it (``/compact``), everything but
+        the last exchange. One fold per session at a time on every host (the
+        lock ``summary_key(key)``); the turn lock is held only to read what to
+        fold and to write the summary, never while the model writes it, so the
+        person's next turn does not wait for a summary. A summary whose session
+        was archived (``/new``) or folded elsewhere meanwhile is dropped.
+        Raises ``ModelError`` (the summariser failed), ``TimeoutError`` (it
+        took over ``summary_timeout``) or ``StoreError``; what was folded
+        before the failure stays folded.
         """
-        async with self.manager.locks.hold(key):
-            folded = await self._fold_locked(key, responder, force)
+        async with self.manager.locks.hold(summary_key(key)):
+            folded = await self._fold(key, responder, force)
         self._failures.pop(key, None)
         if folded:
             self.folds += 1
         return folded
 
-    async def _fold_locked(self, key: str, responder: object, force: bool) -> int:
+    async def _plan(
+        self, key: str, responder: object, force: bool
+    ) -> tuple[HistoryEntry | None, list[HistoryEntry], int]:
+        """Under the turn lock: the latest summary, what to fold, and the archive's size."""
         summary = await self._summary(key)
         budget = self.budget(responder)
         room = self._history_room(responder, summary, "x" * 1024)  # room for a typical message
@@ -211,11 +222,12 @@ class Compaction:
         # At most four budgets of the newest unsummarised entries: a long history that
         # predates compaction is summarised from its newest part (the rest stays stored).
         fresh, _used, _more = await self._scan(key, after, budget * 4, None)
+        archived = await self.manager.store.count(archive_key(key))
         cap = self.manager.max_history
         total = sum(_cost(e) for e in fresh)
         over = cap is not None and len(fresh) > cap
         if not fresh or (not force and total <= room * 0.75 and not over):
-            return 0
+            return summary, [], archived
         keep_room = 0 if force else room * 0.4
         keep_count = 2 if force else (max(cap // 2, 1) if cap is not None else len(fresh))
         kept = 0
@@ -230,9 +242,14 @@ class Compaction:
         # Entries sharing the boundary's timestamp go together: "after" is a timestamp.
         while 0 < cut < len(fresh) and fresh[cut].timestamp == fresh[cut - 1].timestamp:
             cut += 1
-        to_fold = fresh[:cut]
+        return summary, fresh[:cut], archived
+
+    async def _fold(self, key: str, responder: object, force: bool) -> int:
+        async with self.manager.locks.hold(key):
+            summary, to_fold, archived = await self._plan(key, responder, force)
         if not to_fold:
             return 0
+        budget = self.budget(responder)
         summary_tokens = max(budget // 4, 64)
         model, name = self._summariser(responder)
         chunk_room = max(budget - summary_tokens - _PROMPT_ROOM, 256)
@@ -249,7 +266,13 @@ class Compaction:
                 text = _fit(text, summary_tokens, key)
                 kind = "summary"
             entry = summary_entry(text, chunk, summary, kind=kind, model=name)
-            await self.manager.store.append(summary_key(key), [entry])
+            async with self.manager.locks.hold(key):
+                latest = await self._summary(key)
+                moved = await self.manager.store.count(archive_key(key)) != archived
+                if moved or _ident(latest) != _ident(summary):
+                    log.info("a fold of %s was dropped: the session changed", key.split(":")[0])
+                    return done
+                await self.manager.store.append(summary_key(key), [entry])
             summary = entry
             done += len(chunk)
         log.info("folded %d entries of %s into its summary", done, key.split(":", 1)[0])
@@ -277,6 +300,10 @@ class Compaction:
             task.cancel()
         if left:
             await asyncio.wait(left)
+
+
+def _ident(entry: HistoryEntry | None) -> tuple[float, str] | None:
+    return None if entry is None else (entry.timestamp, entry.content)
 
 
 def _cost(entry: HistoryEntry) -> int:
