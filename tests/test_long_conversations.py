@@ -474,3 +474,31 @@ def test_config_session_section(tmp_path: Path) -> None:
     bad.write_text("session: {reset: weekly}\n")
     with pytest.raises(ConfigFileError, match="session.reset"):
         load_config(bad)
+
+
+async def test_a_summary_that_times_out_is_retried_and_never_delays_a_reply() -> None:
+    slow = {"left": 1, "overlapped": 0}
+    servers: list[FakeOpenAI] = []
+
+    def handler_slow(body: dict[str, Any]) -> FakeReply | str:
+        if _is_summary(body) and slow["left"] > 0:
+            slow["left"] -= 1
+            return FakeReply(content=_fake_summary(body), delay=2.0)
+        if not _is_summary(body) and servers[0].in_flight > 1:
+            slow["overlapped"] += 1  # a turn answered while the summary was pending
+        return handler(body)
+
+    async with FakeOpenAI(handler_slow) as server:
+        servers.append(server)
+        agent = _agent(server, max_retries=0)
+        manager = BotSessionManager(MemoryHistoryStore(), context_tokens=600, summary_timeout=0.3)
+        await manager.chat(agent, "u1", "my lucky number is 7", platform="console")
+        for _ in range(30):
+            reply = await manager.chat(agent, "u1", FILLER, platform="console")
+            assert reply == ANSWER
+        await _settle(manager)
+        assert manager.compaction.failures == 1 and slow["left"] == 0
+        assert slow["overlapped"] > 0  # turns went on while the summary hung
+        summaries = await manager.store.load(summary_key(KEY))
+        assert summaries and "lucky number is 7" in summaries[-1].content
+        await manager.close()

@@ -189,6 +189,12 @@ class Compaction:
                 exc,
             )
             return 0
+        except Exception:  # a bug or a lost lock: logged, counted, retried like a failure
+            failed = self._failures.get(key, (0, 0.0))[0] + 1
+            self._failures[key] = (failed, time.monotonic())
+            self.failures += 1
+            log.exception("summary of %s failed unexpectedly", key.split(":", 1)[0])
+            return 0
 
     async def fold(self, key: str, responder: object, *, force: bool = False) -> int:
         """Fold the older unsummarised entries of ``key`` now; return how many were folded.

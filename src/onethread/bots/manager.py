@@ -81,6 +81,8 @@ class BotSessionManager:
         summary_model: the model that writes summaries (a name or a
             ``ModelClient``); ``None``: the agent's own model.
         compaction: ``False`` keeps the budget but never summarises.
+        summary_timeout: seconds a summary may take; past it the fold is
+            dropped, logged and tried again after later turns.
         reset: when a session starts afresh on its own (``ResetPolicy``:
             ``never`` by default, ``idle`` or ``daily``); a reset archives.
         locks: turn locks (default: in-process); shared back-ends pass theirs.
@@ -108,6 +110,7 @@ class BotSessionManager:
         context_tokens: int | None = None,
         summary_model: ModelClient | str | None = None,
         compaction: bool = True,
+        summary_timeout: float = 120.0,
         reset: ResetPolicy | None = None,
     ) -> None:
         if identity_resolver is not None and not isinstance(
@@ -144,6 +147,7 @@ class BotSessionManager:
             self,
             context_tokens=context_tokens,
             summary_model=summary_model,
+            summary_timeout=summary_timeout,
             enabled=compaction,
         )
 
