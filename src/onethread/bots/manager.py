@@ -322,9 +322,11 @@ class BotSessionManager:
         """Run one turn and return the reply.
 
         Resolves the sender, takes the session's turn lock, sets the
-        ``SessionContext`` for the agent's tools, loads the last
-        ``max_history`` entries, asks the agent, and appends the user message
-        and the reply in one transaction. If the model fails (``ModelError``)
+        ``SessionContext`` for the agent's tools, loads the latest summary and
+        the recent entries that fit the token budget (``compaction.load``),
+        asks the agent, and appends the user message and the reply in one
+        transaction; older entries are folded into the summary afterwards when
+        they outgrow the budget (never in front of the reply). If the model fails (``ModelError``)
         the user's message is still stored and a short apology is returned
         (not delivered, not stored: the caller sends it). ``stats``, when
         given, receives the model's time and whether it failed.
@@ -679,10 +681,10 @@ class BotSessionManager:
         async with self.locks.hold(key):
             token = set_session_context(ctx)
             try:
-                history = await self.store.load(key, self.max_history)
                 message = HistoryEntry(
                     role="user", content=prompt, timestamp=time.time(), source=source
                 )
+                history, _due = await self.compaction.load(key, agent, message)
                 return await agent.respond(history, message, group=False)
             finally:
                 clear_session_context(token)
