@@ -78,7 +78,7 @@ class CommandRouter:
         lines = [
             "I am an AI assistant; just write to me.",
             "/whoami: who I think you are, and your linked accounts",
-            "/new: start a fresh conversation (the old one is archived, not deleted)",
+            "/new: start a fresh conversation",
             "/compact: fold our earlier messages into a summary now",
         ]
         if "link" in (self.extra or {}):
