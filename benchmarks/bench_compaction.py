@@ -57,7 +57,7 @@ async def run(on: bool, people: int, turns: int, turn_s: float, summary_s: float
         for _ in range(turns):
             started = time.perf_counter()
 
-            async def deliver(reply: str, **_: Any) -> None:
+            async def deliver(reply: str, started: float = started, **_: Any) -> None:
                 latencies.append(time.perf_counter() - started)
 
             await manager.chat(agent, f"p{i}", TEXT, platform="console", deliver=deliver)

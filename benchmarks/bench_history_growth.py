@@ -6,7 +6,8 @@ stores; the full turn runs as in bench_turns (max_history=20: the model sees
 the last 20 entries). ``--budget N`` runs it instead as long conversations do:
 no entry cap, a token budget of N (``context_tokens``), history read newest
 first up to the budget and older entries folded into a summary after the
-reply (the model is EchoModel, so a summary is cheap but real). Latency is per turn, message in to reply out. Stores: memory, SQLite
+reply (the model is EchoModel, so a summary is cheap but real). Latency is
+per turn, message in to reply out. Stores: memory, SQLite
 (the default, with its read cache) and SQLite with the cache off
 (``cache_entries=0``), which shows the cost of the indexed read itself.
 

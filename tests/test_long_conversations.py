@@ -502,3 +502,36 @@ async def test_a_summary_that_times_out_is_retried_and_never_delays_a_reply() ->
         summaries = await manager.store.load(summary_key(KEY))
         assert summaries and "lucky number is 7" in summaries[-1].content
         await manager.close()
+
+
+def test_the_summariser_sees_provenance_of_mirrors_and_attachments() -> None:
+    import datetime as dt
+
+    from onethread.agent.summary import provenance_line
+    from onethread.session.attachments import Attachment
+    from onethread.session.history.base import HistoryEntry
+
+    may3 = dt.datetime(2026, 5, 3, 9, 0, tzinfo=dt.UTC).timestamp()
+    reminder = HistoryEntry(
+        role="assistant",
+        content="Stand-up in 5 minutes",
+        timestamp=may3,
+        platform="telegram",
+        mirror=True,
+        source="cron",
+    )
+    assert provenance_line(reminder) == (
+        "[2026-05-03 09:00 UTC, cron sent by the bot on its own on telegram] "
+        "[sent by the bot on its own via cron] Stand-up in 5 minutes"
+    )
+    voice = HistoryEntry(
+        role="user",
+        content="",
+        timestamp=may3,
+        platform="discord",
+        user_name="Alice",
+        attachments=(Attachment("voice", "audio/ogg", transcript="call Bob at 10"),),
+    )
+    line = provenance_line(voice)
+    assert line.startswith("[2026-05-03 09:00 UTC, person (Alice) on discord]")
+    assert "call Bob at 10" in line
