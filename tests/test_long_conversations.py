@@ -499,6 +499,8 @@ async def test_a_summary_that_times_out_is_retried_and_never_delays_a_reply() ->
         await _settle(manager)
         assert manager.compaction.failures == 1 and slow["left"] == 0
         assert slow["overlapped"] > 0  # turns went on while the summary hung
+        await manager.chat(agent, "u1", FILLER, platform="console")  # the next turn retries
+        await _settle(manager)
         summaries = await manager.store.load(summary_key(KEY))
         assert summaries and "lucky number is 7" in summaries[-1].content
         await manager.close()

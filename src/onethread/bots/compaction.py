@@ -4,7 +4,7 @@ The manager's turn calls :meth:`Compaction.load` (under the turn lock): the
 session's latest summary (kept under ``summary_key(key)``) and, read from the
 newest entry backwards in growing pages, the unsummarised entries that fit the
 budget. Its cost depends on the budget, not on how many entries the session
-holds. When the unsummarised part has grown past three quarters of what the
+holds. When the unsummarised part has grown past 85 % of what the
 budget leaves for history, the turn asks for a fold: :meth:`schedule` starts
 a task that, once the turn is done, reads what to fold under the person's turn
 lock (shared by every host when the locks are), lets the summariser write the
@@ -43,6 +43,8 @@ log = logging.getLogger("onethread.session")
 
 _FIRST_PAGE = 32
 _PROMPT_ROOM = 600  # the fold prompt's own text, in tokens
+_TRIGGER = 0.85  # fold when the unsummarised part passes this share of the history room
+_KEEP = 0.35  # and keep this share of it unfolded (the latest exchanges, verbatim)
 
 
 class Compaction:
@@ -126,7 +128,7 @@ class Compaction:
         after = summary.timestamp if summary is not None else float("-inf")
         cap = self.manager.max_history
         picked, used, full = await self._scan(key, after, room, cap)
-        due = self.enabled and (full or used + tokens.estimate(message.content) > room * 0.75)
+        due = self.enabled and (full or used + tokens.estimate(message.content) > room * _TRIGGER)
         return ([summary] if summary is not None else []) + picked, due
 
     async def _scan(
@@ -199,8 +201,8 @@ class Compaction:
     async def fold(self, key: str, responder: object, *, force: bool = False) -> int:
         """Fold the older unsummarised entries of ``key`` now; return how many were folded.
 
-        Without ``force``, only when the unsummarised part is past three
-        quarters of the history room; with it (``/compact``), everything but
+        Without ``force``, only when the unsummarised part is past 85 % of the
+        history room (keeping the newest 35 % verbatim); with it (``/compact``), everything but
         the last exchange. One fold per session at a time on every host (the
         lock ``summary_key(key)``); the turn lock is held only to read what to
         fold and to write the summary, never while the model writes it, so the
@@ -232,9 +234,9 @@ class Compaction:
         cap = self.manager.max_history
         total = sum(_cost(e) for e in fresh)
         over = cap is not None and len(fresh) > cap
-        if not fresh or (not force and total <= room * 0.75 and not over):
+        if not fresh or (not force and total <= room * _TRIGGER and not over):
             return summary, [], archived
-        keep_room = 0 if force else room * 0.4
+        keep_room = 0 if force else room * _KEEP
         keep_count = 2 if force else (max(cap // 2, 1) if cap is not None else len(fresh))
         kept = 0
         used = 0
