@@ -98,7 +98,9 @@ class BenchAdapter(FakeAdapter):
 class World:
     """A BotOS with two in-process platforms and ``users`` people linked across both."""
 
-    def __init__(self, store: str | HistoryStore, users: int, metrics: bool = True) -> None:
+    def __init__(
+        self, store: str | HistoryStore, users: int, metrics: bool = True, **options: Any
+    ) -> None:
         resolver = InMemoryIdentityResolver()
         for i in range(users):
             resolver.link("telegram", f"t{i}", f"user{i}")
@@ -106,7 +108,11 @@ class World:
         agent = Agent(name="bench", model=EchoModel())
         self.tracker = Tracker()
         self.botos = BotOS(
-            agent=agent, identity_resolver=resolver, store=store, max_history=20, metrics=metrics
+            agent=agent,
+            identity_resolver=resolver,
+            store=store,
+            metrics=metrics,
+            **{"max_history": 20, **options},
         )
         self.adapters = {name: BenchAdapter(name, self.tracker) for name in PLATFORMS}
         for name, adapter in self.adapters.items():

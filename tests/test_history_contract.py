@@ -160,3 +160,27 @@ def test_bad_urls_name_the_accepted_forms() -> None:
     for url in ("nope", "mysql://x", "sqlite:/x.db", "file:/x.json"):
         with pytest.raises(ConfigError, match="sqlite"):
             open_history_store(url)
+
+
+async def test_summaries_and_archives_on_every_store(store: HistoryStore) -> None:
+    """Long conversations need no schema: summaries and archives are entries under keys."""
+    from onethread.agent import Agent
+    from onethread.bots import BotSessionManager
+    from onethread.session.keys import archive_key, summary_key
+
+    manager = BotSessionManager(store, context_tokens=16_000)
+    agent = Agent("offline")
+    key = "bot_console_u1"
+    for text in ("my lucky number is 7", "two", "three"):
+        await manager.chat(agent, "u1", text, platform="console", message_id=text)
+    assert await manager.compact(agent, "u1", platform="console") == 4
+    summary = (await store.load(summary_key(key)))[-1]
+    assert summary.role == "summary" and summary.metadata["kind"] == "extract"
+    assert summary.metadata["covers"][0] == (await store.load(key))[0].timestamp
+    assert await manager.reset("u1", platform="console") == 6
+    await manager.chat(agent, "u1", "again", platform="console", message_id="again")
+    assert await manager.reset("u1", platform="console") == 2  # a second /new adds to the archive
+    archived = await store.load(archive_key(key))
+    assert len(archived) == 9 and [x.role for x in archived].count("summary") == 1
+    assert await store.load(key) == [] and await store.load(summary_key(key)) == []
+    assert await manager.forget("console:u1") == 9

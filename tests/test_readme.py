@@ -172,6 +172,10 @@ async def run_session_manager(monkeypatch: pytest.MonkeyPatch) -> None:
     await asyncio.to_thread(run_plain_example, "session-manager", {"__name__": "__main__"})
 
 
+async def run_long_conversations(monkeypatch: pytest.MonkeyPatch) -> None:
+    await asyncio.to_thread(run_plain_example, "long-conversations", {"__name__": "__main__"})
+
+
 async def run_resolvers(monkeypatch: pytest.MonkeyPatch) -> None:
     await asyncio.to_thread(run_plain_example, "resolvers", {})
 
@@ -288,6 +292,7 @@ RUNNERS: dict[str, Runner] = {
     "set-context": run_set_context,
     "mirror": run_mirror,
     "session-manager": run_session_manager,
+    "long-conversations": run_long_conversations,
     "resolvers": run_resolvers,
     "custom-resolver": run_custom_resolver,
 }

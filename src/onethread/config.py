@@ -20,6 +20,8 @@ Example::
       max_codes: 10000               # pairing codes kept at once, all accounts
     owners: {telegram: "12345"}
     max_history: 100
+    context_tokens: 8000             # the prompt budget (default: from the model)
+    session: {reset: idle, idle_minutes: 240, daily_at: "04:00"}   # never | idle | daily
     timezone: Europe/Berlin          # for schedules of people with no /tz (default UTC)
 
 Loading is two steps. :func:`load_config` reads the file, substitutes
@@ -122,10 +124,24 @@ class AgentConfig(_Strict):
     instructions: str = ""
     model: str | None = None
     tools: list[Annotated[str, AfterValidator(_tool_path)]] = Field(default_factory=list)
+    summary_model: str | None = None
 
 
 #: An access policy name (see ``onethread.bots.policy``).
 Mode = Literal["open", "allowlist", "approval"]
+
+
+class SessionConfig(_Strict):
+    """``session:``: when a conversation starts afresh on its own (``onethread.session.reset``).
+
+    ``reset``: ``never`` (default), ``idle`` (after ``idle_minutes`` without a
+    message) or ``daily`` (at ``daily_at``, ``HH:MM`` UTC). A reset archives,
+    like ``/new``.
+    """
+
+    reset: Literal["never", "idle", "daily"] = "never"
+    idle_minutes: float = Field(default=240.0, gt=0)
+    daily_at: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = "04:00"
 
 
 class AccessConfig(_Strict):
@@ -162,6 +178,8 @@ class Config(_Strict):
     access: AccessConfig = Field(default_factory=AccessConfig)
     owners: dict[str, list[str]] = Field(default_factory=dict)
     max_history: int = Field(default=100, ge=0)
+    context_tokens: int | None = Field(default=None, ge=256)
+    session: SessionConfig = Field(default_factory=lambda: SessionConfig())
     timezone: str = "UTC"
     _source: str | None = PrivateAttr(default=None)
 

@@ -52,6 +52,11 @@ class Agent:
     model takes images (image parts); ``None`` guesses from the model name
     (``onethread.agent.attachments.VISION_MODEL_PREFIXES``). The agent holds no
     conversation state, so one instance serves any number of concurrent turns.
+
+    ``context_tokens``: the prompt budget (``None``: from the model's context
+    window, see ``onethread.agent.tokens``); the session manager fits the
+    history into it and folds older entries into a summary written by
+    ``summary_model`` (a name or a ``ModelClient``; ``None``: ``model``).
     """
 
     def __init__(
@@ -64,9 +69,15 @@ class Agent:
         max_tool_rounds: int = 8,
         timeout: float = 60.0,
         vision: bool | None = None,
+        context_tokens: int | None = None,
+        summary_model: str | ModelClient | None = None,
     ) -> None:
         if max_tool_rounds < 0:
             raise ConfigError(f"max_tool_rounds must be 0 or more, got {max_tool_rounds}")
+        if context_tokens is not None and context_tokens < 256:
+            raise ConfigError(f"context_tokens must be at least 256, got {context_tokens}")
+        #: The prompt budget in tokens (``None``: from the model, ``onethread.agent.tokens``).
+        self.context_tokens = context_tokens
         self.name = name
         self.instructions = instructions
         self.max_tool_rounds = max_tool_rounds
@@ -85,6 +96,12 @@ class Agent:
         if vision is None:
             vision = takes_images(str(getattr(self.model, "model", "") or ""))
         self.vision = vision
+        #: The model that folds old history into summaries (``None``: ``model``).
+        self.summary_model: ModelClient | None = (
+            _resolve_model(summary_model, timeout=timeout)  # type: ignore[assignment]
+            if summary_model is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, tools={list(self.tools)!r}, model={self.model!r})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -9,7 +10,14 @@ from typing import Any
 from ..session.history.base import DELIVERY_CUT, HistoryEntry
 from .attachments import with_attachments
 
-__all__ = ["CUT_SHORT", "EARLIER_CONVERSATION", "UNDELIVERED", "build_messages", "entry_text"]
+__all__ = [
+    "CUT_SHORT",
+    "EARLIER_CONVERSATION",
+    "SUMMARY_LABEL",
+    "UNDELIVERED",
+    "build_messages",
+    "entry_text",
+]
 
 EARLIER_CONVERSATION = "(earlier conversation)"
 """The user message put first when the kept history starts with the assistant."""
@@ -19,6 +27,9 @@ UNDELIVERED = "NOT DELIVERED: sending this to the person failed"
 
 CUT_SHORT = "SENT CUT SHORT: too long, the person got only the first part of this"
 """The label of a reply that was sent only in part (``metadata["delivery"] == "cut"``)."""
+
+SUMMARY_LABEL = "SUMMARY of the earlier conversation"
+"""The label of a folded summary (``role="summary"``, see ``onethread.agent.summary``)."""
 
 _EMPTY_MESSAGE = "(empty message)"
 
@@ -32,8 +43,13 @@ def entry_text(entry: HistoryEntry, *, group: bool = False) -> str:
     Attachments follow, one line each (``[voice note] what was said``).
     Text whose delivery failed is labelled ``[NOT DELIVERED: ...]``, and a
     reply sent only in part ``[SENT CUT SHORT: ...]``, so the model does not
-    assume the person read it all.
+    assume the person read it all. A summary (``role="summary"``) is
+    labelled ``[SUMMARY of the earlier conversation, <first> to <last>]``.
     """
+    if entry.role == "summary":
+        covers = entry.metadata.get("covers") or [entry.timestamp, entry.timestamp]
+        span = " to ".join(time.strftime("%Y-%m-%d", time.gmtime(float(t))) for t in covers[:2])
+        return f"[{SUMMARY_LABEL}, {span}]\n{entry.content}"
     if entry.undelivered:
         error = entry.metadata.get("delivery_error") or "error"
         inner = replace(entry, metadata={})
@@ -81,7 +97,11 @@ def build_messages(
             content = with_attachments(content, entry.attachments)
         elif not content or content.isspace():  # the same test as `not content.strip()`
             continue
-        if entry.mirror or (entry.metadata and "delivery" in entry.metadata):
+        if (
+            entry.mirror
+            or entry.role == "summary"
+            or (entry.metadata and "delivery" in entry.metadata)
+        ):
             role = "user" if entry.role == "user" and not entry.mirror else "assistant"
             text = entry_text(entry, group=group)
         elif entry.role == "user":

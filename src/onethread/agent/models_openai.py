@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConfigError, ModelError
+from . import tokens
 from .models import ModelReply, OnDelta, ToolCall
 
 if TYPE_CHECKING:
@@ -98,7 +99,9 @@ class OpenAIModel:
         """One chat completion; ``tools`` omitted from the request when empty.
 
         Raises ``ModelError`` (with ``status_code`` for HTTP errors) on timeout,
-        connection failure, an error status, or a reply without choices.
+        connection failure, an error status, or a reply without choices. The
+        ``usage.prompt_tokens`` the endpoint reports corrects the token
+        estimate for this model (``onethread.agent.tokens.observe``).
         """
         client = self._get_client()
         started = time.monotonic()
@@ -112,6 +115,12 @@ class OpenAIModel:
                     model=self.model, messages=cast(Any, messages)
                 )
         logger.debug("model %s answered in %.3fs", self.model, time.monotonic() - started)
+        usage = getattr(completion, "usage", None)
+        if usage is not None and getattr(usage, "prompt_tokens", None):
+            # Corrects later estimates for this model (onethread.agent.tokens).
+            tokens.observe(
+                self.model, tokens.estimate_messages(messages, tools), usage.prompt_tokens
+            )
         return _to_reply(completion, self.model)
 
     async def stream(

@@ -28,16 +28,20 @@ class Responder(Protocol):
     wrappers onethread builds around a framework's agent.
 
     ``history`` is the person's session before this message, oldest first
-    (``HistoryEntry`` objects, at most the manager's ``max_history``): their
+    (``HistoryEntry`` objects fitting the manager's token budget): their
     messages (``role="user"``, with ``platform``, ``user_id``, ``user_name``)
     and the replies (``role="assistant"``). Entries the bot sent on its own
     (reminders, notifications, cross-platform replies) have ``mirror=True``
     and say where they came from in ``source`` (``"cron"``, ``"notify"``);
     :func:`onethread.agent.messages.entry_text` renders them for a model as
-    ``[sent by the bot on its own via cron] ...``. When "Messages beyond
-    text" and "Long conversations" land, entries also carry ``attachments``
-    and a folded summary comes first as ``role="summary"``; treat any role
-    other than ``"user"`` as the assistant's side, as ``build_messages`` does.
+    ``[sent by the bot on its own via cron] ...``. Entries may carry
+    ``attachments``. When older entries have been folded, the first entry is
+    their summary: ``role="summary"``, the text in ``content``,
+    ``metadata["covers"]`` the first and last timestamps it replaces (see
+    ``onethread.agent.summary``); ``entry_text`` renders it as
+    ``[SUMMARY of the earlier conversation, <from> to <to>] ...``. Treat any
+    role other than ``"user"`` as the assistant's side, as ``build_messages``
+    does (the framework wrappers get it that way).
 
     ``message`` is the new user message (same fields). ``group`` is True in a
     group or channel, where the history holds several people's messages:

@@ -43,7 +43,7 @@ TURN_FAILED = "Sorry, something went wrong on my side and I could not answer tha
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
                 "drain_timeout", "access", "owners", "commands", "pairing",
                 "gc_freeze", "blobs", "max_attachment_bytes", "streaming",
-                "metrics")  # fmt: skip
+                "metrics", "context_tokens", "summary_model", "reset")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -67,6 +67,8 @@ class Bot:
         identity_resolver: links accounts across platforms (default: none,
             every DM keeps its legacy key).
         **options: ``store`` (history store or URL), ``max_history``,
+            ``context_tokens``, ``summary_model`` and ``reset`` (see
+            ``BotSessionManager``),
             ``session`` (a shared ``BotSessionManager``), ``adapter`` (an
             adapter instance, e.g. ``onethread.testing.FakeAdapter``),
             ``drain_timeout`` (seconds running turns get at stop, default 10),
@@ -112,6 +114,9 @@ class Bot:
                 identity_resolver=identity_resolver,
                 max_history=own.get("max_history", 100),
                 blobs=own.get("blobs"),
+                context_tokens=own.get("context_tokens"),
+                summary_model=own.get("summary_model"),
+                reset=own.get("reset"),
             )
         elif identity_resolver is not None and session.identity_resolver is not identity_resolver:
             raise ValueError("pass identity_resolver to the shared session manager, not the Bot")
@@ -135,7 +140,9 @@ class Bot:
         self.use_commands(
             own.get("commands")
             or CommandRouter(
-                self._session, extra={"link": LinkFlow(self._session, own.get("pairing"))}
+                self._session,
+                extra={"link": LinkFlow(self._session, own.get("pairing"))},
+                agent=self.agent,
             )
         )
         self._backoff: Backoff = own.get("backoff") or Backoff()
@@ -172,7 +179,7 @@ class Bot:
         self._session = session
         self._owns_session = False
         self._gate = gate
-        self.use_commands(CommandRouter(session))
+        self.use_commands(CommandRouter(session, agent=self.agent))
         return True
 
     def use_commands(self, router: CommandRouter) -> None:

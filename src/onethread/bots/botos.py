@@ -57,7 +57,8 @@ class BotOS:
         identity_resolver: links accounts across platforms.
         bots: ready ``Bot`` objects to add (they are re-pointed at the shared
             session only if they were built without one).
-        **options: ``store``, ``max_history``, ``blobs`` for the shared session manager
+        **options: ``store``, ``max_history``, ``blobs``, ``context_tokens``,
+            ``summary_model``, ``reset`` for the shared session manager
             (or ``session`` for a ready one); ``access`` (one ``AccessPolicy``
             or a mapping platform -> policy), ``owners`` (platform -> owner
             ids), ``pairing`` (a ``PairingStore`` for /link and approvals),
@@ -103,6 +104,9 @@ class BotOS:
                 max_history=options.pop("max_history", 100),
                 locks=coordination.locks,
                 blobs=options.pop("blobs", None),
+                context_tokens=options.pop("context_tokens", None),
+                summary_model=options.pop("summary_model", None),
+                reset=options.pop("reset", None),
             )
         self._session = session
         self._gate = Gate(coordination.duplicates)
@@ -130,6 +134,7 @@ class BotOS:
                 "tz": self.job_service.tz_command,
                 "reminders": self.job_service.reminders_command,
             },
+            agent=self.agent,
         )
         access = options.pop("access", None)
         owners: Mapping[str, Iterable[str]] = options.pop("owners", None) or {}

@@ -1,4 +1,4 @@
-"""Slash commands handled before the agent: /help, /whoami, /new, /unlink (and /link).
+"""Slash commands handled before the agent: /help, /whoami, /new, /compact, /unlink, /link.
 
 A command's reply goes straight back to the sender; it never reaches the
 agent or the history.
@@ -7,9 +7,11 @@ agent or the history.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ..errors import ModelError
 from ..platforms.base import Inbound
 from ..session.identity.base import unlinked_id
 from .linking import link_help
@@ -18,6 +20,8 @@ from .manager import BotSessionManager
 __all__ = ["CommandRouter", "parse_command"]
 
 Handler = Callable[[Inbound, str], Awaitable[str]]
+
+log = logging.getLogger("onethread.bot")
 
 
 def parse_command(text: str) -> tuple[str, str] | None:
@@ -39,12 +43,14 @@ class CommandRouter:
     ``extra`` maps more command names to handlers (the pairing flow adds
     ``/link``); each handler gets the message and the argument text.
     ``platform_help`` maps a platform to the lines it adds to ``/help`` (its
-    adapter's ``help_lines``, e.g. the terminal's ``/quit``).
+    adapter's ``help_lines``, e.g. the terminal's ``/quit``). ``agent``: whose
+    model ``/compact`` summarises with (``Bot`` and ``BotOS`` set it).
     """
 
     session: BotSessionManager
     extra: dict[str, Handler] | None = None
     platform_help: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    agent: object | None = None
 
     def _handlers(self) -> dict[str, Handler]:
         handlers: dict[str, Handler] = {
@@ -52,6 +58,7 @@ class CommandRouter:
             "start": self._help,
             "whoami": self._whoami,
             "new": self._new,
+            "compact": self._compact,
             "unlink": self._unlink,
         }
         handlers.update(self.extra or {})
@@ -72,6 +79,7 @@ class CommandRouter:
             "I am an AI assistant; just write to me.",
             "/whoami: who I think you are, and your linked accounts",
             "/new: start a fresh conversation",
+            "/compact: fold our earlier messages into a summary now",
         ]
         if "link" in (self.extra or {}):
             lines += link_help()
@@ -98,7 +106,7 @@ class CommandRouter:
         return "\n".join(lines)
 
     async def _new(self, msg: Inbound, _arg: str) -> str:
-        removed = await self.session.reset(
+        archived = await self.session.reset(
             msg.user_id,
             platform=msg.platform,
             chat_id=msg.chat_id,
@@ -106,7 +114,29 @@ class CommandRouter:
             thread_id=msg.thread_id if msg.chat_type != "dm" else "",
         )
         scope = "here" if msg.chat_type != "dm" else "on every linked platform"
-        return f"Started a fresh conversation {scope} ({removed} earlier messages cleared)."
+        return (
+            f"Started a fresh conversation {scope} ({archived} earlier messages archived: "
+            "I no longer see them, but they are kept)."
+        )
+
+    async def _compact(self, msg: Inbound, _arg: str) -> str:
+        if self.agent is None:
+            return "Summaries are not enabled on this bot."
+        try:
+            folded = await self.session.compact(
+                self.agent,
+                msg.user_id,
+                platform=msg.platform,
+                chat_id=msg.chat_id,
+                chat_type=msg.chat_type,
+                thread_id=msg.thread_id if msg.chat_type != "dm" else "",
+            )
+        except (ModelError, TimeoutError) as exc:
+            log.warning("/compact failed on %s: %s", msg.platform, exc)
+            return "I could not summarise our conversation just now; try again later."
+        if not folded:
+            return "Nothing to fold yet: our conversation is short."
+        return f"Folded {folded} earlier messages into a summary; I still see the last ones."
 
     async def _unlink(self, msg: Inbound, _arg: str) -> str:
         if msg.chat_type != "dm":

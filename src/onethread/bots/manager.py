@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..agent.files import File, turn_files
-from ..agent.models import OnDelta
+from ..agent.models import ModelClient, OnDelta
 from ..agent.responder import Responder, as_responder
 from ..agent.transcribe import Transcriber
 from ..errors import ModelError, ReplyStopped, StoreError
@@ -24,10 +24,20 @@ from ..session.blobs import BlobStore, open_blob_store
 from ..session.context import SessionContext, clear_session_context, set_session_context
 from ..session.history.base import HistoryEntry, HistoryStore, delivery_failed
 from ..session.identity.base import IdentityLink, IdentityResolverProtocol, unlinked_id
-from ..session.keys import DM, GROUP_TYPES, legacy_key, session_key, unified_key
+from ..session.keys import (
+    DM,
+    GROUP_TYPES,
+    archive_key,
+    legacy_key,
+    session_key,
+    summary_key,
+    unified_key,
+)
 from ..session.locks import LocalTurnLocks, TurnLocks
+from ..session.reset import ResetPolicy
 from ..session.text import clean_text, clean_value
 from ..session.urls import open_history_store
+from .compaction import Compaction
 
 __all__ = [
     "APOLOGY",
@@ -71,7 +81,21 @@ class BotSessionManager:
             (``sqlite:///$ONETHREAD_HOME/history.db``). Opened lazily.
         identity_resolver: maps platform accounts to a person; ``None`` keeps
             every DM on its legacy ``bot_{platform}_{user_id}`` key.
-        max_history: how many earlier entries the model sees per turn.
+        max_history: at most this many earlier entries per turn (``None``: as
+            many as the token budget holds).
+        context_tokens: the prompt budget in tokens (instructions, tool
+            schemas, summary, recent entries and the new message); ``None``:
+            the agent's ``context_tokens``, else from its model's context
+            window (``onethread.agent.tokens``), else 16,000, minus room for
+            the reply. Older entries beyond it are folded into a summary
+            after the reply is delivered (see ``onethread.bots.compaction``).
+        summary_model: the model that writes summaries (a name or a
+            ``ModelClient``); ``None``: the agent's own model.
+        compaction: ``False`` keeps the budget but never summarises.
+        summary_timeout: seconds a summary may take; past it the fold is
+            dropped, logged and tried again after later turns.
+        reset: when a session starts afresh on its own (``ResetPolicy``:
+            ``never`` by default, ``idle`` or ``daily``); a reset archives.
         locks: turn locks (default: in-process); shared back-ends pass theirs.
         blobs: the blob store for attachment bytes, or its URL; ``None``: a
             ``file:`` store under ``ONETHREAD_HOME`` (``memory://`` when the
@@ -89,11 +113,16 @@ class BotSessionManager:
         self,
         store: HistoryStore | str | None = None,
         identity_resolver: IdentityResolverProtocol | None = None,
-        max_history: int = 100,
+        max_history: int | None = None,
         *,
         locks: TurnLocks | None = None,
         blobs: BlobStore | str | None = None,
         transcriber: Transcriber | None = None,
+        context_tokens: int | None = None,
+        summary_model: ModelClient | str | None = None,
+        compaction: bool = True,
+        summary_timeout: float = 120.0,
+        reset: ResetPolicy | None = None,
     ) -> None:
         if identity_resolver is not None and not isinstance(
             identity_resolver, IdentityResolverProtocol
@@ -102,8 +131,8 @@ class BotSessionManager:
                 "identity_resolver must have resolve(platform, platform_user_id) and "
                 f"link(platform, platform_user_id, unified_user_id); got {identity_resolver!r}"
             )
-        if max_history < 0:
-            raise ValueError("max_history must be >= 0")
+        if max_history is not None and max_history < 0:
+            raise ValueError("max_history must be >= 0 (or None: as the token budget allows)")
         self._store_arg = store
         self._store: HistoryStore | None = store if not isinstance(store, str | None) else None
         self.identity_resolver = identity_resolver
@@ -123,6 +152,15 @@ class BotSessionManager:
         # The agent is held so its id is not reused while the entry lives.
         self._wrapped: dict[int, tuple[object, Responder]] = {}
         self._plain: set[type] = set()  # classes as_responder() returned as they are
+        self.reset_policy = reset if reset is not None else ResetPolicy()
+        #: The token budget and the summaries (``onethread.bots.compaction``).
+        self.compaction = Compaction(
+            self,
+            context_tokens=context_tokens,
+            summary_model=summary_model,
+            summary_timeout=summary_timeout,
+            enabled=compaction,
+        )
 
     # -- plumbing --------------------------------------------------------------
 
@@ -307,9 +345,11 @@ class BotSessionManager:
         """Run one turn and return the reply.
 
         Resolves the sender, takes the session's turn lock, sets the
-        ``SessionContext`` for the agent's tools, loads the last
-        ``max_history`` entries, asks the agent, and appends the user message
-        and the reply in one transaction. If the model fails (``ModelError``)
+        ``SessionContext`` for the agent's tools, loads the latest summary and
+        the recent entries that fit the token budget (``compaction.load``),
+        asks the agent, and appends the user message and the reply in one
+        transaction; older entries are folded into the summary afterwards when
+        they outgrow the budget (never in front of the reply). If the model fails (``ModelError``)
         the user's message is still stored and a short apology is returned
         (not delivered, not stored: the caller sends it). ``stats``, when
         given, receives the model's time and whether it failed.
@@ -379,87 +419,105 @@ class BotSessionManager:
             chat_type=chat_type,
         )
         files = await self._transcribed(attachments) if attachments else ()
-        async with self.locks.hold(key):
-            token = set_session_context(ctx)
-            try:
-                history = await self.store.load(key, self.max_history)
-                message = HistoryEntry(
-                    role="user",
-                    content=prompt,
-                    timestamp=time.time(),
-                    platform=platform,
-                    chat_id=chat_id,
-                    user_id=user_id,
-                    user_name=user_name,
-                    message_id=message_id,
-                    attachments=files,
-                )
-                written: list[str] = []
-                relay: OnDelta | None = None
-                if on_delta is not None:
-                    stream_to = on_delta
-
-                    async def relay(piece: str) -> None:
-                        written.append(piece)
-                        await stream_to(piece)
-
-                stopped: dict[str, str] = {}
-                asked = time.perf_counter()
+        fold_due = False
+        try:
+            async with self.locks.hold(key):
+                token = set_session_context(ctx)
                 try:
-                    with turn_files() as produced:
-                        reply = await self._respond(responder, history, message, group, relay)
-                    sent = await self.store_files(produced) if produced else ()
-                except ModelError as exc:
+                    if self.reset_policy.active:
+                        await self._reset_if_due(key)
+                    message = HistoryEntry(
+                        role="user",
+                        content=prompt,
+                        timestamp=time.time(),
+                        platform=platform,
+                        chat_id=chat_id,
+                        user_id=user_id,
+                        user_name=user_name,
+                        message_id=message_id,
+                        attachments=files,
+                    )
+                    history, due = await self.compaction.load(key, responder, message)
+                    written: list[str] = []
+                    relay: OnDelta | None = None
+                    if on_delta is not None:
+                        stream_to = on_delta
+
+                        async def relay(piece: str) -> None:
+                            written.append(piece)
+                            await stream_to(piece)
+
+                    stopped: dict[str, str] = {}
+                    asked = time.perf_counter()
+                    try:
+                        with turn_files() as produced:
+                            reply = await self._respond(responder, history, message, group, relay)
+                        sent = await self.store_files(produced) if produced else ()
+                    except ModelError as exc:
+                        if stats is not None:
+                            stats.model_seconds = time.perf_counter() - asked
+                            stats.model_failed = True
+                        log.error(
+                            "model failed for %s (%s): %s", masked(platform, key), platform, exc
+                        )
+                        if not "".join(written).strip():
+                            await self.store.append(key, [message])
+                            return APOLOGY
+                        reply, sent, stopped = (
+                            _cut_short(written, MODEL_STOPPED),
+                            (),
+                            {"stopped": "model"},
+                        )
+                    except ReplyStopped:
+                        log.info("reply for %s stopped by the reader", masked(platform, key))
+                        reply, sent = _cut_short(written, READER_STOPPED), ()
+                        stopped = {"stopped": "reader"}
                     if stats is not None:
                         stats.model_seconds = time.perf_counter() - asked
-                        stats.model_failed = True
-                    log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
-                    if not "".join(written).strip():
-                        await self.store.append(key, [message])
-                        return APOLOGY
-                    reply, sent, stopped = (
-                        _cut_short(written, MODEL_STOPPED),
-                        (),
-                        {"stopped": "model"},
+                    stamp = max(time.time(), message.timestamp)
+                    undelivered: BaseException | None = None
+                    outcome: Mapping[str, Any] | None = None
+                    if deliver is not None and reply:
+                        # Sent before the turn is stored, under the turn lock: the reply is
+                        # stored once, in the turn's one transaction, with how delivery went.
+                        try:
+                            if sent:
+                                outcome = await deliver(reply, files=await self.file_bytes(sent))
+                            else:
+                                outcome = await deliver(reply)
+                        except BaseException as exc:  # re-raised below, once the turn is stored
+                            undelivered = exc
+                    answer = HistoryEntry(
+                        role="assistant",
+                        content=reply,
+                        timestamp=stamp,
+                        platform=platform,
+                        chat_id=chat_id,
+                        metadata={
+                            **stopped,
+                            **(delivery_failed(undelivered) if undelivered is not None else {}),
+                            **(outcome or {}),
+                        },
+                        attachments=sent,
                     )
-                except ReplyStopped:
-                    log.info("reply for %s stopped by the reader", masked(platform, key))
-                    reply, sent = _cut_short(written, READER_STOPPED), ()
-                    stopped = {"stopped": "reader"}
-                if stats is not None:
-                    stats.model_seconds = time.perf_counter() - asked
-                stamp = max(time.time(), message.timestamp)
-                undelivered: BaseException | None = None
-                outcome: Mapping[str, Any] | None = None
-                if deliver is not None and reply:
-                    # Sent before the turn is stored, under the turn lock: the reply is
-                    # stored once, in the turn's one transaction, with how delivery went.
-                    try:
-                        if sent:
-                            outcome = await deliver(reply, files=await self.file_bytes(sent))
-                        else:
-                            outcome = await deliver(reply)
-                    except BaseException as exc:  # re-raised below, once the turn is stored
-                        undelivered = exc
-                answer = HistoryEntry(
-                    role="assistant",
-                    content=reply,
-                    timestamp=stamp,
-                    platform=platform,
-                    chat_id=chat_id,
-                    metadata={
-                        **stopped,
-                        **(delivery_failed(undelivered) if undelivered is not None else {}),
-                        **(outcome or {}),
-                    },
-                    attachments=sent,
-                )
-                await self.store.append(key, [message, answer])
-                if undelivered is not None:
-                    raise undelivered
-                return reply
-            finally:
-                clear_session_context(token)
+                    await self.store.append(key, [message, answer])
+                    fold_due = due
+                    if undelivered is not None:
+                        raise undelivered
+                    return reply
+                finally:
+                    clear_session_context(token)
+        finally:
+            if fold_due:  # after the turn, never in front of its reply
+                self.compaction.schedule(key, responder)
+
+    async def _reset_if_due(self, key: str) -> None:
+        """Archive ``key`` (the turn lock is held) when the reset policy says it is stale."""
+        newest = await self.store.load(key, 1)
+        if newest and self.reset_policy.due(newest[-1].timestamp, time.time()):
+            moved = await self.store.merge(key, archive_key(key))
+            await self.store.merge(summary_key(key), archive_key(key))
+            log.info("session reset (%s): archived %d entries", self.reset_policy.reset, moved)
 
     # -- mirror ----------------------------------------------------------------
 
@@ -540,12 +598,46 @@ class BotSessionManager:
         chat_type: str = DM,
         thread_id: str = "",
     ) -> int:
-        """Start this session afresh (a linked person: everywhere). Returns entries removed."""
+        """Start this session afresh (a linked person: everywhere). Returns entries archived.
+
+        Nothing is deleted: the entries and their summaries move to
+        ``archive_key(key)`` (kept, not loaded into the model; ``history show
+        --archived``, ``export`` and ``forget`` include them).
+        """
         key = self.key_for(
             user_id, platform=platform, chat_id=chat_id, chat_type=chat_type, thread_id=thread_id
         )
+        return await self.archive(key)
+
+    async def archive(self, key: str) -> int:
+        """Move session ``key`` (entries and summaries) to its archive; return entries moved."""
         async with self.locks.hold(key):
-            return await self.store.clear(key)
+            moved = await self.store.merge(key, archive_key(key))
+            await self.store.merge(summary_key(key), archive_key(key))
+        if moved:
+            log.info("archived %d entries of %s", moved, key.split(":", 1)[0])
+        return moved
+
+    async def compact(
+        self,
+        agent: Responder | object,
+        user_id: str,
+        *,
+        platform: str,
+        chat_id: str = "",
+        chat_type: str = DM,
+        thread_id: str = "",
+    ) -> int:
+        """Fold this session's older entries into its summary now (``/compact``).
+
+        Everything but the last exchange is folded, by ``agent``'s model (or
+        ``summary_model``). Returns how many entries were folded; raises
+        ``ModelError`` or ``TimeoutError`` when the summariser fails.
+        """
+        key = self.key_for(
+            user_id, platform=platform, chat_id=chat_id, chat_type=chat_type, thread_id=thread_id
+        )
+        return await self.compaction.fold(key, self._responder(agent), force=True)
 
     def _person_keys(self, unified_user_id: str) -> list[str]:
         keys = [self.mirror_key(unified_user_id)]
@@ -553,7 +645,7 @@ class BotSessionManager:
         if links_for is not None and ":" not in unified_user_id:
             links: list[IdentityLink] = links_for(unified_user_id)
             keys += [legacy_key(link.platform, link.platform_user_id) for link in links]
-        return keys
+        return [k for key in keys for k in (key, summary_key(key), archive_key(key))]
 
     async def export(self, unified_user_id: str) -> dict[str, Any]:
         """Everything stored of one person, as JSON-able data.
@@ -562,8 +654,10 @@ class BotSessionManager:
         ``platform_user_id``, ``linked_at``; empty for an unlinked
         ``platform:id`` or a resolver without ``links_for``). ``sessions``: the
         unified session and the legacy sessions of each linked account
-        (normally empty once merged). Group chats belong to the group and are
-        not included.
+        (normally empty once merged), each with its summaries under
+        ``{key}#summary`` (``role="summary"``) and what ``/new`` archived under
+        ``{key}#archived``. Group chats belong to the group and are not
+        included.
         """
         links_for = getattr(self.identity_resolver, "links_for", None)
         links: list[IdentityLink] = []
@@ -589,7 +683,8 @@ class BotSessionManager:
         }
 
     async def forget(self, unified_user_id: str) -> int:
-        """Delete every DM session of this person (all linked accounts). Returns entries removed.
+        """Delete every DM session of this person (all linked accounts), with its summaries
+        and archives. Returns entries removed.
 
         Identity links are kept; unlink them separately if wanted.
         """
@@ -642,10 +737,10 @@ class BotSessionManager:
         async with self.locks.hold(key):
             token = set_session_context(ctx)
             try:
-                history = await self.store.load(key, self.max_history)
                 message = HistoryEntry(
                     role="user", content=prompt, timestamp=time.time(), source=source
                 )
+                history, _due = await self.compaction.load(key, agent, message)
                 return await agent.respond(history, message, group=False)
             finally:
                 clear_session_context(token)
@@ -674,7 +769,8 @@ class BotSessionManager:
             await self.store.append(key, entries)
 
     async def close(self) -> None:
-        """Finish pending in-loop mirrors (up to 10 s), then close the stores it opened."""
+        """Finish pending mirrors and folds (up to 10 s each), then close the stores it opened."""
+        await self.compaction.close()
         if self.pending_mirrors:
             await asyncio.wait(set(self.pending_mirrors), timeout=10.0)
         if self._store is not None:

@@ -68,6 +68,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("user", help=_USER_HELP)
     show.add_argument("--platform", "-p", help="only messages on this platform")
     show.add_argument("--json", action="store_true", help="print JSON entries")
+    show.add_argument(
+        "--archived",
+        action="store_true",
+        help="show what /new (or a reset) archived instead of the current conversation",
+    )
     show.set_defaults(func=_cmd_show)
     export = hsub.add_parser(
         "export",
@@ -159,6 +164,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     entries = [
         (key, entry)
         for key, rows in data["sessions"].items()
+        if key.endswith("#archived") == bool(args.archived)
         for entry in rows
         if not args.platform or entry.get("platform") == args.platform
     ]
@@ -167,10 +173,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
         say(json.dumps([dict(entry, session=key) for key, entry in entries], indent=2))
         return 0
     if not entries:
-        say(_nothing(args.user) if not data["sessions"] else f"no messages on {args.platform}")
+        if args.archived:
+            say(f"nothing archived for {args.user}")
+        else:
+            say(_nothing(args.user) if not data["sessions"] else f"no messages on {args.platform}")
         return 0
     for _key, entry in entries:
-        if entry["role"] == "user":
+        if entry["role"] == "summary":  # folded earlier entries, written by the model
+            folded = (entry.get("metadata") or {}).get("folded") or [0, 0, 0]
+            speaker = f"[SUMMARY of {folded[2]} more entries]"
+        elif entry["role"] == "user":
             speaker = entry.get("user_name") or entry.get("user_id") or "user"
         else:
             speaker = "assistant"
@@ -253,6 +265,8 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
         rows: list[Any] = []
     else:
         rows = _with_manager(config, lambda m: m.store.sessions(args.limit))
+        # Summaries ("{key}#summary") and archives ("{key}#archived") belong to their session.
+        rows = [r for r in rows if "#" not in r.key]
     if args.json:
         out = [
             {

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, Problem
 from ..errors import ConfigError, StoreError
 from ..platforms.registry import PLATFORMS, credentials
+from ..session.reset import ResetPolicy
 from .common import (
     build_agent,
     checked_config,
@@ -188,6 +189,7 @@ def _build_botos(
             store=store,
             coordination=open_coordination(config.history),
             max_history=config.max_history,
+            **_session_options(config),
             timezone=config.timezone,
             access=_policies(config, list(platforms), pairing),
             owners=dict(config.owners),
@@ -322,6 +324,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             identity_resolver=resolver,
             store=store,
             max_history=config.max_history,
+            **_session_options(config),
             adapter=adapter,
             owners=config.owner_ids("console"),
             **access,
@@ -370,3 +373,13 @@ async def _chat(bot: Any, adapter: Any) -> None:
     await run_until_signal(bot.start, bot.stop)
     if stopping:
         await stopping[0]
+
+
+def _session_options(config: Config) -> dict[str, Any]:
+    """The session manager's long-conversation options from the config file."""
+    section = config.session
+    return {
+        "context_tokens": config.context_tokens,
+        "summary_model": config.agent.summary_model,
+        "reset": ResetPolicy(section.reset, section.idle_minutes, section.daily_at),
+    }

@@ -15,7 +15,15 @@ distinct prefixes, and a unified id can contain no ``:``.
 
 from __future__ import annotations
 
-__all__ = ["DM", "GROUP_TYPES", "legacy_key", "session_key", "unified_key"]
+__all__ = [
+    "DM",
+    "GROUP_TYPES",
+    "archive_key",
+    "legacy_key",
+    "session_key",
+    "summary_key",
+    "unified_key",
+]
 
 DM = "dm"
 GROUP_TYPES = frozenset({"group", "channel"})
@@ -57,3 +65,13 @@ def session_key(
     if unified_user_id is None or unified_user_id == f"{platform}:{user_id}":
         return legacy_key(platform, user_id)
     return unified_key(unified_user_id)
+
+
+def summary_key(key: str) -> str:
+    """Where the summaries of session ``key`` are kept (newest last): ``{key}#summary``."""
+    return f"{key}#summary"
+
+
+def archive_key(key: str) -> str:
+    """Where ``/new`` moves session ``key``'s entries (kept, not loaded): ``{key}#archived``."""
+    return f"{key}#archived"

@@ -28,7 +28,9 @@ DELIVERY_CUT = "cut"
 class HistoryEntry:
     """One message in a conversation, with where it came from.
 
-    ``role`` is ``"user"`` or ``"assistant"``. ``mirror`` marks text the bot sent
+    ``role`` is ``"user"`` or ``"assistant"`` (``"summary"`` for a folded
+    summary, kept under ``summary_key(key)``: see ``onethread.agent.summary``).
+    ``mirror`` marks text the bot sent
     on its own (a reminder, a cross-platform reply) that was mirrored in with
     ``mirror_to_session``; ``source`` says who produced it (``"cron"``,
     ``"notify"``) and ``metadata`` carries the caller's extra JSON-able data.

@@ -1,0 +1,357 @@
+"""Long conversations: loading history for a token budget, and folding the past into summaries.
+
+The manager's turn calls :meth:`Compaction.load` (under the turn lock): the
+session's latest summary (kept under ``summary_key(key)``) and, read from the
+newest entry backwards in growing pages, the unsummarised entries that fit the
+budget. Its cost depends on the budget, not on how many entries the session
+holds. When the unsummarised part has grown past 85 % of what the
+budget leaves for history, the turn asks for a fold: :meth:`schedule` starts
+a task that, once the turn is done, reads what to fold under the person's turn
+lock (shared by every host when the locks are), lets the summariser write the
+updated summary with no turn lock held (one fold per session at a time, under
+the lock ``summary_key(key)``), and appends it under the turn lock again: no
+turn sees half a fold, and none waits for the model. A fold never runs in
+front of a reply;
+one that fails or times out is logged and tried again after the next turns
+(``max_failures`` in a row, then once per ``cooldown`` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..agent import tokens
+from ..agent.messages import entry_text
+from ..agent.models import ModelClient
+from ..agent.models_offline import OfflineModel
+from ..agent.summary import extract, summarise, summary_entry
+from ..errors import ModelError, StoreError
+from ..session.history.base import HistoryEntry
+from ..session.keys import archive_key, summary_key
+
+if TYPE_CHECKING:
+    from .manager import BotSessionManager
+
+__all__ = ["Compaction"]
+
+log = logging.getLogger("onethread.session")
+
+_FIRST_PAGE = 32
+_PROMPT_ROOM = 600  # the fold prompt's own text, in tokens
+_TRIGGER = 0.85  # fold when the unsummarised part passes this share of the history room
+_KEEP = 0.35  # and keep this share of it unfolded (the latest exchanges, verbatim)
+
+
+class Compaction:
+    """The budget and the summaries of one :class:`BotSessionManager` (its ``compaction``).
+
+    ``context_tokens``: the prompt budget (``None``: the agent's
+    ``context_tokens``, else ``onethread.agent.tokens.default_budget`` of its
+    model). ``summary_model``: the model that writes summaries (``None``: the
+    agent's ``summary_model``, else its own model; an agent without one, and
+    the offline model, get the honest extract). ``enabled=False`` loads for the
+    budget but never folds.
+    """
+
+    def __init__(
+        self,
+        manager: BotSessionManager,
+        *,
+        context_tokens: int | None = None,
+        summary_model: ModelClient | str | None = None,
+        summary_timeout: float = 120.0,
+        enabled: bool = True,
+        max_failures: int = 3,
+        cooldown: float = 600.0,
+    ) -> None:
+        if context_tokens is not None and context_tokens < 256:
+            raise ValueError(f"context_tokens must be at least 256, got {context_tokens}")
+        self.manager = manager
+        self.context_tokens = context_tokens
+        self._summary_arg = summary_model
+        self._summary_model: ModelClient | None = (
+            summary_model if not isinstance(summary_model, str | None) else None
+        )
+        self.summary_timeout = summary_timeout
+        self.enabled = enabled
+        self.max_failures = max_failures
+        self.cooldown = cooldown
+        self.pending: dict[str, asyncio.Task[int]] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # key -> (in a row, when last)
+        #: Folds done and failed by this process (for tests and metrics).
+        self.folds = 0
+        self.failures = 0
+
+    # -- the budget ----------------------------------------------------------------
+
+    def budget(self, responder: object) -> int:
+        """The prompt budget for ``responder``'s requests, in tokens."""
+        if self.context_tokens is not None:
+            return self.context_tokens
+        own = getattr(responder, "context_tokens", None)
+        if isinstance(own, int) and own > 0:
+            return own
+        return tokens.default_budget(_model_name(responder) or None)
+
+    def _history_room(self, responder: object, summary: HistoryEntry | None, message: str) -> int:
+        """Uncorrected tokens left for history entries once the fixed parts are counted."""
+        ratio = tokens.correction(_model_name(responder))
+        usable = self.budget(responder) * 0.95 - 32  # the estimate's margin of error
+        fixed = tokens.estimate(str(getattr(responder, "instructions", "") or "")) + 8
+        schemas = getattr(responder, "_schemas", None)
+        if schemas:
+            fixed += tokens.estimate(json.dumps(schemas))
+        fixed += tokens.estimate(message) + 8
+        if summary is not None:
+            fixed += _cost(summary)
+        return int(usable / ratio) - fixed
+
+    async def _summary(self, key: str) -> HistoryEntry | None:
+        found = await self.manager.store.load(summary_key(key), 1)
+        return found[-1] if found else None
+
+    async def load(
+        self, key: str, responder: object, message: HistoryEntry
+    ) -> tuple[list[HistoryEntry], bool]:
+        """The history the model sees (summary first) and whether a fold is due.
+
+        Reads newest first in pages (32, 128, 512, ...) and stops at the budget,
+        at the summary's end, or at ``max_history`` entries.
+        """
+        summary = await self._summary(key)
+        room = self._history_room(responder, summary, entry_text(message))
+        after = summary.timestamp if summary is not None else float("-inf")
+        cap = self.manager.max_history
+        picked, used, full = await self._scan(key, after, room, cap)
+        due = self.enabled and (full or used + tokens.estimate(message.content) > room * _TRIGGER)
+        return ([summary] if summary is not None else []) + picked, due
+
+    async def _scan(
+        self, key: str, after: float, room: float, cap: int | None
+    ) -> tuple[list[HistoryEntry], int, bool]:
+        """Entries newer than ``after`` fitting ``room`` (oldest first), their cost, and
+        whether more were left out (by ``room`` or ``cap``)."""
+        size = _FIRST_PAGE if cap is None else min(_FIRST_PAGE, cap)
+        while True:
+            page = await self.manager.store.load(key, size) if size else []
+            picked: list[HistoryEntry] = []
+            used = 0
+            stop = full = False
+            for entry in reversed(page):
+                if entry.timestamp <= after:
+                    stop = True
+                    break
+                cost = _cost(entry)
+                if used + cost > room or (cap is not None and len(picked) >= cap):
+                    stop = full = True
+                    break
+                picked.append(entry)
+                used += cost
+            if stop or len(page) < size or (cap is not None and size >= cap):
+                if cap is not None and len(page) == size and not stop and size >= cap:
+                    full = await self.manager.store.count(key) > size
+                picked.reverse()
+                return picked, used, full
+            size *= 4
+            if cap is not None:
+                size = min(size, cap + 1)
+
+    # -- folding -------------------------------------------------------------------
+
+    def schedule(self, key: str, responder: object) -> None:
+        """Fold ``key`` soon, under its turn lock, unless a fold is pending or paused."""
+        if not self.enabled or key in self.pending:
+            return
+        failed, when = self._failures.get(key, (0, 0.0))
+        if failed >= self.max_failures and time.monotonic() - when < self.cooldown:
+            return
+        task = asyncio.get_running_loop().create_task(self._background(key, responder))
+        self.pending[key] = task
+        task.add_done_callback(lambda _t: self.pending.pop(key, None))
+
+    async def _background(self, key: str, responder: object) -> int:
+        try:
+            return await self.fold(key, responder)
+        except (ModelError, StoreError, TimeoutError) as exc:
+            failed = self._failures.get(key, (0, 0.0))[0] + 1
+            self._failures[key] = (failed, time.monotonic())
+            self.failures += 1
+            log.warning(
+                "summary of %s failed (%d in a row; %s): %s",
+                key.split(":", 1)[0],
+                failed,
+                "tried again after the next turn"
+                if failed < self.max_failures
+                else f"paused {self.cooldown:g}s",
+                exc,
+            )
+            return 0
+        except Exception:  # a bug or a lost lock: logged, counted, retried like a failure
+            failed = self._failures.get(key, (0, 0.0))[0] + 1
+            self._failures[key] = (failed, time.monotonic())
+            self.failures += 1
+            log.exception("summary of %s failed unexpectedly", key.split(":", 1)[0])
+            return 0
+
+    async def fold(self, key: str, responder: object, *, force: bool = False) -> int:
+        """Fold the older unsummarised entries of ``key`` now; return how many were folded.
+
+        Without ``force``, only when the unsummarised part is past 85 % of the
+        history room (keeping the newest 35 % verbatim); with it (``/compact``), everything but
+        the last exchange. One fold per session at a time on every host (the
+        lock ``summary_key(key)``); the turn lock is held only to read what to
+        fold and to write the summary, never while the model writes it, so the
+        person's next turn does not wait for a summary. A summary whose session
+        was archived (``/new``) or folded elsewhere meanwhile is dropped.
+        Raises ``ModelError`` (the summariser failed), ``TimeoutError`` (it
+        took over ``summary_timeout``) or ``StoreError``; what was folded
+        before the failure stays folded.
+        """
+        async with self.manager.locks.hold(summary_key(key)):
+            folded = await self._fold(key, responder, force)
+        self._failures.pop(key, None)
+        if folded:
+            self.folds += 1
+        return folded
+
+    async def _plan(
+        self, key: str, responder: object, force: bool
+    ) -> tuple[HistoryEntry | None, list[HistoryEntry], int]:
+        """Under the turn lock: the latest summary, what to fold, and the archive's size."""
+        summary = await self._summary(key)
+        budget = self.budget(responder)
+        room = self._history_room(responder, summary, "x" * 1024)  # room for a typical message
+        after = summary.timestamp if summary is not None else float("-inf")
+        # At most four budgets of the newest unsummarised entries: a long history that
+        # predates compaction is summarised from its newest part (the rest stays stored).
+        fresh, _used, _more = await self._scan(key, after, budget * 4, None)
+        archived = await self.manager.store.count(archive_key(key))
+        cap = self.manager.max_history
+        total = sum(_cost(e) for e in fresh)
+        over = cap is not None and len(fresh) > cap
+        if not fresh or (not force and total <= room * _TRIGGER and not over):
+            return summary, [], archived
+        keep_room = 0 if force else room * _KEEP
+        keep_count = 2 if force else (max(cap // 2, 1) if cap is not None else len(fresh))
+        kept = 0
+        used = 0
+        for entry in reversed(fresh):
+            cost = _cost(entry)
+            if kept >= keep_count or (used + cost > keep_room and not (force and kept < 2)):
+                break
+            kept += 1
+            used += cost
+        cut = len(fresh) - kept
+        # Entries sharing the boundary's timestamp go together: "after" is a timestamp.
+        while 0 < cut < len(fresh) and fresh[cut].timestamp == fresh[cut - 1].timestamp:
+            cut += 1
+        return summary, fresh[:cut], archived
+
+    async def _fold(self, key: str, responder: object, force: bool) -> int:
+        async with self.manager.locks.hold(key):
+            summary, to_fold, archived = await self._plan(key, responder, force)
+        if not to_fold:
+            return 0
+        budget = self.budget(responder)
+        summary_tokens = max(budget // 4, 64)
+        model, name = self._summariser(responder)
+        chunk_room = max(budget - summary_tokens - _PROMPT_ROOM, 256)
+        done = 0
+        for chunk in _chunks(to_fold, chunk_room):
+            if model is None:
+                text = extract(summary, chunk, summary_tokens)
+                kind = "extract"
+            else:
+                words = summary_tokens * 3 // 4
+                text = await asyncio.wait_for(
+                    summarise(model, summary, chunk, words), self.summary_timeout
+                )
+                text = _fit(text, summary_tokens, key)
+                kind = "summary"
+            entry = summary_entry(text, chunk, summary, kind=kind, model=name)
+            async with self.manager.locks.hold(key):
+                latest = await self._summary(key)
+                moved = await self.manager.store.count(archive_key(key)) != archived
+                if moved or _ident(latest) != _ident(summary):
+                    log.info("a fold of %s was dropped: the session changed", key.split(":")[0])
+                    return done
+                await self.manager.store.append(summary_key(key), [entry])
+            summary = entry
+            done += len(chunk)
+        log.info("folded %d entries of %s into its summary", done, key.split(":", 1)[0])
+        return done
+
+    def _summariser(self, responder: object) -> tuple[ModelClient | None, str]:
+        model: object = self._summary_model
+        if model is None and isinstance(self._summary_arg, str):
+            from ..agent.models_openai import OpenAIModel
+
+            model = self._summary_model = OpenAIModel(self._summary_arg)
+        if model is None:
+            model = getattr(responder, "summary_model", None) or getattr(responder, "model", None)
+        if model is None or isinstance(model, OfflineModel) or not isinstance(model, ModelClient):
+            return None, ""
+        return model, str(getattr(model, "model", "") or type(model).__name__)
+
+    async def close(self) -> None:
+        """Let pending folds finish (up to 10 s), then cancel what is left."""
+        tasks = list(self.pending.values())
+        if not tasks:
+            return
+        _done, left = await asyncio.wait(tasks, timeout=10.0)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
+
+
+def _ident(entry: HistoryEntry | None) -> tuple[float, str] | None:
+    return None if entry is None else (entry.timestamp, entry.content)
+
+
+def _cost(entry: HistoryEntry) -> int:
+    return tokens.estimate(entry_text(entry)) + 4
+
+
+def _chunks(entries: Sequence[HistoryEntry], room: int) -> list[list[HistoryEntry]]:
+    """``entries`` in runs of at most ``room`` tokens each (one entry at least per run)."""
+    out: list[list[HistoryEntry]] = []
+    run: list[HistoryEntry] = []
+    used = 0
+    for entry in entries:
+        cost = _cost(entry) + 16  # its provenance label
+        if run and used + cost > room:
+            out.append(run)
+            run, used = [], 0
+        run.append(entry)
+        used += cost
+    if run:
+        out.append(run)
+    return out
+
+
+def _fit(text: str, limit: int, key: str) -> str:
+    """``text`` cut to ``limit`` tokens at a line end (logged): the budget must hold."""
+    if tokens.estimate(text) <= limit:
+        return text
+    log.warning("the summary of %s ran over %d tokens; its last lines were cut", key, limit)
+    kept: list[str] = []
+    used = 0
+    for line in text.splitlines():
+        cost = tokens.estimate(line) + 1
+        if used + cost > limit:
+            break
+        kept.append(line)
+        used += cost
+    return "\n".join(kept) if kept else text[: limit * 4]
+
+
+def _model_name(responder: object) -> str:
+    model: Any = getattr(responder, "model", None)
+    name = getattr(model, "model", None)
+    return name if isinstance(name, str) else ""
