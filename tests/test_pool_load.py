@@ -165,18 +165,22 @@ async def test_redis_call_waits_for_a_busy_pool_then_names_the_fix() -> None:
         try:
             assert await store.count("k") == 0  # opens the one connection
             async with store._clients.borrow() as client:
-                pool = client.connection_pool
+                pool = client.client.connection_pool
                 held = await pool.get_connection()
                 later = asyncio.create_task(store.count("k"))
+                batched = asyncio.create_task(store.load("k"))  # a shared pipeline waits too
                 await asyncio.sleep(0.1)
-                assert not later.done()  # waiting, not failed
+                assert not later.done() and not batched.done()  # waiting, not failed
                 await pool.release(held)
                 assert await later == 0
+                assert await batched == []
                 held = await pool.get_connection()
                 try:
                     with pytest.raises(StoreError, match="max_connections") as err:
                         await store.count("k")
                     assert "1 pooled connections" in str(err.value)
+                    with pytest.raises(StoreError, match="max_connections"):
+                        await store.load("k")
                 finally:
                     await pool.release(held)
         finally:

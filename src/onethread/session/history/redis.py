@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from .._conn.redis import (
+    Batched,
     LuaScript,
     RedisError,
     async_client,
     check_pool_options,
-    redis,
     store_error,
     upgrade_layout_async,
     validate_prefix,
@@ -125,11 +125,11 @@ class RedisHistoryStore:
             }
         )
         self._k = f"{prefix}history:"
-        self._clients: PerLoop[redis.asyncio.Redis] = PerLoop(
+        self._clients: PerLoop[Batched] = PerLoop(
             self._open, self._close_client, what="this history store"
         )
 
-    async def _open(self, home: bool) -> redis.asyncio.Redis:
+    async def _open(self, home: bool) -> Batched:
         client = async_client(self.url, self._options)
         try:
             await upgrade_layout_async(client, self._k + "layout", LAYOUT_VERSION, self.url)
@@ -138,10 +138,10 @@ class RedisHistoryStore:
             if isinstance(exc, RedisError):
                 raise store_error(self.url, exc) from exc
             raise
-        return client
+        return Batched(client)
 
     @staticmethod
-    async def _close_client(client: redis.asyncio.Redis) -> None:
+    async def _close_client(client: Batched) -> None:
         await client.aclose()
 
     def _entries(self, key: str) -> str:
@@ -157,7 +157,9 @@ class RedisHistoryStore:
         start = 0 if limit is None else -limit
         async with self._clients.borrow() as client:
             try:
-                members = cast(list[str], await client.zrange(self._entries(key), start, -1))
+                members = cast(
+                    list[str], await client.call("ZRANGE", self._entries(key), start, -1)
+                )
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc
         return [_decode(m) for m in members]
@@ -195,7 +197,7 @@ class RedisHistoryStore:
         """How many entries ``key`` holds."""
         async with self._clients.borrow() as client:
             try:
-                return int(await client.zcard(self._entries(key)))
+                return int(await client.client.zcard(self._entries(key)))
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc
 
@@ -203,7 +205,8 @@ class RedisHistoryStore:
         """The most recently used sessions, newest first."""
         if limit <= 0:
             return []
-        async with self._clients.borrow() as client:
+        async with self._clients.borrow() as batched:
+            client = batched.client
             try:
                 top = cast(
                     list[tuple[str, float]],
@@ -233,6 +236,6 @@ class RedisHistoryStore:
     async def _run(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
         async with self._clients.borrow() as client:
             try:
-                return await script.run(client, keys, args)
+                return await script.call(client, keys, args)
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc
