@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -67,3 +68,31 @@ async def test_a_dead_server_fails_every_caller_of_the_pipeline() -> None:
         assert all(isinstance(r, redis.exceptions.ConnectionError) for r in results)
     finally:
         await b.aclose()
+
+
+async def test_loads_decode_each_stored_entry_once_and_stay_bounded() -> None:
+    from onethread.session.history.base import HistoryEntry
+    from onethread.session.history.redis import RedisHistoryStore, _Decoded
+
+    with redis_prefix() as p:
+        store = RedisHistoryStore(redis_url(), prefix=p)
+        other = RedisHistoryStore(redis_url(), prefix=p)  # another host
+        try:
+            first = [HistoryEntry("user", "a", 1.0, "telegram", metadata={"x": [1]})]
+            await store.append("k", first)
+            one = await store.load("k")
+            await other.append("k", [HistoryEntry("assistant", "b", 2.0)])
+            two = await store.load("k")
+            assert two[0] is one[0]  # decoded once
+            assert [e.content for e in two] == ["a", "b"]  # the other host's entry is seen
+            assert two[0] == first[0]
+        finally:
+            await store.close()
+            await other.close()
+    decoded = _Decoded(limit=2)
+    members = [
+        f"{i:016d}|" + json.dumps({"role": "user", "content": str(i), "timestamp": i})
+        for i in range(3)
+    ]
+    assert [e.content for e in decoded.decode(members)] == ["0", "1", "2"]
+    assert len(decoded._entries) == 2

@@ -93,6 +93,38 @@ def _decode(member: str) -> HistoryEntry:
     return HistoryEntry.from_dict(json.loads(body))
 
 
+_DECODED_MAX = 50_000  # entries whose decoded form a store keeps (a few MB)
+
+
+class _Decoded:
+    """Decoded entries by member string, bounded, oldest insertions dropped first.
+
+    A member (``"{seq:016d}|{json}"``) is never rewritten: a new entry gets a
+    new sequence number, so the decoded form of a member is valid forever and
+    on every host. Loads still read the members from Redis (the source of
+    truth); only the JSON decoding of entries already seen is skipped.
+    ``HistoryEntry`` is frozen, so one instance can be shared by many loads.
+    Concurrency: one event loop at a time; dict operations are atomic in CPython.
+    """
+
+    def __init__(self, limit: int = _DECODED_MAX) -> None:
+        self._limit = limit
+        self._entries: dict[str, HistoryEntry] = {}
+
+    def decode(self, members: list[str]) -> list[HistoryEntry]:
+        known = self._entries
+        out = []
+        for member in members:
+            entry = known.get(member)
+            if entry is None:
+                entry = _decode(member)
+                if len(known) >= self._limit:
+                    del known[next(iter(known))]
+                known[member] = entry
+            out.append(entry)
+        return out
+
+
 class RedisHistoryStore:
     """History in Redis, shared by every host that uses the same server and prefix.
 
@@ -125,6 +157,7 @@ class RedisHistoryStore:
             }
         )
         self._k = f"{prefix}history:"
+        self._decoded = _Decoded()
         self._clients: PerLoop[Batched] = PerLoop(
             self._open, self._close_client, what="this history store"
         )
@@ -162,7 +195,7 @@ class RedisHistoryStore:
                 )
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc
-        return [_decode(m) for m in members]
+        return self._decoded.decode(members)
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
         """Append ``entries`` to ``key`` atomically (one Lua script)."""
