@@ -200,9 +200,10 @@ class PostgresTurnLocks:
     def __init__(self, url: str, *, schema: str = "public", check_interval: float = 2.0) -> None:
         self.url = url
         self.schema = validate_schema(schema)
-        self._fence = sql.SQL("SELECT nextval('{}.onethread_lock_fence')").format(
-            sql.Identifier(schema)
-        )
+        # One round trip: the lock, and its fencing token only when it was taken.
+        self._try = sql.SQL(
+            "SELECT CASE WHEN pg_try_advisory_lock(%s) THEN nextval('{}.onethread_lock_fence') END"
+        ).format(sql.Identifier(schema))
 
         async def create(home: bool) -> _LockSession:
             session = _LockSession(url, schema, check_interval)
@@ -252,21 +253,20 @@ class PostgresTurnLocks:
         while True:
             conn = await session.connection()
             try:
-                cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (number,))
+                cur = await conn.execute(self._try, (number,))
                 row = await cur.fetchone()
-                session.answered = time.monotonic()
-                if row is not None and row[0]:
-                    try:
-                        cur = await conn.execute(self._fence)
-                        fence_row = await cur.fetchone()
-                    except BaseException:
-                        await self._release(session, conn, key, number)
-                        raise
-                    lease = Lease(key, str(number), int(fence_row[0]) if fence_row else 0)
-                    session.held[number] = lease
-                    return lease, conn
-            except psycopg.Error as exc:
-                raise store_error(self.url, exc) from exc
+            except BaseException as exc:
+                # A session lock taken by a statement that then failed (or whose
+                # answer never came) stays taken: give it back before leaving.
+                await self._release(session, conn, key, number)
+                if isinstance(exc, psycopg.Error):
+                    raise store_error(self.url, exc) from exc
+                raise
+            session.answered = time.monotonic()
+            if row is not None and row[0] is not None:
+                lease = Lease(key, str(number), int(row[0]))
+                session.held[number] = lease
+                return lease, conn
             await asyncio.sleep(wait)
             wait = min(wait * 1.5, _WAIT_MAX)
 
