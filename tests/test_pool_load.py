@@ -24,6 +24,7 @@ from helpers import RecordingAgent
 from onethread._fake_adapter import FakeAdapter
 from onethread.bots import Bot, BotOS
 from onethread.errors import StoreError
+from onethread.session.history.base import HistoryEntry
 from onethread.session.urls import Coordination, open_history_store, open_identity_resolver
 from services import postgres_schema, postgres_url, redis_prefix, redis_url
 
@@ -203,17 +204,22 @@ async def test_postgres_call_waits_for_a_busy_pool() -> None:
         store = PostgresHistoryStore(postgres_url(), schema=schema, max_size=1, timeout=0.5)
         try:
             assert await store.count("k") == 0
-            async with store._pools.borrow() as pool:
+            async with store._pools.borrow() as wrapped:
+                pool = wrapped.pool
                 conn = await pool.getconn()
                 later = asyncio.create_task(store.count("k"))
+                grouped = asyncio.create_task(store.append("k", [HistoryEntry("user", "x", 1.0)]))
                 await asyncio.sleep(0.1)
-                assert not later.done()
+                assert not later.done() and not grouped.done()
                 await pool.putconn(conn)
                 assert await later == 0
+                await grouped
                 conn = await pool.getconn()
                 try:
                     with pytest.raises(StoreError, match="PostgreSQL"):
                         await store.count("k")
+                    with pytest.raises(StoreError, match="PostgreSQL"):
+                        await store.append("k", [HistoryEntry("user", "y", 2.0)])
                 finally:
                     await pool.putconn(conn)
         finally:
@@ -254,3 +260,49 @@ async def test_postgres_lock_session_busy_is_not_taken_for_dead() -> None:
     dead = SlowConnection()  # nothing answered at all: dead after one interval
     failure = await session._probe(dead)  # type: ignore[arg-type]
     assert isinstance(failure, TimeoutError)
+
+
+async def test_postgres_concurrent_appends_share_transactions_and_fail_alone() -> None:
+    """Group commit: 60 concurrent appends take far fewer transactions, all land
+    whole; an append the server refuses fails alone, the others of its group land."""
+    import secrets
+
+    from onethread.session.history import postgres as pg
+
+    writes: list[int] = []
+
+    class Counting(pg._Pool):
+        async def _write(self, rows: list[Any]) -> None:
+            writes.append(len(rows))
+            await super()._write(rows)
+
+    with postgres_schema() as schema:
+        store = pg.PostgresHistoryStore(postgres_url(), schema=schema)
+        real = store._open
+
+        async def counting_open(home: bool) -> pg._Pool:
+            opened = await real(home)
+            return Counting(opened.pool, store._q["insert"], 3)
+
+        store._open = counting_open  # type: ignore[method-assign]
+        store._pools._create = counting_open
+        try:
+            await store.count("warm")
+            await asyncio.gather(*(
+                store.append(f"k{i}", [HistoryEntry("user", f"q{i}", 1.0),
+                                       HistoryEntry("assistant", f"a{i}", 2.0)])
+                for i in range(60)
+            ))  # fmt: skip
+            assert sum(writes) == 120 and len(writes) < 30, writes
+            assert [await store.count(f"k{i}") for i in range(60)] == [2] * 60
+            too_long = secrets.token_hex(8000)  # beyond the key index's row size limit
+            results = await asyncio.gather(
+                *(store.append(f"b{i}", [HistoryEntry("user", "x", 1.0)]) for i in range(5)),
+                store.append(too_long, [HistoryEntry("user", "x", 1.0)]),
+                return_exceptions=True,
+            )
+            assert results[:5] == [None] * 5
+            assert isinstance(results[5], StoreError)
+            assert [await store.count(f"b{i}") for i in range(5)] == [1] * 5
+        finally:
+            await store.close()
