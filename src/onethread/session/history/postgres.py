@@ -8,7 +8,8 @@ fields with U+FFFD (the other stores keep them). The schema and tables are creat
 use; the version lives in ``{schema}.onethread_schema_version`` (component
 ``history``) and a newer one than this code knows is a ``SchemaVersionError``.
 
-Each call is one transaction on a pooled connection (psycopg 3, async), so an
+Each call is one transaction on a pooled connection (psycopg 3, async; one
+statement in autocommit mode, so a read is one round trip), so an
 ``append`` lands whole or not at all and a ``merge`` is one ``UPDATE``, with
 one exception that keeps both promises: concurrent ``append`` calls are
 group-committed. Appends that arrive while earlier ones are being written
@@ -139,7 +140,7 @@ class _Pool:
             task.add_done_callback(self._tasks.discard)
 
     async def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        async with self.pool.connection() as conn, conn.cursor() as cur:
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.executemany(self._insert, rows)
 
     async def _flush(self, batch: list[_Pending]) -> None:
@@ -231,7 +232,7 @@ class PostgresHistoryStore:
             self.url, self.schema, "history", SCHEMA_VERSION, self._ddl,
             min_size=self._sizes[0] if home else 0,
             max_size=self._sizes[1] if home else 1,
-            timeout=self._timeout,
+            timeout=self._timeout, autocommit=True,
         )  # fmt: skip
         # Leave connections for loads while group transactions write.
         return _Pool(pool, self._q["insert"], max(1, self._sizes[1] // 3))

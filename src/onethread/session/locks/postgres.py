@@ -330,6 +330,7 @@ class PostgresDuplicateFilter:
             return await open_pool(
                 url, schema, "locks", SCHEMA_VERSION, _ddl(schema),
                 min_size=1 if home else 0, max_size=max_size if home else 1, timeout=30.0,
+                autocommit=True,  # the INSERT stands alone (as does the cleanup)
             )  # fmt: skip
 
         async def destroy(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
