@@ -312,3 +312,49 @@ async def test_postgres_concurrent_appends_share_transactions_and_fail_alone() -
             assert [await store.count(f"b{i}") for i in range(5)] == [1] * 5
         finally:
             await store.close()
+
+
+async def test_postgres_lock_calls_of_concurrent_turns_share_statements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """60 turns taking 60 different locks at once: each gets its lock and its own
+    fencing token, in a handful of statements on the one lock connection; a key
+    already held elsewhere is still refused inside a shared statement."""
+    from onethread.session.locks import postgres as pl
+
+    statements: list[int] = []
+    real = pl._LockSession._run
+
+    async def counting(self: Any, conn: Any, statement: Any, part: list[Any]) -> None:
+        statements.append(len(part))
+        await real(self, conn, statement, part)
+
+    monkeypatch.setattr(pl._LockSession, "_run", counting)
+    with postgres_schema() as schema:
+        a = pl.PostgresTurnLocks(postgres_url(), schema=schema)
+        b = pl.PostgresTurnLocks(postgres_url(), schema=schema)  # another host
+        fences: list[int] = []
+        inside = asyncio.Event()
+        go = asyncio.Event()
+
+        async def turn(i: int) -> None:
+            async with a.lease(f"k{i}") as lease:
+                fences.append(lease.fence)
+                if len(fences) == 60:
+                    inside.set()
+                await go.wait()
+
+        try:
+            tasks = [asyncio.create_task(turn(i)) for i in range(60)]
+            await asyncio.wait_for(inside.wait(), 20)
+            assert len(set(fences)) == 60
+            assert sum(statements) == 60 and len(statements) < 30, statements
+            other = asyncio.create_task(b.hold("k7").__aenter__())
+            await asyncio.sleep(0.3)
+            assert not other.done()  # held by host a
+            go.set()
+            await asyncio.gather(*tasks)
+            await asyncio.wait_for(other, 10)
+        finally:
+            await a.close()
+            await b.close()
