@@ -1,7 +1,7 @@
 """The admin page in a real browser (Playwright driving Debian's Chromium).
 
 Log in with the token, approve a pending sender (who then gets an answer),
-unlink an account (its next message starts a separate conversation); refused
+cancel a scheduled job, unlink an account (its next message starts a separate conversation); refused
 without the token, refused cross-site (a form on another origin has no CSRF
 token), refused after repeated wrong tokens. A screenshot of the overview is
 written to ``$ONETHREAD_ADMIN_SCREENSHOT`` when set (the README's docs/admin.png).
@@ -10,6 +10,7 @@ written to ``$ONETHREAD_ADMIN_SCREENSHOT`` when set (the README's docs/admin.png
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -105,6 +106,11 @@ async def test_admin_approves_unlinks_and_refuses(browser, botos: BotOS) -> None
     await page.click("button[type=submit]")
     await expect(page.locator("#platforms")).to_contain_text("connected")
 
+    # A real scheduled job (BotOS's scheduler), listed with a Cancel button.
+    job = await botos.schedule("alice", "Stand-up in 5 minutes", at=datetime.timedelta(hours=1))
+    await page.reload()
+    await expect(page.locator("#jobs")).to_contain_text("Stand-up in 5 minutes")
+
     row = page.locator("#approvals tr", has_text="555")
     await expect(row).to_contain_text("user 555")
     await expect(page.locator("#people")).to_contain_text("alice")
@@ -121,6 +127,12 @@ async def test_admin_approves_unlinks_and_refuses(browser, botos: BotOS) -> None
     sent = await telegram(botos).wait_sent(3)
     assert sent[-1].chat_id == "dm-555" and sent[-1].text == APPROVED_TEXT
     assert await say(botos, "thanks!", "555") == "reply:thanks!"
+
+    # Cancel the job: gone from the page and from the scheduler.
+    await page.locator("#jobs tr", has_text="Stand-up").locator("button").click()
+    await expect(page.locator(".flash")).to_contain_text(f"cancel job {job.id}: cancelled")
+    await expect(page.locator("#jobs")).not_to_contain_text("Stand-up in 5 minutes")
+    assert [j.id for j in await botos.jobs("alice")] == []
 
     # One person's history, read-only; then unlink their Telegram account there.
     await page.click("a[href='/admin/person?u=alice']")
@@ -164,6 +176,7 @@ async def test_admin_approves_unlinks_and_refuses(browser, botos: BotOS) -> None
     assert actions == [
         ("login", "admin page", "ok"),
         ("approve", "telegram:555", "approved"),
+        ("cancel", f"job {job.id}", "cancelled"),
         ("unlink", f"telegram:{OWNER}", "unlinked from alice"),
     ]
     assert all(a.who.startswith("admin#") and a.who.endswith("@127.0.0.1") for a in audit)

@@ -304,8 +304,8 @@ class Job:
 
 
 class SchedulingBotOS(BotOS):
-    """``BotOS.jobs()``/``cancel()`` as DESIGN.md's "Scheduled messages" defines them,
-    standing in for the scheduler (another branch) until it is on main."""
+    """``BotOS.jobs()``/``cancel()`` replaced by a stand-in whose jobs the test controls
+    (and can break)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -329,7 +329,11 @@ async def test_scheduled_jobs_are_listed_and_cancelled_when_there_is_a_scheduler
     async with client() as http:
         await login(http, botos)
         async with http.get(url(botos, "admin")) as resp:
-            assert 'id="jobs"' not in await resp.text()  # no scheduler, no section
+            assert "No scheduled jobs." in await resp.text()  # the real scheduler, idle
+        job = await botos.schedule("alice", "a real reminder", at=datetime.timedelta(hours=1))
+        async with http.get(url(botos, "admin")) as resp:
+            page = await resp.text()
+        assert job.id in page and "a real reminder" in page
     os_ = SchedulingBotOS(RecordingAgent(), platforms={"web": {"port": 0}}, store="memory://",
                           admin_token=TOKEN, audit=":memory:")  # fmt: skip
     task = asyncio.create_task(os_.start())

@@ -207,6 +207,24 @@ def _byo_runner(name: str) -> Runner:
     return run
 
 
+async def run_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standup reminder fires on the (in-process) platform; the daily job is cancelled."""
+    ns: dict[str, Any] = {}
+    await run_example("schedule", ns)
+    texts = [m.text for m in ns["telegram"].sent]
+    assert texts[-1] == "Reminder: your standup is in 5 minutes."
+    assert await ns["botos"].jobs() == []  # one done, one cancelled
+
+
+async def run_reminder_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent gets the three reminder tools."""
+    ns: dict[str, Any] = {}
+    await run_example("reminder-tools", ns)
+    assert list(ns["agent"].tools) == [
+        "remind_me", "list_reminders", "cancel_reminder",
+    ]  # fmt: skip
+
+
 def _captured(name: str) -> str:
     """Run a plain-script example in this thread, returning what it printed."""
     out = io.StringIO()
@@ -246,6 +264,8 @@ async def run_send_file(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 RUNNERS: dict[str, Runner] = {
+    "schedule": run_schedule,
+    "reminder-tools": run_reminder_tools,
     "photo": run_photo,
     "voice-note": run_voice_note,
     "send-file": run_send_file,

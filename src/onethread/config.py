@@ -20,6 +20,7 @@ Example::
       max_codes: 10000               # pairing codes kept at once, all accounts
     owners: {telegram: "12345"}
     max_history: 100
+    timezone: Europe/Berlin          # for schedules of people with no /tz (default UTC)
 
 Loading is two steps. :func:`load_config` reads the file, substitutes
 ``${VAR}`` (and ``${VAR:-default}``; ``$${`` is a literal ``${``) in string
@@ -161,6 +162,7 @@ class Config(_Strict):
     access: AccessConfig = Field(default_factory=AccessConfig)
     owners: dict[str, list[str]] = Field(default_factory=dict)
     max_history: int = Field(default=100, ge=0)
+    timezone: str = "UTC"
     _source: str | None = PrivateAttr(default=None)
 
     @field_validator("platforms", mode="before")
@@ -170,6 +172,13 @@ class Config(_Strict):
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return dict.fromkeys(value)
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from .session.jobs.timing import zone
+
+        return zone(value).key
 
     @field_validator("owners", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..agent.files import File
@@ -23,15 +24,17 @@ from ..session._conn.shared import who
 from ..session.attachments import Attachment
 from ..session.history.base import delivery_failed
 from ..session.identity.base import IdentityResolverProtocol
+from ..session.jobs.base import Job, JobStore
 from ..session.outage import store_failed
 from ..session.outbox import Outbox, OutboxItem
 from ..session.pairing import PairingStore
 from ..session.text import clean_text
-from ..session.urls import Coordination, open_coordination
+from ..session.urls import Coordination, open_coordination, open_job_store
 from .bot import Bot, _default_agent, run_until_signal
 from .commands import CommandRouter
 from .gate import Gate
 from .heap import freeze_startup_heap
+from .jobs import JobService
 from .linking import LinkFlow
 from .manager import BotSessionManager
 
@@ -64,8 +67,12 @@ class BotOS:
             (default True: a ``Metrics`` with its own registry, served at
             ``/metrics``; False: none; or a ready ``Metrics``), ``audit``
             (the admin page's ``AuditLog`` or its path) and ``admin_token``
-            (see ``onethread.ops``); the rest is given to every platform's
-            Bot (e.g. ``drain_timeout``).
+            (see ``onethread.ops``); ``jobs`` (a job store or URL; default:
+            the one that goes with ``store``, see ``open_job_store``),
+            ``timezone`` (the deployment's zone for schedules, default UTC),
+            ``scheduler`` (a dict of ``onethread.bots.scheduler.Scheduler``
+            options: ``grace``, ``lease``, ``retry_delays``, ...); the rest
+            is given to every platform's Bot (e.g. ``drain_timeout``).
 
     One platform failing is restarted with backoff by its own supervisor and
     never stops the others; a platform with bad credentials is logged as fatal
@@ -108,7 +115,22 @@ class BotOS:
         audit = options.pop("audit", None)
         admin_token = options.pop("admin_token", None)
         self.link_flow = LinkFlow(session, self.pairing, notify=self._send_to, metrics=self.metrics)
-        self.commands = CommandRouter(session, extra={"link": self.link_flow})
+        jobs_store = options.pop("jobs", None)
+        self._owns_jobs = not isinstance(jobs_store, JobStore)
+        self.job_service = JobService(
+            self,
+            _job_store(jobs_store, store, None if self._owns_session else session),
+            timezone=options.pop("timezone", None) or "UTC",
+            **(options.pop("scheduler", None) or {}),
+        )
+        self.commands = CommandRouter(
+            session,
+            extra={
+                "link": self.link_flow,
+                "tz": self.job_service.tz_command,
+                "reminders": self.job_service.reminders_command,
+            },
+        )
         access = options.pop("access", None)
         owners: Mapping[str, Iterable[str]] = options.pop("owners", None) or {}
         self.gc_freeze = bool(options.get("gc_freeze", True))  # also each Bot's option
@@ -239,7 +261,9 @@ class BotOS:
             server.mounts.append(self.ops.mount)  # /readyz, /metrics, /admin on its server
         if self.gc_freeze:
             freeze_startup_heap()
+        self.job_service.enter()  # the reminder tools find this BotOS from its turns
         self._tasks = {name: asyncio.create_task(bot.start()) for name, bot in self.bots.items()}
+        scheduling = asyncio.create_task(self.job_service.run())
         serving = None
         if self.outbox is not None:  # deliver what other hosts queued for our platforms
             serving = asyncio.create_task(self._serve_outbox(self.outbox))
@@ -262,12 +286,16 @@ class BotOS:
                 raise first
         finally:
             stop_wait.cancel()
+            scheduling.cancel()
+            await asyncio.gather(scheduling, return_exceptions=True)
             if serving is not None:
                 serving.cancel()
                 await asyncio.gather(serving, return_exceptions=True)
             await asyncio.gather(*(bot.stop() for bot in self.bots.values()))
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             self.ops.detach()
+            if self._owns_jobs:
+                await self.job_service.store.close()
             if self._owns_session:
                 await self._session.close()
                 await self.coordination.close()
@@ -389,13 +417,15 @@ class BotOS:
         chat_id: str,
         exc: BaseException,
         files: Sequence[Attachment] = (),
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         """Mirror text whose send failed for good, marked so (never raises: the send
         error is what the caller must see)."""
         try:
             await self._mirror_sent(
-                unified_user_id, text, source, platform, chat_id, delivery_failed(exc), files
-            )
+                unified_user_id, text, source, platform, chat_id,
+                {**(metadata or {}), **delivery_failed(exc)}, files,
+            )  # fmt: skip
         except Exception:
             log.exception("could not record the failed delivery to %s", who(unified_user_id))
 
@@ -422,7 +452,7 @@ class BotOS:
             if item.unified_user_id and (last or not retryable):
                 await self._mirror_failed(
                     item.unified_user_id, item.text, item.source, item.platform, item.chat_id,
-                    exc, item.attachments,
+                    exc, item.attachments, item.metadata,
                 )  # fmt: skip
             if retryable:
                 raise
@@ -432,5 +462,68 @@ class BotOS:
         if item.unified_user_id:
             await self._mirror_sent(
                 item.unified_user_id, item.text, item.source, item.platform, item.chat_id,
-                files=item.attachments,
+                item.metadata, files=item.attachments,
             )  # fmt: skip
+
+    # -- scheduled messages ----------------------------------------------------
+
+    async def schedule(
+        self,
+        user: str,
+        text: str,
+        *,
+        at: datetime | timedelta | None = None,
+        every: timedelta | None = None,
+        cron: str | None = None,
+        prompt: bool = False,
+        platform: str | None = None,
+        source_label: str = "cron",
+    ) -> Job:
+        """Schedule ``text`` for ``user`` (a unified id or ``PLATFORM:ID``); return the Job.
+
+        Exactly one of ``at`` (an aware datetime, or a timedelta from now),
+        ``every`` (a timedelta of at least a minute; first run one interval
+        from now) or ``cron`` (five fields, e.g. ``"0 18 * * 1-5"``, in the
+        person's ``/tz`` zone, else the deployment's ``timezone``), else
+        ``ValueError``. Delivered like :meth:`notify` (most recently used
+        platform, or ``platform``) and mirrored with ``source_label``;
+        ``prompt=True`` runs an agent turn with ``text`` and delivers the
+        reply. Stored in the deployment's job store: survives restarts, and
+        each occurrence fires once across every host (see
+        ``onethread.bots.scheduler``). Works before :meth:`start`; jobs fire
+        while the BotOS runs.
+        """
+        return await self.job_service.schedule(
+            user, text, at=at, every=every, cron=cron, prompt=prompt, platform=platform,
+            source_label=source_label,
+        )  # fmt: skip
+
+    async def jobs(self, user: str | None = None) -> list[Job]:
+        """Active scheduled jobs (of ``user``, else everyone's), soonest first."""
+        return await self.job_service.jobs(user)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a scheduled job; True if it was active (it will not fire again)."""
+        return await self.job_service.cancel(job_id)
+
+
+def _job_store(jobs: Any, store: Any, session: BotSessionManager | None) -> JobStore:
+    """The job store: given, or the one that goes with the history store."""
+    if isinstance(jobs, JobStore):
+        return jobs
+    if isinstance(jobs, str):
+        return open_job_store(jobs)  # type: ignore[no-any-return]
+    if jobs is not None:
+        raise ConfigError(f"jobs= must be a job store or a store URL, not {type(jobs).__name__}")
+    if isinstance(store, str) or (store is None and session is None):
+        return open_job_store(store)  # type: ignore[no-any-return]
+    history = store if store is not None else session.store  # type: ignore[union-attr]
+    url = getattr(history, "url", None)
+    if isinstance(url, str) and hasattr(history, "prefix"):
+        return open_job_store(url, prefix=history.prefix)  # type: ignore[no-any-return]
+    if isinstance(url, str) and hasattr(history, "schema"):
+        return open_job_store(url, schema=history.schema)  # type: ignore[no-any-return]
+    path = getattr(history, "path", None)
+    if path is not None:
+        return open_job_store(f"sqlite:///{path}")  # type: ignore[no-any-return]
+    return open_job_store("memory://")  # type: ignore[no-any-return]

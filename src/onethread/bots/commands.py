@@ -76,6 +76,10 @@ class CommandRouter:
         if "link" in (self.extra or {}):
             lines += link_help()
         lines.append("/unlink: detach this account from your linked identity")
+        if "reminders" in (self.extra or {}):
+            lines.append("/reminders: your reminders and scheduled messages (in a DM)")
+        if "tz" in (self.extra or {}):
+            lines.append("/tz ZONE: your time zone for reminders, e.g. /tz Europe/Berlin")
         lines.extend(self.platform_help.get(msg.platform, ()))
         return "\n".join(lines)
 

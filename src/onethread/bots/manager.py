@@ -542,12 +542,79 @@ class BotSessionManager:
                 removed += await self.store.clear(key)
         return removed
 
-    async def last_seen(self, unified_user_id: str) -> HistoryEntry | None:
-        """The person's most recent own message (where they last talked to the bot)."""
-        for entry in reversed(await self.store.load(self.mirror_key(unified_user_id), 50)):
-            if entry.role == "user" and entry.platform:
+    async def last_seen(
+        self, unified_user_id: str, platform: str | None = None
+    ) -> HistoryEntry | None:
+        """The person's most recent own message (where they last talked to the bot);
+        with ``platform``, their most recent one on that platform (of the last 500)."""
+        depth = 50 if platform is None else 500
+        for entry in reversed(await self.store.load(self.mirror_key(unified_user_id), depth)):
+            if entry.role == "user" and entry.platform and platform in (None, entry.platform):
                 return entry
         return None
+
+    # -- scheduled prompts ---------------------------------------------------------
+
+    async def scheduled_turn(
+        self,
+        agent: Responder,
+        unified_user_id: str,
+        prompt: str,
+        *,
+        platform: str,
+        chat_id: str,
+        user_id: str = "",
+        source: str = "cron",
+    ) -> str:
+        """Ask ``agent`` for the reply to a scheduled ``prompt`` in the person's session.
+
+        Runs under the person's turn lock with a ``SessionContext`` naming the
+        delivery ``platform``/``chat_id`` and ``source``. Stores nothing (the
+        caller records the turn once it knows whether the reply was
+        delivered: :meth:`record_scheduled_turn`). ``ModelError`` propagates.
+        """
+        key = self.mirror_key(unified_user_id)
+        ctx = SessionContext(
+            platform=platform,
+            chat_id=chat_id,
+            user_id=user_id,
+            unified_user_id=unified_user_id,
+            chat_type=DM,
+            source=source,
+        )
+        async with self.locks.hold(key):
+            token = set_session_context(ctx)
+            try:
+                history = await self.store.load(key, self.max_history)
+                message = HistoryEntry(
+                    role="user", content=prompt, timestamp=time.time(), source=source
+                )
+                return await agent.respond(history, message, group=False)
+            finally:
+                clear_session_context(token)
+
+    async def record_scheduled_turn(
+        self,
+        unified_user_id: str,
+        prompt: str,
+        reply: str,
+        *,
+        source: str,
+        metadata: Mapping[str, Any],
+    ) -> None:
+        """Append a scheduled prompt and its reply (both with ``source`` and ``metadata``)."""
+        meta = dict(metadata)
+        key = self.mirror_key(unified_user_id)
+        async with self.locks.hold(key):
+            now = time.time()
+            entries = [
+                HistoryEntry(role="user", content=prompt, timestamp=now, source=source,
+                             metadata=meta),
+                HistoryEntry(role="assistant", content=reply, timestamp=now,
+                             platform=str(meta.get("platform", "")),
+                             chat_id=str(meta.get("chat_id", "")), source=source, metadata=meta),
+            ]  # fmt: skip
+            await self.store.append(key, entries)
 
     async def close(self) -> None:
         """Finish pending in-loop mirrors (up to 10 s), then close the stores it opened."""

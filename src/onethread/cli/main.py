@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (handlers are in ``func``)."""
     from . import history as cli_history
     from . import identity as cli_identity
+    from . import jobs as cli_jobs
     from . import run as cli_run
 
     common = _common()
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_identity.add_parsers(sub, common)
     cli_history.add_parsers(sub, common)
+    cli_jobs.add_parsers(sub, common)
     return parser
 
 

@@ -188,6 +188,7 @@ def _build_botos(
             store=store,
             coordination=open_coordination(config.history),
             max_history=config.max_history,
+            timezone=config.timezone,
             access=_policies(config, list(platforms), pairing),
             owners=dict(config.owners),
             pairing=pairing,

@@ -29,6 +29,9 @@ class SessionContext:
     identity resolver returned for ``(platform, user_id)``: the person's id when
     the account is linked, ``"{platform}:{user_id}"`` when it is not.
     ``chat_type`` is ``"dm"``, ``"group"`` or ``"channel"`` (empty outside a turn).
+    ``source`` is empty for a message from the person; for a turn a scheduled
+    job runs (``prompt=True``) it is the job's label (``"cron"``), and
+    ``platform``/``chat_id`` are where the reply will be delivered.
     """
 
     platform: str = ""
@@ -40,6 +43,7 @@ class SessionContext:
     unified_user_id: str = ""
     message_id: str = ""
     chat_type: str = ""
+    source: str = ""
 
     @property
     def is_empty(self) -> bool:

@@ -37,6 +37,7 @@ __all__ = [
     "onethread_home",
     "open_history_store",
     "open_identity_resolver",
+    "open_job_store",
 ]
 
 ACCEPTED_FORMS = (
@@ -138,6 +139,34 @@ def open_identity_resolver(url: str | None = None, **options: Any) -> Any:
         )
         return cls(url, **options)
     raise ConfigError(f"bad identity store URL {redact(url)!r}; accepted forms: {ACCEPTED_FORMS}")
+
+
+def open_job_store(url: str | None = None, **options: Any) -> Any:
+    """Open the scheduled-job store that goes with the history store ``url``.
+
+    ``memory://`` keeps jobs in memory; ``sqlite:///DIR/NAME.db`` keeps them
+    in ``DIR/NAME.jobs.db`` next to the history; a Redis or PostgreSQL URL
+    keeps them on the same server (prefix / schema from ``options``), so every
+    host sees one schedule. Errors as :func:`open_history_store`.
+    """
+    url = url or default_history_url()
+    scheme, rest = _scheme(url, "job")
+    if scheme == "memory":
+        from .jobs.memory import MemoryJobStore
+
+        return MemoryJobStore()
+    if scheme == "sqlite":
+        from .jobs.sqlite import SQLiteJobStore
+
+        path = _sqlite_path(rest, url)
+        return SQLiteJobStore(path.with_name(f"{path.stem}.jobs.db"), **options)
+    if scheme in ("redis", "rediss"):
+        cls = _optional(".jobs.redis", "RedisJobStore", "redis", "the Redis job store")
+        return cls(url, **options)
+    if scheme in ("postgresql", "postgres"):
+        cls = _optional(".jobs.postgres", "PostgresJobStore", "postgres", "PostgreSQL jobs")
+        return cls(url, **options)
+    raise ConfigError(f"bad job store URL {redact(url)!r}; accepted forms: {ACCEPTED_FORMS}")
 
 
 @dataclass(frozen=True, slots=True)
