@@ -41,7 +41,7 @@ from typing import Any
 from bench_turns import World
 from common import summary, write
 
-from onethread.session.urls import open_coordination, open_history_store
+from onethread.session.urls import Coordination, open_coordination, open_history_store
 
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -57,11 +57,21 @@ async def world(store: str, people: int, ns: str, tmp: str, first: int = 0) -> A
     elif store == "sqlite":
         history = f"sqlite:///{tmp}/{ns}.db"
     elif store == "redis":
-        history = open_history_store(REDIS, prefix=ns + ":")
-        coordination = open_coordination(REDIS, prefix=ns + ":")
+        from onethread.session.locks.redis import RedisDuplicateFilter, RedisTurnLocks
+        from onethread.session.outbox.redis import RedisOutbox
+
+        o = {"prefix": ns + ":"}
+        history = open_history_store(REDIS, **o)
+        coordination = Coordination(RedisTurnLocks(REDIS, **o), RedisDuplicateFilter(REDIS, **o),
+                                    RedisOutbox(REDIS, **o), True)  # fmt: skip
     elif store == "postgres":
+        from onethread.session.locks.postgres import PostgresDuplicateFilter, PostgresTurnLocks
+        from onethread.session.outbox.postgres import PostgresOutbox
+
         history = open_history_store(POSTGRES, schema=ns)
-        coordination = open_coordination(POSTGRES, schema=ns)
+        coordination = Coordination(PostgresTurnLocks(POSTGRES, schema=ns),
+                                    PostgresDuplicateFilter(POSTGRES, schema=ns),
+                                    PostgresOutbox(POSTGRES, schema=ns), True)  # fmt: skip
     else:
         raise SystemExit(f"unknown store {store!r}: memory, sqlite, redis or postgres")
     w = World(history, people, metrics=True, coordination=coordination, first=first)
