@@ -207,6 +207,10 @@ class FakeDiscord:
         self.announcements_id = self.add_channel("announcements", type=5)
         # records
         self.sent: list[SentMessage] = []
+        # PATCHed messages: (channel_id, message_id, content, time.monotonic() on arrival).
+        self.edits: list[tuple[str, str, str, float]] = []
+        self.edit_window = (5, 5.0)  # Discord's message bucket: 5 per 5 s per channel
+        self.edits_refused = 0
         self.typing: list[str] = []
         self.requests: list[RecordedRequest] = []
         self.identifies: list[Json] = []
@@ -809,6 +813,7 @@ class FakeDiscord:
         ("GET", re.compile(r"gateway"), "_r_gateway"),
         ("GET", re.compile(r"gateway/bot"), "_r_gateway_bot"),
         ("POST", re.compile(r"channels/(\d+)/messages"), "_r_send"),
+        ("PATCH", re.compile(r"channels/(\d+)/messages/(\d+)"), "_r_edit"),
         ("POST", re.compile(r"channels/(\d+)/typing"), "_r_typing"),
         ("GET", re.compile(r"channels/(\d+)"), "_r_channel"),
         ("POST", re.compile(r"users/@me/channels"), "_r_open_dm"),
@@ -943,6 +948,30 @@ class FakeDiscord:
             return self._json({"message": "Unknown Channel", "code": 10003}, 404)
         self.typing.append(channel_id)
         return web.Response(status=204, headers=self._ratelimit_headers(4, 5.0))
+
+    async def _r_edit(self, body: Any, channel_id: str, message_id: str) -> web.Response:
+        """``PATCH`` a message: 5 edits per 5 s per channel, else 429 with ``retry_after``."""
+        target = next((m for m in self.sent if m.channel_id == channel_id and m.id == message_id),
+                      None)  # fmt: skip
+        if target is None:
+            return self._json({"message": "Unknown Message", "code": 10008}, 404)
+        content = (body or {}).get("content") or ""
+        if not isinstance(content, str) or len(content) > 2000:
+            return self._json({"message": "Invalid Form Body", "code": 50035}, 400)
+        if not content:
+            return self._json({"message": "Cannot send an empty message", "code": 50006}, 400)
+        now = time.monotonic()
+        count, window = self.edit_window
+        recent = [at for (ch, _, _, at) in self.edits if ch == channel_id and now - at < window]
+        if len(recent) >= count:
+            self.edits_refused += 1
+            return self._rate_limited(round(window - (now - recent[-count]), 3), False)
+        target.text = content
+        self.edits.append((channel_id, message_id, content, now))
+        guild = "guild_id" in self._channels.get(channel_id, {})
+        msg = self._message_json(channel_id, self._bot_user(), content, guild=guild)
+        msg["id"] = message_id
+        return self._json(msg, headers=self._ratelimit_headers(count - len(recent) - 1, window))
 
     async def _r_send(self, body: Any, channel_id: str) -> web.Response:
         channel = self._channels.get(channel_id)

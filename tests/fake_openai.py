@@ -9,6 +9,14 @@ from ``server.handler(body)``; every request body is recorded in
     async with FakeOpenAI() as server:
         server.queue(text("hi"), tool_call("add", {"a": 1}), error(500))
         model = OpenAIModel("gpt-test", base_url=server.base_url, api_key="sk-test")
+
+A request with ``"stream": true`` gets the answer as server-sent events, as the
+real API sends them (``chat.completion.chunk`` objects: the text a word at a
+time, tool calls as deltas by index, then ``data: [DONE]``), spread over the
+reply's ``stream_over`` seconds (:func:`streamed`). ``fail_after=n`` sends an
+``error`` event after ``n`` text chunks instead of the rest, as the API does
+when a stream breaks. ``stream_starts`` records when each stream's first text
+chunk was written (``time.monotonic()``), ``stream_bodies`` the request of each.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import contextlib
 import inspect
 import itertools
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +35,16 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-__all__ = ["FakeOpenAI", "FakeReply", "Handler", "error", "text", "tool_call", "tool_calls"]
+__all__ = [
+    "FakeOpenAI",
+    "FakeReply",
+    "Handler",
+    "error",
+    "streamed",
+    "text",
+    "tool_call",
+    "tool_calls",
+]
 
 
 @dataclass
@@ -41,6 +59,8 @@ class FakeReply:
     error_code: str | None = None
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    stream_over: float = 0.0
+    fail_after: int | None = None
 
 
 Handler = Callable[[dict[str, Any]], "FakeReply | str | Awaitable[FakeReply | str]"]
@@ -51,6 +71,14 @@ _ids = itertools.count(1)
 def text(content: str, *, delay: float = 0.0) -> FakeReply:
     """A final assistant message with ``content``."""
     return FakeReply(content=content, delay=delay)
+
+
+def streamed(content: str, *, over: float = 0.0, fail_after: int | None = None) -> FakeReply:
+    """``content``, streamed (to a ``stream=True`` request) evenly over ``over`` seconds.
+
+    ``fail_after``: break the stream with an error event after that many chunks.
+    """
+    return FakeReply(content=content, stream_over=over, fail_after=fail_after)
 
 
 def tool_call(
@@ -134,6 +162,8 @@ class FakeOpenAI:
         # POST /v1/audio/transcriptions: what each upload says (by its bytes), and the calls.
         self.transcripts: dict[bytes, str] = {}
         self.transcriptions: list[dict[str, Any]] = []
+        self.stream_starts: list[float] = []
+        self.stream_bodies: list[dict[str, Any]] = []
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -183,7 +213,7 @@ class FakeOpenAI:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
-    async def _chat_completions(self, request: web.Request) -> web.Response:
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -215,7 +245,7 @@ class FakeOpenAI:
             return _error_response(error(400, "fake_openai: no transcript set for these bytes"))
         return web.json_response({"text": said})
 
-    async def _answer(self, request: web.Request) -> web.Response:
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")
         self.auth_headers.append(auth)
         try:
@@ -233,7 +263,59 @@ class FakeOpenAI:
                 await asyncio.wait_for(self._closing.wait(), reply.delay)
         if reply.status != 200:
             return _error_response(reply)
+        if body.get("stream"):
+            return await self._stream(request, body, reply)
         return web.json_response(_completion(body, reply))
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], reply: FakeReply
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk_id = f"chatcmpl-fake{next(_ids)}"
+
+        async def event(delta: dict[str, Any], finish: str | None = None) -> None:
+            payload = {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body["model"],
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+        await event({"role": "assistant", "content": ""})
+        words = re.findall(r"\S+\s*|\s+", reply.content or "")
+        pause = reply.stream_over / max(1, len(words) - 1)
+        for index, word in enumerate(words):
+            if reply.fail_after is not None and index >= reply.fail_after:
+                error_body = {"error": {"message": "The server had an error while processing "
+                              "your request.", "type": "server_error", "param": None,
+                              "code": None}}  # fmt: skip
+                await response.write(f"data: {json.dumps(error_body)}\n\n".encode())
+                await response.write_eof()
+                return response
+            if index and pause > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), pause)
+            if index == 0:
+                self.stream_starts.append(time.monotonic())
+                self.stream_bodies.append(body)
+            await event({"content": word})
+        for index, call in enumerate(reply.calls):
+            args = call["function"]["arguments"]
+            half = len(args) // 2
+            await event({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                         "function": {"name": call["function"]["name"],
+                                                      "arguments": args[:half]}}]})  # fmt: skip
+            await event({"tool_calls": [{"index": index, "function": {"arguments": args[half:]}}]})
+        await event({}, "tool_calls" if reply.calls else "stop")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def _next_reply(self, body: dict[str, Any]) -> FakeReply:
         answer: FakeReply | str | Awaitable[FakeReply | str]

@@ -100,6 +100,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -172,6 +173,23 @@ class _Failure:
     needs_blocks: bool = False
 
 
+def _valid_section(block: Json) -> bool:
+    """A section's text object: ``mrkdwn`` or ``plain_text``, 1 to 3000 characters."""
+    obj = block.get("text")
+    if not isinstance(obj, dict) or obj.get("type") not in ("mrkdwn", "plain_text"):
+        return False
+    return 0 < len(str(obj.get("text", ""))) <= 3000
+
+
+def _shown(text: str, blocks: Any) -> str:
+    """What a reader sees: the markdown blocks, else the section texts, else the text."""
+    markdown = [str(b.get("text", "")) for b in blocks or [] if b["type"] == "markdown"]
+    if markdown:
+        return "\n".join(markdown)
+    sections = [_unescape(str(b["text"]["text"])) for b in blocks or [] if b["type"] == "section"]
+    return "\n".join(sections) if sections else _unescape(text)
+
+
 def _unescape(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
@@ -213,6 +231,11 @@ class FakeSlack:
         self.add_user(self.bot_user_id, bot_name, is_bot=True)
         # records
         self.sent: list[SentMessage] = []
+        # chat.update: (channel, ts, text shown, time.monotonic()); one per second per channel.
+        self.updates: list[tuple[str, str, str, float]] = []
+        self.update_interval = 1.0
+        self.updates_refused = 0
+        self._last_update: dict[str, float] = {}
         self.statuses: list[tuple[str, str, str]] = []
         self.requests: list[RecordedRequest] = []
         self.envelopes: list[Json] = []
@@ -668,6 +691,7 @@ class FakeSlack:
             "auth.test": self._auth_test,
             "apps.connections.open": self._connections_open,
             "chat.postMessage": self._post_message,
+            "chat.update": self._update,
             "users.info": self._users_info,
             "conversations.info": self._conversations_info,
             "assistant.threads.setStatus": self._set_status,
@@ -675,6 +699,10 @@ class FakeSlack:
         if handler is None:
             return self._error(rec, "unknown_method", req_method=method)
         result = handler(args)
+        if result.get("error") == "ratelimited":  # Slack: HTTP 429 and Retry-After (seconds)
+            resp = self._error(rec, "ratelimited", 429)
+            resp.headers["Retry-After"] = str(max(1, math.ceil(result["retry_after"])))
+            return resp
         if "error" in result:
             return self._error(rec, result["error"])
         return web.json_response({"ok": True, **result})
@@ -718,14 +746,16 @@ class FakeSlack:
             md = sum(len(str(b.get("text", ""))) for b in blocks if b["type"] == "markdown")
             if md > MARKDOWN_BLOCKS_LIMIT:
                 return {"error": "msg_blocks_too_long"}
+            for block in blocks:
+                if block["type"] == "section" and not _valid_section(block):
+                    return {"error": "invalid_blocks"}
         if not text and not blocks:
             return {"error": "no_text"}
         if len(text) > TEXT_LIMIT:
             return {"error": "msg_too_long"}
         ts = self.new_ts()
         thread_ts = str(args.get("thread_ts") or "")
-        markdown = [str(b.get("text", "")) for b in blocks or [] if b["type"] == "markdown"]
-        shown = "\n".join(markdown) if markdown else _unescape(text)
+        shown = _shown(text, blocks)
         message: Json = {
             "type": "message", "user": self.bot_user_id, "bot_id": self.bot_id,
             "app_id": self.app_id, "text": text, "ts": ts, "team": self.team_id,
@@ -746,6 +776,37 @@ class FakeSlack:
                 event["parent_user_id"] = self._parent_user(channel, thread_ts) or ""
             self._spawn(self.inject_event(event))
         return {"channel": channel, "ts": ts, "message": message}
+
+    def _update(self, args: Json) -> Json:
+        """``chat.update``: at most one per ``update_interval`` s per channel, else 429."""
+        channel = str(args.get("channel", ""))
+        ts = str(args.get("ts", ""))
+        target = next((m for m in self.sent if m.chat_id == channel and m.ts == ts), None)
+        if target is None:
+            return {"error": "message_not_found"}
+        text = str(args.get("text") or "")
+        blocks = args.get("blocks")
+        if isinstance(blocks, str):
+            blocks = json.loads(blocks)
+        if blocks is not None and not all(
+            isinstance(b, dict) and b.get("type") in BLOCK_TYPES
+            and (b["type"] != "section" or _valid_section(b)) for b in blocks
+        ):  # fmt: skip
+            return {"error": "invalid_blocks"}
+        if not text and not blocks:
+            return {"error": "no_text"}
+        if len(text) > TEXT_LIMIT:
+            return {"error": "msg_too_long"}
+        now = time.monotonic()
+        last = self._last_update.get(channel)
+        if last is not None and now - last < self.update_interval:
+            self.updates_refused += 1
+            return {"error": "ratelimited", "retry_after": self.update_interval - (now - last)}
+        self._last_update[channel] = now
+        target.text, target.blocks = _shown(text, blocks), blocks
+        self.updates.append((channel, ts, target.text, now))
+        self._changed.set()
+        return {"channel": channel, "ts": ts, "text": text}
 
     def _users_info(self, args: Json) -> Json:
         user_id = str(args.get("user", ""))

@@ -44,6 +44,12 @@ wait_for_messages(n, timeout=5)`` returns the first ``n`` sent messages,
 ``pending_updates`` the updates not yet confirmed; ``open_connections`` the
 client connections currently open (0 once a client closed its sockets).
 
+Edits: ``editMessageText`` changes a sent message (its ``SentMessage`` shows the
+new text, and ``edits`` records each :class:`EditCall` with its arrival time).
+Like the real API it refuses the same text again ("message is not modified")
+and edits closer together than ``edit_interval`` seconds (default 1.0) in one
+chat with 429 and ``parameters.retry_after`` (whole seconds, at least 1).
+
 Faults: ``rate_limit(method="sendMessage", retry_after=1, times=1)`` (429 with
 ``parameters.retry_after``; real Telegram sends whole seconds, fractions are
 accepted for fast tests), ``server_error(method, status=500, times=1)`` (502 is
@@ -113,6 +119,19 @@ class SentMessage:
     raw_text: str
     parse_mode: str | None
     entities: list[dict[str, Any]] = field(default_factory=list)
+    at: float = field(default_factory=time.monotonic)  # when it arrived
+
+
+@dataclass
+class EditCall:
+    """One accepted ``editMessageText``: ``at`` is its arrival (``time.monotonic()``)."""
+
+    chat_id: int | str
+    message_id: int
+    text: str
+    raw_text: str
+    parse_mode: str | None
+    at: float
 
 
 @dataclass
@@ -540,6 +559,10 @@ class FakeTelegram:
         self.files: dict[str, tuple[str, bytes]] = {}
         self.file_downloads = 0
         self.sent_files: list[SentFile] = []
+        self.edits: list[EditCall] = []
+        self.edit_interval = 1.0
+        self.edits_refused = 0  # 429s answered to edits too close together
+        self._last_edit: dict[int | str, float] = {}
         self._faults: defaultdict[str, deque[_Fault]] = defaultdict(deque)
         self._slow: defaultdict[str, deque[float]] = defaultdict(deque)
         self._allowed_updates: list[str] | None = _DEFAULT_ALLOWED
@@ -958,6 +981,47 @@ class FakeTelegram:
         if thread_id is not None:
             result["message_thread_id"] = thread_id
             result["is_topic_message"] = bool(chat.get("is_forum"))
+        return result
+
+    async def _m_editmessagetext(self, params: dict[str, Any], request: web.Request) -> Any:
+        chat_id = _chat_id(params)
+        message_id = _int(params, "message_id")
+        target = next((m for m in self.sent if m.chat_id == chat_id
+                       and m.message_id == message_id), None)  # fmt: skip
+        if target is None:
+            raise _bad("message to edit not found")
+        raw_text = params.get("text")
+        if not isinstance(raw_text, str) or not raw_text.strip():
+            raise _bad("message text is empty")
+        parse_mode = params.get("parse_mode") or None
+        try:
+            text, entities = parse_markup(raw_text, parse_mode)
+        except MarkupError as exc:
+            raise _bad(f"can't parse entities: {exc}") from None
+        if len(text) > MAX_TEXT:
+            raise _bad("MESSAGE_TOO_LONG")
+        if text == target.text and entities == target.entities:
+            raise _bad("message is not modified: specified new message content and reply "
+                       "markup are exactly the same as a current content and reply markup "
+                       "of the message")  # fmt: skip
+        now = time.monotonic()
+        last = self._last_edit.get(chat_id)
+        if last is not None and now - last < self.edit_interval:
+            self.edits_refused += 1
+            wait = max(1, int(self.edit_interval - (now - last) + 0.999))
+            raise _ApiError(429, f"Too Many Requests: retry after {wait}",
+                            {"retry_after": wait})  # fmt: skip
+        self._last_edit[chat_id] = now
+        target.text, target.raw_text, target.parse_mode = text, raw_text, parse_mode
+        target.entities = entities
+        self.edits.append(EditCall(chat_id, message_id or 0, text, raw_text, parse_mode, now))
+        self._notify()
+        chat = self._chats.get(chat_id) or {"id": chat_id, "type": "private", "first_name": "Test"}
+        result: dict[str, Any] = {"message_id": message_id, "from": self.bot_user, "chat": chat,
+                                  "date": int(time.time()), "edit_date": int(time.time()),
+                                  "text": text}  # fmt: skip
+        if entities:
+            result["entities"] = entities
         return result
 
     async def _upload(self, method: str, field_name: str, limit: int, request: web.Request,

@@ -275,6 +275,14 @@ def test_unknown_platform_option_did_you_mean() -> None:
     assert "platforms.web.prot: unknown option; did you mean 'port'?" in msg
 
 
+def test_streaming_is_an_option_of_every_platform() -> None:
+    config = parse("platforms:\n  telegram: {streaming: false}\n  web: {streaming: true}\n")
+    chosen = check_config(config, {"TELEGRAM_BOT_TOKEN": "123456789:" + "A" * 35})
+    assert chosen["telegram"]["streaming"] is False and chosen["web"]["streaming"] is True
+    msg = check_problem("platforms:\n  web: {streeming: false}\n")
+    assert "platforms.web.streeming: unknown option; did you mean 'streaming'?" in msg
+
+
 def test_web_on_a_public_interface_needs_an_access_token() -> None:
     msg = check_problem("platforms:\n  web: {host: 0.0.0.0}\n")
     assert "platforms.web.access_token: required when host is 0.0.0.0" in msg

@@ -167,6 +167,43 @@ def test_user_must_be_given() -> None:
     assert (adapter.name, adapter.chat_id, adapter.user_name) == ("console", "console-bob", "bob")
 
 
+class _Pieces(io.StringIO):
+    """An output stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pieces: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.pieces.append(s)
+        return super().write(s)
+
+
+async def test_a_streamed_reply_is_written_as_the_model_writes_it() -> None:
+    from onethread import Agent
+    from onethread.testing import ScriptedModel
+
+    out = _Pieces()
+    model = ScriptedModel(["one two three four"], stream_delay=0.01)
+    bot = Bot("console", Agent("a", model=model), store="memory://",
+              input_stream=io.StringIO("hi\n"), output_stream=out)  # fmt: skip
+    await run_to_eof(bot)
+    assert out.getvalue() == "one two three four\n"  # the reply once, whole
+    assert out.pieces[:4] == ["one ", "two ", "three ", "four"]  # piece by piece
+
+
+async def test_streaming_false_writes_the_reply_in_one_go() -> None:
+    from onethread import Agent
+    from onethread.testing import ScriptedModel
+
+    out = _Pieces()
+    model = ScriptedModel(["one two three four"], stream_delay=0.01)
+    bot = Bot("console", Agent("a", model=model), store="memory://", streaming=False,
+              input_stream=io.StringIO("hi\n"), output_stream=out)  # fmt: skip
+    await run_to_eof(bot)
+    assert out.pieces == ["one two three four\n"]
+
+
 # -- `onethread chat` on a pseudo-terminal, as a person at a keyboard sees it ----------
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")

@@ -307,7 +307,7 @@ async def test_redelivery_and_bot_messages_reach_the_gate(
 # -- sending ---------------------------------------------------------------------
 
 
-async def test_send_posts_markdown_in_the_thread(
+async def test_send_posts_mrkdwn_in_the_thread(
     fake: FakeSlack, running: tuple[SlackAdapter, Inbox]
 ) -> None:
     adapter, inbox = running
@@ -315,10 +315,11 @@ async def test_send_posts_markdown_in_the_thread(
     (sent,) = await fake.wait_for_messages(1)
     assert ids == [sent.message_id]
     assert (sent.chat_id, sent.thread_id, sent.text) == (
-        fake.general_id, "1700000000.000001", "**bold** & <tags>",
+        fake.general_id, "1700000000.000001", "*bold* & <tags>",
     )  # fmt: skip
-    assert sent.blocks == [{"type": "markdown", "text": "**bold** & <tags>"}]
-    assert sent.payload["text"] == "**bold** &amp; &lt;tags&gt;"  # the notification fallback
+    mrkdwn = "*bold* &amp; &lt;tags&gt;"  # rendered by the parser, Slack's characters escaped
+    assert sent.blocks == [{"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn}}]
+    assert sent.payload["text"] == mrkdwn  # the notification fallback
     echo = (await inbox.wait_for(1))[0]
     assert echo.from_self and echo.message_id == sent.message_id
     only_local(fake)
@@ -369,8 +370,8 @@ async def test_rejected_markdown_falls_back_to_plain_text(fake: FakeSlack) -> No
     await adapter.send(fake.general_id, "**hi** <there>")
     (sent,) = fake.sent
     assert not sent.formatted and sent.mrkdwn is False
-    assert sent.text == "**hi** <there>"
-    assert sent.payload["text"] == "**hi** &lt;there&gt;"
+    assert sent.text == "hi <there>"  # the Markdown's markup taken away
+    assert sent.payload["text"] == "hi &lt;there&gt;"
     posts = [r for r in fake.requests if r.method == "chat.postMessage"]
     assert [r.error for r in posts] == ["invalid_blocks", ""]
 

@@ -263,7 +263,14 @@ async def run_send_file(monkeypatch: pytest.MonkeyPatch) -> None:
     assert told.startswith("Report for may:\n(file report-may.csv, text/plain")
 
 
+async def run_streamed_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    printed = (await asyncio.to_thread(_captured, "streamed-reply")).splitlines()
+    assert printed[0] == "Streams **word** by word."  # printed piece by piece
+    assert printed[1] == "4 pieces; stored once: ['hello', 'Streams **word** by word.']"
+
+
 RUNNERS: dict[str, Runner] = {
+    "streamed-reply": run_streamed_reply,
     "schedule": run_schedule,
     "reminder-tools": run_reminder_tools,
     "photo": run_photo,

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from helpers import RecordingAgent
+from onethread import Agent
 from onethread.bots import Bot
+from onethread.bots.manager import READER_STOPPED
 from onethread.platforms.web import WebAdapter, attach_history
+from onethread.testing import ScriptedModel
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -140,43 +143,40 @@ async def test_replies_cannot_inject_html(browser: Browser, bot: Bot) -> None:
 
 
 MARKDOWN_CASES = [
-    (
-        "a *b* _c_ **d** `e<f>`",
-        "a <em>b</em> <em>c</em> <strong>d</strong> <code>e&lt;f&gt;</code>",
-    ),
-    ("```py\nx = 1 < 2\n```", '<pre><code class="language-py">x = 1 &lt; 2</code></pre>'),
-    ("one\ntwo", "one<br>two"),
-    ("snake_case_name", "snake_case_name"),
-    (
-        "[docs](https://example.com/?a=1&b=2)",
-        '<a href="https://example.com/?a=1&amp;b=2" target="_blank" '
-        'rel="noopener noreferrer">docs</a>',
-    ),
-    (
-        "see https://example.com.",
-        'see <a href="https://example.com" target="_blank" '
-        'rel="noopener noreferrer">https://example.com</a>.',
-    ),
-    ("[x](javascript:alert(1))", "[x](javascript:alert(1))"),
-    ('"quoted" & <b>', "&quot;quoted&quot; &amp; &lt;b&gt;"),
-    ("[a](https://x.y/```js\ncode```)", None),  # must not break out of the attribute
+    "a *b* _c_ **d** `e<f>`",
+    "```py\nx = 1 < 2\n```",
+    "[docs](https://example.com/?a=1&b=2)",
+    "[x](javascript:alert(1)) [y](vbscript:x) ![i](data:text/html,<script>1</script>)",
+    '"quoted" & <b onclick="x()">b</b> <script>window.pwned=1</script>',
+    "[a](https://x.y/```js\ncode```)",
+    "| a | b |\n|---|---|\n| <i>1</i> | 2 |",
 ]
 
 
-async def test_markdown_renderer(browser: Browser, bot: Bot) -> None:
+async def test_server_rendered_markdown_is_inert_in_the_page(browser: Browser, bot: Bot) -> None:
+    """The web chat's HTML comes from markdown-it (raw HTML off); the page inserts it."""
+    from onethread.platforms.markup import to_web_html
+
     page, problems = await open_page(browser, url_of(bot))
-    for source, expected in MARKDOWN_CASES:
-        html = await page.evaluate("(s) => window.onethread.renderMarkdown(s)", source)
-        if expected is not None:
-            assert html == expected, source
-        # whatever the input, the result parses into no element with an event handler
+    for source in MARKDOWN_CASES:
+        html = to_web_html(source)
         attrs = await page.evaluate(
-            """(h) => { const d = document.createElement('div'); d.innerHTML = h;
+            """(h) => { const d = document.createElement('div'); window.onethread.setHtml(d, h);
                  return [...d.querySelectorAll('*')].flatMap(e => [...e.attributes]
-                   .map(a => a.name)); }""",
+                   .map(a => e.tagName + ' ' + a.name + '=' + a.value)); }""",
             html,
         )
-        assert set(attrs) <= {"href", "target", "rel", "class"}, (source, html)
+        for attr in attrs:  # no event handlers, no script URLs, whatever the input
+            name = attr.split(" ", 1)[1].split("=", 1)[0]
+            assert name in {"href", "target", "rel", "class", "src", "alt"}, attr
+            assert "javascript:" not in attr and "vbscript:" not in attr, attr
+        tags = await page.evaluate(
+            """(h) => { const d = document.createElement('div'); window.onethread.setHtml(d, h);
+                 return [...d.querySelectorAll('*')].map(e => e.tagName.toLowerCase()); }""",
+            html,
+        )
+        assert not {"script", "iframe", "b", "i", "object"} & set(tags), (source, tags)
+    assert await page.evaluate("window.pwned") is None
     assert problems == []
 
 
@@ -215,6 +215,78 @@ async def test_page_reconnects_without_losing_messages(browser: Browser) -> None
         assert problems == []
     finally:
         await bot.stop()
+        await task
+
+
+STREAMED = (
+    "Here is a table:\n\n| fruit | qty |\n|---|---:|\n| apple | 3 |\n\n"
+    "and <script>window.pwned=1</script> some **bold** words " + " ".join(["more"] * 12)
+)
+
+
+async def streaming_bot(model: ScriptedModel) -> tuple[Bot, asyncio.Task[None]]:
+    b = Bot("web", Agent("a", model=model), store="memory://", port=0)
+    attach_history(b)
+    task = asyncio.create_task(b.start())
+    await asyncio.wait_for(b.ready.wait(), 5)
+    return b, task
+
+
+async def test_a_streamed_reply_shows_deltas_then_safe_markdown(browser: Browser) -> None:
+    from playwright.async_api import expect
+
+    b, task = await streaming_bot(ScriptedModel([STREAMED], stream_delay=0.1))
+    try:
+        page, problems = await open_page(browser, url_of(b))
+        await page.fill("#name", "Sam")
+        await page.click("#start")
+        await page.fill("#text", "show me")
+        await page.press("#text", "Enter")
+        streaming = page.locator(".msg.assistant.streaming")
+        await expect(streaming).to_have_count(1)  # deltas shown while the model writes
+        await expect(streaming.locator(".stop")).to_be_visible()
+        partial = await streaming.locator(".body").text_content()
+        assert partial and len(partial) < len(STREAMED)
+        final = page.locator(".msg.assistant:not(.streaming)")
+        await expect(final).to_have_count(1)
+        await expect(page.locator(".msg.assistant")).to_have_count(1)  # replaced, not added
+        await expect(final.locator("table td").first).to_have_text("apple")
+        await expect(final.locator("strong")).to_have_text("bold")
+        await expect(final.locator(".body")).to_contain_text("<script>window.pwned=1</script>")
+        assert await page.locator(".msg script").count() == 0
+        assert await page.evaluate("window.pwned") is None
+        assert problems == []
+    finally:
+        await b.stop()
+        await task
+
+
+async def test_the_stop_button_ends_the_reply_and_keeps_what_was_written(
+    browser: Browser,
+) -> None:
+    from playwright.async_api import expect
+
+    words = " ".join(f"w{i}" for i in range(200))
+    b, task = await streaming_bot(ScriptedModel([words], stream_delay=0.05))
+    try:
+        page, problems = await open_page(browser, url_of(b))
+        await page.fill("#name", "Sam")
+        await page.click("#start")
+        await page.fill("#text", "talk a lot")
+        await page.press("#text", "Enter")
+        await expect(page.locator(".msg.assistant.streaming .body")).to_contain_text("w3")
+        await page.click(".msg.assistant.streaming .stop")
+        final = page.locator(".msg.assistant:not(.streaming) .body")
+        await expect(final).to_contain_text(READER_STOPPED)
+        shown = await final.text_content()
+        assert shown is not None and "w199" not in shown
+        user = await page.evaluate("localStorage.getItem('onethread.user')")
+        [_, reply] = await b.session.history(user, platform="web", chat_id=f"web-{user}")
+        assert reply.content.endswith(READER_STOPPED) and reply.metadata["stopped"] == "reader"
+        assert reply.content.startswith("w0 w1 w2 w3")
+        assert problems == []
+    finally:
+        await b.stop()
         await task
 
 

@@ -24,6 +24,8 @@ from .platforms.registry import credentials, load_adapter_class
 __all__ = ["check_config", "config_problems", "import_tool", "tool_functions"]
 
 _NOT_ADAPTER_OPTIONS = frozenset({"self", "retry_policy"})
+# Options every platform takes that the Bot keeps (not the adapter's): Bot(streaming=...).
+_BOT_PLATFORM_OPTIONS = frozenset({"streaming"})
 
 
 def import_tool(path: str, search: Sequence[Path] = ()) -> Callable[..., Any]:
@@ -65,7 +67,7 @@ def _adapter_options(name: str) -> set[str] | None:
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         and p.name not in _NOT_ADAPTER_OPTIONS
     }
-    return named or None
+    return named | _BOT_PLATFORM_OPTIONS if named else None
 
 
 def _platform_problems(

@@ -20,6 +20,7 @@ Errors carry their data as attributes (``RetryAfter.retry_after``,
     ├── IdentityError               identity linking refused (e.g. already linked elsewhere)
     ├── RecipientUnknown            notify(): no platform known for that person yet
     ├── ModelError                  the language model call failed (.status_code)
+    ├── ReplyStopped                the reader stopped a streaming reply (web chat's stop)
     └── PlatformError               a platform call failed (.platform)
         ├── PlatformAuthError       wrong or revoked token: fatal for that platform
         ├── RetryAfter              rate limited (.retry_after seconds)
@@ -53,6 +54,7 @@ __all__ = [
     "PlatformError",
     "PlatformUnavailable",
     "RecipientUnknown",
+    "ReplyStopped",
     "RetryAfter",
     "SchemaVersionError",
     "StoreError",
@@ -173,6 +175,14 @@ class ModelError(OnethreadError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         self.status_code = status_code
         super().__init__(message)
+
+
+class ReplyStopped(OnethreadError):
+    """The person stopped a reply while it streamed (the web chat's stop button).
+
+    Raised from a stream's ``on_delta`` into the model's stream, which ends
+    it; the turn keeps what was written, with a note.
+    """
 
 
 class PlatformError(OnethreadError):

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from .agent.models import ModelReply, ToolCall
+from .agent.models import ModelReply, OnDelta, ToolCall
 
 __all__ = ["EchoModel", "ModelReply", "ScriptedModel", "ToolCall"]
 
@@ -38,12 +39,18 @@ class ScriptedModel:
     answers raises ``AssertionError``: the test asked the model more often than
     it planned. ``requests`` holds a deep copy of each request's messages and
     ``tool_requests`` the tool schemas offered; ``delay`` seconds are awaited
-    before each answer. Safe for concurrent turns (use a function script then:
-    a list is consumed in call order, whoever calls).
+    before each answer. It streams too (``stream()``, used by a streaming
+    turn): the answer's text word by word, ``stream_delay`` seconds apart.
+    Safe for concurrent turns (use a function script then: a list is
+    consumed in call order, whoever calls).
     """
 
     def __init__(
-        self, script: Iterable[ScriptStep] | ScriptFunction, *, delay: float = 0.0
+        self,
+        script: Iterable[ScriptStep] | ScriptFunction,
+        *,
+        delay: float = 0.0,
+        stream_delay: float = 0.0,
     ) -> None:
         self._function: ScriptFunction | None = None
         self._steps: list[ScriptStep] = []
@@ -52,6 +59,7 @@ class ScriptedModel:
         else:
             self._steps = list(script)
         self.delay = delay
+        self.stream_delay = stream_delay
         self.requests: list[list[dict[str, Any]]] = []
         self.tool_requests: list[list[dict[str, Any]]] = []
 
@@ -80,6 +88,17 @@ class ScriptedModel:
                 f"last message: {messages[-1] if messages else None!r}"
             )
         return ModelReply(step) if isinstance(step, str) else step
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], on_delta: OnDelta
+    ) -> ModelReply:
+        """Like :meth:`complete`, passing the text to ``on_delta`` a word at a time."""
+        reply = await self.complete(messages, tools)
+        for index, word in enumerate(re.findall(r"\S+\s*|\s+", reply.content)):
+            if index and self.stream_delay > 0:
+                await asyncio.sleep(self.stream_delay)
+            await on_delta(word)
+        return reply
 
 
 class EchoModel:

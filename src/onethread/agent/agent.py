@@ -13,7 +13,7 @@ from ..session.blobs import BlobStore
 from ..session.history.base import HistoryEntry
 from .attachments import content_parts, takes_images
 from .messages import build_messages
-from .models import ModelClient, ToolCall, TurnModel
+from .models import ModelClient, ModelReply, OnDelta, StreamingModel, ToolCall, TurnModel
 from .models_offline import OfflineModel
 from .models_openai import OpenAIModel
 from .tools import Tool, run_tool_call, tool_from_function
@@ -96,6 +96,7 @@ class Agent:
         *,
         group: bool = False,
         blobs: BlobStore | None = None,
+        on_delta: OnDelta | None = None,
     ) -> str:
         """Answer ``message`` given the earlier ``history`` (oldest first); return the reply text.
 
@@ -108,11 +109,23 @@ class Agent:
         A ``str`` message is taken as a user message with no metadata.
         ``blobs``: the blob store holding the message's attachments, for image
         parts (when ``vision``) and the text of small text files.
+
+        ``on_delta``: stream the reply. Each piece of text is awaited in
+        ``on_delta`` as the model writes it (models with ``stream()``; others,
+        and the offline model, pass their whole answer once). A round that
+        ends in tool calls runs them and streams the next round; the reply is
+        then all the text streamed, rounds joined by a blank line, exactly what
+        ``on_delta`` saw. A ``ModelError`` mid-stream propagates: the caller
+        holds what was already streamed. An exception ``on_delta`` raises ends
+        the turn and propagates (that is how a reader stops a reply).
         """
         if isinstance(message, str):
             message = HistoryEntry(role="user", content=message, timestamp=time.time())
         if self._turn_model is not None:
-            return await self._turn_model.reply(history, message, group=group)
+            text = await self._turn_model.reply(history, message, group=group)
+            if on_delta is not None and text:
+                await on_delta(text)
+            return text
         model = cast(ModelClient, self.model)  # not a TurnModel, so a ModelClient
         messages = build_messages(self.instructions, history, message, group=group)
         if message.attachments and blobs is not None:
@@ -120,24 +133,62 @@ class Agent:
             last["content"] = await content_parts(
                 str(last["content"]), message.attachments, blobs, images=self.vision
             )
+        streamed = _Streamed(model, on_delta) if on_delta is not None else None
+        ask = streamed.ask if streamed is not None else model.complete
         for _ in range(self.max_tool_rounds + 1):
-            reply = await model.complete(messages, self._schemas)
+            reply = await ask(messages, self._schemas)
             if not reply.tool_calls:
-                return _final(reply.content)
+                return _final(reply.content if streamed is None else streamed.text)
             messages.append(_assistant_message(reply.content, reply.tool_calls))
             for call in reply.tool_calls:
                 result = await run_tool_call(self.tools, call)
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
         logger.info("agent %s: tool budget of %d rounds used up", self.name, self.max_tool_rounds)
         messages.append({"role": "user", "content": _WRAP_UP})
-        reply = await model.complete(messages, [])
-        return _final(reply.content)
+        reply = await ask(messages, [])
+        return _final(reply.content if streamed is None else streamed.text)
 
     async def aclose(self) -> None:
         """Release the model client's connections, if it holds any."""
         close = getattr(self.model, "aclose", None)
         if close is not None:
             await close()
+
+
+class _Streamed:
+    """One turn's streaming: each round's text to ``on_delta``, rounds joined by a blank line."""
+
+    __slots__ = ("_on_delta", "_parts", "_stream", "_model", "_round_started")
+
+    def __init__(self, model: ModelClient, on_delta: OnDelta) -> None:
+        self._model = model
+        self._on_delta = on_delta
+        self._stream = model.stream if isinstance(model, StreamingModel) else None
+        self._parts: list[str] = []
+        self._round_started = False
+
+    @property
+    def text(self) -> str:
+        """Everything streamed so far."""
+        return "".join(self._parts)
+
+    async def _delta(self, piece: str) -> None:
+        if not self._round_started:
+            self._round_started = True
+            if self._parts and not self.text.endswith("\n\n"):
+                # A new round after tool calls starts a new paragraph.
+                piece = ("\n\n" if not self.text.endswith("\n") else "\n") + piece
+        self._parts.append(piece)
+        await self._on_delta(piece)
+
+    async def ask(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ModelReply:
+        self._round_started = False
+        if self._stream is not None:
+            return await self._stream(messages, tools, self._delta)
+        reply = await self._model.complete(messages, tools)
+        if reply.content:
+            await self._delta(reply.content)
+        return reply
 
 
 def _resolve_model(model: str | ModelClient | None, *, timeout: float) -> ModelClient | TurnModel:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConfigError, ModelError
-from .models import ModelReply, ToolCall
+from .models import ModelReply, OnDelta, ToolCall
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -113,6 +113,49 @@ class OpenAIModel:
                 )
         logger.debug("model %s answered in %.3fs", self.model, time.monotonic() - started)
         return _to_reply(completion, self.model)
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], on_delta: OnDelta
+    ) -> ModelReply:
+        """One chat completion with ``stream=True``: text to ``on_delta`` as it comes.
+
+        Tool-call deltas are gathered by index into whole calls. Raises
+        ``ModelError`` like :meth:`complete`, also mid-stream (the text already
+        passed to ``on_delta`` stays passed); an exception from ``on_delta``
+        closes the stream and propagates.
+        """
+        client = self._get_client()
+        started = time.monotonic()
+        text: list[str] = []
+        calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
+        with map_openai_errors(self):
+            extra: dict[str, Any] = {"tools": cast(Any, tools)} if tools else {}
+            stream = await client.chat.completions.create(
+                model=self.model, messages=cast(Any, messages), stream=True, **extra
+            )
+            async with stream:
+                async for chunk in stream:
+                    if not chunk.choices:
+                        continue
+                    delta = chunk.choices[0].delta
+                    for call in delta.tool_calls or ():
+                        slot = calls.setdefault(call.index, ["", "", ""])
+                        if call.id:
+                            slot[0] = call.id
+                        if call.function is not None:
+                            slot[1] += call.function.name or ""
+                            slot[2] += call.function.arguments or ""
+                    piece = delta.content or getattr(delta, "refusal", None) or ""
+                    if piece:
+                        text.append(piece)
+                        await on_delta(piece)
+        logger.debug("model %s streamed in %.3fs", self.model, time.monotonic() - started)
+        tool_calls = [
+            ToolCall(id=slot[0] or f"call_{index}", name=slot[1], arguments=slot[2] or "{}")
+            for index, slot in sorted(calls.items())
+            if slot[1]
+        ]
+        return ModelReply(content="".join(text), tool_calls=tool_calls)
 
     async def aclose(self) -> None:
         """Close the SDK client's connections; the next call opens new ones."""

@@ -16,6 +16,7 @@ from ..errors import PlatformError, StoreUnavailable
 from ..logs import log_turn
 from ..metrics import NULL_METRICS, NullMetrics
 from ..platforms.base import Adapter, Attachment, Inbound
+from ..platforms.draft import ReplyStream
 from ..platforms.registry import load_adapter_class
 from ..session._conn.shared import masked
 from ..session.blobs import DEFAULT_MAX_BYTES
@@ -41,7 +42,8 @@ TURN_FAILED = "Sorry, something went wrong on my side and I could not answer tha
 
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
                 "drain_timeout", "access", "owners", "commands", "pairing",
-                "gc_freeze", "blobs", "max_attachment_bytes", "metrics")  # fmt: skip
+                "gc_freeze", "blobs", "max_attachment_bytes", "streaming",
+                "metrics")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -76,6 +78,10 @@ class Bot:
             ``blobs`` (blob store or URL for attachments, see
             ``BotSessionManager``), ``max_attachment_bytes`` (default 20 MB:
             larger attachments are refused with a message to the sender),
+            ``streaming`` (default True: replies appear while the model writes
+            them, as a draft edited about once a second on platforms that can
+            edit, as deltas in the web chat and the terminal; False sends each
+            reply whole, in one go);
             ``metrics`` (an ``onethread.metrics.Metrics`` to count turns and
             deliveries in; default none, BotOS gives its bots its own);
             anything else goes to the platform adapter (e.g. ``base_url``).
@@ -136,6 +142,7 @@ class Bot:
         self._backoff: Backoff = own.get("backoff") or Backoff()
         self.drain_timeout: float = float(own.get("drain_timeout", 10.0))
         self.gc_freeze: bool = bool(own.get("gc_freeze", True))
+        self.streaming: bool = bool(own.get("streaming", True))
         self._turns: set[asyncio.Task[None]] = set()  # touched on the loop thread only
         self._tails: dict[str, asyncio.Task[None]] = {}  # key -> its latest task (loop only)
         self._closed = False
@@ -324,6 +331,7 @@ class Bot:
         outcome = "error"
         reply: str | None = None
         attempted = False  # the turn began sending its reply
+        stream: ReplyStream | None = None
         try:
             reply = await self.access.check(msg)
             if reply is not None:  # refused: at most one short reply, never the agent
@@ -348,6 +356,18 @@ class Bot:
                         msg.chat_id, "\n".join(taken.refusals), thread_id=msg.thread_id
                     )
                 typing = self.adapter.typing(msg.chat_id, msg.thread_id)
+                stream = (
+                    self.adapter.reply_stream(msg.chat_id, msg.thread_id)
+                    if self.streaming
+                    else None
+                )
+                on_delta: Callable[[str], Awaitable[None]] | None = None
+                if stream is not None:
+                    draft = stream
+
+                    async def on_delta(piece: str) -> None:
+                        await typing.__aexit__(None, None, None)  # the words show instead
+                        await draft.feed(piece)
 
                 async def deliver(
                     text: str, files: Sequence[tuple[Attachment, bytes]] = ()
@@ -355,11 +375,15 @@ class Bot:
                     nonlocal attempted
                     attempted = True
                     await typing.__aexit__(None, None, None)  # no "typing…" after the reply
-                    whole = self.adapter.fits(text)
-                    await self.adapter.send(msg.chat_id, text, thread_id=msg.thread_id)
+                    if stream is not None:
+                        marks = await stream.finish(text)
+                    else:
+                        whole = self.adapter.fits(text)
+                        await self.adapter.send(msg.chat_id, text, thread_id=msg.thread_id)
+                        marks = None if whole else {"delivery": DELIVERY_CUT}
                     if files:
                         await self.adapter.send_files(msg.chat_id, files, thread_id=msg.thread_id)
-                    return None if whole else {"delivery": DELIVERY_CUT}
+                    return marks
 
                 async with typing:
                     # The turn sends the reply itself, so that a reply that cannot be
@@ -377,6 +401,7 @@ class Bot:
                         message_id=msg.message_id,
                         attachments=taken.attachments if taken is not None else (),
                         deliver=deliver,
+                        on_delta=on_delta,
                         stats=stats,
                     )
                 stores_ok()  # a whole turn worked: any store outage on record is over
@@ -416,6 +441,8 @@ class Bot:
             self.metrics.turn(self.platform, outcome, total, stats.model_seconds)
             log_turn(self.platform, msg.user_id, len(msg.text), len(reply or ""),
                      stats.model_seconds, total, outcome)  # fmt: skip
+            if stream is not None:
+                await stream.close()  # a turn that ended without its final text
 
 
 async def run_until_signal(

@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..agent.files import File, turn_files
+from ..agent.models import OnDelta
 from ..agent.responder import Responder, as_responder
 from ..agent.transcribe import Transcriber
-from ..errors import ModelError, StoreError
+from ..errors import ModelError, ReplyStopped, StoreError
 from ..session._conn.shared import masked, who
 from ..session.attachments import Attachment
 from ..session.blobs import BlobStore, open_blob_store
@@ -28,13 +29,24 @@ from ..session.locks import LocalTurnLocks, TurnLocks
 from ..session.text import clean_text, clean_value
 from ..session.urls import open_history_store
 
-__all__ = ["APOLOGY", "BotSessionManager", "Responder", "TurnStats"]
+__all__ = [
+    "APOLOGY",
+    "MODEL_STOPPED",
+    "READER_STOPPED",
+    "BotSessionManager",
+    "Responder",
+    "TurnStats",
+]
 
 log = logging.getLogger("onethread.session")
 
 _MERGED_MAX = 100_000  # accounts remembered as merged (see merge_legacy)
 
 APOLOGY = "Sorry, I could not reach my language model just now. Please try again in a moment."
+MODEL_STOPPED = "(the model stopped answering here)"
+"""Ends a streamed reply whose model failed after writing part of it."""
+READER_STOPPED = "(stopped here)"
+"""Ends a streamed reply the person stopped (the web chat's stop button)."""
 
 
 class TurnStats:
@@ -105,8 +117,8 @@ class BotSessionManager:
         self._blobs_arg = blobs
         self._blobs: BlobStore | None = blobs if not isinstance(blobs, str | None) else None
         self.transcriber = transcriber if transcriber is not None else Transcriber.from_env()
-        # Whether each responder's respond() takes blobs= (by type, asked once).
-        self._takes_blobs: dict[type, bool] = {}
+        # Which of blobs= / on_delta= each responder's respond() takes (by type, asked once).
+        self._takes: dict[type, tuple[bool, bool]] = {}
         # Framework agents given to chat() directly, wrapped once: id -> (agent, wrapper).
         # The agent is held so its id is not reused while the entry lives.
         self._wrapped: dict[int, tuple[object, Responder]] = {}
@@ -170,23 +182,34 @@ class BotSessionManager:
         return [(a, await self.blobs.get(a.blob)) for a in attachments]
 
     async def _respond(
-        self, agent: Responder, history: Sequence[HistoryEntry], message: HistoryEntry, group: bool
+        self,
+        agent: Responder,
+        history: Sequence[HistoryEntry],
+        message: HistoryEntry,
+        group: bool,
+        on_delta: OnDelta | None = None,
     ) -> str:
-        if not message.attachments:
+        if not message.attachments and on_delta is None:
             return await agent.respond(history, message, group=group)
         kind = type(agent)
-        takes = self._takes_blobs.get(kind)
+        takes = self._takes.get(kind)
         if takes is None:
             try:
-                takes = "blobs" in inspect.signature(agent.respond).parameters
+                params = inspect.signature(agent.respond).parameters
+                takes = ("blobs" in params, "on_delta" in params)
             except (TypeError, ValueError):
-                takes = False
-            self._takes_blobs[kind] = takes
-        if takes:
-            respond: Any = agent.respond
-            reply: str = await respond(history, message, group=group, blobs=self.blobs)
-            return reply
-        return await agent.respond(history, message, group=group)
+                takes = (False, False)
+            self._takes[kind] = takes
+        extra: dict[str, Any] = {}
+        if takes[0] and message.attachments:
+            extra["blobs"] = self.blobs
+        if takes[1] and on_delta is not None:
+            extra["on_delta"] = on_delta
+        respond: Any = agent.respond
+        reply: str = await respond(history, message, group=group, **extra)
+        if on_delta is not None and not takes[1] and reply:
+            await on_delta(reply)  # a responder that cannot stream: its reply in one piece
+        return reply
 
     @property
     def store(self) -> HistoryStore:
@@ -278,6 +301,7 @@ class BotSessionManager:
         message_id: str = "",
         attachments: Sequence[Attachment] = (),
         deliver: Callable[..., Awaitable[Mapping[str, Any] | None]] | None = None,
+        on_delta: OnDelta | None = None,
         stats: TurnStats | None = None,
     ) -> str:
         """Run one turn and return the reply.
@@ -307,6 +331,17 @@ class BotSessionManager:
         Files the agent's tools return (``onethread.File``) are stored and kept
         with the reply; ``deliver`` then gets them too:
         ``deliver(reply, files=[(attachment, bytes), ...])``.
+
+        ``on_delta`` (optional) streams the reply: it is awaited with each piece
+        of text as the model writes it (a responder that cannot stream gives
+        its whole reply as one piece), and ``deliver`` then gets the final
+        text. The reply is stored once, whole. When the model fails after
+        writing part of the reply, the reply is what was written plus
+        :data:`MODEL_STOPPED` (``metadata["stopped"] == "model"``), delivered and
+        stored like any reply; when ``on_delta`` raises ``ReplyStopped`` (the
+        reader stopped it), the same with :data:`READER_STOPPED`
+        (``"reader"``). A failure before any text is the usual apology.
+
         Lone surrogates in any string become U+FFFD (``onethread.session.text``).
         """
         responder = self._responder(agent)
@@ -359,18 +394,38 @@ class BotSessionManager:
                     message_id=message_id,
                     attachments=files,
                 )
+                written: list[str] = []
+                relay: OnDelta | None = None
+                if on_delta is not None:
+                    stream_to = on_delta
+
+                    async def relay(piece: str) -> None:
+                        written.append(piece)
+                        await stream_to(piece)
+
+                stopped: dict[str, str] = {}
                 asked = time.perf_counter()
                 try:
                     with turn_files() as produced:
-                        reply = await self._respond(responder, history, message, group)
+                        reply = await self._respond(responder, history, message, group, relay)
                     sent = await self.store_files(produced) if produced else ()
                 except ModelError as exc:
                     if stats is not None:
                         stats.model_seconds = time.perf_counter() - asked
                         stats.model_failed = True
                     log.error("model failed for %s (%s): %s", masked(platform, key), platform, exc)
-                    await self.store.append(key, [message])
-                    return APOLOGY
+                    if not "".join(written).strip():
+                        await self.store.append(key, [message])
+                        return APOLOGY
+                    reply, sent, stopped = (
+                        _cut_short(written, MODEL_STOPPED),
+                        (),
+                        {"stopped": "model"},
+                    )
+                except ReplyStopped:
+                    log.info("reply for %s stopped by the reader", masked(platform, key))
+                    reply, sent = _cut_short(written, READER_STOPPED), ()
+                    stopped = {"stopped": "reader"}
                 if stats is not None:
                     stats.model_seconds = time.perf_counter() - asked
                 stamp = max(time.time(), message.timestamp)
@@ -392,9 +447,11 @@ class BotSessionManager:
                     timestamp=stamp,
                     platform=platform,
                     chat_id=chat_id,
-                    metadata=delivery_failed(undelivered)
-                    if undelivered is not None
-                    else dict(outcome or {}),
+                    metadata={
+                        **stopped,
+                        **(delivery_failed(undelivered) if undelivered is not None else {}),
+                        **(outcome or {}),
+                    },
                     attachments=sent,
                 )
                 await self.store.append(key, [message, answer])
@@ -634,3 +691,9 @@ def _in_memory(store_arg: object, store: object) -> bool:
     from ..session.history.memory import MemoryHistoryStore
 
     return isinstance(store, MemoryHistoryStore)
+
+
+def _cut_short(written: Sequence[str], note: str) -> str:
+    """What a stopped stream wrote, then ``note`` on its own paragraph."""
+    text = "".join(written).rstrip()
+    return f"{text}\n\n{note}" if text else note

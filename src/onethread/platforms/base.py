@@ -15,6 +15,11 @@ Shape (python-telegram-bot's, at httpx's size):
   ``PlatformUnavailable``, ``FormattingRejected``, ``BadRequest``,
   ``PlatformAuthError``).
 - ``do_typing(chat_id, thread_id)``: optional typing hook.
+- ``do_edit(chat_id, message_id, text, thread_id)``: optional; a platform that
+  can edit a sent message gets streamed replies as a draft edited at most once
+  per ``edit_interval`` (``reply_stream``, the logic in ``draft.EditDraft``).
+- ``measure(markdown)``: optional; how long a chunk is once rendered, as the
+  platform counts it (default: its length), so that chunks are cut to fit.
 - ``send()`` (final): chunking (at most ``max_messages``), retries, plain-text
   fallback and logging.
 """
@@ -35,6 +40,8 @@ from ..metrics import NULL_METRICS, NullMetrics
 from ..session.attachments import Attachment
 from ..session.text import clean_text
 from .delivery import RetryPolicy, cap_messages, send_with_retry
+from .draft import EditDraft, ReplyStream
+from .markup import to_plain
 
 __all__ = [
     "Adapter",
@@ -129,6 +136,10 @@ class Adapter(ABC):
     # One reply never floods a chat: beyond this many messages it is cut (with a note).
     max_messages: ClassVar[int] = 10
     typing_interval: ClassVar[float] = 4.0
+    # Seconds between edits of a streamed draft, per chat (within the platform's limits).
+    edit_interval: ClassVar[float] = 1.0
+    # A streamed reply's first words wait this long (a reply done by then goes whole).
+    first_post_delay: ClassVar[float] = 0.25
     help_lines: ClassVar[tuple[str, ...]] = ()
     """Lines this platform adds to ``/help``: commands the adapter handles itself."""
     metrics: NullMetrics = NULL_METRICS
@@ -137,6 +148,7 @@ class Adapter(ABC):
     def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
         self.retry_policy = retry_policy or RetryPolicy()
         self._failure: asyncio.Future[BaseException] | None = None
+        self._edit_clock: dict[str, float] = {}  # chat -> loop time of its next allowed edit
 
     @classmethod
     def check_options(
@@ -276,6 +288,68 @@ class Adapter(ABC):
             raise _too_large(len(data), max_bytes)
         return data
 
+    async def do_edit(
+        self, chat_id: str, message_id: str, text: str, thread_id: str = "", *,
+        formatted: bool = True,
+    ) -> None:  # fmt: skip
+        """Replace the text of sent message ``message_id`` with ``text`` (one chunk).
+
+        Platforms that can edit implement it (raising the mapped errors, a 429
+        as ``RetryAfter``); then replies stream as an edited draft. The default
+        says the platform cannot edit.
+        """
+        raise NotImplementedError(f"{self.name or type(self).__name__} cannot edit messages")
+
+    @property
+    def can_edit(self) -> bool:
+        """True when this adapter implements :meth:`do_edit`."""
+        return type(self).do_edit is not Adapter.do_edit
+
+    def reply_stream(self, chat_id: str, thread_id: str = "") -> ReplyStream | None:
+        """Where a streamed reply to ``chat_id`` goes: an edited draft when the
+        platform can edit (:class:`~onethread.platforms.draft.EditDraft`), else
+        None (the reply is sent whole). The web chat and the terminal return
+        their own streams (deltas over their channel)."""
+        return self.draft(chat_id, thread_id) if self.can_edit else None
+
+    @final
+    def draft(self, chat_id: str, thread_id: str = "") -> EditDraft:
+        """A new draft reply in ``chat_id`` (needs :meth:`do_edit`)."""
+        return EditDraft(self, chat_id, thread_id)
+
+    @final
+    def next_edit_at(self, chat_id: str) -> float:
+        """Loop time before which no draft in ``chat_id`` posts or edits again."""
+        return self._edit_clock.get(chat_id, 0.0)
+
+    @final
+    def note_edit(self, chat_id: str, wait: float) -> None:
+        """Record a draft's call in ``chat_id``: the next waits ``wait`` seconds."""
+        now = asyncio.get_running_loop().time()
+        if len(self._edit_clock) > 1000:  # forget chats whose clocks have run out
+            self._edit_clock = {k: v for k, v in self._edit_clock.items() if v > now}
+        self._edit_clock[chat_id] = max(self._edit_clock.get(chat_id, 0.0), now + wait)
+
+    def measure(self, markdown: str) -> int:
+        """Length of ``markdown`` once rendered, as the platform counts it (default: as is)."""
+        return len(markdown)
+
+    @final
+    def chunks(self, text: str) -> tuple[list[str], bool]:
+        """``text`` cut into messages (at most ``max_messages``; True when cut).
+
+        Cut on the Markdown (never inside a code block's markup: each chunk
+        renders on its own), then cut shorter while a rendered chunk is longer
+        than ``max_message_length`` by :meth:`measure` (e.g. a table padded
+        into aligned text).
+        """
+        limit = self.max_message_length
+        while True:
+            chunks, cut = cap_messages(text, limit, self.max_messages)
+            if limit <= 64 or all(self.measure(c) <= self.max_message_length for c in chunks):
+                return chunks, cut
+            limit = max(64, limit * 4 // 5)
+
     async def do_typing(self, chat_id: str, thread_id: str = "") -> None:  # noqa: B027
         """Show a typing indicator once (default: the platform has none)."""
 
@@ -290,7 +364,7 @@ class Adapter(ABC):
         Raises the last ``PlatformError`` when a chunk cannot be delivered.
         Counted in ``metrics`` as one delivery, ``delivered`` or ``failed``.
         """
-        chunks, cut = cap_messages(text, self.max_message_length, self.max_messages)
+        chunks, cut = self.chunks(text)
         if cut:
             log.warning(
                 "%s send to %s: a %d-character reply cut to %d messages",
@@ -299,7 +373,7 @@ class Adapter(ABC):
         ids: list[str] = []
         try:
             for chunk in chunks:
-                ids.append(await self._send_chunk(chat_id, chunk, thread_id))
+                ids.append(await self.send_chunk(chat_id, chunk, thread_id))
         except Exception:
             self.metrics.delivery(self.name, "failed")
             raise
@@ -314,11 +388,14 @@ class Adapter(ABC):
     @final
     def fits(self, text: str) -> bool:
         """True when :meth:`send` sends ``text`` whole (not cut at ``max_messages``)."""
-        if len(text) <= self.max_message_length:
+        if len(text) <= self.max_message_length and self.measure(text) <= self.max_message_length:
             return True
-        return not cap_messages(text, self.max_message_length, self.max_messages)[1]
+        return not self.chunks(text)[1]
 
-    async def _send_chunk(self, chat_id: str, chunk: str, thread_id: str) -> str:
+    @final
+    async def send_chunk(self, chat_id: str, chunk: str, thread_id: str = "") -> str:
+        """Send one chunk (from :meth:`chunks`), retried; markup the platform
+        rejects is resent as plain text (the Markdown taken away). Returns its id."""
         what = f"{self.name} send to {chat_id}"
         try:
             return await send_with_retry(
@@ -329,8 +406,9 @@ class Adapter(ABC):
             )
         except FormattingRejected:
             log.info("%s: markup rejected, resending as plain text", what)
+            plain = to_plain(chunk) or chunk
             return await send_with_retry(
-                lambda: self.do_send(chat_id, chunk, thread_id=thread_id, formatted=False),
+                lambda: self.do_send(chat_id, plain, thread_id=thread_id, formatted=False),
                 self.retry_policy,
                 what=what,
                 on_wait=self._on_wait,

@@ -17,6 +17,9 @@ Behaviour a caller should know:
   subtle ``…`` while the bot is typing, and Markdown replies rendered with
   ``rich``, keeping every line break as written (as chat apps show them). With
   streams or pipes the output is the plain reply text, one block per reply.
+- Streamed replies (``reply_stream``): written as the model writes them, on a
+  terminal re-rendered as Markdown in place (``rich.live``, a few times a
+  second), on a pipe as plain text pieces; the block ends with a newline.
 - ``token`` is accepted for the ``Bot`` interface and unused.
 """
 
@@ -36,6 +39,7 @@ from typing import Any, ClassVar, TextIO
 from ..errors import BadRequest
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
+from .draft import ReplyStream
 
 __all__ = ["ConsoleAdapter"]
 
@@ -285,8 +289,8 @@ class ConsoleAdapter(Adapter):
             raise BadRequest(f"cannot write the reply: {exc!r}", platform=PLATFORM) from exc
         return uuid.uuid4().hex
 
-    def _print_rich(self, text: str, formatted: bool) -> None:
-        """Render Markdown with ``rich`` (a dependency); plain text if it cannot be imported."""
+    def _rich_console(self) -> Any:
+        """The ``rich`` console on the output, or False when rich cannot be imported."""
         if self._rich is None:
             try:
                 from rich.console import Console
@@ -294,15 +298,104 @@ class ConsoleAdapter(Adapter):
                 self._rich = False
             else:
                 self._rich = Console(file=self.output)
-        if self._rich is False:
+        return self._rich
+
+    def _print_rich(self, text: str, formatted: bool) -> None:
+        """Render Markdown with ``rich`` (a dependency); plain text if it cannot be imported."""
+        if self._rich_console() is False:
             self._write(text if text.endswith("\n") else text + "\n")
             return
         self._rich.print(_markdown(text) if formatted else text, markup=False, highlight=False)
+
+    def reply_stream(self, chat_id: str, thread_id: str = "") -> ReplyStream | None:
+        """Deltas written to the output as they come (see the module docstring)."""
+        return _ConsoleStream(self) if chat_id == self.chat_id else None
 
     async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
         """On a terminal, show a dim ``…`` until the reply replaces it; otherwise nothing."""
         if self.interactive and chat_id == self.chat_id:
             self._write(f"{_CLEAR_LINE}\x1b[2m…\x1b[0m")
+
+
+class _ConsoleStream:
+    """One reply written to the console while the model writes it."""
+
+    _REFRESH = 0.1  # seconds between re-renders on a terminal
+
+    def __init__(self, adapter: ConsoleAdapter) -> None:
+        self.adapter = adapter
+        self.written = ""
+        self._live: Any = None
+        self._last = 0.0
+
+    def _start_live(self) -> Any:
+        adapter = self.adapter
+        console = adapter._rich_console()
+        if console is False:
+            return False
+        from rich.live import Live
+
+        adapter._write(_CLEAR_LINE)
+        live = Live(console=console, auto_refresh=False, vertical_overflow="visible")
+        live.start()
+        return live
+
+    async def feed(self, piece: str) -> None:
+        """Write ``piece`` (a terminal re-renders the reply so far, at most every 0.1 s)."""
+        self.written += piece
+        adapter = self.adapter
+        try:
+            if not adapter.interactive:
+                adapter._write(piece)
+                return
+            if self._live is None:
+                if self.written == piece:
+                    return  # one piece may be the whole reply: finish prints it once
+                self._live = self._start_live()
+                if self._live is False:  # no rich: what was held back, then piece by piece
+                    adapter._write(self.written)
+                    return
+            if self._live is False:
+                adapter._write(piece)
+                return
+            now = asyncio.get_running_loop().time()
+            if now - self._last >= self._REFRESH:
+                self._last = now
+                self._live.update(_markdown(self.written), refresh=True)
+        except (OSError, ValueError) as exc:
+            raise BadRequest(f"cannot write the reply: {exc!r}", platform=PLATFORM) from exc
+
+    async def finish(self, text: str) -> dict[str, str] | None:
+        """Write what is left of ``text`` and end the block."""
+        adapter = self.adapter
+        try:
+            if self._live not in (None, False):
+                self._live.update(_markdown(text), refresh=True)
+                self._live.stop()
+                self._live = None
+                adapter._redraw_prompt()
+                return None
+            if adapter.interactive and self._live is None:  # never shown: print it whole
+                adapter._write(_CLEAR_LINE)
+                adapter._print_rich(text, True)
+                adapter._redraw_prompt()
+                return None
+            if text.startswith(self.written):
+                rest = text[len(self.written) :]
+            else:  # not what was streamed: write it whole below
+                rest = "\n" + text
+            adapter._write(rest if rest.endswith("\n") else rest + "\n")
+            if adapter.interactive:
+                adapter._redraw_prompt()
+        except (OSError, ValueError) as exc:
+            raise BadRequest(f"cannot write the reply: {exc!r}", platform=PLATFORM) from exc
+        return None
+
+    async def close(self) -> None:
+        """End a live display left open by a failed turn."""
+        if self._live not in (None, False):
+            self._live.stop()
+            self._live = None
 
 
 def _markdown(text: str) -> Any:

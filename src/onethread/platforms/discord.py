@@ -70,6 +70,7 @@ from ..errors import (
 from ._describe import describe
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
+from .markup import to_discord
 
 __all__ = ["DiscordAdapter", "map_discord_errors", "normalize_message"]
 
@@ -526,7 +527,7 @@ class DiscordAdapter(Adapter):
     ) -> str:
         """Post ``text`` to the channel (or to thread ``thread_id``); return the message id."""
         client, target = self._target(chat_id, thread_id)
-        content = text
+        content = to_discord(text) if formatted else text
         if not formatted:
             escaped = discord.utils.escape_markdown(text)
             content = escaped if len(escaped) <= self.max_message_length else text
@@ -535,6 +536,26 @@ class DiscordAdapter(Adapter):
                 content, allowed_mentions=_ALLOWED_MENTIONS
             )
         return str(sent.id)
+
+    def measure(self, markdown: str) -> int:
+        """Length of the content sent (tables become code blocks)."""
+        return len(to_discord(markdown))
+
+    async def do_edit(
+        self, chat_id: str, message_id: str, text: str, thread_id: str = "", *,
+        formatted: bool = True,
+    ) -> None:  # fmt: skip
+        """``PATCH`` a posted message's content (in the thread, when ``thread_id`` is set)."""
+        client, target = self._target(chat_id, thread_id)
+        content = to_discord(text) if formatted else discord.utils.escape_markdown(text)
+        async with map_discord_errors():
+            await (
+                client.get_partial_messageable(target)
+                .get_partial_message(int(message_id))
+                .edit(
+                    content=content[: self.max_message_length], allowed_mentions=_ALLOWED_MENTIONS
+                )
+            )
 
     async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
         """Show "bot is typing" in the channel or thread for about 10 seconds."""

@@ -31,11 +31,13 @@ Names: ``user_name`` from ``users.info``, ``chat_name`` from
 ``conversations.info`` (the user's name in a DM), cached per id until the next
 ``start()``; empty without the ``users:read``/``channels:read`` scopes.
 
-Formatting: a formatted chunk is one ``markdown`` block (Slack renders standard
-Markdown) with the escaped text as notification fallback. Markdown blocks hold
-12,000 characters per message, so ``max_message_length`` is 12,000 (plain text
-could have 40,000). A refused block (``invalid_blocks``, ``msg_blocks_too_long``)
-is resent as plain text: no blocks, ``mrkdwn=False``.
+Formatting: the Markdown is rendered to Slack mrkdwn by a real parser
+(``onethread.platforms.markup.to_slack_mrkdwn``: ``*bold*``, ``_italic_``,
+``<url|text>``, code blocks, tables as aligned text in a code block) and sent as
+``text``, also in a ``section`` block when it fits one (3,000 characters).
+``max_message_length`` is 12,000 (plain text could have 40,000). A refused
+block (``invalid_blocks``) is resent as plain text: no blocks, ``mrkdwn=False``.
+Streamed replies edit the draft with ``chat.update``.
 
 Typing: Slack has no typing indicator for bots. In a thread the adapter sets
 the assistant thread status (``assistant.threads.setStatus``, cleared by the
@@ -80,6 +82,7 @@ from ..errors import (
 from ._describe import describe
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
+from .markup import to_slack_mrkdwn
 
 __all__ = ["SlackAdapter", "map_slack_errors", "normalize_event"]
 
@@ -158,6 +161,20 @@ def map_slack_errors(what: str = "slack call") -> Iterator[None]:
 
 def _unescape(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+_SECTION_LIMIT = 3000
+
+
+def _message_args(text: str, formatted: bool) -> dict[str, Any]:
+    """``text`` (and a section block) for a formatted chunk; plain text otherwise."""
+    if not formatted:
+        return {"text": _escape(text), "mrkdwn": False}
+    mrkdwn = to_slack_mrkdwn(text)
+    args: dict[str, Any] = {"text": mrkdwn}
+    if 0 < len(mrkdwn) <= _SECTION_LIMIT:
+        args["blocks"] = [{"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn}}]
+    return args
 
 
 def _escape(text: str) -> str:
@@ -543,16 +560,27 @@ class SlackAdapter(Adapter):
         self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
     ) -> str:
         """Post one chunk (a markdown block, or plain text) and return ``"{channel}:{ts}"``."""
-        args: dict[str, Any] = {"channel": chat_id, "text": _escape(text)}
+        args = _message_args(text, formatted)
+        args["channel"] = chat_id
         if thread_id:
             args["thread_ts"] = thread_id
-        if formatted:
-            args["blocks"] = [{"type": "markdown", "text": text}]
-        else:
-            args["mrkdwn"] = False
         with map_slack_errors(f"chat.postMessage to {chat_id}"):
             resp = await self.web.chat_postMessage(**args)
         return f"{resp.get('channel') or chat_id}:{resp['ts']}"
+
+    def measure(self, markdown: str) -> int:
+        """Length of the mrkdwn sent."""
+        return len(to_slack_mrkdwn(markdown))
+
+    async def do_edit(
+        self, chat_id: str, message_id: str, text: str, thread_id: str = "", *,
+        formatted: bool = True,
+    ) -> None:  # fmt: skip
+        """``chat.update`` a posted message (``message_id`` is ``channel:ts``)."""
+        channel, _, ts = message_id.rpartition(":")
+        args = _message_args(text, formatted)
+        with map_slack_errors(f"chat.update in {chat_id}"):
+            await self.web.chat_update(channel=channel or chat_id, ts=ts, **args)
 
     async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
         """Set the assistant thread status in a thread; nothing outside threads."""

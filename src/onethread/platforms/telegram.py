@@ -13,9 +13,9 @@ token would never reach the supervisor. The loop below is the Updater's
 then reports ``ConnectionLost`` (or ``PlatformAuthError``) with
 ``report_failure`` and leaves restarts and backoff to the supervisor.
 
-Replies are sent as HTML converted from the agent's Markdown
-(:func:`markdown_to_html`); Telegram's "can't parse entities" is mapped to
-``FormattingRejected`` and the base class resends the chunk as plain text.
+Replies are sent as HTML rendered from the agent's Markdown by a real parser
+(``onethread.platforms.markup.to_telegram_html``); Telegram's "can't parse
+entities" is mapped to ``FormattingRejected`` and the base class resends the chunk as plain text.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dtm
-import html
 import logging
 import os
 import re
@@ -52,11 +51,11 @@ from ..errors import (
 from ..session.attachments import Attachment
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
+from .markup import to_plain, to_telegram_html
 
 __all__ = [
     "TelegramAdapter",
     "map_telegram_errors",
-    "markdown_to_html",
     "normalize_message",
     "normalize_update",
 ]
@@ -147,6 +146,11 @@ def map_telegram_errors() -> Iterator[None]:
         unknown = _may_have_arrived(exc)
         kind = OutcomeUnknown if unknown else PlatformUnavailable
         raise kind(f"{type(exc).__name__}: {exc}", platform=PLATFORM) from exc
+
+
+def _not_modified(exc: tg.BadRequest) -> bool:
+    # PTB has no subclass for it; Telegram's description is the only signal there is.
+    return "message is not modified" in exc.message.lower()
 
 
 def _may_have_arrived(exc: tg.TelegramError) -> bool:
@@ -292,54 +296,6 @@ def normalize_update(update: Update, *, bot_id: int, bot_username: str) -> Inbou
     if message is None:
         return None
     return normalize_message(message, bot_id=bot_id, bot_username=bot_username)
-
-
-# -- markup --------------------------------------------------------------------
-
-_FENCED = re.compile(r"```(?:([\w+#-]+)?[^\S\n]*\n)?(.*?)\n?```", re.DOTALL)
-_INLINE_CODE = re.compile(r"`([^`\n]+)`")
-_LINK = re.compile(r"\[([^\]\n]+)\]\(((?:https?|tg|mailto):[^)\s]+)\)")
-_INLINE = (
-    (re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE), r"<b>\1</b>"),
-    (re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.DOTALL), r"<b>\1</b>"),
-    (re.compile(r"(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)", re.DOTALL), r"<b>\1</b>"),
-    (re.compile(r"~~(?=\S)(.+?)(?<=\S)~~", re.DOTALL), r"<s>\1</s>"),
-    (re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])"), r"<i>\1</i>"),
-    (re.compile(r"(?<![\w_])_(?=\S)([^_\n]+?)(?<=\S)_(?![\w_])"), r"<i>\1</i>"),
-)
-_SLOT = re.compile(r"\x00(\d+)\x00")
-
-
-def markdown_to_html(text: str) -> str:
-    """Convert the Markdown an agent writes into Telegram's HTML ``parse_mode``.
-
-    Handles fenced and inline code, links, headings (bold), ``**bold**``,
-    ``*italic*``/``_italic_`` (not inside words, so ``snake_case`` survives) and
-    ``~~strike~~``; everything else is escaped. The rendered text is never
-    longer than ``text``, so a chunk within 4096 characters stays within it.
-    """
-    slots: list[str] = []
-
-    def stash(fragment: str) -> str:
-        slots.append(fragment)
-        return f"\x00{len(slots) - 1}\x00"
-
-    def fenced(m: re.Match[str]) -> str:
-        lang = f' class="language-{m[1]}"' if m[1] else ""
-        return stash(f"<pre><code{lang}>{html.escape(m[2], quote=False)}</code></pre>")
-
-    def link(m: re.Match[str]) -> str:
-        href = html.escape(m[2], quote=True)
-        return stash(f'<a href="{href}">{html.escape(m[1], quote=False)}</a>')
-
-    text = text.replace("\x00", "")
-    text = _FENCED.sub(fenced, text)
-    text = _INLINE_CODE.sub(lambda m: stash(f"<code>{html.escape(m[1], quote=False)}</code>"), text)
-    text = _LINK.sub(link, text)
-    text = html.escape(text, quote=False)
-    for pattern, repl in _INLINE:
-        text = pattern.sub(repl, text)
-    return _SLOT.sub(lambda m: slots[int(m[1])], text)
 
 
 # -- the adapter ---------------------------------------------------------------
@@ -620,11 +576,36 @@ class TelegramAdapter(Adapter):
         with map_telegram_errors():
             message = await bot.send_message(
                 chat_id=_chat_ref(chat_id),
-                text=markdown_to_html(text) if formatted else text,
+                text=to_telegram_html(text) if formatted else text,
                 parse_mode=ParseMode.HTML if formatted else None,
                 message_thread_id=_thread_ref(thread_id),
             )
         return str(message.message_id)
+
+    def measure(self, markdown: str) -> int:
+        """Characters Telegram counts: the text once its HTML entities are parsed."""
+        return len(to_plain(markdown))
+
+    async def do_edit(
+        self, chat_id: str, message_id: str, text: str, thread_id: str = "", *,
+        formatted: bool = True,
+    ) -> None:  # fmt: skip
+        """Replace a sent message's text with ``editMessageText`` (HTML from Markdown, or plain).
+
+        Telegram's "message is not modified" (the same text again) is no error here.
+        """
+        bot = self._running_bot()
+        try:
+            with map_telegram_errors():
+                await bot.edit_message_text(
+                    chat_id=_chat_ref(chat_id),
+                    message_id=int(message_id),
+                    text=to_telegram_html(text) if formatted else text,
+                    parse_mode=ParseMode.HTML if formatted else None,
+                )
+        except BadRequest as exc:
+            if not isinstance(exc.__cause__, tg.BadRequest) or not _not_modified(exc.__cause__):
+                raise
 
     async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
         """``sendChatAction(typing)`` in the chat (and forum topic); Telegram shows it ~5 s."""

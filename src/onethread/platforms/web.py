@@ -49,12 +49,14 @@ from typing import Any, ClassVar, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..errors import BadRequest, ConfigError, PlatformUnavailable, StoreUnavailable
+from ..errors import BadRequest, ConfigError, PlatformUnavailable, ReplyStopped, StoreUnavailable
 from ..session._conn.shared import masked
 from ..session.history.base import HistoryEntry
 from ..session.outage import store_failed
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
+from .draft import ReplyStream
+from .markup import to_web_html
 from .web_protocol import (
     Outbox,
     ProtocolError,
@@ -172,6 +174,7 @@ class WebAdapter(Adapter):
         self._runner: web.AppRunner | None = None
         self._on_inbound: OnInbound | None = None
         self._static: dict[str, bytes] = {}
+        self._streams: dict[str, _WebStream] = {}  # reply id -> its stream, while it streams
         self.mounts: list[Callable[[web.Application], None]] = []
         """Called with the aiohttp app before it serves: more routes on the same server
         (``BotOS`` mounts ``/readyz``, ``/metrics`` and ``/admin`` here)."""
@@ -274,17 +277,30 @@ class WebAdapter(Adapter):
         user = user_for_chat(chat_id)
         if user is None:
             raise BadRequest(f"not a web chat id: {chat_id!r}", platform=PLATFORM)
+        return await self._post(user, uuid.uuid4().hex, text, formatted)
+
+    async def _post(self, user: str, message_id: str, text: str, formatted: bool) -> str:
         payload: dict[str, Any] = {
             "type": "message",
-            "id": uuid.uuid4().hex,
+            "id": message_id,
             "role": "assistant",
             "text": text,
             "format": "markdown" if formatted else "plain",
             "ts": time.time(),
         }
+        if formatted:
+            payload["html"] = to_web_html(text)
         self._outbox.add(user, payload)
         await self._broadcast(user, payload)
-        return str(payload["id"])
+        return message_id
+
+    def reply_stream(self, chat_id: str, thread_id: str = "") -> ReplyStream | None:
+        """Deltas to the user's open tabs as the model writes (``delta`` frames); the
+        final ``message`` frame has the same id. A ``stop`` frame from a tab stops it."""
+        user = user_for_chat(chat_id)
+        if user is None:
+            return None
+        return _WebStream(self, user, uuid.uuid4().hex)
 
     def on_unstored_reply(self, msg: Inbound, reply: str) -> None:
         """Keep a command and its reply so a reloaded page shows them (not the model)."""
@@ -472,6 +488,10 @@ class WebAdapter(Adapter):
             await ws.send_json({"type": "pong"})
         elif frame.type == "ack":
             self._outbox.ack(user, frame.id)
+        elif frame.type == "stop":
+            stream = self._streams.get(frame.id)
+            if stream is not None and stream.user == user:  # only the reader's own reply
+                stream.stopped = True
         else:
             await self._on_message(ws, user, name, frame.id, frame.text)
 
@@ -502,6 +522,37 @@ class WebAdapter(Adapter):
             await ws.send_json({"type": "error", "id": message_id, "error": "not delivered"})
             return
         await ws.send_json({"type": "ack", "id": message_id})
+
+
+class _WebStream:
+    """One reply streaming to a user's tabs (``WebAdapter.reply_stream``)."""
+
+    def __init__(self, adapter: WebAdapter, user: str, reply_id: str) -> None:
+        self.adapter = adapter
+        self.user = user
+        self.id = reply_id
+        self.stopped = False
+        adapter._streams[reply_id] = self
+
+    async def feed(self, piece: str) -> None:
+        """Send ``piece`` to the tabs; raise ``ReplyStopped`` once a tab asked to stop."""
+        if self.stopped:
+            raise ReplyStopped(f"web reply {self.id} stopped by the reader")
+        await self.adapter._broadcast(self.user, {"type": "delta", "id": self.id, "text": piece})
+
+    async def finish(self, text: str) -> dict[str, str] | None:
+        """The final text, as the message with this reply's id (kept until acked)."""
+        self.adapter._streams.pop(self.id, None)
+        chunks, cut = self.adapter.chunks(text)
+        for index, chunk in enumerate(chunks):
+            await self.adapter._post(self.user, self.id if index == 0 else uuid.uuid4().hex,
+                                     chunk, True)  # fmt: skip
+        return {"delivery": "cut"} if cut else None
+
+    async def close(self) -> None:
+        """Ended without a final text: the tabs drop what they showed of it."""
+        if self.adapter._streams.pop(self.id, None) is not None:
+            await self.adapter._broadcast(self.user, {"type": "abandon", "id": self.id})
 
 
 class _SessionLike(Protocol):

@@ -8,6 +8,7 @@ Client to server::
 
     {"type": "message", "id": "<client message id>", "text": "..."}
     {"type": "ack", "id": "<server message id>"}      a bot message was shown
+    {"type": "stop", "id": "<reply id>"}              stop the reply streaming as that id
     {"type": "ping"}
 
 Server to client::
@@ -15,7 +16,9 @@ Server to client::
     {"type": "hello", "user": "...", "name": "..."}
     {"type": "history", "messages": [{"role", "text", "ts", "platform", "source", "mirror"}]}
         (a slash command and its reply, kept out of the history, carry "command": true)
-    {"type": "message", "id", "role": "assistant" | "user", "text", "ts", "format"}
+    {"type": "message", "id", "role": "assistant" | "user", "text", "ts", "format", "html"}
+    {"type": "delta", "id": "<reply id>", "text": "<the next piece>"}   a reply streaming
+    {"type": "abandon", "id": "<reply id>"}            that streamed reply ended without text
     {"type": "ack", "id": "<client message id>"}       the message reached the bot
     {"type": "typing"}
     {"type": "error", "error": "...", "id": "<client message id, if any>"}
@@ -25,6 +28,12 @@ Delivery is at least once both ways and deduplicated by id: the page resends a
 message until it is acked (the bot's gate drops the repeats by message id), and
 the server keeps each bot message in a bounded per-user :class:`Outbox` until a
 page acks it, replaying the rest when the user reconnects.
+
+Streaming: ``delta`` frames (not kept, not acked) show a reply while the model
+writes it; the final ``message`` frame with the same id replaces it. ``html`` is
+the Markdown rendered by markdown-it with raw HTML off
+(:func:`onethread.platforms.markup.to_web_html`): the page may insert it as
+HTML; ``text`` is always shown as text.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..session.history.base import HistoryEntry
+from .markup import to_web_html
 
 __all__ = [
     "CHAT_PREFIX",
@@ -57,7 +67,7 @@ CHAT_PREFIX = "web-"
 MAX_TEXT_LENGTH = 20_000  # characters of one message from the page
 MAX_NAME_LENGTH = 64
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_CLIENT_TYPES = frozenset({"message", "ack", "ping"})
+_CLIENT_TYPES = frozenset({"message", "ack", "stop", "ping"})
 
 
 class ProtocolError(ValueError):
@@ -70,7 +80,7 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ClientFrame:
-    """One parsed frame from the page: ``type`` is ``message``, ``ack`` or ``ping``."""
+    """One parsed frame from the page: ``type`` is ``message``, ``ack``, ``stop`` or ``ping``."""
 
     type: str
     id: str = ""
@@ -123,8 +133,8 @@ def parse_client_frame(raw: str) -> ClientFrame:
     frame_id = data.get("id")
     if not isinstance(frame_id, str) or not valid_id(frame_id):
         raise ProtocolError(f"{kind} frame needs an id of 1-128 letters, digits, '_' or '-'")
-    if kind == "ack":
-        return ClientFrame("ack", frame_id)
+    if kind in ("ack", "stop"):
+        return ClientFrame(kind, frame_id)
     text = data.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ProtocolError("message text must be a non-empty string", frame_id=frame_id)
@@ -141,6 +151,7 @@ def history_message(entry: HistoryEntry) -> dict[str, Any]:
     return {
         "role": entry.role,
         "text": entry.content,
+        **({"html": to_web_html(entry.content)} if entry.role != "user" else {}),
         "ts": entry.timestamp,
         "platform": entry.platform,
         "source": entry.source,

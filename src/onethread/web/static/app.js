@@ -43,53 +43,21 @@
     }
   }
 
-  // ---- markdown (escape first, then a small safe subset) --------------------
+  // ---- markdown ------------------------------------------------------------
+  // The server renders the bot's Markdown (markdown-it, raw HTML off: the
+  // model's own HTML arrives escaped) and sends it as `html`. Links open in a
+  // new tab; anything but http(s)/mailto links are made plain text.
 
-  function escapeHtml(text) {
-    return text
-      .replace(/&/g, "&amp;")
-      .replace(/</g, "&lt;")
-      .replace(/>/g, "&gt;")
-      .replace(/"/g, "&quot;")
-      .replace(/'/g, "&#39;");
-  }
-
-  function emphasis(s) {
-    return s
-      .replace(/^#{1,6} +(.+)$/gm, "<strong>$1</strong>")
-      .replace(/\*\*(?=\S)([\s\S]*?\S)\*\*/g, "<strong>$1</strong>")
-      .replace(/(^|[^\w])__(?=\S)([\s\S]*?\S)__(?!\w)/g, "$1<strong>$2</strong>")
-      .replace(/(^|[^*\w])\*(?=\S)([^*\n]*?\S)\*(?!\*)/g, "$1<em>$2</em>")
-      .replace(/(^|[^\w])_(?=\S)([^_\n]*?\S)_(?!\w)/g, "$1<em>$2</em>");
-  }
-
-  function renderMarkdown(source) {
-    // Everything is HTML-escaped before any markup is added; the pieces built
-    // here are parked in slots (marked by NUL, removed from the input) so
-    // later rules never see their insides. Only http(s) links are made.
-    const slots = [];
-    const park = (html) => "\u0000" + (slots.push(html) - 1) + "\u0000";
-    const codeBlock = (lang, code) =>
-      "<pre><code" + (lang ? ' class="language-' + lang + '"' : "") + ">" +
-      code.replace(/\n$/, "") + "</code></pre>";
-    const link = (url, text) =>
-      '<a href="' + url + '" target="_blank" rel="noopener noreferrer">' + text + "</a>";
-
-    let s = escapeHtml(String(source).replace(/\u0000/g, "").replace(/\r\n?/g, "\n"));
-    s = s.replace(/```([\w+#.-]*)[^\n`]*\n([\s\S]*?)```/g, (m, lang, code) =>
-      park(codeBlock(lang, code)));
-    s = s.replace(/```([\w+#.-]*)[^\n`]*\n([\s\S]*)$/, (m, lang, code) =>
-      park(codeBlock(lang, code))); // an unclosed fence runs to the end
-    s = s.replace(/(`+)([^`\n]+)\1/g, (m, ticks, code) => park("<code>" + code + "</code>"));
-    s = s.replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)\u0000]+)\)/g, (m, text, url) =>
-      park(link(url, emphasis(text))));
-    s = s.replace(/(^|[\s(])(https?:\/\/[^\s<\u0000]*[^\s<\u0000.,;:!?)\]])/g, (m, lead, url) =>
-      lead + park(link(url, url)));
-    s = emphasis(s).replace(/\n/g, "<br>");
-    for (let i = 0; i < 4 && s.indexOf("\u0000") !== -1; i++) {
-      s = s.replace(/\u0000(\d+)\u0000/g, (m, n) => slots[Number(n)] || "");
+  function setHtml(body, html) {
+    body.innerHTML = html;
+    for (const a of body.querySelectorAll("a")) {
+      if (!/^(https?:|mailto:)/i.test(a.getAttribute("href") || "")) {
+        a.replaceWith(document.createTextNode(a.textContent));
+        continue;
+      }
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
     }
-    return s;
   }
 
   // ---- state ---------------------------------------------------------------
@@ -131,8 +99,8 @@
     if (m.id) item.dataset.id = m.id;
     const body = document.createElement("div");
     body.className = "body";
-    if (m.role !== "user" && m.format !== "plain") {
-      body.innerHTML = renderMarkdown(m.text || "");
+    if (m.role !== "user" && m.format !== "plain" && typeof m.html === "string") {
+      setHtml(body, m.html);
     } else {
       body.classList.add("plain");
       body.textContent = m.text || "";
@@ -144,9 +112,32 @@
     if (m.source && m.mirror) bits.push(m.source);
     meta.textContent = bits.join(" · ");
     item.append(body, meta);
-    list.append(item);
+    const old = m.id && m.role !== "user" ? findMessage(m.id) : null;
+    if (old) old.replaceWith(item); // the final text of a streamed reply
+    else list.append(item);
     list.scrollTop = list.scrollHeight;
     return item;
+  }
+
+  // A reply streaming: its text so far, as plain text, with a stop button.
+  function addDelta(frame) {
+    let item = findMessage(frame.id);
+    if (!item) {
+      item = addMessage({ role: "assistant", id: frame.id, text: "", format: "plain" }, "streaming");
+      const stop = document.createElement("button");
+      stop.type = "button";
+      stop.className = "stop";
+      stop.textContent = "Stop";
+      stop.addEventListener("click", () => {
+        stop.disabled = true;
+        sendFrame({ type: "stop", id: frame.id });
+      });
+      item.append(stop);
+    }
+    if (!item.classList.contains("streaming")) return; // the final text came first
+    item.querySelector(".body").textContent += frame.text || "";
+    const list = $("messages");
+    list.scrollTop = list.scrollHeight;
   }
 
   function findMessage(id) {
@@ -263,6 +254,15 @@
         if (item) item.classList.remove("pending");
         break;
       }
+      case "delta":
+        showTyping(false);
+        addDelta(frame);
+        break;
+      case "abandon": {
+        const item = findMessage(frame.id);
+        if (item && item.classList.contains("streaming")) item.remove();
+        break;
+      }
       case "typing":
         showTyping(true);
         break;
@@ -348,7 +348,7 @@
     }
   });
 
-  window.onethread = { renderMarkdown: renderMarkdown };
+  window.onethread = { setHtml: setHtml };
 
   if (state.name) {
     showChat();

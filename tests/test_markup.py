@@ -1,0 +1,71 @@
+"""The Markdown renderers (onethread.platforms.markup): one parser, each platform's markup."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onethread.platforms.markup import (
+    to_discord,
+    to_plain,
+    to_slack_mrkdwn,
+    to_telegram_html,
+    to_web_html,
+)
+
+TABLE = "| name | qty |\n|---|---:|\n| apple | 3 |\n| kiwi | 12 |"
+ALIGNED = "name  | qty\n------+----\napple | 3\nkiwi  | 12"
+
+MARKDOWN = st.text(alphabet=st.sampled_from(list("ab *_`~#[]()<>&|-!\n\\:/hx1.😀")), max_size=120)
+
+
+def test_each_platform_keeps_code_links_lists_emphasis_and_tables() -> None:
+    md = f"**b** *i* ~~s~~ `c<d>` [l](https://e.org/?a=1&b=2)\n\n- one\n- two\n\n{TABLE}"
+    assert to_telegram_html(md) == (
+        "<b>b</b> <i>i</i> <s>s</s> <code>c&lt;d&gt;</code> "
+        '<a href="https://e.org/?a=1&amp;b=2">l</a>\n\n• one\n• two\n\n'
+        f"<pre>{ALIGNED}</pre>"
+    )
+    assert to_slack_mrkdwn(md) == (
+        "*b* _i_ ~s~ `c&lt;d&gt;` <https://e.org/?a=1&b=2|l>\n\n• one\n• two\n\n"
+        f"```\n{ALIGNED}\n```"
+    )
+    assert to_discord(md) == md.replace(TABLE, f"```\n{ALIGNED}\n```")
+    assert to_plain(md) == f"b i s c<d> l (https://e.org/?a=1&b=2)\n\n• one\n• two\n\n{ALIGNED}"
+    web = to_web_html(md)
+    assert "<table>" in web and '<td class="align-right">12</td>' in web and "style" not in web
+
+
+def test_raw_html_and_script_links_are_text_everywhere() -> None:
+    md = '<script>alert(1)</script> <b onclick="x()">b</b> [x](javascript:alert(1))'
+    assert "<script>" not in to_telegram_html(md) and "<b onclick" not in to_telegram_html(md)
+    assert "<script>" not in to_slack_mrkdwn(md)
+    web = to_web_html(md)
+    assert "<script>" not in web and "<b " not in web and 'href="javascript' not in web
+
+
+def test_nested_lists_and_quotes() -> None:
+    assert to_plain("0. zero\n1. one") == "0. zero\n1. one"  # numbering as written
+    md = "1. first\n   - inner\n2. second\n\n> quoted\n> more"
+    assert to_plain(md) == "1. first\n   • inner\n2. second\n\n> quoted\n> more"
+    assert to_telegram_html(md).endswith("<blockquote>quoted\nmore</blockquote>")
+
+
+@settings(max_examples=200, deadline=None)
+@given(MARKDOWN)
+def test_slack_mrkdwn_has_no_stray_angle_brackets(markdown: str) -> None:
+    """Slack reads <...> as a link or mention: only the renderer's links may use it."""
+    out = to_slack_mrkdwn(markdown)
+    assert "<" not in re.sub(r"<[^<>|]+(\|[^<>]*)?>", "", out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(MARKDOWN)
+def test_discord_and_web_never_open_what_they_do_not_close(markdown: str) -> None:
+    web = to_web_html(markdown)
+    for tag in ("strong", "em", "code", "pre", "a", "table", "ul", "ol", "p"):
+        assert web.count(f"<{tag}>") + web.count(f"<{tag} ") == web.count(f"</{tag}>"), tag
+    if markdown.count("```") == 0:  # a table became a fenced block: fences come in pairs
+        assert to_discord(markdown).count("```") % 2 == 0
