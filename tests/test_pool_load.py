@@ -358,3 +358,19 @@ async def test_postgres_lock_calls_of_concurrent_turns_share_statements(
         finally:
             await a.close()
             await b.close()
+
+
+async def test_postgres_pool_probes_a_connection_only_after_it_sat_unused() -> None:
+    """The pool's check costs a round trip: skipped for a connection lent within
+    the last CHECK_AFTER seconds, done (and failing for a dead one) after that."""
+    import psycopg
+
+    from onethread.session._conn import postgres as pc
+
+    conn = await psycopg.AsyncConnection.connect(postgres_url(), autocommit=True)
+    await pc._check_if_idle(conn)  # first loan: probed, fine
+    await conn.close()
+    await pc._check_if_idle(conn)  # lent again at once: trusted, no round trip
+    conn._onethread_used -= pc.CHECK_AFTER + 1  # type: ignore[attr-defined]
+    with pytest.raises(psycopg.OperationalError):
+        await pc._check_if_idle(conn)  # unused for a while: probed, and found dead
