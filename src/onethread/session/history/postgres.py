@@ -14,9 +14,11 @@ statement in autocommit mode, so a read is one round trip), so an
 one exception that keeps both promises: concurrent ``append`` calls are
 group-committed. Appends that arrive while earlier ones are being written
 are queued and then written together, in one transaction, whose commit
-answers all of them (as the SQLite store does). If that transaction fails,
-each of its appends is retried in a transaction of its own, so an error
-reaches only the append that caused it and the others still land whole.
+answers all of them (as the SQLite store does). If the server refuses that
+transaction, each of its appends is retried in a transaction of its own, so
+an error reaches only the append that caused it and the others still land
+whole; if the connection is lost (the commit's outcome unknown), every
+append of the group gets the error, as a lone append would.
 """
 
 from __future__ import annotations
@@ -162,8 +164,11 @@ class _Pool:
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
             await self._write([row for rows, _ in batch for row in rows])
-        except psycopg.Error:
-            if len(batch) == 1:
+        except psycopg.Error as exc:
+            # Retried one by one only when the server refused the transaction (an
+            # error with a SQLSTATE: nothing was committed). A lost connection
+            # leaves the commit's outcome unknown: retrying could store twice.
+            if len(batch) == 1 or exc.sqlstate is None:
                 raise
             # One bad append must not fail the others: each in its own transaction.
             for rows, fut in batch:
