@@ -28,6 +28,7 @@ QUICK = {
     "bench_memory.py": ["--people", "5000"],
     "bench_byo_agent.py": ["--turns", "20"],
     "bench_stores.py": ["--turns", "2000", "--people", "200", "--processes", "1,2"],
+    "bench_blobs.py": ["--files", "4", "--repeats", "2"],
 }
 FULL = {"bench_stores.py": ["--processes", "1,2,3", "--ceiling"]}  # default: 10,000 turns
 
@@ -109,6 +110,17 @@ def table() -> str:
             f"({byo['history']} history entries) | {row['overhead_cpu_mean_ms']:+} ms "
             f"(direct {row['direct']['cpu_mean_ms']} ms, wrapper "
             f"{row['wrapper']['cpu_mean_ms']} ms) | |"
+        )
+    blobs: dict = load("blobs")
+    for store, row in (("file:", blobs.get("file")), ("s3:// (moto, loopback)", blobs.get("s3"))):
+        if not isinstance(row, dict):
+            continue
+        base_in, base_out = ("cp+sync", "cat") if store == "file:" else ("boto3", "boto3")
+        ratio_in = row.get("put_vs_cp_sync", row.get("put_vs_boto3"))
+        ratio_out = row.get("get_vs_cat", row.get("get_vs_boto3"))
+        lines.append(
+            f"| blob store {store}, MB/s in / out | {row['put_mb_s']} / {row['get_mb_s']} "
+            f"(x{ratio_in} of {base_in}, x{ratio_out} of {base_out}) | |"
         )
     return "\n".join(lines)
 

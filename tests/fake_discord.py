@@ -33,6 +33,13 @@ Inbound (each returns the message JSON that was dispatched as MESSAGE_CREATE):
   bot in ``mentions``; ``thread_id`` posts into that thread of ``channel_id``
   (created on first use, THREAD_CREATE unless ``announce_thread=False``);
   ``reply_to`` is a message id (inbound or one the bot sent).
+- ``files=[(filename, data, content_type), ...]`` on both injectors (and
+  ``voice=True`` for a voice message: Opus/Ogg, ``IS_VOICE_MESSAGE`` flag,
+  ``duration_secs`` and ``waveform``): the message carries ``attachments`` as
+  Discord sends them (``id``, ``filename``, ``size``, ``content_type``,
+  signed CDN ``url``/``proxy_url``), the bytes served at that URL
+  (``/attachments/{channel}/{id}/{name}?ex=..&is=..&hm=..``; a wrong or missing
+  ``hm`` is 404, as an expired Discord link). ``cdn_downloads`` counts fetches.
 - ``await redeliver(message)``: the same message (same id) dispatched again.
 - ``await inject_event(t, d)``: any other dispatch (e.g. ``TYPING_START``).
 
@@ -41,7 +48,9 @@ Outbound records: ``sent`` (list of :class:`SentMessage` with ``chat_id``,
 ``requests`` (every HTTP request, :class:`RecordedRequest`), ``identifies``
 (IDENTIFY payloads without the token, e.g. ``["intents"]``), ``resumes``,
 ``heartbeats``, ``connections`` (websocket connections accepted),
-``gateway_queries``. Waiters: ``await wait_for_messages(n, timeout=5)``,
+``gateway_queries``, ``sent_files`` (:class:`SentFile`: files the bot uploaded
+with a multipart ``POST /channels/{id}/messages``, ``files[n]`` parts and
+``payload_json``, as the real API takes them). Waiters: ``await wait_for_messages(n, timeout=5)``,
 ``wait_for_typing(n)``, ``wait_for_identifies(n)``, ``wait_for_resumes(n)``,
 ``wait_until(predicate, timeout, what)``.
 
@@ -82,7 +91,9 @@ compares the header verbatim).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import itertools
 import json
 import math
@@ -94,9 +105,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
-__all__ = ["FakeDiscord", "RecordedRequest", "SentMessage"]
+__all__ = ["FakeDiscord", "RecordedRequest", "SentFile", "SentMessage"]
 
 DISCORD_EPOCH_MS = 1420070400000
 MESSAGE_CONTENT_INTENT = 1 << 15
@@ -116,6 +127,18 @@ class SentMessage:
     thread_id: str
     text: str
     payload: Json = field(repr=False)
+
+
+@dataclass
+class SentFile:
+    """A file the bot uploaded: the ``files[n]`` part of a multipart message post."""
+
+    message_id: str
+    channel_id: str
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+    caption: str = ""
 
 
 @dataclass
@@ -207,6 +230,9 @@ class FakeDiscord:
         self.announcements_id = self.add_channel("announcements", type=5)
         # records
         self.sent: list[SentMessage] = []
+        self.sent_files: list[SentFile] = []
+        self.cdn: dict[str, tuple[bytes, str]] = {}  # attachment id -> (bytes, content type)
+        self.cdn_downloads = 0
         # PATCHed messages: (channel_id, message_id, content, time.monotonic() on arrival).
         self.edits: list[tuple[str, str, str, float]] = []
         self.edit_window = (5, 5.0)  # Discord's message bucket: 5 per 5 s per channel
@@ -239,6 +265,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/{version}/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{channel}/{id}/{name}", self._cdn_get)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -451,12 +478,15 @@ class FakeDiscord:
         username: str | None = None,
         bot: bool = False,
         reply_to: str | None = None,
+        files: list[tuple[str, bytes, str]] | None = None,
+        voice: bool = False,
     ) -> Json:
         """A user writes to the bot in a DM. Returns the dispatched message JSON."""
         uid = str(user_id)
         author = self._user(uid, username, bot=bot)
         channel_id = self.dm_channel_for(uid)
         msg = self._message_json(channel_id, author, text, reply_to=reply_to)
+        self._attach(msg, files or [], voice=voice)
         await self._dispatch("MESSAGE_CREATE", msg)
         return msg
 
@@ -473,6 +503,8 @@ class FakeDiscord:
         reply_ping: bool = True,
         bot: bool = False,
         announce_thread: bool = True,
+        files: list[tuple[str, bytes, str]] | None = None,
+        voice: bool = False,
     ) -> Json:
         """A user posts in a guild channel (or in its thread ``thread_id``)."""
         uid = str(user_id)
@@ -495,8 +527,50 @@ class FakeDiscord:
             reply_to=reply_to,
             reply_ping=reply_ping,
         )
+        self._attach(msg, files or [], voice=voice)
         await self._dispatch("MESSAGE_CREATE", msg)
         return msg
+
+    def _attachment_json(self, channel_id: str, filename: str, data: bytes, mime: str) -> Json:
+        """One attachment object as Discord sends it, its bytes put on the fake CDN."""
+        aid = self.snowflake()
+        self.cdn[aid] = (data, mime)
+        now = int(time.time())
+        query = f"ex={now + 86400:x}&is={now:x}&hm={self._cdn_signature(aid)}&"
+        url = f"http://127.0.0.1:{self._port}/attachments/{channel_id}/{aid}/{filename}?{query}"
+        item: Json = {
+            "id": aid,
+            "filename": filename,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+            "content_type": mime,
+        }
+        if mime.startswith("image/"):
+            item["width"], item["height"] = 1, 1
+        return item
+
+    def _attach(self, msg: Json, files: list[tuple[str, bytes, str]], *, voice: bool) -> None:
+        items = [self._attachment_json(msg["channel_id"], n, d, m) for n, d, m in files]
+        if voice:
+            for item in items:
+                item["duration_secs"] = 2.0
+                item["waveform"] = base64.b64encode(bytes(16)).decode()
+            msg["flags"] |= 1 << 13  # IS_VOICE_MESSAGE
+        msg["attachments"] = items
+
+    def _cdn_signature(self, attachment_id: str) -> str:
+        return hashlib.sha256(f"{self.token}:{attachment_id}".encode()).hexdigest()
+
+    async def _cdn_get(self, request: web.Request) -> web.Response:
+        """The CDN: an attachment's bytes, for a correctly signed URL only."""
+        aid = request.match_info["id"]
+        found = self.cdn.get(aid)
+        if found is None or request.query.get("hm") != self._cdn_signature(aid):
+            return web.Response(status=404, text="This content is no longer available.")
+        self.cdn_downloads += 1
+        self._notify()
+        return web.Response(body=found[0], content_type=found[1])
 
     async def redeliver(self, message: Json) -> None:
         """Dispatch the same message (same id) again, as Discord may after a resume."""
@@ -648,6 +722,11 @@ class FakeDiscord:
         """Wait until the bot has sent ``n`` messages in all; return them all."""
         await self.wait_until(lambda: len(self.sent) >= n, timeout, f"{n} sent messages")
         return list(self.sent)
+
+    async def wait_for_files(self, n: int, timeout: float = 5.0) -> list[SentFile]:
+        """Wait until the bot uploaded ``n`` files in all; return the uploads."""
+        await self.wait_until(lambda: len(self.sent_files) >= n, timeout, f"{n} files")
+        return self.sent_files
 
     async def wait_for_typing(self, n: int = 1, timeout: float = 5.0) -> list[str]:
         """Wait for ``n`` typing calls in all; return the channel ids."""
@@ -822,18 +901,39 @@ class FakeDiscord:
     async def _rest(self, request: web.Request) -> web.Response:
         tail = request.match_info["tail"].strip("/")
         body: Any = None
-        if request.can_read_body:
+        files: list[tuple[str, str, bytes]] = []
+        if request.content_type == "multipart/form-data":
+            body, files = await self._multipart(request)
+        elif request.can_read_body:
             raw = await request.read()
             with contextlib.suppress(ValueError):  # not JSON (e.g. multipart): kept as None
                 body = json.loads(raw)
         record = RecordedRequest(request.method, "/" + tail, request.host, json=body)
         self.requests.append(record)
-        response = await self._answer(request, tail, body)
+        response = await self._answer(request, tail, body, files)
         record.status = response.status
         self._notify()
         return response
 
-    async def _answer(self, request: web.Request, tail: str, body: Any) -> web.Response:
+    async def _multipart(self, request: web.Request) -> tuple[Any, list[tuple[str, str, bytes]]]:
+        """``payload_json`` (the JSON body) and the ``files[n]`` parts, in order."""
+        body: Any = None
+        files: list[tuple[str, str, bytes]] = []
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue
+            data = await part.read()
+            if part.name == "payload_json":
+                body = json.loads(data)
+            elif part.name and re.fullmatch(r"files\[\d+\]", part.name):
+                mime = part.headers.get("Content-Type", "application/octet-stream")
+                files.append((part.filename or "", mime, bytes(data)))
+        return body, files
+
+    async def _answer(
+        self, request: web.Request, tail: str, body: Any, files: list[tuple[str, str, bytes]]
+    ) -> web.Response:
         if request.match_info["version"] not in ("v9", "v10"):
             return self._json({"message": "404: Not Found", "code": 0}, 404)
         for method, pattern, name in self._ROUTES:
@@ -854,7 +954,10 @@ class FakeDiscord:
                 if switches is self._rate_limits:
                     return self._rate_limited(item[0], item[1])
                 return self._json({"message": "Service Unavailable", "code": 0}, int(item[0]))
-        result: web.Response = await getattr(self, handler)(body, *match.groups())
+        if is_message:
+            result: web.Response = await self._r_send(body, match.group(1), files)
+        else:
+            result = await getattr(self, handler)(body, *match.groups())
         if is_message and self._cut_off:
             self._cut_off -= 1  # carried out (the message exists), but never answered
             if request.transport is not None:
@@ -973,7 +1076,9 @@ class FakeDiscord:
         msg["id"] = message_id
         return self._json(msg, headers=self._ratelimit_headers(count - len(recent) - 1, window))
 
-    async def _r_send(self, body: Any, channel_id: str) -> web.Response:
+    async def _r_send(
+        self, body: Any, channel_id: str, files: list[tuple[str, str, bytes]] | None = None
+    ) -> web.Response:
         channel = self._channels.get(channel_id)
         if channel is None:
             return self._json({"message": "Unknown Channel", "code": 10003}, 404)
@@ -998,10 +1103,19 @@ class FakeDiscord:
                 },
                 400,
             )
-        if not content and not (body or {}).get("embeds"):
+        files = files or []
+        declared = (body or {}).get("attachments") or []
+        if len(declared) != len(files):
+            return self._json({"message": "Invalid Form Body", "code": 50035}, 400)
+        if sum(len(f[2]) for f in files) > 10 * 1024 * 1024:
+            return self._json({"message": "Request entity too large", "code": 40005}, 413)
+        if not content and not (body or {}).get("embeds") and not files:
             return self._json({"message": "Cannot send an empty message", "code": 50006}, 400)
         guild = "guild_id" in channel
         msg = self._message_json(channel_id, self._bot_user(), content, guild=guild)
+        msg["attachments"] = [self._attachment_json(channel_id, n, d, m) for n, m, d in files]
+        for name, mime, data in files:
+            self.sent_files.append(SentFile(msg["id"], channel_id, name, mime, data, content))
         if channel["type"] in THREAD_TYPES:
             chat_id, thread_id = channel["parent_id"], channel_id
         else:

@@ -30,7 +30,13 @@ Web API (``POST /api/<method>``, form, query or JSON arguments, token in the
 ``apps.connections.open`` (app token only), ``chat.postMessage`` (checks the
 channel, ``no_text``, ``msg_too_long`` over 40,000 characters, block types,
 50 blocks, 12,000 characters of ``markdown`` blocks -> ``msg_blocks_too_long``),
-``users.info``, ``conversations.info``, ``assistant.threads.setStatus``; other
+``users.info``, ``conversations.info``, ``assistant.threads.setStatus``,
+``files.getUploadURLExternal`` (``filename``, ``length``; answers an
+``upload_url`` on this server and a ``file_id``), the upload itself (``POST``
+the bytes to ``upload_url``: ``200 OK - <length>``; a length other than the
+one announced is refused), ``files.completeUploadExternal`` (``files`` JSON
+``[{"id", "title"}]``, ``channel_id``, ``initial_comment``, ``thread_ts``;
+``file_not_found`` for an id not uploaded); other
 methods answer ``unknown_method``. Wrong token kinds answer
 ``not_allowed_token_type``, unknown tokens ``invalid_auth``, none ``not_authed``.
 Every answer is Slack's ``{"ok": true, ...}`` / ``{"ok": false, "error": ...}``.
@@ -49,6 +55,13 @@ Inbound (each returns the event dict it dispatched):
   thread_ts=None)``: ``mention`` prefixes ``<@bot_user_id>`` and, like Slack,
   sends TWO envelopes with the same ``ts``: ``message`` and ``app_mention``.
   ``thread_ts`` makes it a thread reply (with ``parent_user_id``).
+- ``files=[(name, data, mimetype), ...]`` on ``inject_dm`` and
+  ``inject_channel_message``: a ``file_share`` message whose ``files`` are
+  Slack file objects (``id``, ``name``, ``mimetype``, ``filetype``, ``size``,
+  ``url_private``, ``url_private_download``, ``mode: "hosted"``); the bytes
+  are served at those URLs only with the bot token as ``Authorization:
+  Bearer``; without it Slack's sign-in page comes back (HTTP 200, HTML), as
+  the real one does. ``private_downloads`` records ``(file_id, ok)``.
 - ``await inject_bot_message(channel_id, text, bot_id="B0OTHER")``: subtype
   ``bot_message``.
 - ``await inject_event(event)``: any other event (e.g. ``reaction_added``).
@@ -63,10 +76,11 @@ as the reader sees it, ``ts``, ``blocks``, ``formatted``, ``payload``),
 status)``; ``typing`` is the same list), ``requests`` (every Web API call,
 :class:`RecordedRequest` with ``method``, ``host``, ``token_kind``, ``status``,
 ``error``), ``envelopes`` (every envelope pushed), ``acks`` (envelope ids),
-``connections`` (websockets accepted), ``disconnects_sent``. Waiters:
+``connections`` (websockets accepted), ``disconnects_sent``, ``sent_files``
+(:class:`SentFile`, each completed upload). Waiters:
 ``await wait_for_messages(n, timeout=5)``, ``wait_for_acks(n)``,
-``wait_for_connections(n)``, ``wait_for_statuses(n)``, ``wait_until(predicate,
-timeout, what)``.
+``wait_for_connections(n)``, ``wait_for_statuses(n)``, ``wait_for_files(n)``,
+``wait_until(predicate, timeout, what)``.
 
 Switches:
 
@@ -110,7 +124,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-__all__ = ["FakeSlack", "RecordedRequest", "SentMessage"]
+__all__ = ["FakeSlack", "RecordedRequest", "SentFile", "SentMessage"]
 
 Json = dict[str, Any]
 
@@ -143,6 +157,19 @@ class SentMessage:
     def message_id(self) -> str:
         """``channel:ts``, the id the adapter returns for it."""
         return f"{self.chat_id}:{self.ts}"
+
+
+@dataclass
+class SentFile:
+    """A file the bot uploaded and shared (``files.completeUploadExternal``)."""
+
+    file_id: str
+    chat_id: str
+    thread_id: str
+    filename: str
+    title: str
+    data: bytes = field(repr=False)
+    initial_comment: str = ""
 
 
 @dataclass
@@ -242,6 +269,10 @@ class FakeSlack:
         self.acks: list[str] = []
         self.connections = 0
         self.disconnects_sent = 0
+        self.sent_files: list[SentFile] = []
+        self.private_downloads: list[tuple[str, bool]] = []
+        self.hosted: dict[str, tuple[Json, bytes]] = {}  # file id -> (file object, bytes)
+        self._uploads: dict[str, Json] = {}  # file id -> {"filename", "length", "data"}
         # switches
         self._failures: list[_Failure] = []
         self._late: list[tuple[str, float | None]] = []  # (method, delay; None: cut off)
@@ -262,6 +293,8 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._web_api)
         app.router.add_get("/link/", self._socket)
+        app.router.add_get("/files-pri/{team_file}/{tail:.*}", self._private_file)
+        app.router.add_post("/upload/v1/{file_id}", self._upload)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -475,9 +508,77 @@ class FakeSlack:
                 return self.bot_user_id
         return None
 
-    async def inject_dm(self, user_id: str, text: str, *, thread_ts: str | None = None) -> Json:
+    def _file_object(self, name: str, data: bytes, mimetype: str, user_id: str) -> Json:
+        """A Slack file object, as in a ``file_share`` event; its bytes hosted here."""
+        file_id = self._new_id("F")
+        base = f"http://127.0.0.1:{self._port}/files-pri/{self.team_id}-{file_id}"
+        obj: Json = {
+            "id": file_id, "created": int(time.time()), "timestamp": int(time.time()),
+            "name": name, "title": name, "mimetype": mimetype,
+            "filetype": name.rsplit(".", 1)[-1] if "." in name else "binary",
+            "pretty_type": mimetype, "user": user_id, "user_team": self.team_id,
+            "editable": False, "size": len(data), "mode": "hosted", "is_external": False,
+            "external_type": "", "is_public": False, "public_url_shared": False,
+            "display_as_bot": False, "username": "",
+            "url_private": f"{base}/{name}", "url_private_download": f"{base}/download/{name}",
+            "permalink": f"https://fake-workspace.slack.com/files/{user_id}/{file_id}/{name}",
+        }  # fmt: skip
+        self.hosted[file_id] = (obj, data)
+        return obj
+
+    def _with_files(self, event: Json, files: list[tuple[str, bytes, str]] | None) -> Json:
+        if files:
+            event["subtype"] = "file_share"
+            event["upload"] = False
+            event["display_as_bot"] = False
+            event["files"] = [self._file_object(n, d, m, event["user"]) for n, d, m in files]
+            if not event["text"]:
+                event["blocks"] = []
+        return event
+
+    async def _private_file(self, request: web.Request) -> web.Response:
+        """``url_private``/``url_private_download``: the bytes for the bot token, else sign-in."""
+        file_id = request.match_info["team_file"].split("-", 1)[-1]
+        found = self.hosted.get(file_id)
+        auth = request.headers.get("Authorization", "")
+        ok = auth == f"Bearer {self.bot_token}" and "bot" not in self._revoked
+        self.private_downloads.append((file_id, ok and found is not None))
+        self._changed.set()
+        if not ok:  # Slack answers 200 with its sign-in page, not 401
+            return web.Response(text="<!DOCTYPE html><html><title>Slack</title>sign in</html>",
+                                content_type="text/html")  # fmt: skip
+        if found is None:
+            return web.Response(status=404, text="file not found")
+        obj, data = found
+        return web.Response(body=data, content_type=obj["mimetype"] or "application/octet-stream")
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        """The ``upload_url`` of ``files.getUploadURLExternal``: the raw bytes (or a form)."""
+        upload = self._uploads.get(request.match_info["file_id"])
+        if upload is None:
+            return web.Response(status=404, text="upload url not found")
+        if request.content_type == "multipart/form-data":
+            form = await request.post()
+            part = form.get("file") or form.get("filename")
+            data = part.file.read() if isinstance(part, web.FileField) else b""
+        else:
+            data = await request.read()
+        if len(data) != upload["length"]:
+            return web.Response(status=400, text="length does not match")
+        upload["data"] = data
+        return web.Response(text=f"OK - {len(data)}")
+
+    async def inject_dm(
+        self,
+        user_id: str,
+        text: str,
+        *,
+        thread_ts: str | None = None,
+        files: list[tuple[str, bytes, str]] | None = None,
+    ) -> Json:
         """A user writes to the bot in their DM (in ``thread_ts``'s thread if given)."""
         event = self._message_event(self.dm_channel_for(user_id), user_id, text, thread_ts)
+        self._with_files(event, files)
         await self.inject_event(event)
         return event
 
@@ -489,11 +590,13 @@ class FakeSlack:
         *,
         mention: bool = False,
         thread_ts: str | None = None,
+        files: list[tuple[str, bytes, str]] | None = None,
     ) -> Json:
         """A user writes in a channel; ``mention`` sends ``message`` AND ``app_mention``."""
         if mention and f"<@{self.bot_user_id}>" not in text:
             text = f"<@{self.bot_user_id}> {text}"
         event = self._message_event(channel_id, user_id, text, thread_ts)
+        self._with_files(event, files)
         await self.inject_event(event)
         if mention:
             mention_event = {
@@ -581,6 +684,11 @@ class FakeSlack:
         """Wait until the bot has posted ``n`` messages in all; return them all."""
         await self.wait_until(lambda: len(self.sent) >= n, timeout, f"{n} sent messages")
         return list(self.sent)
+
+    async def wait_for_files(self, n: int, timeout: float = 5.0) -> list[SentFile]:
+        """Wait until ``n`` uploads were shared in all; return them."""
+        await self.wait_until(lambda: len(self.sent_files) >= n, timeout, f"{n} files")
+        return self.sent_files
 
     async def wait_for_acks(self, n: int, timeout: float = 5.0) -> list[str]:
         """Wait until ``n`` envelopes were acked in all; return the envelope ids."""
@@ -695,6 +803,8 @@ class FakeSlack:
             "users.info": self._users_info,
             "conversations.info": self._conversations_info,
             "assistant.threads.setStatus": self._set_status,
+            "files.getUploadURLExternal": self._get_upload_url,
+            "files.completeUploadExternal": self._complete_upload,
         }.get(method)
         if handler is None:
             return self._error(rec, "unknown_method", req_method=method)
@@ -776,6 +886,48 @@ class FakeSlack:
                 event["parent_user_id"] = self._parent_user(channel, thread_ts) or ""
             self._spawn(self.inject_event(event))
         return {"channel": channel, "ts": ts, "message": message}
+
+    def _get_upload_url(self, args: Json) -> Json:
+        filename = str(args.get("filename") or "")
+        try:
+            length = int(args.get("length", ""))
+        except ValueError:
+            return {"error": "invalid_arguments"}
+        if not filename or length < 1:
+            return {"error": "invalid_arguments"}
+        file_id = self._new_id("F")
+        self._uploads[file_id] = {"filename": filename, "length": length, "data": None}
+        return {"upload_url": f"http://127.0.0.1:{self._port}/upload/v1/{file_id}",
+                "file_id": file_id}  # fmt: skip
+
+    def _complete_upload(self, args: Json) -> Json:
+        try:
+            files = json.loads(str(args.get("files") or ""))
+        except json.JSONDecodeError:
+            return {"error": "invalid_arguments"}
+        if not isinstance(files, list) or not files:
+            return {"error": "invalid_arguments"}
+        channel = None
+        if args.get("channel_id"):
+            channel = self._resolve_channel(str(args["channel_id"]))
+            if channel is None:
+                return {"error": "channel_not_found"}
+        out = []
+        for item in files:
+            upload = self._uploads.get(str(item.get("id")))
+            if upload is None or upload["data"] is None:
+                return {"error": "file_not_found"}
+        for item in files:
+            file_id = str(item["id"])
+            upload = self._uploads.pop(file_id)
+            title = str(item.get("title") or upload["filename"])
+            if channel is not None:
+                self.sent_files.append(SentFile(
+                    file_id, channel, str(args.get("thread_ts") or ""), upload["filename"],
+                    title, upload["data"], str(args.get("initial_comment") or "")))  # fmt: skip
+            out.append({"id": file_id, "title": title})
+        self._changed.set()
+        return {"files": out}
 
     def _update(self, args: Json) -> Json:
         """``chat.update``: at most one per ``update_interval`` s per channel, else 429."""

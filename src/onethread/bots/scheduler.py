@@ -45,8 +45,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
+from ..errors import StoreUnavailable
 from ..session.jobs.base import Claim, Job, JobStore, wait_event
 from ..session.jobs.timing import latest_at_or_before, next_after
+from ..session.outage import store_failed
 
 __all__ = ["Fire", "OnFailed", "Scheduler", "Undelivered"]
 
@@ -216,7 +218,10 @@ class Scheduler:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("scheduler: change notifications failed: %s; retrying in 5 s", exc)
+                if isinstance(exc, StoreUnavailable):  # an outage: one line for all of it
+                    store_failed(exc, "the scheduler's change notifications")
+                else:
+                    log.warning("scheduler: change notifications failed: %s; retrying in 5 s", exc)
                 await asyncio.sleep(5.0)
             self.wake()
 

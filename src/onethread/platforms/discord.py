@@ -37,6 +37,15 @@ Behaviour a caller should know:
   an announcement channel is ``"channel"``. A message in a thread has
   ``chat_id`` = the parent channel and ``thread_id`` = the thread; replies go
   into the thread.
+- Attachments: ``message.attachments`` become ``Attachment``s by their
+  ``content_type`` (a voice message, flagged ``IS_VOICE_MESSAGE``, is a
+  ``"voice"``); a message of attachments only is answered. Their bytes are
+  fetched with discord.py's ``Attachment.read()`` from the CDN URL Discord
+  gave, and only from Discord's CDN hosts or the host of ``base_url``.
+  Files go out as a ``discord.File`` in a multipart ``POST .../messages``;
+  ``max_file_bytes`` is 10 MiB, Discord's limit for a bot in a server without
+  boosts (discord.py 2.7's ``utils.DEFAULT_FILE_SIZE_LIMIT_BYTES``, the
+  tier 0 and 1 ``Guild.filesize_limit``); a larger file is named, not sent.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import io
 import logging
 import os
 import re
@@ -67,12 +77,13 @@ from ..errors import (
     PlatformUnavailable,
     RetryAfter,
 )
+from ..session.attachments import Attachment
 from ._describe import describe
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
 from .markup import to_discord
 
-__all__ = ["DiscordAdapter", "map_discord_errors", "normalize_message"]
+__all__ = ["DiscordAdapter", "attachments_of", "map_discord_errors", "normalize_message"]
 
 log = logging.getLogger("onethread.platforms.discord")
 
@@ -102,6 +113,33 @@ INTENT_HELP = (
 )
 _TEXT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 _ALLOWED_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=True)
+# Where attachment bytes may be fetched from (besides the host of base_url).
+CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
+
+
+def attachments_of(message: discord.Message) -> tuple[Attachment, ...]:
+    """The message's files as attachments, by the ``content_type`` Discord gives.
+
+    A voice message (``flags.voice``, Opus in Ogg) is ``"voice"``; other
+    ``audio/*`` is ``"audio"``; ``image/*`` and ``video/*`` are images and
+    videos; anything else, or no type at all, is a ``"file"``. The bot checks
+    the type again against the bytes once fetched.
+    """
+    found: list[Attachment] = []
+    for item in message.attachments:
+        mime = (item.content_type or "").split(";")[0].strip().lower()
+        if item.is_voice_message():
+            kind = "voice"
+        elif mime.startswith("image/"):
+            kind = "image"
+        elif mime.startswith("audio/"):
+            kind = "audio"
+        elif mime.startswith("video/"):
+            kind = "video"
+        else:
+            kind = "file"
+        found.append(Attachment(kind, mime, item.filename, max(item.size, 0)))
+    return tuple(found)
 
 
 @contextlib.asynccontextmanager
@@ -167,8 +205,8 @@ def normalize_message(
 
     ``channel`` overrides ``message.channel`` (the adapter passes the fetched
     channel when discord.py only had a ``PartialMessageable``). System messages
-    (joins, pins, thread notices) and messages without text (attachments only,
-    or content withheld without the Message Content intent) give ``None``. A
+    (joins, pins, thread notices) and messages with neither text nor attachments
+    (content withheld without the Message Content intent) give ``None``. A
     leading mention of the bot is removed from the text, so ``@bot /help`` reads
     ``/help``. No filtering beyond that: own and bot messages are marked, not dropped.
     """
@@ -178,7 +216,8 @@ def normalize_message(
     where: object = message.channel if channel is None else channel
     author = message.author
     text = re.sub(rf"^\s*<@!?{bot}>\s*", "", message.content)
-    if not text.strip():
+    files = attachments_of(message)
+    if not (text.strip() or files):
         return None
     chat_id = str(getattr(where, "id", message.channel.id))
     thread_id = ""
@@ -216,6 +255,7 @@ def normalize_message(
         mentions_bot=mentions_bot,
         from_bot=author.bot,
         from_self=author.id == bot,
+        attachments=files,
         raw=message,
     )
 
@@ -302,6 +342,9 @@ class DiscordAdapter(Adapter):
 
     name: ClassVar[str] = PLATFORM
     max_message_length: ClassVar[int] = 2000
+    # A bot in a server without boosts (tier 0 and 1) and in DMs: 10 MiB
+    # (discord.py 2.7: utils.DEFAULT_FILE_SIZE_LIMIT_BYTES, Guild.filesize_limit).
+    max_file_bytes: ClassVar[int] = 10 * 1024 * 1024
     typing_interval: ClassVar[float] = 8.0  # Discord shows "typing" for about 10 s
 
     @classmethod
@@ -562,3 +605,37 @@ class DiscordAdapter(Adapter):
         client, target = self._target(chat_id, thread_id)
         async with map_discord_errors():
             await client.http.send_typing(target)
+
+    async def do_send_file(
+        self, chat_id: str, attachment: Attachment, data: bytes, *, thread_id: str = ""
+    ) -> str:
+        """Post ``data`` as a ``discord.File`` (multipart ``files[0]`` + ``payload_json``),
+        with ``attachment.caption`` as the message text; return the message id."""
+        client, target = self._target(chat_id, thread_id)
+        upload = discord.File(io.BytesIO(data), filename=attachment.name or f"{attachment.kind}")
+        async with map_discord_errors():
+            sent = await client.get_partial_messageable(target).send(
+                attachment.caption or None, file=upload, allowed_mentions=_ALLOWED_MENTIONS
+            )
+        return str(sent.id)
+
+    async def do_download(self, msg: Inbound, index: int) -> bytes:
+        """The bytes of attachment ``index``: ``Attachment.read()`` from its CDN URL.
+
+        Only Discord's CDN hosts (``CDN_HOSTS``, over https) or the host of ``base_url``
+        are asked; any other URL raises ``BadRequest`` unfetched.
+        """
+        if not isinstance(msg.raw, discord.Message):
+            raise BadRequest("this message carries no Discord attachment", platform=PLATFORM)
+        item = msg.raw.attachments[index]
+        url = yarl.URL(item.url)
+        cdn = url.host in CDN_HOSTS and url.scheme == "https"
+        api = yarl.URL(self.base_url) if self.base_url is not None else None
+        configured = api is not None and (url.host, url.scheme) == (api.host, api.scheme)
+        if not (cdn or configured):
+            raise BadRequest(
+                f"attachment URL {url.scheme}://{url.host} is not Discord's CDN; not fetched",
+                platform=PLATFORM,
+            )
+        async with map_discord_errors():
+            return await item.read()

@@ -44,6 +44,18 @@ the assistant thread status (``assistant.threads.setStatus``, cleared by the
 reply or after two minutes); where Slack refuses it the channel is remembered
 and skipped.
 
+Files: a ``file_share`` message's ``files`` (hosted ones; tombstoned or
+hidden files have no bytes to fetch) become attachments by ``mimetype``;
+a message of files only is answered. The bytes are fetched from
+``url_private_download`` with the bot token as ``Authorization: Bearer``
+(scope ``files:read``), only from ``files.slack.com`` or the host of
+``base_url``, redirects not followed; Slack's sign-in page instead of the file
+(a token without ``files:read``) raises ``PlatformAuthError``. Files go out
+with slack-sdk's ``files_upload_v2`` (``files.getUploadURLExternal``, the
+upload, ``files.completeUploadExternal``; scope ``files:write``), shared in
+the chat and thread with the caption as ``initial_comment``;
+``max_file_bytes`` is Slack's 1 GB.
+
 Errors: see ``map_slack_errors``.
 """
 
@@ -59,10 +71,11 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import aiohttp
+import yarl
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
@@ -79,12 +92,13 @@ from ..errors import (
     PlatformUnavailable,
     RetryAfter,
 )
+from ..session.attachments import Attachment
 from ._describe import describe
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
 from .markup import to_slack_mrkdwn
 
-__all__ = ["SlackAdapter", "map_slack_errors", "normalize_event"]
+__all__ = ["SlackAdapter", "attachments_of", "hosted_files", "map_slack_errors", "normalize_event"]
 
 log = logging.getLogger("onethread.platforms.slack")
 
@@ -105,6 +119,36 @@ _UNAVAILABLE_ERRORS = frozenset(
 _FORMAT_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long"})
 # Message subtypes that carry something a person (or another bot) said.
 _KEPT_SUBTYPES = frozenset({"bot_message", "file_share", "thread_broadcast", "me_message"})
+# Where url_private_download may point (besides the host of base_url).
+FILE_HOSTS = frozenset({"files.slack.com"})
+
+
+def hosted_files(event: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The event's files that have bytes to fetch (not tombstoned, hidden or external)."""
+    found = []
+    for item in event.get("files") or ():
+        if not isinstance(item, Mapping) or item.get("mode") in ("tombstone", "hidden_by_limit"):
+            continue
+        if item.get("is_external") or not item.get("url_private_download"):
+            continue
+        found.append(item)
+    return found
+
+
+def attachments_of(event: Mapping[str, Any]) -> tuple[Attachment, ...]:
+    """The event's hosted files as attachments, by Slack's ``mimetype``
+    (``image/*``, ``audio/*`` — a recorded clip too —, ``video/*``, else ``"file"``)."""
+    found = []
+    for item in hosted_files(event):
+        mime = str(item.get("mimetype") or "").split(";")[0].strip().lower()
+        kind = "file"
+        for prefix, name in (("image/", "image"), ("audio/", "audio"), ("video/", "video")):
+            if mime.startswith(prefix):
+                kind = name
+        size = item.get("size")
+        found.append(Attachment(kind, mime, str(item.get("name") or ""),
+                                size if isinstance(size, int) and size > 0 else 0))  # fmt: skip
+    return tuple(found)
 
 
 def _retry_after(headers: Any) -> float:
@@ -235,6 +279,7 @@ def normalize_event(
         ),
         from_bot=bool(sender_bot) or subtype == "bot_message",
         from_self=bool((bot_user_id and user == bot_user_id) or (bot_id and sender_bot == bot_id)),
+        attachments=attachments_of(event),
         raw=event,
     )
 
@@ -299,6 +344,7 @@ class SlackAdapter(Adapter):
 
     name: ClassVar[str] = "slack"
     max_message_length: ClassVar[int] = 12_000  # markdown blocks; plain text allows 40,000
+    max_file_bytes: ClassVar[int] = 1_000_000_000  # Slack takes files up to 1 GB
     typing_interval: ClassVar[float] = 60.0  # the thread status lasts two minutes
 
     @classmethod
@@ -594,3 +640,61 @@ class SlackAdapter(Adapter):
         except (BadRequest, PlatformAuthError) as exc:
             log.debug("slack: no typing status in %s: %s", chat_id, exc)
             self._no_status.add(chat_id)
+
+    async def do_send_file(
+        self, chat_id: str, attachment: Attachment, data: bytes, *, thread_id: str = ""
+    ) -> str:
+        """Upload with ``files_upload_v2`` and share in the chat (and thread);
+        return ``"{channel}:{file_id}"`` (Slack posts the file message itself)."""
+        name = attachment.name or attachment.kind
+        args: dict[str, Any] = {"channel": chat_id, "file": data, "filename": name, "title": name}
+        if attachment.caption:
+            args["initial_comment"] = attachment.caption
+        if thread_id:
+            args["thread_ts"] = thread_id
+        try:
+            with map_slack_errors(f"file upload to {chat_id}"):
+                resp = await self.web.files_upload_v2(**args)
+        except SlackRequestError as exc:  # the upload step failed: nothing was shared
+            raise PlatformUnavailable(f"file upload to {chat_id}: {exc}", platform="slack") from exc
+        file_id = str((resp.get("file") or {}).get("id") or "")
+        return f"{chat_id}:{file_id}"
+
+    async def do_download(self, msg: Inbound, index: int) -> bytes:
+        """GET ``url_private_download`` with the bot token (see the module docstring)."""
+        if not isinstance(msg.raw, Mapping):
+            raise BadRequest("this message carries no Slack file", platform="slack")
+        item = hosted_files(msg.raw)[index]
+        url = yarl.URL(str(item["url_private_download"]))
+        api = yarl.URL(self.base_url)
+        # Slack's own hosts over https only; the API host (a proxy, the tests' fake) as configured.
+        slack_host = url.host in FILE_HOSTS and url.scheme == "https"
+        api_host = url.host == api.host and url.scheme == api.scheme
+        if not (slack_host or api_host):
+            raise BadRequest(f"file URL host {url.host!r} is not Slack's; not fetched",
+                             platform="slack")  # fmt: skip
+        headers = {"Authorization": f"Bearer {self._token}"}
+        timeout = aiohttp.ClientTimeout(total=120, sock_connect=10)
+        what = f"download of {item.get('id', 'a file')}"
+        with map_slack_errors(what):
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.get(url, headers=headers, allow_redirects=False) as resp,
+            ):
+                data = await resp.read()
+                status, content_type = resp.status, resp.content_type
+                retry_after = _retry_after(resp.headers)
+        if status == 429:
+            raise RetryAfter(retry_after, platform="slack")
+        if status >= 500:
+            raise PlatformUnavailable(f"{what}: HTTP {status}", platform="slack")
+        if status != 200:
+            raise BadRequest(f"{what}: HTTP {status} (redirects are not followed)",
+                             platform="slack")  # fmt: skip
+        if content_type == "text/html" and "html" not in str(item.get("mimetype") or ""):
+            raise PlatformAuthError(
+                f"{what}: Slack answered with its sign-in page; give the bot token the "
+                "files:read scope (OAuth & Permissions) and reinstall the app",
+                platform="slack",
+            )
+        return data

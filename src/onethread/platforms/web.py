@@ -29,6 +29,13 @@ Behaviour a caller should know:
   them); the adapter keeps the last ``side_log_size`` of them per user in
   memory (:class:`~onethread.platforms.web_protocol.SideLog`) and shows them
   in their place on a reload. A server restart forgets them.
+- Files (:mod:`onethread.platforms.web_files`): the page's paper clip uploads a
+  file over HTTP (``POST /files``, at most ``max_upload_bytes``, default the
+  bot's ``max_attachment_bytes``, 20 MB), then sends the message over the
+  socket naming it. Images show inline, other files as download links, in
+  the history too; ``GET /files/<hex>`` serves a file only to the browser id
+  that owns it (404 for anyone else). Files the bot sends (a tool's
+  ``File``, ``notify``) show the same way.
 - ``port=0`` picks a free port; ``adapter.port`` and ``adapter.url`` are real
   once ``start()`` returned. ``token`` is accepted for the ``Bot`` interface
   and unused.
@@ -51,12 +58,15 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..errors import BadRequest, ConfigError, PlatformUnavailable, ReplyStopped, StoreUnavailable
 from ..session._conn.shared import masked
+from ..session.attachments import Attachment
+from ..session.blobs import DEFAULT_MAX_BYTES
 from ..session.history.base import HistoryEntry
 from ..session.outage import store_failed
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
 from .draft import ReplyStream
 from .markup import to_web_html
+from .web_files import WebFiles, file_json, user_of
 from .web_protocol import (
     Outbox,
     ProtocolError,
@@ -130,12 +140,15 @@ class WebAdapter(Adapter):
         outbox_size: unacked replies kept per user for a reconnect.
         side_log_size: slash commands and replies (messages) kept per user
             for a page reload.
+        max_upload_bytes: largest file the page may upload (default: the
+            bot's ``max_attachment_bytes``, else 20 MB).
 
     Raises ``ConfigError`` for a non-loopback host without a token or a bad port.
     """
 
     name: ClassVar[str] = PLATFORM
     max_message_length: ClassVar[int] = 100_000
+    max_file_bytes: ClassVar[int] = 100 * 1024 * 1024  # served from our own blob store
 
     def __init__(
         self,
@@ -149,6 +162,7 @@ class WebAdapter(Adapter):
         allowed_origins: Iterable[str] = (),
         outbox_size: int = 100,
         side_log_size: int = 100,
+        max_upload_bytes: int | None = None,
     ) -> None:
         super().__init__(retry_policy=retry_policy)
         del token  # no credential on this platform
@@ -174,6 +188,11 @@ class WebAdapter(Adapter):
         self._runner: web.AppRunner | None = None
         self._on_inbound: OnInbound | None = None
         self._static: dict[str, bytes] = {}
+        if max_upload_bytes is not None and max_upload_bytes < 1:
+            raise ConfigError(f"web max_upload_bytes must be positive, got {max_upload_bytes!r}")
+        self._upload_limit_set = max_upload_bytes is not None
+        self.files = WebFiles(max_bytes=max_upload_bytes or DEFAULT_MAX_BYTES)
+        """Uploads, and which browser id may read which file."""
         self._streams: dict[str, _WebStream] = {}  # reply id -> its stream, while it streams
         self.mounts: list[Callable[[web.Application], None]] = []
         """Called with the aiohttp app before it serves: more routes on the same server
@@ -210,8 +229,13 @@ class WebAdapter(Adapter):
     # -- lifecycle -------------------------------------------------------------
 
     def bind(self, bot: Any) -> None:
-        """Show ``bot``'s stored conversation when a page loads (:func:`attach_history`)."""
+        """Show ``bot``'s stored conversation when a page loads (:func:`attach_history`);
+        keep uploads in its session's blob store."""
         attach_history(bot)
+        session = bot.session
+        self.files.blob_store = lambda: session.blobs
+        if not self._upload_limit_set:
+            self.files.max_bytes = int(getattr(bot, "max_attachment_bytes", DEFAULT_MAX_BYTES))
 
     async def start(self, on_inbound: OnInbound) -> None:
         """Listen on ``host:port``; return once serving.
@@ -227,6 +251,8 @@ class WebAdapter(Adapter):
         app.router.add_get("/static/{name}", self._static_file)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/ws", self._websocket)
+        app.router.add_post("/files", self._upload)
+        app.router.add_get("/files/{file}", self._file)
         for mount in self.mounts:
             mount(app)
         app.on_response_prepare.append(self._add_headers)
@@ -301,6 +327,34 @@ class WebAdapter(Adapter):
         if user is None:
             return None
         return _WebStream(self, user, uuid.uuid4().hex)
+
+    async def do_send_file(
+        self, chat_id: str, attachment: Attachment, data: bytes, *, thread_id: str = ""
+    ) -> str:
+        """A message with the file (inline image or download link) to every open tab,
+        kept until a tab acks it; the file becomes readable by that user only."""
+        user = user_for_chat(chat_id)
+        if user is None:
+            raise BadRequest(f"not a web chat id: {chat_id!r}", platform=PLATFORM)
+        if not attachment.blob:
+            blobs = self.files.blobs
+            if blobs is None:
+                raise BadRequest("this web chat has no blob store to serve files from",
+                                 platform=PLATFORM)  # fmt: skip
+            attachment = attachment.with_(blob=await blobs.put(data), size=len(data))
+        self.files.own(user, [attachment])
+        payload: dict[str, Any] = {
+            "type": "message",
+            "id": uuid.uuid4().hex,
+            "role": "assistant",
+            "text": attachment.caption,
+            "format": "plain",
+            "ts": time.time(),
+            "attachments": [file_json(attachment)],
+        }
+        self._outbox.add(user, payload)
+        await self._broadcast(user, payload)
+        return str(payload["id"])
 
     def on_unstored_reply(self, msg: Inbound, reply: str) -> None:
         """Keep a command and its reply so a reloaded page shows them (not the model)."""
@@ -408,6 +462,18 @@ class WebAdapter(Adapter):
             raise web.HTTPNotFound()
         return self._asset(name)
 
+    async def _upload(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            raise web.HTTPUnauthorized(text="missing or wrong access token")
+        if not self._origin_allowed(request):
+            raise web.HTTPForbidden(text="cross-origin upload refused")
+        return await self.files.upload(request, user_of(request))
+
+    async def _file(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            raise web.HTTPUnauthorized(text="missing or wrong access token")
+        return await self.files.serve(request, user_of(request))
+
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -452,10 +518,13 @@ class WebAdapter(Adapter):
                 await ws.send_json({"type": "error", "error": "history is unavailable"})
             else:
                 messages = self._side_log.merge(user, messages)
+                self.files.own_shown(user, messages)
                 await ws.send_json({"type": "history", "messages": messages})
                 # Replies already in the history need no replay.
                 shown = (m.get("text") for m in messages if m.get("role") == "assistant")
                 self._outbox.discard_texts(user, (t for t in shown if isinstance(t, str)))
+                shown_files = (f.get("file") for m in messages for f in m.get("attachments") or ())
+                self._outbox.discard_files(user, (f for f in shown_files if isinstance(f, str)))
         # Registered in the same step as the snapshot: a reply sent from now on
         # goes live, everything before it is in the snapshot.
         pending = self._outbox.pending(user)
@@ -493,14 +562,28 @@ class WebAdapter(Adapter):
             if stream is not None and stream.user == user:  # only the reader's own reply
                 stream.stopped = True
         else:
-            await self._on_message(ws, user, name, frame.id, frame.text)
+            await self._on_message(ws, user, name, frame.id, frame.text, frame.files)
 
     async def _on_message(
-        self, ws: web.WebSocketResponse, user: str, name: str, message_id: str, text: str
+        self,
+        ws: web.WebSocketResponse,
+        user: str,
+        name: str,
+        message_id: str,
+        text: str,
+        files: tuple[str, ...] = (),
     ) -> None:
         on_inbound = self._on_inbound
         if on_inbound is None:  # stopping: no ack, so the page resends it later
             return
+        attachments = []
+        for file in files:
+            found = self.files.owned(user, file)
+            if found is None:  # not uploaded by this browser (or forgotten by a restart)
+                error = "an attached file is not on the server any more; attach it again"
+                await ws.send_json({"type": "error", "id": message_id, "error": error})
+                return
+            attachments.append(found)
         inbound = Inbound(
             platform=PLATFORM,
             chat_id=chat_id_for(user),
@@ -510,10 +593,13 @@ class WebAdapter(Adapter):
             text=text,
             message_id=message_id,
             mentions_bot=True,
+            attachments=tuple(attachments),
         )
         # Other tabs of the same user show what was typed here.
-        echo = {"type": "message", "id": message_id, "role": "user", "text": text,
-                "ts": time.time()}  # fmt: skip
+        echo: dict[str, Any] = {"type": "message", "id": message_id, "role": "user",
+                                "text": text, "ts": time.time()}  # fmt: skip
+        if attachments:
+            echo["attachments"] = [file_json(a) for a in attachments]
         await self._broadcast(user, echo, skip=ws)
         try:
             await on_inbound(inbound)

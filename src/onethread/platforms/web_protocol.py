@@ -6,7 +6,9 @@ The page connects to ``/ws?user=<id>&name=<display name>[&history=0][&token=...]
 
 Client to server::
 
-    {"type": "message", "id": "<client message id>", "text": "..."}
+    {"type": "message", "id": "<client message id>", "text": "...",
+     "attachments": [{"file": "<64 hex>"}, ...]}    files uploaded first with
+        POST /files (see onethread.platforms.web_files); text may then be empty
     {"type": "ack", "id": "<server message id>"}      a bot message was shown
     {"type": "stop", "id": "<reply id>"}              stop the reply streaming as that id
     {"type": "ping"}
@@ -14,9 +16,13 @@ Client to server::
 Server to client::
 
     {"type": "hello", "user": "...", "name": "..."}
-    {"type": "history", "messages": [{"role", "text", "ts", "platform", "source", "mirror"}]}
+    {"type": "history", "messages": [{"role", "text", "ts", "platform", "source", "mirror",
+                                      "attachments"?}]}
         (a slash command and its reply, kept out of the history, carry "command": true)
-    {"type": "message", "id", "role": "assistant" | "user", "text", "ts", "format", "html"}
+    {"type": "message", "id", "role": "assistant" | "user", "text", "ts", "format", "html",
+     "attachments"?}
+        each attachment {"file": "<64 hex>", "kind", "mime", "name", "size"}, its
+        bytes at GET /files/<64 hex>?user=<id> for this user only
     {"type": "delta", "id": "<reply id>", "text": "<the next piece>"}   a reply streaming
     {"type": "abandon", "id": "<reply id>"}            that streamed reply ended without text
     {"type": "ack", "id": "<client message id>"}       the message reached the bot
@@ -66,6 +72,8 @@ __all__ = [
 CHAT_PREFIX = "web-"
 MAX_TEXT_LENGTH = 20_000  # characters of one message from the page
 MAX_NAME_LENGTH = 64
+MAX_FILES = 10  # attachments on one message from the page
+_FILE_RE = re.compile(r"[0-9a-f]{64}")
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _CLIENT_TYPES = frozenset({"message", "ack", "stop", "ping"})
 
@@ -85,6 +93,8 @@ class ClientFrame:
     type: str
     id: str = ""
     text: str = ""
+    files: tuple[str, ...] = ()
+    """Uploaded files (64 hex digits each) the message carries."""
 
 
 def valid_id(value: str) -> bool:
@@ -135,20 +145,36 @@ def parse_client_frame(raw: str) -> ClientFrame:
         raise ProtocolError(f"{kind} frame needs an id of 1-128 letters, digits, '_' or '-'")
     if kind in ("ack", "stop"):
         return ClientFrame(kind, frame_id)
-    text = data.get("text")
-    if not isinstance(text, str) or not text.strip():
+    files = _files_of(data.get("attachments", []), frame_id)
+    text = data.get("text", "")
+    if not isinstance(text, str) or not (text.strip() or files):
         raise ProtocolError("message text must be a non-empty string", frame_id=frame_id)
     if len(text) > MAX_TEXT_LENGTH:
         raise ProtocolError(
             f"message is too long ({len(text)} characters, at most {MAX_TEXT_LENGTH})",
             frame_id=frame_id,
         )
-    return ClientFrame("message", frame_id, text)
+    return ClientFrame("message", frame_id, text, files)
+
+
+def _files_of(value: Any, frame_id: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_FILES:
+        raise ProtocolError(f"attachments must be a list of at most {MAX_FILES}",
+                            frame_id=frame_id)  # fmt: skip
+    files = []
+    for item in value:
+        file = item.get("file") if isinstance(item, dict) else None
+        if not isinstance(file, str) or not _FILE_RE.fullmatch(file):
+            raise ProtocolError("each attachment must be {\"file\": \"<64 hex digits>\"}",
+                                frame_id=frame_id)  # fmt: skip
+        files.append(file)
+    return tuple(files)
 
 
 def history_message(entry: HistoryEntry) -> dict[str, Any]:
-    """One history entry as the page shows it (``role, text, ts, platform, source, mirror``)."""
-    return {
+    """One history entry as the page shows it (``role, text, ts, platform, source, mirror``,
+    and ``attachments`` when it has stored ones)."""
+    shown: dict[str, Any] = {
         "role": entry.role,
         "text": entry.content,
         **({"html": to_web_html(entry.content)} if entry.role != "user" else {}),
@@ -157,6 +183,13 @@ def history_message(entry: HistoryEntry) -> dict[str, Any]:
         "source": entry.source,
         "mirror": entry.mirror,
     }
+    files = [a for a in entry.attachments if a.blob.startswith("sha256:")]
+    if files:
+        shown["attachments"] = [
+            {"file": a.blob[7:], "kind": a.kind, "mime": a.mime, "name": a.name, "size": a.size}
+            for a in files
+        ]
+    return shown
 
 
 class Outbox:
@@ -200,6 +233,27 @@ class Outbox:
         box = self._boxes.get(user_id)
         return list(box.values()) if box else []
 
+    def discard_files(self, user_id: str, files: Iterable[str]) -> int:
+        """Forget pending file messages whose files are all in ``files`` (already shown).
+
+        Returns how many were dropped.
+        """
+        box = self._boxes.get(user_id)
+        if not box:
+            return 0
+        shown = set(files)
+        gone = [
+            mid
+            for mid, payload in box.items()
+            if payload.get("attachments")
+            and all(f.get("file") in shown for f in payload["attachments"])
+        ]
+        for mid in gone:
+            del box[mid]
+        if not box:
+            del self._boxes[user_id]
+        return len(gone)
+
     def discard_texts(self, user_id: str, texts: Iterable[str]) -> int:
         """Forget pending messages whose text is in ``texts`` (already shown as history).
 
@@ -209,7 +263,8 @@ class Outbox:
         if not box:
             return 0
         shown = set(texts)
-        gone = [mid for mid, payload in box.items() if payload.get("text") in shown]
+        gone = [mid for mid, payload in box.items()
+                if payload.get("text") in shown and not payload.get("attachments")]  # fmt: skip
         for mid in gone:
             del box[mid]
         if not box:

@@ -37,7 +37,9 @@
   function loadOutgoing() {
     try {
       const list = JSON.parse(load(KEY_OUT) || "[]");
-      return Array.isArray(list) ? list.filter((m) => m && m.id && m.text) : [];
+      return Array.isArray(list)
+        ? list.filter((m) => m && m.id && (m.text || (m.attachments && m.attachments.length)))
+        : [];
     } catch (err) {
       return [];
     }
@@ -77,6 +79,8 @@
     typingTimer: null,
     seen: new Set(), // ids of bot messages shown (replays are acked, not shown again)
     outgoing: loadOutgoing(), // our messages not acked yet, oldest first
+    files: [], // uploaded, waiting to go with the next message: {file, kind, mime, name, size}
+    uploads: 0, // uploads under way
   };
   const token = new URLSearchParams(window.location.search).get("token");
 
@@ -106,17 +110,114 @@
       body.textContent = m.text || "";
     }
     const meta = document.createElement("div");
+    const files = renderFiles(m.attachments);
     meta.className = "meta";
     const bits = [formatTime(m.ts)];
     if (m.platform && m.platform !== "web") bits.push("via " + m.platform);
     if (m.source && m.mirror) bits.push(m.source);
     meta.textContent = bits.join(" · ");
-    item.append(body, meta);
+    item.append(body);
+    if (files) item.append(files);
+    item.append(meta);
     const old = m.id && m.role !== "user" ? findMessage(m.id) : null;
     if (old) old.replaceWith(item); // the final text of a streamed reply
     else list.append(item);
     list.scrollTop = list.scrollHeight;
     return item;
+  }
+
+  // ---- files ---------------------------------------------------------------
+  // Files are uploaded over HTTP (POST files), then named in the message frame;
+  // the server serves each one (GET files/<hex>) to this browser id only.
+
+  const INLINE = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+  function fileUrl(hex) {
+    const url = new URL("files/" + hex, window.location.href);
+    url.search = "";
+    url.searchParams.set("user", user);
+    if (token) url.searchParams.set("token", token);
+    return url.toString();
+  }
+
+  function sizeText(size) {
+    if (!size) return "";
+    if (size >= 1e6) return (size / 1e6).toFixed(1) + " MB";
+    return Math.max(1, Math.round(size / 1e3)) + " KB";
+  }
+
+  function renderFiles(list) {
+    if (!Array.isArray(list) || !list.length) return null;
+    const box = document.createElement("div");
+    box.className = "files";
+    for (const f of list) {
+      if (!f || !/^[0-9a-f]{64}$/.test(f.file || "")) continue;
+      if (f.kind === "image" && INLINE.includes(f.mime)) {
+        const img = document.createElement("img");
+        img.src = fileUrl(f.file);
+        img.alt = f.name || "image";
+        img.loading = "lazy";
+        box.append(img);
+      } else {
+        const link = document.createElement("a");
+        link.href = fileUrl(f.file);
+        link.download = f.name || "file";
+        link.textContent = (f.name || "file") + (f.size ? " (" + sizeText(f.size) + ")" : "");
+        box.append(link);
+      }
+    }
+    return box;
+  }
+
+  function showChips() {
+    const box = $("attachments");
+    box.textContent = "";
+    for (const f of state.files) {
+      const chip = document.createElement("span");
+      chip.className = "chip";
+      chip.textContent = f.name;
+      const drop = document.createElement("button");
+      drop.type = "button";
+      drop.textContent = "×";
+      drop.title = "Remove";
+      drop.addEventListener("click", () => {
+        state.files = state.files.filter((x) => x !== f);
+        showChips();
+      });
+      chip.append(drop);
+      box.append(chip);
+    }
+    box.hidden = !state.files.length && !state.uploads;
+    if (state.uploads) {
+      const busy = document.createElement("span");
+      busy.className = "chip";
+      busy.textContent = "uploading…";
+      box.append(busy);
+    }
+  }
+
+  async function upload(file) {
+    const url = new URL("files", window.location.href);
+    url.search = "";
+    url.searchParams.set("user", user);
+    url.searchParams.set("name", file.name);
+    if (token) url.searchParams.set("token", token);
+    state.uploads += 1;
+    showChips();
+    try {
+      const resp = await fetch(url.toString(), { method: "POST", body: file });
+      if (!resp.ok) {
+        const why = resp.status === 413 ? "too large" : (await resp.text()) || resp.statusText;
+        setStatus(file.name + ": " + why);
+        return;
+      }
+      state.files.push(await resp.json());
+    } catch (err) {
+      setStatus(file.name + ": upload failed");
+    } finally {
+      state.uploads -= 1;
+      showChips();
+    }
   }
 
   // A reply streaming: its text so far, as plain text, with a stop button.
@@ -189,7 +290,7 @@
     ws.onopen = () => {
       state.lastFrame = Date.now();
       setStatus("connected");
-      for (const m of state.outgoing) sendFrame({ type: "message", id: m.id, text: m.text });
+      for (const m of state.outgoing) sendFrame(messageFrame(m));
     };
     ws.onmessage = (event) => {
       state.lastFrame = Date.now();
@@ -234,7 +335,7 @@
         state.historyLoaded = true;
         $("messages").textContent = "";
         for (const m of frame.messages || []) addMessage(m);
-        for (const m of state.outgoing) addMessage({ role: "user", id: m.id, text: m.text, ts: m.ts }, "pending");
+        for (const m of state.outgoing) addMessage({ role: "user", ...m }, "pending");
         break;
       case "message":
         if (frame.role === "user") {
@@ -297,12 +398,23 @@
 
   // ---- the page ------------------------------------------------------------
 
+  function messageFrame(m) {
+    const frame = { type: "message", id: m.id, text: m.text };
+    if (m.attachments && m.attachments.length) {
+      frame.attachments = m.attachments.map((f) => ({ file: f.file }));
+    }
+    return frame;
+  }
+
   function sendMessage(text) {
     const m = { id: randomId(16), text: text, ts: Date.now() / 1000 };
+    if (state.files.length) m.attachments = state.files;
+    state.files = [];
+    showChips();
     state.outgoing.push(m);
     saveOutgoing();
-    addMessage({ role: "user", id: m.id, text: m.text, ts: m.ts }, "pending");
-    sendFrame({ type: "message", id: m.id, text: m.text });
+    addMessage({ role: "user", ...m }, "pending");
+    sendFrame(messageFrame(m));
   }
 
   function showChat() {
@@ -336,9 +448,17 @@
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("text").value;
-    if (!text.trim()) return;
+    if (state.uploads) return; // wait for the file to be on the server
+    if (!text.trim() && !state.files.length) return;
     $("text").value = "";
     sendMessage(text);
+  });
+
+  $("attach").addEventListener("click", () => $("file").click());
+  $("file").addEventListener("change", async () => {
+    const chosen = Array.from($("file").files || []);
+    $("file").value = "";
+    for (const file of chosen) await upload(file);
   });
 
   $("text").addEventListener("keydown", (event) => {
