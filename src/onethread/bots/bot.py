@@ -133,6 +133,7 @@ class Bot:
         self.adapter = adapter
         adapter.bind(self)  # e.g. the web chat shows the stored conversation on load
         self._gate: Gate = own.get("gate") or Gate(LocalDuplicateFilter())
+        self._owns_gate = own.get("gate") is None  # BotOS.add_bot may share its own
         self.access: AccessPolicy = own.get("access") or default_policy(
             self.platform, owners=own.get("owners", ()), store=own.get("pairing")
         )
@@ -178,9 +179,15 @@ class Bot:
             return False
         self._session = session
         self._owns_session = False
-        self._gate = gate
+        self.use_gate(gate)
         self.use_commands(CommandRouter(session, agent=self.agent))
         return True
+
+    def use_gate(self, gate: Gate) -> None:
+        """Filter inbound messages with ``gate`` (``BotOS`` shares its duplicate
+        filter) unless this bot was built with its own ``gate=``."""
+        if self._owns_gate:
+            self._gate = gate
 
     def use_commands(self, router: CommandRouter) -> None:
         """Answer slash commands with ``router`` (``BotOS`` shares one across its bots);
