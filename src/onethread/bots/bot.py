@@ -390,6 +390,16 @@ class Bot:
                         marks = None if whole else {"delivery": DELIVERY_CUT}
                     if files:
                         await self.adapter.send_files(msg.chat_id, files, thread_id=msg.thread_id)
+                    if marks and marks.get("delivery") == DELIVERY_CUT:
+                        # The first part went out; the whole reply follows as a file. If that
+                        # fails the reply stays marked "cut" (the person has the first part).
+                        try:
+                            await self.adapter.send_files(
+                                msg.chat_id, [whole_reply_file(text)], thread_id=msg.thread_id
+                            )
+                        except PlatformError as exc:
+                            log.warning("%s: could not send a cut reply whole as a file: %s",
+                                        self.platform, exc)  # fmt: skip
                     return marks
 
                 async with typing:
@@ -450,6 +460,12 @@ class Bot:
                      stats.model_seconds, total, outcome)  # fmt: skip
             if stream is not None:
                 await stream.close()  # a turn that ended without its final text
+
+
+def whole_reply_file(text: str) -> tuple[Attachment, bytes]:
+    """A reply too long for the chat, whole, as a Markdown file to send after its cut part."""
+    data = text.encode("utf-8")
+    return Attachment("file", "text/markdown", "reply.md", len(data)), data
 
 
 async def run_until_signal(
