@@ -51,6 +51,7 @@ from onethread.bots import Bot, BotOS
 from onethread.bots.policy import OpenPolicy
 from onethread.session import InMemoryIdentityResolver
 from onethread.session.history.base import HistoryStore
+from onethread.session.urls import Coordination
 from onethread.testing import EchoModel, FakeAdapter
 
 PLATFORMS = ("telegram", "discord")
@@ -99,10 +100,17 @@ class World:
     """A BotOS with two in-process platforms and ``users`` people linked across both."""
 
     def __init__(
-        self, store: str | HistoryStore, users: int, metrics: bool = True, **options: Any
+        self,
+        store: str | HistoryStore,
+        users: int,
+        metrics: bool = True,
+        coordination: Coordination | None = None,
+        first: int = 0,
+        **options: Any,
     ) -> None:
         resolver = InMemoryIdentityResolver()
-        for i in range(users):
+        self.first = first  # people are numbered first .. first + users - 1
+        for i in range(first, first + users):
             resolver.link("telegram", f"t{i}", f"user{i}")
             resolver.link("discord", f"d{i}", f"user{i}")
         agent = Agent(name="bench", model=EchoModel())
@@ -112,6 +120,7 @@ class World:
             identity_resolver=resolver,
             store=store,
             metrics=metrics,
+            coordination=coordination,
             **{"max_history": 20, **options},
         )
         self.adapters = {name: BenchAdapter(name, self.tracker) for name in PLATFORMS}
@@ -145,7 +154,7 @@ class World:
             self.tracker.waiters[text] = reply
         self.tracker.started[text] = time.perf_counter()
         await self.adapters[name].inject(
-            text, user=f"{name[0]}{i}", chat_id=f"{name}-{i}", message_id=text
+            text, user=f"{name[0]}{self.first + i}", chat_id=f"{name}-{i}", message_id=text
         )
 
     async def closed_loop(self, seconds: float) -> None:

@@ -27,8 +27,10 @@ QUICK = {
     "bench_startup.py": ["--repeats", "3"],
     "bench_memory.py": ["--people", "5000"],
     "bench_byo_agent.py": ["--turns", "20"],
+    "bench_stores.py": ["--turns", "2000", "--people", "200", "--processes", "1,2"],
     "bench_blobs.py": ["--files", "4", "--repeats", "2"],
 }
+FULL = {"bench_stores.py": ["--processes", "1,2,3", "--ceiling"]}  # default: 10,000 turns
 
 
 def run(script: str, args: list[str]) -> None:
@@ -131,7 +133,7 @@ def main() -> None:
     print("machine:", ", ".join(f"{k}={v}" for k, v in facts.items()))
     start = time.perf_counter()
     for script in QUICK:
-        run(script, QUICK[script] if args.quick else [])
+        run(script, QUICK[script] if args.quick else FULL.get(script, []))
     run("bench_turns.py", ["--diagnose", "--open-seconds", "2" if args.quick else "5"])
     try:
         run("plot.py", [])

@@ -576,7 +576,7 @@ class FakeTelegram:
 
     async def start(self) -> None:
         """Listen on 127.0.0.1 (a free port)."""
-        app = web.Application()
+        app = web.Application(client_max_size=60 * 1024 * 1024)  # uploads up to 50 MB
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_get("/file/bot{token}/{path:.+}", self._file)
         app.router.add_route("*", "/{tail:.*}", self._not_found)

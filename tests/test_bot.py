@@ -11,6 +11,7 @@ import pytest
 from helpers import RecordingAgent
 from onethread._fake_adapter import FakeAdapter
 from onethread.bots import Bot, BotOS
+from onethread.bots.gate import Gate
 from onethread.bots.supervisor import Backoff
 from onethread.errors import ConnectionLost, PlatformAuthError, RecipientUnknown
 from onethread.platforms.base import OnInbound
@@ -370,3 +371,36 @@ async def test_building_needs_no_credentials_and_start_names_the_missing_one(
     first_variable = spec(platform).credentials[0][1]
     with pytest.raises(ConfigError, match=first_variable):
         await b.start()
+
+
+async def test_a_bot_built_on_the_shared_session_uses_the_shared_duplicate_filter() -> None:
+    """Bot(session=botos.session) added to a BotOS filters redeliveries with the
+    BotOS's (cross-host) duplicate filter, not a private in-process one."""
+    from onethread.session.locks import LocalDuplicateFilter, LocalTurnLocks
+    from onethread.session.urls import Coordination
+
+    class Recording(LocalDuplicateFilter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.keys: list[str] = []
+
+        async def first_time(self, message_key: str) -> bool:
+            self.keys.append(message_key)
+            return await super().first_time(message_key)
+
+    shared = Recording()
+    botos = BotOS(agent=RecordingAgent(), store="memory://",
+                  coordination=Coordination(LocalTurnLocks(), shared, None, False))  # fmt: skip
+    tg = FakeAdapter("telegram")
+    botos.add_bot(Bot("telegram", botos.agent, adapter=tg, session=botos.session))
+    own = FakeAdapter("discord")
+    own_gate = Gate(LocalDuplicateFilter())
+    botos.add_bot(Bot("discord", botos.agent, adapter=own, session=botos.session, gate=own_gate))
+    task = await started(botos)
+    await tg.inject("hello", user="1", chat_id="c1", message_id="m1")
+    await tg.wait_sent(1)
+    await own.inject("hi", user="2", chat_id="c2", message_id="m2")
+    await own.wait_sent(1)
+    assert shared.keys == ["telegram:c1:m1"]  # the discord bot kept the gate it was given
+    await botos.stop()
+    await task

@@ -385,7 +385,8 @@ class Verbose:
 async def test_a_one_megabyte_reply_goes_out_as_ten_messages_with_a_cut_note(
     fake: FakeTelegram,
 ) -> None:
-    """Was 245 Telegram messages; now the first part in 10, the last saying it was cut."""
+    """Was 245 Telegram messages; now the first part in 10, the last saying it was cut,
+    then the whole reply as a file."""
     bot = Bot("telegram", Verbose(), token=fake.token, base_url=fake.base_url,
               retry_policy=FAST, store="memory://", gc_freeze=False)  # fmt: skip
     runner = asyncio.create_task(bot.start())
@@ -405,6 +406,10 @@ async def test_a_one_megabyte_reply_goes_out_as_ten_messages_with_a_cut_note(
     assert fake.sent[-1].text.endswith(CUT_NOTE)
     assert fake.sent[0].text.startswith("0. word0 word1")
     assert entry_text(reply).startswith(f"[{CUT_SHORT}] 0. word0")
+    # ... and the whole reply follows as a file, so nothing is lost to the person.
+    [whole] = fake.sent_files
+    assert (whole.method, whole.filename) == ("sendDocument", "reply.md")
+    assert whole.data == reply.content.encode()
 
 
 async def test_refused_outbox_item_is_acknowledged_and_mirrored_failed_on_redis() -> None:

@@ -181,7 +181,12 @@ async def test_web_chat_answers_and_stores_the_replacement(store: HistoryStore) 
                     reply = frame["text"]
             assert reply == f"reply:{GOOD}" and reply != TURN_FAILED
             await ws.close()
-        entries = await store.load("bot_web_u1")
+        # The turn is stored just after its reply is sent (under the turn lock).
+        for _ in range(100):
+            entries = await store.load("bot_web_u1")
+            if len(entries) == 2:
+                break
+            await asyncio.sleep(0.05)
         assert [e.content for e in entries] == [GOOD, f"reply:{GOOD}"]
         assert entries[0].user_name == "Alice"
     finally:

@@ -20,28 +20,21 @@ from fake_openai import FakeOpenAI
 from fake_telegram import FakeTelegram
 from onethread import Agent
 from onethread.bots import BotOS
-from onethread.session.urls import open_identity_resolver
-from services import postgres_url, redis_url
+from onethread.session.urls import open_coordination, open_history_store, open_identity_resolver
+from services import postgres_url, redis_prefix, redis_url
 
 pytestmark = [pytest.mark.service, pytest.mark.multiprocess, pytest.mark.timeout(120)]
 WORKER = Path(__file__).with_name("_host_worker.py")
 
 
 @pytest.fixture(params=["redis", "postgres"])
-def shared_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A whole Redis database / PostgreSQL database of its own, wiped afterwards."""
+def shared(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, str]]]:
+    """(URL, store options): a Redis key prefix / PostgreSQL database of this run's
+    own, removed afterwards. Never a whole shared Redis database: concurrent
+    runs on one Redis each keep to their prefix."""
     if request.param == "redis":
-        import redis
-
-        base = redis_url().rsplit("/", 1)[0]
-        url = f"{base}/9"
-        client = redis.Redis.from_url(url)
-        client.flushdb()
-        try:
-            yield url
-        finally:
-            client.flushdb()
-            client.close()
+        with redis_prefix() as prefix:
+            yield redis_url(), {"prefix": prefix}
         return
     import psycopg
 
@@ -50,7 +43,7 @@ def shared_url(request: pytest.FixtureRequest) -> Iterator[str]:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield admin.rsplit("/", 1)[0] + f"/{name}"
+        yield admin.rsplit("/", 1)[0] + f"/{name}", {}
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -73,20 +66,21 @@ async def servers() -> AsyncIterator[tuple[FakeTelegram, FakeDiscord, FakeOpenAI
 
 
 async def test_two_hosts_one_conversation_and_cross_host_notify(
-    shared_url: str,
+    shared: tuple[str, dict[str, str]],
     servers: tuple[FakeTelegram, FakeDiscord, FakeOpenAI],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tg, dc, oa = servers
+    shared_url, options = shared
     env = {**os.environ, "TELEGRAM_BOT_TOKEN": tg.token, "TELEGRAM_API_BASE_URL": tg.base_url,
            **dc.env(), "ONETHREAD_MODEL": "gpt-test", "OPENAI_BASE_URL": oa.base_url,
            "OPENAI_API_KEY": "sk-test"}  # fmt: skip
-    resolver = open_identity_resolver(shared_url)
+    resolver = open_identity_resolver(shared_url, **options)
     resolver.link("telegram", "12345", "alice")
     resolver.link("discord", "4242", "alice")
     hosts = [
         await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), platform, shared_url, env=env
+            sys.executable, str(WORKER), platform, shared_url, *options.values(), env=env
         )  # fmt: skip
         for platform in ("telegram", "discord")
     ]
@@ -104,7 +98,12 @@ async def test_two_hosts_one_conversation_and_cross_host_notify(
         tg.inject_message(12345, "I'm on telegram now")
         await tg.wait_for_messages(2, timeout=20)
         monkeypatch.setenv("ONETHREAD_MODEL", "")
-        third = BotOS(Agent(name="a"), identity_resolver=resolver, store=shared_url)
+        third = BotOS(
+            Agent(name="a"),
+            identity_resolver=resolver,
+            store=open_history_store(shared_url, **options),
+            coordination=open_coordination(shared_url, **options),
+        )
         # A turn is stored once its reply is delivered (a few ms after the fake saw it):
         # wait for it, or notify() may still see Discord as her latest platform.
         for _ in range(200):

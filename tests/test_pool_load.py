@@ -24,6 +24,7 @@ from helpers import RecordingAgent
 from onethread._fake_adapter import FakeAdapter
 from onethread.bots import Bot, BotOS
 from onethread.errors import StoreError
+from onethread.session.history.base import HistoryEntry
 from onethread.session.urls import Coordination, open_history_store, open_identity_resolver
 from services import postgres_schema, postgres_url, redis_prefix, redis_url
 
@@ -145,9 +146,15 @@ async def test_1000_people_at_once_every_turn_succeeds(
     replies = {s.chat_id: s.text for s in adapter.sent}
     assert len(adapter.sent) == PEOPLE
     assert replies == {f"dm-p{i}": f"reply:hello {i}" for i in range(PEOPLE)}
-    counts = await asyncio.gather(
-        *(botos.session.store.count(f"bot_telegram_p{i}") for i in range(PEOPLE))
-    )
+    # A turn is stored just after its reply is sent (under the turn lock): the
+    # last appends may still be committing when the last reply arrives.
+    for _ in range(100):
+        counts = await asyncio.gather(
+            *(botos.session.store.count(f"bot_telegram_p{i}") for i in range(PEOPLE))
+        )
+        if counts == [2] * PEOPLE:
+            break
+        await asyncio.sleep(0.1)
     assert counts == [2] * PEOPLE  # every turn stored: the message and the reply
     assert seen and max(seen) <= backend.bound, (seen, backend.bound)
     print(f"\n{backend.kind}: {PEOPLE} people in {elapsed:.1f} s, "
@@ -165,18 +172,22 @@ async def test_redis_call_waits_for_a_busy_pool_then_names_the_fix() -> None:
         try:
             assert await store.count("k") == 0  # opens the one connection
             async with store._clients.borrow() as client:
-                pool = client.connection_pool
+                pool = client.client.connection_pool
                 held = await pool.get_connection()
                 later = asyncio.create_task(store.count("k"))
+                batched = asyncio.create_task(store.load("k"))  # a shared pipeline waits too
                 await asyncio.sleep(0.1)
-                assert not later.done()  # waiting, not failed
+                assert not later.done() and not batched.done()  # waiting, not failed
                 await pool.release(held)
                 assert await later == 0
+                assert await batched == []
                 held = await pool.get_connection()
                 try:
                     with pytest.raises(StoreError, match="max_connections") as err:
                         await store.count("k")
                     assert "1 pooled connections" in str(err.value)
+                    with pytest.raises(StoreError, match="max_connections"):
+                        await store.load("k")
                 finally:
                     await pool.release(held)
         finally:
@@ -199,17 +210,22 @@ async def test_postgres_call_waits_for_a_busy_pool() -> None:
         store = PostgresHistoryStore(postgres_url(), schema=schema, max_size=1, timeout=0.5)
         try:
             assert await store.count("k") == 0
-            async with store._pools.borrow() as pool:
+            async with store._pools.borrow() as wrapped:
+                pool = wrapped.pool
                 conn = await pool.getconn()
                 later = asyncio.create_task(store.count("k"))
+                grouped = asyncio.create_task(store.append("k", [HistoryEntry("user", "x", 1.0)]))
                 await asyncio.sleep(0.1)
-                assert not later.done()
+                assert not later.done() and not grouped.done()
                 await pool.putconn(conn)
                 assert await later == 0
+                await grouped
                 conn = await pool.getconn()
                 try:
                     with pytest.raises(StoreError, match="PostgreSQL"):
                         await store.count("k")
+                    with pytest.raises(StoreError, match="PostgreSQL"):
+                        await store.append("k", [HistoryEntry("user", "y", 2.0)])
                 finally:
                     await pool.putconn(conn)
         finally:
@@ -250,3 +266,111 @@ async def test_postgres_lock_session_busy_is_not_taken_for_dead() -> None:
     dead = SlowConnection()  # nothing answered at all: dead after one interval
     failure = await session._probe(dead)  # type: ignore[arg-type]
     assert isinstance(failure, TimeoutError)
+
+
+async def test_postgres_concurrent_appends_share_transactions_and_fail_alone() -> None:
+    """Group commit: 60 concurrent appends take far fewer transactions, all land
+    whole; an append the server refuses fails alone, the others of its group land."""
+    import secrets
+
+    from onethread.session.history import postgres as pg
+
+    writes: list[int] = []
+
+    class Counting(pg._Pool):
+        async def _write(self, rows: list[Any]) -> None:
+            writes.append(len(rows))
+            await super()._write(rows)
+
+    with postgres_schema() as schema:
+        store = pg.PostgresHistoryStore(postgres_url(), schema=schema)
+        real = store._open
+
+        async def counting_open(home: bool) -> pg._Pool:
+            opened = await real(home)
+            return Counting(opened.pool, store._q["insert"], 3)
+
+        store._open = counting_open  # type: ignore[method-assign]
+        store._pools._create = counting_open
+        try:
+            await store.count("warm")
+            await asyncio.gather(*(
+                store.append(f"k{i}", [HistoryEntry("user", f"q{i}", 1.0),
+                                       HistoryEntry("assistant", f"a{i}", 2.0)])
+                for i in range(60)
+            ))  # fmt: skip
+            assert sum(writes) == 120 and len(writes) < 30, writes
+            assert [await store.count(f"k{i}") for i in range(60)] == [2] * 60
+            too_long = secrets.token_hex(8000)  # beyond the key index's row size limit
+            results = await asyncio.gather(
+                *(store.append(f"b{i}", [HistoryEntry("user", "x", 1.0)]) for i in range(5)),
+                store.append(too_long, [HistoryEntry("user", "x", 1.0)]),
+                return_exceptions=True,
+            )
+            assert results[:5] == [None] * 5
+            assert isinstance(results[5], StoreError)
+            assert [await store.count(f"b{i}") for i in range(5)] == [1] * 5
+        finally:
+            await store.close()
+
+
+async def test_postgres_lock_calls_of_concurrent_turns_share_statements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """60 turns taking 60 different locks at once: each gets its lock and its own
+    fencing token, in a handful of statements on the one lock connection; a key
+    already held elsewhere is still refused inside a shared statement."""
+    from onethread.session.locks import postgres as pl
+
+    statements: list[int] = []
+    real = pl._LockSession._run
+
+    async def counting(self: Any, conn: Any, statement: Any, part: list[Any]) -> None:
+        statements.append(len(part))
+        await real(self, conn, statement, part)
+
+    monkeypatch.setattr(pl._LockSession, "_run", counting)
+    with postgres_schema() as schema:
+        a = pl.PostgresTurnLocks(postgres_url(), schema=schema)
+        b = pl.PostgresTurnLocks(postgres_url(), schema=schema)  # another host
+        fences: list[int] = []
+        inside = asyncio.Event()
+        go = asyncio.Event()
+
+        async def turn(i: int) -> None:
+            async with a.lease(f"k{i}") as lease:
+                fences.append(lease.fence)
+                if len(fences) == 60:
+                    inside.set()
+                await go.wait()
+
+        try:
+            tasks = [asyncio.create_task(turn(i)) for i in range(60)]
+            await asyncio.wait_for(inside.wait(), 20)
+            assert len(set(fences)) == 60
+            assert sum(statements) == 60 and len(statements) < 30, statements
+            other = asyncio.create_task(b.hold("k7").__aenter__())
+            await asyncio.sleep(0.3)
+            assert not other.done()  # held by host a
+            go.set()
+            await asyncio.gather(*tasks)
+            await asyncio.wait_for(other, 10)
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_postgres_pool_probes_a_connection_only_after_it_sat_unused() -> None:
+    """The pool's check costs a round trip: skipped for a connection lent within
+    the last CHECK_AFTER seconds, done (and failing for a dead one) after that."""
+    import psycopg
+
+    from onethread.session._conn import postgres as pc
+
+    conn = await psycopg.AsyncConnection.connect(postgres_url(), autocommit=True)
+    await pc._check_if_idle(conn)  # first loan: probed, fine
+    await conn.close()
+    await pc._check_if_idle(conn)  # lent again at once: trusted, no round trip
+    conn._onethread_used -= pc.CHECK_AFTER + 1  # type: ignore[attr-defined]
+    with pytest.raises(psycopg.OperationalError):
+        await pc._check_if_idle(conn)  # unused for a while: probed, and found dead

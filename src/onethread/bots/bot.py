@@ -133,6 +133,7 @@ class Bot:
         self.adapter = adapter
         adapter.bind(self)  # e.g. the web chat shows the stored conversation on load
         self._gate: Gate = own.get("gate") or Gate(LocalDuplicateFilter())
+        self._owns_gate = own.get("gate") is None  # BotOS.add_bot may share its own
         self.access: AccessPolicy = own.get("access") or default_policy(
             self.platform, owners=own.get("owners", ()), store=own.get("pairing")
         )
@@ -178,9 +179,15 @@ class Bot:
             return False
         self._session = session
         self._owns_session = False
-        self._gate = gate
+        self.use_gate(gate)
         self.use_commands(CommandRouter(session, agent=self.agent))
         return True
+
+    def use_gate(self, gate: Gate) -> None:
+        """Filter inbound messages with ``gate`` (``BotOS`` shares its duplicate
+        filter) unless this bot was built with its own ``gate=``."""
+        if self._owns_gate:
+            self._gate = gate
 
     def use_commands(self, router: CommandRouter) -> None:
         """Answer slash commands with ``router`` (``BotOS`` shares one across its bots);
@@ -383,6 +390,16 @@ class Bot:
                         marks = None if whole else {"delivery": DELIVERY_CUT}
                     if files:
                         await self.adapter.send_files(msg.chat_id, files, thread_id=msg.thread_id)
+                    if marks and marks.get("delivery") == DELIVERY_CUT:
+                        # The first part went out; the whole reply follows as a file. If that
+                        # fails the reply stays marked "cut" (the person has the first part).
+                        try:
+                            await self.adapter.send_files(
+                                msg.chat_id, [whole_reply_file(text)], thread_id=msg.thread_id
+                            )
+                        except PlatformError as exc:
+                            log.warning("%s: could not send a cut reply whole as a file: %s",
+                                        self.platform, exc)  # fmt: skip
                     return marks
 
                 async with typing:
@@ -443,6 +460,12 @@ class Bot:
                      stats.model_seconds, total, outcome)  # fmt: skip
             if stream is not None:
                 await stream.close()  # a turn that ended without its final text
+
+
+def whole_reply_file(text: str) -> tuple[Attachment, bytes]:
+    """A reply too long for the chat, whole, as a Markdown file to send after its cut part."""
+    data = text.encode("utf-8")
+    return Attachment("file", "text/markdown", "reply.md", len(data)), data
 
 
 async def run_until_signal(

@@ -215,9 +215,10 @@ class BotOS:
         return self._session
 
     def add_bot(self, bot: Bot) -> None:
-        """Add a bot. It is moved onto this BotOS's session manager (and duplicate
-        filter) when it was built with its own default one; a bot built with a
-        different ``session=`` is refused.
+        """Add a bot. It is moved onto this BotOS's session manager when it was
+        built with its own default one (a bot built with a different
+        ``session=`` is refused), and onto its duplicate filter unless built with
+        its own ``gate=``.
         """
         if bot.platform in self.bots:
             raise ConfigError(f"platform {bot.platform!r} is configured twice")
@@ -226,6 +227,7 @@ class BotOS:
                 f"the {bot.platform} bot has its own session manager; build it with "
                 "session=botos.session so every platform shares one history"
             )
+        bot.use_gate(self._gate)  # a message is answered once across bots and hosts
         bot.use_commands(self.commands)  # /link across platforms needs the shared flow
         bot.use_metrics(self.metrics)
         if isinstance(self.metrics, Metrics):

@@ -315,6 +315,10 @@ def _ident(entry: HistoryEntry | None) -> tuple[float, str] | None:
 
 
 def _cost(entry: HistoryEntry) -> int:
+    if not (entry.mirror or entry.attachments or entry.metadata):
+        # A plain entry's text is its content (entry_text adds nothing): the hot path of
+        # every turn, without building the labelled text of each loaded entry.
+        return tokens.estimate(entry.content) + 4
     return tokens.estimate(entry_text(entry)) + 4
 
 

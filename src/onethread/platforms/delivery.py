@@ -88,7 +88,7 @@ def split_message(text: str, limit: int) -> list[str]:
     return chunks
 
 
-CUT_NOTE = "[This reply was too long to send in full and was cut here.]"
+CUT_NOTE = "[Too long to send in full: cut here. The whole reply follows as a file.]"
 """Ends the last message of a reply cut by :func:`cap_messages`."""
 
 
@@ -97,8 +97,8 @@ def cap_messages(text: str, limit: int, max_messages: int) -> tuple[list[str], b
 
     A reply longer than ``max_messages`` messages goes out as its first part:
     the last message is shortened (at a paragraph, line or word) to make room
-    for :data:`CUT_NOTE`, so the person knows the rest is missing. (Once
-    outbound attachments exist, the whole text should follow as a file.)
+    for :data:`CUT_NOTE`, so the person knows the rest is missing. The bot
+    then sends the whole text as a file (``reply.md``, ``Bot``'s turn delivery).
     """
     if max_messages < 1:
         raise ValueError("max_messages must be at least 1")

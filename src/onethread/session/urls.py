@@ -189,11 +189,13 @@ class Coordination:
                 await close()
 
 
-def open_coordination(url: str | None) -> Coordination:
+def open_coordination(url: str | None, **options: Any) -> Coordination:
     """Turn locks, duplicate filter and outbox for a history store URL.
 
     A Redis or PostgreSQL URL gets the shared versions on the same server (so
     several hosts serve one set of users); anything else the in-process ones.
+    ``options`` (e.g. ``prefix=`` on Redis, ``schema=`` on PostgreSQL) go to
+    each shared part, as they go to the history store of the same URL.
     """
     scheme = url.partition(":")[0].lower() if url else ""
     if scheme in ("redis", "rediss"):
@@ -201,11 +203,15 @@ def open_coordination(url: str | None) -> Coordination:
         filt = _optional(".locks.redis", "RedisDuplicateFilter", "redis", "Redis")
         outbox = _optional(".outbox.redis", "RedisOutbox", "redis", "the Redis outbox")
         assert url is not None
-        return Coordination(locks_mod(url), filt(url), outbox(url), True)
+        return Coordination(
+            locks_mod(url, **options), filt(url, **options), outbox(url, **options), True
+        )
     if scheme in ("postgresql", "postgres"):
         locks_mod = _optional(".locks.postgres", "PostgresTurnLocks", "postgres", "PostgreSQL")
         filt = _optional(".locks.postgres", "PostgresDuplicateFilter", "postgres", "PostgreSQL")
         outbox = _optional(".outbox.postgres", "PostgresOutbox", "postgres", "PostgreSQL")
         assert url is not None
-        return Coordination(locks_mod(url), filt(url), outbox(url), True)
+        return Coordination(
+            locks_mod(url, **options), filt(url, **options), outbox(url, **options), True
+        )
     return Coordination(LocalTurnLocks(), LocalDuplicateFilter(), None, False)

@@ -8,12 +8,22 @@ fields with U+FFFD (the other stores keep them). The schema and tables are creat
 use; the version lives in ``{schema}.onethread_schema_version`` (component
 ``history``) and a newer one than this code knows is a ``SchemaVersionError``.
 
-Each call is one transaction on a pooled connection (psycopg 3, async), so an
-``append`` lands whole or not at all and a ``merge`` is one ``UPDATE``.
+Each call is one transaction on a pooled connection (psycopg 3, async; one
+statement in autocommit mode, so a read is one round trip), so an
+``append`` lands whole or not at all and a ``merge`` is one ``UPDATE``, with
+one exception that keeps both promises: concurrent ``append`` calls are
+group-committed. Appends that arrive while earlier ones are being written
+are queued and then written together, in one transaction, whose commit
+answers all of them (as the SQLite store does). If the server refuses that
+transaction, each of its appends is retried in a transaction of its own, so
+an error reaches only the append that caused it and the others still land
+whole; if the connection is lost (the commit's outcome unknown), every
+append of the group gets the error, as a lone append would.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,6 +105,93 @@ def _entry_to_row(key: str, e: HistoryEntry) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+_Pending = tuple[list[tuple[Any, ...]], "asyncio.Future[None]"]
+
+
+class _Pool:
+    """A connection pool with the group commit of appends (see the module docstring).
+
+    At most ``max_inflight`` group transactions run at once; appends arriving
+    meanwhile wait in ``_queue`` and go together in the next one. Touched only
+    from the pool's own event loop.
+    """
+
+    def __init__(
+        self, pool: psycopg_pool.AsyncConnectionPool[Any], insert: Any, max_inflight: int
+    ) -> None:
+        self.pool = pool
+        self._insert = insert
+        self._max = max(1, max_inflight)
+        self._queue: list[_Pending] = []
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def append(self, rows: list[tuple[Any, ...]]) -> asyncio.Future[None]:
+        """Queue ``rows`` (one append); the future is done once they are committed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((rows, fut))
+        self._start()
+        return fut
+
+    def _start(self) -> None:
+        while self._queue and self._inflight < self._max:
+            batch, self._queue = self._queue, []
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._flush(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(self._insert, rows)
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        try:
+            await self._commit(batch)
+        except BaseException as exc:
+            error: BaseException = exc
+            if isinstance(exc, asyncio.CancelledError):
+                error = psycopg.OperationalError("the history store was closed mid-write")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._inflight -= 1
+            self._start()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self._write([row for rows, _ in batch for row in rows])
+        except psycopg.Error as exc:
+            # Retried one by one only when the server refused the transaction (an
+            # error with a SQLSTATE: nothing was committed). A lost connection
+            # leaves the commit's outcome unknown: retrying could store twice.
+            if len(batch) == 1 or exc.sqlstate is None:
+                raise
+            # One bad append must not fail the others: each in its own transaction.
+            for rows, fut in batch:
+                try:
+                    await self._write(rows)
+                except psycopg.Error as one:
+                    if not fut.done():
+                        fut.set_exception(one)
+                else:
+                    if not fut.done():
+                        fut.set_result(None)
+            return
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def close(self) -> None:
+        """Wait for the group transactions in flight, then close the pool."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.pool.close()
+
+
 class PostgresHistoryStore:
     """History in PostgreSQL, shared by every host that uses the same database and schema.
 
@@ -131,24 +228,27 @@ class PostgresHistoryStore:
         s = sql.Identifier(schema)
         self._q = {name: sql.SQL(q).format(s=s) for name, q in _QUERIES.items()}
         self._ddl = [sql.SQL(q).format(s=s) for q in _DDL]
-        self._pools: PerLoop[psycopg_pool.AsyncConnectionPool[Any]] = PerLoop(
+        self._pools: PerLoop[_Pool] = PerLoop(
             self._open, self._close_pool, what="this history store"
         )
 
-    async def _open(self, home: bool) -> psycopg_pool.AsyncConnectionPool[Any]:
-        return await open_pool(
+    async def _open(self, home: bool) -> _Pool:
+        pool = await open_pool(
             self.url, self.schema, "history", SCHEMA_VERSION, self._ddl,
             min_size=self._sizes[0] if home else 0,
             max_size=self._sizes[1] if home else 1,
-            timeout=self._timeout,
+            timeout=self._timeout, autocommit=True,
         )  # fmt: skip
+        # Leave connections for loads while group transactions write.
+        return _Pool(pool, self._q["insert"], max(1, self._sizes[1] // 3))
 
     @staticmethod
-    async def _close_pool(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+    async def _close_pool(pool: _Pool) -> None:
         await pool.close()
 
     async def _fetch(self, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        async with self._pools.borrow() as pool:
+        async with self._pools.borrow() as wrapped:
+            pool = wrapped.pool
             try:
                 async with pool.connection() as conn:
                     cur = await conn.execute(self._q[query], args)
@@ -158,7 +258,8 @@ class PostgresHistoryStore:
                 raise store_error(self.url, exc) from exc
 
     async def _write(self, query: str, args: tuple[Any, ...]) -> int:
-        async with self._pools.borrow() as pool:
+        async with self._pools.borrow() as wrapped:
+            pool = wrapped.pool
             try:
                 async with pool.connection() as conn:
                     cur = await conn.execute(self._q[query], args)
@@ -177,14 +278,14 @@ class PostgresHistoryStore:
         return [_row_to_entry(r) for r in rows]
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
-        """Append ``entries`` to ``key`` in one transaction."""
+        """Append ``entries`` to ``key`` in one transaction (shared with concurrent
+        appends: group commit, see the module docstring)."""
         if not entries:
             return
         rows = [_entry_to_row(key, e) for e in entries]
         async with self._pools.borrow() as pool:
             try:
-                async with pool.connection() as conn, conn.cursor() as cur:
-                    await cur.executemany(self._q["insert"], rows)
+                await pool.append(rows)
             except psycopg.Error as exc:
                 raise store_error(self.url, exc) from exc
 

@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from .._conn.redis import (
+    Batched,
     LuaScript,
     RedisError,
     async_client,
     check_pool_options,
-    redis,
     store_error,
     upgrade_layout_async,
     validate_prefix,
@@ -93,6 +93,38 @@ def _decode(member: str) -> HistoryEntry:
     return HistoryEntry.from_dict(json.loads(body))
 
 
+_DECODED_MAX = 50_000  # entries whose decoded form a store keeps (a few MB)
+
+
+class _Decoded:
+    """Decoded entries by member string, bounded, oldest insertions dropped first.
+
+    A member (``"{seq:016d}|{json}"``) is never rewritten: a new entry gets a
+    new sequence number, so the decoded form of a member is valid forever and
+    on every host. Loads still read the members from Redis (the source of
+    truth); only the JSON decoding of entries already seen is skipped.
+    ``HistoryEntry`` is frozen, so one instance can be shared by many loads.
+    Concurrency: one event loop at a time; dict operations are atomic in CPython.
+    """
+
+    def __init__(self, limit: int = _DECODED_MAX) -> None:
+        self._limit = limit
+        self._entries: dict[str, HistoryEntry] = {}
+
+    def decode(self, members: list[str]) -> list[HistoryEntry]:
+        known = self._entries
+        out = []
+        for member in members:
+            entry = known.get(member)
+            if entry is None:
+                entry = _decode(member)
+                if len(known) >= self._limit:
+                    del known[next(iter(known))]
+                known[member] = entry
+            out.append(entry)
+        return out
+
+
 class RedisHistoryStore:
     """History in Redis, shared by every host that uses the same server and prefix.
 
@@ -125,11 +157,12 @@ class RedisHistoryStore:
             }
         )
         self._k = f"{prefix}history:"
-        self._clients: PerLoop[redis.asyncio.Redis] = PerLoop(
+        self._decoded = _Decoded()
+        self._clients: PerLoop[Batched] = PerLoop(
             self._open, self._close_client, what="this history store"
         )
 
-    async def _open(self, home: bool) -> redis.asyncio.Redis:
+    async def _open(self, home: bool) -> Batched:
         client = async_client(self.url, self._options)
         try:
             await upgrade_layout_async(client, self._k + "layout", LAYOUT_VERSION, self.url)
@@ -138,10 +171,10 @@ class RedisHistoryStore:
             if isinstance(exc, RedisError):
                 raise store_error(self.url, exc) from exc
             raise
-        return client
+        return Batched(client)
 
     @staticmethod
-    async def _close_client(client: redis.asyncio.Redis) -> None:
+    async def _close_client(client: Batched) -> None:
         await client.aclose()
 
     def _entries(self, key: str) -> str:
@@ -157,10 +190,12 @@ class RedisHistoryStore:
         start = 0 if limit is None else -limit
         async with self._clients.borrow() as client:
             try:
-                members = cast(list[str], await client.zrange(self._entries(key), start, -1))
+                members = cast(
+                    list[str], await client.call("ZRANGE", self._entries(key), start, -1)
+                )
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc
-        return [_decode(m) for m in members]
+        return self._decoded.decode(members)
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
         """Append ``entries`` to ``key`` atomically (one Lua script)."""
@@ -195,7 +230,7 @@ class RedisHistoryStore:
         """How many entries ``key`` holds."""
         async with self._clients.borrow() as client:
             try:
-                return int(await client.zcard(self._entries(key)))
+                return int(await client.client.zcard(self._entries(key)))
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc
 
@@ -203,7 +238,8 @@ class RedisHistoryStore:
         """The most recently used sessions, newest first."""
         if limit <= 0:
             return []
-        async with self._clients.borrow() as client:
+        async with self._clients.borrow() as batched:
+            client = batched.client
             try:
                 top = cast(
                     list[tuple[str, float]],
@@ -233,6 +269,6 @@ class RedisHistoryStore:
     async def _run(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
         async with self._clients.borrow() as client:
             try:
-                return await script.run(client, keys, args)
+                return await script.call(client, keys, args)
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc

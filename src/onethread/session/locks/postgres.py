@@ -92,6 +92,66 @@ class _LockSession:
         self.answered = time.monotonic()
         self._reconnect = asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
+        s = sql.Identifier(schema)
+        # Batched: every lock call queued while one is on the wire goes in the next.
+        self._try = sql.SQL(
+            "SELECT CASE WHEN pg_try_advisory_lock(k) THEN nextval('{}.onethread_lock_fence') END "
+            "FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i) ORDER BY i"
+        ).format(s)
+        self._unlock = sql.SQL(
+            "SELECT pg_advisory_unlock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i) "
+            "ORDER BY i"
+        )
+        self._queue: list[tuple[Any, bool, int, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def call(
+        self, conn: psycopg.AsyncConnection[tuple[Any, ...]], take: bool, number: int
+    ) -> asyncio.Future[Any]:
+        """Try to take (``take``) or give back advisory lock ``number`` on ``conn``.
+
+        The future gets the fencing token (None if another session holds the
+        lock) or the unlock's boolean. Calls queued while a statement is on
+        the wire share the next one: the lock connection is one per process,
+        so without this every turn's lock calls would queue behind each other's
+        round trips (group commit, for locks).
+        """
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((conn, take, number, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return fut
+
+    async def _flush(self) -> None:
+        while self._queue:
+            conn = self._queue[0][0]
+            batch = [item for item in self._queue if item[0] is conn]
+            self._queue = [item for item in self._queue if item[0] is not conn]
+            for take, statement in ((False, self._unlock), (True, self._try)):
+                part = [item for item in batch if item[1] is take]
+                if part:
+                    await self._run(conn, statement, part)
+
+    async def _run(
+        self, conn: psycopg.AsyncConnection[tuple[Any, ...]], statement: Any, part: list[Any]
+    ) -> None:
+        try:
+            cur = await conn.execute(statement, ([n for _, _, n, _ in part],))
+            rows = await cur.fetchall()
+        except BaseException as exc:
+            error: BaseException = exc
+            if isinstance(exc, asyncio.CancelledError):
+                error = psycopg.OperationalError("the turn locks were closed")
+            for *_, fut in part:
+                if not fut.done():
+                    fut.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.answered = time.monotonic()
+        for (*_, fut), row in zip(part, rows, strict=True):
+            if not fut.done():
+                fut.set_result(row[0])
 
     async def connection(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
         """The live connection; a dead one loses its leases and is replaced."""
@@ -170,6 +230,8 @@ class _LockSession:
         """Stop the watchdog and close the connection (the server frees every lock)."""
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.gather(self._flusher, return_exceptions=True)
         if self.conn is not None:
             await self.conn.close()
 
@@ -200,9 +262,6 @@ class PostgresTurnLocks:
     def __init__(self, url: str, *, schema: str = "public", check_interval: float = 2.0) -> None:
         self.url = url
         self.schema = validate_schema(schema)
-        self._fence = sql.SQL("SELECT nextval('{}.onethread_lock_fence')").format(
-            sql.Identifier(schema)
-        )
 
         async def create(home: bool) -> _LockSession:
             session = _LockSession(url, schema, check_interval)
@@ -252,21 +311,20 @@ class PostgresTurnLocks:
         while True:
             conn = await session.connection()
             try:
-                cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (number,))
-                row = await cur.fetchone()
-                session.answered = time.monotonic()
-                if row is not None and row[0]:
-                    try:
-                        cur = await conn.execute(self._fence)
-                        fence_row = await cur.fetchone()
-                    except BaseException:
-                        await self._release(session, conn, key, number)
-                        raise
-                    lease = Lease(key, str(number), int(fence_row[0]) if fence_row else 0)
-                    session.held[number] = lease
-                    return lease, conn
-            except psycopg.Error as exc:
-                raise store_error(self.url, exc) from exc
+                # One round trip, shared with concurrent calls: the lock, and
+                # its fencing token only when it was taken.
+                fence = await session.call(conn, True, number)
+            except BaseException as exc:
+                # A session lock taken by a statement that then failed (or whose
+                # answer never came) stays taken: give it back before leaving.
+                await self._release(session, conn, key, number)
+                if isinstance(exc, psycopg.Error):
+                    raise store_error(self.url, exc) from exc
+                raise
+            if fence is not None:
+                lease = Lease(key, str(number), int(fence))
+                session.held[number] = lease
+                return lease, conn
             await asyncio.sleep(wait)
             wait = min(wait * 1.5, _WAIT_MAX)
 
@@ -280,8 +338,7 @@ class PostgresTurnLocks:
         if conn.closed or conn.broken:
             return  # the session is gone, and its locks with it
         try:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (number,))
-            session.answered = time.monotonic()
+            await session.call(conn, False, number)
         except psycopg.Error as exc:
             error = store_error(self.url, exc)
             if isinstance(error, StoreUnavailable):  # an outage: one line for all of it
@@ -330,6 +387,7 @@ class PostgresDuplicateFilter:
             return await open_pool(
                 url, schema, "locks", SCHEMA_VERSION, _ddl(schema),
                 min_size=1 if home else 0, max_size=max_size if home else 1, timeout=30.0,
+                autocommit=True,  # the INSERT stands alone (as does the cleanup)
             )  # fmt: skip
 
         async def destroy(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:

@@ -27,11 +27,11 @@ from typing import Any
 
 from ...errors import StoreUnavailable
 from .._conn.redis import (
+    Batched,
     LuaScript,
     RedisError,
     async_client,
     check_pool_options,
-    redis,
     reraise_swallowed_cancel,
     store_error,
     validate_prefix,
@@ -70,16 +70,17 @@ return 0
 _WAIT_MIN, _WAIT_MAX = 0.002, 0.025
 
 
-class _Clients(PerLoop["redis.asyncio.Redis"]):
-    """``redis.asyncio`` clients per event loop (see ``PerLoop``)."""
+class _Clients(PerLoop[Batched]):
+    """``redis.asyncio`` clients per event loop (see ``PerLoop``), whose
+    concurrent calls share pipelines (see ``Batched``)."""
 
     def __init__(self, url: str, options: dict[str, Any], what: str) -> None:
         check_pool_options(options)
 
-        async def create(home: bool) -> redis.asyncio.Redis:
-            return async_client(url, options)
+        async def create(home: bool) -> Batched:
+            return Batched(async_client(url, options))
 
-        async def destroy(client: redis.asyncio.Redis) -> None:
+        async def destroy(client: Batched) -> None:
             await client.aclose()
 
         super().__init__(create, destroy, what=what)
@@ -159,7 +160,7 @@ class RedisTurnLocks:
     def _key(self, key: str) -> str:
         return f"{self.prefix}lock:{key}"
 
-    async def _acquire(self, client: redis.asyncio.Redis, key: str) -> tuple[Lease, float]:
+    async def _acquire(self, client: Batched, key: str) -> tuple[Lease, float]:
         """Poll until the lock is ours; return the lease and when it runs out (monotonic)."""
         token = uuid.uuid4().hex
         keys = [self._key(key), self._key(key) + ":fence"]
@@ -168,7 +169,7 @@ class RedisTurnLocks:
             reraise_swallowed_cancel()
             sent = time.monotonic()
             try:
-                fence, left_ms = await _ACQUIRE.run(client, keys, [token, self._lease_ms])
+                fence, left_ms = await _ACQUIRE.call(client, keys, [token, self._lease_ms])
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc
             if fence:
@@ -177,7 +178,7 @@ class RedisTurnLocks:
             await asyncio.sleep(min(wait, left))
             wait = min(wait * 1.5, _WAIT_MAX)
 
-    async def _renew(self, client: redis.asyncio.Redis, lease: Lease, valid_until: float) -> None:
+    async def _renew(self, client: Batched, lease: Lease, valid_until: float) -> None:
         """Extend the lease every ``lease/3`` s; mark it lost if that fails until it runs out.
 
         ``valid_until`` is counted from when the request that set the expiry
@@ -194,7 +195,9 @@ class RedisTurnLocks:
                 return
             try:
                 still_ours = await asyncio.wait_for(
-                    _RENEW.run(client, [self._key(lease.key)], [lease.token, self._lease_ms]),
+                    _RENEW.run(
+                        client.client, [self._key(lease.key)], [lease.token, self._lease_ms]
+                    ),
                     timeout=valid_until - sent - margin,
                 )
             except (RedisError, OSError, TimeoutError) as exc:
@@ -206,9 +209,9 @@ class RedisTurnLocks:
                 return
             valid_until, interval = sent + self.lease_seconds, self.lease_seconds / 3
 
-    async def _release(self, client: redis.asyncio.Redis, lease: Lease) -> None:
+    async def _release(self, client: Batched, lease: Lease) -> None:
         try:
-            await _RELEASE.run(client, [self._key(lease.key)], [lease.token])
+            await _RELEASE.call(client, [self._key(lease.key)], [lease.token])
         except RedisError as exc:
             # Not fatal: the lock expires with its lease; other hosts wait until then.
             error = store_error(self.url, exc)
@@ -242,11 +245,13 @@ class RedisDuplicateFilter:
         """Record ``message_key``; True if no host had recorded it within ``ttl``."""
         async with self._clients.borrow() as client:
             try:
-                added = await client.set(
+                added = await client.call(
+                    "SET",
                     f"{self.prefix}seen:{message_key}",
                     1,
-                    nx=True,
-                    px=max(1, round(self.ttl * 1000)),
+                    "NX",
+                    "PX",
+                    max(1, round(self.ttl * 1000)),
                 )
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc
