@@ -136,9 +136,11 @@ class Compaction:
     ) -> tuple[list[HistoryEntry], int, bool]:
         """Entries newer than ``after`` fitting ``room`` (oldest first), their cost, and
         whether more were left out (by ``room`` or ``cap``)."""
-        size = _FIRST_PAGE if cap is None else min(_FIRST_PAGE, cap)
+        # With a cap, one entry more than the cap is read: whether it exists says whether
+        # more were left out, without a count() of the whole session on every turn.
+        size = _FIRST_PAGE if cap is None else min(_FIRST_PAGE, cap + 1)
         while True:
-            page = await self.manager.store.load(key, size) if size else []
+            page = await self.manager.store.load(key, size)
             picked: list[HistoryEntry] = []
             used = 0
             stop = full = False
@@ -152,9 +154,7 @@ class Compaction:
                     break
                 picked.append(entry)
                 used += cost
-            if stop or len(page) < size or (cap is not None and size >= cap):
-                if cap is not None and len(page) == size and not stop and size >= cap:
-                    full = await self.manager.store.count(key) > size
+            if stop or len(page) < size or (cap is not None and size > cap):
                 picked.reverse()
                 return picked, used, full
             size *= 4
