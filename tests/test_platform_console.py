@@ -274,7 +274,10 @@ def test_terminal_chat_keeps_lines_one_banner_and_help_names_quit(tmp_path: Path
         "/new: start a fresh conversation",
         "/quit: leave the chat (Ctrl-D too)",
     ]
-    lines = [line.strip() for line in screen.splitlines()]
+    # A prompt drawn by the input thread can land just before a reply's first line (a
+    # known race between readline's prompt and the loop's output: cosmetic, noted in the
+    # issue); the lines themselves must still stand apart.
+    lines = [line.strip().removeprefix("> ") for line in screen.splitlines()]
     for line in help_lines:
         assert line in lines, f"{line!r} is not a line of its own in {screen!r}"
     assert "No language model is configured, so this is an automatic reply." in lines
