@@ -357,3 +357,36 @@ async def test_approval_with_a_full_pairing_store(caplog: pytest.LogCaptureFixtu
     assert texts[1:] == ["This bot is not taking new users right now. Please try again later."] * 3
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert sum("access.max_codes" in w for w in warnings) == 1
+
+
+async def test_a_revoke_from_the_cli_reaches_a_running_bot(tmp_path: Path) -> None:
+    """An approval is cached for ``recheck`` seconds only: a revoke made by
+    ``onethread access revoke`` (another process, same file) stops a running bot
+    from serving the sender once that time has passed."""
+    now = [1000.0]
+    store = PairingStore(tmp_path / "pairing.db")
+    store.approve("telegram", "guest")
+    adapter = FakeAdapter("telegram")
+    agent = RecordingAgent()
+    policy = ApprovalPolicy(store, owners=["owner"], recheck=10.0, clock=lambda: now[0])
+    bot = Bot("telegram", agent, adapter=adapter, store="memory://", access=policy)
+    task = asyncio.create_task(bot.start())
+    await bot.ready.wait()
+    await adapter.inject("one", user="guest")
+    await adapter.wait_sent(1)
+    assert PairingStore(tmp_path / "pairing.db").revoke("telegram", "guest")
+    await adapter.inject("two", user="guest")  # within the recheck time: still cached
+    await adapter.wait_sent(2)
+    now[0] += 10.5
+    await adapter.inject("three", user="guest")
+    await adapter.wait_sent(3)
+    await bot.stop()
+    await task
+    assert [s.text for s in adapter.sent[:2]] == ["reply:one", "reply:two"]
+    assert "approve telegram" in adapter.sent[2].text
+    assert len(agent.calls) == 2
+
+
+def test_a_negative_recheck_is_refused() -> None:
+    with pytest.raises(ValueError, match="recheck"):
+        ApprovalPolicy(PairingStore(":memory:"), recheck=-1)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 from ..errors import ConfigError
@@ -26,6 +27,8 @@ from ..platforms.registry import PLATFORMS
 from ..session._conn.shared import who
 from ..session.pairing import PairingStore, format_code
 from ._throttle import LogThrottle
+
+_APPROVED_CACHE_MAX = 100_000  # cached approvals before expired ones are swept
 
 __all__ = [
     "APPROVAL_PURPOSE",
@@ -104,9 +107,11 @@ class AllowlistPolicy:
 class ApprovalPolicy:
     """Unknown senders need an owner's approval, given with a pairing code.
 
-    ``_approved`` caches approvals seen by this process (touched on the loop
-    thread only); a miss is checked against the shared store, so an approval
-    made by the CLI in another process is honoured on the sender's next message.
+    ``_approved`` caches approvals seen by this process for ``recheck``
+    seconds (default 10; touched on the loop thread only). A miss is checked
+    against the shared store, so an approval made by the CLI in another
+    process is honoured on the sender's next message, and ``onethread access
+    revoke`` reaches a running server within ``recheck`` seconds.
     """
 
     def __init__(
@@ -115,11 +120,17 @@ class ApprovalPolicy:
         *,
         owners: Iterable[str] = (),
         max_pending: int = 100,
+        recheck: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if recheck < 0:
+            raise ValueError("recheck must be >= 0 seconds (0: ask the store on every message)")
         self._store = store
         self.owners = frozenset(str(x) for x in owners)
         self.max_pending = max_pending
-        self._approved: set[tuple[str, str]] = set()
+        self.recheck = recheck
+        self._clock = clock
+        self._approved: dict[tuple[str, str], float] = {}  # account -> when to ask again
         self._told = _Told()
         self._warnings = LogThrottle(log)
 
@@ -133,11 +144,17 @@ class ApprovalPolicy:
     async def check(self, msg: Inbound) -> str | None:
         """Serve owners and approved senders; give an unknown DM sender one code."""
         account = (msg.platform, msg.user_id)
-        if msg.user_id in self.owners or account in self._approved:
+        if msg.user_id in self.owners:
+            return None
+        now = self._clock()
+        if self._approved.get(account, 0.0) > now:
             return None
         if await asyncio.to_thread(self.store.is_approved, *account):
-            self._approved.add(account)
+            if len(self._approved) >= _APPROVED_CACHE_MAX:
+                self._approved = {a: t for a, t in self._approved.items() if t > now}
+            self._approved[account] = now + self.recheck
             return None
+        self._approved.pop(account, None)
         if msg.chat_type != "dm":
             return ""
         issued = await asyncio.to_thread(
