@@ -412,6 +412,34 @@ async def test_a_one_megabyte_reply_goes_out_as_ten_messages_with_a_cut_note(
     assert whole.data == reply.content.encode()
 
 
+async def test_a_notify_too_long_for_the_chat_is_marked_cut_and_sent_whole_as_a_file(
+    fake: FakeTelegram,
+) -> None:
+    """notify() (and Bot.send) cut a long text at the message cap like a reply does:
+    the whole text follows as reply.md and the mirrored entry is marked cut."""
+    bot = Bot("telegram", RecordingAgent(), token=fake.token, base_url=fake.base_url,
+              retry_policy=FAST, gc_freeze=False)  # fmt: skip
+    botos = BotOS(RecordingAgent(), bots=[bot], store="memory://", gc_freeze=False)
+    runner = asyncio.create_task(botos.start())
+    long_text = "\n\n".join(f"{n}. " + "word " * 200 for n in range(100))  # ~100 KB
+    try:
+        await botos.wait_ready(10)
+        fake.inject_message(42, "hi")
+        await stored(botos.session, "42", 2)
+        await botos.notify("telegram:42", "short one")
+        await botos.notify("telegram:42", long_text)
+        entries = await botos.session.history("42", platform="telegram", chat_id="42")
+    finally:
+        await botos.stop()
+        await runner
+    mirrored = {e.content: e for e in entries if e.mirror}
+    assert mirrored["short one"].metadata.get("delivery") is None
+    assert mirrored[long_text].metadata["delivery"] == "cut"
+    assert fake.sent[-1].text.endswith(CUT_NOTE)
+    [whole] = fake.sent_files
+    assert (whole.filename, whole.data) == ("reply.md", long_text.encode())
+
+
 async def test_refused_outbox_item_is_acknowledged_and_mirrored_failed_on_redis() -> None:
     """Host B serves the platform from a real Redis outbox; the platform refuses the
     message: it is recorded as not delivered, once, and not handed out again."""

@@ -277,15 +277,27 @@ class Bot:
         ``Adapter.send_files``. ``text`` may be empty when files are sent.
         """
         files = await self._session.store_files(attachments) if attachments else ()
-        ids = (
-            await self.adapter.send(str(chat_id), text, thread_id=thread_id or "")
-            if (text or not files)
-            else []
-        )
+        chat, thread = str(chat_id), thread_id or ""
+        ids = await self.adapter.send(chat, text, thread_id=thread) if (text or not files) else []
         if files:
             pairs = await self._session.file_bytes(files)
-            ids += await self.adapter.send_files(str(chat_id), pairs, thread_id=thread_id or "")
+            ids += await self.adapter.send_files(chat, pairs, thread_id=thread)
+        if not self.fits(text):
+            await self._send_whole(chat, text, thread)
         return ids
+
+    def fits(self, text: str) -> bool:
+        """True when ``text`` goes out whole; False when :meth:`send` cuts it at the
+        platform's message cap (the whole text then follows as ``reply.md``)."""
+        return self.adapter.fits(text)
+
+    async def _send_whole(self, chat_id: str, text: str, thread_id: str) -> None:
+        """Send a cut text whole as a Markdown file; a failure is logged, not raised
+        (the person has the first part; the history says the text was cut)."""
+        try:
+            await self.adapter.send_files(chat_id, [whole_reply_file(text)], thread_id=thread_id)
+        except PlatformError as exc:
+            log.warning("%s: could not send a cut reply whole as a file: %s", self.platform, exc)
 
     # -- the turn --------------------------------------------------------------
 
@@ -391,15 +403,8 @@ class Bot:
                     if files:
                         await self.adapter.send_files(msg.chat_id, files, thread_id=msg.thread_id)
                     if marks and marks.get("delivery") == DELIVERY_CUT:
-                        # The first part went out; the whole reply follows as a file. If that
-                        # fails the reply stays marked "cut" (the person has the first part).
-                        try:
-                            await self.adapter.send_files(
-                                msg.chat_id, [whole_reply_file(text)], thread_id=msg.thread_id
-                            )
-                        except PlatformError as exc:
-                            log.warning("%s: could not send a cut reply whole as a file: %s",
-                                        self.platform, exc)  # fmt: skip
+                        # The first part went out; the whole reply follows as a file.
+                        await self._send_whole(msg.chat_id, text, msg.thread_id)
                     return marks
 
                 async with typing:
@@ -460,6 +465,12 @@ class Bot:
                      stats.model_seconds, total, outcome)  # fmt: skip
             if stream is not None:
                 await stream.close()  # a turn that ended without its final text
+
+
+def cut_marks(bot: Bot, text: str) -> dict[str, str]:
+    """History metadata for ``text`` sent by ``bot``: ``{"delivery": "cut"}`` when the
+    chat got only its first part (the whole text followed as a file), else ``{}``."""
+    return {} if bot.fits(text) else {"delivery": DELIVERY_CUT}
 
 
 def whole_reply_file(text: str) -> tuple[Attachment, bytes]:

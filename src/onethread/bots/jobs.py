@@ -34,6 +34,7 @@ from ..session.jobs.timing import zone
 from ..session.jobs.when import make_job
 from ..session.outbox import OutboxItem
 from ..session.validation import validate_platform
+from .bot import cut_marks
 from .scheduler import Scheduler, Undelivered
 
 if TYPE_CHECKING:
@@ -199,7 +200,7 @@ class JobService:
             # A send whose outcome is unknown may have arrived: never sent twice.
             retry = not isinstance(exc, OutcomeUnknown)
             raise Undelivered(exc, pending_reply=text if job.prompt else "", retry=retry) from exc
-        await self._record(job, text, text, meta)
+        await self._record(job, text, text, {**meta, **cut_marks(bot, text)})
 
     async def _record(self, job: Job, text: str, reply: str, meta: dict[str, Any]) -> None:
         """Put what was sent into the person's history. Never raises: the message
