@@ -119,6 +119,7 @@ class FakeSignalCli:
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self._held: list[dict[str, Any]] = []  # envelopes waiting for a client
+        self._tasks: set[asyncio.Future[None]] = set()  # requests being handled
         self._clock = itertools.count(int(time.time() * 1000))
         self.people: dict[str, Person] = {self.me.uuid: self.me}
         self.groups: dict[str, Group] = {}
@@ -126,6 +127,7 @@ class FakeSignalCli:
         self.calls: list[Call] = []
         self.sent: list[Sent] = []
         self.failures: dict[str, list[Failure]] = {}
+        self.stalled: set[str] = set()  # methods never answered (a daemon stuck mid-call)
         self._changed = asyncio.Condition()
         self.connections = 0
 
@@ -147,6 +149,8 @@ class FakeSignalCli:
         for writer in list(self._clients):
             writer.close()
         self._clients.clear()
+        for task in list(self._tasks):
+            task.cancel()
         if server is not None:
             await server.wait_closed()
 
@@ -171,7 +175,9 @@ class FakeSignalCli:
                 if not line:
                     break
                 # signal-cli runs each request on its own (virtual) thread.
-                asyncio.ensure_future(self._handle_line(writer, line))
+                task = asyncio.ensure_future(self._handle_line(writer, line))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         finally:
             self._clients.discard(writer)
             writer.close()
@@ -218,6 +224,8 @@ class FakeSignalCli:
             failure = scripted.pop(0)
             self._write(writer, _error(request_id, failure.code, failure.message, failure.data))
             return
+        if method in self.stalled:
+            await asyncio.Event().wait()  # until the connection or the server goes
         handler = getattr(self, f"_rpc_{method}", None)
         if handler is None or (method == "listAccounts" and not self.multi_account):
             self._write(writer, _error(request_id, -32601, "Method not implemented"))

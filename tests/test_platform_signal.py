@@ -16,7 +16,13 @@ from helpers import RecordingAgent
 from onethread.agent.files import File
 from onethread.bots import Bot
 from onethread.bots.supervisor import Backoff
-from onethread.errors import BadRequest, ConfigError, PlatformAuthError, PlatformUnavailable
+from onethread.errors import (
+    BadRequest,
+    ConfigError,
+    OutcomeUnknown,
+    PlatformAuthError,
+    PlatformUnavailable,
+)
 from onethread.platforms.signal import SignalAdapter
 from onethread.platforms.web import WebAdapter
 from test_blobs import png
@@ -382,3 +388,45 @@ async def _web_reply(ws: aiohttp.ClientWebSocketResponse) -> str:
         if frame.get("type") == "message" and frame.get("role") == "assistant":
             await ws.send_json({"type": "ack", "id": frame["id"]})
             return str(frame["text"])
+
+
+async def test_a_send_cut_off_by_the_daemon_going_away_is_not_repeated(
+    daemon: FakeSignalCli, served: Bot
+) -> None:
+    alice = daemon.person("Alice", "+15550001111")
+    daemon.stalled.add("send")
+    sending = asyncio.create_task(served.send(alice.uuid, "did this arrive?"))
+    await daemon.wait_for_call("send")
+    await daemon.stop()
+    with pytest.raises(OutcomeUnknown, match="no answer from signal-cli"):
+        await sending
+    assert [c.method for c in daemon.calls].count("send") == 1
+
+
+async def test_a_send_the_daemon_never_answers_times_out_once(daemon: FakeSignalCli) -> None:
+    bot = signal_bot(daemon, request_timeout=0.3)
+    task = await serve(bot)
+    try:
+        daemon.stalled.add("send")
+        with pytest.raises(OutcomeUnknown, match="within 0.3s"):
+            await bot.send(daemon.person("Alice", None).uuid, "hello")
+        assert [c.method for c in daemon.calls].count("send") == 1
+    finally:
+        await bot.stop()
+        await task
+
+
+async def test_a_daemon_of_another_account_stops_the_bot_with_the_fix(tmp_path: Path) -> None:
+    other = FakeSignalCli(tmp_path / "signal-cli", account="+15550000002")  # started with -a
+    await other.start()
+    try:
+        bot = Bot("signal", RecordingAgent(), store="memory://", account="+15550000001",
+                  url=other.url)  # fmt: skip
+        task = asyncio.create_task(bot.start())
+        await asyncio.wait_for(bot.ready.wait(), 10)
+        other.inject_dm(other.person("Alice", None), "hello")
+        with pytest.raises(ConfigError, match=r"serves \+15550000002, not SIGNAL_ACCOUNT"):
+            await asyncio.wait_for(task, 10)
+        assert other.sent == []
+    finally:
+        await other.stop()

@@ -251,7 +251,7 @@ def normalize_envelope(
             envelope.get("sourceUuid"),
             account=account,
             self_uuid=self_uuid,
-        ),  # fmt: skip
+        ),
         attachments=tuple(a for a, _ in files),
         raw=SignalMessage(envelope, tuple(ref for _, ref in files), user_id, group_id),
     )
