@@ -280,6 +280,14 @@ class FakeSignalCli:
                 "Sending empty message is not allowed, either a message, attachment or sticker "
                 "must be given.",
             )
+        for style in _list(params, "textStyle"):  # SendCommand.parseTextStyles
+            match = re.fullmatch(r"(\d+):(\d+):(.+)", str(style))
+            if not match:
+                raise RpcFailure(
+                    -1, f"Invalid textStyle syntax ({style}) expected 'start:length:STYLE'"
+                )
+            if match[3] not in ("NONE", "BOLD", "ITALIC", "SPOILER", "STRIKETHROUGH", "MONOSPACE"):
+                raise RpcFailure(-1, f"Invalid style: {match[3]}")
         timestamp = next(self._clock)
         results: list[dict[str, Any]] = []
         for group_id in group_ids:

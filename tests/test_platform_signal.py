@@ -83,6 +83,7 @@ async def test_dm_answered_as_plain_text_with_typing_and_a_read_receipt(
     [sent] = await daemon.wait_for_sent(1)
     assert sent.recipients == [alice.uuid] and sent.group_id is None
     assert sent.message == "reply:say hello"  # the Markdown rendered as Signal's plain text
+    assert sent.params["textStyle"] == ["10:5:BOLD"]  # ... with its styles, in UTF-16 units
     assert sent.params["account"] == daemon.account
     [(history, message, ctx)] = recorded(served).calls
     assert message.content == "say **hello**" and history == []

@@ -15,9 +15,9 @@ from onethread.errors import (
     PlatformUnavailable,
     RetryAfter,
 )
-from onethread.platforms.signal import (
+from onethread.platforms.signal_events import (
     SignalMessage,
-    _envelope_of,
+    envelope_of,
     is_group_id,
     normalize_envelope,
 )
@@ -162,11 +162,11 @@ def test_attachments_are_described_and_the_long_text_one_skipped() -> None:
 
 def test_notification_shapes() -> None:
     env = envelope({"message": "x"})
-    assert _envelope_of({"envelope": env, "account": BOT}) == (env, BOT, None)
+    assert envelope_of({"envelope": env, "account": BOT}) == (env, BOT, None)
     wrapped = {"subscription": 0, "result": {"envelope": env, "account": BOT}}
-    assert _envelope_of(wrapped) == (env, BOT, None)
-    assert _envelope_of({"subscription": 0, "result": None}) is None
-    assert _envelope_of(["not", "a", "mapping"]) is None
+    assert envelope_of(wrapped) == (env, BOT, None)
+    assert envelope_of({"subscription": 0, "result": None}) is None
+    assert envelope_of(["not", "a", "mapping"]) is None
 
 
 def test_group_ids_and_people_are_told_apart() -> None:

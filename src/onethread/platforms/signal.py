@@ -17,11 +17,12 @@ the bot answers there only when mentioned (``dataMessage.mentions`` naming the
 account's number or UUID), when a message quotes one of its own
 (``quote.authorUuid``), or for a ``/command``.
 
-Signal shows plain text: replies are the agent's Markdown rendered as plain
-text (``markup.to_plain``), at most 2000 UTF-8 bytes per message (signal-cli
-sends anything longer as a long-text attachment; whole messages are shown
-everywhere). Replies are not streamed: Signal can edit a sent message
-(``send`` with ``editTimestamp``), but every edit is marked "Edited" with a
+Signal shows plain text with text styles: replies are the agent's Markdown
+rendered as plain text with bold, italic, strikethrough and monospace ranges
+(``markup.to_styled_plain``), cut at 2000 UTF-8 bytes per message (Signal's
+body limit: signal-cli would turn a longer text into a long-text attachment).
+Replies are not streamed: Signal can edit a sent message (``send`` with
+``editTimestamp``), but every edit is marked "Edited" with a
 history and its clients accept only a few edits per message, so a draft
 edited once a second would stop updating. A read receipt (``sendReceipt``)
 answers each message the bot takes up, and ``sendTyping`` shows it writing.
@@ -53,8 +54,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -70,7 +70,8 @@ from ..errors import (
 from ..session.attachments import Attachment
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
-from .markup import to_plain
+from .markup import to_plain, to_styled_plain
+from .signal_events import SignalMessage, envelope_of, is_group_id, normalize_envelope
 from .signal_rpc import (
     DEFAULT_URL,
     METHOD_NOT_FOUND,
@@ -89,184 +90,14 @@ ACCOUNT_ENV = "SIGNAL_ACCOUNT"
 URL_ENV = "SIGNAL_CLI_URL"
 # signal-cli's accounts are phone numbers in international form: "+" and the digits.
 ACCOUNT_SHAPE = re.compile(r"\+[1-9][0-9]{6,14}")
-MENTION_MARK = "\ufffc"  # Signal puts this in the text where a mention stands
-LONG_TEXT = "text/x-signal-plain"  # the body of a long message; signal-cli inlines it
+_STYLES = {"bold": "BOLD", "italic": "ITALIC", "strike": "STRIKETHROUGH", "code": "MONOSPACE"}
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # AttachmentStore.sanitizeId's output
-
-
-def is_group_id(chat_id: str) -> bool:
-    """True for a Signal group id (base64 of 32 bytes, or 16 for old groups).
-
-    Everything else is a person: a UUID, ``+NUMBER``, ``PNI:...`` or ``u:name``
-    (none of which decodes to 16 or 32 bytes).
-    """
-    try:
-        raw = base64.b64decode(chat_id, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return len(raw) in (16, 32)
 
 
 def _target(chat_id: str) -> dict[str, Any]:
     if not chat_id:
         raise BadRequest("no chat: a Signal UUID, +NUMBER or group id is needed", platform=PLATFORM)
     return {"groupId": chat_id} if is_group_id(chat_id) else {"recipient": [chat_id]}
-
-
-# -- normalising ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SignalMessage:
-    """``Inbound.raw`` of a Signal message: the envelope and where its files are.
-
-    ``files`` holds one ``(attachment id, sticker pack id, sticker id)`` per
-    ``Inbound.attachments`` entry (an attachment has an id; a sticker the pack
-    and sticker ids). ``source`` is the sender (UUID, else number) and
-    ``group_id`` the group, for ``getAttachment``.
-    """
-
-    envelope: Mapping[str, Any]
-    files: tuple[tuple[str, str, int], ...]
-    source: str
-    group_id: str
-
-
-def _py_index(text: str, utf16_offset: int) -> int:
-    """The ``str`` index of a UTF-16 code-unit offset (Signal counts mentions in those)."""
-    units = 0
-    for index, char in enumerate(text):
-        if units >= utf16_offset:
-            return index
-        units += 2 if ord(char) > 0xFFFF else 1
-    return len(text)
-
-
-def _is_self(number: Any, uuid: Any, *, account: str, self_uuid: str) -> bool:
-    return bool((number and number == account) or (self_uuid and uuid == self_uuid))
-
-
-def _with_mentions(
-    text: str, mentions: Sequence[Any], *, account: str, self_uuid: str
-) -> tuple[str, bool]:
-    """``text`` with each mention's mark replaced by ``@number`` (or ``@uuid``); a
-    leading mention of the bot is removed (``@bot /help`` reads ``/help``).
-    Returns the text and whether the bot was mentioned."""
-    spans: list[tuple[int, int, str, bool]] = []
-    for m in mentions:
-        if not isinstance(m, Mapping) or not isinstance(m.get("start"), int):
-            continue
-        start = _py_index(text, m["start"])
-        end = _py_index(text, m["start"] + int(m.get("length") or 0))
-        me = _is_self(m.get("number"), m.get("uuid"), account=account, self_uuid=self_uuid)
-        label = str(m.get("number") or m.get("uuid") or m.get("name") or "someone")
-        spans.append((start, end, label, me))
-    mentioned = any(me for *_, me in spans)
-    for start, end, label, me in sorted(spans, reverse=True):
-        leading = me and not text[:start].strip()
-        text = text[:start] + ("" if leading else f"@{label}") + text[end:]
-        if leading:
-            text = text.lstrip()
-    return text, mentioned
-
-
-def _kind(content_type: str, filename: str) -> str:
-    if content_type.startswith("image/"):
-        return "image"
-    if content_type.startswith("video/"):
-        return "video"
-    if content_type.startswith("audio/"):
-        return "audio" if filename else "voice"  # Signal's voice notes carry no file name
-    return "file"
-
-
-def _files(data: Mapping[str, Any]) -> list[tuple[Attachment, tuple[str, str, int]]]:
-    found: list[tuple[Attachment, tuple[str, str, int]]] = []
-    for item in data.get("attachments") or ():
-        if not isinstance(item, Mapping) or not item.get("id"):
-            continue
-        mime = str(item.get("contentType") or "")
-        if mime == LONG_TEXT:
-            continue  # already the message's text
-        name = str(item.get("filename") or "")
-        size = item.get("size")
-        attachment = Attachment(
-            _kind(mime, name), mime, name,
-            size if isinstance(size, int) and size > 0 else 0,
-            caption=str(item.get("caption") or ""),
-        )  # fmt: skip
-        found.append((attachment, (str(item["id"]), "", 0)))
-    sticker = data.get("sticker")
-    if isinstance(sticker, Mapping) and sticker.get("packId"):
-        ref = ("", str(sticker["packId"]), int(sticker.get("stickerId") or 0))
-        found.append((Attachment("sticker", "image/webp", "sticker"), ref))
-    return found
-
-
-def normalize_envelope(
-    envelope: Mapping[str, Any], *, account: str, self_uuid: str = ""
-) -> Inbound | None:
-    """A signal-cli ``envelope`` as an ``Inbound``; ``None`` for anything but a message.
-
-    ``account`` (``+NUMBER``) and ``self_uuid`` are the bot's own. Only
-    envelopes with a ``dataMessage`` holding text, files or a sticker count:
-    receipts, typing, sync messages (the account's other devices), edits,
-    reactions, group updates and deletions give ``None``. Pure: no I/O, and
-    the bot's own messages are marked (``from_self``), not dropped.
-    """
-    data = envelope.get("dataMessage")
-    if not isinstance(data, Mapping):
-        return None
-    user_id = str(envelope.get("sourceUuid") or envelope.get("sourceNumber") or "")
-    if not user_id or data.get("reaction") or data.get("remoteDelete"):
-        return None
-    mentions = data.get("mentions") or ()
-    text, mentioned = _with_mentions(
-        str(data.get("message") or ""), mentions, account=account, self_uuid=self_uuid
-    )
-    files = _files(data)
-    if not text.strip() and not files:
-        return None
-    group = data.get("groupInfo")
-    group_id = str(group.get("groupId") or "") if isinstance(group, Mapping) else ""
-    quote = data.get("quote")
-    quoted_bot = isinstance(quote, Mapping) and _is_self(
-        quote.get("authorNumber") or quote.get("author"), quote.get("authorUuid"),
-        account=account, self_uuid=self_uuid,
-    )  # fmt: skip
-    name = str(envelope.get("sourceName") or envelope.get("sourceNumber") or "")
-    timestamp = data.get("timestamp") or envelope.get("timestamp")
-    return Inbound(
-        platform=PLATFORM,
-        chat_id=group_id or user_id,
-        chat_type="group" if group_id else "dm",
-        chat_name=str(group.get("groupName") or "") if group_id and group else name,
-        user_id=user_id,
-        user_name=name,
-        text=text,
-        message_id=str(timestamp or ""),
-        mentions_bot=not group_id or mentioned or quoted_bot or text.lstrip().startswith("/"),
-        from_self=_is_self(
-            envelope.get("sourceNumber"),
-            envelope.get("sourceUuid"),
-            account=account,
-            self_uuid=self_uuid,
-        ),
-        attachments=tuple(a for a, _ in files),
-        raw=SignalMessage(envelope, tuple(ref for _, ref in files), user_id, group_id),
-    )
-
-
-def _envelope_of(params: Any) -> tuple[Mapping[str, Any], str, Any] | None:
-    """``(envelope, account, exception)`` of a ``receive`` notification's params, either
-    shape: ``{envelope, account}`` (automatic receiving) or ``{subscription, result:
-    {envelope, account}}`` (after ``subscribeReceive``)."""
-    if not isinstance(params, Mapping):
-        return None
-    inner = params.get("result") if "subscription" in params else params
-    if not isinstance(inner, Mapping) or not isinstance(inner.get("envelope"), Mapping):
-        return None
-    return inner["envelope"], str(inner.get("account") or ""), inner.get("exception")
 
 
 def _default_data_dir() -> Path:
@@ -360,8 +191,9 @@ class SignalAdapter(Adapter):
             raise ConfigError("signal: request_timeout must be > 0 seconds")
         self._account = account or token or os.environ.get(ACCOUNT_ENV, "")
         self.endpoint = parse_endpoint(url or os.environ.get(URL_ENV, "") or DEFAULT_URL)
-        self.data_dir = Path(data_dir) if data_dir is not None else _default_data_dir()
-        self.outbox_dir = Path(outbox_dir) if outbox_dir is not None else None
+        # "~" expanded: a config file's folders are often written that way.
+        self.data_dir = Path(data_dir).expanduser() if data_dir else _default_data_dir()
+        self.outbox_dir = Path(outbox_dir).expanduser() if outbox_dir else None
         self.read_receipts = read_receipts
         self.request_timeout = float(request_timeout)
         self.self_uuid = ""  # the account's UUID, learned at start (and from sync messages)
@@ -471,7 +303,7 @@ class SignalAdapter(Adapter):
     def _notified(self, method: str, params: Any) -> None:
         if method != "receive":
             return
-        found = _envelope_of(params)
+        found = envelope_of(params)
         if found is None:
             return
         envelope, account, exception = found
@@ -563,9 +395,17 @@ class SignalAdapter(Adapter):
     async def do_send(
         self, chat_id: str, text: str, *, thread_id: str = "", formatted: bool = True
     ) -> str:
-        """``send`` one chunk as plain text (rendered from Markdown); returns its timestamp."""
-        body = (to_plain(text) or text) if formatted else text
-        result = await self._call("send", {**_target(chat_id), "message": body})
+        """``send`` one chunk; returns its timestamp. ``formatted``: the Markdown rendered
+        as plain text with Signal's text styles (bold, italic, strikethrough,
+        monospace: ``textStyle``, ``start:length:STYLE`` in UTF-16 units)."""
+        params: dict[str, Any] = {**_target(chat_id), "message": text}
+        if formatted:
+            body, styles = to_styled_plain(text)
+            if body:
+                params["message"] = body
+                if styles:
+                    params["textStyle"] = [f"{a}:{n}:{_STYLES[k]}" for a, n, k in styles]
+        result = await self._call("send", params)
         return self._timestamp(result)
 
     async def do_typing(self, chat_id: str, thread_id: str = "") -> None:
