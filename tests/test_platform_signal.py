@@ -431,3 +431,23 @@ async def test_a_daemon_of_another_account_stops_the_bot_with_the_fix(tmp_path: 
         assert other.sent == []
     finally:
         await other.stop()
+
+
+async def test_a_stop_while_a_message_is_handed_on_lets_it_finish(daemon: FakeSignalCli) -> None:
+    adapter = SignalAdapter(account=daemon.account, url=daemon.url, data_dir=daemon.data_dir)
+    entered, release = asyncio.Event(), asyncio.Event()
+    got: list[str] = []
+
+    async def on_inbound(msg: Any) -> None:
+        entered.set()
+        await release.wait()
+        got.append(msg.text)
+
+    await adapter.start(on_inbound)
+    daemon.inject_dm(daemon.person("Alice", None), "hi")
+    await asyncio.wait_for(entered.wait(), 5)
+    stopping = asyncio.create_task(adapter.stop())  # as the supervisor does on a reconnect
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait_for(stopping, 5)
+    assert got == ["hi"]

@@ -205,6 +205,7 @@ class SignalAdapter(Adapter):
         self._queue: asyncio.Queue[Mapping[str, Any]] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()  # read receipts in flight
+        self._handing: asyncio.Future[None] | None = None  # a message being handed on
         self._wrong_account_seen = False
 
     @property
@@ -285,11 +286,14 @@ class SignalAdapter(Adapter):
     async def stop(self) -> None:
         """Close the connection and stop handing on messages. Idempotent."""
         tasks = [t for t in (self._dispatcher, *self._side_tasks) if t is not None]
+        handing, self._handing = self._handing, None
         self._dispatcher = None
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        if handing is not None and not handing.done():
+            await asyncio.wait({handing}, timeout=5.0)
         rpc, self._rpc = self._rpc, None
         if rpc is not None:
             await rpc.close()
@@ -307,8 +311,8 @@ class SignalAdapter(Adapter):
         if found is None:
             return
         envelope, account, exception = found
-        if exception:
-            log.info("signal: the daemon could not read a message (%s)", exception)
+        if isinstance(exception, Mapping):  # its message may name the sender: type only
+            log.info("signal: the daemon could not read a message (%s)", exception.get("type"))
         if account and account != self._account:
             if self.multi_account:
                 return  # another account of the same daemon
@@ -344,10 +348,17 @@ class SignalAdapter(Adapter):
             handler = self._on_inbound
             if handler is None:
                 continue
-            try:
-                await handler(inbound)
-            except Exception:  # one bad message must not stop the others
-                log.exception("signal: handling message %s failed", inbound.message_id)
+            # Shielded: a stop() (a reconnect) while the bot takes the message waits
+            # for it rather than lose a message the daemon has already handed over.
+            self._handing = asyncio.ensure_future(self._hand_on(handler, inbound))
+            await asyncio.shield(self._handing)
+
+    @staticmethod
+    async def _hand_on(handler: OnInbound, inbound: Inbound) -> None:
+        try:
+            await handler(inbound)
+        except Exception:  # one bad message must not stop the others
+            log.exception("signal: handling message %s failed", inbound.message_id)
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work)
