@@ -109,7 +109,9 @@ class FakeSignalCli:
         account: str = "+15550000001",
         multi_account: bool = False,
         receive_mode: str = "on-connection",
+        socket_path: Path | None = None,
     ) -> None:
+        self.socket_path = socket_path
         self.data_dir = data_dir
         self.account = account
         self.me = Person(str(uuidlib.uuid4()), account, "onethread bot")
@@ -135,9 +137,14 @@ class FakeSignalCli:
 
     @property
     def url(self) -> str:
+        if self.socket_path is not None:
+            return f"unix://{self.socket_path}"
         return f"tcp://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        if self.socket_path is not None:  # `daemon --socket PATH`
+            self._server = await asyncio.start_unix_server(self._serve, str(self.socket_path))
+            return
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -451,3 +451,19 @@ async def test_a_stop_while_a_message_is_handed_on_lets_it_finish(daemon: FakeSi
     release.set()
     await asyncio.wait_for(stopping, 5)
     assert got == ["hi"]
+
+
+async def test_a_daemon_on_a_unix_socket(tmp_path: Path) -> None:
+    d = FakeSignalCli(tmp_path / "signal-cli", socket_path=tmp_path / "signal.sock")
+    await d.start()
+    bot = signal_bot(d)
+    assert d.url.startswith("unix://")
+    task = await serve(bot)
+    try:
+        d.inject_dm(d.person("Alice", None), "over the socket")
+        [sent] = await d.wait_for_sent(1)
+        assert sent.message == "reply:over the socket"
+    finally:
+        await bot.stop()
+        await task
+        await d.stop()
