@@ -467,3 +467,15 @@ async def test_a_daemon_on_a_unix_socket(tmp_path: Path) -> None:
         await bot.stop()
         await task
         await d.stop()
+
+
+async def test_long_replies_are_cut_at_signals_2000_byte_body_limit(
+    daemon: FakeSignalCli, served: Bot
+) -> None:
+    words = " ".join(["grüße"] * 700)  # 4200 characters, 4900 bytes of UTF-8
+    alice = daemon.person("Alice", None)
+    await served.send(alice.uuid, words)
+    sent = daemon.sent
+    assert len(sent) >= 3
+    assert all(len(s.message.encode("utf-8")) <= 2000 for s in sent)
+    assert " ".join(s.message for s in sent).split() == words.split()
