@@ -69,3 +69,16 @@ def test_discord_and_web_never_open_what_they_do_not_close(markdown: str) -> Non
         assert web.count(f"<{tag}>") + web.count(f"<{tag} ") == web.count(f"</{tag}>"), tag
     if markdown.count("```") == 0:  # a table became a fenced block: fences come in pairs
         assert to_discord(markdown).count("```") % 2 == 0
+
+
+def test_styled_plain_text_counts_utf16_and_matches_to_plain() -> None:
+    from onethread.platforms.markup import to_plain, to_styled_plain
+
+    md = "# Title\n\n`code` 🎉 **b*i*b** ~~gone~~ \ue000"
+    text, styles = to_styled_plain(md)
+    assert text == to_plain(md.replace("\ue000", "")) == "Title\n\ncode 🎉 bib gone"
+    # "🎉" is two UTF-16 code units, so what follows it starts one unit later.
+    assert styles == [(0, 5, "bold"), (7, 4, "code"), (15, 3, "bold"), (16, 1, "italic"),
+                      (19, 4, "strike")]  # fmt: skip
+    assert to_styled_plain("```\nx = 1\n```") == ("x = 1", [(0, 5, "code")])
+    assert to_styled_plain("plain") == ("plain", [])

@@ -13,7 +13,9 @@ once; small renderers walk its tokens:
 - :func:`to_web_html`: HTML for the web chat (no raw HTML, unsafe link
   schemes refused by markdown-it's link validation);
 - :func:`to_plain`: the text with the markup taken away (the fallback when a
-  platform rejects the markup).
+  platform rejects the markup);
+- :func:`to_styled_plain`: that plain text plus where it is bold, italic,
+  struck through or code, as UTF-16 ranges (Signal's text styles).
 
 Lists become ``•``/``1.`` lines, headings bold, tables aligned text in a code
 block where the platform has no tables. Every renderer closes what it opens,
@@ -30,7 +32,14 @@ from functools import lru_cache
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-__all__ = ["to_discord", "to_plain", "to_slack_mrkdwn", "to_telegram_html", "to_web_html"]
+__all__ = [
+    "to_discord",
+    "to_plain",
+    "to_slack_mrkdwn",
+    "to_styled_plain",
+    "to_telegram_html",
+    "to_web_html",
+]
 
 _LANG = re.compile(r"[^\w+#.-]")
 
@@ -116,9 +125,31 @@ class _Slack(_Target):
         )
 
 
+# Private-use characters marking where a style opens and closes in the rendered text
+# (taken out of the model's text first, so they can only be ours).
+_MARKS = {"bold": "\ue000\ue001", "italic": "\ue002\ue003", "strike": "\ue004\ue005",
+          "code": "\ue006\ue007"}  # fmt: skip
+_MARK_OF = {ch: (style, i == 0) for style, pair in _MARKS.items() for i, ch in enumerate(pair)}
+
+
+class _Styled(_Target):
+    """Plain text with each style's start and end marked (see ``to_styled_plain``)."""
+
+    bold = (_MARKS["bold"][0], _MARKS["bold"][1])
+    italic = (_MARKS["italic"][0], _MARKS["italic"][1])
+    strike = (_MARKS["strike"][0], _MARKS["strike"][1])
+
+    def code(self, text: str) -> str:
+        return f"{_MARKS['code'][0]}{text}{_MARKS['code'][1]}"
+
+    def pre(self, text: str, lang: str) -> str:
+        return self.code(text.rstrip("\n"))
+
+
 _PLAIN = _Target()
 _TELEGRAM = _Telegram()
 _SLACK = _Slack()
+_STYLED = _Styled()
 
 
 def _close(tokens: Sequence[Token], start: int) -> int:
@@ -299,3 +330,33 @@ def to_web_html(markdown: str) -> str:
             align = str(tok.attrs.pop("style")).removeprefix("text-align:")
             tok.attrSet("class", f"align-{align}")
     return str(md.renderer.render(tokens, md.options, env))
+
+
+def to_styled_plain(markdown: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """``markdown`` as :func:`to_plain`'s text plus its styles: ``(start, length, style)``
+    with ``style`` one of ``"bold"``, ``"italic"``, ``"strike"``, ``"code"``.
+
+    ``start`` and ``length`` count UTF-16 code units (as Signal's text styles
+    do), not Python characters. Headings are bold; code spans, code blocks and
+    tables are ``"code"``.
+    """
+    clean = markdown.translate({ord(ch): None for ch in _MARK_OF})
+    rendered = _render(clean, _STYLED)
+    text: list[str] = []
+    styles: list[tuple[int, int, str]] = []
+    opened: dict[str, list[int]] = {}
+    units = 0
+    for ch in rendered:
+        mark = _MARK_OF.get(ch)
+        if mark is None:
+            text.append(ch)
+            units += 2 if ord(ch) > 0xFFFF else 1
+            continue
+        style, opening = mark
+        if opening:
+            opened.setdefault(style, []).append(units)
+        elif opened.get(style):
+            start = opened[style].pop()
+            if units > start:
+                styles.append((start, units - start, style))
+    return "".join(text), sorted(styles)

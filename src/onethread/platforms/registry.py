@@ -90,6 +90,18 @@ PLATFORMS: dict[str, PlatformSpec] = {
             "  app_token: ${SLACK_APP_TOKEN}",
         ),
     ),
+    "signal": PlatformSpec(
+        "onethread.platforms.signal",
+        "SignalAdapter",
+        None,  # signal-cli runs as its own program; nothing to install here
+        title="Signal",
+        credentials=(("account", "SIGNAL_ACCOUNT"),),
+        init_lines=(
+            "signal:                     # signal-cli -a NUMBER daemon --tcp 127.0.0.1:7583",
+            "  account: ${SIGNAL_ACCOUNT}",
+            "  url: tcp://127.0.0.1:7583",
+        ),
+    ),
     "web": PlatformSpec(
         "onethread.platforms.web",
         "WebAdapter",
