@@ -124,6 +124,19 @@ PLATFORMS: dict[str, PlatformSpec] = {
         local=True,
         secret_ids=True,
     ),
+    "webhook": PlatformSpec(
+        "onethread.platforms.webhook",
+        "WebhookAdapter",
+        None,
+        title="webhook",
+        credentials=(("secret", "WEBHOOK_SECRET"),),
+        init_lines=(
+            "webhook:                    # signed JSON POSTs to http.public_url/webhooks/webhook",
+            "  secret: ${WEBHOOK_SECRET}",
+            "  mode: sync                # sync: reply in the response; async: to callback_url",
+            "  # callback_hosts: [hooks.example.com]   # where async replies may go",
+        ),
+    ),
     "console": PlatformSpec(
         "onethread.platforms.console", "ConsoleAdapter", None, title="terminal", local=True
     ),
