@@ -71,3 +71,32 @@ async def test_run_serves_web_chat_healthz_and_webhooks_on_one_port(
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_init_template_http_and_webhook_lines_pass_check(tmp_path: Path) -> None:
+    """Uncommenting the template's http: section and webhook platform gives a valid file."""
+    from onethread.cli.main import starter_config
+    from test_cli import cli
+
+    lines = []
+    in_http = in_webhook = False
+    for line in starter_config().splitlines():
+        if line == "# http:":
+            in_http = True
+        elif in_http and not line.startswith("#   "):
+            in_http = False
+        if line.startswith("  # webhook:"):
+            in_webhook = True
+        elif in_webhook and not line.startswith("  #   "):
+            in_webhook = False
+        if in_http:
+            line = line[2:]
+        elif in_webhook and not line.startswith("  #   #"):
+            line = "  " + line[4:]
+        lines.append(line)
+    text = "\n".join(lines) + "\n"
+    assert "\nhttp:\n  host: 127.0.0.1\n" in text and "\n  webhook:" in text
+    (tmp_path / "onethread.yaml").write_text(text)
+    check = cli(tmp_path, "run", "--check", env={"WEBHOOK_SECRET": SECRET})
+    assert check.returncode == 0, check.stderr
+    assert "OK | platforms: web, webhook" in check.stdout
