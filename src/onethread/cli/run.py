@@ -95,14 +95,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigFileError(config.source, problems)
     agent = build_agent(config)  # tool schemas and the model, checked by --check too
+    http = config.http_options(web=web)
     if "web" in platforms:
-        _check_port(str(platforms["web"]["host"]), int(platforms["web"]["port"]))
+        _check_port(str(http["host"]), int(http["port"]))
     require_stores(config)
     resolver = open_identity(config)
     pairing: Any = None
     try:
         pairing = open_pairing(config)
-        botos = _build_botos(config, agent, platforms, resolver, pairing)
+        botos = _build_botos(config, agent, platforms, resolver, pairing, http)
         model = describe_model(agent, ask_server=True)
         asyncio.run(_serve(botos, lambda: banner(config, agent, botos, model=model)))
     finally:
@@ -176,6 +177,7 @@ def _build_botos(
     platforms: Mapping[str, Mapping[str, Any]],
     resolver: Any,
     pairing: Any,
+    http: Mapping[str, Any] | None = None,
 ) -> Any:
     from ..bots import BotOS
     from ..session.urls import open_coordination
@@ -194,6 +196,7 @@ def _build_botos(
             access=_policies(config, list(platforms), pairing),
             owners=dict(config.owners),
             pairing=pairing,
+            http=http if http is not None else config.http_options(),
         )
     except ConfigError as exc:
         if config.source is None:
@@ -254,6 +257,14 @@ def banner(config: Config, agent: Any, botos: Any, *, model: str | None = None) 
         if getattr(web.adapter, "access_token", None):
             url += " (add ?token=<your access token> once)"
         lines.append(f"  web chat:  {url}")
+    hooks = [name for name, bot in botos.bots.items() if bot.adapter.uses_http and name != "web"]
+    ingress = getattr(botos, "ingress", None)
+    if hooks and ingress is not None:
+        urls = [ingress.webhook_url(name) or ingress.url + f"webhooks/{name}" for name in hooks]
+        lines.append(f"  webhooks:  {', '.join(urls)}")
+        if ingress.public_url is None:
+            lines.append("             (no http.public_url: nothing registered; point the "
+                         "platforms at these through your proxy)")  # fmt: skip
     lines.append(f"  model:     {model or describe_model(agent)}")
     lines.append(f"  history:   {redact_url(history_url(config))}")
     lines.append(f"  identity:  {redact_url(identity_url(config))}")
