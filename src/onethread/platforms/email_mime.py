@@ -137,7 +137,7 @@ class _TextFromHtml(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if not self._hidden:
-            self.out.append(" ".join(data.split()) if data.strip() else " " if data else "")
+            self.out.append(data.replace("\n", " "))  # whitespace is tidied per line after
 
 
 def html_to_text(html: str) -> str:
