@@ -11,6 +11,8 @@ are pure functions, tested on their own first.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -177,6 +179,7 @@ def test_reply_carries_threading_headers_quotes_nothing_and_has_html() -> None:
     fresh = build_mail(sender="bot@bot.test", sender_name="", to="a@example.org",
                        markdown="hi", reply=None, subject="A reminder")  # fmt: skip
     assert fresh["Subject"] == "A reminder" and fresh["In-Reply-To"] is None
+    assert fresh["Auto-Submitted"] == "auto-generated"
 
 
 @pytest.mark.parametrize(
@@ -386,6 +389,65 @@ async def test_restart_neither_replays_nor_misses(
     assert [c[1].content for c in agent.calls] == ["first", "second"]
     assert len(mails) == 2
     assert list((tmp_path / "onethread-home" / "email").glob("*.json"))  # under ONETHREAD_HOME
+
+
+async def test_a_renumbered_folder_answers_only_mail_not_yet_processed(
+    servers: Servers, box: Mailbox, stack: list[Running]
+) -> None:
+    agent = RecordingAgent()
+    gina = "gina@example.org"
+    await start_bot(stack, box.adapter(), agent)
+    await box.receive(mail(gina, box.address, "one", "first", msgid="<u1@example.org>"))
+    await servers.mx.wait_mail(gina, 1)
+    await stack.pop().stop()
+    # The server renumbered the folder (a restore, a migration): the stored UID means nothing.
+    [state_file] = (Path(os.environ["ONETHREAD_HOME"]) / "email").glob("*.json")
+    state = json.loads(state_file.read_text())
+    state["uidvalidity"] += 1
+    state_file.write_text(json.dumps(state))
+    await box.receive(mail(gina, box.address, "two", "second", msgid="<u2@example.org>"))
+    await start_bot(stack, box.adapter(), agent)
+    await servers.mx.wait_mail(gina, 2)
+    await asyncio.sleep(0.5)
+    assert [m["In-Reply-To"] for m in servers.mx.outbox(gina)] == [
+        "<u1@example.org>",
+        "<u2@example.org>",
+    ]
+
+
+async def test_a_lost_imap_connection_is_reconnected(
+    servers: Servers, box: Mailbox, stack: list[Running]
+) -> None:
+    adapter = box.adapter(poll_interval=3600)
+    adapter.reconnect_delay = 0.05
+    await start_bot(stack, adapter, RecordingAgent())
+    first = adapter._inbox
+    assert first is not None and first._client is not None
+    await asyncio.sleep(0.3)  # idling
+    first._client.protocol.transport.close()  # the connection drops
+    for _ in range(200):
+        if adapter._inbox is not None and adapter._inbox is not first:
+            break
+        await asyncio.sleep(0.05)
+    assert adapter._inbox is not first
+    await asyncio.sleep(0.3)
+    await box.receive(mail("hank@example.org", box.address, "back?", "still there?"))
+    [reply] = await servers.mx.wait_mail("hank@example.org", timeout=10)
+    assert reply["Subject"] == "Re: back?"
+
+
+async def test_a_mail_too_large_to_read_is_refused_with_a_message(
+    servers: Servers, box: Mailbox, stack: list[Running]
+) -> None:
+    agent = RecordingAgent()
+    await start_bot(stack, box.adapter(max_mail_bytes=4000), agent)
+    big = (("big.bin", "application/octet-stream", b"x" * 20_000),)
+    await box.receive(mail("ivy@example.org", box.address, "big", "see attached", files=big))
+    [reply] = await servers.mx.wait_mail("ivy@example.org")
+    body = reply.get_body(("plain",))
+    assert body is not None and "larger than" in body.get_content()
+    assert reply["Subject"] == "Re: big"
+    assert agent.calls == []
 
 
 async def test_idle_wakes_on_new_mail(servers: Servers, box: Mailbox, stack: list[Running]) -> None:

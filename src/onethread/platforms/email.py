@@ -510,7 +510,7 @@ class EmailAdapter(Adapter):
             return
         if too_large:
             whole = Attachment("file", _WHOLE_MAIL, "the whole mail", size)
-            mail = _with_files(mail, (whole,), (b"",))
+            mail = _with_files(mail, (whole,), (b"",), text="")
         inbound = normalize_mail(mail, own_address=self.address, fallback_id=fallback)
         if not inbound.from_self:
             state = self._state
@@ -602,7 +602,7 @@ class EmailAdapter(Adapter):
 
 
 def _with_files(
-    mail: ParsedMail, attachments: tuple[Attachment, ...], parts: tuple[bytes, ...]
+    mail: ParsedMail, attachments: tuple[Attachment, ...], parts: tuple[bytes, ...], *, text: str
 ) -> ParsedMail:
-    return ParsedMail(mail.address, mail.name, mail.subject, mail.text, mail.message_id,
+    return ParsedMail(mail.address, mail.name, mail.subject, text, mail.message_id,
                       mail.thread_id, mail.reply, attachments, parts)  # fmt: skip

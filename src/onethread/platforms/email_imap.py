@@ -292,17 +292,27 @@ class Inbox:
             return
         with map_imap_errors("IMAP IDLE"):
             idle = await client.idle_start(timeout=timeout)
+            lost = asyncio.ensure_future(self._lost.wait())
             try:
                 while True:
-                    push = await client.wait_server_push(timeout=timeout + 5)
-                    if push == aioimaplib.STOP_WAIT_SERVER_PUSH:
+                    push = asyncio.ensure_future(client.wait_server_push(timeout=timeout + 5))
+                    await asyncio.wait({push, lost}, return_when=asyncio.FIRST_COMPLETED)
+                    if not push.done():  # the connection dropped while idling
+                        push.cancel()
+                        break
+                    message = push.result()
+                    if message == aioimaplib.STOP_WAIT_SERVER_PUSH:
                         break  # our own timeout: re-issue IDLE (servers drop it at 30 min)
-                    if any(b"EXISTS" in line or b"RECENT" in line for line in _lines(push)):
+                    if any(b"EXISTS" in line or b"RECENT" in line for line in _lines(message)):
                         break
             finally:
-                if client.has_pending_idle():
+                lost.cancel()
+                if client.has_pending_idle() and not self._lost.is_set():
                     client.idle_done()
                     await asyncio.wait_for(idle, self.timeout)
+                elif not idle.done():
+                    idle.cancel()
+        self._running()  # ConnectionLost when that is why the wait ended
 
     async def close(self) -> None:
         """Log out (briefly) and drop the connection. Idempotent."""

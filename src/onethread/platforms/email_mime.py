@@ -16,7 +16,8 @@ bounces (a null return path ``<>``, ``MAILER-DAEMON``, ``multipart/report``).
 Out (:func:`build_mail`): ``text/plain`` plus ``text/html`` rendered from the
 Markdown (:func:`onethread.platforms.markup.to_email_html`), ``In-Reply-To``
 and ``References`` of the mail answered, a ``Re:`` subject, and
-``Auto-Submitted: auto-replied`` so that other robots leave it alone.
+``Auto-Submitted: auto-replied`` (``auto-generated`` for a mail that starts a
+thread) so that other robots leave it alone.
 """
 
 from __future__ import annotations
@@ -265,7 +266,9 @@ def build_mail(
     msg["To"] = to
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = make_msgid(domain=domain)
-    msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: other robots must not answer this
+    answering = reply is not None and bool(reply.message_id)
+    # RFC 3834: other robots must not answer this.
+    msg["Auto-Submitted"] = "auto-replied" if answering else "auto-generated"
     if reply is not None and reply.message_id:
         msg["Subject"] = reply_subject(reply.subject, subject)
         msg["In-Reply-To"] = reply.message_id
