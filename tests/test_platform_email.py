@@ -37,6 +37,7 @@ from onethread import File
 from onethread.bots import Bot, BotOS
 from onethread.bots.policy import AllowlistPolicy, OpenPolicy, default_policy
 from onethread.errors import ConfigError, PlatformAuthError
+from onethread.platforms import Inbound
 from onethread.platforms.email import EmailAdapter
 from onethread.platforms.email_imap import MailUrl
 from onethread.platforms.email_mime import build_mail, ignore_reason, parse_mail
@@ -229,6 +230,26 @@ def test_email_default_access_is_an_allowlist_that_answers_no_stranger() -> None
     assert isinstance(default_policy("email", owners=["me@example.org"]), AllowlistPolicy)
     assert isinstance(default_policy("email"), AllowlistPolicy)  # even with no owner set
     assert not isinstance(default_policy("telegram"), AllowlistPolicy)
+
+
+async def test_the_config_file_allowlist_serves_email_without_naming_a_mode() -> None:
+    from onethread.cli.run import _policies
+    from onethread.config import parse_config
+
+    config = parse_config(
+        "platforms: {email: {}}\n"
+        "owners: {email: me@example.org}\n"
+        "access:\n  allowlist: {email: [partner@example.org]}\n",
+        "test.yaml",
+        env={},
+    )
+    policy = _policies(config, ["email"], None)["email"]
+    assert isinstance(policy, AllowlistPolicy)
+    assert policy.allowed == {"me@example.org", "partner@example.org"}
+    stranger = Inbound("email", "x@example.org", "dm", "x@example.org", "hi")
+    assert await policy.check(stranger) == ""  # dropped, never answered
+    partner = Inbound("email", "partner@example.org", "dm", "partner@example.org", "hi")
+    assert await policy.check(partner) is None
 
 
 # -- against the servers ----------------------------------------------------------
