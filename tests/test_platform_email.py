@@ -225,6 +225,22 @@ async def test_missing_settings_are_named_by_start() -> None:
         await adapter.start(ignore)
 
 
+async def test_a_corrupt_state_file_is_named_never_overwritten(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text('{"uidvalidity": ')
+    adapter = EmailAdapter(
+        address="bot@example.org", password="pw", imap_url="imaps://127.0.0.1:1",
+        smtp_url="smtps://127.0.0.1:1", state_path=state,
+    )  # fmt: skip
+
+    async def ignore(_: Any) -> None:
+        return None
+
+    with pytest.raises(ConfigError, match=re.escape(str(state)) + ".*fix or delete it"):
+        await adapter.start(ignore)
+    assert state.read_text() == '{"uidvalidity": '
+
+
 def test_email_default_access_is_an_allowlist_that_answers_no_stranger() -> None:
     assert PLATFORMS["email"].forgeable_sender
     assert isinstance(default_policy("email", owners=["me@example.org"]), AllowlistPolicy)
@@ -410,6 +426,30 @@ async def test_restart_neither_replays_nor_misses(
     assert [c[1].content for c in agent.calls] == ["first", "second"]
     assert len(mails) == 2
     assert list((tmp_path / "onethread-home" / "email").glob("*.json"))  # under ONETHREAD_HOME
+
+
+async def test_a_marked_mail_is_not_answered_again_when_the_state_file_missed_it(
+    servers: Servers, box: Mailbox, stack: list[Running]
+) -> None:
+    agent = RecordingAgent()
+    jo = "jo@example.org"
+    await start_bot(stack, box.adapter(), agent)
+    await box.receive(mail(jo, box.address, "one", "first", msgid="<k1@example.org>"))
+    await servers.mx.wait_mail(jo, 1)
+    await stack.pop().stop()
+    # A crash after the mail was marked but before the state file was written.
+    [state_file] = (Path(os.environ["ONETHREAD_HOME"]) / "email").glob("*.json")
+    state = json.loads(state_file.read_text())
+    state["last_uid"] -= 1
+    state_file.write_text(json.dumps(state))
+    await start_bot(stack, box.adapter(), agent)
+    await box.receive(mail(jo, box.address, "two", "second", msgid="<k2@example.org>"))
+    await servers.mx.wait_mail(jo, 2)
+    await asyncio.sleep(0.5)
+    assert [m["In-Reply-To"] for m in servers.mx.outbox(jo)] == [
+        "<k1@example.org>",
+        "<k2@example.org>",
+    ]
 
 
 async def test_a_renumbered_folder_answers_only_mail_not_yet_processed(

@@ -60,7 +60,7 @@ from ..session.attachments import Attachment
 from ..session.home import onethread_home
 from .base import Adapter, Inbound, OnInbound, credential_in
 from .delivery import RetryPolicy
-from .email_imap import Inbox, MailUrl
+from .email_imap import DONE_KEYWORD, Inbox, MailUrl
 from .email_mime import ParsedMail, ReplyTo, build_mail, ignore_reason, parse_mail
 
 __all__ = ["EmailAdapter", "map_smtp_errors", "normalize_mail"]
@@ -166,23 +166,29 @@ class _State:
         self.uidvalidity = 0
         self.last_uid = 0
         self.threads: OrderedDict[str, ReplyTo] = OrderedDict()
+        self.loaded = False
 
     def load(self) -> None:
+        """Read the file (none yet: a first start). ``ConfigError`` naming it when unreadable."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
+            uidvalidity, last_uid = int(data["uidvalidity"]), int(data["last_uid"])
+            threads = {
+                key: ReplyTo(str(v["message_id"]), tuple(map(str, v.get("references", ()))),
+                             str(v.get("subject", "")))
+                for key, v in data.get("threads", {}).items()
+            }  # fmt: skip
         except FileNotFoundError:
+            self.loaded = True
             return
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(
-                f"cannot read the email state file {self.path} ({exc}); fix or delete it "
+                f"cannot read the email state file {self.path} ({exc!r}); fix or delete it "
                 "(deleting it makes the next start skip mail already in the folder)"
             ) from exc
-        self.uidvalidity = int(data.get("uidvalidity", 0))
-        self.last_uid = int(data.get("last_uid", 0))
-        for key, value in data.get("threads", {}).items():
-            self.threads[key] = ReplyTo(
-                value["message_id"], tuple(value.get("references", ())), value.get("subject", "")
-            )
+        self.uidvalidity, self.last_uid = uidvalidity, last_uid
+        self.threads = OrderedDict(threads)
+        self.loaded = True
 
     def remember(self, chat_id: str, thread_id: str, reply: ReplyTo) -> None:
         key = f"{chat_id}\n{thread_id}"
@@ -362,7 +368,6 @@ class EmailAdapter(Adapter):
             ) from exc
         if self._state is None:
             self._state = _State(self.state_path or self._default_state_path())
-            self._state.load()
 
     def _default_state_path(self) -> Path:
         assert self.imap is not None
@@ -385,6 +390,9 @@ class EmailAdapter(Adapter):
         if self._task is not None:
             raise RuntimeError("email adapter is already started; stop() it first")
         self._configure()
+        assert self._state is not None
+        if not self._state.loaded:
+            await asyncio.to_thread(self._state.load)
         try:
             await self._check_smtp()
             inbox = await self._connect()
@@ -458,38 +466,45 @@ class EmailAdapter(Adapter):
                     inbox = await self._connect()
 
     async def _process_new(self, inbox: Inbox, on_inbound: OnInbound) -> None:
-        """Hand every mail not yet processed to ``on_inbound``, in UID order."""
+        """Hand every mail not yet processed to ``on_inbound``, in UID order.
+
+        Ends with a search that found nothing new, so that a mail arriving after
+        it is announced by the server when the next IDLE begins.
+        """
         state = self._state
         assert state is not None
-        if state.uidvalidity == inbox.uidvalidity:
-            uids = await inbox.uids_after(state.last_uid)
-        elif state.uidvalidity == 0:
-            # First start: what is already in the folder (maybe years of mail) is not ours.
-            state.uidvalidity = inbox.uidvalidity
-            state.last_uid = max(inbox.uidnext - 1, 0) if inbox.uidnext else 0
-            if not inbox.uidnext:
-                found = await inbox.uids_after(0)
-                state.last_uid = found[-1] if found else 0
-            await state.save()
-            log.info("email: first start, %s mail(s) already in %s left alone",
-                     "the" if state.last_uid else "no", self.folder)  # fmt: skip
-            uids = await inbox.uids_after(state.last_uid)
-        else:
-            log.warning(
-                "email: %s was renumbered (UIDVALIDITY %s -> %s); processing mail without "
-                "the OnethreadDone keyword", self.folder, state.uidvalidity, inbox.uidvalidity,
-            )  # fmt: skip
-            uids = await inbox.unprocessed()
+        if state.uidvalidity != inbox.uidvalidity:
+            top = (await inbox.uids_after(0) or [0])[-1]
+            if state.uidvalidity == 0:
+                # First start: what is already in the folder (maybe years of mail) is not ours.
+                log.info("email: first start: %s mail(s) already in %s left alone",
+                         "the" if top else "no", self.folder)  # fmt: skip
+                pending = []
+            else:
+                log.warning(
+                    "email: %s was renumbered (UIDVALIDITY %s -> %s); answering the mail "
+                    "without the OnethreadDone keyword", self.folder, state.uidvalidity,
+                    inbox.uidvalidity,
+                )  # fmt: skip
+                pending = await inbox.unprocessed()
             state.uidvalidity, state.last_uid = inbox.uidvalidity, 0
-        for uid in uids:
-            await self._process(inbox, uid, on_inbound)
-            state.last_uid = max(state.last_uid, uid)
+            for uid in pending:
+                await self._process(inbox, uid, on_inbound)
+            state.last_uid = max([top, *pending])
             await state.save()
+        while uids := await inbox.uids_after(state.last_uid):
+            for uid in uids:
+                await self._process(inbox, uid, on_inbound)
+                state.last_uid = max(state.last_uid, uid)
+                await state.save()
 
     async def _process(self, inbox: Inbox, uid: int, on_inbound: OnInbound) -> None:
-        size = await inbox.size(uid)
-        if size is None:
+        info = await inbox.info(uid)
+        if info is None:
             return  # deleted meanwhile
+        size, flags = info
+        if DONE_KEYWORD in flags:
+            return  # processed just before a crash, whose state file missed it
         too_large = size > self.max_mail_bytes
         raw = await inbox.fetch(uid, "HEADER" if too_large else "")
         if raw is None:

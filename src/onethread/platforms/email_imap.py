@@ -44,6 +44,7 @@ DONE_KEYWORD = "OnethreadDone"
 _DEFAULT_PORTS = {"imaps": 993, "imap": 143, "smtps": 465, "smtp": 587}
 _FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _FETCH_UID = re.compile(rb"UID (\d+)")
+_FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _CODE = re.compile(r"\[(UIDVALIDITY|UIDNEXT) (\d+)\]")
 
 
@@ -250,14 +251,16 @@ class Inbox:
         response = await self._uid("SEARCH", "UNKEYWORD", DONE_KEYWORD)
         return sorted(_search_uids(response.lines))
 
-    async def size(self, uid: int) -> int | None:
-        """The size in bytes of mail ``uid`` (``None``: it is gone)."""
-        response = await self._uid("FETCH", str(uid), "(UID RFC822.SIZE)")
+    async def info(self, uid: int) -> tuple[int, frozenset[str]] | None:
+        """The size in bytes and the flags of mail ``uid`` (``None``: it is gone)."""
+        response = await self._uid("FETCH", str(uid), "(UID RFC822.SIZE FLAGS)")
         for line in response.lines:
             if isinstance(line, bytes | bytearray) and _uid_of(line) == uid:
-                match = _FETCH_SIZE.search(line)
-                if match:
-                    return int(match.group(1))
+                size = _FETCH_SIZE.search(line)
+                flags = _FETCH_FLAGS.search(line)
+                if size:
+                    found = flags.group(1).decode(errors="replace").split() if flags else []
+                    return int(size.group(1)), frozenset(found)
         return None
 
     async def fetch(self, uid: int, part: str = "") -> bytes | None:
