@@ -511,6 +511,29 @@ async def test_a_mail_too_large_to_read_is_refused_with_a_message(
     assert agent.calls == []
 
 
+async def test_served_from_the_environment_alone(
+    servers: Servers, box: Mailbox, stack: list[Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onethread.config import Config
+
+    env = {
+        "EMAIL_ADDRESS": box.address,
+        "EMAIL_PASSWORD": PASSWORD,
+        "EMAIL_IMAP_URL": f"imaps://127.0.0.1:{box.server.imaps_port}",
+        "EMAIL_SMTP_URL": servers.mx.url,
+        "SSL_CERT_FILE": str(servers.cert),  # OpenSSL's own variable: the test CA
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Config().platform_options()["email"] == {}
+    bot = Bot("email", RecordingAgent(), store="memory://", access=OpenPolicy())
+    assert isinstance(bot.adapter, EmailAdapter)
+    stack.append(await run_bot(bot))
+    await box.receive(mail("kim@example.org", box.address, "env", "configured by env"))
+    [reply] = await servers.mx.wait_mail("kim@example.org")
+    assert reply["From"] == box.address
+
+
 async def test_idle_wakes_on_new_mail(servers: Servers, box: Mailbox, stack: list[Running]) -> None:
     adapter = box.adapter(poll_interval=3600)  # only IDLE can notice the mail in time
     await start_bot(stack, adapter, RecordingAgent())
