@@ -534,6 +534,22 @@ async def test_served_from_the_environment_alone(
     assert reply["From"] == box.address
 
 
+async def test_plaintext_imap_is_accepted_on_loopback_for_tests(
+    servers: Servers, stack: list[Running]
+) -> None:
+    box = new_mailbox(servers, idle=False)
+    adapter = EmailAdapter(
+        address=box.address, password=PASSWORD, smtp_url=servers.mx.url,
+        imap_url=f"imap://127.0.0.1:{box.server.imap_port}?plaintext",
+        tls_ca_file=str(servers.cert), poll_interval=0.2,
+    )  # fmt: skip
+    await start_bot(stack, adapter, RecordingAgent())
+    assert adapter.imap is not None and adapter.imap.tls == "none"
+    await box.receive(mail("lee@example.org", box.address, "plain", "no TLS on loopback"))
+    [reply] = await servers.mx.wait_mail("lee@example.org", timeout=10)
+    assert reply["Subject"] == "Re: plain"
+
+
 async def test_idle_wakes_on_new_mail(servers: Servers, box: Mailbox, stack: list[Running]) -> None:
     adapter = box.adapter(poll_interval=3600)  # only IDLE can notice the mail in time
     await start_bot(stack, adapter, RecordingAgent())

@@ -34,12 +34,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
 import ssl
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -62,6 +60,7 @@ from .base import Adapter, Inbound, OnInbound, credential_in
 from .delivery import RetryPolicy
 from .email_imap import DONE_KEYWORD, Inbox, MailUrl
 from .email_mime import ParsedMail, ReplyTo, build_mail, ignore_reason, parse_mail
+from .email_state import MailState
 
 __all__ = ["EmailAdapter", "map_smtp_errors", "normalize_mail"]
 
@@ -74,7 +73,6 @@ IMAP_ENV = "EMAIL_IMAP_URL"
 SMTP_ENV = "EMAIL_SMTP_URL"
 _ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
 _WHOLE_MAIL = "message/rfc822"  # stands for a mail too large to fetch (its header only)
-_MAX_THREADS = 500  # threads whose last mail is remembered for a reply after a restart
 
 
 # -- errors --------------------------------------------------------------------
@@ -149,78 +147,6 @@ def normalize_mail(mail: ParsedMail, *, own_address: str, fallback_id: str = "")
         attachments=mail.attachments,
         raw=mail,
     )
-
-
-# -- where the watcher left off ------------------------------------------------
-
-
-class _State:
-    """``UIDVALIDITY``, the last UID processed and the latest mail of recent threads.
-
-    Touched on the event loop thread only; :meth:`save` writes a snapshot
-    from a worker thread (temp file, then rename: a crash leaves the old one).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.uidvalidity = 0
-        self.last_uid = 0
-        self.threads: OrderedDict[str, ReplyTo] = OrderedDict()
-        self.loaded = False
-
-    def load(self) -> None:
-        """Read the file (none yet: a first start). ``ConfigError`` naming it when unreadable."""
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            uidvalidity, last_uid = int(data["uidvalidity"]), int(data["last_uid"])
-            threads = {
-                key: ReplyTo(str(v["message_id"]), tuple(map(str, v.get("references", ()))),
-                             str(v.get("subject", "")))
-                for key, v in data.get("threads", {}).items()
-            }  # fmt: skip
-        except FileNotFoundError:
-            self.loaded = True
-            return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ConfigError(
-                f"cannot read the email state file {self.path} ({exc!r}); fix or delete it "
-                "(deleting it makes the next start skip mail already in the folder)"
-            ) from exc
-        self.uidvalidity, self.last_uid = uidvalidity, last_uid
-        self.threads = OrderedDict(threads)
-        self.loaded = True
-
-    def remember(self, chat_id: str, thread_id: str, reply: ReplyTo) -> None:
-        key = f"{chat_id}\n{thread_id}"
-        self.threads.pop(key, None)
-        self.threads[key] = reply
-        while len(self.threads) > _MAX_THREADS:
-            self.threads.popitem(last=False)
-
-    def reply_to(self, chat_id: str, thread_id: str) -> ReplyTo | None:
-        return self.threads.get(f"{chat_id}\n{thread_id}")
-
-    async def save(self) -> None:
-        snapshot = {
-            "uidvalidity": self.uidvalidity,
-            "last_uid": self.last_uid,
-            "threads": {
-                key: {"message_id": r.message_id, "references": list(r.references),
-                      "subject": r.subject}
-                for key, r in self.threads.items()
-            },
-        }  # fmt: skip
-        await asyncio.to_thread(_write_json, self.path, snapshot)
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # -- the adapter ---------------------------------------------------------------
@@ -333,7 +259,7 @@ class EmailAdapter(Adapter):
         self.imap: MailUrl | None = None
         self.smtp: MailUrl | None = None
         self._ssl: ssl.SSLContext | None = None
-        self._state: _State | None = None
+        self._state: MailState | None = None
         self._inbox: Inbox | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -367,7 +293,7 @@ class EmailAdapter(Adapter):
                 f"email: cannot read tls_ca_file {self.tls_ca_file!r}: {exc}"
             ) from exc
         if self._state is None:
-            self._state = _State(self.state_path or self._default_state_path())
+            self._state = MailState(self.state_path or self._default_state_path())
 
     def _default_state_path(self) -> Path:
         assert self.imap is not None

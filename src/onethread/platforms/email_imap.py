@@ -45,7 +45,7 @@ _DEFAULT_PORTS = {"imaps": 993, "imap": 143, "smtps": 465, "smtp": 587}
 _FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _FETCH_UID = re.compile(rb"UID (\d+)")
 _FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
-_CODE = re.compile(r"\[(UIDVALIDITY|UIDNEXT) (\d+)\]")
+_CODE = re.compile(r"\[(UIDVALIDITY) (\d+)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +157,6 @@ class Inbox:
         self.folder = folder
         self.timeout = timeout
         self.uidvalidity = 0
-        self.uidnext = 0
         self.idle = False
         self._client: Any = None
         self._lost = asyncio.Event()
@@ -201,8 +200,6 @@ class Inbox:
             for name, value in _CODE.findall(_decode(line)):
                 if name == "UIDVALIDITY":
                     self.uidvalidity = int(value)
-                else:
-                    self.uidnext = int(value)
         self.idle = client.has_capability("IDLE")
 
     async def _starttls(self, client: Any) -> None:
