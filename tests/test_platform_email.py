@@ -38,7 +38,7 @@ from onethread.bots import Bot, BotOS
 from onethread.bots.policy import AllowlistPolicy, OpenPolicy, default_policy
 from onethread.errors import ConfigError, PlatformAuthError
 from onethread.platforms import Inbound
-from onethread.platforms.email import EmailAdapter
+from onethread.platforms.email import EmailAdapter, normalize_mail
 from onethread.platforms.email_imap import MailUrl
 from onethread.platforms.email_mime import build_mail, ignore_reason, parse_mail
 from onethread.platforms.registry import PLATFORMS
@@ -154,6 +154,12 @@ def test_text_html_quotes_and_threading_are_read() -> None:
         "<p>second&nbsp;line</p><script>alert(1)</script></body></html>",
     )  # fmt: skip
     assert parse_mail(bytes(html_only))[1].text == "Hello there\n\nsecond line"
+    inbound = normalize_mail(parsed, own_address="bot@bot.test")
+    assert (inbound.chat_id, inbound.user_id, inbound.chat_type) == ("alice@example.org",) * 2 + (
+        "dm",
+    )
+    assert inbound.message_id == "<m3@example.org>" and not inbound.from_self
+    assert normalize_mail(parsed, own_address="Alice@example.org").from_self
     # A command written in the subject line of an empty mail is read.
     assert parse_mail(bytes(mail("a@example.org", "b@bot.test", "/link", "")))[1].text == "/link"
 
@@ -425,6 +431,10 @@ async def test_restart_neither_replays_nor_misses(
     ]
     assert [c[1].content for c in agent.calls] == ["first", "second"]
     assert len(mails) == 2
+    # A later message in the first thread still answers its last mail (kept on disk).
+    await stack[-1].bot.send(bob, "a follow-up", thread_id="<r1@example.org>")
+    follow = (await servers.mx.wait_mail(bob, 3))[2]
+    assert (follow["Subject"], follow["In-Reply-To"]) == ("Re: one", "<r1@example.org>")
     assert list((tmp_path / "onethread-home" / "email").glob("*.json"))  # under ONETHREAD_HOME
 
 
