@@ -155,9 +155,8 @@ def test_text_html_quotes_and_threading_are_read() -> None:
     )  # fmt: skip
     assert parse_mail(bytes(html_only))[1].text == "Hello there\n\nsecond line"
     inbound = normalize_mail(parsed, own_address="bot@bot.test")
-    assert (inbound.chat_id, inbound.user_id, inbound.chat_type) == ("alice@example.org",) * 2 + (
-        "dm",
-    )
+    alice = "alice@example.org"
+    assert (inbound.chat_id, inbound.user_id, inbound.chat_type) == (alice, alice, "dm")
     assert inbound.message_id == "<m3@example.org>" and not inbound.from_self
     assert normalize_mail(parsed, own_address="Alice@example.org").from_self
     # A command written in the subject line of an empty mail is read.
