@@ -40,7 +40,7 @@ from onethread.errors import ConfigError, PlatformAuthError
 from onethread.platforms import Inbound
 from onethread.platforms.email import EmailAdapter, normalize_mail
 from onethread.platforms.email_imap import MailUrl
-from onethread.platforms.email_mime import build_mail, ignore_reason, parse_mail
+from onethread.platforms.email_mime import build_mail, dmarc_passed, ignore_reason, parse_mail
 from onethread.platforms.registry import PLATFORMS
 from onethread.session import InMemoryIdentityResolver
 from onethread.session.pairing import PairingStore
@@ -186,6 +186,29 @@ def test_reply_carries_threading_headers_quotes_nothing_and_has_html() -> None:
                        markdown="hi", reply=None, subject="A reminder")  # fmt: skip
     assert fresh["Subject"] == "A reminder" and fresh["In-Reply-To"] is None
     assert fresh["Auto-Submitted"] == "auto-generated"
+
+
+@pytest.mark.parametrize(
+    ("headers", "passed"),
+    [
+        (["mx.bot.test; dkim=pass header.d=example.org; dmarc=pass (p=REJECT) "
+          "header.from=example.org"], True),
+        (["MX.bot.test 1; spf=pass smtp.mailfrom=example.org; dmarc=pass header.from=Example.org"],
+         True),  # domains and the server's name in any case; a version number after it
+        (["mx.bot.test; dmarc=fail header.from=example.org"], False),
+        (["mx.bot.test; dmarc=pass header.from=evil.example"], False),
+        (["mx.other.test; dmarc=pass header.from=example.org"], False),
+        # The topmost header of our server decides; one a forger added below it does not.
+        (["mx.bot.test; dmarc=fail header.from=example.org",
+          "mx.bot.test; dmarc=pass header.from=example.org"], False),
+        ([], False),
+    ],
+)  # fmt: skip
+def test_dmarc_verdict_of_the_receiving_server(headers: list[str], passed: bool) -> None:
+    msg = mail("Alice <alice@example.org>", "bot@bot.test", "hi", "hi")
+    for value in headers:
+        msg["Authentication-Results"] = value
+    assert dmarc_passed(parse_mail(bytes(msg))[0], "mx.bot.test") is passed
 
 
 @pytest.mark.parametrize(
@@ -655,6 +678,27 @@ async def test_default_allowlist_serves_listed_addresses_and_answers_no_one_else
     await asyncio.sleep(0.5)
     assert not servers.mx.outbox("stranger@example.org")  # not even a refusal: no backscatter
     assert [c[1].content for c in agent.calls] == ["it is me"]
+
+
+async def test_verified_by_answers_only_mail_that_passed_dmarc(
+    servers: Servers, box: Mailbox, stack: list[Running]
+) -> None:
+    agent = RecordingAgent()
+    await start_bot(stack, box.adapter(verified_by="mx.bot.test"), agent)
+    mo = "mo@example.org"
+    forged = mail(mo, box.address, "forged", "not really Mo", msgid="<f1@example.org>")
+    forged["Authentication-Results"] = "mx.bot.test; dmarc=pass header.from=example.org"
+    # The receiving server's own verdict comes first (it is added on top, at delivery).
+    box.server.deliver(box.address, b"Authentication-Results: mx.bot.test; dmarc=fail "
+                       b"header.from=example.org\r\n" + bytes(forged))  # fmt: skip
+    real = mail(mo, box.address, "real", "really Mo", msgid="<f2@example.org>")
+    box.server.deliver(box.address, b"Authentication-Results: mx.bot.test; dkim=pass "
+                       b"header.d=example.org; dmarc=pass header.from=example.org\r\n"
+                       + bytes(real))  # fmt: skip
+    [reply] = await servers.mx.wait_mail(mo)
+    await asyncio.sleep(0.5)
+    assert reply["In-Reply-To"] == "<f2@example.org>" and len(servers.mx.outbox(mo)) == 1
+    assert [c[1].content for c in agent.calls] == ["really Mo"]
 
 
 @pytest.fixture

@@ -59,7 +59,14 @@ from ..session.home import onethread_home
 from .base import Adapter, Inbound, OnInbound, credential_in
 from .delivery import RetryPolicy
 from .email_imap import DONE_KEYWORD, Inbox, MailUrl
-from .email_mime import ParsedMail, ReplyTo, build_mail, ignore_reason, parse_mail
+from .email_mime import (
+    ParsedMail,
+    ReplyTo,
+    build_mail,
+    dmarc_passed,
+    ignore_reason,
+    parse_mail,
+)
 from .email_state import MailState
 
 __all__ = ["EmailAdapter", "map_smtp_errors", "normalize_mail"]
@@ -169,6 +176,10 @@ class EmailAdapter(Adapter):
         poll_interval: seconds between checks when the server has no IDLE.
         idle_timeout: seconds before an IDLE is renewed (servers end it at 30 min).
         tls_ca_file: a CA bundle to trust (a private mail server's CA).
+        verified_by: the name your mail server writes at the start of its
+            ``Authentication-Results`` header (e.g. ``mx.google.com``); when
+            set, only mail that server says passed DMARC for its ``From:``
+            domain is answered, so a forged sender is dropped.
         state_path: where the last processed UID is kept (default under
             ``$ONETHREAD_HOME/email/``).
         max_mail_bytes: larger mails are not fetched (the sender is told).
@@ -184,7 +195,7 @@ class EmailAdapter(Adapter):
 
     _OPTIONS: ClassVar[tuple[str, ...]] = (
         "address", "password", "imap_url", "smtp_url", "username", "display_name", "subject",
-        "folder", "poll_interval", "idle_timeout", "tls_ca_file", "state_path",
+        "folder", "poll_interval", "idle_timeout", "tls_ca_file", "verified_by", "state_path",
         "max_mail_bytes", "timeout", "max_failures", "retry_policy",
     )  # fmt: skip
 
@@ -224,6 +235,7 @@ class EmailAdapter(Adapter):
         poll_interval: float = 60.0,
         idle_timeout: float = 25 * 60.0,
         tls_ca_file: str | None = None,
+        verified_by: str = "",
         state_path: str | os.PathLike[str] | None = None,
         max_mail_bytes: int = 30 * 1024 * 1024,
         timeout: float = 30.0,
@@ -250,6 +262,7 @@ class EmailAdapter(Adapter):
         self.poll_interval = float(poll_interval)
         self.idle_timeout = float(idle_timeout)
         self.tls_ca_file = tls_ca_file
+        self.verified_by = verified_by.strip()
         self.state_path = Path(state_path) if state_path is not None else None
         self.max_mail_bytes = int(max_mail_bytes)
         self.timeout = float(timeout)
@@ -445,6 +458,8 @@ class EmailAdapter(Adapter):
         reason = ignore_reason(message)
         if reason is None and not mail.address:
             reason = "no From address"
+        if reason is None and self.verified_by and not dmarc_passed(message, self.verified_by):
+            reason = f"{self.verified_by} does not say it passed DMARC (a forged sender?)"
         if reason is not None:
             log.info("email: not answering mail UID %s: %s", uid, reason)
             await inbox.mark(uid, seen=False)

@@ -40,6 +40,7 @@ __all__ = [
     "ParsedMail",
     "ReplyTo",
     "build_mail",
+    "dmarc_passed",
     "html_to_text",
     "ignore_reason",
     "parse_mail",
@@ -110,6 +111,32 @@ def ignore_reason(msg: Message) -> str | None:
     if msg.get_content_type() == "multipart/report":
         return "a delivery or read report (multipart/report)"
     return None
+
+
+_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def dmarc_passed(msg: Message, authserv_id: str) -> bool:
+    """Whether the receiving server ``authserv_id`` says ``msg`` passed DMARC for its ``From:``.
+
+    Reads the topmost ``Authentication-Results`` header (RFC 8601) that names
+    ``authserv_id``: the one the receiving server added (it removes any such
+    header a sender brought along). DMARC ``pass`` with ``header.from`` equal
+    to the domain of ``From:`` means that domain vouched for the sender.
+    """
+    domain = parseaddr(_header(msg, "From"))[1].rpartition("@")[2].lower()
+    wanted = authserv_id.strip().lower()
+    for value in msg.get_all("Authentication-Results") or []:
+        text = _COMMENT.sub(" ", " ".join(str(value).split()))
+        server, *results = (part.strip() for part in text.split(";"))
+        if server.split(" ")[0].lower() != wanted:
+            continue
+        for result in results:
+            words = result.lower().split()
+            if words and words[0] == "dmarc=pass" and f"header.from={domain}" in words[1:]:
+                return bool(domain)
+        return False  # the topmost header of that server decides
+    return False
 
 
 class _TextFromHtml(HTMLParser):
