@@ -186,6 +186,12 @@ def test_reply_carries_threading_headers_quotes_nothing_and_has_html() -> None:
                        markdown="hi", reply=None, subject="A reminder")  # fmt: skip
     assert fresh["Subject"] == "A reminder" and fresh["In-Reply-To"] is None
     assert fresh["Auto-Submitted"] == "auto-generated"
+    # A mail without a Message-ID is still answered under its subject (nothing to thread on).
+    _, bare = parse_mail(b"From: a@example.org\r\nSubject: no id\r\n\r\nhello\r\n")
+    assert bare.message_id == "" and bare.text == "hello"
+    out = build_mail(sender="bot@bot.test", sender_name="", to="a@example.org", markdown="hi",
+                     reply=bare.reply, subject="unused")  # fmt: skip
+    assert out["Subject"] == "Re: no id" and out["In-Reply-To"] is None
 
 
 @pytest.mark.parametrize(

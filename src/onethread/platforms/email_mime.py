@@ -293,18 +293,15 @@ def build_mail(
     msg["To"] = to
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = make_msgid(domain=domain)
-    answering = reply is not None and bool(reply.message_id)
     # RFC 3834: other robots must not answer this.
-    msg["Auto-Submitted"] = "auto-replied" if answering else "auto-generated"
-    if reply is not None and reply.message_id:
-        msg["Subject"] = reply_subject(reply.subject, subject)
+    msg["Auto-Submitted"] = "auto-replied" if reply is not None else "auto-generated"
+    msg["Subject"] = reply_subject(reply.subject, subject) if reply is not None else subject
+    if reply is not None and reply.message_id:  # a mail without a Message-ID: no threading
         msg["In-Reply-To"] = reply.message_id
         refs = list(reply.references)
         if reply.message_id not in refs:
             refs.append(reply.message_id)
         msg["References"] = " ".join(_trim(refs))
-    else:
-        msg["Subject"] = subject
     msg.set_content((to_plain(markdown) or markdown) if formatted else markdown)
     if formatted:
         msg.add_alternative(
