@@ -24,7 +24,11 @@ written for an unlinked id at that very moment. A resolver without ``claim``
 gets check-then-link (``links_for``), which is not atomic across processes;
 one without ``links_for`` either gets a random suffix (``alice-3f9a1c``).
 
-Refused, with a clear message: a code sent in a group; an expired, used or
+Refused, with a clear message: a code redeemed on a platform whose senders
+can be forged (email, ``PlatformSpec.forgeable_sender``: such an account may
+issue a code, which is mailed to it, but a code it sends is spent unused:
+else anyone could attach someone's mailbox to their own account); a code sent
+in a group; an expired, used or
 unknown code; redeeming on the account or platform that issued it; an account
 already linked to a different person (``/unlink`` first: no silent takeover);
 more than 5 failed redemptions per account per hour (lockout); more than 3 live
@@ -43,6 +47,7 @@ from collections.abc import Awaitable, Callable
 
 from ..metrics import NULL_METRICS, NullMetrics
 from ..platforms.base import Inbound
+from ..platforms.registry import PLATFORMS
 from ..session._conn.shared import masked, who
 from ..session.identity.base import IdentityLink, unlinked_id
 from ..session.keys import unified_key
@@ -98,6 +103,11 @@ def link_help() -> list[str]:
     ]
 
 
+def _forgeable(platform: str) -> bool:
+    entry = PLATFORMS.get(platform)
+    return entry is not None and entry.forgeable_sender
+
+
 class LinkFlow:
     """The ``/link`` command: issue and redeem pairing codes, and name new people.
 
@@ -150,6 +160,19 @@ class LinkFlow:
         resolver = self.session.identity_resolver
         if resolver is None:
             return "Linking is not enabled on this bot (it has no identity resolver)."
+        if is_code and _forgeable(msg.platform):
+            # Anyone can write a From: line. Redeeming here would let a forger attach
+            # someone's mailbox (and its conversation) to the forger's own account.
+            self.metrics.link("refused")
+            await asyncio.to_thread(self.store.redeem, LINK_PURPOSE, arg)  # it crossed mail
+            log.info("link code sent from %s refused: %s senders can be forged",
+                     who(msg.platform, msg.user_id), msg.platform)  # fmt: skip
+            return (
+                f"Link codes cannot be redeemed by {msg.platform}: anyone can forge a sender "
+                f"there. Send /link here instead: the code comes to this {msg.platform} "
+                "address, and you send it from your other account. (The code you sent no "
+                "longer works.)"
+            )
         if is_code:
             reply, outcome = await self._redeem(msg, arg)
             self.metrics.link(outcome)

@@ -8,8 +8,10 @@
 
 Refused senders get one short reply at most and never reach the agent.
 Default (:func:`default_policy`): ``open`` for the embedded web chat and the
-terminal; ``approval`` for public platforms when an owner is configured, else
-``open`` with a startup warning.
+terminal; ``allowlist`` (owners only, until others are listed) where a
+sender can be forged (email: ``PlatformSpec.forgeable_sender``); ``approval``
+for other public platforms when an owner is configured, else ``open`` with a
+startup warning.
 """
 
 from __future__ import annotations
@@ -95,9 +97,17 @@ class AllowlistPolicy:
         self._told = _Told()
 
     async def check(self, msg: Inbound) -> str | None:
-        """Serve listed senders; tell others once (in a DM) that this bot is private."""
+        """Serve listed senders; tell others once (in a DM) that this bot is private.
+
+        Where a sender can be forged (``PlatformSpec.forgeable_sender``) others
+        are never answered: the answer would go to whoever was impersonated.
+        """
         if msg.user_id in self.allowed:
             return None
+        if _forgeable(msg.platform):
+            log.info("refused %s (not on the allowlist; not answered)",
+                     who(msg.platform, msg.user_id))  # fmt: skip
+            return ""
         if msg.chat_type == "dm" and self._told.first((msg.platform, msg.user_id)):
             log.info("refused %s (not on the allowlist)", who(msg.platform, msg.user_id))
             return "Sorry, this bot is private."
@@ -188,6 +198,11 @@ class ApprovalPolicy:
         )
 
 
+def _forgeable(platform: str) -> bool:
+    entry = PLATFORMS.get(platform)
+    return entry is not None and entry.forgeable_sender
+
+
 def approve_code(store: PairingStore, platform: str, code: str) -> tuple[str, str]:
     """Approve the sender who was given ``code`` on ``platform``; return ``(platform, user_id)``.
 
@@ -231,11 +246,21 @@ def default_policy(
     platform: str, *, owners: Iterable[str] = (), store: PairingStore | None = None
 ) -> AccessPolicy:
     """``open`` for local platforms (web chat, terminal: ``PlatformSpec.local``);
-    ``approval`` when owners are set; else ``open`` + a warning."""
+    ``allowlist`` of the owners where senders can be forged
+    (``PlatformSpec.forgeable_sender``: email); ``approval`` when owners are
+    set; else ``open`` + a warning."""
     owner_ids = list(owners)
     entry = PLATFORMS.get(platform)
     if entry is not None and entry.local:
         return OpenPolicy()
+    if entry is not None and entry.forgeable_sender:
+        if not owner_ids:
+            log.warning(
+                "%s: nobody is allowed yet (senders can be forged, so the default access "
+                "policy is an allowlist); list addresses under access.allowlist.%s",
+                platform, platform,
+            )  # fmt: skip
+        return AllowlistPolicy((), owners=owner_ids)
     if owner_ids:
         return ApprovalPolicy(store, owners=owner_ids)
     log.warning(

@@ -161,6 +161,8 @@ def _policies(config: Config, names: list[str], pairing: Any) -> dict[str, Any]:
     policies = {}
     for name in names:
         mode = config.access.mode(name)
+        if mode is None and PLATFORMS[name].forgeable_sender:
+            mode = "allowlist"  # a forged sender must not get in by default (email)
         if mode is not None:
             policies[name] = make_policy(
                 mode,

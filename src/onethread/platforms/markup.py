@@ -12,6 +12,8 @@ once; small renderers walk its tokens:
   lacks) become aligned text in a code block, found by the parser's line map;
 - :func:`to_web_html`: HTML for the web chat (no raw HTML, unsafe link
   schemes refused by markdown-it's link validation);
+- :func:`to_email_html`: the HTML part of an email (as the web chat's, but
+  tables keep inline ``text-align`` styles, which mail clients understand);
 - :func:`to_plain`: the text with the markup taken away (the fallback when a
   platform rejects the markup);
 - :func:`to_styled_plain`: that plain text plus where it is bold, italic,
@@ -34,6 +36,7 @@ from markdown_it.token import Token
 
 __all__ = [
     "to_discord",
+    "to_email_html",
     "to_plain",
     "to_slack_mrkdwn",
     "to_styled_plain",
@@ -360,3 +363,13 @@ def to_styled_plain(markdown: str) -> tuple[str, list[tuple[int, int, str]]]:
             if units > start:
                 styles.append((start, units - start, style))
     return "".join(text), sorted(styles)
+
+
+def to_email_html(markdown: str) -> str:
+    """``markdown`` as the body of an email's HTML part: raw HTML in it shown as text.
+
+    As :func:`to_web_html` (a single newline is a line break; unsafe link
+    schemes stay text), but a table column's alignment stays an inline
+    ``style``: mail clients have no style sheet to hold a class.
+    """
+    return str(_parser(breaks=True).render(markdown))

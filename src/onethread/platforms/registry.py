@@ -39,7 +39,11 @@ class PlatformSpec:
     ``platforms:`` (commented out unless the platform is local). ``local``:
     served to whoever runs it (this machine's user), so open by default.
     ``secret_ids``: a user id is a bearer credential, so logs show a short
-    hash of it.
+    hash of it. ``forgeable_sender``: the platform cannot prove who sent a
+    message (email's ``From:``), so its default access policy is an allowlist
+    (refused senders are not answered: the reply would go to whoever was
+    impersonated), and its accounts may issue ``/link`` codes but never
+    redeem one.
     """
 
     module: str
@@ -52,6 +56,7 @@ class PlatformSpec:
     init_lines: tuple[str, ...] = ()
     local: bool = False
     secret_ids: bool = False
+    forgeable_sender: bool = False
     mode_credentials: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     def credentials_for(self, options: Mapping[str, Any]) -> dict[str, str]:
@@ -148,6 +153,28 @@ PLATFORMS: dict[str, PlatformSpec] = {
             "  mode: sync                # sync: reply in the response; async: to callback_url",
             "  # callback_hosts: [hooks.example.com]   # where async replies may go",
         ),
+    ),
+    "email": PlatformSpec(
+        "onethread.platforms.email",
+        "EmailAdapter",
+        "email",
+        "aioimaplib",
+        title="email",
+        credentials=(
+            ("address", "EMAIL_ADDRESS"),
+            ("password", "EMAIL_PASSWORD"),
+            ("imap_url", "EMAIL_IMAP_URL"),
+            ("smtp_url", "EMAIL_SMTP_URL"),
+        ),
+        loggers=("aioimaplib",),
+        init_lines=(
+            'email:                      # pip install "onethread[email]"; allowlist by default',
+            "  address: ${EMAIL_ADDRESS}",
+            "  password: ${EMAIL_PASSWORD}",
+            "  imap_url: ${EMAIL_IMAP_URL}       # imaps://imap.example.org:993",
+            "  smtp_url: ${EMAIL_SMTP_URL}       # smtps://smtp.example.org:465",
+        ),
+        forgeable_sender=True,
     ),
     "console": PlatformSpec(
         "onethread.platforms.console", "ConsoleAdapter", None, title="terminal", local=True
