@@ -72,10 +72,13 @@ class Person:
     def messages(self, room_id: str, sender: str) -> list[Event]:
         """``m.room.message`` events of ``sender`` in ``room_id`` seen so far, edits excluded."""
         return [
-            e for e in self.events
-            if e["room_id"] == room_id and e.get("sender") == sender
-            and e.get("type") == "m.room.message" and not is_edit(e)
-        ]  # fmt: skip
+            e
+            for e in self.events
+            if e["room_id"] == room_id
+            and e.get("sender") == sender
+            and e.get("type") == "m.room.message"
+            and not is_edit(e)
+        ]
 
     async def wait_messages(
         self, room_id: str, sender: str, count: int, timeout: float = 30.0
@@ -95,9 +98,13 @@ class Person:
             await self.sync(200)
 
     async def create_room(
-        self, invite: list[str], *, direct: bool = False, name: str = "",
+        self,
+        invite: list[str],
+        *,
+        direct: bool = False,
+        name: str = "",
         initial_state: list[dict[str, Any]] | None = None,
-    ) -> str:  # fmt: skip
+    ) -> str:
         resp = await self.client.room_create(
             name=name or None,
             invite=invite,

@@ -64,8 +64,15 @@ def matrix_bot(synapse: Synapse, account: Registered, agent: Any, **options: Any
     credentials: dict[str, Any] = {"token": account.access_token}
     if options.pop("by_password", False):
         credentials = {"password": account.password}
-    return Bot("matrix", agent, store="memory://", homeserver=synapse.url,
-               user_id=account.user_id, **credentials, **options)  # fmt: skip
+    return Bot(
+        "matrix",
+        agent,
+        store="memory://",
+        homeserver=synapse.url,
+        user_id=account.user_id,
+        **credentials,
+        **options,
+    )
 
 
 @asynccontextmanager
@@ -129,6 +136,49 @@ async def test_wrong_token_is_an_auth_error(synapse: Synapse) -> None:
     assert adapter.client is None  # a failed start leaves nothing open
 
 
+async def test_a_token_revoked_while_syncing_is_reported_as_an_auth_failure(
+    synapse: Synapse,
+) -> None:
+    account = synapse.register("bot")
+    adapter = MatrixAdapter(
+        homeserver=synapse.url,
+        user_id=account.user_id,
+        token=account.access_token,
+        poll_timeout=0.5,
+    )
+
+    async def ignore(msg: object) -> None:
+        return None
+
+    await adapter.start(ignore)
+    try:
+        async with Person(synapse, account) as same:
+            await same.client.logout()  # the token the bot syncs with is gone
+        failure = await asyncio.wait_for(adapter.wait_failure(), 30)
+    finally:
+        await adapter.stop()
+    assert isinstance(failure, PlatformAuthError) and "M_UNKNOWN_TOKEN" in str(failure)
+
+
+async def test_invites_are_taken_only_from_the_allowlist(synapse: Synapse) -> None:
+    account = synapse.register("bot")
+    async with person(synapse) as alice, person(synapse, "mallory") as mallory:
+        bot = matrix_bot(synapse, account, RecordingAgent(), invite_from=[alice.user_id])
+        async with running(bot):
+            refused = await mallory.create_room([account.user_id], direct=True)
+            await mallory.wait_for(
+                lambda e: (
+                    e["room_id"] == refused
+                    and e.get("type") == "m.room.member"
+                    and e.get("state_key") == account.user_id
+                    and e["content"].get("membership") == "leave"
+                )
+            )
+            room = await dm(alice, account.user_id)
+            await alice.say(room, "hi")
+            await alice.wait_messages(room, account.user_id, 1)
+
+
 async def test_first_start_skips_history_and_a_restart_neither_replays_nor_misses(
     synapse: Synapse,
 ) -> None:
@@ -183,8 +233,9 @@ async def test_group_answers_only_mentions_and_replies(synapse: Synapse) -> None
         [first] = await alice.wait_messages(room, account.user_id, 1)
         await bob.say(room, "what does helper bot think? two")  # its name in the text
         await alice.wait_messages(room, account.user_id, 2)
-        await alice.say(room, "three", **{"m.relates_to": {"m.in_reply_to": {
-            "event_id": first["event_id"]}}})  # fmt: skip
+        await alice.say(
+            room, "three", **{"m.relates_to": {"m.in_reply_to": {"event_id": first["event_id"]}}}
+        )
         await alice.wait_messages(room, account.user_id, 3)
         await bob.say(room, "not for the bot")
         await alice.say(room, f"{account.user_id} four")
@@ -209,10 +260,17 @@ async def test_a_thread_reply_stays_in_the_thread(synapse: Synapse) -> None:
         room = await alice.create_room([account.user_id, bob.user_id], name="Threads")
         await alice.wait_joined(room, account.user_id)
         root = await alice.say(room, "a topic")
-        relation = {"rel_type": "m.thread", "event_id": root, "is_falling_back": True,
-                    "m.in_reply_to": {"event_id": root}}  # fmt: skip
-        asked = await alice.say(room, f"{account.user_id} in the thread", **{
-            "m.relates_to": relation, "m.mentions": {"user_ids": [account.user_id]}})  # fmt: skip
+        relation = {
+            "rel_type": "m.thread",
+            "event_id": root,
+            "is_falling_back": True,
+            "m.in_reply_to": {"event_id": root},
+        }
+        asked = await alice.say(
+            room,
+            f"{account.user_id} in the thread",
+            **{"m.relates_to": relation, "m.mentions": {"user_ids": [account.user_id]}},
+        )
         [reply] = await alice.wait_messages(room, account.user_id, 1)
         [(_, _, ctx)] = agent_of(bot).calls
     rel = reply["content"]["m.relates_to"]
@@ -241,8 +299,12 @@ async def test_an_image_both_ways(synapse: Synapse) -> None:
         assert message.content == "what is this?" and body(reply) == "reply:what is this?"
 
         await bot.send(room, "", attachments=[File(PNG, name="back.png", mime="image/png")])
-        sent = await alice.wait_for(lambda e: e.get("content", {}).get("msgtype") == "m.image"
-                                    and e.get("sender") == account.user_id)  # fmt: skip
+        sent = await alice.wait_for(
+            lambda e: (
+                e.get("content", {}).get("msgtype") == "m.image"
+                and e.get("sender") == account.user_id
+            )
+        )
         content = sent["content"]
         assert content["filename"] == "back.png" and content["info"]["mimetype"] == "image/png"
         assert content["url"].startswith("mxc://")
@@ -282,10 +344,18 @@ async def test_a_streamed_reply_is_edited_in_place(synapse: Synapse) -> None:
 async def test_an_encrypted_room_is_told_once(synapse: Synapse) -> None:
     account = synapse.register("bot")
     bot = matrix_bot(synapse, account, RecordingAgent())
-    encryption = {"type": "m.room.encryption", "state_key": "",
-                  "content": {"algorithm": "m.megolm.v1.aes-sha2"}}  # fmt: skip
-    ciphertext = {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnB...",
-                  "device_id": "X", "sender_key": "k", "session_id": "s"}  # fmt: skip
+    encryption = {
+        "type": "m.room.encryption",
+        "state_key": "",
+        "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+    }
+    ciphertext = {
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "ciphertext": "AwgAEnB...",
+        "device_id": "X",
+        "sender_key": "k",
+        "session_id": "s",
+    }
     async with person(synapse) as alice, running(bot):
         room = await alice.create_room([account.user_id], direct=True, initial_state=[encryption])
         await alice.wait_joined(room, account.user_id)
@@ -316,7 +386,7 @@ async def test_link_between_matrix_and_the_web_chat_gives_one_conversation(
                 "token": account.access_token,
             },
             "web": {"port": 0},
-        },  # fmt: skip
+        },
         identity_resolver=resolver,
         store="memory://",
         pairing=PairingStore(tmp_path / "pairing.db"),

@@ -5,11 +5,11 @@ Credentials: ``MATRIX_HOMESERVER`` (the URL, e.g. ``https://matrix.example.org``
 ``MATRIX_PASSWORD`` (options ``homeserver``, ``user_id``, ``token``,
 ``password``), read at construction.
 
-Login: a given access token is checked with ``whoami``. A password logs in
-once; the device id and token are kept in ``$ONETHREAD_HOME/matrix/`` (0600,
-see ``matrix_state``), so restarts reuse the device instead of adding one to
-the account each time; a kept token the server no longer takes is replaced by
-a new login on the same device.
+Login (``matrix_login``): a given access token is checked with ``whoami``. A
+password logs in once; the device id and token are kept in
+``$ONETHREAD_HOME/matrix/`` (0600, see ``matrix_state``), so restarts reuse the
+device instead of adding one to the account each time; a kept token the
+server no longer takes is replaced by a new login on the same device.
 
 Sync: one initial sync (timeline limit 0: no history) loads the rooms' state,
 then ``sync_forever`` runs from the kept ``next_batch``, which is saved after
@@ -57,12 +57,11 @@ from nio import (
     AsyncClient,
     AsyncClientConfig,
     DownloadResponse,
-    LoginResponse,
+    InviteMemberEvent,
     MatrixRoom,
     RoomGetEventResponse,
     SyncResponse,
     UploadResponse,
-    WhoamiResponse,
 )
 from nio.responses import SyncError
 
@@ -91,14 +90,13 @@ from .matrix_events import (
     text_content,
     thread_relation,
 )
-from .matrix_state import MatrixState, state_path
+from .matrix_login import ENV, invite_allowed, invite_allowlist, is_user_id, log_in
+from .matrix_state import MatrixState
 
 __all__ = ["MatrixAdapter", "normalize_event"]
 
 log = logging.getLogger("onethread.platforms.matrix")
 
-ENV = {"homeserver": "MATRIX_HOMESERVER", "user_id": "MATRIX_USER_ID",
-       "token": "MATRIX_ACCESS_TOKEN", "password": "MATRIX_PASSWORD"}  # fmt: skip
 ENCRYPTED_NOTICE = (
     "I cannot read messages in this room: it is end-to-end encrypted, and I do not "
     "support encryption yet. Please write to me in a room without encryption."
@@ -149,7 +147,7 @@ class MatrixAdapter(Adapter):
             problems.append(("homeserver", f"{where} must be the homeserver's http(s) URL, "
                              "e.g. https://matrix.example.org"))  # fmt: skip
         user, where = credential_in(options, env, "user_id", ENV["user_id"])
-        if user and not _is_user_id(user):
+        if user and not is_user_id(user):
             problems.append(("user_id", f"{where} must be a full user id like "
                              "@bot:example.org"))  # fmt: skip
         token, where = credential_in(options, env, "token", ENV["token"])
@@ -162,7 +160,7 @@ class MatrixAdapter(Adapter):
             problems.append(("token", f"not set; export {ENV['token']}=... (or "
                              f"{ENV['password']}=... to log in with the password)"))  # fmt: skip
         try:
-            _allowlist(options.get("invite_from"))
+            invite_allowlist(options.get("invite_from"))
         except ConfigError as exc:
             problems.append(("invite_from", str(exc)))
         return problems
@@ -193,7 +191,7 @@ class MatrixAdapter(Adapter):
         self.user_id = user_id or os.environ.get(ENV["user_id"], "")
         self._token = token or os.environ.get(ENV["token"], "")
         self._password = password or os.environ.get(ENV["password"], "")
-        self.invite_from = _allowlist(invite_from)
+        self.invite_from = invite_allowlist(invite_from)
         self.device_name = device_name
         self.poll_timeout = float(poll_timeout)
         self.max_sync_failures = max_sync_failures
@@ -224,7 +222,7 @@ class MatrixAdapter(Adapter):
         if not self.homeserver.startswith(("http://", "https://")):
             raise ConfigError(f"{ENV['homeserver']} must be an http(s) URL, got "
                               f"{self.homeserver!r}")  # fmt: skip
-        if not _is_user_id(self.user_id):
+        if not is_user_id(self.user_id):
             raise ConfigError(f"{ENV['user_id']} must be a full user id like @bot:example.org, "
                               f"got {self.user_id!r}")  # fmt: skip
 
@@ -246,7 +244,10 @@ class MatrixAdapter(Adapter):
         client = AsyncClient(self.homeserver, self.user_id, config=config)
         self.client = client
         try:
-            await self._login(client)
+            self.state = await log_in(
+                client, self.homeserver, self.user_id, token=self._token,
+                password=self._password, device_name=self.device_name,
+            )  # fmt: skip
             with map_matrix_errors("initial sync"):
                 first = check(await client.sync(timeout=0, sync_filter=_NO_HISTORY,
                                                 full_state=True), "initial sync")  # fmt: skip
@@ -274,46 +275,6 @@ class MatrixAdapter(Adapter):
         if self.state is None:
             raise PlatformUnavailable("not logged in: start() the adapter first", platform=PLATFORM)
         return self.state
-
-    async def _login(self, client: AsyncClient) -> None:
-        """A given token (checked with ``whoami``), else the kept login, else a password login."""
-        state = MatrixState.load(state_path(self.user_id))
-        if state.homeserver and state.homeserver != self.homeserver:
-            state = MatrixState(state.path)  # another server's login: start afresh
-        self.state = state
-        state.homeserver, state.user_id = self.homeserver, self.user_id
-        token = self._token or state.access_token
-        if token:
-            client.access_token, client.user_id = token, self.user_id
-            with map_matrix_errors("whoami"):
-                resp = await client.whoami()
-            try:
-                who = check(resp, "whoami")
-            except PlatformAuthError:
-                if self._token or not self._password:
-                    raise PlatformAuthError(
-                        f"the access token was refused; check {ENV['token']}", platform=PLATFORM
-                    ) from None
-                state.forget_login()  # the kept token expired: log in again on the same device
-            else:
-                assert isinstance(who, WhoamiResponse)
-                if who.user_id != self.user_id:
-                    raise ConfigError(f"the access token belongs to {who.user_id}, not "
-                                      f"{self.user_id}; fix {ENV['user_id']}")  # fmt: skip
-                client.device_id = who.device_id or state.device_id
-                state.device_id = client.device_id
-                state.save()
-                return
-        client.device_id = state.device_id  # reused: no new device in the account's list
-        with map_matrix_errors("login"):
-            resp = await client.login(self._password, device_name=self.device_name)
-        if not isinstance(resp, LoginResponse):
-            if getattr(resp, "status_code", "") == "M_FORBIDDEN":
-                raise PlatformAuthError(f"the password was refused; check {ENV['password']} "
-                                        f"and {ENV['user_id']}", platform=PLATFORM)  # fmt: skip
-            check(resp, "login")
-        state.device_id, state.access_token = client.device_id, client.access_token
-        state.save()
 
     async def _load_direct(self, client: AsyncClient) -> None:
         """The rooms the bot's own ``m.direct`` account data calls direct chats."""
@@ -461,25 +422,20 @@ class MatrixAdapter(Adapter):
                 continue  # joined already
             inviter, direct = "", False
             for event in info.invite_state:
-                source = getattr(event, "source", {})
-                content = source.get("content") if isinstance(source, Mapping) else None
+                # nio moves an invite's content out of its source: read its fields.
                 if (
-                    isinstance(content, Mapping)
-                    and source.get("type") == "m.room.member"
-                    and source.get("state_key") == self.user_id
-                    and content.get("membership") == "invite"
+                    isinstance(event, InviteMemberEvent)
+                    and event.state_key == self.user_id
+                    and event.membership == "invite"
                 ):
-                    inviter, direct = (
-                        str(source.get("sender") or ""),
-                        bool(content.get("is_direct")),
-                    )
+                    content = event.content if isinstance(event.content, Mapping) else {}
+                    inviter, direct = event.sender, bool(content.get("is_direct"))
             await self._answer_invite(client, room_id, inviter, direct)
 
     async def _answer_invite(
         self, client: AsyncClient, room_id: str, inviter: str, direct: bool
     ) -> None:
-        server = inviter.partition(":")[2]
-        if self.invite_from is not None and not ({inviter, server} & self.invite_from):
+        if not invite_allowed(self.invite_from, inviter):
             log.info("matrix: invite to %s from %s rejected (not in invite_from)", room_id,
                      inviter)  # fmt: skip
             try:
@@ -625,30 +581,3 @@ def _thread_of(source: Mapping[str, Any]) -> str:
     if isinstance(rel, Mapping) and rel.get("rel_type") == "m.thread":
         return str(rel.get("event_id") or "")
     return ""
-
-
-def _is_user_id(value: str) -> bool:
-    local, sep, server = value.removeprefix("@").partition(":")
-    return value.startswith("@") and bool(local) and bool(sep) and bool(server)
-
-
-def _allowlist(value: Iterable[str] | str | None) -> frozenset[str] | None:
-    """``invite_from`` as a set of user ids and server names (``None``: anyone).
-
-    Raises ``ConfigError`` naming an entry that is neither.
-    """
-    if value is None:
-        return None
-    found: set[str] = set()
-    for item in [value] if isinstance(value, str) else list(value):
-        entry = str(item).strip()
-        server_name = (
-            bool(entry) and "@" not in entry and not any(c.isspace() or c in "/?#" for c in entry)
-        )
-        if not (_is_user_id(entry) or server_name):
-            raise ConfigError(
-                f"matrix invite_from entry {entry!r} is neither a user id "
-                "(@alice:example.org) nor a homeserver name (example.org)"
-            )
-        found.add(entry)
-    return frozenset(found)
