@@ -264,3 +264,16 @@ async def test_start_without_credentials_names_the_variables() -> None:
 
     with pytest.raises(ConfigError, match="MATRIX_USER_ID.*MATRIX_ACCESS_TOKEN"):
         await adapter.start(ignore)
+
+
+def test_the_config_check_asks_for_a_token_or_a_password() -> None:
+    from onethread.config import Config
+    from onethread.config_check import config_problems
+
+    env = {"MATRIX_HOMESERVER": "https://matrix.example.org", "MATRIX_USER_ID": BOT}
+    platforms, problems = config_problems(Config(), env)
+    assert "matrix" in platforms  # served without a config file: its variables are set
+    [(key, message)] = [p for p in problems if p[0].startswith("platforms.matrix")]
+    assert key == "platforms.matrix.token" and "MATRIX_PASSWORD" in message
+    platforms, problems = config_problems(Config(), {**env, "MATRIX_PASSWORD": "pw"})
+    assert not [p for p in problems if p[0].startswith("platforms.matrix")]
