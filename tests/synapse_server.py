@@ -189,7 +189,6 @@ class Synapse:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.folder,
-            env={**os.environ, "SYNAPSE_ASYNC_IO_REACTOR": "0"},
         )
         log.close()
         deadline = time.monotonic() + _START_TIMEOUT

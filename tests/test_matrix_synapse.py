@@ -215,6 +215,32 @@ async def test_first_start_skips_history_and_a_restart_neither_replays_nor_misse
     assert account.password not in path.read_text()
 
 
+async def test_a_kept_login_the_server_refuses_is_replaced_on_the_same_device(
+    synapse: Synapse,
+) -> None:
+    from onethread.platforms.matrix_state import MatrixState
+
+    account = synapse.register("bot")
+    agent = RecordingAgent()
+    async with running(matrix_bot(synapse, account, agent, by_password=True)):
+        pass
+    kept = MatrixState.load(state_path(account.user_id))
+    assert kept.access_token and kept.device_id
+    async with Person(synapse, Registered(account.user_id, "", kept.access_token, "")) as same:
+        await same.client.logout()  # e.g. signed out from another client's device list
+    async with (
+        person(synapse) as alice,
+        running(matrix_bot(synapse, account, agent, by_password=True)) as bot,
+    ):
+        assert isinstance(bot.adapter, MatrixAdapter) and bot.adapter.client is not None
+        assert bot.adapter.client.device_id == kept.device_id
+        room = await dm(alice, account.user_id)
+        await alice.say(room, "still there?")
+        await alice.wait_messages(room, account.user_id, 1)
+    again = MatrixState.load(state_path(account.user_id))
+    assert again.device_id == kept.device_id and again.access_token != kept.access_token
+
+
 # -- groups and threads --------------------------------------------------------------
 
 
