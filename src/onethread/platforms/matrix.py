@@ -102,6 +102,9 @@ ENCRYPTED_NOTICE = (
     "support encryption yet. Please write to me in a room without encryption."
 )
 _NO_HISTORY = {"room": {"timeline": {"limit": 0}}}
+# Events per room in one sync: after a long downtime a room with more than this
+# many new messages comes back "limited" (the older ones skipped, logged).
+_BATCH = {"room": {"timeline": {"limit": 100}}}
 _CACHE = 2000  # own event ids and thread tails remembered
 
 
@@ -248,9 +251,11 @@ class MatrixAdapter(Adapter):
                 client, self.homeserver, self.user_id, token=self._token,
                 password=self._password, device_name=self.device_name,
             )  # fmt: skip
+            # Bounded: nio sends a full-state sync without a timeout of its own.
             with map_matrix_errors("initial sync"):
-                first = check(await client.sync(timeout=0, sync_filter=_NO_HISTORY,
-                                                full_state=True), "initial sync")  # fmt: skip
+                async with asyncio.timeout(self.poll_timeout + 60):
+                    resp = await client.sync(timeout=0, sync_filter=_NO_HISTORY, full_state=True)
+            first = check(resp, "initial sync")
             await self._load_direct(client)
             with map_matrix_errors("display name"):
                 name = await client.get_displayname(self.user_id)
@@ -307,7 +312,7 @@ class MatrixAdapter(Adapter):
             try:
                 with map_matrix_errors("sync"):
                     await client.sync_forever(timeout=timeout_ms, since=since,
-                                              sync_filter=None)  # fmt: skip
+                                              sync_filter=_BATCH)  # fmt: skip
                 return
             except PlatformAuthError as exc:
                 self.report_failure(exc)
@@ -349,6 +354,9 @@ class MatrixAdapter(Adapter):
                                     for r in ids}  # fmt: skip
         await self._handle_invites(resp)
         for room_id, info in resp.rooms.join.items():
+            if info.timeline.limited:
+                log.warning("matrix: more new messages in %s than one sync returns; "
+                            "the older ones were skipped", room_id)  # fmt: skip
             for event in info.timeline.events:
                 source = getattr(event, "source", None)
                 if isinstance(source, Mapping):
