@@ -26,7 +26,8 @@ Event = dict[str, Any]
 
 class Person:
     """One account, synced by hand: ``events`` keeps every timeline event seen
-    (with its ``room_id``), ``typing`` the user ids seen typing, per room."""
+    (with its ``room_id``), ``typing`` the user ids ever seen typing and ``typing_now``
+    those typing as of the last notice, per room."""
 
     def __init__(self, server: Synapse, account: Registered) -> None:
         self.account = account
@@ -38,6 +39,7 @@ class Person:
         self.client.access_token = account.access_token
         self.events: list[Event] = []
         self.typing: dict[str, set[str]] = {}
+        self.typing_now: dict[str, set[str]] = {}
 
     async def __aenter__(self) -> Person:
         await self.sync(0)  # from now on: only what is new
@@ -56,6 +58,7 @@ class Person:
             for ephemeral in info.ephemeral:
                 if isinstance(ephemeral, TypingNoticeEvent):
                     self.typing.setdefault(room_id, set()).update(ephemeral.users)
+                    self.typing_now[room_id] = set(ephemeral.users)
 
     async def wait_for(self, match: Callable[[Event], bool], timeout: float = 30.0) -> Event:
         """The first event seen (or arriving within ``timeout``) that ``match`` accepts."""

@@ -118,6 +118,8 @@ async def test_dm_is_answered_in_html_with_typing_first(synapse: Synapse) -> Non
         assert content["format"] == "org.matrix.custom.html"
         assert content["formatted_body"] == "<p>reply:is <strong>this</strong> bold?</p>"
         assert account.user_id in alice.typing.get(room, set())
+        await alice.quiet(1.0)
+        assert account.user_id not in alice.typing_now[room]  # the reply ended it
         [(_, message, ctx)] = agent_of(bot).calls
     assert message.content == "is **this** bold?"
     assert (ctx.platform, ctx.chat_id, ctx.chat_type) == ("matrix", room, "dm")
@@ -277,6 +279,21 @@ async def test_group_answers_only_mentions_and_replies(synapse: Synapse) -> None
     ]
     assert {ctx.chat_type for _, _, ctx in calls} == {"group"}
     assert calls[0][2].chat_name == "Team"
+
+
+async def test_a_room_invited_to_as_direct_stays_a_dm_with_a_third_member(
+    synapse: Synapse,
+) -> None:
+    account = synapse.register("bot")
+    bot = matrix_bot(synapse, account, RecordingAgent())
+    async with person(synapse) as alice, person(synapse, "bob") as bob, running(bot):
+        room = await alice.create_room([account.user_id, bob.user_id], direct=True)
+        await bob.join(room)
+        await alice.wait_joined(room, account.user_id)
+        await alice.say(room, "no mention needed here")
+        [reply] = await alice.wait_messages(room, account.user_id, 1)
+        [(_, _, ctx)] = agent_of(bot).calls
+    assert ctx.chat_type == "dm" and body(reply) == "reply:no mention needed here"
 
 
 async def test_a_thread_reply_stays_in_the_thread(synapse: Synapse) -> None:
