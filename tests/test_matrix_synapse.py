@@ -20,9 +20,10 @@ import aiohttp
 import pytest
 
 from helpers import RecordingAgent
-from matrix_people import Person, body, final, is_edit
+from matrix_people import CuttableProxy, Person, body, final, is_edit
 from onethread import File
 from onethread.bots import Bot, BotOS
+from onethread.bots.supervisor import Backoff
 from onethread.errors import PlatformAuthError
 from onethread.platforms.matrix import ENCRYPTED_NOTICE, MatrixAdapter
 from onethread.platforms.matrix_state import state_path
@@ -241,6 +242,39 @@ async def test_a_kept_login_the_server_refuses_is_replaced_on_the_same_device(
         await alice.wait_messages(room, account.user_id, 1)
     again = MatrixState.load(state_path(account.user_id))
     assert again.device_id == kept.device_id and again.access_token != kept.access_token
+
+
+async def test_a_lost_connection_is_restarted_and_nothing_is_missed_or_repeated(
+    synapse: Synapse,
+) -> None:
+    account = synapse.register("bot")
+    proxy = CuttableProxy(synapse.port)
+    await proxy.start()
+    bot = Bot("matrix", RecordingAgent(), store="memory://", homeserver=proxy.url,
+              user_id=account.user_id, token=account.access_token, poll_timeout=1,
+              max_sync_failures=2, backoff=Backoff(base=0.1, cap=0.5))  # fmt: skip
+    try:
+        async with person(synapse) as alice, running(bot):
+            room = await dm(alice, account.user_id)
+            await alice.say(room, "before")
+            await alice.wait_messages(room, account.user_id, 1)
+            proxy.cut()
+            for _ in range(300):  # the supervisor notices the connection is gone
+                if not bot.ready.is_set():
+                    break
+                await asyncio.sleep(0.05)
+            assert not bot.ready.is_set(), "the lost connection was never noticed"
+            await alice.say(room, "during")
+            proxy.restore()
+            await asyncio.wait_for(bot.ready.wait(), 30)
+            await alice.wait_messages(room, account.user_id, 2)
+            await alice.say(room, "after")
+            await alice.wait_messages(room, account.user_id, 3)
+            await alice.quiet(1.0)
+            replies = [body(e) for e in alice.messages(room, account.user_id)]
+    finally:
+        await proxy.stop()
+    assert replies == ["reply:before", "reply:during", "reply:after"]
 
 
 # -- groups and threads --------------------------------------------------------------
