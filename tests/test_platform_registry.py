@@ -122,7 +122,8 @@ def _platform_literals(path: Path) -> list[tuple[int, str]]:
 
 
 def test_no_other_module_names_a_platform() -> None:
-    """Only the registry and each platform's own module name platforms.
+    """Only the registry and each platform's own modules (``platforms/<name>.py`` and
+    its helpers ``platforms/<name>_*.py``) name platforms.
 
     Allowed, because those commands ARE those platforms: ``onethread chat`` is
     the ``console`` platform, and ``--host``/``--port`` are the built-in web
@@ -136,8 +137,7 @@ def test_no_other_module_names_a_platform() -> None:
     offenders = []
     for path in sorted(SRC.rglob("*.py")):
         rel = path.relative_to(SRC).as_posix()
-        # A platform's own module, and its helper modules (``matrix_events.py``).
-        own = Path(rel).stem.split("_")[0] if rel.startswith("platforms/") else None
+        own = Path(rel).stem.partition("_")[0] if rel.startswith("platforms/") else None
         for line, name in _platform_literals(path):
             if name == own or name in allowed.get(rel, set()):
                 continue

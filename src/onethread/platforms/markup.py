@@ -10,10 +10,10 @@ once; small renderers walk its tokens:
   ``<url|text>``, ``&amp;``-escaped);
 - :func:`to_discord`: Discord renders Markdown itself; only tables (which it
   lacks) become aligned text in a code block, found by the parser's line map;
-- :func:`to_web_html`: HTML for the web chat (no raw HTML, unsafe link
-  schemes refused by markdown-it's link validation);
 - :func:`to_matrix_html`: a Matrix ``formatted_body`` (``org.matrix.custom.html``,
   the tags and link schemes the spec allows; images become links);
+- :func:`to_web_html`: HTML for the web chat (no raw HTML, unsafe link
+  schemes refused by markdown-it's link validation);
 - :func:`to_plain`: the text with the markup taken away (the fallback when a
   platform rejects the markup).
 
@@ -290,26 +290,6 @@ def to_discord(markdown: str) -> str:
     return "\n".join(lines)
 
 
-def to_web_html(markdown: str) -> str:
-    """``markdown`` as HTML for the web chat: raw HTML in it shown as text, never run.
-
-    Links with a scheme other than http(s), mailto, tel or a relative path
-    (``javascript:``, ``vbscript:``, ``data:`` but images) stay text; a
-    single newline is a line break, as a chat reply means it
-    (markdown-it's link validation); tables stay tables, a column's alignment
-    as ``class="align-right"`` (the page's Content-Security-Policy refuses
-    inline styles).
-    """
-    md = _parser(breaks=True)
-    env: dict[str, object] = {}
-    tokens = md.parse(markdown, env)
-    for tok in tokens:
-        if tok.type in ("th_open", "td_open") and tok.attrs.get("style"):
-            align = str(tok.attrs.pop("style")).removeprefix("text-align:")
-            tok.attrSet("class", f"align-{align}")
-    return str(md.renderer.render(tokens, md.options, env))
-
-
 # Link schemes a Matrix client keeps in an <a href> (the spec's list for
 # org.matrix.custom.html); anything else is shown as its text.
 _MATRIX_SCHEMES = ("https:", "http:", "ftp:", "mailto:", "magnet:")
@@ -364,3 +344,23 @@ def to_matrix_html(markdown: str) -> str:
         elif tok.type == "inline" and tok.children:
             tok.children = _matrix_inline(tok.children)
     return str(md.renderer.render(tokens, md.options, env)).rstrip("\n")
+
+
+def to_web_html(markdown: str) -> str:
+    """``markdown`` as HTML for the web chat: raw HTML in it shown as text, never run.
+
+    Links with a scheme other than http(s), mailto, tel or a relative path
+    (``javascript:``, ``vbscript:``, ``data:`` but images) stay text; a
+    single newline is a line break, as a chat reply means it
+    (markdown-it's link validation); tables stay tables, a column's alignment
+    as ``class="align-right"`` (the page's Content-Security-Policy refuses
+    inline styles).
+    """
+    md = _parser(breaks=True)
+    env: dict[str, object] = {}
+    tokens = md.parse(markdown, env)
+    for tok in tokens:
+        if tok.type in ("th_open", "td_open") and tok.attrs.get("style"):
+            align = str(tok.attrs.pop("style")).removeprefix("text-align:")
+            tok.attrSet("class", f"align-{align}")
+    return str(md.renderer.render(tokens, md.options, env))

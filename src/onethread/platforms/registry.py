@@ -90,22 +90,6 @@ PLATFORMS: dict[str, PlatformSpec] = {
             "  app_token: ${SLACK_APP_TOKEN}",
         ),
     ),
-    "matrix": PlatformSpec(
-        "onethread.platforms.matrix",
-        "MatrixAdapter",
-        "matrix",
-        "nio",
-        title="Matrix",
-        # MATRIX_ACCESS_TOKEN or MATRIX_PASSWORD: either one (the adapter's check_options).
-        credentials=(("homeserver", "MATRIX_HOMESERVER"), ("user_id", "MATRIX_USER_ID")),
-        loggers=("nio",),
-        init_lines=(
-            'matrix:                     # pip install "onethread[matrix]"',
-            "  homeserver: ${MATRIX_HOMESERVER}",
-            "  user_id: ${MATRIX_USER_ID}",
-            "  token: ${MATRIX_ACCESS_TOKEN}   # or password: ${MATRIX_PASSWORD}",
-        ),
-    ),
     "web": PlatformSpec(
         "onethread.platforms.web",
         "WebAdapter",
@@ -122,6 +106,22 @@ PLATFORMS: dict[str, PlatformSpec] = {
     ),
     "console": PlatformSpec(
         "onethread.platforms.console", "ConsoleAdapter", None, title="terminal", local=True
+    ),
+    "matrix": PlatformSpec(
+        "onethread.platforms.matrix",
+        "MatrixAdapter",
+        "matrix",
+        "nio",
+        title="Matrix",
+        # MATRIX_ACCESS_TOKEN or MATRIX_PASSWORD: either one (the adapter's check_options).
+        credentials=(("homeserver", "MATRIX_HOMESERVER"), ("user_id", "MATRIX_USER_ID")),
+        loggers=("nio",),
+        init_lines=(
+            'matrix:                     # pip install "onethread[matrix]"',
+            "  homeserver: ${MATRIX_HOMESERVER}",
+            "  user_id: ${MATRIX_USER_ID}",
+            "  token: ${MATRIX_ACCESS_TOKEN}   # or password: ${MATRIX_PASSWORD}",
+        ),
     ),
 }
 
