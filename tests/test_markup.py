@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from onethread.platforms.markup import (
     to_discord,
+    to_matrix_html,
     to_plain,
     to_slack_mrkdwn,
     to_telegram_html,
@@ -51,6 +52,30 @@ def test_nested_lists_and_quotes() -> None:
     md = "1. first\n   - inner\n2. second\n\n> quoted\n> more"
     assert to_plain(md) == "1. first\n   • inner\n2. second\n\n> quoted\n> more"
     assert to_telegram_html(md).endswith("<blockquote>quoted\nmore</blockquote>")
+
+
+def test_matrix_html_keeps_what_the_spec_allows_and_no_more() -> None:
+    md = (
+        f"**b** *i* ~~s~~ `c<d>` [l](https://e.org/?a=1&b=2)\nnext line\n\n"
+        f"```python\nx = '<hi>'\n```\n\n{TABLE}\n\n"
+        "[bad](javascript:alert(1)) [rel](/local) ![cat](https://e.org/cat.png) <b>raw</b>"
+    )
+    out = to_matrix_html(md)
+    assert "<strong>b</strong> <em>i</em> <s>s</s> <code>c&lt;d&gt;</code>" in out
+    assert '<a href="https://e.org/?a=1&amp;b=2">l</a><br />\nnext line' in out
+    assert "<pre><code class=\"language-python\">x = '&lt;hi&gt;'\n</code></pre>" in out
+    assert "<table>" in out and "<td>12</td>" in out and "style" not in out
+    assert 'href="javascript' not in out and " rel " in out and "/local" not in out
+    assert '<a href="https://e.org/cat.png">cat</a>' in out and "<img" not in out
+    assert "&lt;b&gt;raw&lt;/b&gt;" in out and not out.endswith("\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(MARKDOWN)
+def test_matrix_html_never_opens_what_it_does_not_close(markdown: str) -> None:
+    out = to_matrix_html(markdown)
+    for tag in ("strong", "em", "code", "pre", "a", "table", "ul", "ol", "p", "s"):
+        assert out.count(f"<{tag}>") + out.count(f"<{tag} ") == out.count(f"</{tag}>"), tag
 
 
 @settings(max_examples=200, deadline=None)

@@ -10,6 +10,8 @@ once; small renderers walk its tokens:
   ``<url|text>``, ``&amp;``-escaped);
 - :func:`to_discord`: Discord renders Markdown itself; only tables (which it
   lacks) become aligned text in a code block, found by the parser's line map;
+- :func:`to_matrix_html`: a Matrix ``formatted_body`` (``org.matrix.custom.html``,
+  the tags and link schemes the spec allows; images become links);
 - :func:`to_web_html`: HTML for the web chat (no raw HTML, unsafe link
   schemes refused by markdown-it's link validation);
 - :func:`to_email_html`: the HTML part of an email (as the web chat's, but
@@ -37,6 +39,7 @@ from markdown_it.token import Token
 __all__ = [
     "to_discord",
     "to_email_html",
+    "to_matrix_html",
     "to_plain",
     "to_slack_mrkdwn",
     "to_styled_plain",
@@ -313,6 +316,62 @@ def to_discord(markdown: str) -> str:
         text = _table(tokens[opening + 1 : close])
         lines[start:end] = ["```", *text.split("\n"), "```"]
     return "\n".join(lines)
+
+
+# Link schemes a Matrix client keeps in an <a href> (the spec's list for
+# org.matrix.custom.html); anything else is shown as its text.
+_MATRIX_SCHEMES = ("https:", "http:", "ftp:", "mailto:", "magnet:")
+
+
+def _matrix_href(href: str) -> bool:
+    return href.strip().lower().startswith(_MATRIX_SCHEMES)
+
+
+def _matrix_inline(children: list[Token]) -> list[Token]:
+    """Inline tokens fit for Matrix: links with other schemes become their text, and
+    images (an ``<img>`` must point at ``mxc://`` there) become links to their source."""
+    out: list[Token] = []
+    dropped = False  # the open link was dropped: drop its close too (links never nest)
+    for tok in children:
+        if tok.type == "link_open":
+            dropped = not _matrix_href(str(tok.attrGet("href") or ""))
+            if not dropped:
+                out.append(tok)
+        elif tok.type == "link_close":
+            if not dropped:
+                out.append(tok)
+            dropped = False
+        elif tok.type == "image":
+            src = str(tok.attrGet("src") or "")
+            alt = Token("text", "", 0, content=_inline(tok.children, _PLAIN) or src)
+            if _matrix_href(src):
+                out += [Token("link_open", "a", 1, attrs={"href": src}), alt,
+                        Token("link_close", "a", -1)]  # fmt: skip
+            else:
+                out.append(alt)
+        else:
+            out.append(tok)
+    return out
+
+
+def to_matrix_html(markdown: str) -> str:
+    """``markdown`` as a Matrix ``formatted_body`` (``format: org.matrix.custom.html``).
+
+    Raw HTML in it is shown as text, never interpreted; a single newline is a
+    line break; tables stay tables (without the ``style`` attribute the spec
+    does not allow); code blocks keep their ``language-*`` class; links only
+    with the schemes Matrix clients keep (http(s), ftp, mailto, magnet);
+    images become links, as a Matrix ``<img>`` takes only ``mxc://`` sources.
+    """
+    md = _parser(breaks=True)
+    env: dict[str, object] = {}
+    tokens = md.parse(markdown, env)
+    for tok in tokens:
+        if tok.type in ("th_open", "td_open"):
+            tok.attrs.pop("style", None)
+        elif tok.type == "inline" and tok.children:
+            tok.children = _matrix_inline(tok.children)
+    return str(md.renderer.render(tokens, md.options, env)).rstrip("\n")
 
 
 def to_web_html(markdown: str) -> str:

@@ -179,6 +179,22 @@ PLATFORMS: dict[str, PlatformSpec] = {
     "console": PlatformSpec(
         "onethread.platforms.console", "ConsoleAdapter", None, title="terminal", local=True
     ),
+    "matrix": PlatformSpec(
+        "onethread.platforms.matrix",
+        "MatrixAdapter",
+        "matrix",
+        "nio",
+        title="Matrix",
+        # MATRIX_ACCESS_TOKEN or MATRIX_PASSWORD: either one (the adapter's check_options).
+        credentials=(("homeserver", "MATRIX_HOMESERVER"), ("user_id", "MATRIX_USER_ID")),
+        loggers=("nio",),
+        init_lines=(
+            'matrix:                     # pip install "onethread[matrix]"',
+            "  homeserver: ${MATRIX_HOMESERVER}",
+            "  user_id: ${MATRIX_USER_ID}",
+            "  token: ${MATRIX_ACCESS_TOKEN}   # or password: ${MATRIX_PASSWORD}",
+        ),
+    ),
 }
 
 declare_secret_ids(name for name, entry in PLATFORMS.items() if entry.secret_ids)
