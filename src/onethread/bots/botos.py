@@ -385,16 +385,18 @@ class BotOS:
                 )
             )
             return []
+        bot = self.bots[last.platform]
         try:
-            ids = await self.bots[last.platform].send(last.chat_id, text, attachments=files)
+            ids = await bot.send(last.chat_id, text, attachments=files)
         except Exception as exc:  # kept in history, marked not delivered, then raised
             await self._mirror_failed(
                 unified_user_id, text, source_label, last.platform, last.chat_id, exc, files
             )
             raise
         await self._mirror_sent(
-            unified_user_id, text, source_label, last.platform, last.chat_id, files=files
-        )
+            unified_user_id, text, source_label, last.platform, last.chat_id,
+            bot.adapter.delivery_marks(ids), files=files,
+        )  # fmt: skip
         return ids
 
     async def _mirror_sent(
@@ -443,8 +445,9 @@ class BotOS:
         last attempt); any other error (a refused request, a send whose outcome
         is unknown) is not retried: that could repeat a message that arrived.
         """
+        bot = self.bots[item.platform]
         try:
-            await self.bots[item.platform].send(
+            ids = await bot.send(
                 item.chat_id, item.text, item.thread_id or None, attachments=item.attachments
             )
         except Exception as exc:
@@ -467,7 +470,7 @@ class BotOS:
         if item.unified_user_id:
             await self._mirror_sent(
                 item.unified_user_id, item.text, item.source, item.platform, item.chat_id,
-                item.metadata, files=item.attachments,
+                {**item.metadata, **bot.adapter.delivery_marks(ids)}, files=item.attachments,
             )  # fmt: skip
 
     # -- scheduled messages ----------------------------------------------------
