@@ -7,8 +7,12 @@ Example::
       instructions: Be helpful.
       model: null                    # null: ONETHREAD_MODEL, else the offline model
       tools: ["mypkg.tools:whoami"]  # module:function import paths
+    http:                            # the one HTTP server: web chat, /healthz, webhooks
+      host: 127.0.0.1                # (web: {host, port} still works when http: has none)
+      port: 8080
+      public_url: https://bot.example.com   # webhooks are registered here; omit: none
     platforms:                       # exactly these platforms (omit: web + tokens in env)
-      web: {host: 127.0.0.1, port: 8080}
+      web: {}
       telegram:
         token: ${TELEGRAM_BOT_TOKEN}
     identity: file:~/.onethread/identity.json
@@ -64,6 +68,7 @@ __all__ = [
     "AgentConfig",
     "Config",
     "ConfigFileError",
+    "HttpConfig",
     "Problem",
     "did_you_mean",
     "load_config",
@@ -168,10 +173,39 @@ class AccessConfig(_Strict):
         return self.platforms.get(platform, self.default)
 
 
+class HttpConfig(_Strict):
+    """``http:``: the one HTTP server (``onethread.platforms.ingress.Ingress``).
+
+    ``host``/``port`` default to the web platform's, else ``127.0.0.1:8080``.
+    ``public_url`` is where platforms reach it (``https://bot.example.com``);
+    webhook platforms register ``public_url + /webhooks/<platform>``; without
+    it nothing is registered with a platform.
+    """
+
+    host: str | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.match(r"https?://[^/?#]+(/[^?#]*)?$", value.strip()):
+            raise ValueError(
+                "must be an absolute http(s) URL without ?query, e.g. https://bot.example.com"
+            )
+        return value.strip().rstrip("/")
+
+
+_HTTP_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 8080}
+
+
 class Config(_Strict):
     """The whole config file. Build it with :func:`load_config`."""
 
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    http: HttpConfig = Field(default_factory=lambda: HttpConfig())
     platforms: dict[str, dict[str, Any] | None] | None = None
     identity: str | None = None
     history: str | None = None
@@ -235,11 +269,29 @@ class Config(_Strict):
         if web:
             chosen["web"] = {**chosen.get("web", {}), **web}
         if "web" in chosen:
-            chosen["web"] = {"host": "127.0.0.1", "port": 8080, **chosen["web"]}
-            port = chosen["web"]["port"]
-            if isinstance(port, str) and port.strip().isdigit():  # port: ${PORT}
-                chosen["web"]["port"] = int(port)
+            # The chat is served on the one HTTP server: its address is the server's.
+            chosen["web"] = {**chosen["web"], **self.http_address(web=web)}
         return chosen
+
+    def http_address(self, *, web: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``{"host", "port"}`` of the one HTTP server: ``web`` (``--host``/``--port``),
+        else ``http:``, else the web platform's options, else ``127.0.0.1:8080``."""
+        raw_web = dict((self.platforms or {}).get("web") or {})
+        address: dict[str, Any] = {}
+        for key, default in _HTTP_DEFAULTS.items():
+            value = getattr(self.http, key)
+            if web and web.get(key) is not None:
+                value = web[key]
+            elif value is None:
+                value = raw_web.get(key, default)
+            if key == "port" and isinstance(value, str) and value.strip().isdigit():
+                value = int(value)  # port: ${PORT}
+            address[key] = value
+        return address
+
+    def http_options(self, *, web: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The options of ``BotOS(http=...)``: :meth:`http_address` and ``public_url``."""
+        return {**self.http_address(web=web), "public_url": self.http.public_url}
 
 
 # -- loading ----------------------------------------------------------------------
@@ -481,6 +533,15 @@ def _semantic_problems(config: Config) -> list[Problem]:
             if name not in PLATFORMS:
                 msg = f"unknown platform; {did_you_mean(name, known)}"
                 problems.append((f"{section}.{name}", msg))
+    web = (config.platforms or {}).get("web") or {}
+    for key in ("host", "port"):
+        mine, theirs = getattr(config.http, key), web.get(key)
+        if mine is not None and theirs is not None and str(mine) != str(theirs):
+            problems.append((
+                f"platforms.web.{key}",
+                f"{theirs!r} differs from http.{key} ({mine!r}); the web chat is served on "
+                f"the one HTTP server: remove {key} from platforms.web",
+            ))  # fmt: skip
     for key, url, what in (
         ("history", config.history, "history"),
         ("identity", config.identity, "identity"),

@@ -8,7 +8,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..agent.files import File
 from ..agent.responder import Responder, as_responder
@@ -34,6 +34,9 @@ from .manager import BotSessionManager, TurnStats
 from .policy import AccessPolicy, default_policy
 from .supervisor import Backoff, supervise
 
+if TYPE_CHECKING:
+    from ..platforms.ingress import Ingress
+
 __all__ = ["Bot", "run_until_signal"]
 
 log = logging.getLogger("onethread.bot")
@@ -43,7 +46,7 @@ TURN_FAILED = "Sorry, something went wrong on my side and I could not answer tha
 _BOT_OPTIONS = ("store", "max_history", "session", "adapter", "gate", "backoff",
                 "drain_timeout", "access", "owners", "commands", "pairing",
                 "gc_freeze", "blobs", "max_attachment_bytes", "streaming",
-                "metrics", "context_tokens", "summary_model", "reset")  # fmt: skip
+                "metrics", "context_tokens", "summary_model", "reset", "ingress")  # fmt: skip
 
 
 def _default_agent() -> Responder:
@@ -86,6 +89,8 @@ class Bot:
             reply whole, in one go);
             ``metrics`` (an ``onethread.metrics.Metrics`` to count turns and
             deliveries in; default none, BotOS gives its bots its own);
+            ``ingress`` (an ``onethread.platforms.ingress.Ingress``: the HTTP
+            server the web chat and webhook modes serve on; BotOS shares one);
             anything else goes to the platform adapter (e.g. ``base_url``).
 
     ``await start()`` runs until ``stop()``; ``run()`` is the blocking form that
@@ -159,6 +164,15 @@ class Bot:
         self.on_turn: Callable[[Inbound, str], Awaitable[None]] | None = None
         self.metrics: NullMetrics = NULL_METRICS
         self.use_metrics(own.get("metrics") or NULL_METRICS)
+        self.ingress: Ingress | None = None
+        if own.get("ingress") is not None:
+            self.use_ingress(own["ingress"])
+
+    def use_ingress(self, ingress: Ingress) -> None:
+        """Serve this bot's HTTP routes and webhook on ``ingress`` (read by the adapter
+        at start; ``BotOS`` gives every bot built without one its shared server)."""
+        self.ingress = ingress
+        self.adapter.ingress = ingress
 
     def use_metrics(self, metrics: NullMetrics) -> None:
         """Count this bot's turns and its adapter's deliveries in ``metrics``."""

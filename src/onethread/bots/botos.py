@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..agent.files import File
 from ..agent.responder import Responder, as_responder
@@ -37,6 +37,9 @@ from .heap import freeze_startup_heap
 from .jobs import JobService
 from .linking import LinkFlow
 from .manager import BotSessionManager
+
+if TYPE_CHECKING:
+    from ..platforms.ingress import Ingress
 
 __all__ = ["BotOS"]
 
@@ -72,7 +75,10 @@ class BotOS:
             the one that goes with ``store``, see ``open_job_store``),
             ``timezone`` (the deployment's zone for schedules, default UTC),
             ``scheduler`` (a dict of ``onethread.bots.scheduler.Scheduler``
-            options: ``grace``, ``lease``, ``retry_delays``, ...); the rest
+            options: ``grace``, ``lease``, ``retry_delays``, ...); ``http``
+            (the one HTTP server: an ``onethread.platforms.ingress.Ingress`` or
+            a dict of its options ``host``, ``port``, ``public_url``; default:
+            the web platform's host and port, else 127.0.0.1:8080); the rest
             is given to every platform's Bot (e.g. ``drain_timeout``).
 
     One platform failing is restarted with backoff by its own supervisor and
@@ -137,6 +143,7 @@ class BotOS:
             agent=self.agent,
         )
         access = options.pop("access", None)
+        http = options.pop("http", None)
         owners: Mapping[str, Iterable[str]] = options.pop("owners", None) or {}
         self.gc_freeze = bool(options.get("gc_freeze", True))  # also each Bot's option
         self.bots: dict[str, Bot] = {}
@@ -164,6 +171,8 @@ class BotOS:
             self.add_bot(bot)
         for bot in bots or ():
             self.add_bot(bot)
+        self.ingress: Ingress = self._ingress_for(http)
+        """The one HTTP server: web chat, ``/healthz``, operations, ``/webhooks/<platform>``."""
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping: asyncio.Event | None = None
         self.failed: dict[str, BaseException] = {}
@@ -189,6 +198,49 @@ class BotOS:
                     metrics.set_outbox_depth(platform, n)
 
             metrics.add_refresher(refresh_outbox)
+
+    def _ingress_for(self, http: Ingress | Mapping[str, Any] | None) -> Ingress:
+        """``http`` itself, an ``Ingress`` from ``http`` options, else one at the web
+        chat's address."""
+        from ..platforms.ingress import Ingress
+
+        if isinstance(http, Ingress):
+            return http
+        if http is not None:
+            return Ingress(**http)
+        web = self.http_adapter()
+        if web is not None and isinstance(getattr(web, "port", None), int):
+            return Ingress(host=str(getattr(web, "host", "127.0.0.1")), port=web.port)
+        return Ingress()
+
+    async def _serve_http(self) -> bool:
+        """Give every bot the shared server; start it when one of them serves HTTP.
+
+        Routes (the web chat's, operations') are added first: the server's are
+        fixed once it listens. Returns True when this BotOS holds the server
+        (release it at stop). A port that cannot be bound is logged; the
+        adapters that need the server retry with backoff.
+        """
+        ingress = self.ingress
+        served = []
+        for bot in self.bots.values():
+            if bot.ingress is None:
+                bot.use_ingress(ingress)
+            if bot.ingress is ingress and bot.adapter.uses_http:
+                served.append(bot)
+        if not served:
+            return False
+        ingress.add_routes(self.ops.mount)  # /readyz, /metrics, /admin
+        for bot in served:
+            routes = getattr(bot.adapter, "http_routes", None)
+            if callable(routes):
+                ingress.add_routes(routes)
+        try:
+            await ingress.acquire()
+        except PlatformUnavailable as exc:
+            log.error("the HTTP server did not start (its platforms retry): %s", exc)
+            return False
+        return True
 
     def http_adapter(self) -> Any:
         """The adapter that serves HTTP (the web chat: it has ``mounts``), or None."""
@@ -261,9 +313,7 @@ class BotOS:
         self._stopping = asyncio.Event()
         self._session.bind_loop()
         self.ops.attach()
-        server = self.http_adapter()
-        if server is not None and self.ops.mount not in server.mounts:
-            server.mounts.append(self.ops.mount)  # /readyz, /metrics, /admin on its server
+        holds_http = await self._serve_http()
         if self.gc_freeze:
             freeze_startup_heap()
         self.job_service.enter()  # the reminder tools find this BotOS from its turns
@@ -298,6 +348,8 @@ class BotOS:
                 await asyncio.gather(serving, return_exceptions=True)
             await asyncio.gather(*(bot.stop() for bot in self.bots.values()))
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            if holds_http:
+                await self.ingress.release()
             self.ops.detach()
             if self._owns_jobs:
                 await self.job_service.store.close()

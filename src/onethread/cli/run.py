@@ -95,14 +95,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigFileError(config.source, problems)
     agent = build_agent(config)  # tool schemas and the model, checked by --check too
+    http = config.http_options(web=web)
     if "web" in platforms:
-        _check_port(str(platforms["web"]["host"]), int(platforms["web"]["port"]))
+        _check_port(str(http["host"]), int(http["port"]))
     require_stores(config)
     resolver = open_identity(config)
     pairing: Any = None
     try:
         pairing = open_pairing(config)
-        botos = _build_botos(config, agent, platforms, resolver, pairing)
+        botos = _build_botos(config, agent, platforms, resolver, pairing, http)
         model = describe_model(agent, ask_server=True)
         asyncio.run(_serve(botos, lambda: banner(config, agent, botos, model=model)))
     finally:
@@ -176,6 +177,7 @@ def _build_botos(
     platforms: Mapping[str, Mapping[str, Any]],
     resolver: Any,
     pairing: Any,
+    http: Mapping[str, Any] | None = None,
 ) -> Any:
     from ..bots import BotOS
     from ..session.urls import open_coordination
@@ -194,6 +196,7 @@ def _build_botos(
             access=_policies(config, list(platforms), pairing),
             owners=dict(config.owners),
             pairing=pairing,
+            http=http if http is not None else config.http_options(),
         )
     except ConfigError as exc:
         if config.source is None:

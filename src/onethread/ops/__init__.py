@@ -1,14 +1,17 @@
-"""Operations: ``/readyz``, ``/metrics`` and ``/admin`` on the web chat's server.
+"""Operations: ``/readyz``, ``/metrics`` and ``/admin`` on the one HTTP server.
 
-``BotOS`` builds one :class:`Operations` and mounts it on its web platform's
-aiohttp application (next to ``/healthz``, the liveness check). Without a web
-platform there is no HTTP server, so none of these is served.
+``BotOS`` builds one :class:`Operations` and adds it to its HTTP server
+(``onethread.platforms.ingress``, next to ``/healthz``, the liveness check,
+the web chat and the webhooks). Without a platform that serves HTTP there is
+no server, so none of these is served.
 
 - ``GET /readyz``: 200 when every configured store answers and every platform
   is connected, else 503; JSON naming each (:mod:`.health`).
 - ``GET /metrics``: the BotOS's own Prometheus registry in the text format
   (:class:`onethread.metrics.Metrics`). Open on loopback; when the web chat has
-  an access token, the scrape needs it too (``Authorization: Bearer``).
+  an access token, the scrape needs it too (``Authorization: Bearer``). With
+  no web chat, a server reachable from other machines (webhooks only) refuses
+  the scrape: put a proxy in front that keeps ``/metrics`` private.
 - ``/admin``: the operator page (:mod:`.admin`).
 """
 
@@ -96,7 +99,9 @@ class Operations:
 
     def _scrape_allowed(self, request: web.Request) -> bool:
         authorized = getattr(self.botos.http_adapter(), "authorized", None)
-        return bool(authorized(request)) if callable(authorized) else True
+        if callable(authorized):
+            return bool(authorized(request))
+        return self.botos.ingress.loopback  # webhooks only: private when on loopback only
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if not isinstance(self.metrics, Metrics):

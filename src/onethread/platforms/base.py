@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 from ..errors import AttachmentRefused, FormattingRejected
 from ..metrics import NULL_METRICS, NullMetrics
@@ -42,6 +42,9 @@ from ..session.text import clean_text
 from .delivery import RetryPolicy, cap_messages, send_with_retry
 from .draft import EditDraft, ReplyStream
 from .markup import to_plain
+
+if TYPE_CHECKING:
+    from .ingress import Ingress
 
 __all__ = [
     "Adapter",
@@ -144,6 +147,11 @@ class Adapter(ABC):
     """Lines this platform adds to ``/help``: commands the adapter handles itself."""
     metrics: NullMetrics = NULL_METRICS
     """Where ``send()`` counts deliveries, retries and rate-limit waits (set by the Bot)."""
+    uses_http: bool = False
+    """True when the adapter serves HTTP (the web chat, webhook modes): ``BotOS`` then
+    starts its shared server (:mod:`onethread.platforms.ingress`) before the bots."""
+    ingress: Ingress | None = None
+    """The HTTP server to mount on (set by ``Bot.use_ingress``; ``BotOS`` shares one)."""
 
     def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
         self.retry_policy = retry_policy or RetryPolicy()

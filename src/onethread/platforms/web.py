@@ -3,6 +3,9 @@
 ``GET /`` serves one page (HTML, CSS and JavaScript shipped in the package: no
 build step, no CDN); the page talks to ``/ws`` with the JSON frames described
 in :mod:`onethread.platforms.web_protocol`. ``GET /healthz`` answers ``ok``.
+The routes live on the bot's HTTP server (:mod:`onethread.platforms.ingress`,
+shared with operations and webhooks under ``BotOS``), or on a server of the
+adapter's own at ``host:port`` when the bot has none.
 
 Behaviour a caller should know:
 
@@ -65,6 +68,7 @@ from ..session.outage import store_failed
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
 from .draft import ReplyStream
+from .ingress import Ingress
 from .markup import to_web_html
 from .web_files import WebFiles, file_json, user_of
 from .web_protocol import (
@@ -185,7 +189,8 @@ class WebAdapter(Adapter):
         self._outbox = Outbox(per_user=outbox_size)
         self._side_log = SideLog(per_user=side_log_size)
         self._sockets: dict[str, set[web.WebSocketResponse]] = {}
-        self._runner: web.AppRunner | None = None
+        self._serving: Ingress | None = None  # the server we acquired, while started
+        self._own: Ingress | None = None  # ours, when the bot has no shared one
         self._on_inbound: OnInbound | None = None
         self._static: dict[str, bytes] = {}
         if max_upload_bytes is not None and max_upload_bytes < 1:
@@ -196,7 +201,9 @@ class WebAdapter(Adapter):
         self._streams: dict[str, _WebStream] = {}  # reply id -> its stream, while it streams
         self.mounts: list[Callable[[web.Application], None]] = []
         """Called with the aiohttp app before it serves: more routes on the same server
-        (``BotOS`` mounts ``/readyz``, ``/metrics`` and ``/admin`` here)."""
+        (``BotOS`` adds ``/readyz``, ``/metrics`` and ``/admin`` to its shared
+        server directly)."""
+        self.uses_http = True
 
     @property
     def url(self) -> str:
@@ -238,48 +245,54 @@ class WebAdapter(Adapter):
             self.files.max_bytes = int(getattr(bot, "max_attachment_bytes", DEFAULT_MAX_BYTES))
 
     async def start(self, on_inbound: OnInbound) -> None:
-        """Listen on ``host:port``; return once serving.
+        """Serve the chat on the bot's HTTP server (``self.ingress``, given by ``BotOS``),
+        else on one of its own at ``host:port``; return once serving.
 
         Raises ``PlatformUnavailable`` when the address cannot be bound (the
         supervisor retries with backoff).
         """
-        if self._runner is not None:
+        if self._serving is not None:
             raise RuntimeError("the web adapter is already started")
+        ingress = self.ingress
+        if ingress is None:
+            if self._own is None:
+                self._own = Ingress(host=self.host, port=self.port)
+            ingress = self._own
+        try:
+            ingress.add_routes(self.http_routes)
+        except RuntimeError as exc:
+            raise ConfigError(
+                "the web chat's routes must be added to the HTTP server before it starts"
+            ) from exc
         self._on_inbound = on_inbound
-        app = web.Application()
+        try:
+            await ingress.acquire()
+        except PlatformUnavailable as exc:
+            self._on_inbound = None
+            raise PlatformUnavailable(str(exc), platform=PLATFORM) from exc
+        self._serving = ingress
+        self.host, self.port = ingress.host, ingress.port
+        log.info("web chat on %s", self.url)
+
+    def http_routes(self, app: web.Application) -> None:
+        """Add the chat's routes (and ``mounts``) to the HTTP server's ``app``."""
         app.router.add_get("/", self._page)
         app.router.add_get("/static/{name}", self._static_file)
-        app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/ws", self._websocket)
         app.router.add_post("/files", self._upload)
         app.router.add_get("/files/{file}", self._file)
         for mount in self.mounts:
             mount(app)
         app.on_response_prepare.append(self._add_headers)
-        # No access log: its lines would carry user ids and tokens from the query.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self.port).start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise PlatformUnavailable(
-                f"cannot listen on {self.host}:{self.port}: {exc}", platform=PLATFORM
-            ) from exc
-        self._runner = runner
-        addresses = runner.addresses
-        if addresses and isinstance(addresses[0], tuple):
-            self.port = int(addresses[0][1])
-        log.info("web chat on %s", self.url)
 
     async def stop(self) -> None:
-        """Close every socket (going away) and the server. Idempotent."""
-        runner, self._runner = self._runner, None
+        """Close every socket (going away) and let go of the server. Idempotent."""
+        serving, self._serving = self._serving, None
         sockets = [ws for group in self._sockets.values() for ws in group]
         self._sockets.clear()
         await asyncio.gather(*(self._close(ws) for ws in sockets))
-        if runner is not None:
-            await runner.cleanup()
+        if serving is not None:
+            await serving.release()
         self._on_inbound = None
 
     @staticmethod
@@ -473,9 +486,6 @@ class WebAdapter(Adapter):
         if not self._authorized(request):
             raise web.HTTPUnauthorized(text="missing or wrong access token")
         return await self.files.serve(request, user_of(request))
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
 
     # -- the socket ------------------------------------------------------------
 
