@@ -23,6 +23,7 @@ from onethread.errors import (
 )
 from onethread.platforms.base import Inbound
 from onethread.platforms.delivery import RetryPolicy
+from onethread.platforms.ingress import Ingress
 from onethread.platforms.whatsapp import WhatsAppAdapter
 from onethread.platforms.whatsapp_events import (
     Aliases,
@@ -173,9 +174,16 @@ async def _noop(msg: Inbound) -> None:
     return None
 
 
+def make(graph: FakeGraph | None = None, **options: Any) -> WhatsAppAdapter:
+    """An adapter with an HTTP server to mount its webhook on (port 0)."""
+    wa = WhatsAppAdapter(**{**(graph.options() if graph else {}), **options})
+    wa.ingress = Ingress(port=0)
+    return wa
+
+
 @pytest.fixture
 async def adapter(graph: FakeGraph) -> AsyncIterator[WhatsAppAdapter]:
-    wa = WhatsAppAdapter(**graph.options(), retry_policy=FAST)
+    wa = make(graph, retry_policy=FAST)
     await wa.start(_noop)
     try:
         yield wa
@@ -183,18 +191,22 @@ async def adapter(graph: FakeGraph) -> AsyncIterator[WhatsAppAdapter]:
         await wa.stop()
 
 
-async def test_missing_credentials_name_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    wa = WhatsAppAdapter(token="t")
+async def test_missing_credentials_name_the_variables(graph: FakeGraph) -> None:
+    wa = make(token="t")
     with pytest.raises(ConfigError, match="WHATSAPP_PHONE_NUMBER_ID.*WHATSAPP_APP_SECRET"):
         await wa.start(_noop)
+    alone = WhatsAppAdapter(**graph.options())  # no HTTP server to take webhooks on
+    with pytest.raises(ConfigError, match="webhook.*BotOS"):
+        await alone.start(_noop)
     with pytest.raises(ConfigError, match="WHATSAPP_API_BASE_URL"):
         WhatsAppAdapter(base_url="graph.facebook.com")
 
 
 async def test_wrong_token_is_an_auth_error_with_graph_data(graph: FakeGraph) -> None:
-    wa = WhatsAppAdapter(**{**graph.options(), "token": "EAAGwrong"})
+    wa = make(graph, token="EAAGwrong")
     with pytest.raises(PlatformAuthError) as info:
         await wa.start(_noop)
+    assert wa.ingress is not None and not wa.ingress.serving and not wa.ingress.webhooks()
     assert (info.value.code, info.value.subcode) == (190, 463)
     assert info.value.trace_id.startswith("A")
     assert wa.graph is None  # nothing left open
@@ -250,8 +262,8 @@ async def test_rate_limit_is_retried_then_sent(adapter: WhatsAppAdapter, graph: 
 
 
 async def test_connection_refused_is_unavailable() -> None:
-    wa = WhatsAppAdapter(token="t", phone_number_id="1", app_secret="s", verify_token="v",
-                         base_url="http://127.0.0.1:9/v22.0")  # fmt: skip
+    wa = make(token="t", phone_number_id="1", app_secret="s", verify_token="v",
+              base_url="http://127.0.0.1:9/v22.0")  # fmt: skip
     with pytest.raises(PlatformUnavailable):
         await wa.start(_noop)
 
@@ -371,8 +383,8 @@ async def test_inside_the_window_sends_text(adapter: WhatsAppAdapter, graph: Fak
 async def test_outside_the_window_a_configured_template_goes_instead_once(
     graph: FakeGraph,
 ) -> None:
-    wa = WhatsAppAdapter(**graph.options(), template="reengage", template_language="de",
-                         template_param=True, retry_policy=FAST)  # fmt: skip
+    wa = make(graph, template="reengage", template_language="de", template_param=True,
+              retry_policy=FAST)  # fmt: skip
     wa.bind(_Bot(time.time() - 30 * 3600))
     await wa.start(_noop)
     try:

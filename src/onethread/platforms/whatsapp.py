@@ -76,6 +76,7 @@ from ..session._conn.shared import masked
 from ..session.attachments import Attachment
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
+from .ingress import Ingress, WebhookTasks, refuse
 from .markup import to_whatsapp
 from .whatsapp_events import (
     SIGNATURE_HEADER,
@@ -142,6 +143,7 @@ class WhatsAppAdapter(Adapter):
     """
 
     name: ClassVar[str] = PLATFORM
+    uses_http = True  # inbound comes by webhook on the one HTTP server
     max_message_length: ClassVar[int] = 4096
     max_file_bytes: ClassVar[int] = 100 * 1024 * 1024
     typing_interval: ClassVar[float] = 20.0  # WhatsApp shows the indicator up to 25 s
@@ -192,7 +194,9 @@ class WhatsAppAdapter(Adapter):
         self.graph: GraphClient | None = None
         self._on_inbound: OnInbound | None = None
         self._session: Any = None  # the Bot's session manager (bind): when people last wrote
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = WebhookTasks(PLATFORM)
+        """The message handlers started after a webhook's 200 (awaited at stop)."""
+        self._serving: Ingress | None = None  # the server we mounted on and acquired
         # Loop thread only: chat -> (Unix time they last wrote, that message's id).
         self._seen: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._statuses: OrderedDict[str, Status] = OrderedDict()
@@ -211,32 +215,52 @@ class WhatsAppAdapter(Adapter):
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self, on_inbound: OnInbound) -> None:
-        """Check the credentials (Graph: the phone number's ``verified_name``) and take webhooks."""
+        """Check the credentials (Graph: the phone number's ``verified_name``), then take
+        webhooks at ``/webhooks/whatsapp`` on the bot's HTTP server (``self.ingress``).
+
+        Raises ``ConfigError`` naming what is missing (a credential, or an HTTP
+        server: serve it with ``BotOS``/``onethread run``, or give the ``Bot``
+        ``ingress=``), ``PlatformAuthError`` when Graph refuses the token.
+        """
         missing = [_ENV[k] for k, v in self._creds.items() if not v]
         if missing:
             raise ConfigError(f"the whatsapp platform needs {', '.join(missing)} "
                               "(or the matching options)")  # fmt: skip
+        ingress = self.ingress
+        if ingress is None:
+            raise ConfigError(
+                "the whatsapp platform receives messages by webhook: serve it with BotOS or "
+                "`onethread run` (one HTTP server), or give the Bot ingress=Ingress(...)"
+            )
         graph = GraphClient(self.base_url, self._creds["token"], timeout=self.timeout)
         graph.open()
         try:
             with map_whatsapp_errors("checking the phone number id"):
                 me = await graph.get(self.phone_number_id, fields="verified_name")
+            self._on_inbound = on_inbound
+            ingress.mount_webhook(PLATFORM, self)
+            await ingress.acquire()
         except BaseException:
+            ingress.unmount_webhook(PLATFORM, self)
+            self._on_inbound = None
             await graph.close()
             raise
         self.graph = graph
-        self._on_inbound = on_inbound
-        log.info("whatsapp: serving %s (%s) via %s", me.get("verified_name", "?"),
-                 self.phone_number_id, self.base_url)  # fmt: skip
+        self._serving = ingress
+        url = ingress.webhook_url(PLATFORM) or f"<public_url>{ingress.webhook_path(PLATFORM)}"
+        log.info("whatsapp: serving %s (%s) via %s; webhook (callback URL in the Meta app): %s",
+                 me.get("verified_name", "?"), self.phone_number_id, self.base_url,
+                 url)  # fmt: skip
 
     async def stop(self) -> None:
-        """Stop taking webhooks, end handlers still running, close the client. Idempotent."""
+        """Stop taking webhooks, let handlers finish (bounded), close the client. Idempotent."""
         self._on_inbound = None
-        tasks, self._tasks = self._tasks, set()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.unmount_webhook(PLATFORM, self)
+        await self.tasks.close(timeout=5.0)
+        if serving is not None:
+            await serving.release()
         graph, self.graph = self.graph, None
         if graph is not None:
             await graph.close()
@@ -244,16 +268,16 @@ class WhatsAppAdapter(Adapter):
     # -- webhooks --------------------------------------------------------------
 
     async def webhook_get(self, request: web.Request) -> web.StreamResponse:
-        """Meta's subscription check: echo ``hub.challenge`` for the right verify token."""
+        """Meta's subscription check: echo ``hub.challenge`` for the right verify token
+        (403 otherwise, logged without the token)."""
         query = request.query
         token = self._creds["verify_token"].encode()
         given = query.get("hub.verify_token", "").encode()
         if query.get("hub.mode") != "subscribe" or not token:
-            return web.Response(status=403, text="not a webhook subscription request")
+            return refuse(request, PLATFORM, 403, "not a subscription request (hub.mode)")
         if not hmac.compare_digest(given, token):
-            log.warning("whatsapp: webhook verification with a wrong verify token refused")
-            return web.Response(status=403, text="wrong verify token")
-        return web.Response(text=query.get("hub.challenge", ""))
+            return refuse(request, PLATFORM, 403, "wrong hub.verify_token")
+        return web.Response(text=query.get("hub.challenge", ""), content_type="text/plain")
 
     def verify(self, body: bytes, signature: str | None) -> bool:
         """True when ``signature`` (``X-Hub-Signature-256``) is the app secret's HMAC
@@ -289,20 +313,16 @@ class WhatsAppAdapter(Adapter):
         """
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
-            log.warning("whatsapp: webhook without %s refused", SIGNATURE_HEADER)
-            return web.Response(status=401, text=f"missing {SIGNATURE_HEADER}")
+            return refuse(request, PLATFORM, 401, f"missing {SIGNATURE_HEADER}")
         if not self.verify(body, signature):
-            log.warning("whatsapp: webhook with a wrong signature refused (%d bytes)", len(body))
-            return web.Response(status=403, text="signature mismatch")
+            return refuse(request, PLATFORM, 403, "signature does not match the app secret")
         try:
             inbound, _ = self.parse(body)
         except BadRequest as exc:
-            return web.Response(status=400, text=str(exc))
+            return refuse(request, PLATFORM, 400, str(exc))
         on_inbound = self._on_inbound
         if inbound and on_inbound is not None:
-            task = asyncio.get_running_loop().create_task(self._handle(on_inbound, inbound))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.tasks.spawn(self._handle(on_inbound, inbound))
         return web.Response(text="ok")
 
     async def _handle(self, on_inbound: OnInbound, inbound: list[Inbound]) -> None:
