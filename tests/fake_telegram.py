@@ -63,6 +63,18 @@ call is carried out, e.g. the message sent, and answered ``seconds`` late),
 without an answer), and
 ``webhook_url`` (while set, ``getUpdates`` answers 409 Conflict).
 
+Webhooks, as the Bot API does them: ``setWebhook`` takes ``url`` (HTTPS only,
+unless the fake is built with ``local=True``, like a local Bot API server
+started with ``--local``, which also takes ``http://`` and any port),
+``secret_token`` (1-256 of ``A-Za-z0-9_-``), ``allowed_updates`` and
+``drop_pending_updates``; then every queued update of an allowed type is
+POSTed to the URL as JSON with ``X-Telegram-Bot-Api-Secret-Token``, one at a
+time, and dropped once answered 2xx; any other answer (or none) is retried
+after ``webhook_retry_delay`` seconds, recorded in ``webhook_deliveries``
+(``(update_id, status)``, status 0 for no answer) and in ``getWebhookInfo``'s
+``last_error_message``. ``deleteWebhook`` stops the deliveries.
+``webhook_secret`` and ``webhook_allowed_updates`` show what was registered.
+
 Protocol details honoured: wrong token -> 401; unknown method -> 404;
 ``getUpdates`` long polling (held until an update arrives or ``timeout``
 elapses), ``offset`` confirming and dropping earlier updates, ``limit``,
@@ -536,8 +548,17 @@ class FakeTelegram:
         bot_id: int | None = None,
         bot_username: str = "onethread_test_bot",
         bot_name: str = "Onethread Test",
+        local: bool = False,
     ) -> None:
         self.token = token
+        self.local = local
+        self.webhook_secret = ""
+        self.webhook_allowed_updates: list[str] | None = None
+        self.webhook_deliveries: list[tuple[int, int]] = []
+        self.webhook_retry_delay = 0.2
+        self._webhook_error = ""
+        self._webhook_task: asyncio.Task[None] | None = None
+        self._webhook_generation = 0
         self.bot_id = bot_id if bot_id is not None else int(token.split(":", 1)[0])
         self.bot_username = bot_username
         self.bot_user = _user(self.bot_id, bot_name, bot_username, None, True)
@@ -588,9 +609,10 @@ class FakeTelegram:
         self._closing = False
 
     async def stop(self) -> None:
-        """Release pending long polls and close the server."""
+        """Release pending long polls, stop webhook deliveries and close the server."""
         self._closing = True
         self._notify()
+        await self._stop_deliveries()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -1086,17 +1108,84 @@ class FakeTelegram:
 
     async def _m_deletewebhook(self, params: dict[str, Any], request: web.Request) -> Any:
         self.webhook_url = ""
+        self.webhook_secret = ""
+        await self._stop_deliveries()
         if _value(params, "drop_pending_updates") is True:
             self._updates.clear()
         return True
 
     async def _m_setwebhook(self, params: dict[str, Any], request: web.Request) -> Any:
-        self.webhook_url = str(params.get("url") or "")
+        url = str(params.get("url") or "")
+        if not url:  # an empty url removes the webhook, as deleteWebhook does
+            return await self._m_deletewebhook(params, request)
+        if not url.startswith("https://") and not (self.local and url.startswith("http://")):
+            raise _bad("bad webhook: An HTTPS URL must be provided for webhook")
+        secret = str(params.get("secret_token") or "")
+        if secret and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", secret):
+            raise _bad("secret token contains unallowed characters")
+        allowed = _value(params, "allowed_updates")
+        if isinstance(allowed, list):
+            self._allowed_updates = allowed or None
+            self.webhook_allowed_updates = allowed
+        if _value(params, "drop_pending_updates") is True:
+            self._updates.clear()
+        self.webhook_url, self.webhook_secret = url, secret
+        await self._stop_deliveries()
+        self._webhook_task = asyncio.create_task(
+            self._deliver_webhooks(url, secret, self._webhook_generation)
+        )
         return True
 
     async def _m_getwebhookinfo(self, params: dict[str, Any], request: web.Request) -> Any:
-        return {"url": self.webhook_url, "has_custom_certificate": False,
-                "pending_update_count": len(self._updates)}  # fmt: skip
+        info: dict[str, Any] = {"url": self.webhook_url, "has_custom_certificate": False,
+                                "pending_update_count": len(self._updates)}  # fmt: skip
+        if self.webhook_allowed_updates is not None:
+            info["allowed_updates"] = self.webhook_allowed_updates
+        if self._webhook_error:
+            info["last_error_message"] = self._webhook_error
+        return info
+
+    async def _stop_deliveries(self) -> None:
+        # Python 3.11's wait_for can swallow a cancel: the loop checks its generation too.
+        self._webhook_generation += 1
+        task, self._webhook_task = self._webhook_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _deliver_webhooks(self, url: str, secret: str, generation: int) -> None:
+        """POST queued updates to the webhook, one at a time, until it is deleted."""
+        import aiohttp
+
+        headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret else {}
+        async with aiohttp.ClientSession() as session:
+            while generation == self._webhook_generation and not self._closing:
+                self._updates = [u for u in self._updates if self._wanted(u)]
+                if not self._updates:
+                    changed = self._changed
+                    try:
+                        await asyncio.wait_for(changed.wait(), 0.2)
+                    except TimeoutError:
+                        pass
+                    continue
+                update = self._updates[0]
+                status = 0
+                try:
+                    async with session.post(
+                        url, json=update, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+                    ) as resp:
+                        status = resp.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self._webhook_error = f"Connection error: {exc!r}"
+                self.webhook_deliveries.append((int(update["update_id"]), status))
+                self._notify()
+                if 200 <= status < 300:
+                    if self._updates and self._updates[0] is update:
+                        self._updates.pop(0)
+                    continue
+                if status:
+                    self._webhook_error = f"Wrong response from the webhook: {status}"
+                await asyncio.sleep(self.webhook_retry_delay)
 
     async def _m_setmycommands(self, params: dict[str, Any], request: web.Request) -> Any:
         commands = _value(params, "commands")

@@ -70,7 +70,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -155,19 +155,19 @@ class WebhookTasks:
 
     def __init__(self, platform: str) -> None:
         self.platform = platform
-        self._tasks: set[asyncio.Task[Any]] = set()  # loop thread only
+        self._tasks: set[asyncio.Future[Any]] = set()  # loop thread only
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` in a tracked task; return it."""
-        task = asyncio.get_running_loop().create_task(coro)
+    def spawn(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run ``work`` (a coroutine) in a tracked task; return it."""
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def _done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s webhook: a task failed", self.platform, exc_info=task.exception())

@@ -1,4 +1,6 @@
-"""Telegram adapter: python-telegram-bot's ``Bot`` with a long-polling ``getUpdates`` loop.
+"""Telegram adapter: python-telegram-bot's ``Bot`` with a long-polling ``getUpdates`` loop,
+or (``mode="webhook"``) updates POSTed to ``/webhooks/telegram``
+(:mod:`onethread.platforms.telegram_webhook`).
 
 Credentials come from ``TELEGRAM_BOT_TOKEN``; ``TELEGRAM_API_BASE_URL`` (or
 ``base_url=``) is the Bot API *server root*, e.g. ``http://127.0.0.1:8081`` for
@@ -51,7 +53,9 @@ from ..errors import (
 from ..session.attachments import Attachment
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
+from .ingress import Ingress
 from .markup import to_plain, to_telegram_html
+from .telegram_webhook import SECRET_ENV, TelegramWebhook, derive_secret, valid_secret
 
 __all__ = [
     "TelegramAdapter",
@@ -335,6 +339,13 @@ class TelegramAdapter(Adapter):
         read_timeout: seconds to wait for the answer to a call (PTB's 5 by
             default; the long poll gets ``poll_timeout`` on top). A send that
             times out may have arrived: it fails and is not retried.
+        mode: ``"polling"`` (default) or ``"webhook"``: Telegram POSTs updates
+            to the bot's HTTP server (``self.ingress``, given by ``BotOS``), so
+            several hosts behind a load balancer share the traffic.
+        webhook_secret: the ``secret_token`` Telegram sends with each update
+            (default ``TELEGRAM_WEBHOOK_SECRET``, else derived from the token).
+        delete_webhook_on_stop: call ``deleteWebhook`` at stop (default False:
+            with several hosts, one stopping must not unhook the others).
 
     ``bot`` is the running ``telegram.Bot`` (``None`` while stopped), for
     callers who need a Bot API method the adapter does not wrap.
@@ -347,14 +358,22 @@ class TelegramAdapter(Adapter):
 
     _OPTIONS: ClassVar[tuple[str, ...]] = (
         "token", "base_url", "retry_policy", "poll_timeout", "drop_pending_updates",
-        "max_poll_failures", "read_timeout",
+        "max_poll_failures", "read_timeout", "mode", "webhook_secret",
+        "delete_webhook_on_stop",
     )  # fmt: skip
 
     @classmethod
     def check_options(
         cls, options: Mapping[str, Any], env: Mapping[str, str]
     ) -> list[tuple[str, str]]:
-        """The token's shape: ``<bot id digits>:<secret>`` (see ``TOKEN_SHAPE``)."""
+        """The token's shape: ``<bot id digits>:<secret>`` (see ``TOKEN_SHAPE``); the mode
+        and the webhook secret's characters."""
+        mode = options.get("mode", "polling")
+        if mode not in ("polling", "webhook"):
+            return [("mode", f"must be polling or webhook, got {mode!r}")]
+        secret, where = credential_in(options, env, "webhook_secret", SECRET_ENV)
+        if mode == "webhook" and secret and not valid_secret(secret):
+            return [("webhook_secret", f"{where} must be 1-256 letters, digits, '_' or '-'")]
         token, where = credential_in(options, env, "token", TOKEN_ENV)
         if not token:
             return []  # "not set" is the config check's own problem
@@ -377,6 +396,9 @@ class TelegramAdapter(Adapter):
         drop_pending_updates: bool = False,
         max_poll_failures: int = 3,
         read_timeout: float = 5.0,
+        mode: str = "polling",
+        webhook_secret: str | None = None,
+        delete_webhook_on_stop: bool = False,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -396,11 +418,26 @@ class TelegramAdapter(Adapter):
         self.drop_pending_updates = drop_pending_updates
         self.max_poll_failures = max_poll_failures
         self.read_timeout = float(read_timeout)
+        if mode not in ("polling", "webhook"):
+            raise ConfigError(f"telegram mode must be 'polling' or 'webhook', got {mode!r}")
+        self.mode = mode
+        self.uses_http = mode == "webhook"
+        secret = webhook_secret if webhook_secret is not None else os.environ.get(SECRET_ENV)
+        if secret and not valid_secret(secret):
+            raise ConfigError(
+                f"telegram webhook_secret (or {SECRET_ENV}) must be 1-256 letters, digits, "
+                "'_' or '-'"
+            )
+        self._webhook_secret = secret or None
+        self.delete_webhook_on_stop = delete_webhook_on_stop
+        self.webhook: TelegramWebhook | None = None
+        """The ``/webhooks/telegram`` endpoint while started in webhook mode."""
         self.bot: Bot | None = None
         self.bot_id = 0
         self.bot_username = ""
         self._offset: int | None = None  # next update_id to fetch; survives restarts
         self._poll_task: asyncio.Task[None] | None = None
+        self._serving: Ingress | None = None  # the HTTP server acquired in webhook mode
         self._started_once = False
         # How the poll loop pauses (a capped 429 wait, the backoff); tests swap it.
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -417,11 +454,16 @@ class TelegramAdapter(Adapter):
         for a rejected one and ``PlatformUnavailable`` when the server cannot
         be reached.
         """
-        if self._poll_task is not None:
+        if self._poll_task is not None or self.webhook is not None:
             raise RuntimeError("telegram adapter is already started; stop() it first")
         self._token = self._token or os.environ.get(TOKEN_ENV, "")
         if not self._token:
             raise ConfigError(f"no Telegram bot token: set {TOKEN_ENV} (or pass token=)")
+        if self.mode == "webhook" and self.ingress is None:
+            raise ConfigError(
+                "telegram mode: webhook needs the HTTP server: serve it with BotOS or "
+                "`onethread run` (or pass ingress=Ingress(...) to the Bot)"
+            )
         bot = Bot(
             self._token,
             base_url=f"{self.api_root}/bot",
@@ -436,13 +478,17 @@ class TelegramAdapter(Adapter):
             with map_telegram_errors():
                 await bot.initialize()  # getMe: checks the token
                 me = bot.bot
-                # Polling and a webhook exclude each other (409 Conflict); as PTB's Updater does.
+                self.bot_id, self.bot_username = me.id, me.username or ""
                 drop = self.drop_pending_updates and not self._started_once
+                if self.mode == "webhook":
+                    await self._start_webhook(bot, on_inbound, drop)
+                    self._started_once = True
+                    return
+                # Polling and a webhook exclude each other (409 Conflict); as PTB's Updater does.
                 await bot.delete_webhook(drop_pending_updates=drop)
         except BaseException:
             await self.stop()  # a failed start leaves no client open
             raise
-        self.bot_id, self.bot_username = me.id, me.username or ""
         self._started_once = True
         self._poll_task = asyncio.create_task(
             self._poll(bot, on_inbound), name=f"telegram-poll-{self.bot_username}"
@@ -450,15 +496,61 @@ class TelegramAdapter(Adapter):
         self._poll_task.add_done_callback(self._poll_done)
         log.info("telegram: polling as @%s via %s", self.bot_username, self.api_root)
 
+    async def _start_webhook(self, bot: Bot, on_inbound: OnInbound, drop: bool) -> None:
+        """Mount ``/webhooks/telegram``, serve, and register it when there is a public URL."""
+        ingress = self.ingress
+        assert ingress is not None  # checked by start()
+        secret = self._webhook_secret or derive_secret(self._token)
+
+        def normalize(update: Update) -> Inbound | None:
+            return normalize_update(update, bot_id=self.bot_id, bot_username=self.bot_username)
+
+        endpoint = TelegramWebhook(bot, secret, normalize, on_inbound)
+        ingress.mount_webhook(PLATFORM, endpoint)
+        self.webhook = endpoint
+        await ingress.acquire()
+        self._serving = ingress
+        url = ingress.webhook_url(PLATFORM)
+        if url is None:
+            log.info(
+                "telegram: webhook mode as @%s on %s without http.public_url: not registered "
+                "with Telegram (setWebhook it yourself)",
+                self.bot_username, ingress.url + "webhooks/telegram",
+            )  # fmt: skip
+            return
+        await bot.set_webhook(
+            url,
+            allowed_updates=list(ALLOWED_UPDATES),
+            secret_token=secret,
+            drop_pending_updates=drop,
+        )
+        log.info("telegram: webhook %s registered as @%s", url, self.bot_username)
+
     async def stop(self) -> None:
-        """Stop polling and close the HTTP clients. Idempotent; returns within a few seconds."""
+        """Stop polling (or unmount the webhook, finishing its started turns) and close the
+        HTTP clients. Idempotent; returns within a few seconds."""
         task, self._poll_task = self._poll_task, None
         if task is not None:
             task.cancel()
             await asyncio.wait({task})  # unlike `await task`, keeps a cancel of stop() itself
+        endpoint, self.webhook = self.webhook, None
+        serving, self._serving = self._serving, None
+        if endpoint is not None:
+            if self.ingress is not None:
+                self.ingress.unmount_webhook(PLATFORM, endpoint)
+            await endpoint.tasks.close()
         bot, self.bot = self.bot, None
         if bot is not None:
+            if endpoint is not None and self.delete_webhook_on_stop and serving is not None:
+                if serving.public_url is not None:
+                    try:
+                        with map_telegram_errors():
+                            await bot.delete_webhook()
+                    except PlatformError as exc:
+                        log.warning("telegram: deleteWebhook at stop failed: %s", exc)
             await bot.shutdown()
+        if serving is not None:
+            await serving.release()
 
     def _poll_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
