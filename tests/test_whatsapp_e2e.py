@@ -272,3 +272,29 @@ async def test_outside_the_window_the_configured_template_goes_and_is_marked(
     assert template.template["components"][0]["parameters"][0]["text"] == "Your table is ready"
     assert last.content == "Your table is ready" and not last.undelivered
     assert (last.metadata["delivery"], last.metadata["template"]) == ("template", "table_ready")
+
+
+async def test_a_person_seen_first_by_bsuid_keeps_one_history(world: World, running: BotOS) -> None:
+    """A host that did not know the pair answers a BSUID-only message under the BSUID;
+    the first message with both ids moves that session into the wa_id's, and from
+    then on a BSUID-only message is the same person."""
+    bsuid, wa_id = "BR.1502576394655843", "5511987654321"
+
+    async def send(text: str, number: str | None, n: int) -> None:
+        body, headers = world.graph.signed(message_payload(number, text, user_id=bsuid))
+        assert await post(running, body, headers) == 200
+        await world.graph.wait_for(lambda: len(world.graph.sent) == n, what=f"reply {n}")
+
+    await send("my flat is number 12", None, 1)
+    assert world.graph.sent[0].to == bsuid and world.graph.sent[0].by_recipient
+    await send("and my dog is Rex", wa_id, 2)
+    await send("what is my flat number and my dog's name?", None, 3)
+    asked = world.openai.requests[-1]
+    assert "my flat is number 12" in all_text(asked) and "my dog is Rex" in all_text(asked)
+    assert [s.to for s in world.graph.sent] == [bsuid, wa_id, wa_id]
+    store = running.session.store
+    assert await store.load(f"bot_whatsapp_{bsuid}") == []
+    moved = await store.load(f"bot_whatsapp_{wa_id}")
+    said = [e.content for e in moved if e.role == "user"]
+    assert said == ["my flat is number 12", "and my dog is Rex",
+                    "what is my flat number and my dog's name?"]  # fmt: skip

@@ -33,9 +33,10 @@ known only by BSUID is that BSUID (sent to with ``recipient`` instead of
 history: Meta keeps the phone number in webhooks for everyone the business
 talked with since the change (its contact book), every such payload also
 carries the BSUID, and from then on a BSUID-only message maps to the same
-``wa_id`` and the same session. A host that never saw the pair (a restart
-between the two) starts under the BSUID: link the two accounts with
-``/link`` (linking merges the histories) or keep the identity store shared.
+``wa_id`` and the same session. A host that had not seen the pair yet (a
+restart, another host) answers a BSUID-only message under the BSUID; the next
+message that carries both ids moves that session's entries into the
+``wa_id``'s (``HistoryStore.merge``, under both turn locks) before its turn.
 
 Outbound: text (4,096 characters, WhatsApp's ``*bold*``/``_italic_`` markup
 from the Markdown), files uploaded to ``/PHONE_NUMBER_ID/media`` then sent
@@ -210,6 +211,7 @@ class WhatsAppAdapter(Adapter):
         self._statuses: OrderedDict[str, Status] = OrderedDict()
         self._marks: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._templates: dict[str, tuple[float, str]] = {}  # chat -> (loop time, template id)
+        self._adopted: OrderedDict[str, str] = OrderedDict()  # BSUID -> wa_id merged into
 
     @property
     def phone_number_id(self) -> str:
@@ -336,9 +338,31 @@ class WhatsAppAdapter(Adapter):
     async def _handle(self, on_inbound: OnInbound, inbound: list[Inbound]) -> None:
         for msg in inbound:
             try:
+                await self._adopt(msg)
                 await on_inbound(msg)
             except Exception:  # one bad message must not drop the rest of the batch
                 log.exception("whatsapp: handling message %s failed", msg.message_id)
+
+    async def _adopt(self, msg: Inbound) -> None:
+        """A message carrying both ids: move what the person wrote as a BSUID alone (on
+        a host that did not know the pair yet) into their ``wa_id``'s session, once per
+        pair and process, before the message's turn reads it."""
+        raw = msg.raw if isinstance(msg.raw, Mapping) else {}
+        bsuid = str(raw.get("from_user_id") or "")
+        session = self._session
+        if not bsuid or bsuid == msg.user_id or session is None:
+            return
+        if self._adopted.get(bsuid) == msg.user_id:
+            return
+        src = session.key_for(bsuid, platform=PLATFORM, chat_id=bsuid)
+        dst = session.key_for(msg.user_id, platform=PLATFORM, chat_id=msg.chat_id)
+        if src != dst:
+            async with session.locks.hold(src), session.locks.hold(dst):
+                moved = await session.store.merge(src, dst)
+            if moved:
+                log.info("whatsapp: %d entries of %s moved to %s (same person)", moved,
+                         masked(PLATFORM, bsuid), masked(PLATFORM, msg.user_id))  # fmt: skip
+        _bounded_put(self._adopted, bsuid, msg.user_id)
 
     def _record_status(self, status: Status) -> None:
         _bounded_put(self._statuses, status.message_id, status)
