@@ -70,6 +70,20 @@ Inbound (each returns the event dict it dispatched):
 - ``echo_own_messages`` (default True): like Slack, the bot's own posts come
   back as ``message`` events (with ``bot_id``).
 
+Events API over HTTP (the app's Request URL): set ``request_url`` and every
+event goes there instead of a socket, as Slack POSTs it: the ``event_callback``
+body as JSON, signed with ``signing_secret`` (``X-Slack-Signature: v0=<hex
+HMAC-SHA256 of "v0:<ts>:<body>">``, ``X-Slack-Request-Timestamp``). An answer
+other than 2xx, or none within ``ack_timeout`` (3 s, as Slack waits), is
+retried up to 3 times after ``http_retry_delay`` seconds, with
+``X-Slack-Retry-Num`` and ``X-Slack-Retry-Reason`` (``http_timeout``,
+``http_error``); ``redeliver(envelope)`` sends the same body with the next
+retry number. ``http_deliveries`` records :class:`HttpDelivery` (``event_id``,
+``retry``, ``status``, ``seconds``; status 0 for no answer in time).
+``await verify_url(url)`` sends the ``url_verification`` request Slack sends
+when the Request URL is saved and returns ``(status, body)``;
+``sign(body, timestamp=None)`` gives the headers for any body.
+
 Records: ``sent`` (:class:`SentMessage`: ``chat_id``, ``thread_id``, ``text``
 as the reader sees it, ``ts``, ``blocks``, ``formatted``, ``payload``),
 ``statuses`` (assistant thread status calls as ``(channel_id, thread_ts,
@@ -112,6 +126,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import itertools
 import json
 import math
@@ -124,7 +140,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-__all__ = ["FakeSlack", "RecordedRequest", "SentFile", "SentMessage"]
+__all__ = ["FakeSlack", "HttpDelivery", "RecordedRequest", "SentFile", "SentMessage"]
 
 Json = dict[str, Any]
 
@@ -134,6 +150,16 @@ BLOCK_TYPES = {
     "actions", "context", "divider", "file", "header", "image", "input", "markdown",
     "rich_text", "section", "video", "table",
 }  # fmt: skip
+
+
+@dataclass
+class HttpDelivery:
+    """One POST of an event to the Request URL."""
+
+    event_id: str
+    retry: int
+    status: int  # 0: no answer within ack_timeout, or no connection
+    seconds: float
 
 
 @dataclass
@@ -239,8 +265,14 @@ class FakeSlack:
         app_token: str = "xapp-1-A0FAKE-1-fake-app-token",
         bot_name: str = "onethread",
         echo_own_messages: bool = True,
+        signing_secret: str = "8f742231b10e8888abcd99yyyzzz85a5",
     ) -> None:
         self.bot_token = bot_token
+        self.signing_secret = signing_secret
+        self.request_url = ""
+        self.ack_timeout = 3.0
+        self.http_retry_delay = 0.2
+        self.http_deliveries: list[HttpDelivery] = []
         self.app_token = app_token
         self.bot_name = bot_name
         self.echo_own_messages = echo_own_messages
@@ -653,8 +685,63 @@ class FakeSlack:
         await self._push(again)
         return again
 
+    def sign(self, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+        """Slack's signature headers for ``body`` (timestamp: now)."""
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        digest = hmac.new(self.signing_secret.encode(), b"v0:" + ts.encode() + b":" + body,
+                          hashlib.sha256).hexdigest()  # fmt: skip
+        return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}",
+                "Content-Type": "application/json"}  # fmt: skip
+
+    async def verify_url(self, url: str) -> tuple[int, str]:
+        """Slack's ``url_verification`` request to ``url``; ``(status, body)`` of the answer."""
+        import aiohttp
+
+        body = json.dumps({"token": "fake-verification-token", "type": "url_verification",
+                           "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}
+                          ).encode()  # fmt: skip
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=body, headers=self.sign(body)) as resp:
+                return resp.status, await resp.text()
+
+    async def _post_event(self, envelope: Json) -> None:
+        """POST ``envelope``'s event to ``request_url``, retried as Slack does."""
+        import aiohttp
+
+        body = json.dumps(envelope["payload"]).encode()
+        retry = int(envelope.get("retry_attempt") or 0)
+        reason = str(envelope.get("retry_reason") or "")
+        loop = asyncio.get_running_loop()
+        async with aiohttp.ClientSession() as http:
+            while True:
+                headers = self.sign(body)
+                if retry:
+                    headers |= {"X-Slack-Retry-Num": str(retry),
+                                "X-Slack-Retry-Reason": reason or "http_error"}  # fmt: skip
+                started = loop.time()
+                status = 0
+                try:
+                    async with http.post(self.request_url, data=body, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=self.ack_timeout)
+                                         ) as resp:  # fmt: skip
+                        status = resp.status
+                except (aiohttp.ClientError, TimeoutError):
+                    status = 0
+                self.http_deliveries.append(HttpDelivery(
+                    str(envelope["payload"].get("event_id", "")), retry, status,
+                    loop.time() - started))  # fmt: skip
+                self._changed.set()
+                if 200 <= status < 300 or retry >= 3:
+                    return
+                retry += 1
+                reason = "http_timeout" if status == 0 else "http_error"
+                await asyncio.sleep(self.http_retry_delay)
+
     async def _push(self, envelope: Json) -> None:
         self.envelopes.append(envelope)
+        if self.request_url:
+            self._spawn(self._post_event(envelope))
+            return
         live = [c for c in self._conns if not c.ws.closed]
         if not live:
             self._pending.append(envelope)

@@ -103,6 +103,25 @@ async def run_botos_start(monkeypatch: pytest.MonkeyPatch) -> None:
             await runner
 
 
+async def run_webhook_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signing client against a real BotOS serving the webhook platform."""
+    from helpers import RecordingAgent
+
+    monkeypatch.setenv("WEBHOOK_SECRET", "readme-webhook-secret")
+    botos = BotOS(RecordingAgent(), platforms=["webhook"], store="memory://", http={"port": 0})
+    running = asyncio.create_task(botos.start())
+    try:
+        await botos.wait_ready(10)
+        monkeypatch.setenv("ONETHREAD_URL", botos.ingress.url.rstrip("/"))
+        ns: dict[str, Any] = {}
+        await asyncio.to_thread(run_plain_example, "webhook-client", ns)
+        assert ns["answer"]["reply"] == "reply:What is on my list?"
+        assert ns["answer"]["message_id"] == "evt-1"
+    finally:
+        await botos.stop()
+        await running
+
+
 async def run_bot_start(monkeypatch: pytest.MonkeyPatch) -> None:
     async with platform_fakes(monkeypatch) as (tg, _dc):
         ns: dict[str, Any] = {}
@@ -287,6 +306,7 @@ RUNNERS: dict[str, Runner] = {
     "botos-run": run_botos_run,
     "botos-start": run_botos_start,
     "bot-start": run_bot_start,
+    "webhook-client": run_webhook_client,
     "in-memory": run_in_memory,
     "whoami-tool": run_whoami_tool,
     "set-context": run_set_context,

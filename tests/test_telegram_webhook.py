@@ -121,6 +121,9 @@ async def test_forged_unsigned_and_oversized_requests_start_nothing(
                 assert resp.status == 413
             async with http.post(running.url, data=b"{not json", headers=secret) as resp:
                 assert resp.status == 400
+            malformed = {"update_id": 5, "message": "not an object"}
+            async with http.post(running.url, json=malformed, headers=secret) as resp:
+                assert resp.status == 400
         await asyncio.sleep(0.2)
         assert running.agent.calls == [] and fake.sent == []
         assert "secret-text-77" not in caplog.text

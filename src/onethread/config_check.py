@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import Config, ConfigFileError, Problem, did_you_mean, without_repeats
 from .errors import ConfigError, MissingDependencyError
-from .platforms.registry import credentials, load_adapter_class
+from .platforms.registry import credentials, load_adapter_class, spec
 
 __all__ = ["check_config", "config_problems", "import_tool", "tool_functions"]
 
@@ -84,7 +84,7 @@ def _platform_problems(
             if option not in accepted:
                 msg = f"unknown option; {did_you_mean(option, accepted)}"
                 problems.append((f"{key}.{option}", msg))
-    for option, var in credentials().get(name, {}).items():
+    for option, var in spec(name).credentials_for(options).items():
         if options.get(option) or env.get(var):
             continue
         if from_file:

@@ -311,6 +311,7 @@ class Bot:
         the loop thread only) before it does anything that can suspend.
         """
         if self._stopping is None or self._closed:
+            self.adapter.on_done(msg, "stopping")
             return
         try:
             verdict = await self._gate.check(msg)
@@ -324,6 +325,7 @@ class Bot:
             if verdict is Verdict.DUPLICATE:
                 self.metrics.duplicate(self.platform)
             log.debug("%s: dropped message %s: %s", self.platform, msg.message_id, verdict.value)
+            self.adapter.on_done(msg, verdict.value)
             return
         key = self._session.key_for(
             msg.user_id, platform=msg.platform, chat_id=msg.chat_id, chat_type=msg.chat_type,
@@ -472,8 +474,11 @@ class Bot:
             self.metrics.turn(self.platform, outcome, total, stats.model_seconds)
             log_turn(self.platform, msg.user_id, len(msg.text), len(reply or ""),
                      stats.model_seconds, total, outcome)  # fmt: skip
-            if stream is not None:
-                await stream.close()  # a turn that ended without its final text
+            try:
+                if stream is not None:
+                    await stream.close()  # a turn that ended without its final text
+            finally:
+                self.adapter.on_done(msg)
 
 
 def whole_reply_file(text: str) -> tuple[Attachment, bytes]:

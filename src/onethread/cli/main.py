@@ -40,6 +40,14 @@ agent:
   tools: []
   #  - mytools:whoami
 
+# The one HTTP server: the web chat, /healthz, /readyz, /metrics, /admin and
+# /webhooks/<platform>. public_url is where platforms reach it; webhook
+# platforms register public_url/webhooks/<platform> (none without it).
+# http:
+#   host: 127.0.0.1
+#   port: 8080
+#   public_url: https://bot.example.com
+
 # The platforms to serve: exactly the ones listed here.
 platforms:
 {platform_lines}

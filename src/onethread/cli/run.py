@@ -257,6 +257,14 @@ def banner(config: Config, agent: Any, botos: Any, *, model: str | None = None) 
         if getattr(web.adapter, "access_token", None):
             url += " (add ?token=<your access token> once)"
         lines.append(f"  web chat:  {url}")
+    hooks = [name for name, bot in botos.bots.items() if bot.adapter.uses_http and name != "web"]
+    ingress = getattr(botos, "ingress", None)
+    if hooks and ingress is not None:
+        urls = [ingress.webhook_url(name) or ingress.url + f"webhooks/{name}" for name in hooks]
+        lines.append(f"  webhooks:  {', '.join(urls)}")
+        if ingress.public_url is None:
+            lines.append("             (no http.public_url: nothing registered; point the "
+                         "platforms at these through your proxy)")  # fmt: skip
     lines.append(f"  model:     {model or describe_model(agent)}")
     lines.append(f"  history:   {redact_url(history_url(config))}")
     lines.append(f"  identity:  {redact_url(identity_url(config))}")

@@ -189,6 +189,16 @@ class Adapter(ABC):
         """
         return None
 
+    def on_done(self, msg: Inbound, dropped: str = "") -> None:
+        """Called by the ``Bot`` once it is done with ``msg``: its turn ended (replied,
+        refused or failed; ``dropped`` empty), or it was dropped before one
+        (``dropped`` says why: a duplicate, not addressed to the bot, stopping).
+
+        The default does nothing; the webhook platform's ``mode: sync`` answers
+        the HTTP request with what the turn sent.
+        """
+        return None
+
     @abstractmethod
     async def start(self, on_inbound: OnInbound) -> None:
         """Connect and begin delivering messages to ``on_inbound``; return once connected."""

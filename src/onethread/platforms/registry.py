@@ -11,7 +11,9 @@ and ``--host``/``--port`` are the built-in web chat's.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError, MissingDependencyError
 from ..session._conn.shared import declare_secret_ids
@@ -28,7 +30,10 @@ class PlatformSpec:
     that brings its SDK (``None``: nothing to install); ``sdk_module`` is
     imported first to tell "SDK missing" from a bug. ``title``: the name shown
     to people. ``credentials``: ``(option, ENV_VAR)`` pairs; the platform is
-    served without a config file when every variable is set. ``loggers``: SDK
+    served without a config file when every variable is set. ``mode_credentials``:
+    ``(mode, credentials)`` pairs for an option ``mode:`` that needs others
+    (Slack's ``http`` mode takes a signing secret, not an app token).
+    ``loggers``: SDK
     loggers that write credentials or message text, held at WARNING whatever
     ``-v`` says. ``init_lines``: the lines ``onethread init`` writes under
     ``platforms:`` (commented out unless the platform is local). ``local``:
@@ -47,6 +52,15 @@ class PlatformSpec:
     init_lines: tuple[str, ...] = ()
     local: bool = False
     secret_ids: bool = False
+    mode_credentials: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+
+    def credentials_for(self, options: Mapping[str, Any]) -> dict[str, str]:
+        """``{option: ENV_VAR}`` the platform needs with these ``options`` (its ``mode``)."""
+        mode = options.get("mode")
+        for name, needed in self.mode_credentials:
+            if name == mode:
+                return dict(needed)
+        return dict(self.credentials)
 
 
 PLATFORMS: dict[str, PlatformSpec] = {
@@ -61,6 +75,7 @@ PLATFORMS: dict[str, PlatformSpec] = {
         init_lines=(
             'telegram:                   # pip install "onethread[telegram]"',
             "  token: ${TELEGRAM_BOT_TOKEN}",
+            "  # mode: webhook           # Telegram POSTs to http.public_url/webhooks/telegram",
         ),
     ),
     "discord": PlatformSpec(
@@ -83,11 +98,16 @@ PLATFORMS: dict[str, PlatformSpec] = {
         "slack_bolt",
         title="Slack",
         credentials=(("token", "SLACK_BOT_TOKEN"), ("app_token", "SLACK_APP_TOKEN")),
+        mode_credentials=(
+            ("http", (("token", "SLACK_BOT_TOKEN"), ("signing_secret", "SLACK_SIGNING_SECRET"))),
+        ),
         loggers=("slack_sdk", "slack_bolt"),
         init_lines=(
             'slack:                      # pip install "onethread[slack]" (Socket Mode)',
             "  token: ${SLACK_BOT_TOKEN}",
             "  app_token: ${SLACK_APP_TOKEN}",
+            "  # mode: http              # Events API at http.public_url/webhooks/slack instead;",
+            "  # signing_secret: ${SLACK_SIGNING_SECRET}   # then no app_token",
         ),
     ),
     "whatsapp": PlatformSpec(
@@ -123,6 +143,19 @@ PLATFORMS: dict[str, PlatformSpec] = {
         ),
         local=True,
         secret_ids=True,
+    ),
+    "webhook": PlatformSpec(
+        "onethread.platforms.webhook",
+        "WebhookAdapter",
+        None,
+        title="webhook",
+        credentials=(("secret", "WEBHOOK_SECRET"),),
+        init_lines=(
+            "webhook:                    # signed JSON POSTs to http.public_url/webhooks/webhook",
+            "  secret: ${WEBHOOK_SECRET}",
+            "  mode: sync                # sync: reply in the response; async: to callback_url",
+            "  # callback_hosts: [hooks.example.com]   # where async replies may go",
+        ),
     ),
     "console": PlatformSpec(
         "onethread.platforms.console", "ConsoleAdapter", None, title="terminal", local=True

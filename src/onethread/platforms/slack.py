@@ -1,4 +1,5 @@
-"""Slack adapter: slack-bolt's ``AsyncApp`` over Socket Mode (slack-sdk's aiohttp client).
+"""Slack adapter: slack-bolt's ``AsyncApp`` over Socket Mode (slack-sdk's aiohttp client),
+or (``mode="http"``) the Events API on ``/webhooks/slack`` (:mod:`.slack_http`).
 
 Credentials: ``SLACK_BOT_TOKEN`` (``xoxb-``) and ``SLACK_APP_TOKEN`` (``xapp-``),
 read at construction. ``SLACK_API_BASE_URL`` (or ``base_url``) points the Web
@@ -96,14 +97,18 @@ from ..session.attachments import Attachment
 from ._describe import describe
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
+from .ingress import Ingress
 from .markup import to_slack_mrkdwn
+from .slack_http import SIGNING_SECRET_ENV, SlackEvents, finish
 
 __all__ = ["SlackAdapter", "attachments_of", "hosted_files", "map_slack_errors", "normalize_event"]
 
 log = logging.getLogger("onethread.platforms.slack")
 
 DEFAULT_BASE_URL = "https://slack.com/api/"
-_OPTIONS = ("token", "app_token", "base_url", "retry_policy", "ping_interval", "connect_timeout")
+_OPTIONS = ("token", "app_token", "base_url", "retry_policy", "ping_interval", "connect_timeout",
+            "mode", "signing_secret")  # fmt: skip
+_MODES = ("socket", "http")
 _CACHE_MAX = 10_000
 _TYPING_STATUS = "is typing..."
 
@@ -351,9 +356,20 @@ class SlackAdapter(Adapter):
     def check_options(
         cls, options: Mapping[str, Any], env: Mapping[str, str]
     ) -> list[tuple[str, str]]:
-        """The tokens' shapes: ``token`` starts with ``xoxb-``, ``app_token`` with ``xapp-``."""
+        """The tokens' shapes: ``token`` starts with ``xoxb-``, ``app_token`` with ``xapp-``
+        (Socket Mode only); a known ``mode``; a signing secret without spaces."""
         problems = []
+        mode = options.get("mode", "socket")
+        if mode not in _MODES:
+            return [("mode", f"must be socket or http, got {mode!r}")]
+        if mode == "http":
+            secret, where = credential_in(options, env, "signing_secret", SIGNING_SECRET_ENV)
+            problem = whitespace_problem(secret, where) if secret else None
+            if problem is not None:
+                problems.append(("signing_secret", problem))
         for option, (variable, _, _) in _TOKENS.items():
+            if option == "app_token" and mode == "http":
+                continue
             token, where = credential_in(options, env, option, variable)
             problem = _shape_problem(token, where, option) if token else None
             if problem is not None:
@@ -369,6 +385,8 @@ class SlackAdapter(Adapter):
         retry_policy: RetryPolicy | None = None,
         ping_interval: float = 10.0,
         connect_timeout: float = 30.0,
+        mode: str = "socket",
+        signing_secret: str | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -378,7 +396,17 @@ class SlackAdapter(Adapter):
             )
         if ping_interval <= 0 or connect_timeout <= 0:
             raise ConfigError("slack: ping_interval and connect_timeout must be positive")
+        if mode not in _MODES:
+            raise ConfigError(f"slack mode must be 'socket' or 'http', got {mode!r}")
         super().__init__(retry_policy=retry_policy)
+        self.mode = mode
+        self.uses_http = mode == "http"
+        self._signing_secret = (
+            signing_secret if signing_secret is not None else os.environ.get(SIGNING_SECRET_ENV, "")
+        )
+        self.events: SlackEvents | None = None
+        """The ``/webhooks/slack`` endpoint while started in http mode."""
+        self._serving: Ingress | None = None
         # Read now, checked by start() (which reads an unset variable again).
         self._token = token if token is not None else os.environ.get("SLACK_BOT_TOKEN", "")
         self._app_token = (
@@ -397,7 +425,9 @@ class SlackAdapter(Adapter):
             # Our auth.test result authorizes every event: Bolt's own would call
             # auth.test again and drop events while it fails.
             authorize=self._bolt_authorize(),
-            request_verification_enabled=False,  # Socket Mode has no HTTP signatures
+            # Socket Mode has no HTTP signatures; in http mode SlackEvents verifies
+            # each request (with slack-sdk's SignatureVerifier) before Bolt sees it.
+            request_verification_enabled=False,
             ssl_check_enabled=False,
             ignoring_self_events_enabled=False,  # the gate, not the adapter, filters
         )
@@ -426,17 +456,14 @@ class SlackAdapter(Adapter):
         when Slack cannot be reached or says no ``hello`` within
         ``connect_timeout``.
         """
-        if self._handler is not None:
+        if self._handler is not None or self.events is not None:
             raise RuntimeError("the slack adapter is already started; stop() it first")
         self._token = _credential(self._token, "SLACK_BOT_TOKEN", "token", "xoxb-")
+        if self.mode == "http":
+            await self._start_http(on_inbound)
+            return
         self._app_token = _credential(self._app_token, "SLACK_APP_TOKEN", "app_token", "xapp-")
-        self.web.token = self._token
-        with map_slack_errors("auth.test"):
-            auth = await self.web.auth_test()
-        self.bot_user_id = str(auth.get("user_id") or "")
-        self.bot_id = str(auth.get("bot_id") or "")
-        self.bot_name = str(auth.get("user") or "")
-        self.team_id = str(auth.get("team_id") or "")
+        await self._auth_test()
         # Opened here rather than by the SDK, whose connect() retries every error forever.
         with map_slack_errors("apps.connections.open"):
             opened = await self.web.apps_connections_open(app_token=self._app_token)
@@ -473,8 +500,58 @@ class SlackAdapter(Adapter):
         self._watchdog = asyncio.create_task(self._watch(handler.client))
         log.info("slack: connected as %s (%s)", self.bot_name, self.bot_user_id)
 
+    async def _auth_test(self) -> None:
+        self.web.token = self._token
+        with map_slack_errors("auth.test"):
+            auth = await self.web.auth_test()
+        self.bot_user_id = str(auth.get("user_id") or "")
+        self.bot_id = str(auth.get("bot_id") or "")
+        self.bot_name = str(auth.get("user") or "")
+        self.team_id = str(auth.get("team_id") or "")
+
+    async def _start_http(self, on_inbound: OnInbound) -> None:
+        """Check the token, mount ``/webhooks/slack`` and serve (see :mod:`.slack_http`)."""
+        self._signing_secret = self._signing_secret or os.environ.get(SIGNING_SECRET_ENV, "")
+        if not self._signing_secret:
+            raise ConfigError(
+                f"slack mode: http needs the app's signing secret: set {SIGNING_SECRET_ENV} "
+                "(Basic Information > App Credentials) or the 'signing_secret' option"
+            )
+        ingress = self.ingress
+        if ingress is None:
+            raise ConfigError(
+                "slack mode: http needs the HTTP server: serve it with BotOS or "
+                "`onethread run` (or pass ingress=Ingress(...) to the Bot)"
+            )
+        await self._auth_test()
+        self._user_names.clear()
+        self._chat_names.clear()
+        self._no_status.clear()
+        self._on_inbound = on_inbound
+        events = SlackEvents(self.app, self._signing_secret)
+        ingress.mount_webhook("slack", events)
+        self.events = events
+        try:
+            await ingress.acquire()
+        except BaseException:
+            await self.stop()
+            raise
+        self._serving = ingress
+        url = ingress.webhook_url("slack") or ingress.url + "webhooks/slack"
+        log.info("slack: Events API as %s (%s); Request URL: %s", self.bot_name,
+                 self.bot_user_id, url)  # fmt: skip
+
     async def stop(self) -> None:
-        """Close the socket, its session and tasks, and running listeners. Idempotent."""
+        """Close the socket, its session and tasks, and running listeners (in http mode:
+        unmount the endpoint and let running listeners finish first). Idempotent."""
+        events, self.events = self.events, None
+        serving, self._serving = self._serving, None
+        if events is not None:
+            if self.ingress is not None:
+                self.ingress.unmount_webhook("slack", events)
+            await finish(self._listeners, timeout=10.0)
+        if serving is not None:
+            await serving.release()
         handler, self._handler = self._handler, None
         watchdog, self._watchdog = self._watchdog, None
         self._on_inbound = None

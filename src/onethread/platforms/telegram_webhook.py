@@ -84,7 +84,7 @@ class TelegramWebhook:
             if not isinstance(data, dict) or "update_id" not in data:
                 raise ValueError("not an update")
             update = Update.de_json(data, self.bot)
-        except (ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # PTB raises whatever a malformed object trips over
             return refuse(request, "telegram", 400, f"not a Telegram update ({type(exc).__name__})")
         inbound = self.normalize(update)
         if inbound is None:
