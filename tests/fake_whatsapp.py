@@ -34,6 +34,8 @@ Errors are Graph's body: ``{"error": {"message", "type", "code",
 message sends with one (``status`` HTTP, default 400; 130429 with
 ``retry_after`` sets ``Retry-After``).
 
+``latency`` (seconds) delays each message send's answer after it is carried out.
+
 Records: ``sent`` (:class:`Sent`), ``reads`` (:class:`Read`), ``uploads``
 (media id -> (bytes, mime, filename)), ``downloads`` (media ids fetched),
 ``requests`` (``(method, path, status)``). ``await wait_for(predicate)``.
@@ -296,8 +298,6 @@ class FakeGraph:
         return web.json_response({"id": media_id})
 
     async def _messages(self, request: web.Request) -> web.Response:
-        if self.latency:
-            await asyncio.sleep(self.latency)
         if not self._authorized(request):
             return self._unauthorized(request)
         if request.match_info["node"] != self.phone_number_id:
@@ -375,6 +375,8 @@ class FakeGraph:
         self.sent.append(sent)
         self.requests.append(("POST", request.path, 200))
         self._changed.set()
+        if self.latency:  # carried out, answered late (a client may give up meanwhile)
+            await asyncio.sleep(self.latency)
         return web.json_response({
             "messaging_product": "whatsapp",
             "contacts": [{"input": to, "wa_id": to}],

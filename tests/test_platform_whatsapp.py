@@ -17,6 +17,7 @@ from onethread.errors import (
     BadRequest,
     ConfigError,
     DeliveryWindowClosed,
+    OutcomeUnknown,
     PlatformAuthError,
     PlatformUnavailable,
     RetryAfter,
@@ -116,6 +117,12 @@ def test_reactions_unsupported_and_empty_messages_start_nothing() -> None:
         if kind == "text":
             payload["entry"][0]["changes"][0]["value"]["messages"][0]["text"] = {"body": ""}
         assert parse_webhook(payload) == ([], [])
+
+
+def test_group_messages_are_never_answered_as_dms() -> None:
+    payload = message_payload("1", "hi all")
+    payload["entry"][0]["changes"][0]["value"]["messages"][0]["group_id"] = "120363012345@g.us"
+    assert parse_webhook(payload) == ([], [])
 
 
 def test_statuses_are_parsed_never_messages() -> None:
@@ -259,6 +266,20 @@ async def test_rate_limit_is_retried_then_sent(adapter: WhatsAppAdapter, graph: 
     graph.fail_next(130429, 2, retry_after=0.01)
     await adapter.send("15551234567", "through at last")
     assert graph.texts() == ["through at last"]
+
+
+async def test_a_send_that_times_out_is_not_repeated(graph: FakeGraph) -> None:
+    wa = make(graph, retry_policy=FAST, timeout=0.3)
+    await wa.start(_noop)
+    graph.latency = 1.0  # Graph takes the message, answers too late
+    try:
+        with pytest.raises(OutcomeUnknown):
+            await wa.send("15551234567", "once")
+        await graph.wait_for(lambda: len(graph.sent) == 1, what="the late send")
+    finally:
+        graph.latency = 0.0
+        await wa.stop()
+    assert graph.texts() == ["once"]  # may have arrived: never sent twice
 
 
 async def test_connection_refused_is_unavailable() -> None:

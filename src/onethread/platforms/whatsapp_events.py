@@ -203,10 +203,13 @@ def normalize_message(
 
     Text as is; media as attachments (their caption as the text); a location
     and a shared contact card as a line of text; a button or list reply as the
-    title the person tapped. Always a DM (``chat_id`` is the person's id).
+    title the person tapped. Always a DM (``chat_id`` is the person's id): a
+    group message (``group_id``) is left out, never answered as a DM.
     """
     kind = str(message.get("type") or "")
     if kind in ("reaction", "unsupported", "unknown", "system", "ephemeral", "errors"):
+        return None
+    if message.get("group_id"):  # a group chat (Groups API): not served yet, never as a DM
         return None
     attachments: tuple[Attachment, ...] = ()
     text = ""
