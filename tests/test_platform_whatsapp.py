@@ -395,6 +395,21 @@ async def test_outside_the_window_sends_nothing_and_says_why(
     assert graph.sent == []
 
 
+async def test_a_message_redelivered_days_later_opens_no_window(
+    adapter: WhatsAppAdapter, graph: FakeGraph
+) -> None:
+    adapter.bind(_Bot(None))
+    old = int(time.time() - 30 * 3600)  # Meta retried this webhook for 30 hours
+    body, _ = graph.signed(message_payload("1", "late", message_id="wamid.OLD", timestamp=old))
+    adapter.parse(body)
+    with pytest.raises(DeliveryWindowClosed):
+        await adapter.send("1", "answer to an old message")
+    body, _ = graph.signed(message_payload("1", "fresh", message_id="wamid.NEW"))
+    adapter.parse(body)
+    await adapter.send("1", "answer")
+    assert graph.texts() == ["answer"]
+
+
 async def test_inside_the_window_sends_text(adapter: WhatsAppAdapter, graph: FakeGraph) -> None:
     adapter.bind(_Bot(time.time() - 23 * 3600))
     await adapter.send("1", "reminder")

@@ -312,7 +312,15 @@ class WhatsAppAdapter(Adapter):
             self._record_status(status)
         now = time.time()
         for msg in inbound:
-            _bounded_put(self._seen, msg.chat_id, (now, msg.message_id))
+            # When they wrote, not when it came: Meta retries a webhook for days, and the
+            # window runs from the message. (A clock ahead of ours counts as now.)
+            try:
+                sent_at = min(now, float(msg.raw.get("timestamp") or now))
+            except (TypeError, ValueError):
+                sent_at = now
+            known = self._seen.get(msg.chat_id)
+            if known is None or sent_at >= known[0]:
+                _bounded_put(self._seen, msg.chat_id, (sent_at, msg.message_id))
         return inbound, statuses
 
     async def webhook_post(self, request: web.Request, body: bytes) -> web.StreamResponse:
