@@ -303,3 +303,21 @@ def test_config_http_mistakes_name_the_key(text: str, key: str) -> None:
     with pytest.raises(ConfigFileError) as info:
         parse_config(text, "t.yaml")
     assert key in [k for k, _ in info.value.problems], info.value.problems
+
+
+def test_metrics_without_a_web_chat_are_private_off_loopback() -> None:
+    """With webhooks only (no web chat token to ask for), /metrics is served on loopback only."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from onethread.testing import FakeAdapter
+
+    def scrape_allowed(host: str) -> bool:
+        from onethread.bots import Bot
+
+        bot = Bot("console", RecordingAgent(), adapter=FakeAdapter("console"), store="memory://")
+        botos = BotOS(RecordingAgent(), bots=[bot], store="memory://",
+                      http=Ingress(host=host, port=0))  # fmt: skip
+        return botos.ops._scrape_allowed(make_mocked_request("GET", "/metrics"))
+
+    assert scrape_allowed("127.0.0.1") is True
+    assert scrape_allowed("10.0.0.1") is False
