@@ -28,7 +28,9 @@ Errors carry their data as attributes (``RetryAfter.retry_after``,
         │   └── OutcomeUnknown      timed out / cut off after sending: may have arrived,
         │                           so a send is not retried
         ├── BadRequest              the platform refused the request: not retryable
-        │   └── FormattingRejected  the markup was refused; resend as plain text
+        │   ├── FormattingRejected  the markup was refused; resend as plain text
+        │   └── DeliveryWindowClosed  only templates may reach this person now
+        │                           (WhatsApp's 24-hour window; .recipient, .last_seen)
         └── ConnectionLost          the adapter's connection dropped: restart it
 
 ``ValueError`` (not an ``OnethreadError``) is raised for invalid arguments, such
@@ -44,6 +46,7 @@ __all__ = [
     "ConfigError",
     "ConnectionLost",
     "CorruptStoreError",
+    "DeliveryWindowClosed",
     "FormattingRejected",
     "IdentityError",
     "MissingDependencyError",
@@ -186,7 +189,16 @@ class ReplyStopped(OnethreadError):
 
 
 class PlatformError(OnethreadError):
-    """A call to a messaging platform failed."""
+    """A call to a messaging platform failed.
+
+    ``code``, ``subcode`` and ``trace_id`` are the platform's own error data
+    where it gives them (the Graph API's ``error.code``, ``error_subcode`` and
+    ``fbtrace_id``), else ``None``/``""``.
+    """
+
+    code: int | None = None
+    subcode: int | None = None
+    trace_id: str = ""
 
     def __init__(self, message: str, *, platform: str = "") -> None:
         self.platform = platform
@@ -223,6 +235,31 @@ class BadRequest(PlatformError):
 
 class FormattingRejected(BadRequest):
     """The platform could not parse the message markup; resend it as plain text."""
+
+
+class DeliveryWindowClosed(BadRequest):
+    """The platform takes no free-form message to this person now.
+
+    WhatsApp delivers free-form text only within 24 hours of the person's last
+    message (the customer service window); outside it only an approved
+    template may be sent. ``recipient`` is the chat, ``last_seen`` the Unix
+    time of the person's last message (``None``: never, or unknown).
+    ``notify()`` and scheduled messages raise it (the history keeps the text,
+    marked ``delivery_error: "DeliveryWindowClosed"``) unless the adapter is
+    configured with a template to send instead.
+    """
+
+    def __init__(
+        self, recipient: str, *, last_seen: float | None = None, platform: str = ""
+    ) -> None:
+        self.recipient = recipient
+        self.last_seen = last_seen
+        super().__init__(
+            "the 24-hour customer service window is closed (the person has not written "
+            "in 24 hours): only an approved template can reach them; set the platform's "
+            "template option to send one instead",
+            platform=platform,
+        )
 
 
 class ConnectionLost(PlatformError):

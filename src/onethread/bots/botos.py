@@ -447,7 +447,7 @@ class BotOS:
             raise
         await self._mirror_sent(
             unified_user_id, text, source_label, last.platform, last.chat_id,
-            cut_marks(bot, text), files=files,
+            {**cut_marks(bot, text), **bot.adapter.delivery_marks(ids)}, files=files,
         )  # fmt: skip
         return ids
 
@@ -499,7 +499,7 @@ class BotOS:
         """
         bot = self.bots[item.platform]
         try:
-            await bot.send(
+            ids = await bot.send(
                 item.chat_id, item.text, item.thread_id or None, attachments=item.attachments
             )
         except Exception as exc:
@@ -522,7 +522,8 @@ class BotOS:
         if item.unified_user_id:
             await self._mirror_sent(
                 item.unified_user_id, item.text, item.source, item.platform, item.chat_id,
-                {**item.metadata, **cut_marks(bot, item.text)}, files=item.attachments,
+                {**item.metadata, **cut_marks(bot, item.text),
+                 **bot.adapter.delivery_marks(ids)}, files=item.attachments,
             )  # fmt: skip
 
     # -- scheduled messages ----------------------------------------------------

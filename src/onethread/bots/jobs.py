@@ -25,7 +25,7 @@ import weakref
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OutcomeUnknown, RecipientUnknown
+from ..errors import DeliveryWindowClosed, OutcomeUnknown, RecipientUnknown
 from ..platforms.base import Inbound
 from ..session.history.base import delivery_failed
 from ..session.identity.base import unlinked_id
@@ -195,12 +195,15 @@ class JobService:
             )  # fmt: skip
             return
         try:
-            await bot.send(chat_id, text)
+            ids = await bot.send(chat_id, text)
         except Exception as exc:
-            # A send whose outcome is unknown may have arrived: never sent twice.
-            retry = not isinstance(exc, OutcomeUnknown)
+            # A send whose outcome is unknown may have arrived: never sent twice. A closed
+            # delivery window (WhatsApp's 24 hours) stays closed until the person writes.
+            retry = not isinstance(exc, OutcomeUnknown | DeliveryWindowClosed)
             raise Undelivered(exc, pending_reply=text if job.prompt else "", retry=retry) from exc
-        await self._record(job, text, text, {**meta, **cut_marks(bot, text)})
+        meta.update(cut_marks(bot, text))
+        meta.update(bot.adapter.delivery_marks(ids))
+        await self._record(job, text, text, meta)
 
     async def _record(self, job: Job, text: str, reply: str, meta: dict[str, Any]) -> None:
         """Put what was sent into the person's history. Never raises: the message

@@ -403,6 +403,13 @@ class Adapter(ABC):
         if rate_limited:
             self.metrics.rate_limit_wait(self.name, seconds)
 
+    def delivery_marks(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """History metadata saying how text sent as ``message_ids`` really went out,
+        for ``notify()``, the outbox and scheduled messages to record with it
+        (WhatsApp outside its 24-hour window: ``{"delivery": "template",
+        "template": NAME}``). The default has none."""
+        return {}
+
     @final
     def fits(self, text: str) -> bool:
         """True when :meth:`send` sends ``text`` whole (not cut at ``max_messages``)."""

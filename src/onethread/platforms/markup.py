@@ -8,6 +8,8 @@ once; small renderers walk its tokens:
   ``<s>``, ``<code>``, ``<pre>``, ``<a>``, ``<blockquote>``);
 - :func:`to_slack_mrkdwn`: Slack's mrkdwn (``*b*``, ``_i_``, ``~s~``,
   ``<url|text>``, ``&amp;``-escaped);
+- :func:`to_whatsapp`: WhatsApp's own markup (``*b*``, ``_i_``, ``~s~``,
+  ``` ``code`` ```, code blocks; links as ``text (url)``);
 - :func:`to_discord`: Discord renders Markdown itself; only tables (which it
   lacks) become aligned text in a code block, found by the parser's line map;
 - :func:`to_matrix_html`: a Matrix ``formatted_body`` (``org.matrix.custom.html``,
@@ -45,6 +47,7 @@ __all__ = [
     "to_styled_plain",
     "to_telegram_html",
     "to_web_html",
+    "to_whatsapp",
 ]
 
 _LANG = re.compile(r"[^\w+#.-]")
@@ -152,7 +155,20 @@ class _Styled(_Target):
         return self.code(text.rstrip("\n"))
 
 
+class _WhatsApp(_Target):
+    bold = ("*", "*")
+    italic = ("_", "_")
+    strike = ("~", "~")
+
+    def code(self, text: str) -> str:
+        return f"`{text}`"
+
+    def pre(self, text: str, lang: str) -> str:
+        return f"```\n{text.rstrip(chr(10))}\n```"
+
+
 _PLAIN = _Target()
+_WHATSAPP = _WhatsApp()
 _TELEGRAM = _Telegram()
 _SLACK = _Slack()
 _STYLED = _Styled()
@@ -288,6 +304,12 @@ def to_telegram_html(markdown: str) -> str:
 def to_slack_mrkdwn(markdown: str) -> str:
     """``markdown`` as Slack mrkdwn (``&``, ``<``, ``>`` escaped; links as ``<url|text>``)."""
     return _render(markdown, _SLACK)
+
+
+def to_whatsapp(markdown: str) -> str:
+    """``markdown`` in WhatsApp's markup (``*bold*``, ``_italic_``, ``~strike~``,
+    code); links as ``text (url)``, which WhatsApp makes clickable."""
+    return _render(markdown, _WHATSAPP)
 
 
 def to_plain(markdown: str) -> str:

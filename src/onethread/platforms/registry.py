@@ -127,6 +127,26 @@ PLATFORMS: dict[str, PlatformSpec] = {
             "  url: tcp://127.0.0.1:7583",
         ),
     ),
+    "whatsapp": PlatformSpec(
+        "onethread.platforms.whatsapp",
+        "WhatsAppAdapter",
+        None,  # the Graph API over aiohttp: nothing to install
+        title="WhatsApp",
+        credentials=(
+            ("token", "WHATSAPP_ACCESS_TOKEN"),
+            ("phone_number_id", "WHATSAPP_PHONE_NUMBER_ID"),
+            ("app_secret", "WHATSAPP_APP_SECRET"),
+            ("verify_token", "WHATSAPP_VERIFY_TOKEN"),
+        ),
+        init_lines=(
+            "whatsapp:                   # Cloud API; webhook at <public_url>/webhooks/whatsapp",
+            "  token: ${WHATSAPP_ACCESS_TOKEN}",
+            "  phone_number_id: ${WHATSAPP_PHONE_NUMBER_ID}",
+            "  app_secret: ${WHATSAPP_APP_SECRET}",
+            "  verify_token: ${WHATSAPP_VERIFY_TOKEN}",
+        ),
+        secret_ids=False,
+    ),
     "web": PlatformSpec(
         "onethread.platforms.web",
         "WebAdapter",
