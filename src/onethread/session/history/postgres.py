@@ -23,13 +23,19 @@ append of the group gets the error, as a lone append would.
 
 from __future__ import annotations
 
-import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg.types.json import Json
-
-from .._conn.postgres import open_pool, psycopg, psycopg_pool, sql, store_error, validate_schema
+from .._conn.postgres import (
+    Batch,
+    open_pool,
+    psycopg,
+    psycopg_pool,
+    sql,
+    store_error,
+    validate_schema,
+)
 from .._conn.shared import PerLoop
 from ..attachments import Attachment
 from .base import HistoryEntry, SessionSummary
@@ -64,12 +70,25 @@ _COLUMNS = (
     "role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, "
     "metadata, attachments"
 )
+# Read back as text and decoded here: '{}' and '[]' (most entries) need no JSON parser.
+_SELECT = _COLUMNS.replace("metadata, attachments", "metadata::text, attachments::text")
+_H = ", ".join("h." + c for c in _SELECT.split(", "))
 _QUERIES = {
-    "all": f"SELECT {_COLUMNS} FROM {{s}}.onethread_history WHERE key = %s ORDER BY ts, id",
-    "last": f"SELECT {_COLUMNS} FROM {{s}}.onethread_history WHERE key = %s "
-    "ORDER BY ts DESC, id DESC LIMIT %s",
+    "all": f"SELECT {_SELECT} FROM {{s}}.onethread_history WHERE key = %s ORDER BY ts, id",
+    # The tails of several keys in one statement (loads of concurrent turns, see Batch):
+    # row i of the arrays asks for the last n entries of key k.
+    "last": f"SELECT t.i, {_H} "
+    "FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS t(k, n, i) "
+    f"CROSS JOIN LATERAL (SELECT {_COLUMNS}, id FROM {{s}}.onethread_history "
+    "WHERE key = t.k ORDER BY ts DESC, id DESC LIMIT t.n) AS h "
+    "ORDER BY t.i, h.ts DESC, h.id DESC",
+    # The rows of several appends in one statement (group commit, see Batch): one
+    # array per column, inserted in array order (ids follow it).
     "insert": f"INSERT INTO {{s}}.onethread_history (key, {_COLUMNS}) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+    "SELECT k, r, c, t, p, ch, u, un, m, mi, so, md::json, a::jsonb FROM unnest("
+    "%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::bool[], %s::text[], %s::text[], %s::text[]) "
+    "WITH ORDINALITY AS x(k, r, c, t, p, ch, u, un, m, mi, so, md, a, i) ORDER BY i",
     "clear": "DELETE FROM {s}.onethread_history WHERE key = %s",
     "merge": "UPDATE {s}.onethread_history SET key = %s WHERE key = %s",
     "count": "SELECT count(*) FROM {s}.onethread_history WHERE key = %s",
@@ -84,12 +103,12 @@ def _row_to_entry(row: Sequence[Any]) -> HistoryEntry:
     # The columns are HistoryEntry's fields, in its order.
     return HistoryEntry(
         role, content, float(ts), platform, chat_id, user_id, user_name, message_id,
-        bool(mirror), source, dict(meta or {}),
-        tuple(Attachment.from_dict(a) for a in files) if files else (),
+        bool(mirror), source, {} if meta == "{}" else dict(json.loads(meta)),
+        () if files == "[]" else tuple(Attachment.from_dict(a) for a in json.loads(files)),
     )  # fmt: skip
 
 
-_NO_FILES = "[]"  # JSONB literal: the column's default, without serialising
+_NO_FILES = "[]"  # the attachments column's default
 
 
 def _text(value: str) -> str:
@@ -97,98 +116,61 @@ def _text(value: str) -> str:
 
 
 def _entry_to_row(key: str, e: HistoryEntry) -> tuple[Any, ...]:
+    meta = e.metadata
     return (
         _text(key), _text(e.role), _text(e.content), float(e.timestamp), _text(e.platform),
         _text(e.chat_id), _text(e.user_id), _text(e.user_name), _text(e.message_id),
-        bool(e.mirror), _text(e.source), Json(dict(e.metadata)),
-        Json([a.to_dict() for a in e.attachments]) if e.attachments else _NO_FILES,
+        bool(e.mirror), _text(e.source), json.dumps(dict(meta)) if meta else "{}",
+        json.dumps([a.to_dict() for a in e.attachments]) if e.attachments else _NO_FILES,
     )  # fmt: skip
 
 
-_Pending = tuple[list[tuple[Any, ...]], "asyncio.Future[None]"]
+_Load = tuple[str, int]  # (key, limit)
 
 
 class _Pool:
-    """A connection pool with the group commit of appends (see the module docstring).
+    """A connection pool with the batching of appends and loads (see the module docstring).
 
-    At most ``max_inflight`` group transactions run at once; appends arriving
-    meanwhile wait in ``_queue`` and go together in the next one. Touched only
-    from the pool's own event loop.
+    ``appends``: at most ``max_inflight`` group statements at once; appends
+    arriving meanwhile go together in the next one. ``loads``: the tails read
+    by concurrent turns share one ``SELECT``. Touched only from the pool's own
+    event loop.
     """
 
     def __init__(
-        self, pool: psycopg_pool.AsyncConnectionPool[Any], insert: Any, max_inflight: int
+        self, pool: psycopg_pool.AsyncConnectionPool[Any], q: dict[str, Any], max_inflight: int
     ) -> None:
         self.pool = pool
-        self._insert = insert
-        self._max = max(1, max_inflight)
-        self._queue: list[_Pending] = []
-        self._inflight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._q = q
+        self.appends: Batch[list[tuple[Any, ...]], None] = Batch(
+            self._insert, max_inflight=max_inflight
+        )
+        self.loads: Batch[_Load, list[tuple[Any, ...]]] = Batch(
+            self._last, max_inflight=max(1, max_inflight - 1)
+        )
 
-    def append(self, rows: list[tuple[Any, ...]]) -> asyncio.Future[None]:
-        """Queue ``rows`` (one append); the future is done once they are committed."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((rows, fut))
-        self._start()
-        return fut
+    async def _insert(self, appends: list[list[tuple[Any, ...]]]) -> list[None]:
+        rows = [row for rows in appends for row in rows]
+        async with self.pool.connection() as conn:
+            # One statement in autocommit: every row of the group lands, or none.
+            await conn.execute(self._q["insert"], [list(col) for col in zip(*rows, strict=True)])
+        return [None] * len(appends)
 
-    def _start(self) -> None:
-        while self._queue and self._inflight < self._max:
-            batch, self._queue = self._queue, []
-            self._inflight += 1
-            task = asyncio.get_running_loop().create_task(self._flush(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(self._insert, rows)
-
-    async def _flush(self, batch: list[_Pending]) -> None:
-        try:
-            await self._commit(batch)
-        except BaseException as exc:
-            error: BaseException = exc
-            if isinstance(exc, asyncio.CancelledError):
-                error = psycopg.OperationalError("the history store was closed mid-write")
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._inflight -= 1
-            self._start()
-
-    async def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            await self._write([row for rows, _ in batch for row in rows])
-        except psycopg.Error as exc:
-            # Retried one by one only when the server refused the transaction (an
-            # error with a SQLSTATE: nothing was committed). A lost connection
-            # leaves the commit's outcome unknown: retrying could store twice.
-            if len(batch) == 1 or exc.sqlstate is None:
-                raise
-            # One bad append must not fail the others: each in its own transaction.
-            for rows, fut in batch:
-                try:
-                    await self._write(rows)
-                except psycopg.Error as one:
-                    if not fut.done():
-                        fut.set_exception(one)
-                else:
-                    if not fut.done():
-                        fut.set_result(None)
-            return
-        for _, fut in batch:
-            if not fut.done():
-                fut.set_result(None)
+    async def _last(self, loads: list[_Load]) -> list[list[tuple[Any, ...]]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                self._q["last"], ([key for key, _ in loads], [n for _, n in loads])
+            )
+            rows = await cur.fetchall()
+        out: list[list[tuple[Any, ...]]] = [[] for _ in loads]
+        for row in rows:
+            out[row[0] - 1].append(row[1:])
+        return out
 
     async def close(self) -> None:
-        """Wait for the group transactions in flight, then close the pool."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait for the statements in flight, then close the pool."""
+        await self.appends.aclose()
+        await self.loads.aclose()
         await self.pool.close()
 
 
@@ -240,7 +222,7 @@ class PostgresHistoryStore:
             timeout=self._timeout, autocommit=True,
         )  # fmt: skip
         # Leave connections for loads while group transactions write.
-        return _Pool(pool, self._q["insert"], max(1, self._sizes[1] // 3))
+        return _Pool(pool, self._q, max(1, self._sizes[1] // 3))
 
     @staticmethod
     async def _close_pool(pool: _Pool) -> None:
@@ -273,9 +255,13 @@ class PostgresHistoryStore:
             return []
         if limit is None:
             return [_row_to_entry(r) for r in await self._fetch("all", (_text(key),))]
-        rows = await self._fetch("last", (_text(key), limit))
-        rows.reverse()
-        return [_row_to_entry(r) for r in rows]
+        limit = min(limit, 2**31 - 1)
+        async with self._pools.borrow() as pool:
+            try:
+                rows = await pool.loads.submit((_text(key), limit))
+            except psycopg.Error as exc:
+                raise store_error(self.url, exc) from exc
+        return [_row_to_entry(r) for r in reversed(rows)]
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
         """Append ``entries`` to ``key`` in one transaction (shared with concurrent
@@ -285,7 +271,7 @@ class PostgresHistoryStore:
         rows = [_entry_to_row(key, e) for e in entries]
         async with self._pools.borrow() as pool:
             try:
-                await pool.append(rows)
+                await pool.appends.submit(rows)
             except psycopg.Error as exc:
                 raise store_error(self.url, exc) from exc
 

@@ -27,10 +27,11 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from ...errors import StoreUnavailable
 from .._conn.postgres import (
+    Batch,
     advisory_key,
     migrate_async,
     open_pool,
@@ -350,6 +351,13 @@ class PostgresTurnLocks:
             await conn.close()
 
 
+class _Filter(NamedTuple):
+    """A duplicate filter's pool and the batch of its ``first_time`` calls."""
+
+    pool: psycopg_pool.AsyncConnectionPool[Any]
+    batch: Batch[str, bool]
+
+
 class PostgresDuplicateFilter:
     """The ``DuplicateFilter`` shared by every host on one database.
 
@@ -371,11 +379,13 @@ class PostgresDuplicateFilter:
         self.schema = validate_schema(schema)
         self.ttl = ttl
         s = sql.Identifier(schema)
+        # Batched: the ids of concurrent first_time calls go in one statement (see
+        # Batch), sorted so that two hosts inserting overlapping ids never deadlock.
         self._insert = sql.SQL(
             "INSERT INTO {s}.onethread_seen AS seen (key, seen_at) "
-            "VALUES (%s, extract(epoch FROM clock_timestamp())) "
+            "SELECT k, extract(epoch FROM clock_timestamp()) FROM unnest(%s::text[]) AS t(k) "
             "ON CONFLICT (key) DO UPDATE SET seen_at = excluded.seen_at "
-            "WHERE seen.seen_at < excluded.seen_at - %s RETURNING 1"
+            "WHERE seen.seen_at < excluded.seen_at - %s RETURNING seen.key"
         ).format(s=s)
         self._cleanup = sql.SQL(
             "DELETE FROM {s}.onethread_seen "
@@ -383,33 +393,44 @@ class PostgresDuplicateFilter:
         ).format(s=s)
         self._next_cleanup = 0.0
 
-        async def create(home: bool) -> psycopg_pool.AsyncConnectionPool[Any]:
-            return await open_pool(
+        async def create(home: bool) -> _Filter:
+            pool = await open_pool(
                 url, schema, "locks", SCHEMA_VERSION, _ddl(schema),
                 min_size=1 if home else 0, max_size=max_size if home else 1, timeout=30.0,
                 autocommit=True,  # the INSERT stands alone (as does the cleanup)
             )  # fmt: skip
+            return _Filter(pool, Batch(lambda keys: self._record(pool, keys), max_inflight=2))
 
-        async def destroy(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
-            await pool.close()
+        async def destroy(client: _Filter) -> None:
+            await client.batch.aclose()
+            await client.pool.close()
 
-        self._pools: PerLoop[psycopg_pool.AsyncConnectionPool[Any]] = PerLoop(
-            create, destroy, what="this duplicate filter"
-        )
+        self._pools: PerLoop[_Filter] = PerLoop(create, destroy, what="this duplicate filter")
+
+    async def _record(
+        self, pool: psycopg_pool.AsyncConnectionPool[Any], keys: list[str]
+    ) -> list[bool]:
+        """Record ``keys`` in one statement; for each, whether it was seen first here."""
+        distinct = sorted(set(keys))
+        async with pool.connection() as conn:
+            cur = await conn.execute(self._insert, (distinct, self.ttl))
+            fresh = {row[0] for row in await cur.fetchall()}
+            if time.monotonic() >= self._next_cleanup:
+                self._next_cleanup = time.monotonic() + min(self.ttl / 10, 3600.0)
+                await conn.execute(self._cleanup, (self.ttl,))
+        answers = []
+        for key in keys:  # an id twice in one batch: only its first call is first
+            answers.append(key in fresh)
+            fresh.discard(key)
+        return answers
 
     async def first_time(self, message_key: str) -> bool:
         """Record ``message_key``; True if no host had recorded it within ``ttl``."""
-        async with self._pools.borrow() as pool:
+        async with self._pools.borrow() as client:
             try:
-                async with pool.connection() as conn:
-                    cur = await conn.execute(self._insert, (message_key, self.ttl))
-                    first = await cur.fetchone() is not None
-                    if time.monotonic() >= self._next_cleanup:
-                        self._next_cleanup = time.monotonic() + min(self.ttl / 10, 3600.0)
-                        await conn.execute(self._cleanup, (self.ttl,))
+                return await client.batch.submit(message_key)
             except psycopg.Error as exc:
                 raise store_error(self.url, exc) from exc
-        return first
 
     async def close(self) -> None:
         """Close the connection pools."""
