@@ -82,13 +82,13 @@ _QUERIES = {
     f"CROSS JOIN LATERAL (SELECT {_COLUMNS}, id FROM {{s}}.onethread_history "
     "WHERE key = t.k ORDER BY ts DESC, id DESC LIMIT t.n) AS h "
     "ORDER BY t.i, h.ts DESC, h.id DESC",
-    # The rows of several appends in one statement (group commit, see Batch): one
-    # array per column, inserted in array order (ids follow it).
+    # The rows of several appends in one statement (group commit, see Batch), sent
+    # as one JSON array of rows (one json.dumps instead of a driver-dumped array per
+    # column), inserted in array order (ids follow it).
     "insert": f"INSERT INTO {{s}}.onethread_history (key, {_COLUMNS}) "
-    "SELECT k, r, c, t, p, ch, u, un, m, mi, so, md::json, a::jsonb FROM unnest("
-    "%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::bool[], %s::text[], %s::text[], %s::text[]) "
-    "WITH ORDINALITY AS x(k, r, c, t, p, ch, u, un, m, mi, so, md, a, i) ORDER BY i",
+    "SELECT r->>0, r->>1, r->>2, (r->>3)::float8, r->>4, r->>5, r->>6, r->>7, r->>8, "
+    "(r->>9)::boolean, r->>10, (r->>11)::json, (r->>12)::jsonb "
+    "FROM json_array_elements(%s::json) WITH ORDINALITY AS x(r, i) ORDER BY i",
     "clear": "DELETE FROM {s}.onethread_history WHERE key = %s",
     "merge": "UPDATE {s}.onethread_history SET key = %s WHERE key = %s",
     "count": "SELECT count(*) FROM {s}.onethread_history WHERE key = %s",
@@ -153,7 +153,7 @@ class _Pool:
         rows = [row for rows in appends for row in rows]
         async with self.pool.connection() as conn:
             # One statement in autocommit: every row of the group lands, or none.
-            await conn.execute(self._q["insert"], [list(col) for col in zip(*rows, strict=True)])
+            await conn.execute(self._q["insert"], (json.dumps(rows, ensure_ascii=False),))
         return [None] * len(appends)
 
     async def _last(self, loads: list[_Load]) -> list[list[tuple[Any, ...]]]:
