@@ -91,6 +91,9 @@ _QUERIES = {
     "FROM json_array_elements(%s::json) WITH ORDINALITY AS x(r, i) ORDER BY i",
     "clear": "DELETE FROM {s}.onethread_history WHERE key = %s",
     "merge": "UPDATE {s}.onethread_history SET key = %s WHERE key = %s",
+    # Several merges with distinct keys in one statement (see _Pool._merge).
+    "merge_many": "UPDATE {s}.onethread_history AS h SET key = t.d "
+    "FROM unnest(%s::text[], %s::text[]) AS t(s, d) WHERE h.key = t.s RETURNING t.s",
     "count": "SELECT count(*) FROM {s}.onethread_history WHERE key = %s",
     "sessions": "SELECT key, count(*), max(ts), array_agg(DISTINCT platform) "
     "FROM {s}.onethread_history GROUP BY key ORDER BY max(ts) DESC LIMIT %s",
@@ -148,6 +151,27 @@ class _Pool:
         self.loads: Batch[_Load, list[tuple[Any, ...]]] = Batch(
             self._last, max_inflight=max(1, max_inflight - 1)
         )
+        self.merges: Batch[tuple[str, str], int] = Batch(self._merge)
+
+    async def _merge(self, merges: list[tuple[str, str]]) -> list[int]:
+        """``(src, dst)`` merges in one ``UPDATE`` when no key appears twice among
+        them (each row then moves at most once, as it would alone); else one by one,
+        in order. Rows moved per merge."""
+        keys = [key for pair in merges for key in pair]
+        async with self.pool.connection() as conn:
+            if len(set(keys)) < len(keys):
+                return [
+                    int((await conn.execute(self._q["merge"], (dst, src))).rowcount)
+                    for src, dst in merges
+                ]
+            cur = await conn.execute(
+                self._q["merge_many"], ([s for s, _ in merges], [d for _, d in merges])
+            )
+            moved = [row[0] for row in await cur.fetchall()]
+        counts = dict.fromkeys((src for src, _ in merges), 0)
+        for src in moved:
+            counts[src] += 1
+        return [counts[src] for src, _ in merges]
 
     async def _insert(self, appends: list[list[tuple[Any, ...]]]) -> list[None]:
         rows = [row for rows in appends for row in rows]
@@ -171,6 +195,7 @@ class _Pool:
         """Wait for the statements in flight, then close the pool."""
         await self.appends.aclose()
         await self.loads.aclose()
+        await self.merges.aclose()
         await self.pool.close()
 
 
@@ -283,7 +308,11 @@ class PostgresHistoryStore:
         """Move ``src_key``'s rows to ``dst_key`` in one ``UPDATE`` (idempotent)."""
         if src_key == dst_key:
             return 0
-        return await self._write("merge", (_text(dst_key), _text(src_key)))
+        async with self._pools.borrow() as pool:
+            try:
+                return await pool.merges.submit((_text(src_key), _text(dst_key)))
+            except psycopg.Error as exc:
+                raise store_error(self.url, exc) from exc
 
     async def count(self, key: str) -> int:
         """How many entries ``key`` holds."""

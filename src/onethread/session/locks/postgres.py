@@ -25,11 +25,10 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any, NamedTuple
 
-from ...errors import StoreUnavailable
+from ...errors import StoreUnavailable, TurnLockLost
 from .._conn.postgres import (
     Batch,
     advisory_key,
@@ -43,7 +42,7 @@ from .._conn.postgres import (
 )
 from .._conn.shared import PerLoop
 from ..outage import store_failed
-from ._shared import Lease, guard, local_locks
+from ._shared import Lease, local_locks
 from .base import LocalTurnLocks
 
 __all__ = ["SCHEMA_VERSION", "PostgresDuplicateFilter", "PostgresTurnLocks"]
@@ -277,25 +276,13 @@ class PostgresTurnLocks:
             weakref.WeakKeyDictionary()
         )
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
         """Wait for, then hold, ``key``'s lock for the ``async with`` block."""
-        async with self.lease(key):
-            yield
+        return _Held(self, key)
 
-    @asynccontextmanager
-    async def lease(self, key: str) -> AsyncIterator[Lease]:
+    def lease(self, key: str) -> AbstractAsyncContextManager[Lease]:
         """As :meth:`hold`, yielding the :class:`Lease` (``.fence``, ``.lost``)."""
-        async with local_locks(self._local).hold(key), self._sessions.borrow() as session:
-            number = advisory_key("turn", self.schema, key)
-            lease, conn = await self._acquire(session, key, number)
-            try:
-                async with guard(lease):
-                    yield lease
-            finally:
-                if session.held.get(number) is lease:
-                    del session.held[number]
-                    await asyncio.shield(self._release(session, conn, key, number))
+        return _Held(self, key)
 
     def __len__(self) -> int:
         """Session keys with a turn holding or waiting for a lock in this process."""
@@ -318,7 +305,9 @@ class PostgresTurnLocks:
             except BaseException as exc:
                 # A session lock taken by a statement that then failed (or whose
                 # answer never came) stays taken: give it back before leaving.
-                await self._release(session, conn, key, number)
+                released = self._release(session, conn, key, number)
+                if released is not None:
+                    await asyncio.wait((released,))
                 if isinstance(exc, psycopg.Error):
                     raise store_error(self.url, exc) from exc
                 raise
@@ -329,18 +318,32 @@ class PostgresTurnLocks:
             await asyncio.sleep(wait)
             wait = min(wait * 1.5, _WAIT_MAX)
 
-    async def _release(
+    def _release(
         self,
         session: _LockSession,
         conn: psycopg.AsyncConnection[tuple[Any, ...]],
         key: str,
         number: int,
-    ) -> None:
+    ) -> asyncio.Future[Any] | None:
+        """Queue the unlock of ``number`` (None if the session is gone, and its locks
+        with it). A failed unlock is logged and closes the session (so the lock
+        cannot outlive it) from the future's callback: waiting for the future is
+        optional, and a caller cancelled meanwhile does not stop it."""
         if conn.closed or conn.broken:
-            return  # the session is gone, and its locks with it
-        try:
-            await session.call(conn, False, number)
-        except psycopg.Error as exc:
+            return None
+        fut = session.call(conn, False, number)
+        fut.add_done_callback(lambda done: self._released(done, conn, key))
+        return fut
+
+    def _released(
+        self, fut: asyncio.Future[Any], conn: psycopg.AsyncConnection[tuple[Any, ...]], key: str
+    ) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            return
+        if isinstance(exc, psycopg.Error):
             error = store_error(self.url, exc)
             if isinstance(error, StoreUnavailable):  # an outage: one line for all of it
                 store_failed(error, f"releasing the turn lock of {key!r}")
@@ -348,7 +351,86 @@ class PostgresTurnLocks:
                 log.warning(
                     "releasing the turn lock of %r failed (%s); closing its session", key, exc
                 )
-            await conn.close()
+        else:
+            log.error("releasing the turn lock of %r failed; closing its session", key,
+                      exc_info=exc)  # fmt: skip
+        task = asyncio.get_running_loop().create_task(conn.close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()  # lock sessions being closed (event loop thread)
+
+
+class _Held(AbstractAsyncContextManager[Any]):
+    """``PostgresTurnLocks.hold(key)`` / ``lease(key)``: a plain class, as it runs on
+    every turn (no generators, no task per turn).
+
+    Entering waits for the process's local lock of ``key``, then for the
+    advisory lock; the body runs as the lease's holder (``locks._shared.guard``'s
+    rules: a lease lost while held cancels the body, which then ends in
+    ``TurnLockLost``). Leaving gives back the advisory lock, then the local
+    one. Used by one task; not reusable.
+    """
+
+    __slots__ = ("_borrow", "_conn", "_key", "_lease", "_local", "_locks", "_number", "_session")
+
+    def __init__(self, locks: PostgresTurnLocks, key: str) -> None:
+        self._locks = locks
+        self._key = key
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        locks = self._locks
+        self._local = local_locks(locks._local).hold(self._key)
+        await self._local.__aenter__()
+        try:
+            self._borrow = locks._sessions.borrow()
+            session = self._session = await self._borrow.__aenter__()
+            try:
+                self._number = advisory_key("turn", locks.schema, self._key)
+                lease, self._conn = await locks._acquire(session, self._key, self._number)
+            except BaseException as exc:
+                await self._borrow.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        except BaseException:
+            await self._local.__aexit__(None, None, None)
+            raise
+        self._lease = lease
+        lease.task = asyncio.current_task()
+        return lease
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        lease = self._lease
+        assert lease is not None
+        task, lease.task = lease.task, None
+        try:
+            if isinstance(exc, asyncio.CancelledError):
+                if lease._cancelled and task is not None:
+                    lease._cancelled = False
+                    if task.uncancel() == 0:
+                        raise TurnLockLost(lease.key, lease.reason) from None
+            elif exc is None and lease.lost:
+                if lease._cancelled and task is not None:
+                    lease._cancelled = False
+                    task.uncancel()  # the body swallowed our cancellation; do not leak it
+                raise TurnLockLost(lease.key, lease.reason)
+        finally:
+            try:
+                session = self._session
+                if session.held.get(self._number) is lease:
+                    del session.held[self._number]
+                    fut = self._locks._release(session, self._conn, self._key, self._number)
+                    if fut is not None:
+                        # Waits without raising (a failure is handled by the future's
+                        # callback) and, if this task is cancelled, without cancelling it.
+                        await asyncio.wait((fut,))
+            finally:
+                try:
+                    await self._borrow.__aexit__(None, None, None)
+                finally:
+                    await self._local.__aexit__(None, None, None)
+        return False
 
 
 class _Filter(NamedTuple):
