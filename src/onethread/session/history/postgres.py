@@ -281,11 +281,15 @@ class PostgresHistoryStore:
         if limit is None:
             return [_row_to_entry(r) for r in await self._fetch("all", (_text(key),))]
         limit = min(limit, 2**31 - 1)
-        async with self._pools.borrow() as pool:
-            try:
+        try:
+            pool = self._pools.home_client()
+            if pool is not None:  # the hot path: no borrow()
                 rows = await pool.loads.submit((_text(key), limit))
-            except psycopg.Error as exc:
-                raise store_error(self.url, exc) from exc
+            else:
+                async with self._pools.borrow() as pool:
+                    rows = await pool.loads.submit((_text(key), limit))
+        except psycopg.Error as exc:
+            raise store_error(self.url, exc) from exc
         return [_row_to_entry(r) for r in reversed(rows)]
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
@@ -294,11 +298,15 @@ class PostgresHistoryStore:
         if not entries:
             return
         rows = [_entry_to_row(key, e) for e in entries]
-        async with self._pools.borrow() as pool:
-            try:
+        try:
+            pool = self._pools.home_client()
+            if pool is not None:  # the hot path: no borrow()
                 await pool.appends.submit(rows)
-            except psycopg.Error as exc:
-                raise store_error(self.url, exc) from exc
+            else:
+                async with self._pools.borrow() as pool:
+                    await pool.appends.submit(rows)
+        except psycopg.Error as exc:
+            raise store_error(self.url, exc) from exc
 
     async def clear(self, key: str) -> int:
         """Delete every entry of ``key``; return how many were deleted."""

@@ -307,7 +307,7 @@ class PostgresTurnLocks:
                 # answer never came) stays taken: give it back before leaving.
                 released = self._release(session, conn, key, number)
                 if released is not None:
-                    await asyncio.wait((released,))
+                    await _settled(released)
                 if isinstance(exc, psycopg.Error):
                     raise store_error(self.url, exc) from exc
                 raise
@@ -362,6 +362,22 @@ class PostgresTurnLocks:
 _closing: set[asyncio.Task[None]] = set()  # lock sessions being closed (event loop thread)
 
 
+async def _settled(fut: asyncio.Future[Any]) -> None:
+    """Wait until ``fut`` is done, without raising its error (its done-callback
+    handles that) and, if the waiting task is cancelled, without cancelling it
+    (``asyncio.wait`` does the same at several times the cost)."""
+    if fut.done():
+        return
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fut.add_done_callback(wake)
+    await waiter
+
+
 class _Held(AbstractAsyncContextManager[Any]):
     """``PostgresTurnLocks.hold(key)`` / ``lease(key)``: a plain class, as it runs on
     every turn (no generators, no task per turn).
@@ -379,19 +395,25 @@ class _Held(AbstractAsyncContextManager[Any]):
         self._locks = locks
         self._key = key
         self._lease: Lease | None = None
+        self._borrow: AbstractAsyncContextManager[_LockSession] | None = None
 
     async def __aenter__(self) -> Lease:
         locks = self._locks
         self._local = local_locks(locks._local).hold(self._key)
         await self._local.__aenter__()
         try:
-            self._borrow = locks._sessions.borrow()
-            session = self._session = await self._borrow.__aenter__()
+            session = locks._sessions.home_client()  # the hot path: no borrow()
+            self._borrow = None if session is not None else locks._sessions.borrow()
+            if self._borrow is not None:
+                session = await self._borrow.__aenter__()
+            assert session is not None
+            self._session = session
             try:
                 self._number = advisory_key("turn", locks.schema, self._key)
                 lease, self._conn = await locks._acquire(session, self._key, self._number)
             except BaseException as exc:
-                await self._borrow.__aexit__(type(exc), exc, exc.__traceback__)
+                if self._borrow is not None:
+                    await self._borrow.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
         except BaseException:
             await self._local.__aexit__(None, None, None)
@@ -422,12 +444,11 @@ class _Held(AbstractAsyncContextManager[Any]):
                     del session.held[self._number]
                     fut = self._locks._release(session, self._conn, self._key, self._number)
                     if fut is not None:
-                        # Waits without raising (a failure is handled by the future's
-                        # callback) and, if this task is cancelled, without cancelling it.
-                        await asyncio.wait((fut,))
+                        await _settled(fut)
             finally:
                 try:
-                    await self._borrow.__aexit__(None, None, None)
+                    if self._borrow is not None:
+                        await self._borrow.__aexit__(None, None, None)
                 finally:
                     await self._local.__aexit__(None, None, None)
         return False
@@ -508,11 +529,14 @@ class PostgresDuplicateFilter:
 
     async def first_time(self, message_key: str) -> bool:
         """Record ``message_key``; True if no host had recorded it within ``ttl``."""
-        async with self._pools.borrow() as client:
-            try:
+        try:
+            client = self._pools.home_client()
+            if client is not None:  # the hot path: no borrow()
                 return await client.batch.submit(message_key)
-            except psycopg.Error as exc:
-                raise store_error(self.url, exc) from exc
+            async with self._pools.borrow() as client:
+                return await client.batch.submit(message_key)
+        except psycopg.Error as exc:
+            raise store_error(self.url, exc) from exc
 
     async def close(self) -> None:
         """Close the connection pools."""
