@@ -121,7 +121,9 @@ def _text(value: str) -> str:
 def _entry_to_row(key: str, e: HistoryEntry) -> tuple[Any, ...]:
     meta = e.metadata
     return (
-        _text(key), _text(e.role), _text(e.content), float(e.timestamp), _text(e.platform),
+        # The timestamp as text: exact (repr round-trips) and NaN/inf stay storable
+        # (no JSON number can say them).
+        _text(key), _text(e.role), _text(e.content), repr(float(e.timestamp)), _text(e.platform),
         _text(e.chat_id), _text(e.user_id), _text(e.user_name), _text(e.message_id),
         bool(e.mirror), _text(e.source), json.dumps(dict(meta)) if meta else "{}",
         json.dumps([a.to_dict() for a in e.attachments]) if e.attachments else _NO_FILES,
