@@ -8,17 +8,18 @@ fields with U+FFFD (the other stores keep them). The schema and tables are creat
 use; the version lives in ``{schema}.onethread_schema_version`` (component
 ``history``) and a newer one than this code knows is a ``SchemaVersionError``.
 
-Each call is one transaction on a pooled connection (psycopg 3, async; one
-statement in autocommit mode, so a read is one round trip), so an
-``append`` lands whole or not at all and a ``merge`` is one ``UPDATE``, with
-one exception that keeps both promises: concurrent ``append`` calls are
-group-committed. Appends that arrive while earlier ones are being written
-are queued and then written together, in one transaction, whose commit
-answers all of them (as the SQLite store does). If the server refuses that
-transaction, each of its appends is retried in a transaction of its own, so
-an error reaches only the append that caused it and the others still land
-whole; if the connection is lost (the commit's outcome unknown), every
-append of the group gets the error, as a lone append would.
+Each call is one statement in autocommit mode on a pooled connection
+(psycopg 3, async), so a read is one round trip, an ``append`` lands whole or
+not at all (one ``INSERT``) and a ``merge`` is one ``UPDATE``. Calls of
+concurrent turns share statements (``Batch`` in ``_conn/postgres.py``):
+``load`` calls with a limit made while earlier ones are on the wire are
+answered by one ``SELECT`` (a ``LATERAL`` tail per key), ``merge`` calls by
+one ``UPDATE``, and ``append`` calls are group-committed: written together in
+one ``INSERT`` whose commit answers all of them (as the SQLite store does).
+If the server refuses such a statement, each of its calls is run again on
+its own, so an error reaches only the call that caused it and the others
+still land whole; if the connection is lost (the outcome unknown), every
+call of the group gets the error, as a lone call would.
 """
 
 from __future__ import annotations

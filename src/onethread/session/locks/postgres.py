@@ -14,7 +14,8 @@ held, those leases are marked lost and their turns stopped with
 
 ``PostgresDuplicateFilter``: ``INSERT ... ON CONFLICT DO UPDATE ... WHERE
 expired RETURNING``: exactly one host sees a row come back per id within
-``ttl``; expired rows are deleted now and then.
+``ttl``; expired rows are deleted now and then. The ids of concurrent calls
+share one such statement (``Batch``), sorted so that two hosts never deadlock.
 
 Tables (component ``locks``): ``onethread_seen``, sequence ``onethread_lock_fence``.
 """
