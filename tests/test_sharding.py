@@ -59,6 +59,7 @@ async def shards() -> AsyncIterator[tuple[Shards, list[str]]]:
         finally:
             await parts.history.close()
             await parts.coordination.close()
+            await parts.jobs.close()
             parts.identity.close()
 
 
@@ -214,6 +215,7 @@ async def test_a_person_linked_on_two_platforms_has_one_session_on_one_shard(
     assert _keys(schemas[0]) == set()  # the legacy history moved with the person
     assert len(_rows(schemas[0], "onethread_links")) == 2  # identity lives on the first shard
     assert not _table(schemas[1], "onethread_links")
+    assert (parts.jobs.schema, parts.coordination.outbox.schema) == (schemas[0], schemas[0])
 
 
 def _table(schema: str, table: str) -> bool:

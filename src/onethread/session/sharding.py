@@ -10,7 +10,8 @@ shards = postgres_shards(
     ["postgresql://bots@10.0.0.6/bots", "postgresql://bots@10.0.0.7/bots"], schema="onethread"
 )
 BotOS(Agent("assistant"), platforms=["telegram", "discord"], store=shards.history,
-      identity_resolver=shards.identity, coordination=shards.coordination).run()
+      identity_resolver=shards.identity, coordination=shards.coordination,
+      jobs=shards.jobs).run()
 ```
 
 Routing: a session key goes to shard ``shard_index(key, n)``, a stable hash
@@ -216,12 +217,13 @@ class Shards(NamedTuple):
     """A sharded deployment's parts: pass them to ``BotOS`` / ``BotSessionManager``.
 
     ``history`` and ``coordination.locks`` / ``.duplicates`` are sharded;
-    ``identity`` and ``coordination.outbox`` live on the first shard.
+    ``identity``, ``coordination.outbox`` and ``jobs`` live on the first shard.
     """
 
     history: ShardedHistoryStore
     identity: Any  # PostgresIdentityResolver
     coordination: Coordination
+    jobs: Any  # PostgresJobStore
 
 
 def postgres_shards(shards: Sequence[str | tuple[str, str]], *, schema: str = "public") -> Shards:
@@ -236,6 +238,7 @@ def postgres_shards(shards: Sequence[str | tuple[str, str]], *, schema: str = "p
     """
     from .history.postgres import PostgresHistoryStore
     from .identity.postgres import PostgresIdentityResolver
+    from .jobs.postgres import PostgresJobStore
     from .locks.postgres import PostgresDuplicateFilter, PostgresTurnLocks
     from .outbox.postgres import PostgresOutbox
 
@@ -255,4 +258,5 @@ def postgres_shards(shards: Sequence[str | tuple[str, str]], *, schema: str = "p
             PostgresOutbox(first_url, schema=first_schema),
             True,
         ),
+        jobs=PostgresJobStore(first_url, schema=first_schema),
     )
