@@ -278,9 +278,9 @@ async def test_postgres_concurrent_appends_share_transactions_and_fail_alone() -
     writes: list[int] = []
 
     class Counting(pg._Pool):
-        async def _write(self, rows: list[Any]) -> None:
-            writes.append(len(rows))
-            await super()._write(rows)
+        async def _insert(self, appends: list[list[Any]]) -> list[None]:
+            writes.append(sum(len(rows) for rows in appends))
+            return await super()._insert(appends)
 
     with postgres_schema() as schema:
         store = pg.PostgresHistoryStore(postgres_url(), schema=schema)
@@ -288,7 +288,7 @@ async def test_postgres_concurrent_appends_share_transactions_and_fail_alone() -
 
         async def counting_open(home: bool) -> pg._Pool:
             opened = await real(home)
-            return Counting(opened.pool, store._q["insert"], 3)
+            return Counting(opened.pool, store._q, 3)
 
         store._open = counting_open  # type: ignore[method-assign]
         store._pools._create = counting_open

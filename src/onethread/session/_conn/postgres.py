@@ -10,10 +10,11 @@ starting at once do not race on ``CREATE TABLE``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from ...errors import MissingDependencyError, SchemaVersionError, StoreError, StoreUnavailable
 from .shared import redact
@@ -26,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("the PostgreSQL back-end", "postgres") from exc
 
 __all__ = [
+    "Batch",
     "advisory_key",
     "migrate",
     "migrate_async",
@@ -222,3 +224,121 @@ async def open_pool(
             raise store_error(url, exc) from exc
         raise
     return pool
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _alone_is_safe(exc: BaseException) -> bool:
+    """Whether the items of a failed batch statement may be run again one by one.
+
+    Yes when the server answered with an error (a SQLSTATE: the statement, and
+    with autocommit its transaction, did nothing) or the driver refused the
+    arguments before sending (``DataError``, e.g. a NUL in a text). Not when the
+    connection was lost: the statement's outcome is unknown, and running an
+    ``INSERT`` again could tell a first-seen id "seen" or store rows twice.
+    """
+    if not isinstance(exc, psycopg.Error):
+        return False
+    return exc.sqlstate is not None or isinstance(exc, psycopg.DataError)
+
+
+def _closed() -> psycopg.OperationalError:
+    return psycopg.OperationalError("closed while the statement was on the wire")
+
+
+def _fail(batch: Sequence[tuple[Any, asyncio.Future[Any]]], error: BaseException) -> None:
+    for _, fut in batch:
+        if not fut.done():
+            fut.set_exception(error)
+
+
+class Batch(Generic[T, R]):
+    """Calls of one kind made while earlier ones are on the wire share one statement.
+
+    ``run(items)`` answers every item with one statement (one round trip) and
+    returns one result per item, in order. :meth:`submit` queues an item; a
+    flush task started at the first call of an event-loop iteration takes every
+    item queued by the time it runs (at most ``max_items``), so the calls of all
+    turns that reached this point in one iteration travel together, and calls
+    made while ``max_inflight`` statements are on the wire go in the next one
+    (group commit, for any statement). A batch of several items that fails
+    with an error the server gave is run again item by item (see
+    :func:`_alone_is_safe`), so the error reaches only the call that caused
+    it; otherwise every item gets the error, as a lone call would.
+
+    ``_queue``, ``_inflight``, ``_unstarted`` and ``_tasks`` are touched only from the event
+    loop that owns the batch (no lock needed: nothing else runs meanwhile).
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_inflight: int = 1,
+        max_items: int = 500,
+    ) -> None:
+        self._run = run
+        self._max = max(1, max_inflight)
+        self._max_items = max(1, max_items)
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._inflight = 0  # flush tasks started and not finished
+        self._unstarted = 0  # of those, tasks that have not taken their items yet
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, item: T) -> asyncio.Future[R]:
+        """Queue ``item``; the future gets its result (or the batch's error)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
+        self._queue.append((item, fut))
+        self._start(loop)
+        return fut
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A task created but not yet run takes what is queued when it runs: start
+        # another only for items beyond what those will take.
+        while self._inflight < self._max and len(self._queue) > self._unstarted * self._max_items:
+            self._inflight += 1
+            self._unstarted += 1
+            task = loop.create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self) -> None:
+        # First step: the calls made in the iteration that created this task are queued.
+        self._unstarted -= 1
+        try:
+            batch = self._queue[: self._max_items]
+            del self._queue[: self._max_items]
+            if batch:
+                await self._answer(batch)
+        finally:
+            self._inflight -= 1
+            if self._queue:
+                self._start(asyncio.get_running_loop())
+
+    async def _answer(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._run([item for item, _ in batch])
+        except BaseException as exc:
+            if len(batch) > 1 and _alone_is_safe(exc):
+                for n, one in enumerate(batch):
+                    try:
+                        await self._answer([one])
+                    except BaseException:  # cancelled: the rest are not run
+                        _fail(batch[n + 1 :], _closed())
+                        raise
+                return
+            _fail(batch, _closed() if isinstance(exc, asyncio.CancelledError) else exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
+
+    async def aclose(self) -> None:
+        """Wait for the statements in flight and the queued calls to be answered."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

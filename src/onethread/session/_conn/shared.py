@@ -125,6 +125,20 @@ class PerLoop(Generic[R]):
         """True once :meth:`aclose` has been called."""
         return self._closed
 
+    def home_client(self) -> R | None:
+        """The home client when called from its loop once it is open, else None.
+
+        For hot paths: no generator and no await, where :meth:`borrow` costs an
+        async generator per call. On None, use :meth:`borrow` (it opens the
+        client, or makes a short-lived one on another loop). Reads without
+        ``_lock``: each attribute read is atomic, and a client closed by
+        :meth:`aclose` in the meantime fails its call as it would mid-call.
+        """
+        client = self._client
+        if client is None or self._closed or self._loop is not asyncio.get_running_loop():
+            return None
+        return client
+
     @asynccontextmanager
     async def borrow(self) -> AsyncIterator[R]:
         """Yield a client usable in the running loop. ``RuntimeError`` after :meth:`aclose`."""

@@ -8,28 +8,35 @@ fields with U+FFFD (the other stores keep them). The schema and tables are creat
 use; the version lives in ``{schema}.onethread_schema_version`` (component
 ``history``) and a newer one than this code knows is a ``SchemaVersionError``.
 
-Each call is one transaction on a pooled connection (psycopg 3, async; one
-statement in autocommit mode, so a read is one round trip), so an
-``append`` lands whole or not at all and a ``merge`` is one ``UPDATE``, with
-one exception that keeps both promises: concurrent ``append`` calls are
-group-committed. Appends that arrive while earlier ones are being written
-are queued and then written together, in one transaction, whose commit
-answers all of them (as the SQLite store does). If the server refuses that
-transaction, each of its appends is retried in a transaction of its own, so
-an error reaches only the append that caused it and the others still land
-whole; if the connection is lost (the commit's outcome unknown), every
-append of the group gets the error, as a lone append would.
+Each call is one statement in autocommit mode on a pooled connection
+(psycopg 3, async), so a read is one round trip, an ``append`` lands whole or
+not at all (one ``INSERT``) and a ``merge`` is one ``UPDATE``. Calls of
+concurrent turns share statements (``Batch`` in ``_conn/postgres.py``):
+``load`` calls with a limit made while earlier ones are on the wire are
+answered by one ``SELECT`` (a ``LATERAL`` tail per key), ``merge`` calls by
+one ``UPDATE``, and ``append`` calls are group-committed: written together in
+one ``INSERT`` whose commit answers all of them (as the SQLite store does).
+If the server refuses such a statement, each of its calls is run again on
+its own, so an error reaches only the call that caused it and the others
+still land whole; if the connection is lost (the outcome unknown), every
+call of the group gets the error, as a lone call would.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg.types.json import Json
-
-from .._conn.postgres import open_pool, psycopg, psycopg_pool, sql, store_error, validate_schema
+from .._conn.postgres import (
+    Batch,
+    open_pool,
+    psycopg,
+    psycopg_pool,
+    sql,
+    store_error,
+    validate_schema,
+)
 from .._conn.shared import PerLoop
 from ..attachments import Attachment
 from .base import HistoryEntry, SessionSummary
@@ -64,14 +71,30 @@ _COLUMNS = (
     "role, content, ts, platform, chat_id, user_id, user_name, message_id, mirror, source, "
     "metadata, attachments"
 )
+# Read back as text and decoded here: '{}' and '[]' (most entries) need no JSON parser.
+_SELECT = _COLUMNS.replace("metadata, attachments", "metadata::text, attachments::text")
+_H = ", ".join("h." + c for c in _SELECT.split(", "))
 _QUERIES = {
-    "all": f"SELECT {_COLUMNS} FROM {{s}}.onethread_history WHERE key = %s ORDER BY ts, id",
-    "last": f"SELECT {_COLUMNS} FROM {{s}}.onethread_history WHERE key = %s "
-    "ORDER BY ts DESC, id DESC LIMIT %s",
+    "all": f"SELECT {_SELECT} FROM {{s}}.onethread_history WHERE key = %s ORDER BY ts, id",
+    # The tails of several keys in one statement (loads of concurrent turns, see Batch):
+    # row i of the arrays asks for the last n entries of key k.
+    "last": f"SELECT t.i, {_H} "
+    "FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS t(k, n, i) "
+    f"CROSS JOIN LATERAL (SELECT {_COLUMNS}, id FROM {{s}}.onethread_history "
+    "WHERE key = t.k ORDER BY ts DESC, id DESC LIMIT t.n) AS h "
+    "ORDER BY t.i, h.ts DESC, h.id DESC",
+    # The rows of several appends in one statement (group commit, see Batch), sent
+    # as one JSON array of rows (one json.dumps instead of a driver-dumped array per
+    # column), inserted in array order (ids follow it).
     "insert": f"INSERT INTO {{s}}.onethread_history (key, {_COLUMNS}) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+    "SELECT r->>0, r->>1, r->>2, (r->>3)::float8, r->>4, r->>5, r->>6, r->>7, r->>8, "
+    "(r->>9)::boolean, r->>10, (r->>11)::json, (r->>12)::jsonb "
+    "FROM json_array_elements(%s::json) WITH ORDINALITY AS x(r, i) ORDER BY i",
     "clear": "DELETE FROM {s}.onethread_history WHERE key = %s",
     "merge": "UPDATE {s}.onethread_history SET key = %s WHERE key = %s",
+    # Several merges with distinct keys in one statement (see _Pool._merge).
+    "merge_many": "UPDATE {s}.onethread_history AS h SET key = t.d "
+    "FROM unnest(%s::text[], %s::text[]) AS t(s, d) WHERE h.key = t.s RETURNING t.s",
     "count": "SELECT count(*) FROM {s}.onethread_history WHERE key = %s",
     "sessions": "SELECT key, count(*), max(ts), array_agg(DISTINCT platform) "
     "FROM {s}.onethread_history GROUP BY key ORDER BY max(ts) DESC LIMIT %s",
@@ -84,12 +107,12 @@ def _row_to_entry(row: Sequence[Any]) -> HistoryEntry:
     # The columns are HistoryEntry's fields, in its order.
     return HistoryEntry(
         role, content, float(ts), platform, chat_id, user_id, user_name, message_id,
-        bool(mirror), source, dict(meta or {}),
-        tuple(Attachment.from_dict(a) for a in files) if files else (),
+        bool(mirror), source, {} if meta == "{}" else dict(json.loads(meta)),
+        () if files == "[]" else tuple(Attachment.from_dict(a) for a in json.loads(files)),
     )  # fmt: skip
 
 
-_NO_FILES = "[]"  # JSONB literal: the column's default, without serialising
+_NO_FILES = "[]"  # the attachments column's default
 
 
 def _text(value: str) -> str:
@@ -97,98 +120,85 @@ def _text(value: str) -> str:
 
 
 def _entry_to_row(key: str, e: HistoryEntry) -> tuple[Any, ...]:
+    meta = e.metadata
     return (
-        _text(key), _text(e.role), _text(e.content), float(e.timestamp), _text(e.platform),
+        # The timestamp as text: exact (repr round-trips) and NaN/inf stay storable
+        # (no JSON number can say them).
+        _text(key), _text(e.role), _text(e.content), repr(float(e.timestamp)), _text(e.platform),
         _text(e.chat_id), _text(e.user_id), _text(e.user_name), _text(e.message_id),
-        bool(e.mirror), _text(e.source), Json(dict(e.metadata)),
-        Json([a.to_dict() for a in e.attachments]) if e.attachments else _NO_FILES,
+        bool(e.mirror), _text(e.source), json.dumps(dict(meta)) if meta else "{}",
+        json.dumps([a.to_dict() for a in e.attachments]) if e.attachments else _NO_FILES,
     )  # fmt: skip
 
 
-_Pending = tuple[list[tuple[Any, ...]], "asyncio.Future[None]"]
+_Load = tuple[str, int]  # (key, limit)
 
 
 class _Pool:
-    """A connection pool with the group commit of appends (see the module docstring).
+    """A connection pool with the batching of appends and loads (see the module docstring).
 
-    At most ``max_inflight`` group transactions run at once; appends arriving
-    meanwhile wait in ``_queue`` and go together in the next one. Touched only
-    from the pool's own event loop.
+    ``appends``: at most ``max_inflight`` group statements at once; appends
+    arriving meanwhile go together in the next one. ``loads``: the tails read
+    by concurrent turns share one ``SELECT``. Touched only from the pool's own
+    event loop.
     """
 
     def __init__(
-        self, pool: psycopg_pool.AsyncConnectionPool[Any], insert: Any, max_inflight: int
+        self, pool: psycopg_pool.AsyncConnectionPool[Any], q: dict[str, Any], max_inflight: int
     ) -> None:
         self.pool = pool
-        self._insert = insert
-        self._max = max(1, max_inflight)
-        self._queue: list[_Pending] = []
-        self._inflight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._q = q
+        self.appends: Batch[list[tuple[Any, ...]], None] = Batch(
+            self._insert, max_inflight=max_inflight
+        )
+        self.loads: Batch[_Load, list[tuple[Any, ...]]] = Batch(
+            self._last, max_inflight=max(1, max_inflight - 1)
+        )
+        self.merges: Batch[tuple[str, str], int] = Batch(self._merge)
 
-    def append(self, rows: list[tuple[Any, ...]]) -> asyncio.Future[None]:
-        """Queue ``rows`` (one append); the future is done once they are committed."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((rows, fut))
-        self._start()
-        return fut
+    async def _merge(self, merges: list[tuple[str, str]]) -> list[int]:
+        """``(src, dst)`` merges in one ``UPDATE`` when no key appears twice among
+        them (each row then moves at most once, as it would alone); else one by one,
+        in order. Rows moved per merge."""
+        keys = [key for pair in merges for key in pair]
+        async with self.pool.connection() as conn:
+            if len(set(keys)) < len(keys):
+                return [
+                    int((await conn.execute(self._q["merge"], (dst, src))).rowcount)
+                    for src, dst in merges
+                ]
+            cur = await conn.execute(
+                self._q["merge_many"], ([s for s, _ in merges], [d for _, d in merges])
+            )
+            moved = [row[0] for row in await cur.fetchall()]
+        counts = dict.fromkeys((src for src, _ in merges), 0)
+        for src in moved:
+            counts[src] += 1
+        return [counts[src] for src, _ in merges]
 
-    def _start(self) -> None:
-        while self._queue and self._inflight < self._max:
-            batch, self._queue = self._queue, []
-            self._inflight += 1
-            task = asyncio.get_running_loop().create_task(self._flush(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    async def _insert(self, appends: list[list[tuple[Any, ...]]]) -> list[None]:
+        rows = [row for rows in appends for row in rows]
+        async with self.pool.connection() as conn:
+            # One statement in autocommit: every row of the group lands, or none.
+            await conn.execute(self._q["insert"], (json.dumps(rows, ensure_ascii=False),))
+        return [None] * len(appends)
 
-    async def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(self._insert, rows)
-
-    async def _flush(self, batch: list[_Pending]) -> None:
-        try:
-            await self._commit(batch)
-        except BaseException as exc:
-            error: BaseException = exc
-            if isinstance(exc, asyncio.CancelledError):
-                error = psycopg.OperationalError("the history store was closed mid-write")
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._inflight -= 1
-            self._start()
-
-    async def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            await self._write([row for rows, _ in batch for row in rows])
-        except psycopg.Error as exc:
-            # Retried one by one only when the server refused the transaction (an
-            # error with a SQLSTATE: nothing was committed). A lost connection
-            # leaves the commit's outcome unknown: retrying could store twice.
-            if len(batch) == 1 or exc.sqlstate is None:
-                raise
-            # One bad append must not fail the others: each in its own transaction.
-            for rows, fut in batch:
-                try:
-                    await self._write(rows)
-                except psycopg.Error as one:
-                    if not fut.done():
-                        fut.set_exception(one)
-                else:
-                    if not fut.done():
-                        fut.set_result(None)
-            return
-        for _, fut in batch:
-            if not fut.done():
-                fut.set_result(None)
+    async def _last(self, loads: list[_Load]) -> list[list[tuple[Any, ...]]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                self._q["last"], ([key for key, _ in loads], [n for _, n in loads])
+            )
+            rows = await cur.fetchall()
+        out: list[list[tuple[Any, ...]]] = [[] for _ in loads]
+        for row in rows:
+            out[row[0] - 1].append(row[1:])
+        return out
 
     async def close(self) -> None:
-        """Wait for the group transactions in flight, then close the pool."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait for the statements in flight, then close the pool."""
+        await self.appends.aclose()
+        await self.loads.aclose()
+        await self.merges.aclose()
         await self.pool.close()
 
 
@@ -240,7 +250,7 @@ class PostgresHistoryStore:
             timeout=self._timeout, autocommit=True,
         )  # fmt: skip
         # Leave connections for loads while group transactions write.
-        return _Pool(pool, self._q["insert"], max(1, self._sizes[1] // 3))
+        return _Pool(pool, self._q, max(1, self._sizes[1] // 3))
 
     @staticmethod
     async def _close_pool(pool: _Pool) -> None:
@@ -273,9 +283,17 @@ class PostgresHistoryStore:
             return []
         if limit is None:
             return [_row_to_entry(r) for r in await self._fetch("all", (_text(key),))]
-        rows = await self._fetch("last", (_text(key), limit))
-        rows.reverse()
-        return [_row_to_entry(r) for r in rows]
+        limit = min(limit, 2**31 - 1)
+        try:
+            pool = self._pools.home_client()
+            if pool is not None:  # the hot path: no borrow()
+                rows = await pool.loads.submit((_text(key), limit))
+            else:
+                async with self._pools.borrow() as pool:
+                    rows = await pool.loads.submit((_text(key), limit))
+        except psycopg.Error as exc:
+            raise store_error(self.url, exc) from exc
+        return [_row_to_entry(r) for r in reversed(rows)]
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
         """Append ``entries`` to ``key`` in one transaction (shared with concurrent
@@ -283,11 +301,15 @@ class PostgresHistoryStore:
         if not entries:
             return
         rows = [_entry_to_row(key, e) for e in entries]
-        async with self._pools.borrow() as pool:
-            try:
-                await pool.append(rows)
-            except psycopg.Error as exc:
-                raise store_error(self.url, exc) from exc
+        try:
+            pool = self._pools.home_client()
+            if pool is not None:  # the hot path: no borrow()
+                await pool.appends.submit(rows)
+            else:
+                async with self._pools.borrow() as pool:
+                    await pool.appends.submit(rows)
+        except psycopg.Error as exc:
+            raise store_error(self.url, exc) from exc
 
     async def clear(self, key: str) -> int:
         """Delete every entry of ``key``; return how many were deleted."""
@@ -297,7 +319,11 @@ class PostgresHistoryStore:
         """Move ``src_key``'s rows to ``dst_key`` in one ``UPDATE`` (idempotent)."""
         if src_key == dst_key:
             return 0
-        return await self._write("merge", (_text(dst_key), _text(src_key)))
+        async with self._pools.borrow() as pool:
+            try:
+                return await pool.merges.submit((_text(src_key), _text(dst_key)))
+            except psycopg.Error as exc:
+                raise store_error(self.url, exc) from exc
 
     async def count(self, key: str) -> int:
         """How many entries ``key`` holds."""

@@ -14,7 +14,8 @@ held, those leases are marked lost and their turns stopped with
 
 ``PostgresDuplicateFilter``: ``INSERT ... ON CONFLICT DO UPDATE ... WHERE
 expired RETURNING``: exactly one host sees a row come back per id within
-``ttl``; expired rows are deleted now and then.
+``ttl``; expired rows are deleted now and then. The ids of concurrent calls
+share one such statement (``Batch``), sorted so that two hosts never deadlock.
 
 Tables (component ``locks``): ``onethread_seen``, sequence ``onethread_lock_fence``.
 """
@@ -25,12 +26,12 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, NamedTuple
 
-from ...errors import StoreUnavailable
+from ...errors import StoreUnavailable, TurnLockLost
 from .._conn.postgres import (
+    Batch,
     advisory_key,
     migrate_async,
     open_pool,
@@ -42,7 +43,7 @@ from .._conn.postgres import (
 )
 from .._conn.shared import PerLoop
 from ..outage import store_failed
-from ._shared import Lease, guard, local_locks
+from ._shared import Lease, local_locks
 from .base import LocalTurnLocks
 
 __all__ = ["SCHEMA_VERSION", "PostgresDuplicateFilter", "PostgresTurnLocks"]
@@ -276,25 +277,13 @@ class PostgresTurnLocks:
             weakref.WeakKeyDictionary()
         )
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
         """Wait for, then hold, ``key``'s lock for the ``async with`` block."""
-        async with self.lease(key):
-            yield
+        return _Held(self, key)
 
-    @asynccontextmanager
-    async def lease(self, key: str) -> AsyncIterator[Lease]:
+    def lease(self, key: str) -> AbstractAsyncContextManager[Lease]:
         """As :meth:`hold`, yielding the :class:`Lease` (``.fence``, ``.lost``)."""
-        async with local_locks(self._local).hold(key), self._sessions.borrow() as session:
-            number = advisory_key("turn", self.schema, key)
-            lease, conn = await self._acquire(session, key, number)
-            try:
-                async with guard(lease):
-                    yield lease
-            finally:
-                if session.held.get(number) is lease:
-                    del session.held[number]
-                    await asyncio.shield(self._release(session, conn, key, number))
+        return _Held(self, key)
 
     def __len__(self) -> int:
         """Session keys with a turn holding or waiting for a lock in this process."""
@@ -317,7 +306,9 @@ class PostgresTurnLocks:
             except BaseException as exc:
                 # A session lock taken by a statement that then failed (or whose
                 # answer never came) stays taken: give it back before leaving.
-                await self._release(session, conn, key, number)
+                released = self._release(session, conn, key, number)
+                if released is not None:
+                    await _settled(released)
                 if isinstance(exc, psycopg.Error):
                     raise store_error(self.url, exc) from exc
                 raise
@@ -328,18 +319,32 @@ class PostgresTurnLocks:
             await asyncio.sleep(wait)
             wait = min(wait * 1.5, _WAIT_MAX)
 
-    async def _release(
+    def _release(
         self,
         session: _LockSession,
         conn: psycopg.AsyncConnection[tuple[Any, ...]],
         key: str,
         number: int,
-    ) -> None:
+    ) -> asyncio.Future[Any] | None:
+        """Queue the unlock of ``number`` (None if the session is gone, and its locks
+        with it). A failed unlock is logged and closes the session (so the lock
+        cannot outlive it) from the future's callback: waiting for the future is
+        optional, and a caller cancelled meanwhile does not stop it."""
         if conn.closed or conn.broken:
-            return  # the session is gone, and its locks with it
-        try:
-            await session.call(conn, False, number)
-        except psycopg.Error as exc:
+            return None
+        fut = session.call(conn, False, number)
+        fut.add_done_callback(lambda done: self._released(done, conn, key))
+        return fut
+
+    def _released(
+        self, fut: asyncio.Future[Any], conn: psycopg.AsyncConnection[tuple[Any, ...]], key: str
+    ) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            return
+        if isinstance(exc, psycopg.Error):
             error = store_error(self.url, exc)
             if isinstance(error, StoreUnavailable):  # an outage: one line for all of it
                 store_failed(error, f"releasing the turn lock of {key!r}")
@@ -347,7 +352,114 @@ class PostgresTurnLocks:
                 log.warning(
                     "releasing the turn lock of %r failed (%s); closing its session", key, exc
                 )
-            await conn.close()
+        else:
+            log.error("releasing the turn lock of %r failed; closing its session", key,
+                      exc_info=exc)  # fmt: skip
+        task = asyncio.get_running_loop().create_task(conn.close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()  # lock sessions being closed (event loop thread)
+
+
+async def _settled(fut: asyncio.Future[Any]) -> None:
+    """Wait until ``fut`` is done, without raising its error (its done-callback
+    handles that) and, if the waiting task is cancelled, without cancelling it
+    (``asyncio.wait`` does the same at several times the cost)."""
+    if fut.done():
+        return
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fut.add_done_callback(wake)
+    await waiter
+
+
+class _Held(AbstractAsyncContextManager[Any]):
+    """``PostgresTurnLocks.hold(key)`` / ``lease(key)``: a plain class, as it runs on
+    every turn (no generators, no task per turn).
+
+    Entering waits for the process's local lock of ``key``, then for the
+    advisory lock; the body runs as the lease's holder (``locks._shared.guard``'s
+    rules: a lease lost while held cancels the body, which then ends in
+    ``TurnLockLost``). Leaving gives back the advisory lock, then the local
+    one. Used by one task; not reusable.
+    """
+
+    __slots__ = ("_borrow", "_conn", "_key", "_lease", "_local", "_locks", "_number", "_session")
+
+    def __init__(self, locks: PostgresTurnLocks, key: str) -> None:
+        self._locks = locks
+        self._key = key
+        self._lease: Lease | None = None
+        self._borrow: AbstractAsyncContextManager[_LockSession] | None = None
+
+    async def __aenter__(self) -> Lease:
+        locks = self._locks
+        self._local = local_locks(locks._local).hold(self._key)
+        await self._local.__aenter__()
+        try:
+            session = locks._sessions.home_client()  # the hot path: no borrow()
+            self._borrow = None if session is not None else locks._sessions.borrow()
+            if self._borrow is not None:
+                session = await self._borrow.__aenter__()
+            assert session is not None
+            self._session = session
+            try:
+                self._number = advisory_key("turn", locks.schema, self._key)
+                lease, self._conn = await locks._acquire(session, self._key, self._number)
+            except BaseException as exc:
+                if self._borrow is not None:
+                    await self._borrow.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        except BaseException:
+            await self._local.__aexit__(None, None, None)
+            raise
+        self._lease = lease
+        lease.task = asyncio.current_task()
+        return lease
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        lease = self._lease
+        assert lease is not None
+        task, lease.task = lease.task, None
+        try:
+            if isinstance(exc, asyncio.CancelledError):
+                if lease._cancelled and task is not None:
+                    lease._cancelled = False
+                    if task.uncancel() == 0:
+                        raise TurnLockLost(lease.key, lease.reason) from None
+            elif exc is None and lease.lost:
+                if lease._cancelled and task is not None:
+                    lease._cancelled = False
+                    task.uncancel()  # the body swallowed our cancellation; do not leak it
+                raise TurnLockLost(lease.key, lease.reason)
+        finally:
+            try:
+                session = self._session
+                if session.held.get(self._number) is lease:
+                    del session.held[self._number]
+                    fut = self._locks._release(session, self._conn, self._key, self._number)
+                    if fut is not None:
+                        await _settled(fut)
+            finally:
+                try:
+                    if self._borrow is not None:
+                        await self._borrow.__aexit__(None, None, None)
+                finally:
+                    await self._local.__aexit__(None, None, None)
+        return False
+
+
+class _Filter(NamedTuple):
+    """A duplicate filter's pool and the batch of its ``first_time`` calls."""
+
+    pool: psycopg_pool.AsyncConnectionPool[Any]
+    batch: Batch[str, bool]
 
 
 class PostgresDuplicateFilter:
@@ -371,11 +483,13 @@ class PostgresDuplicateFilter:
         self.schema = validate_schema(schema)
         self.ttl = ttl
         s = sql.Identifier(schema)
+        # Batched: the ids of concurrent first_time calls go in one statement (see
+        # Batch), sorted so that two hosts inserting overlapping ids never deadlock.
         self._insert = sql.SQL(
             "INSERT INTO {s}.onethread_seen AS seen (key, seen_at) "
-            "VALUES (%s, extract(epoch FROM clock_timestamp())) "
+            "SELECT k, extract(epoch FROM clock_timestamp()) FROM unnest(%s::text[]) AS t(k) "
             "ON CONFLICT (key) DO UPDATE SET seen_at = excluded.seen_at "
-            "WHERE seen.seen_at < excluded.seen_at - %s RETURNING 1"
+            "WHERE seen.seen_at < excluded.seen_at - %s RETURNING seen.key"
         ).format(s=s)
         self._cleanup = sql.SQL(
             "DELETE FROM {s}.onethread_seen "
@@ -383,33 +497,47 @@ class PostgresDuplicateFilter:
         ).format(s=s)
         self._next_cleanup = 0.0
 
-        async def create(home: bool) -> psycopg_pool.AsyncConnectionPool[Any]:
-            return await open_pool(
+        async def create(home: bool) -> _Filter:
+            pool = await open_pool(
                 url, schema, "locks", SCHEMA_VERSION, _ddl(schema),
                 min_size=1 if home else 0, max_size=max_size if home else 1, timeout=30.0,
                 autocommit=True,  # the INSERT stands alone (as does the cleanup)
             )  # fmt: skip
+            return _Filter(pool, Batch(lambda keys: self._record(pool, keys), max_inflight=2))
 
-        async def destroy(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
-            await pool.close()
+        async def destroy(client: _Filter) -> None:
+            await client.batch.aclose()
+            await client.pool.close()
 
-        self._pools: PerLoop[psycopg_pool.AsyncConnectionPool[Any]] = PerLoop(
-            create, destroy, what="this duplicate filter"
-        )
+        self._pools: PerLoop[_Filter] = PerLoop(create, destroy, what="this duplicate filter")
+
+    async def _record(
+        self, pool: psycopg_pool.AsyncConnectionPool[Any], keys: list[str]
+    ) -> list[bool]:
+        """Record ``keys`` in one statement; for each, whether it was seen first here."""
+        distinct = sorted(set(keys))
+        async with pool.connection() as conn:
+            cur = await conn.execute(self._insert, (distinct, self.ttl))
+            fresh = {row[0] for row in await cur.fetchall()}
+            if time.monotonic() >= self._next_cleanup:
+                self._next_cleanup = time.monotonic() + min(self.ttl / 10, 3600.0)
+                await conn.execute(self._cleanup, (self.ttl,))
+        answers = []
+        for key in keys:  # an id twice in one batch: only its first call is first
+            answers.append(key in fresh)
+            fresh.discard(key)
+        return answers
 
     async def first_time(self, message_key: str) -> bool:
         """Record ``message_key``; True if no host had recorded it within ``ttl``."""
-        async with self._pools.borrow() as pool:
-            try:
-                async with pool.connection() as conn:
-                    cur = await conn.execute(self._insert, (message_key, self.ttl))
-                    first = await cur.fetchone() is not None
-                    if time.monotonic() >= self._next_cleanup:
-                        self._next_cleanup = time.monotonic() + min(self.ttl / 10, 3600.0)
-                        await conn.execute(self._cleanup, (self.ttl,))
-            except psycopg.Error as exc:
-                raise store_error(self.url, exc) from exc
-        return first
+        try:
+            client = self._pools.home_client()
+            if client is not None:  # the hot path: no borrow()
+                return await client.batch.submit(message_key)
+            async with self._pools.borrow() as client:
+                return await client.batch.submit(message_key)
+        except psycopg.Error as exc:
+            raise store_error(self.url, exc) from exc
 
     async def close(self) -> None:
         """Close the connection pools."""
