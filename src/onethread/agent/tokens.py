@@ -65,6 +65,8 @@ CONTEXT_WINDOWS: dict[str, int] = {
 _PER_MESSAGE = 4  # role and separators each chat message costs
 _lock = threading.Lock()
 _ratios: dict[str, float] = {}
+_budgets: dict[str, int] = {}  # default_budget's answers, valid for _budgets_for
+_budgets_for: tuple[dict[str, int], float, int] = ({}, -1.0, -1)
 
 
 def estimate(text: str) -> int:
@@ -125,8 +127,22 @@ def context_window(model: str) -> int | None:
 
 def default_budget(model: str | None) -> int:
     """The prompt budget for ``model``: its window (else 16,000) minus room for the reply."""
-    window = context_window(model or "") or DEFAULT_CONTEXT
-    return window - min(int(window * REPLY_ROOM), 8_192)
+    global _budgets_for
+    name = model or ""
+    # Asked on every turn: answered from _budgets (under _lock) while CONTEXT_WINDOWS,
+    # REPLY_ROOM and DEFAULT_CONTEXT are what they were; comparing a small dict is far
+    # cheaper than the prefix search.
+    with _lock:
+        if _budgets_for != (CONTEXT_WINDOWS, REPLY_ROOM, DEFAULT_CONTEXT):
+            _budgets.clear()
+            _budgets_for = (dict(CONTEXT_WINDOWS), REPLY_ROOM, DEFAULT_CONTEXT)
+        budget = _budgets.get(name)
+        if budget is None:
+            window = context_window(name) or DEFAULT_CONTEXT
+            budget = window - min(int(window * REPLY_ROOM), 8_192)
+            if len(_budgets) < 256:  # a few model names in practice; never unbounded
+                _budgets[name] = budget
+    return budget
 
 
 def forget_corrections() -> None:

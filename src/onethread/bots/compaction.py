@@ -83,6 +83,12 @@ class Compaction:
         self.cooldown = cooldown
         self.pending: dict[str, asyncio.Task[int]] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # key -> (in a row, when last)
+        # Per responder (by id): the objects its room was computed from, and the room.
+        self._rooms: dict[int, tuple[object, object, int, float, int, int]] = {}
+        self._last_summary: tuple[HistoryEntry, int] | None = None
+        # Per session key: (summary end, newest entry counted, tokens of the unsummarised
+        # part), for sessions longer than max_history (see _hidden_over). Loop thread only.
+        self._tallies: dict[str, tuple[float, float, int]] = {}
         #: Folds done and failed by this process (for tests and metrics).
         self.folds = 0
         self.failures = 0
@@ -100,16 +106,54 @@ class Compaction:
 
     def _history_room(self, responder: object, summary: HistoryEntry | None, message: str) -> int:
         """Uncorrected tokens left for history entries once the fixed parts are counted."""
-        ratio = tokens.correction(_model_name(responder))
-        usable = self.budget(responder) * 0.95 - 32  # the estimate's margin of error
-        fixed = tokens.estimate(str(getattr(responder, "instructions", "") or "")) + 8
+        room = self._base_room(responder) - tokens.estimate(message) - 8
+        if summary is not None:
+            room -= self._summary_cost(summary)
+        return room
+
+    def _base_room(self, responder: object) -> int:
+        """The budget, corrected, less the responder's instructions and tool schemas.
+
+        Kept per responder (``_rooms``, touched on the loop thread only) while the
+        budget, the correction and the very instruction and schema objects are the
+        ones it was computed from: a turn does not re-count them.
+        """
+        name = _model_name(responder)
+        ratio = tokens.correction(name)
+        budget = self.budget(responder)
+        instructions = getattr(responder, "instructions", "")
         schemas = getattr(responder, "_schemas", None)
+        size = len(schemas) if isinstance(schemas, list) else -1
+        known = self._rooms.get(id(responder))
+        if known is not None:
+            k_instr, k_schemas, k_size, k_ratio, k_budget, room = known
+            if (
+                k_instr is instructions
+                and k_schemas is schemas
+                and k_size == size
+                and k_ratio == ratio
+                and k_budget == budget
+            ):
+                return room
+        usable = budget * 0.95 - 32  # the estimate's margin of error
+        fixed = tokens.estimate(str(instructions or "")) + 8
         if schemas:
             fixed += tokens.estimate(json.dumps(schemas))
-        fixed += tokens.estimate(message) + 8
-        if summary is not None:
-            fixed += _cost(summary)
-        return int(usable / ratio) - fixed
+        room = int(usable / ratio) - fixed
+        if isinstance(instructions, str):  # anything else may change in place: not kept
+            if len(self._rooms) >= 64:  # a handful of responders in practice; never unbounded
+                self._rooms.pop(next(iter(self._rooms)))
+            self._rooms[id(responder)] = (instructions, schemas, size, ratio, budget, room)
+        return room
+
+    def _summary_cost(self, summary: HistoryEntry) -> int:
+        """``_cost(summary)``, kept for the last summary object seen (it is loaded every turn)."""
+        known = self._last_summary
+        if known is not None and known[0] is summary:
+            return known[1]
+        cost = _cost(summary)
+        self._last_summary = (summary, cost)
+        return cost
 
     async def _summary(self, key: str) -> HistoryEntry | None:
         found = await self.manager.store.load(summary_key(key), 1)
@@ -128,8 +172,47 @@ class Compaction:
         after = summary.timestamp if summary is not None else float("-inf")
         cap = self.manager.max_history
         picked, used, full = await self._scan(key, after, room, cap)
-        due = self.enabled and (full or used + tokens.estimate(message.content) > room * _TRIGGER)
+        due = False
+        if self.enabled:
+            mine = tokens.estimate(message.content)
+            if used + mine > room * _TRIGGER or (full and (cap is None or len(picked) < cap)):
+                due = True  # what is shown is near the budget, or the budget left some out
+            elif full:  # max_history left some out: the budget counts them too
+                due = await self._hidden_over(key, after, picked, room * _TRIGGER - mine)
         return ([summary] if summary is not None else []) + picked, due
+
+    async def _hidden_over(
+        self, key: str, after: float, shown: list[HistoryEntry], limit: float
+    ) -> bool:
+        """Whether the whole unsummarised part of ``key`` (newer than ``after``, also what
+        ``max_history`` left out) costs more than ``limit``.
+
+        Counted once by reading back from the newest entry (up to ``limit``), then kept
+        per key (``_tallies``) and brought up to date from the entries newer than the
+        last ones counted, which are among ``shown``: entries written by other
+        processes count too. A new summary (a new ``after``) or a gap (more new
+        entries than ``shown`` holds) means counting again.
+        """
+        newest = shown[-1] if shown else None
+        tally = self._tallies.pop(key, None)
+        total = -1
+        if tally is not None and newest is not None and tally[0] == after:
+            _after, last, counted = tally
+            if shown[0].timestamp <= last:
+                total = counted
+                for entry in reversed(shown):
+                    if entry.timestamp <= last:
+                        break
+                    total += _cost(entry)
+        if total < 0:
+            _picked, total, over = await self._scan(key, after, limit, None)
+            if over:
+                return True  # not kept: the fold it asks for changes the summary
+        if newest is not None:
+            if len(self._tallies) >= 10_000:  # the least recently counted goes first
+                self._tallies.pop(next(iter(self._tallies)))
+            self._tallies[key] = (after, newest.timestamp, total)
+        return total > limit
 
     async def _scan(
         self, key: str, after: float, room: float, cap: int | None
@@ -139,8 +222,27 @@ class Compaction:
         # With a cap, one entry more than the cap is read: whether it exists says whether
         # more were left out, without a count() of the whole session on every turn.
         size = _FIRST_PAGE if cap is None else min(_FIRST_PAGE, cap + 1)
+        page = await self.manager.store.load(key, size)
+        if (
+            page
+            and page[0].timestamp > after
+            and (len(page) < size or cap is not None and size > cap)
+        ):
+            # The usual turn: the first page is all unsummarised and holds all we may show.
+            # If it fits, it is the answer (no entry-by-entry walk).
+            full = cap is not None and len(page) > cap
+            shown = page[len(page) - cap :] if full and cap is not None else page
+            used = sum(
+                [
+                    (len(e.content) + 3) // 4 + 4
+                    if not (e.mirror or e.attachments or e.metadata)
+                    else _cost(e)
+                    for e in shown
+                ]
+            )
+            if used <= room:
+                return shown, used, full
         while True:
-            page = await self.manager.store.load(key, size)
             picked: list[HistoryEntry] = []
             used = 0
             stop = full = False
@@ -160,6 +262,7 @@ class Compaction:
             size *= 4
             if cap is not None:
                 size = min(size, cap + 1)
+            page = await self.manager.store.load(key, size)
 
     # -- folding -------------------------------------------------------------------
 
@@ -233,8 +336,7 @@ class Compaction:
         archived = await self.manager.store.count(archive_key(key))
         cap = self.manager.max_history
         total = sum(_cost(e) for e in fresh)
-        over = cap is not None and len(fresh) > cap
-        if not fresh or (not force and total <= room * _TRIGGER and not over):
+        if not fresh or (not force and total <= room * _TRIGGER):
             return summary, [], archived
         keep_room = 0 if force else room * _KEEP
         keep_count = 2 if force else (max(cap // 2, 1) if cap is not None else len(fresh))

@@ -89,6 +89,15 @@ class Inbound:
     raw: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        # The usual event: every field (_TEXT_FIELDS) a str, all ASCII: one scan.
+        fields = (self.platform, self.chat_id, self.chat_type, self.user_id, self.text,
+                  self.message_id, self.chat_name, self.thread_id, self.user_name)  # fmt: skip
+        try:
+            plain = "".join(fields).isascii()
+        except TypeError:  # a field that is not a str: each one is looked at below
+            plain = False
+        if plain:
+            return
         for name in _TEXT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, str):
