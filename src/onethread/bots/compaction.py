@@ -83,8 +83,8 @@ class Compaction:
         self.cooldown = cooldown
         self.pending: dict[str, asyncio.Task[int]] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # key -> (in a row, when last)
-        # Per responder (by id): the objects its room was computed from, and the room.
-        self._rooms: dict[int, tuple[object, object, int, float, int, int]] = {}
+        # Per responder (by id): what its room was computed from, and the room.
+        self._rooms: dict[int, tuple[object, object, object, tuple[object, ...], int]] = {}
         self._last_summary: tuple[HistoryEntry, int] | None = None
         # Per session key: (summary end, newest entry counted, tokens of the unsummarised
         # part), for sessions longer than max_history (see _hidden_over). Loop thread only.
@@ -114,28 +114,32 @@ class Compaction:
     def _base_room(self, responder: object) -> int:
         """The budget, corrected, less the responder's instructions and tool schemas.
 
-        Kept per responder (``_rooms``, touched on the loop thread only) while the
-        budget, the correction and the very instruction and schema objects are the
-        ones it was computed from: a turn does not re-count them.
+        Kept per responder (``_rooms``, touched on the loop thread only) while what it
+        was computed from is the same: the very instruction, schema and model objects,
+        the model's name, both ``context_tokens`` and ``tokens.generation()`` (the
+        corrections and the context window table). A turn does not re-count them.
         """
-        name = _model_name(responder)
-        ratio = tokens.correction(name)
-        budget = self.budget(responder)
         instructions = getattr(responder, "instructions", "")
         schemas = getattr(responder, "_schemas", None)
-        size = len(schemas) if isinstance(schemas, list) else -1
+        model = getattr(responder, "model", None)
+        facts = (
+            getattr(model, "model", None),
+            getattr(responder, "context_tokens", None),
+            self.context_tokens,
+            len(schemas) if isinstance(schemas, list) else -1,
+            tokens.generation(),
+        )
         known = self._rooms.get(id(responder))
-        if known is not None:
-            k_instr, k_schemas, k_size, k_ratio, k_budget, room = known
-            if (
-                k_instr is instructions
-                and k_schemas is schemas
-                and k_size == size
-                and k_ratio == ratio
-                and k_budget == budget
-            ):
-                return room
-        usable = budget * 0.95 - 32  # the estimate's margin of error
+        if (
+            known is not None
+            and known[0] is instructions
+            and known[1] is schemas
+            and known[2] is model
+            and known[3] == facts
+        ):
+            return known[4]
+        ratio = tokens.correction(_model_name(responder))
+        usable = self.budget(responder) * 0.95 - 32  # the estimate's margin of error
         fixed = tokens.estimate(str(instructions or "")) + 8
         if schemas:
             fixed += tokens.estimate(json.dumps(schemas))
@@ -143,7 +147,7 @@ class Compaction:
         if isinstance(instructions, str):  # anything else may change in place: not kept
             if len(self._rooms) >= 64:  # a handful of responders in practice; never unbounded
                 self._rooms.pop(next(iter(self._rooms)))
-            self._rooms[id(responder)] = (instructions, schemas, size, ratio, budget, room)
+            self._rooms[id(responder)] = (instructions, schemas, model, facts, room)
         return room
 
     def _summary_cost(self, summary: HistoryEntry) -> int:
@@ -168,7 +172,10 @@ class Compaction:
         at the summary's end, or at ``max_history`` entries.
         """
         summary = await self._summary(key)
-        room = self._history_room(responder, summary, entry_text(message))
+        plain = not (message.mirror or message.attachments or message.metadata)
+        room = self._history_room(
+            responder, summary, message.content if plain else entry_text(message)
+        )
         after = summary.timestamp if summary is not None else float("-inf")
         cap = self.manager.max_history
         picked, used, full = await self._scan(key, after, room, cap)
@@ -232,14 +239,7 @@ class Compaction:
             # If it fits, it is the answer (no entry-by-entry walk).
             full = cap is not None and len(page) > cap
             shown = page[len(page) - cap :] if full and cap is not None else page
-            used = sum(
-                [
-                    (len(e.content) + 3) // 4 + 4
-                    if not (e.mirror or e.attachments or e.metadata)
-                    else _cost(e)
-                    for e in shown
-                ]
-            )
+            used = _costs(shown)
             if used <= room:
                 return shown, used, full
         while True:
@@ -422,6 +422,18 @@ def _cost(entry: HistoryEntry) -> int:
         # every turn, without building the labelled text of each loaded entry.
         return tokens.estimate(entry.content) + 4
     return tokens.estimate(entry_text(entry)) + 4
+
+
+def _costs(entries: Sequence[HistoryEntry]) -> int:
+    """The summed ``_cost`` of ``entries`` (plain ones inline: a turn's hot path)."""
+    return sum(
+        [
+            (len(e.content) + 3) // 4 + 4
+            if not (e.mirror or e.attachments or e.metadata)
+            else _cost(e)
+            for e in entries
+        ]
+    )
 
 
 def _chunks(entries: Sequence[HistoryEntry], room: int) -> list[list[HistoryEntry]]:

@@ -353,6 +353,13 @@ class Adapter(ABC):
         into aligned text).
         """
         limit = self.max_message_length
+        if (
+            0 < len(text) <= limit
+            and limit >= 16
+            and self.max_messages >= 1
+            and self.measure(text) <= limit
+        ):
+            return [text], False  # the usual reply: one message, as cap_messages would say
         while True:
             chunks, cut = cap_messages(text, limit, self.max_messages)
             if limit <= 64 or all(self.measure(c) <= self.max_message_length for c in chunks):
