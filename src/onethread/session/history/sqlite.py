@@ -264,6 +264,8 @@ class SQLiteHistoryStore(Checkpoints):
             self._connect()
             .execute(
                 "SELECT key, count(*), max(ts), group_concat(DISTINCT platform) FROM entries "
+                # Summaries and archives (base.SIDE_KEY_SUFFIXES) are not sessions.
+                "WHERE substr(key, -8) != '#summary' AND substr(key, -9) != '#archived' "
                 "GROUP BY key ORDER BY max(ts) DESC LIMIT ?",
                 (limit,),
             )
