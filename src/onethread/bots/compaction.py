@@ -168,10 +168,12 @@ class Compaction:
     ) -> tuple[list[HistoryEntry], bool]:
         """The history the model sees (summary first) and whether a fold is due.
 
-        Reads newest first in pages (32, 128, 512, ...) and stops at the budget,
+        Reads newest first in pages (32, then up to 4x larger, as many as the budget
+        left seems to hold) and stops at the budget,
         at the summary's end, or at ``max_history`` entries.
         """
-        summary = await self._summary(key)
+        found = await self.manager.store.load(summary_key(key), 1)  # as _summary(), inline
+        summary = found[-1] if found else None
         plain = not (message.mirror or message.attachments or message.metadata)
         room = self._history_room(
             responder, summary, message.content if plain else entry_text(message)
@@ -259,9 +261,13 @@ class Compaction:
             if stop or len(page) < size or (cap is not None and size > cap):
                 picked.reverse()
                 return picked, used, full
-            size *= 4
-            if cap is not None:
-                size = min(size, cap + 1)
+            grow = size * 4
+            if used > 0:
+                # No more than the room left holds at this page's average cost, and a
+                # quarter more: a long session is not read 4x past the budget.
+                want = len(page) + int((room - used) * len(picked) / used * 1.25) + 1
+                grow = min(grow, max(want, size + _FIRST_PAGE))
+            size = grow if cap is None else min(grow, cap + 1)
             page = await self.manager.store.load(key, size)
 
     # -- folding -------------------------------------------------------------------

@@ -453,7 +453,12 @@ class BotSessionManager:
                     asked = time.perf_counter()
                     try:
                         with turn_files() as produced:
-                            reply = await self._respond(responder, history, message, group, relay)
+                            if relay is None and not files:  # the usual turn, without a hop
+                                reply = await responder.respond(history, message, group=group)
+                            else:
+                                reply = await self._respond(
+                                    responder, history, message, group, relay
+                                )
                         sent = await self.store_files(produced) if produced else ()
                     except ModelError as exc:
                         if stats is not None:
