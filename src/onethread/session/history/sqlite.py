@@ -505,7 +505,7 @@ class SQLiteHistoryStore(Checkpoints):
         """The last ``limit`` entries of ``key`` (all when ``None``), oldest first."""
         if limit is not None and limit <= 0:
             return []
-        with mapped_errors(self.path):
+        try:  # as ``with mapped_errors(self.path)``, without a generator on every turn
             loop = asyncio.get_running_loop()
             conn = self._fast if loop is self._loop else await self._claim(loop)
             if conn is not None:
@@ -513,6 +513,8 @@ class SQLiteHistoryStore(Checkpoints):
                 if entries is not None:
                     return entries
             return await self._run(self._load, key, limit)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
         """Append ``entries`` to ``key`` in one transaction; committed when this returns."""
@@ -520,7 +522,7 @@ class SQLiteHistoryStore(Checkpoints):
             return
         items = list(entries)
         rows = [entry_to_row(key, e) for e in items]  # a bad entry fails here, alone
-        with mapped_errors(self.path):
+        try:  # as ``with mapped_errors(self.path)``, without a generator on every turn
             loop = asyncio.get_running_loop()
             conn = self._fast if loop is self._loop else await self._claim(loop)
             if conn is None:
@@ -533,6 +535,8 @@ class SQLiteHistoryStore(Checkpoints):
                 loop.call_soon(self._flush)
             self._batch.append((key, items, rows, fut))
             await fut
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
 
     async def clear(self, key: str) -> int:
         """Delete every entry of ``key``; return how many."""
