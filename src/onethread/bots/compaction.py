@@ -215,8 +215,8 @@ class Compaction:
                     total += _cost(entry)
         if total < 0:
             _picked, total, over = await self._scan(key, after, limit, None)
-            if over:
-                return True  # not kept: the fold it asks for changes the summary
+            if over:  # past the limit: kept as such until a fold changes the summary
+                total = int(limit) + 1
         if newest is not None:
             if len(self._tallies) >= 10_000:  # the least recently counted goes first
                 self._tallies.pop(next(iter(self._tallies)))
