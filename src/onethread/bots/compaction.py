@@ -270,6 +270,11 @@ class Compaction:
             size = grow if cap is None else min(grow, cap + 1)
             page = await self.manager.store.load(key, size)
 
+    def forget(self, key: str) -> None:
+        """Drop what is kept about ``key`` (its tally): entries older than the ones
+        counted came in (a merge), so the next turn counts the session afresh."""
+        self._tallies.pop(key, None)
+
     # -- folding -------------------------------------------------------------------
 
     def schedule(self, key: str, responder: object) -> None:
