@@ -6,6 +6,20 @@ layout it wrote in ``{prefix}{component}:layout``. A layout newer than the
 code knows is a :class:`~onethread.errors.SchemaVersionError`, never silently
 misread.
 
+**Redis Cluster.** A ``redis+cluster://HOST:PORT[,HOST:PORT...]/`` URL
+(``rediss+cluster://`` for TLS; any node of the cluster will do, more are
+tried in turn at start-up) opens redis-py's cluster client instead. Redis
+Cluster runs a script or a transaction only when every key it touches hashes
+to one slot, so cluster deployments name their keys with hash tags
+(:func:`session_tag`, :func:`group_tag`): every key of one conversation
+carries ``{SESSION KEY}`` (its summaries and archive, ``KEY#summary`` and
+``KEY#archived``, the same tag: one slot per conversation, lock included),
+and each global structure a tag of its own (``{identity}``, ``{jobs}``,
+``{outbox}``). A single server keeps its untagged layout, so existing data
+needs no rewrite; the layout marker tells the two apart, and data is moved
+from one to the other with ``onethread redis-to-cluster`` (see
+docs/scaling.md), never reinterpreted.
+
 Every back-end makes its clients with :func:`async_client` / :func:`sync_client`:
 a bounded pool (``max_connections``, default :data:`POOL_SIZE`) in which a
 call that finds every connection busy WAITS for one (up to ``pool_timeout``
@@ -21,6 +35,7 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote
 
 from ...errors import MissingDependencyError, SchemaVersionError, StoreError, StoreUnavailable
 from .shared import redact
@@ -28,11 +43,20 @@ from .shared import redact
 try:
     import redis
     import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.cluster
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("the Redis back-end", "redis") from exc
 
 __all__ = [
+    "CLUSTER_SCHEMES",
+    "AsyncClient",
     "Batched",
+    "SyncClient",
+    "cluster_nodes",
+    "group_tag",
+    "is_cluster",
+    "session_tag",
     "LuaScript",
     "POOL_SIZE",
     "POOL_TIMEOUT",
@@ -52,9 +76,91 @@ __all__ = [
 ]
 
 RedisError = redis.RedisError
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def is_cluster(url: str) -> bool:
+    """True for a ``redis+cluster://`` / ``rediss+cluster://`` URL."""
+    return url.partition(":")[0].lower() in CLUSTER_SCHEMES
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The nodes and connection options of a ``redis+cluster://`` URL.
+
+    ``redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/[0][?OPTION=VALUE...]``;
+    the options are those of a ``redis://`` URL (``socket_timeout=``, ...).
+    ``ValueError`` naming the fix for anything else (a database other than 0:
+    a cluster has only database 0).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a Redis Cluster URL: {url!r}; write redis+cluster://HOST:PORT,...")
+    netloc, _, tail = rest.partition("/")
+    netloc, _, query = netloc.partition("?")
+    path, _, q2 = tail.partition("?")
+    query = query or q2
+    userinfo, at, hosts = netloc.rpartition("@")
+    if path not in ("", "0"):
+        raise ValueError(
+            f"Redis Cluster has only database 0, not {path!r}: end the URL with / or /0"
+        )
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ValueError(
+                f"bad Redis Cluster node {item!r}: write redis+cluster://HOST:PORT[,HOST:PORT...]/"
+            )
+        nodes.append((host, int(port)))
+    single = "rediss" if scheme.lower().startswith("rediss") else "redis"
+    auth = f"{userinfo}@" if at else ""
+    first = f"{single}://{auth}{nodes[0][0]}:{nodes[0][1]}/0?{query}"
+    kwargs: dict[str, Any] = dict(redis.connection.parse_url(first))  # type: ignore[no-untyped-call]
+    for name in ("host", "port", "db", "connection_class"):
+        kwargs.pop(name, None)
+    if single == "rediss":
+        kwargs["ssl"] = True
+    for name in ("username", "password"):
+        if isinstance(kwargs.get(name), str):
+            kwargs[name] = unquote(kwargs[name])
+    return nodes, kwargs
+
+
+def session_tag(key: str, cluster: bool) -> str:
+    """How session ``key`` appears in key names: as it is on one server; on a
+    cluster with its conversation part (up to the first ``#``) as the hash tag,
+    ``{user:alice}#summary``, so a conversation, its summaries, its archive and
+    its turn lock share one slot. The form is reversible (the inserted ``}``
+    sits right before the first ``#``, or at the end).
+
+    ``ValueError`` on a cluster for a key whose tag would be empty (an empty
+    key, or one starting with ``#`` or ``}``): Redis would hash such key names
+    whole and scatter the conversation over several slots.
+    """
+    if not cluster:
+        return key
+    base, sep, rest = key.partition("#")
+    if not base or base.startswith("}"):
+        raise ValueError(
+            f"session key {key!r} cannot be stored on Redis Cluster: its hash tag would be "
+            "empty; session keys must not be empty or start with '#' or '}'"
+        )
+    return f"{{{base}}}{sep}{rest}"
+
+
+def group_tag(name: str, cluster: bool) -> str:
+    """A global structure's name in key names: ``name`` on one server, ``{name}``
+    on a cluster (every key of that structure in one slot, e.g. all of ``{jobs}``)."""
+    return f"{{{name}}}" if cluster else name
+
 
 POOL_SIZE = 16  # connections per client (one client per store and event loop)
 POOL_TIMEOUT = 30.0  # seconds a call waits for a free connection
+CLUSTER_POOL_SIZE = 64  # connections per cluster node (redis-py's cluster pools do not wait)
 
 
 class PoolExhausted(redis.exceptions.ConnectionError):
@@ -104,9 +210,14 @@ class Batched:
     Concurrency: use from the client's own event loop only (``PerLoop`` makes
     one per loop). ``_queue``, ``_inflight`` and ``_scheduled`` are touched
     only from that loop.
+
+    On a cluster (``client`` a ``RedisCluster``) the pipeline is redis-py's
+    cluster pipeline: each command goes to the node serving its key's slot
+    (every back-end's command or script touches one slot), one round trip per
+    node, with redirections followed as for single calls.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, max_inflight: int = 4) -> None:
+    def __init__(self, client: AsyncClient, max_inflight: int = 4) -> None:
         self.client = client
         self._max = max(1, max_inflight)
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
@@ -189,22 +300,43 @@ def _pool_options(options: dict[str, Any]) -> tuple[dict[str, Any], int, float]:
     return opts, size, timeout
 
 
-def async_client(url: str, options: dict[str, Any]) -> redis.asyncio.Redis:
+def async_client(url: str, options: dict[str, Any]) -> AsyncClient:
     """A ``redis.asyncio`` client on a waiting pool (see the module docstring).
 
     ``options`` go to the connection, except ``max_connections`` (pool size)
     and ``pool_timeout`` (seconds to wait for a free connection, then
     :class:`PoolExhausted`). ``ValueError`` for impossible values.
+
+    A ``redis+cluster://`` URL gives redis-py's ``RedisCluster``: its pools
+    are per node, ``max_connections`` (default :data:`CLUSTER_POOL_SIZE`)
+    each, and a call that finds one full fails at once (redis-py's
+    ``MaxConnectionsError``; the back-ends send their hot-path calls through
+    :class:`Batched`, which keeps at most a few pipelines in flight).
     """
     opts, size, timeout = _pool_options(options)
+    if is_cluster(url):
+        nodes, kwargs = cluster_nodes(url)
+        size = int(options.get("max_connections", CLUSTER_POOL_SIZE))
+        return redis.asyncio.cluster.RedisCluster(
+            startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in nodes],
+            max_connections=size,
+            **{**kwargs, **opts},
+        )
     pool = _WaitingPool.from_url(url, max_connections=size, timeout=timeout, **opts)
     return redis.asyncio.Redis.from_pool(pool)
 
 
-def sync_client(url: str, options: dict[str, Any]) -> redis.Redis:
+def sync_client(url: str, options: dict[str, Any]) -> SyncClient:
     """As :func:`async_client`, for the blocking client (redis-py's own timeout
-    error, ``ConnectionError("No connection available.")``, when the pool stays full)."""
+    error, ``ConnectionError("No connection available.")``, when the pool stays full).
+    A ``redis+cluster://`` URL gives redis-py's blocking ``RedisCluster``."""
     opts, size, timeout = _pool_options(options)
+    if is_cluster(url):
+        nodes, kwargs = cluster_nodes(url)
+        return redis.cluster.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
+            **{**kwargs, **opts},
+        )
     pool = redis.BlockingConnectionPool.from_url(url, max_connections=size, timeout=timeout, **opts)
     return redis.Redis.from_pool(pool)
 
@@ -221,49 +353,83 @@ def store_error(url: str, exc: BaseException) -> StoreError:
     return StoreError(f"{where}: {exc}")
 
 
-def validate_prefix(prefix: str) -> str:
-    """Return ``prefix`` if usable as a key prefix, else raise ``ValueError``."""
+def validate_prefix(prefix: str, url: str = "") -> str:
+    """Return ``prefix`` if usable as a key prefix, else raise ``ValueError``.
+
+    On a cluster (``url`` a ``redis+cluster://`` URL) a ``{`` in the prefix
+    must be closed by a ``}``: the prefix then holds the hash tag of every
+    key (the whole deployment in one slot, which works but spreads nothing).
+    """
     if not isinstance(prefix, str) or not prefix:
         raise ValueError("prefix must be a non-empty string, e.g. 'onethread:'")
+    if url and is_cluster(url) and "{" in prefix and "}" not in prefix.partition("{")[2]:
+        raise ValueError(
+            f"prefix {prefix!r} opens a hash tag with '{{' but does not close it; on Redis "
+            "Cluster that scatters a conversation's keys over several slots: drop the '{'"
+        )
     return prefix
 
 
-def _compare(where: str, found: Any, known: int) -> None:
+_CLUSTER_MARK = "cluster:"  # a cluster layout's marker: "cluster:{version}"
+
+
+def _marker(known: int, url: str) -> str:
+    return f"{_CLUSTER_MARK}{known}" if is_cluster(url) else str(known)
+
+
+def _compare(where: str, found: Any, known: int, url: str = "") -> int:
+    text = found.decode() if isinstance(found, bytes) else str(found)
+    cluster = bool(url) and is_cluster(url)
+    if text.startswith(_CLUSTER_MARK) and not cluster:
+        raise StoreError(
+            f"{where} holds the Redis Cluster key layout ({text!r}); open it with a "
+            "redis+cluster://HOST:PORT,... URL"
+        )
+    if cluster and not text.startswith(_CLUSTER_MARK):
+        raise StoreError(
+            f"{where} holds the single-server key layout ({text!r}), which a cluster "
+            "cannot run (its scripts span slots); copy it into the cluster with "
+            "'onethread redis-to-cluster SOURCE_URL CLUSTER_URL' instead of copying keys"
+        )
     try:
-        version = int(found)
+        version = int(text.removeprefix(_CLUSTER_MARK))
     except (TypeError, ValueError) as exc:
         raise StoreError(f"{where}: unreadable layout version {found!r}") from exc
     if version > known:
         raise SchemaVersionError(where, version, known)
+    return version
 
 
-def check_layout(client: redis.Redis, key: str, known: int, url: str) -> None:
-    """Record layout ``known`` at ``key`` if none is; refuse a newer one (sync client)."""
-    client.set(key, known, nx=True)
-    _compare(f"Redis at {redact(url)}, key {key!r}", client.get(key), known)
+def check_layout(client: SyncClient, key: str, known: int, url: str) -> None:
+    """Record layout ``known`` at ``key`` if none is; refuse a newer one, or one
+    written for the other topology (single server / cluster), sync client."""
+    client.set(key, _marker(known, url), nx=True)
+    _compare(f"Redis at {redact(url)}, key {key!r}", client.get(key), known, url)
 
 
-async def check_layout_async(client: redis.asyncio.Redis, key: str, known: int, url: str) -> None:
+async def check_layout_async(client: AsyncClient, key: str, known: int, url: str) -> None:
     """As :func:`check_layout`, for the asyncio client."""
-    await client.set(key, known, nx=True)
-    _compare(f"Redis at {redact(url)}, key {key!r}", await client.get(key), known)
+    await client.set(key, _marker(known, url), nx=True)
+    _compare(f"Redis at {redact(url)}, key {key!r}", await client.get(key), known, url)
 
 
+# ARGV: version, marker prefix ("" on one server, "cluster:" on a cluster).
 _UPGRADE_LAYOUT_SRC = """
 local found = redis.call('GET', KEYS[1])
 if not found then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return ARGV[1]
+  redis.call('SET', KEYS[1], ARGV[2] .. ARGV[1])
+  return ARGV[2] .. ARGV[1]
 end
-local n = tonumber(found)
+if string.sub(found, 1, #ARGV[2]) ~= ARGV[2] then return found end
+local n = tonumber(string.sub(found, #ARGV[2] + 1))
 if n and n < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[2] .. ARGV[1])
 end
 return found
 """
 
 
-async def upgrade_layout_async(client: redis.asyncio.Redis, key: str, known: int, url: str) -> int:
+async def upgrade_layout_async(client: AsyncClient, key: str, known: int, url: str) -> int:
     """Record layout ``known`` at ``key``, raising an older one to it; refuse a newer one.
 
     For layouts whose older versions need no rewrite (entries are
@@ -271,11 +437,9 @@ async def upgrade_layout_async(client: redis.asyncio.Redis, key: str, known: int
     version change, done atomically by one script whoever runs it first.
     Returns the version found before (``known`` for a new prefix).
     """
-    found = await _UPGRADE_LAYOUT.run(client, [key], [known])
-    if isinstance(found, bytes):
-        found = found.decode()
-    _compare(f"Redis at {redact(url)}, key {key!r}", found, known)
-    return int(found)
+    mark = _CLUSTER_MARK if is_cluster(url) else ""
+    found = await _UPGRADE_LAYOUT.run(client, [key], [known, mark])
+    return _compare(f"Redis at {redact(url)}, key {key!r}", found, known, url)
 
 
 class LuaScript:
@@ -290,9 +454,7 @@ class LuaScript:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def run(
-        self, client: redis.asyncio.Redis, keys: Sequence[str], args: Sequence[Any]
-    ) -> Any:
+    async def run(self, client: AsyncClient, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run on the asyncio client; ``redis.RedisError`` propagates."""
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
@@ -306,7 +468,7 @@ class LuaScript:
         except redis.exceptions.NoScriptError:
             return await batched.call("EVAL", self.source, len(keys), *keys, *args)
 
-    def run_sync(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def run_sync(self, client: SyncClient, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run on the sync client; ``redis.RedisError`` propagates."""
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)

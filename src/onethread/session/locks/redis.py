@@ -12,6 +12,13 @@ token. A holder that cannot renew before its lease runs out is stopped with
 
 ``RedisDuplicateFilter``: ``SET {prefix}seen:{id} 1 NX PX <ttl>``; the first
 host to record an id wins.
+
+On Redis Cluster (``redis+cluster://``) the lock keys carry the session's
+hash tag, ``{prefix}lock:{user:alice}`` and ``{prefix}lock:{user:alice}:fence``
+(see ``_conn.redis.session_tag``), so the acquire script touches one slot, the
+slot of the person's history. Renewals go through the same pipelines as the
+other calls (``Batched``): a cluster's per-node pools do not wait for a free
+connection, so a thousand turns renewing at once must not each take one.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from .._conn.redis import (
     RedisError,
     async_client,
     check_pool_options,
+    is_cluster,
     reraise_swallowed_cancel,
+    session_tag,
     store_error,
     validate_prefix,
 )
@@ -121,7 +130,8 @@ class RedisTurnLocks:
             raise ValueError("lease must be > 0 seconds")
         self.url = url
         self.lease_seconds = lease
-        self.prefix = validate_prefix(prefix)
+        self.prefix = validate_prefix(prefix, url)
+        self._cluster = is_cluster(url)
         self._lease_ms = max(1, round(lease * 1000))
         self._clients = _Clients(url, {"decode_responses": True, **options}, "these turn locks")
         self._local: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalTurnLocks] = (
@@ -158,7 +168,7 @@ class RedisTurnLocks:
     # -- internals -------------------------------------------------------------
 
     def _key(self, key: str) -> str:
-        return f"{self.prefix}lock:{key}"
+        return f"{self.prefix}lock:{session_tag(key, self._cluster)}"
 
     async def _acquire(self, client: Batched, key: str) -> tuple[Lease, float]:
         """Poll until the lock is ours; return the lease and when it runs out (monotonic)."""
@@ -195,9 +205,7 @@ class RedisTurnLocks:
                 return
             try:
                 still_ours = await asyncio.wait_for(
-                    _RENEW.run(
-                        client.client, [self._key(lease.key)], [lease.token, self._lease_ms]
-                    ),
+                    _RENEW.call(client, [self._key(lease.key)], [lease.token, self._lease_ms]),
                     timeout=valid_until - sent - margin,
                 )
             except (RedisError, OSError, TimeoutError) as exc:
@@ -238,7 +246,7 @@ class RedisDuplicateFilter:
             raise ValueError("ttl must be > 0 seconds")
         self.url = url
         self.ttl = ttl
-        self.prefix = validate_prefix(prefix)
+        self.prefix = validate_prefix(prefix, url)
         self._clients = _Clients(url, {"decode_responses": True, **options}, "this filter")
 
     async def first_time(self, message_key: str) -> bool:
