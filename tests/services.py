@@ -27,8 +27,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -175,9 +175,23 @@ def _start_cluster() -> str:
         _CLUSTER_PROCS.append(
             subprocess.Popen(
                 [
-                    server, "--cluster-enabled", "yes", "--port", str(port),
-                    "--bind", REDIS_HOST, "--cluster-config-file", f"{folder}/nodes-{port}.conf",
-                    "--dir", folder, "--save", "", "--appendonly", "no", "--daemonize", "no",
+                    server,
+                    "--cluster-enabled",
+                    "yes",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    REDIS_HOST,
+                    "--cluster-config-file",
+                    f"{folder}/nodes-{port}.conf",
+                    "--dir",
+                    folder,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
                 ],  # fmt: skip
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -195,14 +209,22 @@ def _start_cluster() -> str:
                     return f"!redis-server --cluster-enabled yes did not listen on port {port}"
                 time.sleep(0.05)
     create = subprocess.run(
-        [cli, "--cluster", "create", *(f"{REDIS_HOST}:{p}" for p in ports),
-         "--cluster-replicas", "0", "--cluster-yes"],  # fmt: skip
+        [
+            cli,
+            "--cluster",
+            "create",
+            *(f"{REDIS_HOST}:{p}" for p in ports),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=60,
     )
     if create.returncode != 0:
         return f"!redis-cli --cluster create failed: {create.stdout[-500:]} {create.stderr[-500:]}"
+
     def state(port: int) -> str:
         return subprocess.run(
             [cli, "-h", REDIS_HOST, "-p", str(port), "cluster", "info"],

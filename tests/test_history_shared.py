@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 from psycopg import sql
 
 from onethread.errors import SchemaVersionError, StoreError

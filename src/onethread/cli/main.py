@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import history as cli_history
     from . import identity as cli_identity
     from . import jobs as cli_jobs
+    from . import redis_move as cli_redis_move
     from . import run as cli_run
 
     common = _common()
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_identity.add_parsers(sub, common)
     cli_history.add_parsers(sub, common)
     cli_jobs.add_parsers(sub, common)
+    cli_redis_move.add_parsers(sub, common)
     return parser
 
 
