@@ -468,6 +468,39 @@ class LuaScript:
         except redis.exceptions.NoScriptError:
             return await batched.call("EVAL", self.source, len(keys), *keys, *args)
 
+    def send(
+        self, batched: Batched, keys: Sequence[str], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
+        """Queue the script on ``batched`` now; the future gets its reply.
+
+        Unlike :meth:`call`, the command is queued before this returns, so it
+        is sent even if the caller is cancelled while waiting (a lock release
+        in a ``finally``, with no task to shield).
+        """
+        loop = asyncio.get_running_loop()
+        outer: asyncio.Future[Any] = loop.create_future()
+
+        def settle(done: asyncio.Future[Any], retried: bool) -> None:
+            if outer.done():
+                return
+            if done.cancelled():
+                outer.cancel()
+                return
+            exc = done.exception()
+            if isinstance(exc, redis.exceptions.NoScriptError) and not retried:
+                again = batched.call("EVAL", self.source, len(keys), *keys, *args)
+                again.add_done_callback(lambda f: settle(f, True))
+            elif exc is not None:
+                outer.set_exception(exc)
+            else:
+                outer.set_result(done.result())
+
+        first = batched.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        first.add_done_callback(lambda f: settle(f, False))
+        # A caller cancelled meanwhile never reads an error: mark it read, no log noise.
+        outer.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return outer
+
     def run_sync(self, client: SyncClient, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run on the sync client; ``redis.RedisError`` propagates."""
         try:
