@@ -303,3 +303,22 @@ async def test_a_move_is_refused_while_a_host_holds_a_turn_lock(
         finally:
             await locks.close()
         assert not _keys(cluster_url, prefix)  # nothing was written
+
+
+async def test_a_burst_of_calls_waits_for_the_cluster_pools_instead_of_failing(
+    cluster: tuple[str, str],
+) -> None:
+    """redis-py's cluster pools fail when full; ours wait (300 merges at once, 16 per node)."""
+    url, prefix = cluster
+    store = RedisHistoryStore(url, prefix=prefix, max_connections=16)
+    try:
+        await asyncio.gather(
+            *(store.append(f"bot_telegram_{i}", [e(f"m{i}", 1.0)]) for i in range(300))
+        )
+        moved = await asyncio.gather(
+            *(store.merge(f"bot_telegram_{i}", f"user:u{i}") for i in range(300))
+        )
+        assert moved == [1] * 300
+        assert [x.content for x in await store.load("user:u299")] == ["m299"]
+    finally:
+        await store.close()

@@ -189,6 +189,29 @@ class _WaitingPool(redis.asyncio.BlockingConnectionPool):
             raise
 
 
+class _WaitingCluster(redis.asyncio.cluster.RedisCluster):
+    """redis-py's asyncio cluster client whose single calls wait for a free turn
+    (see :func:`async_client`) instead of failing with ``MaxConnectionsError``.
+
+    ``waiting`` is (semaphore, pool size, seconds to wait); the semaphore
+    belongs to the client's event loop, as the client does.
+    """
+
+    waiting: tuple[asyncio.Semaphore, int, float]
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        slots, size, timeout = self.waiting
+        try:
+            async with asyncio.timeout(timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise PoolExhausted(size, timeout) from None
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            slots.release()
+
+
 class Batched:
     """A ``redis.asyncio`` client whose concurrent calls share round trips.
 
@@ -307,21 +330,27 @@ def async_client(url: str, options: dict[str, Any]) -> AsyncClient:
     and ``pool_timeout`` (seconds to wait for a free connection, then
     :class:`PoolExhausted`). ``ValueError`` for impossible values.
 
-    A ``redis+cluster://`` URL gives redis-py's ``RedisCluster``: its pools
-    are per node, ``max_connections`` (default :data:`CLUSTER_POOL_SIZE`)
-    each, and a call that finds one full fails at once (redis-py's
-    ``MaxConnectionsError``; the back-ends send their hot-path calls through
-    :class:`Batched`, which keeps at most a few pipelines in flight).
+    A ``redis+cluster://`` URL gives redis-py's ``RedisCluster`` (as
+    :class:`_WaitingCluster`): its pools are per node, ``max_connections``
+    (default :data:`CLUSTER_POOL_SIZE`) each. redis-py's cluster pools fail
+    at once when full (``MaxConnectionsError``), so single calls wait for a
+    turn instead (at most ``max_connections - 8`` at once, ``pool_timeout``
+    seconds, then :class:`PoolExhausted`), leaving room for the pipelines of
+    :class:`Batched` (at most a few in flight, one connection per node each).
     """
     opts, size, timeout = _pool_options(options)
     if is_cluster(url):
         nodes, kwargs = cluster_nodes(url)
         size = int(options.get("max_connections", CLUSTER_POOL_SIZE))
-        return redis.asyncio.cluster.RedisCluster(
+        if size < 16:
+            raise ValueError("max_connections must be >= 16 on Redis Cluster (per node)")
+        client = _WaitingCluster(
             startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in nodes],
             max_connections=size,
             **{**kwargs, **opts},
         )
+        client.waiting = (asyncio.Semaphore(size - 8), size, timeout)
+        return client
     pool = _WaitingPool.from_url(url, max_connections=size, timeout=timeout, **opts)
     return redis.asyncio.Redis.from_pool(pool)
 
