@@ -322,3 +322,15 @@ async def test_a_burst_of_calls_waits_for_the_cluster_pools_instead_of_failing(
         assert [x.content for x in await store.load("user:u299")] == ["m299"]
     finally:
         await store.close()
+
+
+async def test_the_probe_reaches_a_cluster_and_names_one_that_is_down(
+    cluster: tuple[str, str],
+) -> None:
+    from onethread.errors import StoreUnavailable
+    from onethread.session.probe import probe_store
+
+    url, _ = cluster
+    await probe_store(url)
+    with pytest.raises(StoreUnavailable, match=r"redis\+cluster://127\.0\.0\.1:1/"):
+        await probe_store("redis+cluster://127.0.0.1:1/", timeout=1)

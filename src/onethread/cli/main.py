@@ -47,7 +47,7 @@ platforms:
 # Where identity links and conversation history live. The defaults are under
 # $ONETHREAD_HOME (default ~/.onethread). Accepted forms: memory://,
 # file:PATH (identity only), sqlite:///PATH, redis://HOST:PORT/DB,
-# postgresql://USER@HOST:PORT/DB
+# redis+cluster://HOST:PORT,HOST:PORT/ (Redis Cluster), postgresql://USER@HOST:PORT/DB
 # identity: file:~/.onethread/identity.json
 # history: sqlite:///~/.onethread/history.db
 

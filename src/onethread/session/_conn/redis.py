@@ -75,7 +75,20 @@ __all__ = [
     "validate_prefix",
 ]
 
-RedisError = redis.RedisError
+# What a Redis call can raise: redis-py's errors, and on a cluster its cluster-level
+# errors too (``RedisClusterException``, e.g. no node reachable), which are not
+# ``RedisError`` s. Use in ``except`` and ``isinstance``.
+RedisError = (redis.RedisError, redis.exceptions.RedisClusterException)
+_OUTAGES: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    *(
+        cls
+        for name in ("RedisClusterUnreachableError", "SlotNotCoveredError")
+        if isinstance(cls := getattr(redis.exceptions, name, None), type)
+    ),
+)
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 
@@ -377,8 +390,8 @@ def store_error(url: str, exc: BaseException) -> StoreError:
     loading its data) is :class:`StoreUnavailable`: an outage, not a bug.
     """
     where = f"Redis at {redact(url)}"
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return StoreUnavailable(where, str(exc))
+    if isinstance(exc, _OUTAGES):  # on a cluster also: down, no node reachable
+        return StoreUnavailable(where, str(exc) or type(exc).__name__)
     return StoreError(f"{where}: {exc}")
 
 

@@ -208,7 +208,7 @@ class RedisTurnLocks:
                     _RENEW.call(client, [self._key(lease.key)], [lease.token, self._lease_ms]),
                     timeout=valid_until - sent - margin,
                 )
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (*RedisError, OSError, TimeoutError) as exc:
                 log.warning("renewing the turn lock of %r failed: %s", lease.key, exc)
                 interval = min(interval, 0.25)  # retry soon, while the lease lasts
                 continue
