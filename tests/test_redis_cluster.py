@@ -334,3 +334,17 @@ async def test_the_probe_reaches_a_cluster_and_names_one_that_is_down(
     await probe_store(url)
     with pytest.raises(StoreUnavailable, match=r"redis\+cluster://127\.0\.0\.1:1/"):
         await probe_store("redis+cluster://127.0.0.1:1/", timeout=1)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_cross_slot_merge_reads_both_protocols(
+    cluster: tuple[str, str], protocol: int
+) -> None:
+    url, prefix = cluster
+    store = RedisHistoryStore(url, prefix=prefix, protocol=protocol)
+    try:
+        await store.append("bot_slack_3", [e("a", 1.0), e("b", 2.0)])
+        assert await store.merge("bot_slack_3", "user:pat") == 2
+        assert [x.content for x in await store.load("user:pat")] == ["a", "b"]
+    finally:
+        await store.close()

@@ -142,6 +142,14 @@ def _decode(member: str) -> HistoryEntry:
     return HistoryEntry.from_dict(json.loads(body))
 
 
+def _pairs(reply: Any) -> list[tuple[str, float]]:
+    """A raw ``ZRANGE ... WITHSCORES`` reply as (member, score) pairs: RESP3 sends
+    pairs, RESP2 a flat list."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(str(m), float(v)) for m, v in reply]
+    return [(str(reply[i]), float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
 _DECODED_MAX = 50_000  # entries whose decoded form a store keeps (a few MB)
 
 
@@ -330,14 +338,19 @@ class RedisHistoryStore:
         async with self._clients.borrow() as batched:
             client = batched.client
             try:
+                # Usually the legacy session is empty (merged long ago): one pipelined call.
+                first = _pairs(await batched.call("ZRANGE", src, 0, _CHUNK - 1, "WITHSCORES"))
+                if not first:
+                    return 0
                 platforms = await client.smembers(self._platforms(src_key))
                 if platforms:
                     await client.sadd(self._platforms(dst_key), *platforms)
                 while True:
-                    chunk = cast(
+                    chunk = first or cast(
                         list[tuple[str, float]],
                         await client.zrange(src, 0, _CHUNK - 1, withscores=True),
                     )
+                    first = []
                     if not chunk:
                         break
                     await client.zadd(dst, dict(chunk))  # adding a member twice: no-op
