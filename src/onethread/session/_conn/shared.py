@@ -133,6 +133,16 @@ class PerLoop(Generic[R]):
         """True once :meth:`aclose` has been called."""
         return self._closed
 
+    def home(self) -> R | None:
+        """The home client when called from the home loop once it is open, else
+        ``None`` (then use :meth:`borrow`). The per-call fast path: no context
+        manager, no lock. Only the home loop's own thread makes that loop home
+        or opens its client, so reading ``_loop`` then ``_client`` is safe."""
+        if self._closed:
+            return None
+        loop = asyncio.get_running_loop()
+        return self._client if self._loop is loop else None
+
     @asynccontextmanager
     async def borrow(self) -> AsyncIterator[R]:
         """Yield a client usable in the running loop. ``RuntimeError`` after :meth:`aclose`."""

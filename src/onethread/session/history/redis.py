@@ -252,13 +252,17 @@ class RedisHistoryStore:
         if limit is not None and limit <= 0:
             return []
         start = 0 if limit is None else -limit
-        async with self._clients.borrow() as client:
-            try:
-                members = cast(
-                    list[str], await client.call("ZRANGE", self._entries(key), start, -1)
-                )
-            except RedisError as exc:
-                raise store_error(self.url, exc) from exc
+        client = self._clients.home()
+        if client is None:
+            async with self._clients.borrow() as client:
+                return await self._load(client, key, start)
+        return await self._load(client, key, start)
+
+    async def _load(self, client: Batched, key: str, start: int) -> list[HistoryEntry]:
+        try:
+            members = cast(list[str], await client.call("ZRANGE", self._entries(key), start, -1))
+        except RedisError as exc:
+            raise store_error(self.url, exc) from exc
         return self._decoded.decode(members)
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
@@ -417,8 +421,16 @@ class RedisHistoryStore:
         await self._clients.aclose()
 
     async def _run(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
-        async with self._clients.borrow() as client:
-            try:
-                return await script.call(client, keys, args)
-            except RedisError as exc:
-                raise store_error(self.url, exc) from exc
+        client = self._clients.home()
+        if client is None:
+            async with self._clients.borrow() as client:
+                return await self._call(client, script, keys, args)
+        return await self._call(client, script, keys, args)
+
+    async def _call(
+        self, client: Batched, script: LuaScript, keys: list[str], args: list[Any]
+    ) -> Any:
+        try:
+            return await script.call(client, keys, args)
+        except RedisError as exc:
+            raise store_error(self.url, exc) from exc

@@ -257,12 +257,16 @@ class _Held(AbstractAsyncContextManager[Any]):
         self._local = local_locks(locks._local).hold(self._key)
         await self._local.__aenter__()
         try:
-            self._borrow = locks._clients.borrow()
-            client = self._client = await self._borrow.__aenter__()
+            home = locks._clients.home()
+            self._borrow = None if home is not None else locks._clients.borrow()
+            client = home if self._borrow is None else await self._borrow.__aenter__()
+            assert client is not None
+            self._client = client
             try:
                 lease, valid_until = await locks._acquire(client, self._key)
             except BaseException as exc:
-                await self._borrow.__aexit__(type(exc), exc, exc.__traceback__)
+                if self._borrow is not None:
+                    await self._borrow.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
         except BaseException:
             await self._local.__aexit__(None, None, None)
@@ -305,7 +309,8 @@ class _Held(AbstractAsyncContextManager[Any]):
                 await self._locks._release(self._client, lease)
             finally:
                 try:
-                    await self._borrow.__aexit__(None, None, None)
+                    if self._borrow is not None:
+                        await self._borrow.__aexit__(None, None, None)
                 finally:
                     await self._local.__aexit__(None, None, None)
         return False
@@ -333,18 +338,24 @@ class RedisDuplicateFilter:
 
     async def first_time(self, message_key: str) -> bool:
         """Record ``message_key``; True if no host had recorded it within ``ttl``."""
-        async with self._clients.borrow() as client:
-            try:
-                added = await client.call(
-                    "SET",
-                    f"{self.prefix}seen:{message_key}",
-                    1,
-                    "NX",
-                    "PX",
-                    max(1, round(self.ttl * 1000)),
-                )
-            except RedisError as exc:
-                raise store_error(self.url, exc) from exc
+        client = self._clients.home()
+        if client is None:
+            async with self._clients.borrow() as client:
+                return await self._record(client, message_key)
+        return await self._record(client, message_key)
+
+    async def _record(self, client: Batched, message_key: str) -> bool:
+        try:
+            added = await client.call(
+                "SET",
+                f"{self.prefix}seen:{message_key}",
+                1,
+                "NX",
+                "PX",
+                max(1, round(self.ttl * 1000)),
+            )
+        except RedisError as exc:
+            raise store_error(self.url, exc) from exc
         return bool(added)
 
     async def close(self) -> None:
