@@ -105,6 +105,20 @@ async def test_sessions_summary(store: HistoryStore) -> None:
     assert summary[0].count == 2 and summary[0].platforms == ("discord", "slack")
 
 
+async def test_sessions_leave_out_summaries_and_archives(store: HistoryStore) -> None:
+    from onethread.session.keys import archive_key, summary_key
+
+    await store.append("user:alice", [e("hi", 1, platform="telegram")])
+    # Newer than alice's session, and more of them than the limit asks for.
+    for i in range(3):
+        await store.append(summary_key(f"user:p{i}"), [e("sum", 10 + i, role="summary")])
+        await store.append(archive_key(f"user:p{i}"), [e("old", 20 + i)])
+    await store.append(summary_key("user:alice"), [e("sum", 30, role="summary")])
+    await store.append("user:bob", [e("yo", 2, platform="discord")])
+    assert [s.key for s in await store.sessions(2)] == ["user:bob", "user:alice"]
+    assert [s.key for s in await store.sessions()] == ["user:bob", "user:alice"]
+
+
 async def test_many_tasks_appending_lose_nothing(store: HistoryStore) -> None:
     async def writer(i: int) -> None:
         for j in range(20):

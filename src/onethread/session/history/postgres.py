@@ -74,7 +74,9 @@ _QUERIES = {
     "merge": "UPDATE {s}.onethread_history SET key = %s WHERE key = %s",
     "count": "SELECT count(*) FROM {s}.onethread_history WHERE key = %s",
     "sessions": "SELECT key, count(*), max(ts), array_agg(DISTINCT platform) "
-    "FROM {s}.onethread_history GROUP BY key ORDER BY max(ts) DESC LIMIT %s",
+    # Summaries and archives (base.SIDE_KEY_SUFFIXES) are not sessions.
+    "FROM {s}.onethread_history WHERE right(key, 8) <> '#summary' "
+    "AND right(key, 9) <> '#archived' GROUP BY key ORDER BY max(ts) DESC LIMIT %s",
 }
 
 

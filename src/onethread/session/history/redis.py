@@ -63,7 +63,7 @@ from .._conn.redis import (
     validate_prefix,
 )
 from .._conn.shared import PerLoop
-from .base import HistoryEntry, SessionSummary
+from .base import HistoryEntry, SessionSummary, is_side_key
 
 __all__ = ["LAYOUT_VERSION", "RedisHistoryStore"]
 
@@ -395,10 +395,22 @@ class RedisHistoryStore:
         async with self._clients.borrow() as batched:
             client = batched.client
             try:
-                top = cast(
-                    list[tuple[str, float]],
-                    await client.zrevrange(self._k + "sessions", 0, limit - 1, withscores=True),
-                )
+                # Summaries and archives (base.SIDE_KEY_SUFFIXES) are in the index too,
+                # but are not sessions: read on until ``limit`` sessions are found.
+                top: list[tuple[str, float]] = []
+                start = 0
+                while len(top) < limit:
+                    page = cast(
+                        list[tuple[str, float]],
+                        await client.zrevrange(
+                            self._k + "sessions", start, start + 2 * limit - 1, withscores=True
+                        ),
+                    )
+                    top += [(k, t) for k, t in page if not is_side_key(k)]
+                    if len(page) < 2 * limit:
+                        break
+                    start += 2 * limit
+                top = top[:limit]
                 pipe = client.pipeline(transaction=False)
                 for key, _ in top:
                     pipe.zcard(self._entries(key))
