@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
@@ -259,7 +259,7 @@ def stop_redis_cluster() -> None:
         shutil.rmtree(_CLUSTER_DIR.pop(), ignore_errors=True)
 
 
-def redis_namespace(kind: str) -> tuple[str, Iterator[str]]:
+def redis_namespace(kind: str) -> tuple[str, AbstractContextManager[str]]:
     """(URL, prefix context) for ``kind`` ``"redis"`` or ``"redis-cluster"``."""
     url = redis_cluster_url() if kind == "redis-cluster" else redis_url()
     return url, redis_prefix(url)
