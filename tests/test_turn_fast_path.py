@@ -181,3 +181,26 @@ async def test_a_new_instruction_text_or_window_table_entry_counts_at_once() -> 
         del tokens.CONTEXT_WINDOWS[name]
     assert tokens.default_budget(name) == 16_000 - 3_200
     await manager.close()
+
+
+async def test_history_merged_in_at_link_time_counts_toward_the_budget() -> None:
+    from onethread.session import InMemoryIdentityResolver
+
+    resolver = InMemoryIdentityResolver()
+    resolver.link("discord", "9", "alice")
+    manager = BotSessionManager(
+        MemoryHistoryStore(), identity_resolver=resolver, max_history=4, context_tokens=300
+    )
+    agent = RecordingAgent()
+    long = "a message before linking, long enough to weigh: " + "words " * 5
+    for i in range(3):  # ~150 tokens in the Telegram account's own session
+        await manager.chat(agent, "1", f"{long}{i}", platform="telegram")
+    for i in range(4):  # the person's session on Discord: short, over max_history
+        await manager.chat(agent, "9", f"hi {i}", platform="discord")
+        await _settle(manager)
+    assert manager.compaction.folds == 0
+    resolver.link("telegram", "1", "alice")
+    await manager.chat(agent, "1", "linked now", platform="telegram")  # merges, then the turn
+    await _settle(manager)
+    assert manager.compaction.folds == 1  # the merged entries counted toward the budget
+    await manager.close()

@@ -87,7 +87,7 @@ class Compaction:
         self._rooms: dict[int, tuple[object, object, object, tuple[object, ...], int]] = {}
         self._last_summary: tuple[HistoryEntry, int] | None = None
         # Per session key: (summary end, newest entry counted, tokens of the unsummarised
-        # part), for sessions longer than max_history (see _hidden_over). Loop thread only.
+        # part), for sessions longer than max_history (see _tallied_over). Loop thread only.
         self._tallies: dict[str, tuple[float, float, int]] = {}
         #: Folds done and failed by this process (for tests and metrics).
         self.folds = 0
@@ -172,56 +172,72 @@ class Compaction:
         left seems to hold) and stops at the budget,
         at the summary's end, or at ``max_history`` entries.
         """
-        found = await self.manager.store.load(summary_key(key), 1)  # as _summary(), inline
-        summary = found[-1] if found else None
+        # The hot path of every turn: _summary() and _history_room(), inline.
+        found = await self.manager.store.load(summary_key(key), 1)
+        mine = tokens.estimate(message.content)
         plain = not (message.mirror or message.attachments or message.metadata)
-        room = self._history_room(
-            responder, summary, message.content if plain else entry_text(message)
-        )
-        after = summary.timestamp if summary is not None else float("-inf")
+        room = self._base_room(responder) - 8
+        room -= mine if plain else tokens.estimate(entry_text(message))
+        if found:
+            summary: HistoryEntry | None = found[-1]
+            room -= self._summary_cost(found[-1])
+            after = found[-1].timestamp
+        else:
+            summary, after = None, float("-inf")
         cap = self.manager.max_history
         picked, used, full = await self._scan(key, after, room, cap)
         due = False
         if self.enabled:
-            mine = tokens.estimate(message.content)
             if used + mine > room * _TRIGGER or (full and (cap is None or len(picked) < cap)):
                 due = True  # what is shown is near the budget, or the budget left some out
             elif full:  # max_history left some out: the budget counts them too
-                due = await self._hidden_over(key, after, picked, room * _TRIGGER - mine)
-        return ([summary] if summary is not None else []) + picked, due
+                limit = room * _TRIGGER - mine
+                over = self._tallied_over(key, after, picked, limit)
+                if over is None:
+                    newest = picked[-1].timestamp if picked else after
+                    over = await self._count_hidden(key, after, newest, limit)
+                due = over
+        return ([summary] + picked if summary is not None else picked), due
 
-    async def _hidden_over(
+    def _tallied_over(
         self, key: str, after: float, shown: list[HistoryEntry], limit: float
-    ) -> bool:
+    ) -> bool | None:
         """Whether the whole unsummarised part of ``key`` (newer than ``after``, also what
-        ``max_history`` left out) costs more than ``limit``.
+        ``max_history`` left out) costs more than ``limit``; ``None`` when that must be
+        counted again (:meth:`_count_hidden`).
 
         Counted once by reading back from the newest entry (up to ``limit``), then kept
         per key (``_tallies``) and brought up to date from the entries newer than the
         last ones counted, which are among ``shown``: entries written by other
-        processes count too. A new summary (a new ``after``) or a gap (more new
-        entries than ``shown`` holds) means counting again.
+        processes count too. A new summary (a new ``after``), a gap (more new
+        entries than ``shown`` holds) or a merge (:meth:`forget`) means counting again.
         """
-        newest = shown[-1] if shown else None
         tally = self._tallies.pop(key, None)
-        total = -1
-        if tally is not None and newest is not None and tally[0] == after:
-            _after, last, counted = tally
-            if shown[0].timestamp <= last:
-                total = counted
-                for entry in reversed(shown):
-                    if entry.timestamp <= last:
-                        break
-                    total += _cost(entry)
-        if total < 0:
-            _picked, total, over = await self._scan(key, after, limit, None)
-            if over:  # past the limit: kept as such until a fold changes the summary
-                total = int(limit) + 1
-        if newest is not None:
-            if len(self._tallies) >= 10_000:  # the least recently counted goes first
-                self._tallies.pop(next(iter(self._tallies)))
-            self._tallies[key] = (after, newest.timestamp, total)
+        if tally is None or not shown or tally[0] != after:
+            return None
+        _after, last, total = tally
+        if shown[0].timestamp > last:
+            return None
+        for entry in reversed(shown):
+            if entry.timestamp <= last:
+                break
+            total += _cost(entry)
+        self._keep_tally(key, after, shown[-1].timestamp, total)
         return total > limit
+
+    async def _count_hidden(self, key: str, after: float, newest: float, limit: float) -> bool:
+        """:meth:`_tallied_over` by reading the session back (up to ``limit``);
+        ``newest``: the timestamp of its newest entry, shown this turn."""
+        _picked, total, over = await self._scan(key, after, limit, None)
+        if over:  # past the limit: kept as such until a fold changes the summary
+            total = int(limit) + 1
+        self._keep_tally(key, after, newest, total)
+        return total > limit
+
+    def _keep_tally(self, key: str, after: float, newest: float, total: int) -> None:
+        if len(self._tallies) >= 10_000:  # the least recently counted goes first
+            self._tallies.pop(next(iter(self._tallies)))
+        self._tallies[key] = (after, newest, total)
 
     async def _scan(
         self, key: str, after: float, room: float, cap: int | None
@@ -269,6 +285,11 @@ class Compaction:
                 grow = min(grow, max(want, size + _FIRST_PAGE))
             size = grow if cap is None else min(grow, cap + 1)
             page = await self.manager.store.load(key, size)
+
+    def forget(self, key: str) -> None:
+        """Drop what is kept about ``key`` (its tally): entries older than the ones
+        counted came in (a merge), so the next turn counts the session afresh."""
+        self._tallies.pop(key, None)
 
     # -- folding -------------------------------------------------------------------
 

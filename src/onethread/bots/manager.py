@@ -300,6 +300,7 @@ class BotSessionManager:
         src, dst = legacy_key(platform, user_id), unified_key(unified)
         async with self.locks.hold(src), self.locks.hold(dst):
             moved = await self.store.merge(src, dst)
+        self.compaction.forget(dst)  # older entries came in: count the session again
         if moved:
             log.info("merged %d legacy entries of %s into %s", moved, who(platform, user_id), dst)
         if len(self._merged) >= _MERGED_MAX:  # a memo, not a record: forgetting costs a
