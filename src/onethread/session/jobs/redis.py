@@ -20,7 +20,8 @@ computes from the prefix, so every key of the schedule must share a slot: on
 Redis Cluster (``redis+cluster://``) they are ``P {jobs}:due``,
 ``P {jobs}:job:{id}``, ... (hash tag ``{jobs}``: one slot holds the whole
 schedule, which is small next to the histories), and the change listener
-subscribes on one node (classic pub/sub reaches every node of a cluster).
+subscribes on one node, the next one after a failure (classic pub/sub
+reaches every node of a cluster).
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class RedisJobStore:
 
         self._clients: PerLoop[AsyncClient] = PerLoop(create, destroy, what="this job store")
         self._pubsub: Any = None
+        self._listen_node = 0  # which node of a cluster the change listener uses
 
     def _key(self, job_id: str) -> str:
         return f"{self._k}job:{job_id}"
@@ -291,6 +293,7 @@ class RedisJobStore:
                 if message is not None:
                     return
         except RedisError as exc:
+            self._listen_node += 1  # on a cluster: the next node next time
             await self._drop_pubsub()
             raise store_error(self.url, exc) from exc
 
@@ -300,7 +303,7 @@ class RedisJobStore:
         if not self._cluster:
             return redis.asyncio.Redis.from_url(self.url, decode_responses=True)
         nodes, kwargs = cluster_nodes(self.url)
-        host, port = nodes[0]
+        host, port = nodes[self._listen_node % len(nodes)]
         return redis.asyncio.Redis(host=host, port=port, decode_responses=True, **kwargs)
 
     async def _drop_pubsub(self) -> None:
