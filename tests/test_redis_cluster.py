@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -344,3 +345,20 @@ async def test_a_cross_slot_merge_reads_both_protocols(
         assert [x.content for x in await store.load("user:pat")] == ["a", "b"]
     finally:
         await store.close()
+
+
+def test_run_check_accepts_and_reaches_a_cluster_url(
+    cluster: tuple[str, str], tmp_path: Path
+) -> None:
+    url, _ = cluster
+    (tmp_path / "onethread.yaml").write_text(f"history: {url}\nidentity: {url}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "onethread", "run", "--check"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"history: {url} (reachable)" in result.stdout
+    assert f"identity: {url} (reachable)" in result.stdout
