@@ -13,15 +13,16 @@ import pytest
 from onethread.session.attachments import Attachment
 from onethread.session.history.base import HistoryEntry, HistoryStore
 from onethread.session.urls import open_history_store
-from services import postgres_schema, postgres_url, redis_prefix, redis_url
+from services import postgres_schema, postgres_url, redis_namespace
 
-STORES = ["memory", "sqlite", "redis", "postgres"]
+STORES = ["memory", "sqlite", "redis", "redis-cluster", "postgres"]
 
 
 def _open_args(name: str, tmp_path: Path, stack: ExitStack) -> tuple[str, dict[str, Any]]:
     """The URL and options of a fresh, empty store (shared ones in their own namespace)."""
-    if name == "redis":
-        return redis_url(), {"prefix": stack.enter_context(redis_prefix())}
+    if name in ("redis", "redis-cluster"):
+        url, prefix = redis_namespace(name)
+        return url, {"prefix": stack.enter_context(prefix)}
     if name == "postgres":
         return postgres_url(), {"schema": stack.enter_context(postgres_schema())}
     return {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/h.db"}[name], {}
