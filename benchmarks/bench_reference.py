@@ -239,7 +239,8 @@ def main() -> None:
         ),
         "rows": rows,
     }
-    print("wrote", write("reference", result))
+    name = "reference" if args.reference_agent == "stub" else f"reference_{args.reference_agent}"
+    print("wrote", write(name, result))
 
 
 if __name__ == "__main__":

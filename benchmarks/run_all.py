@@ -9,7 +9,8 @@ plot needs matplotlib (``pip install matplotlib``; not a onethread dependency);
 without it the plot is skipped. ``bench_reference.py`` (onethread against
 the reference implementation, same run) runs only when the reference's own
 venv exists (``.reference-venv``, or ``$ONETHREAD_REFERENCE_PYTHON``; the
-command that makes it is in docs/performance.md). These are measurements, not
+command that makes it is in docs/performance.md), with each of its two agents;
+about a minute more. These are measurements, not
 tests: nothing here passes or fails.
 """
 
@@ -115,13 +116,17 @@ def table() -> str:
             f"(direct {row['direct']['cpu_mean_ms']} ms, wrapper "
             f"{row['wrapper']['cpu_mean_ms']} ms) | |"
         )
-    reference: dict = load("reference")
-    for row in reference.get("rows", []):
-        if "ratio" not in row:
-            continue
+    reference_rows = [
+        row
+        for name in ("reference", "reference_praisonaiagents")
+        for row in load(name).get("rows", [])  # type: ignore[attr-defined]
+        if "ratio" in row
+    ]
+    for row in reference_rows:
         r, c = row["ratio"], row["cpu_ratio"]
         lines.append(
             f"| onethread ÷ reference turns/s, {row['store']} vs its {row['reference_store']}, "
+            f"its agent: {row.get('reference_agent', 'stub')}, "
             f"{row['users']} users (same run, {len(row['pairs'])} paired rounds) | "
             f"median {r['median']}× ({r['min']}–{r['max']}×; per CPU-second "
             f"{c['median']}×): {row['onethread_turns_per_s']['median']:,} against "
@@ -152,7 +157,9 @@ def main() -> None:
         run(script, QUICK[script] if args.quick else FULL.get(script, []))
     run("bench_turns.py", ["--diagnose", "--open-seconds", "2" if args.quick else "5"])
     if reference_installed():
-        run("bench_reference.py", ["--rounds", "2", "--seconds", "1"] if args.quick else [])
+        rounds = ["--rounds", "1", "--seconds", "1"] if args.quick else ["--rounds", "3"]
+        for agent in ("stub", "praisonaiagents"):
+            run("bench_reference.py", [*rounds, "--reference-agent", agent])
     else:
         print(f"\n== bench_reference.py skipped: the reference is not installed ({MAKE_VENV})")
     try:
