@@ -204,3 +204,25 @@ async def test_history_merged_in_at_link_time_counts_toward_the_budget() -> None
     await _settle(manager)
     assert manager.compaction.folds == 1  # the merged entries counted toward the budget
     await manager.close()
+
+
+async def test_a_text_file_and_an_image_of_the_message_count_toward_the_budget() -> None:
+    """content_parts() puts a small text file's text (and image parts) into the message
+    being answered: the budget makes room for them by showing less history."""
+    from onethread.session.attachments import Attachment
+
+    manager = BotSessionManager(MemoryHistoryStore(), context_tokens=3000)
+    agent = RecordingAgent()
+    for i in range(30):  # ~30 tokens a turn: the whole session fits 3,000 tokens
+        await manager.chat(agent, "u", f"message number {i:03} " + "word " * 20, platform="web")
+    assert len(agent.calls[-1][0]) == 58
+    notes = Attachment("file", "text/plain", "notes.txt", 6000, blob="sha256:" + "a" * 64)
+    await manager.chat(agent, "u", "read this", platform="web", attachments=[notes])
+    with_file = len(agent.calls[-1][0])
+    photo = Attachment("image", "image/png", "cat.png", 50_000, blob="sha256:" + "b" * 64)
+    await manager.chat(agent, "u", "and this", platform="web", attachments=[notes, photo])
+    with_both = len(agent.calls[-1][0])
+    # 6,000 bytes of text are ~1,500 tokens: about half the history makes way; the
+    # image's 765 more push out more again.
+    assert with_both < with_file < 40
+    await manager.close()

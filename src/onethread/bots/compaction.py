@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..agent import tokens
+from ..agent.attachments import inline_tokens
 from ..agent.messages import entry_text
 from ..agent.models import ModelClient
 from ..agent.models_offline import OfflineModel
@@ -178,6 +179,8 @@ class Compaction:
         plain = not (message.mirror or message.attachments or message.metadata)
         room = self._base_room(responder) - 8
         room -= mine if plain else tokens.estimate(entry_text(message))
+        if message.attachments:  # small text files inline and image parts (content_parts)
+            room -= inline_tokens(message.attachments)
         if found:
             summary: HistoryEntry | None = found[-1]
             room -= self._summary_cost(found[-1])
