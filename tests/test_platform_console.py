@@ -9,6 +9,7 @@ import re
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,10 +275,9 @@ def test_terminal_chat_keeps_lines_one_banner_and_help_names_quit(tmp_path: Path
         "/new: start a fresh conversation",
         "/quit: leave the chat (Ctrl-D too)",
     ]
-    # A prompt drawn by the input thread can land just before a reply's first line (a
-    # known race between readline's prompt and the loop's output: cosmetic, noted in the
-    # issue); the lines themselves must still stand apart.
-    lines = [line.strip().removeprefix("> ") for line in screen.splitlines()]
+    # Every reply line stands on its own: no prompt in front of a reply's first line
+    # (the input thread prompts again only once the reply is written).
+    lines = [line.strip() for line in screen.splitlines()]
     for line in help_lines:
         assert line in lines, f"{line!r} is not a line of its own in {screen!r}"
     assert "No language model is configured, so this is an automatic reply." in lines
@@ -302,3 +302,103 @@ def test_help_names_quit_only_on_the_terminal() -> None:
 def test_a_greeting_is_shown_once_and_can_be_turned_off() -> None:
     assert ConsoleAdapter(user="ada").greeting.startswith("Chatting as ada.")
     assert ConsoleAdapter(user="ada", greeting="").greeting == ""
+
+
+class _Recorder(io.StringIO):
+    """An output stream that logs each write in ``events`` (shared with a fake ``input``)."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def write(self, text: str) -> int:
+        self.events.append(f"out:{text}")
+        return super().write(text)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["sent", "streamed"])
+async def test_the_prompt_comes_back_only_after_the_reply_to_the_line(
+    monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """On a terminal the input thread asks for the next line (``input()`` draws the
+    prompt) once the reply to the last one is written, not while the bot is answering:
+    a prompt drawn then would land in front of the reply's first line."""
+    events: list[str] = []
+    lines = iter(["hello"])
+    release = threading.Event()
+
+    def fake_input(prompt: str = "") -> str:
+        events.append(f"prompt:{prompt}")
+        line = next(lines, None)
+        if line is None:  # the second prompt: wait in "input()" until the test ends
+            release.wait(10)
+            raise EOFError
+        return line
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    adapter = ConsoleAdapter(user="ada", output_stream=_Recorder(events), greeting="")
+    adapter._interactive = True  # a person at a terminal, without needing one
+    got = asyncio.Event()
+
+    async def on_inbound(msg: Inbound) -> None:
+        got.set()
+
+    await adapter.start(on_inbound)
+    try:
+        await asyncio.wait_for(got.wait(), 5)
+        await asyncio.sleep(0.3)  # the model thinking
+        assert [e for e in events if e.startswith("prompt:")] == ["prompt:> "], events
+        if streamed:
+            stream = adapter.reply_stream(adapter.chat_id)
+            assert stream is not None
+            await stream.feed("the ")
+            await stream.feed("reply")
+            await stream.finish("the reply")
+        else:
+            await adapter.send(adapter.chat_id, "the reply")
+        deadline = time.monotonic() + 5
+        while sum(e.startswith("prompt:") for e in events) < 2:
+            assert time.monotonic() < deadline, f"no prompt after the reply: {events}"
+            await asyncio.sleep(0.01)
+    finally:
+        release.set()
+        await adapter.stop()
+    replied = max(i for i, e in enumerate(events) if e.startswith("out:") and "reply" in e)
+    prompts = [i for i, e in enumerate(events) if e.startswith("prompt:")]
+    assert prompts[1] > replied, events
+
+
+async def test_a_slow_reply_gets_the_prompt_back_after_prompt_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait is bounded: with no reply within ``prompt_wait`` the prompt comes back."""
+    events: list[str] = []
+    lines = iter(["hello"])
+    release = threading.Event()
+
+    def fake_input(prompt: str = "") -> str:
+        events.append(f"prompt:{prompt}")
+        line = next(lines, None)
+        if line is None:
+            release.wait(10)
+            raise EOFError
+        return line
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    adapter = ConsoleAdapter(user="ada", output_stream=io.StringIO(), greeting="")
+    adapter._interactive = True
+    adapter.prompt_wait = 0.2
+
+    async def on_inbound(msg: Inbound) -> None:
+        pass  # never answered
+
+    await adapter.start(on_inbound)
+    try:
+        deadline = time.monotonic() + 5
+        while len(events) < 2:
+            assert time.monotonic() < deadline, f"the prompt never came back: {events}"
+            await asyncio.sleep(0.01)
+    finally:
+        release.set()
+        await adapter.stop()
+    assert events == ["prompt:> ", "prompt:> "]

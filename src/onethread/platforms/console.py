@@ -17,6 +17,9 @@ Behaviour a caller should know:
   subtle ``…`` while the bot is typing, and Markdown replies rendered with
   ``rich``, keeping every line break as written (as chat apps show them). With
   streams or pipes the output is the plain reply text, one block per reply.
+- The prompt comes back once the reply to the line just typed has been
+  written (or after ``prompt_wait`` seconds, default 30, when it is slower),
+  so the prompt never lands in front of a reply's first line.
 - Streamed replies (``reply_stream``): written as the model writes them, on a
   terminal re-rendered as Markdown in place (``rich.live``, a few times a
   second), on a pipe as plain text pieces; the block ends with a newline.
@@ -66,6 +69,9 @@ class ConsoleAdapter(Adapter):
 
     ``on_eof``: called once on ``/quit`` or end of input, from the event loop;
     a coroutine function is run as a task that ``stop()`` does not cancel.
+
+    ``prompt_wait``: on a terminal, how long (seconds) the input thread waits
+    for the reply to a line before it prompts for the next one anyway.
     """
 
     name: ClassVar[str] = PLATFORM
@@ -112,6 +118,10 @@ class ConsoleAdapter(Adapter):
         self._rich: Any = None
         self._tty_state: list[Any] | None = None
         self._at_prompt = False  # the input thread waits in input(); read by the loop
+        self.prompt_wait = 30.0
+        # Set by the loop once a reply is written; the input thread waits for it
+        # before prompting again (a threading.Event: its own lock guards it).
+        self._replied = threading.Event()
 
     @property
     def output(self) -> TextIO:
@@ -185,17 +195,26 @@ class ConsoleAdapter(Adapter):
         return line.rstrip("\r\n") if line else None
 
     def _read_lines(self) -> None:
-        """The input thread: read until end of input, hand each line to the loop."""
+        """The input thread: read until end of input, hand each line to the loop.
+
+        On a terminal it prompts for the next line only once the reply to this
+        one is written (``_replied``, at most ``prompt_wait`` seconds): a prompt
+        drawn by ``input()`` while the loop writes the reply would land in front
+        of the reply's first line.
+        """
         while True:
             try:
                 line = self._read_line()
             except (OSError, ValueError) as exc:  # ValueError: the stream was closed
                 log.warning("console input failed: %r", exc)
                 line = None
+            self._replied.clear()  # before the loop can see the line, so no reply is missed
             self._lines.put(line)
             self._poke()
             if line is None or line.strip() in QUIT_COMMANDS:
                 return
+            if self.interactive and line.strip():
+                self._replied.wait(self.prompt_wait)
 
     def _poke(self) -> None:
         with self._lock:
@@ -258,6 +277,10 @@ class ConsoleAdapter(Adapter):
         out.write(text)
         out.flush()
 
+    def _reply_written(self) -> None:
+        """Let the input thread prompt again (see ``_read_lines``)."""
+        self._replied.set()
+
     def _redraw_prompt(self) -> None:
         if not self._at_prompt:
             return  # the input thread shows the prompt itself when it asks next
@@ -287,6 +310,8 @@ class ConsoleAdapter(Adapter):
                 self._write(text if text.endswith("\n") else text + "\n")
         except (OSError, ValueError) as exc:
             raise BadRequest(f"cannot write the reply: {exc!r}", platform=PLATFORM) from exc
+        finally:
+            self._reply_written()
         return uuid.uuid4().hex
 
     def _rich_console(self) -> Any:
@@ -367,6 +392,12 @@ class _ConsoleStream:
 
     async def finish(self, text: str) -> dict[str, str] | None:
         """Write what is left of ``text`` and end the block."""
+        try:
+            return self._finish(text)
+        finally:
+            self.adapter._reply_written()
+
+    def _finish(self, text: str) -> dict[str, str] | None:
         adapter = self.adapter
         try:
             if self._live not in (None, False):
@@ -396,6 +427,7 @@ class _ConsoleStream:
         if self._live not in (None, False):
             self._live.stop()
             self._live = None
+        self.adapter._reply_written()
 
 
 def _markdown(text: str) -> Any:

@@ -53,12 +53,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import io
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import aiohttp
@@ -71,23 +70,20 @@ from ..errors import (
     BadRequest,
     ConfigError,
     ConnectionLost,
-    OutcomeUnknown,
-    PlatformAuthError,
     PlatformError,
     PlatformUnavailable,
-    RetryAfter,
 )
 from ..session.attachments import Attachment
-from ._describe import describe
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
+from .discord_errors import INTENT_HELP, PLATFORM, map_discord_errors
+from .discord_events import TEXT_TYPES, attachments_of, normalize_message
 from .markup import to_discord
 
 __all__ = ["DiscordAdapter", "attachments_of", "map_discord_errors", "normalize_message"]
 
 log = logging.getLogger("onethread.platforms.discord")
 
-PLATFORM = "discord"
 TOKEN_ENV = "DISCORD_BOT_TOKEN"
 # A bot token is three base64url parts joined by dots: the bot's user id (a
 # snowflake, in decimal digits, base64url-encoded), a timestamp, and an HMAC.
@@ -107,157 +103,9 @@ def _encodes_an_id(part: str) -> bool:
 API_ENV = "DISCORD_API_BASE_URL"
 GATEWAY_ENV = "DISCORD_GATEWAY_URL"
 _OPTIONS = ("token", "base_url", "gateway_url", "start_timeout", "retry_policy")
-INTENT_HELP = (
-    "enable the Message Content intent for this bot in the Discord developer portal "
-    "(Applications -> your app -> Bot -> Privileged Gateway Intents -> Message Content Intent)"
-)
-_TEXT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 _ALLOWED_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=True)
 # Where attachment bytes may be fetched from (besides the host of base_url).
 CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
-
-
-def attachments_of(message: discord.Message) -> tuple[Attachment, ...]:
-    """The message's files as attachments, by the ``content_type`` Discord gives.
-
-    A voice message (``flags.voice``, Opus in Ogg) is ``"voice"``; other
-    ``audio/*`` is ``"audio"``; ``image/*`` and ``video/*`` are images and
-    videos; anything else, or no type at all, is a ``"file"``. The bot checks
-    the type again against the bytes once fetched.
-    """
-    found: list[Attachment] = []
-    for item in message.attachments:
-        mime = (item.content_type or "").split(";")[0].strip().lower()
-        if item.is_voice_message():
-            kind = "voice"
-        elif mime.startswith("image/"):
-            kind = "image"
-        elif mime.startswith("audio/"):
-            kind = "audio"
-        elif mime.startswith("video/"):
-            kind = "video"
-        else:
-            kind = "file"
-        found.append(Attachment(kind, mime, item.filename, max(item.size, 0)))
-    return tuple(found)
-
-
-@contextlib.asynccontextmanager
-async def map_discord_errors() -> AsyncIterator[None]:
-    """Translate discord.py and aiohttp errors raised in the block into ``onethread.errors``.
-
-    Async because a 429's ``retry_after`` is read from the (already received)
-    JSON body. Every translation chains the original with ``raise ... from``.
-    """
-    try:
-        yield
-    except discord.LoginFailure as exc:
-        raise PlatformAuthError(f"the bot token was refused ({exc})", platform=PLATFORM) from exc
-    except discord.PrivilegedIntentsRequired as exc:
-        raise PlatformAuthError(
-            f"the gateway refused the Message Content intent; {INTENT_HELP}", platform=PLATFORM
-        ) from exc
-    except discord.RateLimited as exc:
-        raise RetryAfter(exc.retry_after, platform=PLATFORM) from exc
-    except discord.HTTPException as exc:
-        what = f"HTTP {exc.status} (code {exc.code}): {exc.text}"
-        if exc.status == 401:
-            raise PlatformAuthError(f"token refused: {what}", platform=PLATFORM) from exc
-        if exc.status == 429:
-            retry_after = 1.0
-            response = exc.response
-            if isinstance(response, aiohttp.ClientResponse):
-                # discord.py has read the body already; json() returns the cached copy.
-                with contextlib.suppress(aiohttp.ClientError, ValueError, KeyError, TypeError):
-                    retry_after = float((await response.json(content_type=None))["retry_after"])
-            raise RetryAfter(retry_after, platform=PLATFORM) from exc
-        if exc.status >= 500:
-            raise PlatformUnavailable(what, platform=PLATFORM) from exc
-        if isinstance(exc, discord.Forbidden):
-            raise BadRequest(f"no permission: {what}", platform=PLATFORM) from exc
-        raise BadRequest(what, platform=PLATFORM) from exc
-    except discord.ConnectionClosed as exc:
-        if exc.code == 4004:
-            raise PlatformAuthError("gateway refused the token (4004)", platform=PLATFORM) from exc
-        if exc.code == 4014:
-            raise PlatformAuthError(
-                f"the gateway refused the Message Content intent (4014); {INTENT_HELP}",
-                platform=PLATFORM,
-            ) from exc
-        raise ConnectionLost(
-            f"the gateway closed the connection ({exc.code}: {exc.reason})", platform=PLATFORM
-        ) from exc
-    except discord.GatewayNotFound as exc:
-        raise PlatformUnavailable("could not fetch the gateway URL", platform=PLATFORM) from exc
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        # No connection was made: nothing was sent, a retry cannot repeat anything.
-        raise PlatformUnavailable(f"network error: {describe(exc)}", platform=PLATFORM) from exc
-    except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError
-        # A timeout or a connection lost after the request went out: the message may
-        # have been posted, so a send must not be repeated.
-        raise OutcomeUnknown(f"network error: {describe(exc)}", platform=PLATFORM) from exc
-
-
-def normalize_message(
-    message: discord.Message, *, bot_id: int | str, channel: object | None = None
-) -> Inbound | None:
-    """Turn a discord.py ``Message`` into an ``Inbound``; ``None`` for anything else.
-
-    ``channel`` overrides ``message.channel`` (the adapter passes the fetched
-    channel when discord.py only had a ``PartialMessageable``). System messages
-    (joins, pins, thread notices) and messages with neither text nor attachments
-    (content withheld without the Message Content intent) give ``None``. A
-    leading mention of the bot is removed from the text, so ``@bot /help`` reads
-    ``/help``. No filtering beyond that: own and bot messages are marked, not dropped.
-    """
-    if message.type not in _TEXT_TYPES:
-        return None
-    bot = int(bot_id)
-    where: object = message.channel if channel is None else channel
-    author = message.author
-    text = re.sub(rf"^\s*<@!?{bot}>\s*", "", message.content)
-    files = attachments_of(message)
-    if not (text.strip() or files):
-        return None
-    chat_id = str(getattr(where, "id", message.channel.id))
-    thread_id = ""
-    chat_type = "group"
-    chat_name = str(getattr(where, "name", "") or "")
-    if isinstance(where, discord.Thread):
-        thread_id, chat_id = str(where.id), str(where.parent_id)
-        parent = where.parent
-        chat_name = parent.name if parent is not None else ""
-    elif isinstance(where, discord.DMChannel):
-        chat_type, chat_name = "dm", author.display_name
-    elif isinstance(where, discord.TextChannel) and where.is_news():
-        chat_type = "channel"
-    elif isinstance(where, discord.PartialMessageable) and where.guild_id is None:
-        chat_type, chat_name = "dm", author.display_name
-    ref = message.reference
-    resolved = ref.resolved if ref is not None else None
-    mentions_bot = (
-        chat_type == "dm"
-        or any(user.id == bot for user in message.mentions)
-        or bot in message.raw_mentions
-        or (isinstance(resolved, discord.Message) and resolved.author.id == bot)
-        or text.lstrip().startswith("/")
-    )
-    return Inbound(
-        platform=PLATFORM,
-        chat_id=chat_id,
-        chat_type=chat_type,
-        chat_name=chat_name,
-        thread_id=thread_id,
-        user_id=str(author.id),
-        user_name=author.display_name,
-        message_id=str(message.id),
-        text=text,
-        mentions_bot=mentions_bot,
-        from_bot=author.bot,
-        from_self=author.id == bot,
-        attachments=files,
-        raw=message,
-    )
 
 
 class _EndpointHTTPClient(HTTPClient):
@@ -541,7 +389,7 @@ class DiscordAdapter(Adapter):
     def _warn_if_content_withheld(self, message: discord.Message) -> None:
         if self._content_warned or message.guild is None or message.author.id == self._bot_id:
             return
-        if message.type not in _TEXT_TYPES or message.content:
+        if message.type not in TEXT_TYPES or message.content:
             return
         if message.attachments or message.embeds or message.stickers or message.poll:
             return

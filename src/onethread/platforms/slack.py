@@ -63,20 +63,17 @@ Errors: see ``map_slack_errors``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
-import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 import aiohttp
-import yarl
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
-from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.errors import SlackRequestError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
@@ -86,19 +83,20 @@ from ..errors import (
     BadRequest,
     ConfigError,
     ConnectionLost,
-    FormattingRejected,
-    OutcomeUnknown,
     PlatformAuthError,
     PlatformError,
     PlatformUnavailable,
     RetryAfter,
 )
 from ..session.attachments import Attachment
-from ._describe import describe
 from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
 from .ingress import Ingress
 from .markup import to_slack_mrkdwn
+from .slack_errors import map_slack_errors
+from .slack_events import attachments_of, hosted_files, normalize_event
+from .slack_files import FILE_HOSTS as FILE_HOSTS
+from .slack_files import download_file
 from .slack_http import SIGNING_SECRET_ENV, SlackEvents, finish
 
 __all__ = ["SlackAdapter", "attachments_of", "hosted_files", "map_slack_errors", "normalize_event"]
@@ -111,105 +109,6 @@ _OPTIONS = ("token", "app_token", "base_url", "retry_policy", "ping_interval", "
 _MODES = ("socket", "http")
 _CACHE_MAX = 10_000
 _TYPING_STATUS = "is typing..."
-
-# Slack's own error codes (the ``error`` field), not message text.
-_AUTH_ERRORS = frozenset({
-    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
-    "not_allowed_token_type", "missing_scope", "no_permission", "org_login_required",
-    "ekm_access_denied", "team_access_not_granted", "two_factor_setup_required",
-})  # fmt: skip
-_UNAVAILABLE_ERRORS = frozenset(
-    {"fatal_error", "internal_error", "service_unavailable", "request_timeout"}
-)
-_FORMAT_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long"})
-# Message subtypes that carry something a person (or another bot) said.
-_KEPT_SUBTYPES = frozenset({"bot_message", "file_share", "thread_broadcast", "me_message"})
-# Where url_private_download may point (besides the host of base_url).
-FILE_HOSTS = frozenset({"files.slack.com"})
-
-
-def hosted_files(event: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The event's files that have bytes to fetch (not tombstoned, hidden or external)."""
-    found = []
-    for item in event.get("files") or ():
-        if not isinstance(item, Mapping) or item.get("mode") in ("tombstone", "hidden_by_limit"):
-            continue
-        if item.get("is_external") or not item.get("url_private_download"):
-            continue
-        found.append(item)
-    return found
-
-
-def attachments_of(event: Mapping[str, Any]) -> tuple[Attachment, ...]:
-    """The event's hosted files as attachments, by Slack's ``mimetype``
-    (``image/*``, ``audio/*`` — a recorded clip too —, ``video/*``, else ``"file"``)."""
-    found = []
-    for item in hosted_files(event):
-        mime = str(item.get("mimetype") or "").split(";")[0].strip().lower()
-        kind = "file"
-        for prefix, name in (("image/", "image"), ("audio/", "audio"), ("video/", "video")):
-            if mime.startswith(prefix):
-                kind = name
-        size = item.get("size")
-        found.append(Attachment(kind, mime, str(item.get("name") or ""),
-                                size if isinstance(size, int) and size > 0 else 0))  # fmt: skip
-    return tuple(found)
-
-
-def _retry_after(headers: Any) -> float:
-    value = None
-    if headers is not None:
-        for key, val in headers.items():
-            if str(key).lower() == "retry-after":
-                value = val
-    try:
-        return max(0.0, float(value)) if value is not None else 1.0
-    except (TypeError, ValueError):
-        return 1.0
-
-
-@contextlib.contextmanager
-def map_slack_errors(what: str = "slack call") -> Iterator[None]:
-    """Translate slack-sdk and aiohttp errors raised in the block into ``onethread.errors``.
-
-    By HTTP status and Slack's ``error`` code: 429/``ratelimited`` ->
-    ``RetryAfter`` (``Retry-After``), 5xx/``fatal_error``/``internal_error`` ->
-    ``PlatformUnavailable``, token codes (``invalid_auth``, ``not_authed``,
-    ``account_inactive``, ``missing_scope``...) -> ``PlatformAuthError``, block
-    codes -> ``FormattingRejected``, any other code -> ``BadRequest``; a
-    connection that could not be made -> ``PlatformUnavailable``; a timeout or
-    a connection lost mid-call -> ``OutcomeUnknown`` (may have been carried
-    out: a send is not retried). Chained with ``from``.
-    """
-    try:
-        yield
-    except SlackApiError as exc:
-        response = exc.response
-        status = int(getattr(response, "status_code", 0) or 0)
-        data = getattr(response, "data", None)
-        code = str(data.get("error") or "") if isinstance(data, dict) else ""
-        detail = f"{what}: {code or f'HTTP {status}'}"
-        if code == "ratelimited" or status == 429:
-            raise RetryAfter(_retry_after(getattr(response, "headers", None)),
-                             platform="slack") from exc  # fmt: skip
-        if status >= 500 or code in _UNAVAILABLE_ERRORS:
-            raise PlatformUnavailable(detail, platform="slack") from exc
-        if code in _AUTH_ERRORS:
-            raise PlatformAuthError(detail, platform="slack") from exc
-        if code in _FORMAT_ERRORS:
-            raise FormattingRejected(detail, platform="slack") from exc
-        raise BadRequest(detail, platform="slack") from exc
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        # No connection was made: nothing was sent, a retry cannot repeat anything.
-        raise PlatformUnavailable(f"{what}: {describe(exc)}", platform="slack") from exc
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        # A timeout, or a connection lost after the request went out: it may have
-        # been carried out (a message posted), so a send must not be repeated.
-        raise OutcomeUnknown(f"{what}: {describe(exc)}", platform="slack") from exc
-
-
-def _unescape(text: str) -> str:
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 _SECTION_LIMIT = 3000
@@ -229,64 +128,6 @@ def _message_args(text: str, formatted: bool) -> dict[str, Any]:
 def _escape(text: str) -> str:
     """Slack's three control characters, escaped as its text fields require."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def normalize_event(
-    event: Mapping[str, Any], *, bot_user_id: str, bot_id: str = ""
-) -> Inbound | None:
-    """A Slack ``message``/``app_mention`` event as an ``Inbound``; ``None`` for anything else.
-
-    ``bot_user_id`` (``U…``) and ``bot_id`` (``B…``) are this bot's, from
-    ``auth.test``. ``message_id`` is ``"{channel}:{ts}"`` for both event kinds.
-    Names are not looked up here (see ``SlackAdapter``): ``user_name`` is set
-    only for bot posts that carry one.
-    """
-    kind = event.get("type")
-    subtype = event.get("subtype")
-    if kind not in ("message", "app_mention"):
-        return None
-    if subtype is not None and subtype not in _KEPT_SUBTYPES:
-        return None
-    channel = str(event.get("channel") or "")
-    ts = str(event.get("ts") or "")
-    sender_bot = str(event.get("bot_id") or "")
-    user = str(event.get("user") or sender_bot)
-    if not channel or not ts or not user:
-        return None
-    channel_type = event.get("channel_type") or ("im" if channel.startswith("D") else "channel")
-    is_dm = channel_type == "im"
-    raw_text = str(event.get("text") or "")
-    text = raw_text
-    mentioned = False
-    if bot_user_id:
-        mentioned = f"<@{bot_user_id}" in raw_text
-        text = re.sub(rf"^\s*<@{re.escape(bot_user_id)}(?:\|[^>]*)?>[\s:,]*", "", raw_text)
-    text = _unescape(text)
-    replied_to_bot = bool(bot_user_id) and event.get("parent_user_id") == bot_user_id
-    thread_ts = str(event.get("thread_ts") or "")
-    profile = event.get("bot_profile")
-    bot_name = profile.get("name") if isinstance(profile, Mapping) else None
-    return Inbound(
-        platform="slack",
-        chat_id=channel,
-        chat_type="dm" if is_dm else "group",
-        user_id=user,
-        text=text,
-        message_id=f"{channel}:{ts}",
-        thread_id=thread_ts if is_dm else (thread_ts or ts),
-        user_name=str(event.get("username") or bot_name or ""),
-        mentions_bot=(
-            is_dm
-            or kind == "app_mention"
-            or mentioned
-            or replied_to_bot
-            or text.lstrip().startswith("/")
-        ),
-        from_bot=bool(sender_bot) or subtype == "bot_message",
-        from_self=bool((bot_user_id and user == bot_user_id) or (bot_id and sender_bot == bot_id)),
-        attachments=attachments_of(event),
-        raw=event,
-    )
 
 
 # Token prefixes, from Slack's token types page
@@ -742,36 +583,4 @@ class SlackAdapter(Adapter):
         if not isinstance(msg.raw, Mapping):
             raise BadRequest("this message carries no Slack file", platform="slack")
         item = hosted_files(msg.raw)[index]
-        url = yarl.URL(str(item["url_private_download"]))
-        api = yarl.URL(self.base_url)
-        # Slack's own hosts over https only; the API host (a proxy, the tests' fake) as configured.
-        slack_host = url.host in FILE_HOSTS and url.scheme == "https"
-        api_host = url.host == api.host and url.scheme == api.scheme
-        if not (slack_host or api_host):
-            raise BadRequest(f"file URL host {url.host!r} is not Slack's; not fetched",
-                             platform="slack")  # fmt: skip
-        headers = {"Authorization": f"Bearer {self._token}"}
-        timeout = aiohttp.ClientTimeout(total=120, sock_connect=10)
-        what = f"download of {item.get('id', 'a file')}"
-        with map_slack_errors(what):
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as http,
-                http.get(url, headers=headers, allow_redirects=False) as resp,
-            ):
-                data = await resp.read()
-                status, content_type = resp.status, resp.content_type
-                retry_after = _retry_after(resp.headers)
-        if status == 429:
-            raise RetryAfter(retry_after, platform="slack")
-        if status >= 500:
-            raise PlatformUnavailable(f"{what}: HTTP {status}", platform="slack")
-        if status != 200:
-            raise BadRequest(f"{what}: HTTP {status} (redirects are not followed)",
-                             platform="slack")  # fmt: skip
-        if content_type == "text/html" and "html" not in str(item.get("mimetype") or ""):
-            raise PlatformAuthError(
-                f"{what}: Slack answered with its sign-in page; give the bot token the "
-                "files:read scope (OAuth & Permissions) and reinstall the app",
-                platform="slack",
-            )
-        return data
+        return await download_file(item, base_url=self.base_url, token=self._token)

@@ -23,28 +23,22 @@ entities" is mapped to ``FormattingRejected`` and the base class resends the chu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dtm
 import logging
 import os
 import re
-import warnings
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
-import httpx
 from telegram import Bot, InputFile, Message, Update
 from telegram import error as tg
-from telegram.constants import ChatAction, ChatType, MessageEntityType, ParseMode
+from telegram.constants import ChatAction, ParseMode
 from telegram.request import HTTPXRequest
-from telegram.warnings import PTBDeprecationWarning
 
 from ..errors import (
     BadRequest,
     ConfigError,
     ConnectionLost,
-    FormattingRejected,
-    OutcomeUnknown,
     PlatformAuthError,
     PlatformError,
     PlatformUnavailable,
@@ -55,6 +49,8 @@ from .base import Adapter, Inbound, OnInbound, credential_in, whitespace_problem
 from .delivery import RetryPolicy
 from .ingress import Ingress
 from .markup import to_plain, to_telegram_html
+from .telegram_errors import BASE_URL_ENV, PLATFORM, TOKEN_ENV, map_telegram_errors, not_modified
+from .telegram_events import media, normalize_message, normalize_update
 from .telegram_webhook import SECRET_ENV, TelegramWebhook, derive_secret, valid_secret
 
 __all__ = [
@@ -66,8 +62,6 @@ __all__ = [
 
 log = logging.getLogger("onethread.platforms.telegram")
 
-PLATFORM = "telegram"
-TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 # The shape @BotFather gives: the bot's numeric id, ':', then the secret. The
 # Bot API manual (https://core.telegram.org/bots/api#authorizing-your-bot)
 # shows "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"; tokens issued today carry
@@ -75,232 +69,11 @@ TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 # a longer secret some day is not refused; what this catches is a value that
 # cannot be a token at all ("obviously-fake", a paste of the wrong field).
 TOKEN_SHAPE = re.compile(r"[0-9]+:[A-Za-z0-9_-]{30,}")
-BASE_URL_ENV = "TELEGRAM_API_BASE_URL"
 DEFAULT_API_ROOT = "https://api.telegram.org"
 ALLOWED_UPDATES = ("message", "channel_post")
 
-_CHAT_TYPES: dict[str, str] = {
-    ChatType.PRIVATE: "dm",
-    ChatType.GROUP: "group",
-    ChatType.SUPERGROUP: "group",
-    ChatType.CHANNEL: "channel",
-}
-
-
-# -- errors --------------------------------------------------------------------
-
-
-def _retry_after_seconds(exc: tg.RetryAfter) -> float:
-    # PTB >= 22.2 returns a timedelta when PTB_TIMEDELTA is set and otherwise a
-    # number plus a deprecation warning; accept both, silence only that notice.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        value = exc.retry_after
-    if isinstance(value, dtm.timedelta):
-        return value.total_seconds()
-    return float(value)
-
-
-def _is_parse_error(exc: tg.BadRequest) -> bool:
-    # The ONE place we read an error text. The Bot API answers every bad
-    # request with error_code 400 and PTB raises a plain BadRequest for all of
-    # them, so the description ("Bad Request: can't parse entities: ...", which
-    # PTB stores capitalised without the prefix) is the only signal that the
-    # markup, not the request, was refused ("can't parse message text" is the
-    # older wording). Pinned by a test against the fake's Bot API descriptions.
-    return exc.message.lower().startswith(("can't parse entities", "can't parse message text"))
-
-
-@contextlib.contextmanager
-def map_telegram_errors() -> Iterator[None]:
-    """Translate ``telegram.error`` exceptions raised in the block into ``onethread.errors``.
-
-    ``RetryAfter`` -> ``RetryAfter`` (seconds, timedelta-safe); ``InvalidToken``
-    (401/404) -> ``PlatformAuthError``; a markup parse error -> ``FormattingRejected``;
-    other 400s, ``Forbidden`` (403: blocked by the user, not in the chat) and
-    ``ChatMigrated`` -> ``BadRequest``; a refused connection, a 5xx and
-    ``Conflict`` -> ``PlatformUnavailable`` (retried); a timeout, a connection
-    lost mid-call and unreadable answers -> ``OutcomeUnknown`` (the call may have
-    gone through: a send is not retried; see ``_may_have_arrived``).
-    """
-    try:
-        yield
-    except tg.RetryAfter as exc:
-        raise RetryAfter(_retry_after_seconds(exc), platform=PLATFORM) from exc
-    except tg.InvalidToken as exc:
-        # Bot.initialize() re-raises InvalidToken with the token in its text;
-        # chain to the server's own error so the token stays out of tracebacks.
-        cause = exc.__cause__ if isinstance(exc.__cause__, tg.InvalidToken) else exc
-        raise PlatformAuthError(
-            f"the bot token was rejected ({cause}); check {TOKEN_ENV} (and {BASE_URL_ENV}, "
-            "which is the server root, without /bot)",
-            platform=PLATFORM,
-        ) from cause
-    except tg.Forbidden as exc:
-        raise BadRequest(f"forbidden: {exc}", platform=PLATFORM) from exc
-    except tg.ChatMigrated as exc:
-        raise BadRequest(
-            f"the group became supergroup {exc.new_chat_id}; use that chat id", platform=PLATFORM
-        ) from exc
-    except tg.BadRequest as exc:  # before NetworkError: PTB derives BadRequest from it
-        if _is_parse_error(exc):
-            raise FormattingRejected(str(exc), platform=PLATFORM) from exc
-        raise BadRequest(str(exc), platform=PLATFORM) from exc
-    except tg.TelegramError as exc:  # NetworkError, TimedOut, Conflict, invalid answers
-        unknown = _may_have_arrived(exc)
-        kind = OutcomeUnknown if unknown else PlatformUnavailable
-        raise kind(f"{type(exc).__name__}: {exc}", platform=PLATFORM) from exc
-
-
-def _not_modified(exc: tg.BadRequest) -> bool:
-    # PTB has no subclass for it; Telegram's description is the only signal there is.
-    return "message is not modified" in exc.message.lower()
-
-
-def _may_have_arrived(exc: tg.TelegramError) -> bool:
-    """Whether the Bot API may have acted on the call that raised ``exc``.
-
-    PTB keeps the transport's error as ``__cause__``: a connection that was
-    never made (``ConnectError``, ``ConnectTimeout``) or a pool that had no
-    free connection (``PoolTimeout``) sent nothing. A server that answered
-    with an error status (5xx, a 502 page; no ``__cause__``, or the body's
-    parse error) did not take the call, nor did a 409 ``Conflict``. Anything
-    else (a read or write timeout, a connection cut off mid-call, a 2xx
-    whose body cannot be read) may have gone through.
-    """
-    if isinstance(exc, tg.Conflict):
-        return False
-    cause = exc.__cause__
-    if isinstance(exc, tg.TimedOut):
-        return not isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout)
-    if isinstance(exc, tg.NetworkError):
-        if cause is None or isinstance(cause, tg.TelegramError):
-            return False  # the server answered with an error status
-        return not isinstance(cause, httpx.ConnectError)
-    return True  # e.g. "Invalid server response": a 2xx the SDK could not parse
-
 
 _PHOTO_MAX = 10 * 1024 * 1024  # sendPhoto's limit; larger images go as documents
-
-# -- normalising ---------------------------------------------------------------
-
-
-def _addresses_bot(message: Message, bot_id: int, bot_username: str) -> bool:
-    """A mention of the bot, a command for it, or a reply to one of its messages."""
-    entities = (
-        message.parse_entities() if message.text is not None else message.parse_caption_entities()
-    )
-    username = bot_username.lower()
-    for entity, value in entities.items():
-        if entity.type == MessageEntityType.MENTION and value[1:].lower() == username:
-            return True
-        if entity.type == MessageEntityType.TEXT_MENTION and entity.user is not None:
-            if entity.user.id == bot_id:
-                return True
-        if entity.type == MessageEntityType.BOT_COMMAND and entity.offset == 0:
-            target = value.partition("@")[2].lower()  # "/help@otherbot" is not ours
-            if not target or target == username:
-                return True
-    reply = message.reply_to_message
-    if reply is None or reply.from_user is None or reply.from_user.id != bot_id:
-        return False
-    # In a forum topic every message "replies" to the topic's first message;
-    # that is not a reply to the bot even when the bot opened the topic.
-    return not (message.is_topic_message and reply.message_id == message.message_thread_id)
-
-
-def normalize_message(message: Message, *, bot_id: int, bot_username: str) -> Inbound | None:
-    """Turn a Telegram ``Message`` into an ``Inbound``; ``None`` with neither text nor a file.
-
-    ``thread_id`` is the forum topic (``message_thread_id`` of a topic message),
-    else ``""``. A message sent on behalf of a chat (anonymous admin, channel)
-    is attributed to that chat. Pure: no I/O, no filtering of own/bot messages.
-    """
-    text = (message.text if message.text is not None else message.caption) or ""
-    chat_type = _CHAT_TYPES.get(message.chat.type)
-    files = tuple(a for a, _ in media(message))
-    if not (text or files) or chat_type is None:
-        return None
-    from_bot = from_self = False
-    if message.sender_chat is not None:
-        user_id = str(message.sender_chat.id)
-        user_name = message.sender_chat.effective_name or ""
-    elif message.from_user is not None:
-        user_id = str(message.from_user.id)
-        user_name = message.from_user.full_name
-        from_bot = message.from_user.is_bot
-        from_self = message.from_user.id == bot_id
-    else:
-        return None
-    thread_id = ""
-    if message.is_topic_message and message.message_thread_id is not None:
-        thread_id = str(message.message_thread_id)
-    return Inbound(
-        platform=PLATFORM,
-        chat_id=str(message.chat.id),
-        chat_type=chat_type,
-        user_id=user_id,
-        text=text,
-        message_id=str(message.message_id),
-        chat_name=message.chat.effective_name or "",
-        thread_id=thread_id,
-        user_name=user_name,
-        mentions_bot=chat_type == "dm" or _addresses_bot(message, bot_id, bot_username),
-        from_bot=from_bot,
-        from_self=from_self,
-        attachments=files,
-        raw=message,
-    )
-
-
-def media(message: Message) -> list[tuple[Attachment, str]]:
-    """The message's files as attachments, each with its Bot API ``file_id``.
-
-    A photo comes in several sizes: the largest is taken. Telegram re-encodes
-    photos as JPEG; other files keep the sender's type and name, which the bot
-    checks against the bytes once fetched.
-    """
-    found: list[tuple[Attachment, str]] = []
-    if message.photo:
-        best = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
-        found.append((Attachment("image", "image/jpeg", size=best.file_size or 0), best.file_id))
-    if message.voice is not None:
-        v = message.voice
-        found.append((Attachment("voice", v.mime_type or "audio/ogg", size=v.file_size or 0),
-                      v.file_id))  # fmt: skip
-    if message.audio is not None:
-        a = message.audio
-        found.append((Attachment("audio", a.mime_type or "", a.file_name or "",
-                                 a.file_size or 0), a.file_id))  # fmt: skip
-    for video in (message.video, message.video_note, message.animation):
-        if video is not None:
-            name = getattr(video, "file_name", None) or ""
-            mime = getattr(video, "mime_type", None) or "video/mp4"
-            found.append((Attachment("video", mime, name, video.file_size or 0), video.file_id))
-    if message.document is not None and message.animation is None:
-        d = message.document
-        found.append((Attachment("file", d.mime_type or "", d.file_name or "",
-                                 d.file_size or 0), d.file_id))  # fmt: skip
-    if message.sticker is not None:
-        s = message.sticker
-        mime = (
-            "video/webm"
-            if s.is_video
-            else "application/x-tgsticker"
-            if s.is_animated
-            else ("image/webp")
-        )
-        found.append((Attachment("sticker", mime, s.emoji or "", s.file_size or 0), s.file_id))
-    return found
-
-
-def normalize_update(update: Update, *, bot_id: int, bot_username: str) -> Inbound | None:
-    """Normalise an ``Update``: new messages and channel posts; ``None`` for anything else."""
-    message = update.message or update.channel_post
-    if message is None:
-        return None
-    return normalize_message(message, bot_id=bot_id, bot_username=bot_username)
-
 
 # -- the adapter ---------------------------------------------------------------
 
@@ -696,7 +469,7 @@ class TelegramAdapter(Adapter):
                     parse_mode=ParseMode.HTML if formatted else None,
                 )
         except BadRequest as exc:
-            if not isinstance(exc.__cause__, tg.BadRequest) or not _not_modified(exc.__cause__):
+            if not isinstance(exc.__cause__, tg.BadRequest) or not not_modified(exc.__cause__):
                 raise
 
     async def do_typing(self, chat_id: str, thread_id: str = "") -> None:

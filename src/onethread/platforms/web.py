@@ -47,41 +47,40 @@ Behaviour a caller should know:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import importlib.resources
-import ipaddress
 import logging
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..errors import BadRequest, ConfigError, PlatformUnavailable, ReplyStopped, StoreUnavailable
+from ..errors import BadRequest, ConfigError, PlatformUnavailable, StoreUnavailable
 from ..session._conn.shared import masked
 from ..session.attachments import Attachment
 from ..session.blobs import DEFAULT_MAX_BYTES
-from ..session.history.base import HistoryEntry
 from ..session.outage import store_failed
 from .base import Adapter, Inbound, OnInbound
 from .delivery import RetryPolicy
 from .draft import ReplyStream
 from .ingress import Ingress
 from .markup import to_web_html
+from .web_access import COOKIE, SECURITY_HEADERS, authorized, is_loopback, origin_allowed
 from .web_files import WebFiles, file_json, user_of
+from .web_history import attach_history
 from .web_protocol import (
     Outbox,
     ProtocolError,
     SideLog,
     chat_id_for,
     clean_name,
-    history_message,
     parse_client_frame,
     user_for_chat,
     valid_id,
 )
+from .web_stream import WebStream
 
 __all__ = ["TOKEN_ENV", "HistoryProvider", "WebAdapter", "attach_history", "is_loopback"]
 
@@ -89,7 +88,6 @@ log = logging.getLogger("onethread.platforms.web")
 
 PLATFORM = "web"
 TOKEN_ENV = "ONETHREAD_WEB_TOKEN"
-COOKIE = "onethread_token"
 HistoryProvider = Callable[[str], Awaitable[list[dict[str, Any]]]]
 """``async (user_id) -> [history_message(...), ...]``: the conversation shown on page load."""
 
@@ -98,33 +96,7 @@ _STATIC: dict[str, str] = {
     "app.js": "text/javascript",
     "style.css": "text/css",
 }
-_SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
-        "form-action 'self'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-}
 _SOCKET_ERRORS = (ConnectionError, RuntimeError)  # writing to a socket that is closing
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` only accepts connections from this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name other than localhost may resolve anywhere
-        return False
-
-
-def _host_name(host: str) -> str:
-    """The name in a Host header: ``127.0.0.1:8080`` -> ``127.0.0.1``; ``[::1]:80`` -> ``::1``."""
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class WebAdapter(Adapter):
@@ -198,7 +170,7 @@ class WebAdapter(Adapter):
         self._upload_limit_set = max_upload_bytes is not None
         self.files = WebFiles(max_bytes=max_upload_bytes or DEFAULT_MAX_BYTES)
         """Uploads, and which browser id may read which file."""
-        self._streams: dict[str, _WebStream] = {}  # reply id -> its stream, while it streams
+        self._streams: dict[str, WebStream] = {}  # reply id -> its stream, while it streams
         self.mounts: list[Callable[[web.Application], None]] = []
         """Called with the aiohttp app before it serves: more routes on the same server
         (``BotOS`` adds ``/readyz``, ``/metrics`` and ``/admin`` to its shared
@@ -339,7 +311,7 @@ class WebAdapter(Adapter):
         user = user_for_chat(chat_id)
         if user is None:
             return None
-        return _WebStream(self, user, uuid.uuid4().hex)
+        return WebStream(self, user, uuid.uuid4().hex)
 
     async def do_send_file(
         self, chat_id: str, attachment: Attachment, data: bytes, *, thread_id: str = ""
@@ -409,14 +381,8 @@ class WebAdapter(Adapter):
     # -- HTTP ------------------------------------------------------------------
 
     async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        for header, value in _SECURITY_HEADERS.items():
+        for header, value in SECURITY_HEADERS.items():
             response.headers.setdefault(header, value)
-
-    def _given_token(self, request: web.Request) -> str | None:
-        auth = request.headers.get("Authorization", "")
-        if auth.lower().startswith("bearer "):
-            return auth[7:].strip()
-        return request.query.get("token") or request.cookies.get(COOKIE)
 
     def authorized(self, request: web.Request) -> bool:
         """True when ``request`` carries the access token (or, with none set, comes to a
@@ -424,25 +390,10 @@ class WebAdapter(Adapter):
         return self._authorized(request)
 
     def _authorized(self, request: web.Request) -> bool:
-        if self.access_token is None:
-            # No token means "this machine only": refuse a Host that is not a
-            # loopback name, so a DNS-rebinding page cannot drive the agent.
-            return is_loopback(_host_name(request.host))
-        given = self._given_token(request)
-        return given is not None and hmac.compare_digest(
-            given.encode("utf-8"), self.access_token.encode("utf-8")
-        )
+        return authorized(request, self.access_token)
 
     def _origin_allowed(self, request: web.Request) -> bool:
-        """Browsers send Origin on socket handshakes; refuse other sites' pages."""
-        origin = request.headers.get("Origin")
-        if origin is None:  # not a browser
-            return True
-        origin = origin.rstrip("/").lower()
-        if origin in self.allowed_origins:
-            return True
-        _, sep, authority = origin.partition("://")
-        return bool(sep) and authority == request.host.lower()
+        return origin_allowed(request, self.allowed_origins)
 
     def _read_static(self, name: str) -> bytes:
         data = self._static.get(name)
@@ -618,72 +569,3 @@ class WebAdapter(Adapter):
             await ws.send_json({"type": "error", "id": message_id, "error": "not delivered"})
             return
         await ws.send_json({"type": "ack", "id": message_id})
-
-
-class _WebStream:
-    """One reply streaming to a user's tabs (``WebAdapter.reply_stream``)."""
-
-    def __init__(self, adapter: WebAdapter, user: str, reply_id: str) -> None:
-        self.adapter = adapter
-        self.user = user
-        self.id = reply_id
-        self.stopped = False
-        adapter._streams[reply_id] = self
-
-    async def feed(self, piece: str) -> None:
-        """Send ``piece`` to the tabs; raise ``ReplyStopped`` once a tab asked to stop."""
-        if self.stopped:
-            raise ReplyStopped(f"web reply {self.id} stopped by the reader")
-        await self.adapter._broadcast(self.user, {"type": "delta", "id": self.id, "text": piece})
-
-    async def finish(self, text: str) -> dict[str, str] | None:
-        """The final text, as the message with this reply's id (kept until acked)."""
-        self.adapter._streams.pop(self.id, None)
-        chunks, cut = self.adapter.chunks(text)
-        for index, chunk in enumerate(chunks):
-            await self.adapter._post(self.user, self.id if index == 0 else uuid.uuid4().hex,
-                                     chunk, True)  # fmt: skip
-        return {"delivery": "cut"} if cut else None
-
-    async def close(self) -> None:
-        """Ended without a final text: the tabs drop what they showed of it."""
-        if self.adapter._streams.pop(self.id, None) is not None:
-            await self.adapter._broadcast(self.user, {"type": "abandon", "id": self.id})
-
-
-class _SessionLike(Protocol):
-    async def history(
-        self, user_id: str, *, platform: str, chat_id: str = "", limit: int | None = None
-    ) -> list[HistoryEntry]: ...
-
-
-class _BotLike(Protocol):
-    @property
-    def adapter(self) -> Adapter: ...
-
-    @property
-    def session(self) -> _SessionLike: ...
-
-
-def attach_history(bot: _BotLike, *, limit: int = 200) -> None:
-    """Show ``bot``'s stored conversation (last ``limit`` entries) when a page loads.
-
-    Sets ``bot.adapter.history_provider`` to read ``bot.session.history`` for
-    the visitor's web DM (for a linked person, their history from every
-    platform). Leaves a provider that was already set alone. Raises
-    ``TypeError`` when the bot's adapter is not a ``WebAdapter``.
-    """
-    adapter = bot.adapter
-    if not isinstance(adapter, WebAdapter):
-        raise TypeError(f"attach_history needs a web bot, got a {type(adapter).__name__}")
-    if adapter.history_provider is not None:
-        return
-    session = bot.session
-
-    async def provider(user_id: str) -> list[dict[str, Any]]:
-        entries = await session.history(
-            user_id, platform=PLATFORM, chat_id=chat_id_for(user_id), limit=limit
-        )
-        return [history_message(entry) for entry in entries]
-
-    adapter.history_provider = provider
