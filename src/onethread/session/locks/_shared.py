@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ...errors import TurnLockLost
 from .base import LocalTurnLocks
 
-__all__ = ["Lease", "TurnLockLost", "guard", "local_locks"]
+__all__ = ["Lease", "TurnLockLost", "end_hold", "guard", "local_locks"]
 
 
 @dataclass(eq=False, slots=True)
@@ -48,6 +48,27 @@ class Lease:
         if self.task is not None and not self.task.done():
             self._cancelled = True
             self.task.cancel(f"turn lock of {self.key!r} lost: {reason}")
+
+
+def end_hold(lease: Lease, exc: BaseException | None) -> None:
+    """End ``lease``'s holding by its task (the ``__aexit__`` twin of :func:`guard`).
+
+    ``exc`` is what ended the ``async with`` body. A cancellation that came from
+    :meth:`Lease.mark_lost` becomes ``TurnLockLost`` (raised); a body that ended
+    normally on a lost lease raises ``TurnLockLost`` too, after taking back the
+    cancellation it swallowed. Anything else is left to propagate unchanged.
+    """
+    task, lease.task = lease.task, None
+    if isinstance(exc, asyncio.CancelledError):
+        if lease._cancelled and task is not None:
+            lease._cancelled = False
+            if task.uncancel() == 0:
+                raise TurnLockLost(lease.key, lease.reason) from None
+    elif exc is None and lease.lost:
+        if lease._cancelled and task is not None:
+            lease._cancelled = False
+            task.uncancel()  # the body swallowed our cancellation; do not leak it
+        raise TurnLockLost(lease.key, lease.reason)
 
 
 @asynccontextmanager

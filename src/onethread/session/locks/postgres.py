@@ -29,7 +29,7 @@ import weakref
 from contextlib import AbstractAsyncContextManager
 from typing import Any, NamedTuple
 
-from ...errors import StoreUnavailable, TurnLockLost
+from ...errors import StoreUnavailable
 from .._conn.postgres import (
     Batch,
     advisory_key,
@@ -43,7 +43,7 @@ from .._conn.postgres import (
 )
 from .._conn.shared import PerLoop
 from ..outage import store_failed
-from ._shared import Lease, local_locks
+from ._shared import Lease, end_hold, local_locks
 from .base import LocalTurnLocks
 
 __all__ = ["SCHEMA_VERSION", "PostgresDuplicateFilter", "PostgresTurnLocks"]
@@ -426,18 +426,8 @@ class _Held(AbstractAsyncContextManager[Any]):
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         lease = self._lease
         assert lease is not None
-        task, lease.task = lease.task, None
         try:
-            if isinstance(exc, asyncio.CancelledError):
-                if lease._cancelled and task is not None:
-                    lease._cancelled = False
-                    if task.uncancel() == 0:
-                        raise TurnLockLost(lease.key, lease.reason) from None
-            elif exc is None and lease.lost:
-                if lease._cancelled and task is not None:
-                    lease._cancelled = False
-                    task.uncancel()  # the body swallowed our cancellation; do not leak it
-                raise TurnLockLost(lease.key, lease.reason)
+            end_hold(lease, exc)
         finally:
             try:
                 session = self._session
