@@ -182,6 +182,15 @@ def run_load(url: str, mode: str, seconds: float, value: float, phone: str) -> d
 # -- the run -----------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds the process has used (Linux ``/proc``), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
     for _ in range(300):
         if proc.poll() is not None:
@@ -247,14 +256,22 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         capacity = {}
         for name, url in urls.items():
             started = time.perf_counter()
+            cpu = cpu_seconds(procs[name].pid)
             capacity[name] = await loop.run_in_executor(
                 None, run_load, url, "closed", args.seconds, args.concurrency, phone)  # fmt: skip
             if name == "onethread":
                 answered += capacity[name]["requests"]
                 took = await drained(started)
                 capacity[name]["turns_per_s"] = round(capacity[name]["requests"] / took, 1)
+            # The server's CPU per webhook (onethread's with its turn): the figure that
+            # the load of other processes on the machine moves least.
+            used = cpu_seconds(procs[name].pid)
+            if cpu is not None and used is not None and capacity[name]["requests"]:
+                capacity[name]["cpu_ms_per_request"] = round(
+                    (used - cpu) * 1000 / capacity[name]["requests"], 3)  # fmt: skip
             print(f"{name:10s} capacity: {capacity[name]['req_per_s']:8.1f} req/s, "
-                  f"p99 {capacity[name]['p99_ms']} ms", flush=True)  # fmt: skip
+                  f"p99 {capacity[name]['p99_ms']} ms, "
+                  f"{capacity[name].get('cpu_ms_per_request')} CPU ms/request", flush=True)  # fmt: skip
         # The rate onethread sustains is its turns', not its 200s' (see the module doc).
         ceiling = min(capacity["bare"]["req_per_s"], capacity["onethread"]["turns_per_s"])
         rate = float(args.rate) if ceiling / 2 >= args.rate else round(0.5 * ceiling, 1)
