@@ -269,9 +269,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             if cpu is not None and used is not None and capacity[name]["requests"]:
                 capacity[name]["cpu_ms_per_request"] = round(
                     (used - cpu) * 1000 / capacity[name]["requests"], 3)  # fmt: skip
-            print(f"{name:10s} capacity: {capacity[name]['req_per_s']:8.1f} req/s, "
-                  f"p99 {capacity[name]['p99_ms']} ms, "
-                  f"{capacity[name].get('cpu_ms_per_request')} CPU ms/request", flush=True)  # fmt: skip
+            got = capacity[name]
+            print(f"{name:10s} capacity: {got['req_per_s']:8.1f} req/s, p99 {got['p99_ms']} ms, "
+                  f"{got.get('cpu_ms_per_request')} CPU ms/request", flush=True)  # fmt: skip
         # The rate onethread sustains is its turns', not its 200s' (see the module doc).
         ceiling = min(capacity["bare"]["req_per_s"], capacity["onethread"]["turns_per_s"])
         rate = float(args.rate) if ceiling / 2 >= args.rate else round(0.5 * ceiling, 1)
@@ -334,11 +334,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--rate", type=float, default=1000.0, help="the fixed rate, req/s")
     parser.add_argument("--concurrency", type=int, default=32, help="in flight, for capacity")
-    parser.add_argument("--fractions", type=lambda v: [float(f) for f in v.split(",") if f],
-                        default=[0.5, 0.8],
-                        help="also p99 at these fractions of the capacity (default 0.5,0.8)")  # fmt: skip
-    parser.add_argument("--profile", metavar="FILE", default="",
-                        help="run onethread under cProfile, stats to FILE (figures then slower)")  # fmt: skip
+    parser.add_argument(
+        "--fractions",
+        type=lambda v: [float(f) for f in v.split(",") if f],
+        default=[0.5, 0.8],
+        help="also p99 at these fractions of the capacity (default 0.5,0.8)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        default="",
+        help="run onethread under cProfile, stats to FILE (figures then slower)",
+    )
     args = parser.parse_args()
     results = asyncio.run(measure(args))
     ratio = results["throughput_ratio"]

@@ -104,8 +104,12 @@ def test_freeze_startup_heap_raises_the_young_threshold_only(
     was = gc.get_threshold()
     monkeypatch.setattr(heap.gc, "freeze", lambda: None)
     try:
-        for before, after in (((700, 10, 10), (heap.YOUNG_THRESHOLD, 10, 10)),
-                              ((50_000, 5, 7), (50_000, 5, 7)), ((0, 10, 10), (0, 10, 10))):  # fmt: skip
+        cases = [
+            ((700, 10, 10), (heap.YOUNG_THRESHOLD, 10, 10)),
+            ((50_000, 5, 7), (50_000, 5, 7)),
+            ((0, 10, 10), (0, 10, 10)),
+        ]
+        for before, after in cases:
             monkeypatch.setattr(heap, "_done", False)
             gc.set_threshold(*before)
             assert heap.freeze_startup_heap() is True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -114,7 +113,7 @@ def test_styled_plain_text_counts_utf16_and_matches_to_plain() -> None:
 # Text the fast path may take: words, spaces, newlines, the punctuation of chat replies,
 # and the characters that start lists, quotes and headings, so both paths are drawn.
 PLAIN_ISH = st.text(
-    alphabet=st.sampled_from(list('ab Zé …\xa0\u2028\t\n.,:;!?"\'()/-+=>1290😀')), max_size=80
+    alphabet=st.sampled_from(list("ab Zé …\xa0\u2028\t\n.,:;!?\"'()/-+=>1290😀")), max_size=80
 )
 
 
