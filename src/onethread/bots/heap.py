@@ -21,7 +21,8 @@ call it makes hold a few hundred container objects for a few milliseconds: at 70
 a busy server collected every few requests and promoted whatever was in flight
 then to the older generations, which later walks cost more; at 10,000, most of
 it is freed by reference counting before any collection sees it
-(``benchmarks/bench_ingress.py``: ~1,600 collections in a run became ~14).
+(``benchmarks/bench_ingress.py``: one collection per 8 webhooks became one per
+26, and the collector's CPU per webhook went from 0.062 to 0.018 ms).
 """
 
 from __future__ import annotations
