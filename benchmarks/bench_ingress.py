@@ -19,12 +19,22 @@ Both servers are measured in the same run, one after the other:
    is the rate its turns sustain (``turns_per_s``: webhooks of the capacity run
    over the time until the fake Graph API had every reply), not its 200s: the
    turns run after each 200, and at a rate past what they sustain their backlog
-   grows and so does every latency. Each phase waits for the turns to catch up.
+   grows and so does every latency. Each phase waits for the turns to catch up;
+3. the same open loop at ``--fractions`` (default 50 % and 80 %) of that capacity.
+
+Where the work runs: the load generator and the bare handler are processes of
+their own; the fake Graph API that takes onethread's mark-as-read and reply calls
+runs in this (the orchestrating) process. All of them share the machine's cores
+with ``onethread run``: on 2 cores, during onethread's phases three busy
+processes (load generator, onethread, fake Graph) compete for two cores, during
+the bare handler's two (the fake Graph is idle then). Latencies are of the HTTP
+answer to the webhook (what Meta sees); the turn runs after it.
 
 Goal (issue 14): onethread at least 50 % of the bare handler's throughput, p99 under
 5 ms at 1,000 req/s.
 
     .venv/bin/python benchmarks/bench_ingress.py [--seconds 5] [--rate 1000]
+    .venv/bin/python benchmarks/bench_ingress.py --profile /tmp/ingress.prof   # then pstats
 """
 
 from __future__ import annotations
@@ -172,6 +182,15 @@ def run_load(url: str, mode: str, seconds: float, value: float, phone: str) -> d
 # -- the run -----------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds the process has used (Linux ``/proc``), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
     for _ in range(300):
         if proc.poll() is not None:
@@ -202,10 +221,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, **graph.env(), "ONETHREAD_HOME": home}
     for var in ("ONETHREAD_MODEL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
         env.pop(var, None)  # the offline model: no model latency at all
+    # --profile FILE: the onethread process under cProfile (its stats written at SIGTERM).
+    profiler = ["-m", "cProfile", "-o", args.profile] if args.profile else []
     procs = {
         "bare": subprocess.Popen([sys.executable, __file__, "--bare", str(ports["bare"])]),
         "onethread": subprocess.Popen(
-            [sys.executable, "-m", "onethread", "run", "--config", str(config)],
+            [sys.executable, *profiler, "-m", "onethread", "run", "--config", str(config)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -235,14 +256,22 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         capacity = {}
         for name, url in urls.items():
             started = time.perf_counter()
+            cpu = cpu_seconds(procs[name].pid)
             capacity[name] = await loop.run_in_executor(
                 None, run_load, url, "closed", args.seconds, args.concurrency, phone)  # fmt: skip
             if name == "onethread":
                 answered += capacity[name]["requests"]
                 took = await drained(started)
                 capacity[name]["turns_per_s"] = round(capacity[name]["requests"] / took, 1)
-            print(f"{name:10s} capacity: {capacity[name]['req_per_s']:8.1f} req/s, "
-                  f"p99 {capacity[name]['p99_ms']} ms", flush=True)  # fmt: skip
+            # The server's CPU per webhook (onethread's with its turn): the figure that
+            # the load of other processes on the machine moves least.
+            used = cpu_seconds(procs[name].pid)
+            if cpu is not None and used is not None and capacity[name]["requests"]:
+                capacity[name]["cpu_ms_per_request"] = round(
+                    (used - cpu) * 1000 / capacity[name]["requests"], 3)  # fmt: skip
+            got = capacity[name]
+            print(f"{name:10s} capacity: {got['req_per_s']:8.1f} req/s, p99 {got['p99_ms']} ms, "
+                  f"{got.get('cpu_ms_per_request')} CPU ms/request", flush=True)  # fmt: skip
         # The rate onethread sustains is its turns', not its 200s' (see the module doc).
         ceiling = min(capacity["bare"]["req_per_s"], capacity["onethread"]["turns_per_s"])
         rate = float(args.rate) if ceiling / 2 >= args.rate else round(0.5 * ceiling, 1)
@@ -255,6 +284,22 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 await drained(time.perf_counter())
             print(f"{name:10s} at {rate:g} req/s: p99 {at_rate[name]['p99_ms']} ms, "
                   f"p50 {at_rate[name]['p50_ms']} ms", flush=True)  # fmt: skip
+        # The p99 of the 200s at fixed fractions of onethread's capacity, as above.
+        fractions = {}
+        for fraction in args.fractions:
+            at = round(fraction * ceiling, 1)
+            fractions[f"{fraction:g}"] = {"rate": at}
+            if at == rate:  # measured just above
+                fractions[f"{fraction:g}"].update(at_rate)
+                continue
+            for name, url in urls.items():
+                fractions[f"{fraction:g}"][name] = got = await loop.run_in_executor(
+                    None, run_load, url, "open", args.seconds, at, phone)  # fmt: skip
+                if name == "onethread":
+                    answered += got["requests"]
+                    await drained(time.perf_counter())
+                print(f"{name:10s} at {at:g} req/s ({fraction:.0%} of capacity): p99 "
+                      f"{got['p99_ms']} ms, p50 {got['p50_ms']} ms", flush=True)  # fmt: skip
         await asyncio.sleep(1.0)
         results = {
             "capacity": capacity,
@@ -262,6 +307,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "rate_fraction_of_capacity": round(rate / ceiling, 3),
             "rate_is_goal": rate == float(args.rate),
             "at_rate": at_rate,
+            "at_fraction_of_capacity": fractions,
             "throughput_ratio": round(
                 capacity["onethread"]["req_per_s"] / capacity["bare"]["req_per_s"], 3
             ),  # fmt: skip
@@ -288,6 +334,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--rate", type=float, default=1000.0, help="the fixed rate, req/s")
     parser.add_argument("--concurrency", type=int, default=32, help="in flight, for capacity")
+    parser.add_argument(
+        "--fractions",
+        type=lambda v: [float(f) for f in v.split(",") if f],
+        default=[0.5, 0.8],
+        help="also p99 at these fractions of the capacity (default 0.5,0.8)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        default="",
+        help="run onethread under cProfile, stats to FILE (figures then slower)",
+    )
     args = parser.parse_args()
     results = asyncio.run(measure(args))
     ratio = results["throughput_ratio"]

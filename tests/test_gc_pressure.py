@@ -93,3 +93,26 @@ def test_botos_gc_freeze_false_holds_for_bots_added_ready_made() -> None:
     assert ready.gc_freeze
     botos.add_bot(ready)
     assert not ready.gc_freeze
+
+
+def test_freeze_startup_heap_raises_the_young_threshold_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14: request-lived objects die before a collection sees them (fewer young
+    collections, less promoted); a higher threshold set by the app, and collection
+    turned off (0), are kept."""
+    was = gc.get_threshold()
+    monkeypatch.setattr(heap.gc, "freeze", lambda: None)
+    try:
+        cases = [
+            ((700, 10, 10), (heap.YOUNG_THRESHOLD, 10, 10)),
+            ((50_000, 5, 7), (50_000, 5, 7)),
+            ((0, 10, 10), (0, 10, 10)),
+        ]
+        for before, after in cases:
+            monkeypatch.setattr(heap, "_done", False)
+            gc.set_threshold(*before)
+            assert heap.freeze_startup_heap() is True
+            assert gc.get_threshold() == after
+    finally:
+        gc.set_threshold(*was)

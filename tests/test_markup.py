@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -107,3 +108,41 @@ def test_styled_plain_text_counts_utf16_and_matches_to_plain() -> None:
                       (19, 4, "strike")]  # fmt: skip
     assert to_styled_plain("```\nx = 1\n```") == ("x = 1", [(0, 5, "code")])
     assert to_styled_plain("plain") == ("plain", [])
+
+
+# Text the fast path may take: words, spaces, newlines, the punctuation of chat replies,
+# and the characters that start lists, quotes and headings, so both paths are drawn.
+PLAIN_ISH = st.text(
+    alphabet=st.sampled_from(list("ab Zé …\xa0\u2028\t\n.,:;!?\"'()/-+=>1290😀")), max_size=80
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(PLAIN_ISH)
+def test_plain_text_fast_path_renders_as_the_parser_does(text: str) -> None:
+    """Issue 14: text with nothing to render skips the parser; the result is the parser's."""
+    from onethread.platforms import markup
+
+    for target in (markup._WHATSAPP, markup._TELEGRAM, markup._SLACK, markup._PLAIN,
+                   markup._STYLED):  # fmt: skip
+        parsed = "\n\n".join(
+            b for b in markup._blocks(markup._parser().parse(text), target) if b
+        ).strip("\n")
+        assert markup._render(text, target) == parsed, (text, target)
+
+
+def test_a_plain_reply_is_not_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14: a chat reply without markup costs no Markdown parse (it was most of
+    a WhatsApp turn's CPU); one with markup still is parsed."""
+    from onethread.platforms import markup
+
+    def no_parser(breaks: bool = False) -> None:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(markup, "_parser", no_parser)
+    reply = 'You said: "hello 12"\nI remember this conversation: 3 earlier messages.'
+    assert markup.to_whatsapp(reply) == reply
+    assert markup.to_telegram_html("Fine, thanks!\n\nAnd you?") == "Fine, thanks!\n\nAnd you?"
+    for marked in ("*yes*", "1. one", "- a", "  code", "a  \nb", "x & y", "a\n\n\nb"):
+        with pytest.raises(AssertionError, match="parsed"):
+            markup.to_whatsapp(marked)

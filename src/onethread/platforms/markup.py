@@ -292,7 +292,21 @@ def _list(opening: Token, tokens: Sequence[Token], t: _Target) -> str:
     return "\n".join(items)
 
 
+# Text in which the parser would find nothing to render: no markup character (``\`*_~[]<>&#|``,
+# control characters but the newline, our private-use marks), no line that begins or
+# ends with white space (indented code, hard breaks), that begins a list, quote, heading
+# or setext underline (``-+=>``, ``1.``/``1)``), and no run of blank lines. Such text
+# renders to itself (paragraphs of soft-broken lines), on every target.
+_NEEDS_PARSER = re.compile(
+    r"[\\`*_~\[\]<>&#|\x00-\x09\x0b-\x1f\x7f\ue000-\ue007]"
+    r"|\n\n\n|^[^\S\n]|[^\S\n]$|^[-+=>]|^\d+[.)]",
+    re.MULTILINE,
+)
+
+
 def _render(markdown: str, t: _Target) -> str:
+    if _NEEDS_PARSER.search(markdown) is None:  # most chat replies: no parse at all
+        return markdown.strip("\n")
     return "\n\n".join(b for b in _blocks(_parser().parse(markdown), t) if b).strip("\n")
 
 
