@@ -72,6 +72,16 @@ def test_half_of_slacks_tokens_is_a_mistake_naming_the_other() -> None:
     assert "SLACK_BOT_TOKEN is set but SLACK_APP_TOKEN is not" in str(info.value)
 
 
+def test_half_of_emails_settings_names_every_missing_one() -> None:
+    with pytest.raises(ConfigFileError) as info:
+        check_config(Config(), {"EMAIL_ADDRESS": "bot@example.org"})
+    assert (
+        "EMAIL_ADDRESS is set but EMAIL_PASSWORD, EMAIL_IMAP_URL and EMAIL_SMTP_URL are not; "
+        "export EMAIL_PASSWORD=... EMAIL_IMAP_URL=... EMAIL_SMTP_URL=... to serve email, "
+        "or unset EMAIL_ADDRESS"
+    ) in str(info.value)
+
+
 def test_a_platforms_section_means_exactly_those() -> None:
     config = parse("platforms: [telegram]\n")
     assert config.platform_options({"DISCORD_BOT_TOKEN": "d"}) == {"telegram": {}}

@@ -150,6 +150,15 @@ def config_problems(
     return platforms, problems
 
 
+def _listed(names: Sequence[str]) -> str:
+    """``A``, ``A and B``, ``A, B and C``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _is(names: Sequence[str]) -> str:
+    return "is" if len(names) == 1 else "are"
+
+
 def _section_dropped(config: Config, known: Sequence[Problem]) -> bool:
     # `platforms:` itself was faulty and left out: checking the defaults instead
     # (web + tokens in the environment) would report on platforms nobody listed.
@@ -176,8 +185,9 @@ def _checks(
                 problems.append(
                     (
                         "",
-                        f"{', '.join(set_vars)} is set but {', '.join(missing)} is not; "
-                        f"export {missing[0]}=... to serve {name}, or unset {set_vars[0]}",
+                        f"{_listed(set_vars)} {_is(set_vars)} set but {_listed(missing)} "
+                        f"{_is(missing)} not; export {' '.join(v + '=...' for v in missing)} "
+                        f"to serve {name}, or unset {' '.join(set_vars)}",
                     )
                 )
     for name in platforms:
