@@ -242,6 +242,7 @@ class WhatsAppAdapter(Adapter):
                 "the whatsapp platform receives messages by webhook: serve it with BotOS or "
                 "`onethread run` (one HTTP server), or give the Bot ingress=Ingress(...)"
             )
+        ingress.expect_webhook(PLATFORM)  # 503, not 404, until the Graph check passes
         graph = GraphClient(self.base_url, self._creds["token"], timeout=self.timeout)
         graph.open()
         try:
