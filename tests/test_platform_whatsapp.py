@@ -285,7 +285,7 @@ async def test_a_send_that_times_out_is_not_repeated(graph: FakeGraph) -> None:
 async def test_connection_refused_is_unavailable() -> None:
     wa = make(token="t", phone_number_id="1", app_secret="s", verify_token="v",
               base_url="http://127.0.0.1:9/v22.0")  # fmt: skip
-    with pytest.raises(PlatformUnavailable):
+    with pytest.raises(PlatformUnavailable, match=r"phone number id at http://127\.0\.0\.1:9/v22"):
         await wa.start(_noop)
 
 
