@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("path", nargs="?", default=DEFAULT_CONFIG_NAME, help="where to write it")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
-    init.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    init.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     init.set_defaults(func=_cmd_init)
 
     cli_identity.add_parsers(sub, common)
