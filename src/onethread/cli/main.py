@@ -62,7 +62,8 @@ platforms:
 # Who may talk to the bot: open (anyone), allowlist (the ids below and the
 # owners), or approval (unknown senders get a code; approve it with
 # `onethread access approve PLATFORM CODE`). Unset: web and the terminal are
-# open; other platforms use approval when they have an owner, else open.
+# open; those marked "allowlist by default" above use allowlist; other
+# platforms use approval when they have an owner, else open.
 access:
   # default: approval
   platforms: {}
