@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import Config, ConfigFileError, Problem, did_you_mean, without_repeats
 from .errors import ConfigError, MissingDependencyError
-from .platforms.registry import credentials, load_adapter_class, spec
+from .platforms.registry import PLATFORMS, credentials, load_adapter_class, spec
 
 __all__ = ["check_config", "config_problems", "import_tool", "tool_functions"]
 
@@ -191,14 +191,23 @@ def _checks(
                     )
                 )
     for name in platforms:
-        if config.access.mode(name) == "allowlist" and not (
+        mode = config.access.mode(name)
+        forgeable = mode is None and name in PLATFORMS and PLATFORMS[name].forgeable_sender
+        if (mode == "allowlist" or forgeable) and not (
             config.access.allowlist.get(name) or config.owners.get(name)
         ):
+            why = (
+                f"{name} answers only the senders listed (a sender can be forged there, so "
+                "the allowlist is its default), and nobody is listed"
+                if forgeable
+                else f"{name} uses the allowlist but nobody is on it"
+            )
+            where = "" if config.source else " in onethread.yaml (`onethread init` writes one)"
             problems.append(
                 (
                     f"access.allowlist.{name}",
-                    f"{name} uses the allowlist but nobody is on it; add ids here, under "
-                    f"owners.{name}, or set access.platforms.{name}: open",
+                    f"{why}; add ids here, under owners.{name}, or set "
+                    f"access.platforms.{name}: open{where}",
                 )
             )
     model = config.agent.model
