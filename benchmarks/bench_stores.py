@@ -1,4 +1,4 @@
-"""Stores side by side: the same full turn on memory, SQLite, Redis and PostgreSQL.
+"""Stores side by side: the same full turn on memory, SQLite, Redis, Redis Cluster and PostgreSQL.
 
 The harness of bench_turns.py (``BotSessionManager.chat`` behind BotOS, a
 zero-latency EchoModel, every person linked on two platforms and alternating
@@ -14,10 +14,17 @@ transactions and rows). With ``--ceiling``, the server's own ceiling for that
 command mix (``redis-benchmark`` on each command of the mix, combined by the
 mix's counts; ``pgbench`` with the turn's statements as a custom script) and
 the ratio the turn reaches. ``--processes 1,2,3`` also runs 2 and 3 worker
-processes against one Redis / PostgreSQL at once (aggregate turns/s).
+processes against one Redis / Redis Cluster / PostgreSQL at once (aggregate
+turns/s). Every row also gives turns per CPU second of the client processes
+(the steady figure on a shared machine).
+
+``redis-cluster`` runs on ``BENCH_REDIS_CLUSTER_URL`` (``redis+cluster://...``)
+or, when that is unset, on a 3-master Redis Cluster the benchmark starts on
+free ports of 127.0.0.1 (``redis-server --cluster-enabled yes`` x3 and
+``redis-cli --cluster create``) and stops at the end.
 
     python benchmarks/bench_stores.py [--turns 10000] [--people 1000]
-        [--stores memory,sqlite,redis,postgres] [--processes 1,2,3] [--ceiling]
+        [--stores memory,sqlite,redis,redis-cluster,postgres] [--processes 1,2,3] [--ceiling]
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from common import summary, write
 from onethread.session.urls import Coordination, open_coordination, open_history_store
 
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+CLUSTER = os.environ.get("BENCH_REDIS_CLUSTER_URL", "")  # started on demand when empty
 POSTGRES = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 HERE = Path(__file__).resolve().parent
 
@@ -56,14 +64,15 @@ async def world(store: str, people: int, ns: str, tmp: str, first: int = 0) -> A
         history: Any = "memory://"
     elif store == "sqlite":
         history = f"sqlite:///{tmp}/{ns}.db"
-    elif store == "redis":
+    elif store in ("redis", "redis-cluster"):
         from onethread.session.locks.redis import RedisDuplicateFilter, RedisTurnLocks
         from onethread.session.outbox.redis import RedisOutbox
 
+        url = redis_url(store)
         o = {"prefix": ns + ":"}
-        history = open_history_store(REDIS, **o)
-        coordination = Coordination(RedisTurnLocks(REDIS, **o), RedisDuplicateFilter(REDIS, **o),
-                                    RedisOutbox(REDIS, **o), True)  # fmt: skip
+        history = open_history_store(url, **o)
+        coordination = Coordination(RedisTurnLocks(url, **o), RedisDuplicateFilter(url, **o),
+                                    RedisOutbox(url, **o), True)  # fmt: skip
     elif store == "postgres":
         from onethread.session.locks.postgres import PostgresDuplicateFilter, PostgresTurnLocks
         from onethread.session.outbox.postgres import PostgresOutbox
@@ -73,7 +82,9 @@ async def world(store: str, people: int, ns: str, tmp: str, first: int = 0) -> A
                                     PostgresDuplicateFilter(POSTGRES, schema=ns),
                                     PostgresOutbox(POSTGRES, schema=ns), True)  # fmt: skip
     else:
-        raise SystemExit(f"unknown store {store!r}: memory, sqlite, redis or postgres")
+        raise SystemExit(
+            f"unknown store {store!r}: memory, sqlite, redis, redis-cluster or postgres"
+        )
     w = World(history, people, metrics=True, coordination=coordination, first=first)
     async with w:
         yield w
@@ -84,16 +95,33 @@ async def world(store: str, people: int, ns: str, tmp: str, first: int = 0) -> A
         await close()
 
 
+def redis_url(store: str) -> str:
+    """The URL of ``redis`` or ``redis-cluster``."""
+    return CLUSTER if store == "redis-cluster" else REDIS
+
+
+def node_urls(store: str) -> list[str]:
+    """``redis://`` URLs of every server of ``store`` (each node of a cluster)."""
+    if store != "redis-cluster":
+        return [REDIS]
+    from onethread.session._conn.redis import cluster_nodes
+
+    return [f"redis://{host}:{port}/0" for host, port in cluster_nodes(CLUSTER)[0]]
+
+
 def drop(store: str, ns: str) -> None:
     """Remove namespace ``ns`` from the shared server."""
-    if store == "redis":
+    if store in ("redis", "redis-cluster"):
         import redis
 
-        client = redis.Redis.from_url(REDIS)
-        keys = list(client.scan_iter(match=ns + ":*", count=1000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i : i + 1000])
-        client.close()
+        for url in node_urls(store):
+            client = redis.Redis.from_url(url)
+            keys = list(client.scan_iter(match=ns + ":*", count=1000))
+            pipe = client.pipeline(transaction=False)
+            for key in keys:  # one key per command: a cluster refuses multi-slot DEL
+                pipe.delete(key)
+            pipe.execute()
+            client.close()
     elif store == "postgres":
         import psycopg
 
@@ -103,13 +131,18 @@ def drop(store: str, ns: str) -> None:
 
 def server_counters(store: str) -> dict[str, float]:
     """Cumulative server counters (Redis commands by name; PostgreSQL xacts and rows)."""
-    if store == "redis":
+    if store in ("redis", "redis-cluster"):
         import redis
 
-        client = redis.Redis.from_url(REDIS, decode_responses=True)
-        stats = client.info("commandstats")
-        client.close()
-        return {k.removeprefix("cmdstat_"): float(v["calls"]) for k, v in stats.items()}
+        total: dict[str, float] = {}
+        for url in node_urls(store):  # a cluster: the sum over its nodes
+            client = redis.Redis.from_url(url, decode_responses=True)
+            stats = client.info("commandstats")
+            client.close()
+            for k, v in stats.items():
+                name = k.removeprefix("cmdstat_")
+                total[name] = total.get(name, 0.0) + float(v["calls"])
+        return total
     if store == "postgres":
         import psycopg
 
@@ -188,8 +221,11 @@ def worker(args: argparse.Namespace) -> None:
                 print("ready", flush=True)
                 await asyncio.to_thread(sys.stdin.readline)
                 start = time.time()
+                cpu0 = time.process_time()
                 wall, lat = await run_turns(w, args.people, each)
-                print(json.dumps({"start": start, "end": start + wall, "lat": list(lat)}))
+                cpu = time.process_time() - cpu0
+                print(json.dumps({"start": start, "end": start + wall, "cpu": cpu,
+                                  "lat": list(lat)}))  # fmt: skip
 
     asyncio.run(main())
 
@@ -219,12 +255,14 @@ def multi(store: str, n: int, turns: int, people: int, ns: str) -> dict[str, Any
         results.append(json.loads(out.strip().splitlines()[-1]))
     lat = [x for r in results for x in r["lat"]]
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    cpu = sum(r["cpu"] for r in results)
     return {
         "store": store,
         "processes": n,
         "people": people,
         "turns": len(lat),
         "turns_per_s": round(len(lat) / wall),
+        "turns_per_cpu_s": round(len(lat) / cpu) if cpu else 0,
         **summary(lat),
     }
 
@@ -258,8 +296,8 @@ def _redis_stand_ins(ns: str) -> dict[str, list[str]]:
         "dedupe": ["SET", f"{k}:seen", "1", "NX", "PX", "60000"],
         "acquire": ["EVALSHA", sha["acquire"], "2", f"{k}:lock", f"{k}:fence", "tok", "60000"],
         "load": ["ZRANGE", history, "-20", "-1"],
-        "append": ["EVALSHA", sha["append"], "4", f"{k}:e", f"{ns}:seq", f"{ns}:sessions",
-                   f"{k}:p", "s", "2", "2.0", "1.0", entry, "2.0", entry, "telegram"],
+        "append": ["EVALSHA", sha["append"], "4", f"{k}:e", f"{ns}:seq", f"{k}:p",
+                   f"{ns}:sessions", "s", "2", "2.0", "1.0", entry, "2.0", entry, "telegram"],
         "release": ["EVALSHA", sha["release"], "1", f"{k}:lock", "tok"],
     }  # fmt: skip
 
@@ -373,10 +411,11 @@ def pg_ceiling(seconds: float) -> dict[str, Any]:
 def reachable(store: str) -> bool:
     """True if ``store`` needs no server or its server answers."""
     try:
-        if store == "redis":
+        if store in ("redis", "redis-cluster"):
             import redis
 
-            redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
+            for url in node_urls(store):
+                redis.Redis.from_url(url, socket_connect_timeout=2).ping()
         elif store == "postgres":
             import psycopg
 
@@ -391,7 +430,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=10_000)
     parser.add_argument("--people", type=int, default=1_000)
-    parser.add_argument("--stores", default="memory,sqlite,redis,postgres")
+    parser.add_argument("--stores", default="memory,sqlite,redis,redis-cluster,postgres")
     parser.add_argument("--processes", default="1", help="e.g. 1,2,3 (Redis and PostgreSQL)")
     parser.add_argument("--ceiling", action="store_true", help="also measure the servers alone")
     parser.add_argument("--ceiling-requests", type=int, default=50_000)
@@ -403,6 +442,61 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    global CLUSTER
+    started: list[subprocess.Popen[bytes]] = []
+    if "redis-cluster" in args.stores.split(",") and not CLUSTER:
+        CLUSTER = start_cluster(started)
+        os.environ["BENCH_REDIS_CLUSTER_URL"] = CLUSTER  # for the worker processes
+    try:
+        run(args)
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
+
+
+def start_cluster(procs: list[subprocess.Popen[bytes]]) -> str:
+    """Start a 3-master Redis Cluster on free ports (appended to ``procs``); its URL."""
+    import shutil
+    import socket
+
+    folder = tempfile.mkdtemp(prefix="bench-cluster-")
+    ports = []
+    while len(ports) < 3:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 <= 65535 and port not in ports:  # the cluster bus: port + 10000
+            ports.append(port)
+    for port in ports:
+        procs.append(subprocess.Popen(
+            ["redis-server", "--cluster-enabled", "yes", "--port", str(port), "--bind",
+             "127.0.0.1", "--cluster-config-file", f"{folder}/nodes-{port}.conf", "--dir",
+             folder, "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+    for port in ports:
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                             text=True).stdout.strip() != "PONG":  # fmt: skip
+            time.sleep(0.05)
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+         "--cluster-replicas", "0", "--cluster-yes"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    for port in ports:
+        while (
+            "cluster_state:ok"
+            not in subprocess.run(
+                ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, text=True
+            ).stdout
+        ):
+            time.sleep(0.1)
+    shutil.rmtree(folder, ignore_errors=True)  # the servers keep their open files
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports) + "/"
+
+
+def run(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     ceilings: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -410,7 +504,7 @@ def main() -> None:
             if not reachable(store):
                 continue
             for n in [int(x) for x in args.processes.split(",")]:
-                if n > 1 and store not in ("redis", "postgres"):
+                if n > 1 and store not in ("redis", "redis-cluster", "postgres"):
                     continue
                 ns = f"bench_{uuid.uuid4().hex[:10]}"
                 try:

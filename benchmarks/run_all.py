@@ -6,8 +6,12 @@ Each benchmark runs in a fresh interpreter, one after the other, and writes
 ``benchmarks/results/NAME.json``; a summary table is printed at the end. About
 a minute and a half (``--quick``: shorter runs, noisier figures, under one). The
 plot needs matplotlib (``pip install matplotlib``; not a onethread dependency);
-without it the plot is skipped. These are measurements, not tests: nothing
-here passes or fails.
+without it the plot is skipped. ``bench_reference.py`` (onethread against
+the reference implementation, same run) runs only when the reference's own
+venv exists (``.reference-venv``, or ``$ONETHREAD_REFERENCE_PYTHON``; the
+command that makes it is in docs/performance.md), with each of its two agents;
+about a minute more. These are measurements, not
+tests: nothing here passes or fails.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from bench_reference import MAKE_VENV, reference_installed
 from common import HERE, RESULTS, machine
 
 QUICK = {
@@ -111,6 +116,22 @@ def table() -> str:
             f"(direct {row['direct']['cpu_mean_ms']} ms, wrapper "
             f"{row['wrapper']['cpu_mean_ms']} ms) | |"
         )
+    reference_rows = [
+        row
+        for name in ("reference", "reference_praisonaiagents")
+        for row in load(name).get("rows", [])  # type: ignore[attr-defined]
+        if "ratio" in row
+    ]
+    for row in reference_rows:
+        r, c = row["ratio"], row["cpu_ratio"]
+        lines.append(
+            f"| onethread ÷ reference turns/s, {row['store']} vs its {row['reference_store']}, "
+            f"its agent: {row.get('reference_agent', 'stub')}, "
+            f"{row['users']} users (same run, {len(row['pairs'])} paired rounds) | "
+            f"median {r['median']}× ({r['min']}–{r['max']}×; per CPU-second "
+            f"{c['median']}×): {row['onethread_turns_per_s']['median']:,} against "
+            f"{row['reference_turns_per_s']['median']:,} turns/s | ≥ 30× |"
+        )
     blobs: dict = load("blobs")
     for store, row in (("file:", blobs.get("file")), ("s3:// (moto, loopback)", blobs.get("s3"))):
         if not isinstance(row, dict):
@@ -135,6 +156,12 @@ def main() -> None:
     for script in QUICK:
         run(script, QUICK[script] if args.quick else FULL.get(script, []))
     run("bench_turns.py", ["--diagnose", "--open-seconds", "2" if args.quick else "5"])
+    if reference_installed():
+        rounds = ["--rounds", "1", "--seconds", "1"] if args.quick else ["--rounds", "3"]
+        for agent in ("stub", "praisonaiagents"):
+            run("bench_reference.py", [*rounds, "--reference-agent", agent])
+    else:
+        print(f"\n== bench_reference.py skipped: the reference is not installed ({MAKE_VENV})")
     try:
         run("plot.py", [])
     except subprocess.CalledProcessError:

@@ -42,3 +42,12 @@ def _no_heap_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
     import onethread.bots.heap as heap
 
     monkeypatch.setattr(heap, "_done", True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_cluster_stopped() -> Iterator[None]:
+    """The Redis Cluster some tests start (``services.redis_cluster_url``) dies with the session."""
+    yield
+    from services import stop_redis_cluster
+
+    stop_redis_cluster()

@@ -13,15 +13,16 @@ import pytest
 from onethread.session.attachments import Attachment
 from onethread.session.history.base import HistoryEntry, HistoryStore
 from onethread.session.urls import open_history_store
-from services import postgres_schema, postgres_url, redis_prefix, redis_url
+from services import postgres_schema, postgres_url, redis_namespace
 
-STORES = ["memory", "sqlite", "redis", "postgres"]
+STORES = ["memory", "sqlite", "redis", "redis-cluster", "postgres"]
 
 
 def _open_args(name: str, tmp_path: Path, stack: ExitStack) -> tuple[str, dict[str, Any]]:
     """The URL and options of a fresh, empty store (shared ones in their own namespace)."""
-    if name == "redis":
-        return redis_url(), {"prefix": stack.enter_context(redis_prefix())}
+    if name in ("redis", "redis-cluster"):
+        url, prefix = redis_namespace(name)
+        return url, {"prefix": stack.enter_context(prefix)}
     if name == "postgres":
         return postgres_url(), {"schema": stack.enter_context(postgres_schema())}
     return {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/h.db"}[name], {}
@@ -102,6 +103,20 @@ async def test_sessions_summary(store: HistoryStore) -> None:
     summary = await store.sessions()
     assert [s.key for s in summary] == ["b", "a"]
     assert summary[0].count == 2 and summary[0].platforms == ("discord", "slack")
+
+
+async def test_sessions_leave_out_summaries_and_archives(store: HistoryStore) -> None:
+    from onethread.session.keys import archive_key, summary_key
+
+    await store.append("user:alice", [e("hi", 1, platform="telegram")])
+    # Newer than alice's session, and more of them than the limit asks for.
+    for i in range(3):
+        await store.append(summary_key(f"user:p{i}"), [e("sum", 10 + i, role="summary")])
+        await store.append(archive_key(f"user:p{i}"), [e("old", 20 + i)])
+    await store.append(summary_key("user:alice"), [e("sum", 30, role="summary")])
+    await store.append("user:bob", [e("yo", 2, platform="discord")])
+    assert [s.key for s in await store.sessions(2)] == ["user:bob", "user:alice"]
+    assert [s.key for s in await store.sessions()] == ["user:bob", "user:alice"]
 
 
 async def test_many_tasks_appending_lose_nothing(store: HistoryStore) -> None:

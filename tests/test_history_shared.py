@@ -15,14 +15,13 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 from psycopg import sql
 
 from onethread.errors import SchemaVersionError, StoreError
 from onethread.session.history.base import HistoryEntry, HistoryStore
 from onethread.session.history.postgres import PostgresHistoryStore
 from onethread.session.history.redis import RedisHistoryStore
-from services import postgres_schema, postgres_url, redis_prefix, redis_url
+from services import postgres_schema, postgres_url, raw_redis, redis_namespace
 
 pytestmark = pytest.mark.service
 
@@ -34,12 +33,13 @@ class Shared:
     set_version: Callable[[int], None]  # pretend a newer onethread wrote the store
 
 
-def _redis(stack: ExitStack) -> Shared:
-    url, prefix = redis_url(), stack.enter_context(redis_prefix())
+def _redis(stack: ExitStack, kind: str = "redis") -> Shared:
+    url, prefix_cm = redis_namespace(kind)
+    prefix = stack.enter_context(prefix_cm)
 
     def set_version(v: int) -> None:
-        with redis.Redis.from_url(url) as raw:
-            raw.set(f"{prefix}history:layout", v)
+        with raw_redis(url) as raw:
+            raw.set(f"{prefix}history:layout", f"cluster:{v}" if kind == "redis-cluster" else v)
 
     return Shared("redis", lambda: RedisHistoryStore(url, prefix=prefix), set_version)
 
@@ -59,10 +59,13 @@ def _postgres(stack: ExitStack) -> Shared:
     return Shared("postgres", lambda: PostgresHistoryStore(url, schema=schema), set_version)
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "redis-cluster", "postgres"])
 async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
     with ExitStack() as stack:
-        yield {"redis": _redis, "postgres": _postgres}[request.param](stack)
+        if request.param == "postgres":
+            yield _postgres(stack)
+        else:
+            yield _redis(stack, request.param)
 
 
 def e(content: str, ts: float, **kw: Any) -> HistoryEntry:

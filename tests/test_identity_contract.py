@@ -35,7 +35,7 @@ from onethread.session.validation import (
     validate_platform,
     validate_unified_id,
 )
-from services import postgres_schema, postgres_url, redis_prefix, redis_url
+from services import postgres_schema, postgres_url, redis_namespace, redis_prefix, redis_url
 
 
 class Resolver(Protocol):
@@ -82,6 +82,12 @@ def _redis(tmp_path: Path, stack: ExitStack) -> Backend:
     return Backend("redis", lambda: RedisIdentityResolver(url, prefix=prefix), True, 0.1)
 
 
+def _redis_cluster(tmp_path: Path, stack: ExitStack) -> Backend:
+    url, prefix_cm = redis_namespace("redis-cluster")
+    prefix = stack.enter_context(prefix_cm)
+    return Backend("redis-cluster", lambda: RedisIdentityResolver(url, prefix=prefix), True, 0.1)
+
+
 def _postgres(tmp_path: Path, stack: ExitStack) -> Backend:
     url, schema = postgres_url(), stack.enter_context(postgres_schema())
     return Backend("postgres", lambda: PostgresIdentityResolver(url, schema=schema), True, 0.1)
@@ -92,6 +98,7 @@ BACKENDS: dict[str, Callable[[Path, ExitStack], Backend]] = {
     "file": _file,
     "sqlite": _sqlite,
     "redis": _redis,
+    "redis-cluster": _redis_cluster,
     "postgres": _postgres,
 }
 
@@ -443,6 +450,7 @@ def test_resolve_is_fast(resolver: Resolver) -> None:
         "file",
         "sqlite",
         pytest.param("redis", marks=pytest.mark.service),
+        pytest.param("redis-cluster", marks=pytest.mark.service),
         pytest.param("postgres", marks=pytest.mark.service),
     ],
 )
@@ -451,8 +459,9 @@ def test_claims_from_several_processes_have_one_winner_each(kind: str, tmp_path:
     from _claim_worker import run_claims
 
     with ExitStack() as stack:
-        if kind == "redis":
-            where, namespace = redis_url(), stack.enter_context(redis_prefix())
+        if kind in ("redis", "redis-cluster"):
+            where, prefix = redis_namespace(kind)
+            namespace, kind = stack.enter_context(prefix), "redis"
         elif kind == "postgres":
             where, namespace = postgres_url(), stack.enter_context(postgres_schema())
         else:

@@ -23,7 +23,7 @@ from psycopg import sql
 from onethread.errors import SchemaVersionError, StoreError
 from onethread.session import PostgresIdentityResolver, RedisIdentityResolver
 from onethread.session.identity._synced import SyncedResolver
-from services import postgres_schema, postgres_url, redis_prefix, redis_url
+from services import postgres_schema, postgres_url, raw_redis, redis_namespace, redis_node_urls
 
 pytestmark = pytest.mark.service
 
@@ -37,34 +37,39 @@ class Shared:
     kill_listeners: Callable[[], int]  # drop the listener connections server-side
 
 
-def _redis(stack: ExitStack) -> Shared:
-    url, prefix = redis_url(), stack.enter_context(redis_prefix())
+def _redis(stack: ExitStack, kind: str = "redis") -> Shared:
+    url, prefix_cm = redis_namespace(kind)
+    prefix = stack.enter_context(prefix_cm)
+    group = f"{prefix}{{identity}}:" if kind == "redis-cluster" else f"{prefix}identity:"
     name = f"ot-test-{uuid.uuid4().hex[:8]}"
-    raw = redis.Redis.from_url(url, decode_responses=True)
+    raw = raw_redis(url, decode_responses=True)
     stack.callback(raw.close)
 
     def write_silently(platform: str, account: str, unified: str) -> None:
         value = json.dumps({"u": unified, "t": time.time()})
-        raw.hset(f"{prefix}identity:links", f"{platform}:{account}", value)
-        raw.incr(f"{prefix}identity:version")
+        raw.hset(group + "links", f"{platform}:{account}", value)
+        raw.incr(group + "version")
 
     def kill_listeners() -> int:
-        clients: Any = raw.client_list()
-        ids = [c["id"] for c in clients if c.get("name") == name and int(c.get("sub", 0)) > 0]
-        for client_id in ids:
-            raw.client_kill_filter(_id=client_id)
-        return len(ids)
+        killed = 0
+        for node_url in redis_node_urls(url):  # on a cluster: each node in turn
+            with redis.Redis.from_url(node_url, decode_responses=True) as node:
+                clients: Any = node.client_list()
+                ids = [
+                    c["id"] for c in clients if c.get("name") == name and int(c.get("sub", 0)) > 0
+                ]
+                for client_id in ids:
+                    node.client_kill_filter(_id=client_id)
+                killed += len(ids)
+        return killed
 
     def open_(**kw: Any) -> SyncedResolver:
         return RedisIdentityResolver(url, prefix=prefix, client_name=name, **kw)
 
-    return Shared(
-        "redis",
-        open_,
-        write_silently,
-        lambda v: raw.set(f"{prefix}identity:layout", v),
-        kill_listeners,
-    )
+    def set_version(v: int) -> None:
+        raw.set(group + "layout", f"cluster:{v}" if kind == "redis-cluster" else v)
+
+    return Shared("redis", open_, write_silently, set_version, kill_listeners)
 
 
 def _postgres(stack: ExitStack) -> Shared:
@@ -107,10 +112,13 @@ def _postgres(stack: ExitStack) -> Shared:
     return Shared("postgres", open_, write_silently, set_version, kill_listeners)
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "redis-cluster", "postgres"])
 def shared(request: pytest.FixtureRequest) -> Iterator[Shared]:
     with ExitStack() as stack:
-        yield {"redis": _redis, "postgres": _postgres}[request.param](stack)
+        if request.param == "postgres":
+            yield _postgres(stack)
+        else:
+            yield _redis(stack, request.param)
 
 
 def _wait_for(resolver: SyncedResolver, account: str, expected: str, within: float) -> float:

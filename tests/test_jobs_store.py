@@ -20,7 +20,7 @@ from onethread.session.jobs.base import Job, JobStore, new_job_id
 from onethread.session.jobs.memory import MemoryJobStore
 from onethread.session.jobs.sqlite import SQLiteJobStore
 from onethread.session.urls import open_job_store
-from services import postgres_schema, postgres_url, redis_prefix, redis_url
+from services import postgres_schema, postgres_url, redis_namespace
 
 T0 = 1_900_000_000.0  # a fixed "now" (2030-03-17); stores never read the clock
 
@@ -38,7 +38,7 @@ def job(user: str = "alice", at: float = T0, **changes: Any) -> Job:
 Factory = Callable[[], JobStore]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "postgres"])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
     """Makes store instances on ONE back-end (several instances = several processes)."""
     made: list[JobStore] = []
@@ -55,8 +55,9 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             def make() -> JobStore:
                 return SQLiteJobStore(tmp_path / "jobs.db", check_interval=0.05)
 
-        elif kind == "redis":
-            url, prefix = redis_url(), stack.enter_context(redis_prefix())
+        elif kind in ("redis", "redis-cluster"):
+            url, prefix_cm = redis_namespace(kind)
+            prefix = stack.enter_context(prefix_cm)
 
             def make() -> JobStore:
                 return open_job_store(url, prefix=prefix)  # type: ignore[no-any-return]

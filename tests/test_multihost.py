@@ -1,4 +1,5 @@
-"""Several onethread processes ("hosts") sharing Redis, then PostgreSQL.
+"""Several onethread processes ("hosts") sharing Redis, a 3-master Redis Cluster,
+then PostgreSQL.
 
 Three OS processes, each a ``BotSessionManager`` on the shared history store
 and turn locks, run 200 turns from 50 users at once: every turn is stored, each
@@ -25,7 +26,7 @@ import pytest
 
 from _turn_worker import RecordingAgent, shared_backends, start
 from onethread.bots.manager import BotSessionManager
-from services import postgres_schema, postgres_url, redis_prefix, redis_url
+from services import postgres_schema, postgres_url, redis_namespace
 
 pytestmark = [pytest.mark.service, pytest.mark.multiprocess]
 
@@ -39,11 +40,12 @@ class Shared:
     namespace: str
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "redis-cluster", "postgres"])
 def shared(request: pytest.FixtureRequest) -> Iterator[Shared]:
     with ExitStack() as stack:
-        if request.param == "redis":
-            yield Shared("redis", redis_url(), stack.enter_context(redis_prefix()))
+        if request.param in ("redis", "redis-cluster"):  # the URL tells the two apart
+            url, prefix = redis_namespace(request.param)
+            yield Shared("redis", url, stack.enter_context(prefix))
         else:
             yield Shared("postgres", postgres_url(), stack.enter_context(postgres_schema()))
 

@@ -21,20 +21,21 @@ from fake_telegram import FakeTelegram
 from onethread import Agent
 from onethread.bots import BotOS
 from onethread.session.urls import open_coordination, open_history_store, open_identity_resolver
-from services import postgres_url, redis_prefix, redis_url
+from services import postgres_url, redis_namespace
 
 pytestmark = [pytest.mark.service, pytest.mark.multiprocess, pytest.mark.timeout(120)]
 WORKER = Path(__file__).with_name("_host_worker.py")
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "redis-cluster", "postgres"])
 def shared(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, str]]]:
     """(URL, store options): a Redis key prefix / PostgreSQL database of this run's
     own, removed afterwards. Never a whole shared Redis database: concurrent
     runs on one Redis each keep to their prefix."""
-    if request.param == "redis":
-        with redis_prefix() as prefix:
-            yield redis_url(), {"prefix": prefix}
+    if request.param in ("redis", "redis-cluster"):
+        url, prefix_cm = redis_namespace(request.param)
+        with prefix_cm as prefix:
+            yield url, {"prefix": prefix}
         return
     import psycopg
 

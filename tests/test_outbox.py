@@ -16,7 +16,7 @@ import pytest
 
 from _outbox_worker import make_outbox, start
 from onethread.session.outbox import Outbox, OutboxItem
-from services import postgres_schema, postgres_url, redis_prefix, redis_url
+from services import postgres_schema, postgres_url, redis_namespace
 
 pytestmark = pytest.mark.service
 
@@ -31,11 +31,12 @@ class Shared:
         return make_outbox(self.kind, self.url, self.namespace, **options)
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "redis-cluster", "postgres"])
 def shared(request: pytest.FixtureRequest) -> Iterator[Shared]:
     with ExitStack() as stack:
-        if request.param == "redis":
-            yield Shared("redis", redis_url(), stack.enter_context(redis_prefix()))
+        if request.param in ("redis", "redis-cluster"):
+            url, prefix = redis_namespace(request.param)
+            yield Shared("redis", url, stack.enter_context(prefix))
         else:
             yield Shared("postgres", postgres_url(), stack.enter_context(postgres_schema()))
 

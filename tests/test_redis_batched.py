@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from onethread.session._conn.redis import Batched, LuaScript, async_client, redis
-from services import redis_prefix, redis_url
+from services import redis_namespace, redis_prefix, redis_url
 
 pytestmark = pytest.mark.service
 
@@ -96,3 +96,28 @@ async def test_loads_decode_each_stored_entry_once_and_stay_bounded() -> None:
     ]
     assert [e.content for e in decoded.decode(members)] == ["0", "1", "2"]
     assert len(decoded._entries) == 2
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_a_sent_script_goes_out_even_if_its_caller_is_cancelled(kind: str) -> None:
+    """``LuaScript.send`` queues at once (EVALSHA, then EVAL if the server lacks the
+    script): a lock release in a ``finally`` happens even when its task is cancelled."""
+    url, prefix = redis_namespace(kind)
+    with prefix as p:
+        b = Batched(async_client(url, {"decode_responses": True}))
+        script = LuaScript(f"-- {p}\nreturn redis.call('SET', KEYS[1], ARGV[1])")
+        try:
+
+            async def release() -> None:
+                await asyncio.shield(script.send(b, [f"{p}k"], ["done"]))
+
+            task = asyncio.create_task(release())
+            await asyncio.sleep(0)  # queued; cancel before the pipeline is sent
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with asyncio.timeout(5):
+                while await b.call("GET", f"{p}k") != "done":
+                    await asyncio.sleep(0.01)
+        finally:
+            await b.aclose()

@@ -27,7 +27,15 @@ from onethread.session.locks import DuplicateFilter, TurnLocks
 from onethread.session.locks._shared import TurnLockLost
 from onethread.session.locks.postgres import PostgresDuplicateFilter, PostgresTurnLocks
 from onethread.session.locks.redis import RedisDuplicateFilter, RedisTurnLocks
-from services import postgres_schema, postgres_url, redis_prefix, redis_url
+from services import (
+    cluster_tag,
+    postgres_schema,
+    postgres_url,
+    raw_redis,
+    redis_namespace,
+    redis_prefix,
+    redis_url,
+)
 
 pytestmark = pytest.mark.service
 
@@ -53,6 +61,21 @@ def _redis(stack: ExitStack) -> Shared:
         lambda **kw: RedisTurnLocks(url, prefix=prefix, **kw),
         lambda **kw: RedisDuplicateFilter(url, prefix=prefix, **kw),
         lambda key: raw.delete(f"{prefix}lock:{key}"),
+    )
+
+
+def _redis_cluster(stack: ExitStack) -> Shared:
+    url, prefix_cm = redis_namespace("redis-cluster")
+    prefix = stack.enter_context(prefix_cm)
+    raw = raw_redis(url)
+    stack.callback(raw.close)
+    return Shared(
+        "redis",
+        url,
+        prefix,
+        lambda **kw: RedisTurnLocks(url, prefix=prefix, **kw),
+        lambda **kw: RedisDuplicateFilter(url, prefix=prefix, **kw),
+        lambda key: raw.delete(f"{prefix}lock:{cluster_tag(key, url)}"),
     )
 
 
@@ -85,10 +108,11 @@ def _advisory(schema: str, key: str) -> int:
     return advisory_key("turn", schema, key)
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "redis-cluster", "postgres"])
 def shared(request: pytest.FixtureRequest) -> Iterator[Shared]:
     with ExitStack() as stack:
-        yield {"redis": _redis, "postgres": _postgres}[request.param](stack)
+        kinds = {"redis": _redis, "redis-cluster": _redis_cluster, "postgres": _postgres}
+        yield kinds[request.param](stack)
 
 
 @pytest.fixture

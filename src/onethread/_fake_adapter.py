@@ -105,7 +105,7 @@ class FakeAdapter(Adapter):
             user_name=user_name or user,
             mentions_bot=chat_type == "dm" if mentions_bot is None else mentions_bot,
             from_bot=from_bot,
-            attachments=tuple(a for a, _ in files),
+            attachments=tuple(a for a, _ in files) if files else (),
         )
         await self._on_inbound(msg)
         return msg

@@ -59,7 +59,7 @@ from pydantic import (
 
 from .errors import ConfigError
 from .platforms.registry import PLATFORMS, credentials
-from .session.urls import ACCEPTED_FORMS
+from .session.urls import ACCEPTED_FORMS, REDIS_SCHEMES
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -500,7 +500,7 @@ def store_url_problem(url: str, what: Literal["history", "identity"]) -> str | N
     scheme = scheme.lower()
     if not sep:
         return f"bad store URL {url!r}; accepted forms: {ACCEPTED_FORMS}"
-    if scheme == "memory" or scheme in ("redis", "rediss", "postgresql", "postgres"):
+    if scheme == "memory" or scheme in (*REDIS_SCHEMES, "postgresql", "postgres"):
         return None
     if scheme == "sqlite":
         if not rest.startswith("///") or len(rest) <= 3:

@@ -20,6 +20,7 @@ from typing import Any
 from .config import Config, ConfigFileError, Problem, did_you_mean, without_repeats
 from .errors import ConfigError, MissingDependencyError
 from .platforms.registry import PLATFORMS, credentials, load_adapter_class, spec
+from .session.urls import REDIS_SCHEMES
 
 __all__ = ["check_config", "config_problems", "import_tool", "tool_functions"]
 
@@ -102,7 +103,7 @@ def _platform_problems(
 
 def _driver_problem(url: str) -> str | None:
     scheme = url.partition(":")[0].lower()
-    needs = {"redis": ("redis", "redis"), "rediss": ("redis", "redis")}
+    needs = {scheme: ("redis", "redis") for scheme in REDIS_SCHEMES}
     needs |= {"postgresql": ("psycopg", "postgres"), "postgres": ("psycopg", "postgres")}
     if scheme not in needs:
         return None

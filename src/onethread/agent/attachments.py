@@ -19,10 +19,12 @@ from ..errors import OnethreadError
 from ..session.attachments import Attachment
 
 __all__ = [
+    "IMAGE_PART_TOKENS",
     "INLINE_TEXT_MAX",
     "VISION_MODEL_PREFIXES",
     "attachment_line",
     "content_parts",
+    "inline_tokens",
     "takes_images",
 ]
 
@@ -30,6 +32,11 @@ log = logging.getLogger("onethread.agent")
 
 #: Text files up to this many bytes are put in the message whole.
 INLINE_TEXT_MAX = 100_000
+
+#: What one image part costs a model, in tokens, as the budget counts it: OpenAI's
+#: high-detail figure for a 1024x1024 image (85 + 4 tiles x 170). Counted for every
+#: image of the message being answered, whether or not the model takes images.
+IMAGE_PART_TOKENS = 765
 
 #: Model names (prefixes, lower case) known to take image parts. ``Agent(vision=...)``
 #: overrides the guess either way.
@@ -78,6 +85,29 @@ def attachment_line(a: Attachment) -> str:
     return f"[{noun}{name} ({facts}){caption}]" if facts else f"[{noun}{name}{caption}]"
 
 
+def _inlined_text(a: Attachment) -> bool:
+    return a.kind == "file" and a.mime.startswith("text/") and a.size <= INLINE_TEXT_MAX
+
+
+def _image(a: Attachment) -> bool:
+    return a.kind in ("image", "sticker") and a.mime.startswith("image/")
+
+
+def inline_tokens(attachments: Sequence[Attachment]) -> int:
+    """The tokens :func:`content_parts` adds to the message being answered (estimated
+    without reading the bytes): a small text file's text (a token per 4 bytes, at most
+    one per byte read as UTF-8 text) and :data:`IMAGE_PART_TOKENS` per image."""
+    total = 0
+    for a in attachments:
+        if not a.blob:
+            continue
+        if _inlined_text(a):
+            total += (a.size + 3) // 4 + (2 * len(a.name or "file") + 40) // 4
+        elif _image(a):
+            total += IMAGE_PART_TOKENS
+    return total
+
+
 def with_attachments(text: str, attachments: Sequence[Attachment]) -> str:
     """``text`` followed by one line per attachment."""
     lines = [attachment_line(a) for a in attachments]
@@ -99,8 +129,8 @@ async def content_parts(
     for a in attachments:
         if not a.blob or blobs is None:
             continue
-        wants_text = a.kind == "file" and a.mime.startswith("text/") and a.size <= INLINE_TEXT_MAX
-        wants_image = images and a.kind in ("image", "sticker") and a.mime.startswith("image/")
+        wants_text = _inlined_text(a)
+        wants_image = images and _image(a)
         if not (wants_text or wants_image):
             continue
         try:

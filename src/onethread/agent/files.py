@@ -9,9 +9,7 @@ them in the blob store and hands them to the platform with the reply.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +70,21 @@ class File:
 _files: ContextVar[list[File] | None] = ContextVar("onethread_turn_files", default=None)
 
 
-@contextlib.contextmanager
-def turn_files() -> Iterator[list[File]]:
-    """Collect the files tools return during the ``with`` block (this task and its tools)."""
-    collected: list[File] = []
-    token = _files.set(collected)
-    try:
-        yield collected
-    finally:
-        _files.reset(token)
+class turn_files:  # noqa: N801 - used as a function: ``with turn_files() as produced``
+    """Collect the files tools return during the ``with`` block (this task and its tools).
+
+    A plain class rather than a generator context manager: it runs on every turn.
+    """
+
+    __slots__ = ("_collected", "_token")
+
+    def __enter__(self) -> list[File]:
+        self._collected: list[File] = []
+        self._token = _files.set(self._collected)
+        return self._collected
+
+    def __exit__(self, *exc_info: object) -> None:
+        _files.reset(self._token)
 
 
 def split_result(result: Any) -> Any:

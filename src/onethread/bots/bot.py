@@ -378,7 +378,7 @@ class Bot:
             reply = await self._commands.handle(msg) if msg.text else None
             command = reply is not None  # its reply is not stored in the history
             if reply is None:
-                taken = await self._take_attachments(msg)
+                taken = await self._take_attachments(msg) if msg.attachments else None
                 if taken is not None and not taken.attachments and not msg.text.strip():
                     # Nothing left to answer: say only why each attachment was refused.
                     outcome = "attachment_refused"

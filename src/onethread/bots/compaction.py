@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..agent import tokens
+from ..agent.attachments import inline_tokens
 from ..agent.messages import entry_text
 from ..agent.models import ModelClient
 from ..agent.models_offline import OfflineModel
@@ -83,6 +84,12 @@ class Compaction:
         self.cooldown = cooldown
         self.pending: dict[str, asyncio.Task[int]] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # key -> (in a row, when last)
+        # Per responder (by id): what its room was computed from, and the room.
+        self._rooms: dict[int, tuple[object, object, object, tuple[object, ...], int]] = {}
+        self._last_summary: tuple[HistoryEntry, int] | None = None
+        # Per session key: (summary end, newest entry counted, tokens of the unsummarised
+        # part), for sessions longer than max_history (see _tallied_over). Loop thread only.
+        self._tallies: dict[str, tuple[float, float, int]] = {}
         #: Folds done and failed by this process (for tests and metrics).
         self.folds = 0
         self.failures = 0
@@ -100,16 +107,58 @@ class Compaction:
 
     def _history_room(self, responder: object, summary: HistoryEntry | None, message: str) -> int:
         """Uncorrected tokens left for history entries once the fixed parts are counted."""
+        room = self._base_room(responder) - tokens.estimate(message) - 8
+        if summary is not None:
+            room -= self._summary_cost(summary)
+        return room
+
+    def _base_room(self, responder: object) -> int:
+        """The budget, corrected, less the responder's instructions and tool schemas.
+
+        Kept per responder (``_rooms``, touched on the loop thread only) while what it
+        was computed from is the same: the very instruction, schema and model objects,
+        the model's name, both ``context_tokens`` and ``tokens.generation()`` (the
+        corrections and the context window table). A turn does not re-count them.
+        """
+        instructions = getattr(responder, "instructions", "")
+        schemas = getattr(responder, "_schemas", None)
+        model = getattr(responder, "model", None)
+        facts = (
+            getattr(model, "model", None),
+            getattr(responder, "context_tokens", None),
+            self.context_tokens,
+            len(schemas) if isinstance(schemas, list) else -1,
+            tokens.generation(),
+        )
+        known = self._rooms.get(id(responder))
+        if (
+            known is not None
+            and known[0] is instructions
+            and known[1] is schemas
+            and known[2] is model
+            and known[3] == facts
+        ):
+            return known[4]
         ratio = tokens.correction(_model_name(responder))
         usable = self.budget(responder) * 0.95 - 32  # the estimate's margin of error
-        fixed = tokens.estimate(str(getattr(responder, "instructions", "") or "")) + 8
-        schemas = getattr(responder, "_schemas", None)
+        fixed = tokens.estimate(str(instructions or "")) + 8
         if schemas:
             fixed += tokens.estimate(json.dumps(schemas))
-        fixed += tokens.estimate(message) + 8
-        if summary is not None:
-            fixed += _cost(summary)
-        return int(usable / ratio) - fixed
+        room = int(usable / ratio) - fixed
+        if isinstance(instructions, str):  # anything else may change in place: not kept
+            if len(self._rooms) >= 64:  # a handful of responders in practice; never unbounded
+                self._rooms.pop(next(iter(self._rooms)))
+            self._rooms[id(responder)] = (instructions, schemas, model, facts, room)
+        return room
+
+    def _summary_cost(self, summary: HistoryEntry) -> int:
+        """``_cost(summary)``, kept for the last summary object seen (it is loaded every turn)."""
+        known = self._last_summary
+        if known is not None and known[0] is summary:
+            return known[1]
+        cost = _cost(summary)
+        self._last_summary = (summary, cost)
+        return cost
 
     async def _summary(self, key: str) -> HistoryEntry | None:
         found = await self.manager.store.load(summary_key(key), 1)
@@ -120,16 +169,78 @@ class Compaction:
     ) -> tuple[list[HistoryEntry], bool]:
         """The history the model sees (summary first) and whether a fold is due.
 
-        Reads newest first in pages (32, 128, 512, ...) and stops at the budget,
+        Reads newest first in pages (32, then up to 4x larger, as many as the budget
+        left seems to hold) and stops at the budget,
         at the summary's end, or at ``max_history`` entries.
         """
-        summary = await self._summary(key)
-        room = self._history_room(responder, summary, entry_text(message))
-        after = summary.timestamp if summary is not None else float("-inf")
+        # The hot path of every turn: _summary() and _history_room(), inline.
+        found = await self.manager.store.load(summary_key(key), 1)
+        mine = tokens.estimate(message.content)
+        plain = not (message.mirror or message.attachments or message.metadata)
+        room = self._base_room(responder) - 8
+        room -= mine if plain else tokens.estimate(entry_text(message))
+        if message.attachments:  # small text files inline and image parts (content_parts)
+            room -= inline_tokens(message.attachments)
+        if found:
+            summary: HistoryEntry | None = found[-1]
+            room -= self._summary_cost(found[-1])
+            after = found[-1].timestamp
+        else:
+            summary, after = None, float("-inf")
         cap = self.manager.max_history
         picked, used, full = await self._scan(key, after, room, cap)
-        due = self.enabled and (full or used + tokens.estimate(message.content) > room * _TRIGGER)
-        return ([summary] if summary is not None else []) + picked, due
+        due = False
+        if self.enabled:
+            if used + mine > room * _TRIGGER or (full and (cap is None or len(picked) < cap)):
+                due = True  # what is shown is near the budget, or the budget left some out
+            elif full:  # max_history left some out: the budget counts them too
+                limit = room * _TRIGGER - mine
+                over = self._tallied_over(key, after, picked, limit)
+                if over is None:
+                    newest = picked[-1].timestamp if picked else after
+                    over = await self._count_hidden(key, after, newest, limit)
+                due = over
+        return ([summary] + picked if summary is not None else picked), due
+
+    def _tallied_over(
+        self, key: str, after: float, shown: list[HistoryEntry], limit: float
+    ) -> bool | None:
+        """Whether the whole unsummarised part of ``key`` (newer than ``after``, also what
+        ``max_history`` left out) costs more than ``limit``; ``None`` when that must be
+        counted again (:meth:`_count_hidden`).
+
+        Counted once by reading back from the newest entry (up to ``limit``), then kept
+        per key (``_tallies``) and brought up to date from the entries newer than the
+        last ones counted, which are among ``shown``: entries written by other
+        processes count too. A new summary (a new ``after``), a gap (more new
+        entries than ``shown`` holds) or a merge (:meth:`forget`) means counting again.
+        """
+        tally = self._tallies.pop(key, None)
+        if tally is None or not shown or tally[0] != after:
+            return None
+        _after, last, total = tally
+        if shown[0].timestamp > last:
+            return None
+        for entry in reversed(shown):
+            if entry.timestamp <= last:
+                break
+            total += _cost(entry)
+        self._keep_tally(key, after, shown[-1].timestamp, total)
+        return total > limit
+
+    async def _count_hidden(self, key: str, after: float, newest: float, limit: float) -> bool:
+        """:meth:`_tallied_over` by reading the session back (up to ``limit``);
+        ``newest``: the timestamp of its newest entry, shown this turn."""
+        _picked, total, over = await self._scan(key, after, limit, None)
+        if over:  # past the limit: kept as such until a fold changes the summary
+            total = int(limit) + 1
+        self._keep_tally(key, after, newest, total)
+        return total > limit
+
+    def _keep_tally(self, key: str, after: float, newest: float, total: int) -> None:
+        if len(self._tallies) >= 10_000:  # the least recently counted goes first
+            self._tallies.pop(next(iter(self._tallies)))
+        self._tallies[key] = (after, newest, total)
 
     async def _scan(
         self, key: str, after: float, room: float, cap: int | None
@@ -139,8 +250,20 @@ class Compaction:
         # With a cap, one entry more than the cap is read: whether it exists says whether
         # more were left out, without a count() of the whole session on every turn.
         size = _FIRST_PAGE if cap is None else min(_FIRST_PAGE, cap + 1)
+        page = await self.manager.store.load(key, size)
+        if (
+            page
+            and page[0].timestamp > after
+            and (len(page) < size or cap is not None and size > cap)
+        ):
+            # The usual turn: the first page is all unsummarised and holds all we may show.
+            # If it fits, it is the answer (no entry-by-entry walk).
+            full = cap is not None and len(page) > cap
+            shown = page[len(page) - cap :] if full and cap is not None else page
+            used = _costs(shown)
+            if used <= room:
+                return shown, used, full
         while True:
-            page = await self.manager.store.load(key, size)
             picked: list[HistoryEntry] = []
             used = 0
             stop = full = False
@@ -157,9 +280,19 @@ class Compaction:
             if stop or len(page) < size or (cap is not None and size > cap):
                 picked.reverse()
                 return picked, used, full
-            size *= 4
-            if cap is not None:
-                size = min(size, cap + 1)
+            grow = size * 4
+            if used > 0:
+                # No more than the room left holds at this page's average cost, and a
+                # quarter more: a long session is not read 4x past the budget.
+                want = len(page) + int((room - used) * len(picked) / used * 1.25) + 1
+                grow = min(grow, max(want, size + _FIRST_PAGE))
+            size = grow if cap is None else min(grow, cap + 1)
+            page = await self.manager.store.load(key, size)
+
+    def forget(self, key: str) -> None:
+        """Drop what is kept about ``key`` (its tally): entries older than the ones
+        counted came in (a merge), so the next turn counts the session afresh."""
+        self._tallies.pop(key, None)
 
     # -- folding -------------------------------------------------------------------
 
@@ -233,8 +366,7 @@ class Compaction:
         archived = await self.manager.store.count(archive_key(key))
         cap = self.manager.max_history
         total = sum(_cost(e) for e in fresh)
-        over = cap is not None and len(fresh) > cap
-        if not fresh or (not force and total <= room * _TRIGGER and not over):
+        if not fresh or (not force and total <= room * _TRIGGER):
             return summary, [], archived
         keep_room = 0 if force else room * _KEEP
         keep_count = 2 if force else (max(cap // 2, 1) if cap is not None else len(fresh))
@@ -320,6 +452,18 @@ def _cost(entry: HistoryEntry) -> int:
         # every turn, without building the labelled text of each loaded entry.
         return tokens.estimate(entry.content) + 4
     return tokens.estimate(entry_text(entry)) + 4
+
+
+def _costs(entries: Sequence[HistoryEntry]) -> int:
+    """The summed ``_cost`` of ``entries`` (plain ones inline: a turn's hot path)."""
+    return sum(
+        [
+            (len(e.content) + 3) // 4 + 4
+            if not (e.mirror or e.attachments or e.metadata)
+            else _cost(e)
+            for e in entries
+        ]
+    )
 
 
 def _chunks(entries: Sequence[HistoryEntry], room: int) -> list[list[HistoryEntry]]:

@@ -300,6 +300,7 @@ class BotSessionManager:
         src, dst = legacy_key(platform, user_id), unified_key(unified)
         async with self.locks.hold(src), self.locks.hold(dst):
             moved = await self.store.merge(src, dst)
+        self.compaction.forget(dst)  # older entries came in: count the session again
         if moved:
             log.info("merged %d legacy entries of %s into %s", moved, who(platform, user_id), dst)
         if len(self._merged) >= _MERGED_MAX:  # a memo, not a record: forgetting costs a
@@ -387,9 +388,11 @@ class BotSessionManager:
         responder = self._responder(agent)
         if self.loop is None:
             self.bind_loop()
-        user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id = map(
-            clean_text, (user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id)
-        )
+        texts = (user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id)
+        if not _all_ascii(texts):  # the usual turn is all ASCII: nothing to clean
+            user_id, prompt, chat_id, chat_name, thread_id, user_name, message_id = map(
+                clean_text, texts
+            )
         unified = self.resolve(platform, user_id)
         group = chat_type in GROUP_TYPES
         key = session_key(
@@ -451,7 +454,12 @@ class BotSessionManager:
                     asked = time.perf_counter()
                     try:
                         with turn_files() as produced:
-                            reply = await self._respond(responder, history, message, group, relay)
+                            if relay is None and not files:  # the usual turn, without a hop
+                                reply = await responder.respond(history, message, group=group)
+                            else:
+                                reply = await self._respond(
+                                    responder, history, message, group, relay
+                                )
                         sent = await self.store_files(produced) if produced else ()
                     except ModelError as exc:
                         if stats is not None:
@@ -779,6 +787,14 @@ class BotSessionManager:
             await self._blobs.close()
         if self.transcriber is not None:
             await self.transcriber.aclose()
+
+
+def _all_ascii(texts: tuple[str, ...]) -> bool:
+    """Whether every one of ``texts`` is an ASCII ``str`` (then ``clean_text`` keeps each)."""
+    try:
+        return "".join(texts).isascii()
+    except TypeError:  # not all str: clean_text says what is wrong
+        return False
 
 
 def _in_memory(store_arg: object, store: object) -> bool:

@@ -15,6 +15,7 @@ from ..errors import ConfigError, MissingDependencyError, StoreError, StoreUnava
 from ..session._conn.shared import redact
 from ..session.history.base import HistoryStore
 from ..session.urls import (
+    REDIS_SCHEMES,
     default_history_url,
     default_identity_url,
     open_history_store,
@@ -101,7 +102,7 @@ def _stores(config: Config) -> list[tuple[str, str, str]]:
     """``(config key, what it holds, URL)`` of every store ``run`` opens."""
     history = history_url(config)
     scheme = history.partition(":")[0].lower()
-    shared = scheme in ("redis", "rediss", "postgresql", "postgres")
+    shared = scheme in (*REDIS_SCHEMES, "postgresql", "postgres")
     what = "history store"
     if shared:
         what += " (it also holds the turn locks, duplicate filter and outbox)"

@@ -55,7 +55,7 @@ platforms:
 # Where identity links and conversation history live. The defaults are under
 # $ONETHREAD_HOME (default ~/.onethread). Accepted forms: memory://,
 # file:PATH (identity only), sqlite:///PATH, redis://HOST:PORT/DB,
-# postgresql://USER@HOST:PORT/DB
+# redis+cluster://HOST:PORT,HOST:PORT/ (Redis Cluster), postgresql://USER@HOST:PORT/DB
 # identity: file:~/.onethread/identity.json
 # history: sqlite:///~/.onethread/history.db
 
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import history as cli_history
     from . import identity as cli_identity
     from . import jobs as cli_jobs
+    from . import redis_move as cli_redis_move
     from . import run as cli_run
 
     common = _common()
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_identity.add_parsers(sub, common)
     cli_history.add_parsers(sub, common)
     cli_jobs.add_parsers(sub, common)
+    cli_redis_move.add_parsers(sub, common)
     return parser
 
 

@@ -92,6 +92,15 @@ class Inbound:
     raw: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        # The usual event: every field (_TEXT_FIELDS) a str, all ASCII: one scan.
+        fields = (self.platform, self.chat_id, self.chat_type, self.user_id, self.text,
+                  self.message_id, self.chat_name, self.thread_id, self.user_name)  # fmt: skip
+        try:
+            plain = "".join(fields).isascii()
+        except TypeError:  # a field that is not a str: each one is looked at below
+            plain = False
+        if plain:
+            return
         for name in _TEXT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, str):
@@ -362,6 +371,13 @@ class Adapter(ABC):
         into aligned text).
         """
         limit = self.max_message_length
+        if (
+            0 < len(text) <= limit
+            and limit >= 16
+            and self.max_messages >= 1
+            and self.measure(text) <= limit
+        ):
+            return [text], False  # the usual reply: one message, as cap_messages would say
         while True:
             chunks, cut = cap_messages(text, limit, self.max_messages)
             if limit <= 64 or all(self.measure(c) <= self.max_message_length for c in chunks):

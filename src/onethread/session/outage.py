@@ -84,6 +84,8 @@ def store_failed(exc: StoreUnavailable, doing: str = "") -> bool:
 
 def stores_ok() -> None:
     """Every store just worked: log the end of each outage on record, once."""
+    if not _down:  # the usual turn: nothing on record (read without _lock; checked again)
+        return
     now = time.monotonic()
     with _lock:
         if not _down:

@@ -37,7 +37,7 @@ async def probe_store(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
     """
     scheme, _, rest = url.partition(":")
     scheme = scheme.lower()
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         await _bounded(_probe_redis(url, timeout), f"Redis at {redact(url)}", timeout)
     elif scheme in ("postgresql", "postgres"):
         await _bounded(_probe_postgres(url, timeout), f"PostgreSQL at {redact(url)}", timeout)
@@ -57,11 +57,17 @@ async def _bounded(probe: Coroutine[Any, Any, None], where: str, timeout: float)
 
 
 async def _probe_redis(url: str, timeout: float) -> None:
-    from ._conn.redis import RedisError, redis, store_error
+    from ._conn.redis import RedisError, async_client, is_cluster, redis, store_error
 
-    client = redis.asyncio.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry_on_timeout=False
-    )
+    options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    client: Any
+    if is_cluster(url):  # connecting reads the cluster's slot map: a cluster-wide probe
+        try:
+            client = async_client(url, options)
+        except ValueError as exc:
+            raise StoreError(f"bad Redis Cluster URL {redact(url)}: {exc}") from None
+    else:
+        client = redis.asyncio.from_url(url, retry_on_timeout=False, **options)
     try:
         await client.ping()
     except RedisError as exc:

@@ -7,8 +7,13 @@ URL                         history                     identity
 ``file:PATH``               (not a history store)       FileIdentityResolver
 ``sqlite:///PATH``          SQLiteHistoryStore          SQLiteIdentityResolver
 ``redis://HOST:PORT/DB``    RedisHistoryStore           RedisIdentityResolver
+``redis+cluster://H:P,...`` RedisHistoryStore           RedisIdentityResolver
 ``postgresql://...``        PostgresHistoryStore        PostgresIdentityResolver
 ==========================  ==========================  =========================
+
+``redis+cluster://HOST:PORT[,HOST:PORT...]/`` (``rediss+cluster://`` for TLS)
+is a Redis Cluster: the same classes, with hash-tagged keys (see
+``onethread.session._conn.redis``).
 
 ``sqlite:///relative.db`` is relative to the working directory,
 ``sqlite:////abs/path.db`` absolute, and ``~`` is expanded. The defaults live
@@ -30,6 +35,7 @@ from .locks import DuplicateFilter, LocalDuplicateFilter, LocalTurnLocks, TurnLo
 
 __all__ = [
     "ACCEPTED_FORMS",
+    "REDIS_SCHEMES",
     "Coordination",
     "open_coordination",
     "default_history_url",
@@ -42,9 +48,10 @@ __all__ = [
 
 ACCEPTED_FORMS = (
     "memory://, file:PATH (identity only), sqlite:///PATH, redis://HOST:PORT/DB (rediss:// "
-    "for TLS), "
+    "for TLS), redis+cluster://HOST:PORT,HOST:PORT/ (Redis Cluster), "
     "postgresql://USER@HOST:PORT/DB"
 )
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
 
 
 def default_history_url() -> str:
@@ -98,7 +105,7 @@ def open_history_store(url: str | None = None, **options: Any) -> Any:
         from .history.sqlite import SQLiteHistoryStore
 
         return SQLiteHistoryStore(_sqlite_path(rest, url))
-    if scheme in ("redis", "rediss"):
+    if scheme in REDIS_SCHEMES:
         cls = _optional(".history.redis", "RedisHistoryStore", "redis", "the Redis store")
         return cls(url, **options)
     if scheme in ("postgresql", "postgres"):
@@ -130,7 +137,7 @@ def open_identity_resolver(url: str | None = None, **options: Any) -> Any:
         from .identity.sqlite import SQLiteIdentityResolver
 
         return SQLiteIdentityResolver(_sqlite_path(rest, url))
-    if scheme in ("redis", "rediss"):
+    if scheme in REDIS_SCHEMES:
         cls = _optional(".identity.redis", "RedisIdentityResolver", "redis", "the Redis resolver")
         return cls(url, **options)
     if scheme in ("postgresql", "postgres"):
@@ -160,7 +167,7 @@ def open_job_store(url: str | None = None, **options: Any) -> Any:
 
         path = _sqlite_path(rest, url)
         return SQLiteJobStore(path.with_name(f"{path.stem}.jobs.db"), **options)
-    if scheme in ("redis", "rediss"):
+    if scheme in REDIS_SCHEMES:
         cls = _optional(".jobs.redis", "RedisJobStore", "redis", "the Redis job store")
         return cls(url, **options)
     if scheme in ("postgresql", "postgres"):
@@ -198,7 +205,7 @@ def open_coordination(url: str | None, **options: Any) -> Coordination:
     each shared part, as they go to the history store of the same URL.
     """
     scheme = url.partition(":")[0].lower() if url else ""
-    if scheme in ("redis", "rediss"):
+    if scheme in REDIS_SCHEMES:
         locks_mod = _optional(".locks.redis", "RedisTurnLocks", "redis", "Redis turn locks")
         filt = _optional(".locks.redis", "RedisDuplicateFilter", "redis", "Redis")
         outbox = _optional(".outbox.redis", "RedisOutbox", "redis", "the Redis outbox")

@@ -83,6 +83,14 @@ def redact(url: str) -> str:
     if "://" not in url:
         kept = [p for p in url.split() if p.split("=", 1)[0] in ("host", "port", "dbname")]
         return " ".join(kept) or "(connection string)"
+    scheme, _, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    if "," in netloc:  # redis+cluster://user:pw@h1:p1,h2:p2/: several hosts, no urlsplit
+        userinfo, at, hosts = netloc.rpartition("@")
+        if not at or ":" not in userinfo:
+            return url
+        user = userinfo.partition(":")[0]
+        return f"{scheme}://{user}:***@{hosts}{slash}{tail}"
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -108,6 +108,16 @@ def delivery_failed(exc: BaseException) -> dict[str, str]:
     return {"delivery": DELIVERY_FAILED, "delivery_error": type(exc).__name__}
 
 
+SIDE_KEY_SUFFIXES = ("#summary", "#archived")
+"""Keys ending so hold a session's summaries or its archive (``onethread.session.keys``
+``summary_key``/``archive_key``), not a session of their own: ``sessions()`` leaves them out."""
+
+
+def is_side_key(key: str) -> bool:
+    """True for a ``{key}#summary`` or ``{key}#archived`` key (see :data:`SIDE_KEY_SUFFIXES`)."""
+    return key.endswith(SIDE_KEY_SUFFIXES)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionSummary:
     """One row of ``onethread sessions``: a key, its size and when it was last used."""
@@ -148,7 +158,8 @@ class HistoryStore(Protocol):
         ...
 
     async def sessions(self, limit: int = 50) -> list[SessionSummary]:
-        """The most recently used sessions, newest first."""
+        """The most recently used sessions, newest first. Summaries and archives
+        (``{key}#summary``, ``{key}#archived``: :func:`is_side_key`) are not sessions."""
         ...
 
     async def close(self) -> None:

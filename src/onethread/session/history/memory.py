@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 
 from ._gc import untrack
-from .base import HistoryEntry, SessionSummary
+from .base import HistoryEntry, SessionSummary, is_side_key
 
 __all__ = ["MemoryHistoryStore"]
 
@@ -118,7 +118,7 @@ class MemoryHistoryStore:
             return len(rows.entries) if rows is not None else 0
 
     async def sessions(self, limit: int = 50) -> list[SessionSummary]:
-        """Most recently used sessions first."""
+        """Most recently used sessions first (summaries and archives are not sessions)."""
         with self._lock:
             self._check()
             out = [
@@ -129,7 +129,7 @@ class MemoryHistoryStore:
                     platforms=tuple(sorted({e.platform for e in rows.entries if e.platform})),
                 )
                 for key, rows in self._rows.items()
-                if rows.entries
+                if rows.entries and not is_side_key(key)
             ]
         out.sort(key=lambda s: s.last_timestamp, reverse=True)
         return out[:limit]

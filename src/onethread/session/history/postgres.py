@@ -97,7 +97,9 @@ _QUERIES = {
     "FROM unnest(%s::text[], %s::text[]) AS t(s, d) WHERE h.key = t.s RETURNING t.s",
     "count": "SELECT count(*) FROM {s}.onethread_history WHERE key = %s",
     "sessions": "SELECT key, count(*), max(ts), array_agg(DISTINCT platform) "
-    "FROM {s}.onethread_history GROUP BY key ORDER BY max(ts) DESC LIMIT %s",
+    # Summaries and archives (base.SIDE_KEY_SUFFIXES) are not sessions.
+    "FROM {s}.onethread_history WHERE right(key, 8) <> '#summary' "
+    "AND right(key, 9) <> '#archived' GROUP BY key ORDER BY max(ts) DESC LIMIT %s",
 }
 
 

@@ -52,11 +52,15 @@ sync finds little left to write. A failing sync is logged and retried after
 1 s, then 2, 4... up to a minute, until one works again.
 
 **Read cache.** The loop side keeps the newest entries of recently used keys
-(``_sqlite_cache.TailCache``, at most ``cache_entries``). It is exact: every
-load first reads ``PRAGMA data_version``, which changes whenever *another*
-connection (another process, our worker) committed; each cached key is then
-checked once, by the ids of its newest rows, before it is served again. The
-loop's own commits update the cache directly.
+(``_sqlite_cache.TailCache``, at most ``cache_entries``). It is exact: the
+first load of each loop iteration reads ``PRAGMA data_version``, which changes
+whenever *another* connection (another process, our worker) committed; each
+cached key is then checked once, by the ids of its newest rows, before it is
+served again. Once per iteration is enough: a task can only learn of another
+connection's commit (a reply, a lock released, a worker's result) through a
+callback of a later iteration, and the reset of that read is queued before the
+read itself, so it runs first. The loop's own commits update the cache
+directly.
 """
 
 from __future__ import annotations
@@ -107,6 +111,10 @@ T = TypeVar("T")
 
 _LOOP_READ_MAX = 256  # larger loads run on the worker thread
 _LOOP_WRITE_MAX = 256  # clears and merges of more rows run on the worker thread
+# Commits made on any store's loop connection in this process (one int, bumped on a
+# loop thread under the GIL): another store of the same file on the same loop may
+# write between two loads of one loop iteration, without a callback in between.
+_loop_commits = [0]
 
 
 _Pending = tuple[str, list[HistoryEntry], list[Row], asyncio.Future[None]]
@@ -177,6 +185,9 @@ class SQLiteHistoryStore(Checkpoints):
         # Claims under way, by loop: each loop's tasks touch only its own item.
         self._claims: dict[asyncio.AbstractEventLoop, asyncio.Task[sqlite3.Connection | None]] = {}
         self._cache = TailCache(cache_entries)
+        # _loop_commits[0] when this loop iteration read PRAGMA data_version, else -1
+        # (see *Read cache*).
+        self._version_seen = -1
         self._batch: list[_Pending] = []
         self._handoffs: set[asyncio.Task[None]] = set()
         self._handing_off = 0  # hand-offs under way (see _hand_off)
@@ -253,6 +264,8 @@ class SQLiteHistoryStore(Checkpoints):
             self._connect()
             .execute(
                 "SELECT key, count(*), max(ts), group_concat(DISTINCT platform) FROM entries "
+                # Summaries and archives (base.SIDE_KEY_SUFFIXES) are not sessions.
+                "WHERE substr(key, -8) != '#summary' AND substr(key, -9) != '#archived' "
                 "GROUP BY key ORDER BY max(ts) DESC LIMIT ?",
                 (limit,),
             )
@@ -334,12 +347,18 @@ class SQLiteHistoryStore(Checkpoints):
         return conn
 
     def _loop_load(
-        self, conn: sqlite3.Connection, key: str, limit: int | None
+        self, loop: asyncio.AbstractEventLoop, conn: sqlite3.Connection, key: str, limit: int | None
     ) -> list[HistoryEntry] | None:
         """Serve a load on the loop (cache, else a bounded read); None: ask the worker."""
         cache = self._cache
         try:
-            cache.see_version(conn.execute("PRAGMA data_version").fetchone()[0])
+            if self._version_seen != _loop_commits[0]:
+                # Once per loop iteration (see *Read cache*). The reset is queued before
+                # the read: whatever another thread queues after it (a commit that
+                # finished after the read) runs after the reset, and so reads again.
+                loop.call_soon(self._forget_version)
+                cache.see_version(conn.execute("PRAGMA data_version").fetchone()[0])
+                self._version_seen = _loop_commits[0]
             entries = cache.get(conn, key, limit)
             if entries is not None:
                 return entries
@@ -354,6 +373,9 @@ class SQLiteHistoryStore(Checkpoints):
         entries = [row_to_entry(r, 1) for r in rows]
         cache.remember(key, entries[:], [r[0] for r in rows], len(rows) < limit, limit)
         return entries
+
+    def _forget_version(self) -> None:
+        self._version_seen = -1
 
     def _flush(self) -> None:
         """Commit the queued turns (one loop iteration's worth) in one transaction."""
@@ -414,6 +436,7 @@ class SQLiteHistoryStore(Checkpoints):
                 if held is not None and held.in_transaction:
                     held.execute("COMMIT")
             return
+        _loop_commits[0] += 1
         for (key, entries, turn, fut), error in zip(batch, errors, strict=False):
             if error is None and first_id is not None:
                 self._cache.appended(key, entries, first_id)
@@ -482,14 +505,16 @@ class SQLiteHistoryStore(Checkpoints):
         """The last ``limit`` entries of ``key`` (all when ``None``), oldest first."""
         if limit is not None and limit <= 0:
             return []
-        with mapped_errors(self.path):
+        try:  # as ``with mapped_errors(self.path)``, without a generator on every turn
             loop = asyncio.get_running_loop()
             conn = self._fast if loop is self._loop else await self._claim(loop)
             if conn is not None:
-                entries = self._loop_load(conn, key, limit)
+                entries = self._loop_load(loop, conn, key, limit)
                 if entries is not None:
                     return entries
             return await self._run(self._load, key, limit)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
         """Append ``entries`` to ``key`` in one transaction; committed when this returns."""
@@ -497,7 +522,7 @@ class SQLiteHistoryStore(Checkpoints):
             return
         items = list(entries)
         rows = [entry_to_row(key, e) for e in items]  # a bad entry fails here, alone
-        with mapped_errors(self.path):
+        try:  # as ``with mapped_errors(self.path)``, without a generator on every turn
             loop = asyncio.get_running_loop()
             conn = self._fast if loop is self._loop else await self._claim(loop)
             if conn is None:
@@ -510,6 +535,8 @@ class SQLiteHistoryStore(Checkpoints):
                 loop.call_soon(self._flush)
             self._batch.append((key, items, rows, fut))
             await fut
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
 
     async def clear(self, key: str) -> int:
         """Delete every entry of ``key``; return how many."""
@@ -547,6 +574,7 @@ class SQLiteHistoryStore(Checkpoints):
                     return 0
                 if rows <= _LOOP_WRITE_MAX and not self._quiet:
                     changed = write_one(conn, sql, args)
+                    _loop_commits[0] += 1
                     for key in keys:
                         self._cache.drop(key)
                     return changed

@@ -8,8 +8,16 @@ Key layout (``P`` is the prefix, default ``onethread:``)::
     P identity:changes   pub/sub channel: {"v": version, "f": field, "d": value or absent}
 
 Writes are Lua scripts, so the hash, the version and the notification change
-together. How the cache follows the server, and how stale it can be, is
-described in :mod:`onethread.session.identity._synced`.
+together; so is the snapshot (links and version read in one step).
+
+On Redis Cluster (``redis+cluster://``) the three keys carry the hash tag
+``{identity}`` (``P {identity}:links``, ``P {identity}:version``,
+``P {identity}:layout``) so each script touches one slot, and the listener
+subscribes on one node at a time: a cluster delivers classic pub/sub
+messages published on any node to subscribers on every node.
+
+How the cache follows the server, and how stale it can be, is described in
+:mod:`onethread.session.identity._synced`.
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ from .._conn.redis import (
     RedisError,
     check_layout,
     check_pool_options,
+    cluster_nodes,
+    group_tag,
+    is_cluster,
+    redis,
     store_error,
     sync_client,
     validate_prefix,
@@ -76,6 +88,12 @@ return {1, v}
 """)
 
 
+# KEYS: version, links. Returns {version, flat field/value list}: one atomic read.
+_SNAPSHOT = LuaScript("""
+return {redis.call('GET', KEYS[1]) or '0', redis.call('HGETALL', KEYS[2])}
+""")
+
+
 def _link_from(field: str, value: str) -> IdentityLink:
     platform, _, account = field.partition(":")
     data = json.loads(value)
@@ -122,10 +140,13 @@ class RedisIdentityResolver(SyncedResolver):
             where=f"Redis at {redact(url)}", poll_interval=poll_interval, sync_timeout=sync_timeout
         )
         self.url = url
-        self.prefix = validate_prefix(prefix)
-        self._links_key = f"{prefix}identity:links"
-        self._version_key = f"{prefix}identity:version"
-        self._channel = f"{prefix}identity:changes"
+        self.prefix = validate_prefix(prefix, url)
+        self._cluster = is_cluster(url)
+        group = f"{prefix}{group_tag('identity', self._cluster)}:"
+        self._links_key = group + "links"
+        self._version_key = group + "version"
+        self._channel = group + "changes"
+        self._listen_node = 0  # which cluster node the listener subscribes on (round robin)
         self._options: dict[str, Any] = check_pool_options(
             {
                 "decode_responses": True,
@@ -138,7 +159,7 @@ class RedisIdentityResolver(SyncedResolver):
             raise ValueError("max_connections must be at least 2 (the change listener holds one)")
         self._client = sync_client(url, self._options)
         try:
-            check_layout(self._client, f"{prefix}identity:layout", LAYOUT_VERSION, url)
+            check_layout(self._client, group + "layout", LAYOUT_VERSION, url)
             self._start(f"onethread-identity-redis-{prefix}")
         except RedisError as exc:
             self._client.close()
@@ -151,13 +172,13 @@ class RedisIdentityResolver(SyncedResolver):
 
     def _do_snapshot(self) -> Snapshot:
         try:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.get(self._version_key)
-            pipe.hgetall(self._links_key)
-            version, links = pipe.execute()
+            version, flat = _SNAPSHOT.run_sync(
+                self._client, [self._version_key, self._links_key], []
+            )
         except RedisError as exc:
             raise store_error(self.url, exc) from exc
-        return Snapshot(int(version or 0), [_link_from(f, v) for f, v in links.items()])
+        pairs = zip(flat[::2], flat[1::2], strict=True)
+        return Snapshot(int(version or 0), [_link_from(f, v) for f, v in pairs])
 
     def _do_version(self) -> int:
         try:
@@ -223,8 +244,21 @@ class RedisIdentityResolver(SyncedResolver):
 
     # -- the listener thread ---------------------------------------------------
 
+    def _pubsub(self) -> tuple[Any, Any]:
+        """(a client to close afterwards or None, its pub/sub): on a cluster, a plain
+        connection to one node (the next one after each failure)."""
+        if not self._cluster:
+            return None, self._client.pubsub()
+        nodes, kwargs = cluster_nodes(self.url)
+        host, port = nodes[self._listen_node % len(nodes)]
+        self._listen_node += 1
+        pool_only = ("max_connections", "pool_timeout")
+        opts = {k: v for k, v in self._options.items() if k not in pool_only}
+        node = redis.Redis(host=host, port=port, **{**kwargs, **opts})
+        return node, node.pubsub()
+
     def _listen_once(self) -> None:
-        pubsub = self._client.pubsub()
+        node, pubsub = self._pubsub()
         try:
             pubsub.subscribe(self._channel)
             deadline = time.monotonic() + 10.0
@@ -245,6 +279,8 @@ class RedisIdentityResolver(SyncedResolver):
                 self._tick()
         finally:
             pubsub.close()
+            if node is not None:
+                node.close()
 
     def _parse(self, data: str) -> Change:
         message = json.loads(data)

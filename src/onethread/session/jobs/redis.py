@@ -11,13 +11,17 @@ Key layout (``P`` is the prefix, default ``onethread:``)::
     P jobs:changed       pub/sub channel: a job was added or cancelled (listened to in
                          one-second reads, so a cancel redis-py swallowed is noticed)
 
-Claim, extend, release and cancel are Lua scripts, so each runs atomically
-on the server: a claim takes the ids due by ``now`` from ``jobs:due``, raises
-each one's token and moves its score to the end of the lease (a job whose
-host died comes due again when the lease ends). Release and extend check
-the token first. The scripts touch keys they compute from the prefix, so
-this layout needs one Redis server (or a cluster with every key in one slot),
-as the other Redis back-ends do.
+Add, claim, extend, release and cancel are Lua scripts, so each runs
+atomically on the server: a claim takes the ids due by ``now`` from
+``jobs:due``, raises each one's token and moves its score to the end of the
+lease (a job whose host died comes due again when the lease ends). Release
+and extend check the token first. The claim script touches job hashes it
+computes from the prefix, so every key of the schedule must share a slot: on
+Redis Cluster (``redis+cluster://``) they are ``P {jobs}:due``,
+``P {jobs}:job:{id}``, ... (hash tag ``{jobs}``: one slot holds the whole
+schedule, which is small next to the histories), and the change listener
+subscribes on one node, the next one after a failure (classic pub/sub
+reaches every node of a cluster).
 """
 
 from __future__ import annotations
@@ -26,9 +30,14 @@ import asyncio
 from typing import Any
 
 from .._conn.redis import (
+    AsyncClient,
     LuaScript,
     RedisError,
+    async_client,
     check_layout_async,
+    cluster_nodes,
+    group_tag,
+    is_cluster,
     redis,
     reraise_swallowed_cancel,
     store_error,
@@ -41,6 +50,19 @@ __all__ = ["LAYOUT", "RedisJobStore"]
 
 LAYOUT = 1
 
+# KEYS: job, ids, user's ids, due. ARGV: body, user, status, id, due ('' for
+# none), channel.
+_ADD = LuaScript(
+    """
+redis.call('HSET', KEYS[1], 'body', ARGV[1], 'user', ARGV[2], 'status', ARGV[3],
+           'token', 0, 'owner', '')
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[4])
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4]) end
+redis.call('PUBLISH', ARGV[6], ARGV[4])
+return 1
+"""
+)
 _CLAIM = LuaScript(
     """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
@@ -108,34 +130,34 @@ class RedisJobStore:
         self, url: str, *, prefix: str = "onethread:", max_connections: int = 64, **options: Any
     ) -> None:
         self.url = url
-        self.prefix = validate_prefix(prefix)
-        self._due = f"{self.prefix}jobs:due"
-        self._channel = f"{self.prefix}jobs:changed"
+        self.prefix = validate_prefix(prefix, url)
+        self._cluster = is_cluster(url)
+        self._k = f"{self.prefix}{group_tag('jobs', self._cluster)}:"
+        self._due = self._k + "due"
+        self._channel = self._k + "changed"
         opts: dict[str, Any] = {"decode_responses": True, **options}
 
-        async def create(home: bool) -> redis.asyncio.Redis:
+        async def create(home: bool) -> AsyncClient:
             # A burst of deliveries waits for a free connection instead of failing.
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=30, **opts
+            client = async_client(
+                url, {"max_connections": max_connections, "pool_timeout": 30, **opts}
             )
-            client = redis.asyncio.Redis.from_pool(pool)
             try:
-                await check_layout_async(client, f"{self.prefix}jobs:layout", LAYOUT, url)
+                await check_layout_async(client, self._k + "layout", LAYOUT, url)
             except BaseException:
                 await client.aclose()
                 raise
             return client
 
-        async def destroy(client: redis.asyncio.Redis) -> None:
+        async def destroy(client: AsyncClient) -> None:
             await client.aclose()
 
-        self._clients: PerLoop[redis.asyncio.Redis] = PerLoop(
-            create, destroy, what="this job store"
-        )
+        self._clients: PerLoop[AsyncClient] = PerLoop(create, destroy, what="this job store")
         self._pubsub: Any = None
+        self._listen_node = 0  # which node of a cluster the change listener uses
 
     def _key(self, job_id: str) -> str:
-        return f"{self.prefix}jobs:job:{job_id}"
+        return f"{self._k}job:{job_id}"
 
     async def _call(self, fn: Any) -> Any:
         try:
@@ -147,31 +169,23 @@ class RedisJobStore:
     async def add(self, job: Job) -> None:
         """Store a new active job and tell the other hosts."""
 
-        async def run(client: redis.asyncio.Redis) -> None:
-            pipe = client.pipeline(transaction=True)
-            pipe.hset(
+        async def run(client: AsyncClient) -> None:
+            keys = [
                 self._key(job.id),
-                mapping={
-                    "body": job.to_json(),
-                    "user": job.unified_user_id,
-                    "status": job.status,
-                    "token": 0,
-                    "owner": "",
-                },
-            )
-            pipe.sadd(f"{self.prefix}jobs:ids", job.id)
-            pipe.sadd(f"{self.prefix}jobs:user:{job.unified_user_id}", job.id)
-            if job.due is not None:
-                pipe.zadd(self._due, {job.id: job.due})
-            pipe.publish(self._channel, job.id)
-            await pipe.execute()
+                self._k + "ids",
+                f"{self._k}user:{job.unified_user_id}",
+                self._due,
+            ]
+            due = "" if job.due is None else repr(float(job.due))
+            args = [job.to_json(), job.unified_user_id, job.status, job.id, due, self._channel]
+            await _ADD.run(client, keys, args)
 
         await self._call(run)
 
     async def get(self, job_id: str) -> Job | None:
         """The job or ``None``."""
 
-        async def run(client: redis.asyncio.Redis) -> Job | None:
+        async def run(client: AsyncClient) -> Job | None:
             body, status = await client.hmget(self._key(job_id), ["body", "status"])
             return None if body is None else Job.from_json(str(body), status=str(status))
 
@@ -181,10 +195,8 @@ class RedisJobStore:
     async def find(self, user: str | None = None, *, finished: bool = False) -> list[Job]:
         """Active (and with ``finished``, all) jobs, soonest first."""
 
-        async def run(client: redis.asyncio.Redis) -> list[Job]:
-            index = (
-                f"{self.prefix}jobs:user:{user}" if user is not None else f"{self.prefix}jobs:ids"
-            )
+        async def run(client: AsyncClient) -> list[Job]:
+            index = f"{self._k}user:{user}" if user is not None else self._k + "ids"
             ids = sorted(str(i) for i in await client.smembers(index))
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
@@ -201,7 +213,7 @@ class RedisJobStore:
     async def cancel(self, job_id: str, user: str | None = None) -> bool:
         """Cancel an active job (only ``user``'s when given)."""
 
-        async def run(client: redis.asyncio.Redis) -> bool:
+        async def run(client: AsyncClient) -> bool:
             done = await _CANCEL.run(client, [self._due, self._key(job_id)], [job_id, user or ""])
             if done:
                 await client.publish(self._channel, job_id)
@@ -214,11 +226,11 @@ class RedisJobStore:
         """Take up to ``limit`` due jobs until ``now + lease``, atomically."""
         until = now + lease
 
-        async def run(client: redis.asyncio.Redis) -> list[Claim]:
+        async def run(client: AsyncClient) -> list[Claim]:
             flat = await _CLAIM.run(
                 client,
                 [self._due],
-                [repr(now), repr(until), owner, limit, f"{self.prefix}jobs:job:"],
+                [repr(now), repr(until), owner, limit, self._k + "job:"],
             )
             claims = []
             for i in range(0, len(flat), 3):
@@ -232,7 +244,7 @@ class RedisJobStore:
     async def extend(self, job_id: str, token: int, until: float) -> bool:
         """Move the lease to ``until`` while ``token`` is current."""
 
-        async def run(client: redis.asyncio.Redis) -> bool:
+        async def run(client: AsyncClient) -> bool:
             keys = [self._due, self._key(job_id)]
             return bool(await _EXTEND.run(client, keys, [str(token), repr(until), job_id]))
 
@@ -243,7 +255,7 @@ class RedisJobStore:
         """Write ``job`` back while ``token`` is current."""
         due = "" if job.due is None else repr(job.due)
 
-        async def run(client: redis.asyncio.Redis) -> bool:
+        async def run(client: AsyncClient) -> bool:
             keys = [self._due, self._key(job.id)]
             args = [str(token), job.to_json(), job.status, due, job.id]
             return bool(await _RELEASE.run(client, keys, args))
@@ -254,7 +266,7 @@ class RedisJobStore:
     async def next_due(self) -> float | None:
         """The earliest due time of any active job."""
 
-        async def run(client: redis.asyncio.Redis) -> float | None:
+        async def run(client: AsyncClient) -> float | None:
             first = await client.zrange(self._due, 0, 0, withscores=True)
             return float(first[0][1]) if first else None
 
@@ -265,7 +277,7 @@ class RedisJobStore:
         """Wait for a job added or cancelled on any host, or ``timeout`` seconds."""
         try:
             if self._pubsub is None:
-                client = redis.asyncio.Redis.from_url(self.url, decode_responses=True)
+                client = self._listener()
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self._channel)
                 self._pubsub = (client, pubsub)
@@ -281,8 +293,18 @@ class RedisJobStore:
                 if message is not None:
                     return
         except RedisError as exc:
+            self._listen_node += 1  # on a cluster: the next node next time
             await self._drop_pubsub()
             raise store_error(self.url, exc) from exc
+
+    def _listener(self) -> redis.asyncio.Redis:
+        """A client for the change channel: on a cluster, a plain connection to one
+        node (classic pub/sub messages reach every node of a cluster)."""
+        if not self._cluster:
+            return redis.asyncio.Redis.from_url(self.url, decode_responses=True)
+        nodes, kwargs = cluster_nodes(self.url)
+        host, port = nodes[self._listen_node % len(nodes)]
+        return redis.asyncio.Redis(host=host, port=port, decode_responses=True, **kwargs)
 
     async def _drop_pubsub(self) -> None:
         if self._pubsub is not None:
@@ -296,8 +318,8 @@ class RedisJobStore:
     async def get_zone(self, user: str) -> str | None:
         """The person's zone name, if set."""
 
-        async def run(client: redis.asyncio.Redis) -> str | None:
-            value = await client.hget(f"{self.prefix}jobs:zones", user)
+        async def run(client: AsyncClient) -> str | None:
+            value = await client.hget(self._k + "zones", user)
             return None if value is None else str(value)
 
         result: str | None = await self._call(run)
@@ -306,11 +328,11 @@ class RedisJobStore:
     async def set_zone(self, user: str, zone: str | None) -> None:
         """Set or clear the person's zone name."""
 
-        async def run(client: redis.asyncio.Redis) -> None:
+        async def run(client: AsyncClient) -> None:
             if zone is None:
-                await client.hdel(f"{self.prefix}jobs:zones", user)
+                await client.hdel(self._k + "zones", user)
             else:
-                await client.hset(f"{self.prefix}jobs:zones", user, zone)
+                await client.hset(self._k + "zones", user, zone)
 
         await self._call(run)
 

@@ -12,6 +12,13 @@ token. A holder that cannot renew before its lease runs out is stopped with
 
 ``RedisDuplicateFilter``: ``SET {prefix}seen:{id} 1 NX PX <ttl>``; the first
 host to record an id wins.
+
+On Redis Cluster (``redis+cluster://``) the lock keys carry the session's
+hash tag, ``{prefix}lock:{user:alice}`` and ``{prefix}lock:{user:alice}:fence``
+(see ``_conn.redis.session_tag``), so the acquire script touches one slot, the
+slot of the person's history. Renewals go through the same pipelines as the
+other calls (``Batched``): a cluster's per-node pools do not wait for a free
+connection, so a thousand turns renewing at once must not each take one.
 """
 
 from __future__ import annotations
@@ -21,24 +28,25 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from ...errors import StoreUnavailable
+from ...errors import StoreUnavailable, TurnLockLost
 from .._conn.redis import (
     Batched,
     LuaScript,
     RedisError,
     async_client,
     check_pool_options,
+    is_cluster,
     reraise_swallowed_cancel,
+    session_tag,
     store_error,
     validate_prefix,
 )
 from .._conn.shared import PerLoop
 from ..outage import store_failed
-from ._shared import Lease, guard, local_locks
+from ._shared import Lease, local_locks
 from .base import LocalTurnLocks
 
 __all__ = ["RedisDuplicateFilter", "RedisTurnLocks"]
@@ -121,31 +129,21 @@ class RedisTurnLocks:
             raise ValueError("lease must be > 0 seconds")
         self.url = url
         self.lease_seconds = lease
-        self.prefix = validate_prefix(prefix)
+        self.prefix = validate_prefix(prefix, url)
+        self._cluster = is_cluster(url)
         self._lease_ms = max(1, round(lease * 1000))
         self._clients = _Clients(url, {"decode_responses": True, **options}, "these turn locks")
         self._local: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalTurnLocks] = (
             weakref.WeakKeyDictionary()
         )
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
         """Wait for, then hold, ``key``'s lock for the ``async with`` block."""
-        async with self.lease(key):
-            yield
+        return _Held(self, key)
 
-    @asynccontextmanager
-    async def lease(self, key: str) -> AsyncIterator[Lease]:
+    def lease(self, key: str) -> AbstractAsyncContextManager[Lease]:
         """As :meth:`hold`, yielding the :class:`Lease` (``.fence``, ``.lost``)."""
-        async with local_locks(self._local).hold(key), self._clients.borrow() as client:
-            lease, valid_until = await self._acquire(client, key)
-            renewer = asyncio.create_task(self._renew(client, lease, valid_until))
-            try:
-                async with guard(lease):
-                    yield lease
-            finally:
-                renewer.cancel()
-                await asyncio.shield(self._release(client, lease))
+        return _Held(self, key)
 
     def __len__(self) -> int:
         """Session keys with a turn holding or waiting for a lock in this process."""
@@ -158,7 +156,7 @@ class RedisTurnLocks:
     # -- internals -------------------------------------------------------------
 
     def _key(self, key: str) -> str:
-        return f"{self.prefix}lock:{key}"
+        return f"{self.prefix}lock:{session_tag(key, self._cluster)}"
 
     async def _acquire(self, client: Batched, key: str) -> tuple[Lease, float]:
         """Poll until the lock is ours; return the lease and when it runs out (monotonic)."""
@@ -178,16 +176,28 @@ class RedisTurnLocks:
             await asyncio.sleep(min(wait, left))
             wait = min(wait * 1.5, _WAIT_MAX)
 
-    async def _renew(self, client: Batched, lease: Lease, valid_until: float) -> None:
+    def _first_renewal(self, valid_until: float) -> float:
+        """Seconds from now until a new lease's first renewal."""
+        margin = min(0.05, self.lease_seconds / 10)
+        return min(self.lease_seconds / 3, max(0.0, valid_until - time.monotonic() - margin))
+
+    async def _renew(
+        self, client: Batched, lease: Lease, valid_until: float, *, slept: bool = False
+    ) -> None:
         """Extend the lease every ``lease/3`` s; mark it lost if that fails until it runs out.
 
         ``valid_until`` is counted from when the request that set the expiry
         was sent, so the local idea of the lease never outlives Redis's.
+        ``slept``: the first wait (:meth:`_first_renewal`) is already over.
         """
         margin = min(0.05, self.lease_seconds / 10)
         interval = self.lease_seconds / 3
         while True:
-            await asyncio.sleep(min(interval, max(0.0, valid_until - time.monotonic() - margin)))
+            if not slept:
+                await asyncio.sleep(
+                    min(interval, max(0.0, valid_until - time.monotonic() - margin))
+                )
+            slept = False
             reraise_swallowed_cancel()
             sent = time.monotonic()
             if sent >= valid_until - margin:
@@ -195,12 +205,10 @@ class RedisTurnLocks:
                 return
             try:
                 still_ours = await asyncio.wait_for(
-                    _RENEW.run(
-                        client.client, [self._key(lease.key)], [lease.token, self._lease_ms]
-                    ),
+                    _RENEW.call(client, [self._key(lease.key)], [lease.token, self._lease_ms]),
                     timeout=valid_until - sent - margin,
                 )
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (*RedisError, OSError, TimeoutError) as exc:
                 log.warning("renewing the turn lock of %r failed: %s", lease.key, exc)
                 interval = min(interval, 0.25)  # retry soon, while the lease lasts
                 continue
@@ -210,8 +218,10 @@ class RedisTurnLocks:
             valid_until, interval = sent + self.lease_seconds, self.lease_seconds / 3
 
     async def _release(self, client: Batched, lease: Lease) -> None:
+        # Queued at once (no task): a cancelled caller still sends the release.
+        sent = _RELEASE.send(client, [self._key(lease.key)], [lease.token])
         try:
-            await _RELEASE.call(client, [self._key(lease.key)], [lease.token])
+            await asyncio.shield(sent)
         except RedisError as exc:
             # Not fatal: the lock expires with its lease; other hosts wait until then.
             error = store_error(self.url, exc)
@@ -219,6 +229,91 @@ class RedisTurnLocks:
                 store_failed(error, f"releasing the turn lock of {lease.key!r}; it expires")
             else:
                 log.warning("releasing the turn lock of %r failed (%s); it expires", lease.key, exc)
+
+
+class _Held(AbstractAsyncContextManager[Any]):
+    """``RedisTurnLocks.hold(key)`` / ``lease(key)``: a plain class, as it runs on
+    every turn (no generator, and no task per turn: the renewal task starts
+    from a timer only when a turn outlives a third of its lease).
+
+    Entering waits for the process's local lock of ``key``, then for the Redis
+    lock; the body runs as the lease's holder (``locks._shared.guard``'s
+    rules: a lease lost while held cancels the body, which then ends in
+    ``TurnLockLost``). Leaving stops the renewal and releases both locks.
+    Used by one task; not reusable.
+    """
+
+    __slots__ = ("_borrow", "_client", "_key", "_lease", "_local", "_locks", "_renewer", "_timer")
+
+    def __init__(self, locks: RedisTurnLocks, key: str) -> None:
+        self._locks = locks
+        self._key = key
+        self._lease: Lease | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Lease:
+        locks = self._locks
+        self._local = local_locks(locks._local).hold(self._key)
+        await self._local.__aenter__()
+        try:
+            home = locks._clients.home_client()
+            self._borrow = None if home is not None else locks._clients.borrow()
+            client = home if self._borrow is None else await self._borrow.__aenter__()
+            assert client is not None
+            self._client = client
+            try:
+                lease, valid_until = await locks._acquire(client, self._key)
+            except BaseException as exc:
+                if self._borrow is not None:
+                    await self._borrow.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        except BaseException:
+            await self._local.__aexit__(None, None, None)
+            raise
+        self._lease = lease
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(
+            locks._first_renewal(valid_until), self._start_renewer, valid_until
+        )
+        lease.task = asyncio.current_task()
+        return lease
+
+    def _start_renewer(self, valid_until: float) -> None:
+        self._timer = None
+        assert self._lease is not None
+        renew = self._locks._renew(self._client, self._lease, valid_until, slept=True)
+        self._renewer = asyncio.get_running_loop().create_task(renew)
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        lease = self._lease
+        assert lease is not None
+        task, lease.task = lease.task, None
+        try:
+            if isinstance(exc, asyncio.CancelledError):
+                if lease._cancelled and task is not None:
+                    lease._cancelled = False
+                    if task.uncancel() == 0:
+                        raise TurnLockLost(lease.key, lease.reason) from None
+            elif exc is None and lease.lost:
+                if lease._cancelled and task is not None:
+                    lease._cancelled = False
+                    task.uncancel()  # the body swallowed our cancellation; do not leak it
+                raise TurnLockLost(lease.key, lease.reason)
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._renewer is not None:
+                self._renewer.cancel()
+            try:
+                await self._locks._release(self._client, lease)
+            finally:
+                try:
+                    if self._borrow is not None:
+                        await self._borrow.__aexit__(None, None, None)
+                finally:
+                    await self._local.__aexit__(None, None, None)
+        return False
 
 
 class RedisDuplicateFilter:
@@ -238,23 +333,29 @@ class RedisDuplicateFilter:
             raise ValueError("ttl must be > 0 seconds")
         self.url = url
         self.ttl = ttl
-        self.prefix = validate_prefix(prefix)
+        self.prefix = validate_prefix(prefix, url)
         self._clients = _Clients(url, {"decode_responses": True, **options}, "this filter")
 
     async def first_time(self, message_key: str) -> bool:
         """Record ``message_key``; True if no host had recorded it within ``ttl``."""
-        async with self._clients.borrow() as client:
-            try:
-                added = await client.call(
-                    "SET",
-                    f"{self.prefix}seen:{message_key}",
-                    1,
-                    "NX",
-                    "PX",
-                    max(1, round(self.ttl * 1000)),
-                )
-            except RedisError as exc:
-                raise store_error(self.url, exc) from exc
+        client = self._clients.home_client()
+        if client is None:
+            async with self._clients.borrow() as client:
+                return await self._record(client, message_key)
+        return await self._record(client, message_key)
+
+    async def _record(self, client: Batched, message_key: str) -> bool:
+        try:
+            added = await client.call(
+                "SET",
+                f"{self.prefix}seen:{message_key}",
+                1,
+                "NX",
+                "PX",
+                max(1, round(self.ttl * 1000)),
+            )
+        except RedisError as exc:
+            raise store_error(self.url, exc) from exc
         return bool(added)
 
     async def close(self) -> None:

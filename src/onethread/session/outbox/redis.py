@@ -12,8 +12,15 @@ over entries left unacknowledged for ``visibility`` seconds by any consumer
 (``XAUTOCLAIM``): that is the retry after a crash or a failed delivery. While
 ``deliver`` runs, the entry's idle time is reset every ``visibility/3``
 seconds, so no other host takes it. Success is ``XACK`` + ``XDEL`` in one
-``MULTI``. Items are taken one at a time, so one platform's items go out in
-order (a retried item goes out when it is retried).
+Lua script (atomic, as a ``MULTI`` would be).
+
+On Redis Cluster (``redis+cluster://``) every key carries the hash tag
+``{outbox}`` (``P {outbox}:telegram``, ``P {outbox}:attempts``,
+``P {outbox}:dead``), so one ``XREADGROUP`` reads every platform's stream
+and the finishing script touches one slot.
+
+Items are taken one at a time, so one platform's items go out in order (a
+retried item goes out when it is retried).
 """
 
 from __future__ import annotations
@@ -28,9 +35,13 @@ from collections.abc import Collection
 from typing import Any, cast
 
 from .._conn.redis import (
+    AsyncClient,
+    LuaScript,
     RedisError,
     async_client,
     check_pool_options,
+    group_tag,
+    is_cluster,
     redis,
     reraise_swallowed_cancel,
     store_error,
@@ -44,6 +55,19 @@ __all__ = ["RedisOutbox"]
 log = logging.getLogger("onethread.outbox")
 
 GROUP = "onethread"
+
+# KEYS: stream, attempts, dead stream. ARGV: entry id, counter, then (only to
+# set the entry aside) its item JSON and the reason.
+_FINISH = LuaScript("""
+if ARGV[3] then
+  redis.call('XADD', KEYS[3], '*', 'm', ARGV[3], 'id', ARGV[1], 'stream', KEYS[1],
+             'reason', ARGV[4])
+end
+redis.call('XACK', KEYS[1], 'onethread', ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+return 1
+""")
 
 
 def _entries(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
@@ -92,23 +116,24 @@ class RedisOutbox:
         if visibility <= 0 or max_attempts < 1 or poll <= 0:
             raise ValueError("visibility and poll must be > 0, max_attempts >= 1")
         self.url = url
-        self.prefix = validate_prefix(prefix)
+        self.prefix = validate_prefix(prefix, url)
+        self._k = f"{self.prefix}{group_tag('outbox', is_cluster(url))}:"
         self.visibility = visibility
         self.max_attempts = max_attempts
         self.poll = poll
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         opts: dict[str, Any] = check_pool_options({"decode_responses": True, **options})
 
-        async def create(home: bool) -> redis.asyncio.Redis:
+        async def create(home: bool) -> AsyncClient:
             return async_client(url, opts)
 
-        async def destroy(client: redis.asyncio.Redis) -> None:
+        async def destroy(client: AsyncClient) -> None:
             await client.aclose()
 
-        self._clients: PerLoop[redis.asyncio.Redis] = PerLoop(create, destroy, what="this outbox")
+        self._clients: PerLoop[AsyncClient] = PerLoop(create, destroy, what="this outbox")
 
     def _stream(self, platform: str) -> str:
-        return f"{self.prefix}outbox:{platform}"
+        return f"{self._k}{platform}"
 
     async def put(self, item: OutboxItem) -> str:
         """Store ``item`` for the host serving ``item.platform``; return its entry id."""
@@ -138,7 +163,7 @@ class RedisOutbox:
             try:
                 rows = cast(
                     list[tuple[str, dict[str, str]]],
-                    await client.xrange(f"{self.prefix}outbox:dead", count=limit),
+                    await client.xrange(self._k + "dead", count=limit),
                 )
             except RedisError as exc:
                 raise store_error(self.url, exc) from exc
@@ -182,7 +207,7 @@ class RedisOutbox:
 
     # -- internals -------------------------------------------------------------
 
-    async def _ensure_group(self, client: redis.asyncio.Redis, stream: str) -> None:
+    async def _ensure_group(self, client: AsyncClient, stream: str) -> None:
         try:
             # From id 0: items put before any host served the platform count too.
             await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
@@ -192,7 +217,7 @@ class RedisOutbox:
 
     async def _reclaim(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         stream: str,
         platform: str,
         vis_ms: int,
@@ -214,7 +239,7 @@ class RedisOutbox:
 
     async def _handle(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         stream: str,
         platform: str,
         entry_id: str,
@@ -222,7 +247,7 @@ class RedisOutbox:
         deliver: Deliver,
     ) -> None:
         counter = f"{platform}/{entry_id}"
-        attempts = int(await client.hincrby(f"{self.prefix}outbox:attempts", counter, 1))
+        attempts = int(await client.hincrby(self._k + "attempts", counter, 1))
         try:
             item = OutboxItem.from_json(fields["m"], id=entry_id, attempts=attempts)
         except (KeyError, ValueError) as exc:
@@ -250,7 +275,7 @@ class RedisOutbox:
             keeper.cancel()
         await self._finish(client, stream, entry_id, counter)
 
-    async def _keep_claimed(self, client: redis.asyncio.Redis, stream: str, entry_id: str) -> None:
+    async def _keep_claimed(self, client: AsyncClient, stream: str, entry_id: str) -> None:
         """Reset the entry's idle time while it is being delivered."""
         while True:
             await asyncio.sleep(self.visibility / 3)
@@ -264,7 +289,7 @@ class RedisOutbox:
 
     async def _finish(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         stream: str,
         entry_id: str,
         counter: str,
@@ -273,16 +298,7 @@ class RedisOutbox:
         reason: str = "",
     ) -> None:
         """Acknowledge and delete the entry (moving it to the dead stream if ``dead``)."""
-        pipe = client.pipeline(transaction=True)
+        args = [entry_id, counter]
         if dead is not None:
-            record: dict[Any, Any] = {
-                "m": dead.get("m", ""),
-                "id": entry_id,
-                "stream": stream,
-                "reason": reason,
-            }
-            pipe.xadd(f"{self.prefix}outbox:dead", record)
-        pipe.xack(stream, GROUP, entry_id)
-        pipe.xdel(stream, entry_id)
-        pipe.hdel(f"{self.prefix}outbox:attempts", counter)
-        await pipe.execute()
+            args += [dead.get("m", ""), reason]
+        await _FINISH.run(client, [stream, self._k + "attempts", self._k + "dead"], args)
