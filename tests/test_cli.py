@@ -68,6 +68,8 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         assert command in result.stdout
     run_help = cli(tmp_path, "run", "--help")
     assert run_help.returncode == 0 and "--port" in run_help.stdout and "--check" in run_help.stdout
+    # --host/--port are the one HTTP server's, webhooks included, not the web chat's only
+    assert "web chat interface" not in run_help.stdout and "webhooks" in run_help.stdout
 
 
 def test_usage_mistakes_exit_2(tmp_path: Path) -> None:
@@ -567,6 +569,8 @@ def test_every_command_has_a_description_and_every_argument_help() -> None:
                 continue
             if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"{path}: the argument {action.dest} has no help"
+            if action.option_strings and not isinstance(action, argparse._VersionAction):
+                assert action.help, f"{path}: the option {action.option_strings[0]} has no help"
             if isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"{path}: {action.metavar} has no help"
                 helps = {choice.dest: choice.help for choice in action._choices_actions}

@@ -72,6 +72,36 @@ def test_half_of_slacks_tokens_is_a_mistake_naming_the_other() -> None:
     assert "SLACK_BOT_TOKEN is set but SLACK_APP_TOKEN is not" in str(info.value)
 
 
+def test_half_of_emails_settings_names_every_missing_one() -> None:
+    with pytest.raises(ConfigFileError) as info:
+        check_config(Config(), {"EMAIL_ADDRESS": "bot@example.org"})
+    assert (
+        "EMAIL_ADDRESS is set but EMAIL_PASSWORD, EMAIL_IMAP_URL and EMAIL_SMTP_URL are not; "
+        "export EMAIL_PASSWORD=... EMAIL_IMAP_URL=... EMAIL_SMTP_URL=... to serve email, "
+        "or unset EMAIL_ADDRESS"
+    ) in str(info.value)
+
+
+def test_email_from_the_environment_alone_with_nobody_allowed_is_refused() -> None:
+    """Email's default policy is an allowlist: with nobody on it the bot would
+    answer no one, silently. --check and run say so, and how to fix it."""
+    env = {
+        "EMAIL_ADDRESS": "bot@example.org",
+        "EMAIL_PASSWORD": "pw",
+        "EMAIL_IMAP_URL": "imaps://imap.example.org",
+        "EMAIL_SMTP_URL": "smtps://smtp.example.org",
+    }
+    with pytest.raises(ConfigFileError) as info:
+        check_config(Config(), env)
+    msg = str(info.value)
+    assert "access.allowlist.email: email answers only the senders listed" in msg
+    assert "under owners.email" in msg and "onethread init" in msg
+    listed = parse("access:\n  allowlist: {email: [me@example.org]}\n")
+    check_config(listed, env)  # no error
+    check_config(parse("owners: {email: me@example.org}\n"), env)
+    check_config(parse("access:\n  platforms: {email: open}\n"), env)
+
+
 def test_a_platforms_section_means_exactly_those() -> None:
     config = parse("platforms: [telegram]\n")
     assert config.platform_options({"DISCORD_BOT_TOKEN": "d"}) == {"telegram": {}}

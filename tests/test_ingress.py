@@ -88,6 +88,23 @@ async def test_unknown_platform_is_404_naming_the_mounted_ones(
         assert resp.status == 404
 
 
+async def test_an_expected_platform_not_yet_mounted_is_503(
+    ingress: Ingress, http: aiohttp.ClientSession
+) -> None:
+    ingress.expect_webhook("rec")
+    async with http.post(ingress.url + "webhooks/rec", data=b"{}") as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"] == "30"
+        assert "rec platform is configured but not connected" in (await resp.json())["error"]
+    rec = Recorder()
+    ingress.mount_webhook("rec", rec)
+    async with http.post(
+        ingress.url + "webhooks/rec", data=b"{}", headers={"X-Secret": "s3cret"}
+    ) as resp:
+        assert resp.status == 200
+    async with http.post(ingress.url + "webhooks/other", data=b"{}") as resp:
+        assert resp.status == 404
+
+
 async def test_oversized_bodies_never_reach_the_endpoint(
     ingress: Ingress, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -258,3 +258,7 @@ async def test_start_needs_a_secret_and_the_server() -> None:
     with pytest.raises(ConfigError, match="callback_url"):
         WebhookAdapter(secret="s", callback_url="file:///etc/passwd")
     assert [k for k, _ in WebhookAdapter.check_options({"mode": "x"}, {})] == ["mode"]
+    [(key, short)] = WebhookAdapter.check_options({}, {"WEBHOOK_SECRET": "x"})
+    assert key == "secret" and "WEBHOOK_SECRET is too short (1 characters)" in short
+    assert "openssl rand -hex 32" in short
+    assert WebhookAdapter.check_options({}, {"WEBHOOK_SECRET": SECRET}) == []

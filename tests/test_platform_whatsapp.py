@@ -285,8 +285,35 @@ async def test_a_send_that_times_out_is_not_repeated(graph: FakeGraph) -> None:
 async def test_connection_refused_is_unavailable() -> None:
     wa = make(token="t", phone_number_id="1", app_secret="s", verify_token="v",
               base_url="http://127.0.0.1:9/v22.0")  # fmt: skip
-    with pytest.raises(PlatformUnavailable):
+    with pytest.raises(PlatformUnavailable, match=r"phone number id at http://127\.0\.0\.1:9/v22"):
         await wa.start(_noop)
+
+
+async def test_while_graph_is_unreachable_the_webhook_says_not_connected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under `onethread run` the server already listens while the adapter retries
+    its Graph check: Meta's verification GET gets 503 naming the cause, not a 404
+    that reads like a wrong callback URL."""
+    import aiohttp
+
+    wa = make(token="t", phone_number_id="1", app_secret="s", verify_token="v",
+              base_url="http://127.0.0.1:9/v22.0")  # fmt: skip
+    assert wa.ingress is not None
+    await wa.ingress.acquire()  # BotOS starts the server before the platforms
+    try:
+        with pytest.raises(PlatformUnavailable):
+            await wa.start(_noop)
+        url = wa.ingress.url + "webhooks/whatsapp"
+        query = {"hub.mode": "subscribe", "hub.verify_token": "v", "hub.challenge": "42"}
+        async with aiohttp.ClientSession() as http, http.get(url, params=query) as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"] == "30"
+            error = (await resp.json())["error"]
+        assert "whatsapp platform is configured but not connected" in error
+        assert "server log" in error
+        assert "refused GET /webhooks/whatsapp with 503" in caplog.text
+    finally:
+        await wa.ingress.release()
 
 
 async def test_map_errors_keeps_other_exceptions() -> None:

@@ -116,7 +116,7 @@ async def run_webhook_client(monkeypatch: pytest.MonkeyPatch) -> None:
         ns: dict[str, Any] = {}
         await asyncio.to_thread(run_plain_example, "webhook-client", ns)
         assert ns["answer"]["reply"] == "reply:What is on my list?"
-        assert ns["answer"]["message_id"] == "evt-1"
+        assert ns["answer"]["message_id"] == "evt-2"
     finally:
         await botos.stop()
         await running
@@ -343,6 +343,18 @@ def test_every_seed_example_is_in_the_readme() -> None:
         "mirror",
         "custom-resolver",
     } <= set(examples())
+
+
+def test_webhook_examples_send_different_message_ids() -> None:
+    """A reader runs the curl example, then the Python one: a repeated id is a
+    duplicate (no reply), so the Python example would print an empty line."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    shell = re.findall(r"body='\{[^']*\"message_id\": \"([^\"]+)\"", readme)
+    python = re.findall(r'"message_id": "([^"]+)"\}\)\.encode\(\)', readme)
+    assert shell and python, "the README's webhook examples moved: update this test"
+    assert not set(shell) & set(python)
 
 
 def _files(folder: Path) -> set[str]:

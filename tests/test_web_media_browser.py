@@ -52,7 +52,11 @@ async def test_a_png_attached_in_the_page_reaches_the_model_and_shows_after_relo
     await page.click("#start")
     await expect(page.locator("#status")).to_have_text("connected")
 
-    await page.set_input_files("#file", str(picture))
+    # The paper clip is an inline SVG: an emoji needs a font many Linux desktops lack.
+    await expect(page.locator("#attach svg")).to_be_visible()
+    async with page.expect_file_chooser() as chooser:
+        await page.click("#attach")
+    await (await chooser.value).set_files(str(picture))
     await expect(page.locator("#attachments .chip")).to_contain_text("cat.png")
     await page.fill("#text", "what is this?")
     await page.press("#text", "Enter")

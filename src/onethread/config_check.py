@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import Config, ConfigFileError, Problem, did_you_mean, without_repeats
 from .errors import ConfigError, MissingDependencyError
-from .platforms.registry import credentials, load_adapter_class, spec
+from .platforms.registry import PLATFORMS, credentials, load_adapter_class, spec
 from .session.urls import REDIS_SCHEMES
 
 __all__ = ["check_config", "config_problems", "import_tool", "tool_functions"]
@@ -151,6 +151,15 @@ def config_problems(
     return platforms, problems
 
 
+def _listed(names: Sequence[str]) -> str:
+    """``A``, ``A and B``, ``A, B and C``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _is(names: Sequence[str]) -> str:
+    return "is" if len(names) == 1 else "are"
+
+
 def _section_dropped(config: Config, known: Sequence[Problem]) -> bool:
     # `platforms:` itself was faulty and left out: checking the defaults instead
     # (web + tokens in the environment) would report on platforms nobody listed.
@@ -177,19 +186,29 @@ def _checks(
                 problems.append(
                     (
                         "",
-                        f"{', '.join(set_vars)} is set but {', '.join(missing)} is not; "
-                        f"export {missing[0]}=... to serve {name}, or unset {set_vars[0]}",
+                        f"{_listed(set_vars)} {_is(set_vars)} set but {_listed(missing)} "
+                        f"{_is(missing)} not; export {' '.join(v + '=...' for v in missing)} "
+                        f"to serve {name}, or unset {' '.join(set_vars)}",
                     )
                 )
     for name in platforms:
-        if config.access.mode(name) == "allowlist" and not (
+        mode = config.access.mode(name)
+        forgeable = mode is None and name in PLATFORMS and PLATFORMS[name].forgeable_sender
+        if (mode == "allowlist" or forgeable) and not (
             config.access.allowlist.get(name) or config.owners.get(name)
         ):
+            why = (
+                f"{name} answers only the senders listed (a sender can be forged there, so "
+                "the allowlist is its default), and nobody is listed"
+                if forgeable
+                else f"{name} uses the allowlist but nobody is on it"
+            )
+            where = "" if config.source else " in onethread.yaml (`onethread init` writes one)"
             problems.append(
                 (
                     f"access.allowlist.{name}",
-                    f"{name} uses the allowlist but nobody is on it; add ids here, under "
-                    f"owners.{name}, or set access.platforms.{name}: open",
+                    f"{why}; add ids here, under owners.{name}, or set "
+                    f"access.platforms.{name}: open{where}",
                 )
             )
     model = config.agent.model

@@ -62,7 +62,8 @@ platforms:
 # Who may talk to the bot: open (anyone), allowlist (the ids below and the
 # owners), or approval (unknown senders get a code; approve it with
 # `onethread access approve PLATFORM CODE`). Unset: web and the terminal are
-# open; other platforms use approval when they have an owner, else open.
+# open; those marked "allowlist by default" above use allowlist; other
+# platforms use approval when they have an owner, else open.
 access:
   # default: approval
   platforms: {}
@@ -147,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("path", nargs="?", default=DEFAULT_CONFIG_NAME, help="where to write it")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
-    init.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    init.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     init.set_defaults(func=_cmd_init)
 
     cli_identity.add_parsers(sub, common)

@@ -29,7 +29,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     move.add_argument(
         "--prefix", default="onethread:", help="the deployment's key prefix (default onethread:)"
     )
-    move.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    move.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     move.set_defaults(func=_cmd_move)
 
 

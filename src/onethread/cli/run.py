@@ -63,8 +63,16 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
             + "). Ctrl-C stops cleanly."
         ),
     )
-    run.add_argument("--host", help="web chat interface (default 127.0.0.1)")
-    run.add_argument("--port", type=_port, help="web chat port (default 8080; 0: any free port)")
+    run.add_argument(
+        "--host",
+        help="interface of the one HTTP server: web chat, webhooks, /healthz "
+        "(default: http.host, else 127.0.0.1)",
+    )
+    run.add_argument(
+        "--port",
+        type=_port,
+        help="its port (default: http.port, else 8080; 0: any free port)",
+    )
     run.add_argument("--check", action="store_true", help="validate the config and exit")
     run.set_defaults(func=cmd_run)
 

@@ -39,8 +39,10 @@ WhatsApp, the generic ``webhook`` platform)::
             await self.ingress.release()
 
 What the ingress guarantees before ``webhook_post`` runs: the platform name is
-mounted (else 404 with the list of mounted ones), the method is POST (GET goes
-to ``webhook_get`` when the endpoint has one, else 405), and the body has at
+mounted (else 404 with the list of mounted ones, or 503 for a name announced
+with :meth:`Ingress.expect_webhook` whose adapter is not connected yet), the
+method is POST (GET goes to ``webhook_get`` when the endpoint has one, else
+405), and the body has at
 most ``max_body_bytes`` (1 MB: a larger ``Content-Length`` is refused with 413
 before a byte is read, a longer body while reading). ``body`` is the raw bytes,
 as signed by the platform. What the endpoint must do: verify its own secret
@@ -232,6 +234,7 @@ class Ingress:
         self.max_body_bytes = max_body_bytes
         self._adders: list[RouteAdder] = []
         self._webhooks: dict[str, WebhookEndpoint] = {}
+        self._expected: set[str] = set()  # names answered 503, not 404, while unmounted
         self._runner: web.AppRunner | None = None
         self._users = 0
         self._lock: asyncio.Lock | None = None  # created on the loop that starts us
@@ -299,6 +302,13 @@ class Ingress:
             raise ConfigError(f"/webhooks/{platform} is already served by another adapter")
         self._webhooks[platform] = endpoint
 
+    def expect_webhook(self, platform: str) -> None:
+        """Announce that ``platform`` will mount ``/webhooks/<platform>``: until it
+        does (its adapter still checks its credentials, or retries after a failed
+        start), requests there get 503 and a log line saying the platform is not
+        connected, instead of a 404 that reads like a wrong URL. Idempotent."""
+        self._expected.add(platform)
+
     def unmount_webhook(self, platform: str, endpoint: WebhookEndpoint | None = None) -> None:
         """Stop serving ``/webhooks/<platform>`` (404 from now on); only if held by
         ``endpoint`` when given. Idempotent."""
@@ -365,6 +375,16 @@ class Ingress:
     async def _webhook(self, request: web.Request) -> web.StreamResponse:
         platform = request.match_info["platform"]
         endpoint = self._webhooks.get(platform)
+        if endpoint is None and platform in self._expected:
+            answer = refuse(
+                request,
+                platform,
+                503,
+                f"the {platform} platform is configured but not connected: its start "
+                "failed or is being retried (the server log says why)",
+            )
+            answer.headers["Retry-After"] = "30"
+            return answer
         if endpoint is None:
             mounted = ", ".join(self.webhooks()) or "none"
             return json_response(

@@ -78,6 +78,8 @@ log = logging.getLogger("onethread.platforms.webhook")
 
 PLATFORM = "webhook"
 SECRET_ENV = "WEBHOOK_SECRET"
+MIN_SECRET_CHARS = 16
+"""The shortest secret `run --check` accepts (a guessable one lets anyone write as anyone)."""
 SIGNATURE_HEADER = "X-Onethread-Signature"
 _MODES = ("sync", "async")
 _ID_LIMIT = 256
@@ -166,6 +168,12 @@ class WebhookAdapter(Adapter):
             problems.append(("mode", f"must be sync or async, got {mode!r}"))
         secret, where = credential_in(options, env, "secret", SECRET_ENV)
         problem = whitespace_problem(secret, where) if secret else None
+        if problem is None and secret and len(secret) < MIN_SECRET_CHARS:
+            problem = (
+                f"{where} is too short ({len(secret)} characters): whoever guesses it "
+                f"writes as any user_id; use at least {MIN_SECRET_CHARS} random ones "
+                "(e.g. `openssl rand -hex 32`)"
+            )
         if problem is not None:
             problems.append(("secret", problem))
         url = options.get("callback_url")

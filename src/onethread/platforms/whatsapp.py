@@ -242,10 +242,11 @@ class WhatsAppAdapter(Adapter):
                 "the whatsapp platform receives messages by webhook: serve it with BotOS or "
                 "`onethread run` (one HTTP server), or give the Bot ingress=Ingress(...)"
             )
+        ingress.expect_webhook(PLATFORM)  # 503, not 404, until the Graph check passes
         graph = GraphClient(self.base_url, self._creds["token"], timeout=self.timeout)
         graph.open()
         try:
-            with map_whatsapp_errors("checking the phone number id"):
+            with map_whatsapp_errors(f"checking the phone number id at {self.base_url}"):
                 me = await graph.get(self.phone_number_id, fields="verified_name")
             self._on_inbound = on_inbound
             ingress.mount_webhook(PLATFORM, self)
