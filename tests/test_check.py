@@ -177,6 +177,14 @@ def test_check_lists_every_mistake_in_one_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.multiprocess
+def test_check_names_both_ways_to_log_in_to_matrix(tmp_path: Path) -> None:
+    env = {"MATRIX_HOMESERVER": "https://m.example.org", "MATRIX_USER_ID": "@bot:example.org"}
+    result = cli(tmp_path, "run", "--check", **env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "MATRIX_ACCESS_TOKEN=... (or MATRIX_PASSWORD=...) to serve matrix" in result.stderr
+
+
+@pytest.mark.multiprocess
 def test_run_refuses_an_impossible_token_before_serving(tmp_path: Path) -> None:
     result = cli(tmp_path, "run", "--port", "0", TELEGRAM_BOT_TOKEN="obviously-fake")
     assert result.returncode == 2 and result.stdout == ""

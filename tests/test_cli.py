@@ -70,6 +70,10 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     assert run_help.returncode == 0 and "--port" in run_help.stdout and "--check" in run_help.stdout
     # --host/--port are the one HTTP server's, webhooks included, not the web chat's only
     assert "web chat interface" not in run_help.stdout and "webhooks" in run_help.stdout
+    # Matrix needs a token or a password besides the homeserver and user id.
+    flat = " ".join(run_help.stdout.split())
+    assert "Matrix: MATRIX_HOMESERVER + MATRIX_USER_ID + (MATRIX_ACCESS_TOKEN or " in flat
+    assert "MATRIX_PASSWORD)" in flat
 
 
 def test_usage_mistakes_exit_2(tmp_path: Path) -> None:

@@ -248,7 +248,7 @@ def test_options_checked_with_the_fix() -> None:
     env = {"MATRIX_HOMESERVER": "matrix.example.org", "MATRIX_USER_ID": "helper"}
     problems = dict(MatrixAdapter.check_options({"invite_from": ["@bad"]}, env))
     assert "http(s) URL" in problems["homeserver"] and "@bot:example.org" in problems["user_id"]
-    assert "MATRIX_ACCESS_TOKEN" in problems["token"] and "MATRIX_PASSWORD" in problems["token"]
+    assert "token" not in problems  # a token or a password at all: the registry's one_of
     assert "@bad" in problems["invite_from"]
     good = {"MATRIX_HOMESERVER": "https://m.org", "MATRIX_USER_ID": BOT, "MATRIX_PASSWORD": "pw"}
     assert MatrixAdapter.check_options({"invite_from": ["example.org", BOT]}, good) == []
@@ -271,9 +271,31 @@ def test_the_config_check_asks_for_a_token_or_a_password() -> None:
     from onethread.config_check import config_problems
 
     env = {"MATRIX_HOMESERVER": "https://matrix.example.org", "MATRIX_USER_ID": BOT}
+    # Without a config file: not served, and the one line names both ways in.
     platforms, problems = config_problems(Config(), env)
-    assert "matrix" in platforms  # served without a config file: its variables are set
-    [(key, message)] = [p for p in problems if p[0].startswith("platforms.matrix")]
-    assert key == "platforms.matrix.token" and "MATRIX_PASSWORD" in message
-    platforms, problems = config_problems(Config(), {**env, "MATRIX_PASSWORD": "pw"})
-    assert not [p for p in problems if p[0].startswith("platforms.matrix")]
+    assert "matrix" not in platforms
+    assert problems == [
+        (
+            "",
+            "MATRIX_HOMESERVER and MATRIX_USER_ID are set but MATRIX_ACCESS_TOKEN or "
+            "MATRIX_PASSWORD is not; export MATRIX_ACCESS_TOKEN=... (or MATRIX_PASSWORD=...) "
+            "to serve matrix, or unset MATRIX_HOMESERVER MATRIX_USER_ID",
+        )
+    ]
+    for way in ("MATRIX_PASSWORD", "MATRIX_ACCESS_TOKEN"):
+        platforms, problems = config_problems(Config(), {**env, way: "secret"})
+        assert "matrix" in platforms and problems == [], way
+    # Listed in the file: the token option names both variables.
+    config = Config(platforms={"matrix": {}})
+    [(key, message)] = config_problems(config, env)[1]
+    assert key == "platforms.matrix.token"
+    assert "MATRIX_ACCESS_TOKEN" in message and "MATRIX_PASSWORD" in message
+    assert config_problems(Config(platforms={"matrix": {"password": "pw"}}), env)[1] == []
+
+
+def test_matrix_is_served_from_the_environment_with_a_password_alone() -> None:
+    from onethread.config import Config
+
+    env = {"MATRIX_HOMESERVER": "https://m.org", "MATRIX_USER_ID": BOT, "MATRIX_PASSWORD": "pw"}
+    assert "matrix" in Config().platform_options(env)
+    assert "matrix" not in Config().platform_options({**env, "MATRIX_PASSWORD": ""})

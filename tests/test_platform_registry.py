@@ -77,6 +77,27 @@ def test_config_serves_a_new_platform_when_its_credentials_are_set(pager: Any) -
     assert "pager" in config.platform_options({"PAGER_TOKEN": "t"})
 
 
+def test_one_of_credentials_serve_the_platform_with_either(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entry = registry.PlatformSpec(
+        __name__, "PagerAdapter", None, title="Pager",
+        credentials=(("token", "PAGER_TOKEN"),),
+        one_of=(("pin", "PAGER_PIN"), ("code", "PAGER_CODE")),
+    )  # fmt: skip
+    monkeypatch.setitem(registry.PLATFORMS, "pager", entry)
+    assert entry.credentials_text() == "PAGER_TOKEN + (PAGER_PIN or PAGER_CODE)"
+    assert entry.variables() == ("PAGER_TOKEN", "PAGER_PIN", "PAGER_CODE")
+    assert entry.missing_from({"PAGER_TOKEN": "t"}) == ["PAGER_PIN or PAGER_CODE"]
+    assert entry.missing_from({"PAGER_CODE": "c"}) == ["PAGER_TOKEN"]
+    config = parse_config("{}", "test")
+    assert "pager" not in config.platform_options({"PAGER_TOKEN": "t"})
+    assert "pager" in config.platform_options({"PAGER_TOKEN": "t", "PAGER_CODE": "c"})
+    assert registry.credentials()["pager"] == {
+        "token": "PAGER_TOKEN", "pin": "PAGER_PIN", "code": "PAGER_CODE"
+    }  # fmt: skip
+
+
 def test_check_names_the_new_platforms_missing_credential_and_bad_option(pager: Any) -> None:
     config = parse_config("platforms: {pager: {pin: 12a}}", "test.yaml")
     with pytest.raises(ConfigFileError) as info:

@@ -80,7 +80,8 @@ __all__ = [
 DEFAULT_CONFIG_NAME = "onethread.yaml"
 
 #: The environment variables holding each platform's credentials, by option name
-#: (from each platform's ``PlatformSpec.credentials``).
+#: (from each platform's ``PlatformSpec.credentials`` and ``one_of``: Matrix lists
+#: both ``token`` and ``password``, of which one is enough).
 PLATFORM_TOKENS: dict[str, dict[str, str]] = credentials()
 
 _ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -254,17 +255,18 @@ class Config(_Strict):
         """The platforms to serve, name -> adapter options.
 
         With a ``platforms:`` section: exactly those. Without: ``web`` plus
-        every platform whose token variables are all set in ``env`` (default
-        ``os.environ``). ``web`` options (``--host``/``--port``) are merged
-        into the web platform, adding it if needed.
+        every platform whose credentials are set in ``env`` (default
+        ``os.environ``; see ``PlatformSpec.served_from``). ``web`` options
+        (``--host``/``--port``) are merged into the web platform, adding it if
+        needed.
         """
         env = os.environ if env is None else env
         if self.platforms is not None:
             chosen = {name: dict(opts or {}) for name, opts in self.platforms.items()}
         else:
             chosen = {"web": {}}
-            for name, variables in credentials().items():
-                if all(env.get(var) for var in variables.values()):
+            for name, entry in PLATFORMS.items():
+                if entry.served_from(env):
                     chosen[name] = {}
         if web:
             chosen["web"] = {**chosen.get("web", {}), **web}

@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import Config, ConfigFileError, Problem, did_you_mean, without_repeats
 from .errors import ConfigError, MissingDependencyError
-from .platforms.registry import PLATFORMS, credentials, load_adapter_class, spec
+from .platforms.registry import PLATFORMS, load_adapter_class, spec
 from .session.urls import REDIS_SCHEMES
 
 __all__ = ["check_config", "config_problems", "import_tool", "tool_functions"]
@@ -96,6 +96,14 @@ def _platform_problems(
         else:
             fix = f"export {var}=... too, or unset the other {name} variable"
         problems.append((f"{key}.{option}", f"not set; {fix}"))
+    either = spec(name).one_of
+    if either and not any(options.get(option) or env.get(var) for option, var in either):
+        exports = " or ".join(f"export {var}=..." for _, var in either)
+        if from_file:
+            fix = f"{exports} (the file can say {either[0][0]}: ${{{either[0][1]}}})"
+        else:
+            fix = exports
+        problems.append((f"{key}.{either[0][0]}", f"not set; {fix}"))
     cls = load_adapter_class(name)
     problems.extend((f"{key}.{option}", msg) for option, msg in cls.check_options(options, env))
     return problems
@@ -156,6 +164,12 @@ def _listed(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+def _export(missing: str) -> str:
+    """``A=...`` for one variable, ``A=... (or B=...)`` for ``"A or B"`` (``missing_from``)."""
+    first, *others = missing.split(" or ")
+    return f"{first}=..." + "".join(f" (or {other}=...)" for other in others)
+
+
 def _is(names: Sequence[str]) -> str:
     return "is" if len(names) == 1 else "are"
 
@@ -179,15 +193,16 @@ def _checks(
     for name, options in platforms.items():
         problems += _platform_problems(name, options, env, from_file)
     if not from_file:
-        for name, variables in credentials().items():
-            set_vars = [var for var in variables.values() if env.get(var)]
+        for name, entry in PLATFORMS.items():
+            set_vars = [var for var in entry.variables() if env.get(var)]
             if set_vars and name not in platforms:
-                missing = [var for var in variables.values() if not env.get(var)]
+                missing = entry.missing_from(env)
+                exports = " ".join(_export(m) for m in missing)
                 problems.append(
                     (
                         "",
                         f"{_listed(set_vars)} {_is(set_vars)} set but {_listed(missing)} "
-                        f"{_is(missing)} not; export {' '.join(v + '=...' for v in missing)} "
+                        f"{_is(missing)} not; export {exports} "
                         f"to serve {name}, or unset {' '.join(set_vars)}",
                     )
                 )

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, Problem
 from ..errors import ConfigError, StoreError
-from ..platforms.registry import PLATFORMS, credentials
+from ..platforms.registry import PLATFORMS
 from ..session.reset import ResetPolicy
 from .common import (
     build_agent,
@@ -57,8 +57,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
             "Serve the agent. With no config: the web chat on http://127.0.0.1:8080, plus "
             "every platform whose credentials are in the environment ("
             + "; ".join(
-                f"{PLATFORMS[name].title}: {' + '.join(variables.values())}"
-                for name, variables in credentials().items()
+                f"{entry.title}: {entry.credentials_text()}"
+                for entry in PLATFORMS.values()
+                if entry.credentials or entry.one_of
             )
             + "). Ctrl-C stops cleanly."
         ),
@@ -243,11 +244,15 @@ async def _serve(botos: Any, text: Callable[[], str]) -> None:
 
 
 def _add_hint(config: Config, served: Mapping[str, Any]) -> str:
-    for name, variables in credentials().items():
-        if name in served:
+    for name, entry in PLATFORMS.items():
+        if name in served or not (entry.credentials or entry.one_of):
             continue
-        exports = " ".join(f"{var}=..." for var in variables.values())
-        title = PLATFORMS[name].title
+        exports = " ".join(f"{var}=..." for _, var in entry.credentials)
+        if entry.one_of:
+            (_, first), *others = entry.one_of
+            either = f"{first}=..." + "".join(f" (or {var}=...)" for _, var in others)
+            exports = f"{exports} {either}".strip()
+        title = entry.title
         if config.platforms is None:
             return f"add {title}: export {exports} and restart"
         where = config.source or DEFAULT_CONFIG_NAME

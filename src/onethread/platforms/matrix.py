@@ -143,7 +143,10 @@ class MatrixAdapter(Adapter):
     def check_options(
         cls, options: Mapping[str, Any], env: Mapping[str, str]
     ) -> list[tuple[str, str]]:
-        """The homeserver URL's shape, the user id's, and a token or a password."""
+        """The homeserver URL's shape, the user id's, and the token's.
+
+        That a token or a password is set at all is checked by ``--check`` from
+        the registry entry's ``one_of``."""
         problems: list[tuple[str, str]] = []
         url, where = credential_in(options, env, "homeserver", ENV["homeserver"])
         if url and not url.startswith(("http://", "https://")):
@@ -154,14 +157,10 @@ class MatrixAdapter(Adapter):
             problems.append(("user_id", f"{where} must be a full user id like "
                              "@bot:example.org"))  # fmt: skip
         token, where = credential_in(options, env, "token", ENV["token"])
-        password, _ = credential_in(options, env, "password", ENV["password"])
         if token:
             problem = whitespace_problem(token, where)
             if problem:
                 problems.append(("token", problem))
-        elif not password:
-            problems.append(("token", f"not set; export {ENV['token']}=... (or "
-                             f"{ENV['password']}=... to log in with the password)"))  # fmt: skip
         try:
             invite_allowlist(options.get("invite_from"))
         except ConfigError as exc:

@@ -33,7 +33,12 @@ class PlatformSpec:
     served without a config file when every variable is set. ``mode_credentials``:
     ``(mode, credentials)`` pairs for an option ``mode:`` that needs others
     (Slack's ``http`` mode takes a signing secret, not an app token).
-    ``loggers``: SDK
+    ``one_of``: ``(option, ENV_VAR)`` pairs of which at least one must be set
+    as well, in every mode (Matrix: an access token or a password); the
+    platform is served without a config file when every ``credentials``
+    variable and one of these is set. Read them through the methods below
+    (:meth:`served_from`, :meth:`missing_from`, :meth:`credentials_text`),
+    not field by field. ``loggers``: SDK
     loggers that write credentials or message text, held at WARNING whatever
     ``-v`` says. ``init_lines``: the lines ``onethread init`` writes under
     ``platforms:`` (commented out unless the platform is local). ``local``:
@@ -58,14 +63,43 @@ class PlatformSpec:
     secret_ids: bool = False
     forgeable_sender: bool = False
     mode_credentials: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    one_of: tuple[tuple[str, str], ...] = ()
 
     def credentials_for(self, options: Mapping[str, Any]) -> dict[str, str]:
-        """``{option: ENV_VAR}`` the platform needs with these ``options`` (its ``mode``)."""
+        """``{option: ENV_VAR}`` the platform needs, every one, with these ``options``
+        (its ``mode``); the alternatives of which one will do are ``one_of``."""
         mode = options.get("mode")
         for name, needed in self.mode_credentials:
             if name == mode:
                 return dict(needed)
         return dict(self.credentials)
+
+    def variables(self) -> tuple[str, ...]:
+        """Every credential variable of the default mode: the needed ones, then ``one_of``'s."""
+        return tuple(var for _, var in self.credentials + self.one_of)
+
+    def served_from(self, env: Mapping[str, str]) -> bool:
+        """Whether ``env`` holds enough to serve the platform without a config file:
+        every ``credentials`` variable and (if any) one ``one_of`` variable."""
+        if not self.credentials and not self.one_of:
+            return False
+        return not self.missing_from(env)
+
+    def missing_from(self, env: Mapping[str, str]) -> list[str]:
+        """What ``env`` lacks to serve the platform: each unset variable, and
+        ``"A or B"`` when no ``one_of`` variable is set. Empty: nothing."""
+        missing = [var for _, var in self.credentials if not env.get(var)]
+        if self.one_of and not any(env.get(var) for _, var in self.one_of):
+            missing.append(" or ".join(var for _, var in self.one_of))
+        return missing
+
+    def credentials_text(self) -> str:
+        """The credential variables for people: ``A + B + (C or D)``."""
+        parts = [var for _, var in self.credentials]
+        if self.one_of:
+            either = " or ".join(var for _, var in self.one_of)
+            parts.append(f"({either})" if parts else either)
+        return " + ".join(parts)
 
 
 PLATFORMS: dict[str, PlatformSpec] = {
@@ -205,8 +239,8 @@ PLATFORMS: dict[str, PlatformSpec] = {
         "matrix",
         "nio",
         title="Matrix",
-        # MATRIX_ACCESS_TOKEN or MATRIX_PASSWORD: either one (the adapter's check_options).
         credentials=(("homeserver", "MATRIX_HOMESERVER"), ("user_id", "MATRIX_USER_ID")),
+        one_of=(("token", "MATRIX_ACCESS_TOKEN"), ("password", "MATRIX_PASSWORD")),
         loggers=("nio",),
         init_lines=(
             'matrix:                     # pip install "onethread[matrix]"',
@@ -231,8 +265,15 @@ def spec(name: str) -> PlatformSpec:
 
 
 def credentials() -> dict[str, dict[str, str]]:
-    """``{platform: {option: ENV_VAR}}`` for every platform that needs credentials."""
-    return {name: dict(e.credentials) for name, e in PLATFORMS.items() if e.credentials}
+    """``{platform: {option: ENV_VAR}}`` for every platform that needs credentials:
+    the needed ones and the ``one_of`` alternatives together (Matrix lists both
+    ``token`` and ``password``); ask :meth:`PlatformSpec.served_from` whether an
+    environment serves a platform, not "every variable set"."""
+    return {
+        name: dict(e.credentials + e.one_of)
+        for name, e in PLATFORMS.items()
+        if e.credentials or e.one_of
+    }
 
 
 def load_adapter_class(name: str) -> type[Adapter]:
