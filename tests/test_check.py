@@ -185,6 +185,26 @@ def test_check_names_both_ways_to_log_in_to_matrix(tmp_path: Path) -> None:
 
 
 @pytest.mark.multiprocess
+def test_check_tries_the_signal_daemon(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        url = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
+        env = {"SIGNAL_ACCOUNT": "+4915112345678", "SIGNAL_CLI_URL": url}
+        result = cli(tmp_path, "run", "--check", **env)
+        assert result.returncode == 0, result.stderr
+        assert "platforms: web, signal" in result.stdout
+    result = cli(tmp_path, "run", "--check", **env)  # nothing listens there any more
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(
+        f"error: platforms.signal.url: cannot reach signal-cli's daemon at {url} ("
+    )
+    assert "start it (signal-cli -a ACCOUNT daemon --tcp" in result.stderr
+
+
+@pytest.mark.multiprocess
 def test_run_refuses_an_impossible_token_before_serving(tmp_path: Path) -> None:
     result = cli(tmp_path, "run", "--port", "0", TELEGRAM_BOT_TOKEN="obviously-fake")
     assert result.returncode == 2 and result.stdout == ""

@@ -332,6 +332,22 @@ async def test_missing_or_malformed_account_is_a_config_error() -> None:
     assert SignalAdapter.check_options({}, {"SIGNAL_ACCOUNT": "+4915112345678"}) == []
 
 
+async def test_check_probes_the_daemon_and_names_the_fix(
+    daemon: FakeSignalCli, tmp_path: Path
+) -> None:
+    env = {"SIGNAL_ACCOUNT": "+4915112345678", "SIGNAL_CLI_URL": daemon.url}
+    assert await SignalAdapter.probe_options({}, env, 2.0) == []
+    port = daemon.port
+    await daemon.stop()  # nothing listens there now
+    [(option, message)] = await SignalAdapter.probe_options({}, env, 2.0)
+    assert option == "url" and f"cannot reach signal-cli's daemon at {daemon.url}" in message
+    assert f"signal-cli -a ACCOUNT daemon --tcp 127.0.0.1:{port}" in message
+    assert "SIGNAL_CLI_URL" in message
+    socket = tmp_path / "no-daemon.sock"
+    [(option, message)] = await SignalAdapter.probe_options({"url": f"unix://{socket}"}, env, 2.0)
+    assert f"daemon --socket {socket}" in message and "the url option" in message
+
+
 # -- /link between Signal and the web chat -----------------------------------------------
 
 

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,6 +28,7 @@ __all__ = [
     "close_resolver",
     "config_from_args",
     "require_stores",
+    "service_problems",
     "store_problems",
     "describe_model",
     "history_url",
@@ -143,6 +144,40 @@ def store_problems(config: Config, skip: Sequence[str] = ()) -> list[Problem]:
             detail = str(error).rstrip(". ")
             problems.append((key, f"the {what} {state}: {detail}; {_fix(config, key, url)}"))
     return problems
+
+
+def service_problems(
+    platforms: Mapping[str, Mapping[str, Any]],
+    env: Mapping[str, str] | None = None,
+    *,
+    skip: Sequence[str] = (),
+    timeout: float = 5.0,
+) -> list[Problem]:
+    """Ask every platform to be served whether the program it connects to answers
+    (``Adapter.probe_options``: Signal's signal-cli daemon), all at once, ``timeout``
+    seconds each; ``(platforms.NAME.OPTION, message)`` for each that does not.
+
+    Platforms named in ``skip`` (their options were already reported as wrong,
+    or their SDK is missing) are not asked.
+    """
+    from ..platforms.registry import load_adapter_class
+
+    env = os.environ if env is None else env
+    asked = [name for name in platforms if name not in skip]
+
+    async def probe_all() -> list[list[tuple[str, str]]]:
+        async def one(name: str) -> list[tuple[str, str]]:
+            cls = load_adapter_class(name)
+            return await cls.probe_options(platforms[name], env, timeout)
+
+        return list(await asyncio.gather(*(one(name) for name in asked)))
+
+    found = asyncio.run(probe_all()) if asked else []
+    return [
+        (f"platforms.{name}.{option}", message)
+        for name, problems in zip(asked, found, strict=True)
+        for option, message in problems
+    ]
 
 
 def require_stores(config: Config) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_CONFIG_NAME, Config, ConfigFileError, Problem
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, PlatformUnavailable, StoreError
 from ..platforms.registry import PLATFORMS
 from ..session.reset import ResetPolicy
 from .common import (
@@ -31,6 +31,7 @@ from .common import (
     redact_url,
     require_stores,
     say,
+    service_problems,
     store_problems,
 )
 
@@ -123,15 +124,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _check(config: Config, platforms: Mapping[str, Any], problems: list[Problem]) -> int:
-    """``run --check``: every mistake and every unreachable store in one listing."""
+    """``run --check``: every mistake, every unreachable store and every platform's
+    unreachable daemon (``Adapter.probe_options``) in one listing."""
     if not problems:
         agent = build_agent(config)  # the model and the tool schemas
     stores = store_problems(config, skip=[key for key, _ in problems])
+    wrong = {key.split(".")[1] for key, _ in problems if key.startswith("platforms.")}
+    services = service_problems(platforms, skip=sorted(wrong))
     if problems:
-        raise ConfigFileError(config.source, problems + stores)
-    if stores:
+        raise ConfigFileError(config.source, problems + stores + services)
+    if stores or services:
         where = f"{config.source}: " if config.source else ""
-        raise StoreError("\n".join(f"{where}{key}: {msg}" for key, msg in stores))
+        text = "\n".join(f"{where}{key}: {msg}" for key, msg in stores + services)
+        raise StoreError(text) if stores else PlatformUnavailable(text)
     where = config.source or "no config file, defaults"
     say(
         f"{where}: OK | platforms: {', '.join(platforms)} | "

@@ -178,6 +178,21 @@ class Adapter(ABC):
         """
         return []
 
+    @classmethod
+    async def probe_options(
+        cls, options: Mapping[str, Any], env: Mapping[str, str], timeout: float
+    ) -> list[tuple[str, str]]:
+        """A service this platform needs that does not answer: ``(option, message with
+        the fix)``.
+
+        Called by ``onethread run --check`` (next to its store probes) once
+        :meth:`check_options` found nothing, for a program the adapter connects
+        to that someone must start (Signal's signal-cli daemon), never a
+        platform's cloud API. Open a connection within ``timeout`` seconds and
+        close it; log nothing in. The default finds none.
+        """
+        return []
+
     # -- lifecycle -------------------------------------------------------------
 
     def bind(self, bot: Any) -> None:

@@ -79,6 +79,7 @@ from .signal_rpc import (
     RpcConnection,
     map_rpc_error,
     parse_endpoint,
+    unreachable,
 )
 
 __all__ = ["SignalAdapter", "SignalMessage", "is_group_id", "normalize_envelope"]
@@ -167,6 +168,30 @@ class SignalAdapter(Adapter):
         except ConfigError as exc:
             problems.append(("url", str(exc)))
         return problems
+
+    @classmethod
+    async def probe_options(
+        cls, options: Mapping[str, Any], env: Mapping[str, str], timeout: float
+    ) -> list[tuple[str, str]]:
+        """Whether signal-cli's daemon takes a connection at the configured URL."""
+        where = "the url option" if options.get("url") else URL_ENV
+        url = str(options.get("url") or env.get(URL_ENV) or DEFAULT_URL)
+        endpoint = parse_endpoint(url)  # its shape passed check_options
+        why = await unreachable(endpoint, timeout)
+        if why is None:
+            return []
+        if endpoint.scheme == "unix":
+            listen = f"--socket {endpoint.path}"
+        else:
+            listen = f"--tcp {endpoint.host}:{endpoint.port}"
+        return [
+            (
+                "url",
+                f"cannot reach signal-cli's daemon at {endpoint} ({why}); start it "
+                f"(signal-cli -a ACCOUNT daemon {listen}) or point {where} at where it "
+                "listens",
+            )
+        ]
 
     def __init__(
         self,

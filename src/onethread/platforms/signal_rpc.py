@@ -48,6 +48,7 @@ __all__ = [
     "RpcConnection",
     "map_rpc_error",
     "parse_endpoint",
+    "unreachable",
 ]
 
 log = logging.getLogger("onethread.platforms.signal")
@@ -104,6 +105,23 @@ def parse_endpoint(url: str) -> Endpoint:
         f"(as given to `signal-cli daemon --tcp`, default {DEFAULT_URL}) or unix:///PATH "
         "(`--socket`)"
     )
+
+
+async def unreachable(endpoint: Endpoint, timeout: float) -> str | None:
+    """Why the daemon at ``endpoint`` takes no connection within ``timeout`` seconds
+    (``None``: it does; the connection is closed again, nothing is sent)."""
+    try:
+        if endpoint.scheme == "unix":
+            opening = asyncio.open_unix_connection(endpoint.path)
+        else:
+            opening = asyncio.open_connection(endpoint.host, endpoint.port)
+        _, writer = await asyncio.wait_for(opening, timeout)
+    except (OSError, TimeoutError) as exc:
+        return f"{exc or type(exc).__name__}"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
 
 
 # -- errors --------------------------------------------------------------------
