@@ -48,6 +48,13 @@ _TRIGGER = 0.85  # fold when the unsummarised part passes this share of the hist
 _KEEP = 0.35  # and keep this share of it unfolded (the latest exchanges, verbatim)
 
 
+def _first_size(cap: int | None) -> int:
+    """How many entries the first page of a history scan reads. With a cap, one more
+    than the cap: whether it exists says whether more were left out, without a
+    count() of the whole session on every turn."""
+    return _FIRST_PAGE if cap is None else min(_FIRST_PAGE, cap + 1)
+
+
 class Compaction:
     """The budget and the summaries of one :class:`BotSessionManager` (its ``compaction``).
 
@@ -174,7 +181,14 @@ class Compaction:
         at the summary's end, or at ``max_history`` entries.
         """
         # The hot path of every turn: _summary() and _history_room(), inline.
-        found = await self.manager.store.load(summary_key(key), 1)
+        cap = self.manager.max_history
+        store = self.manager.store
+        first: list[HistoryEntry] | None = None
+        many = getattr(store, "load_many", None)  # a store reading both in one command
+        if many is not None:
+            found, first = await many([(summary_key(key), 1), (key, _first_size(cap))])
+        else:
+            found = await store.load(summary_key(key), 1)
         mine = tokens.estimate(message.content)
         plain = not (message.mirror or message.attachments or message.metadata)
         room = self._base_room(responder) - 8
@@ -187,8 +201,7 @@ class Compaction:
             after = found[-1].timestamp
         else:
             summary, after = None, float("-inf")
-        cap = self.manager.max_history
-        picked, used, full = await self._scan(key, after, room, cap)
+        picked, used, full = await self._scan(key, after, room, cap, first)
         due = False
         if self.enabled:
             if used + mine > room * _TRIGGER or (full and (cap is None or len(picked) < cap)):
@@ -243,14 +256,18 @@ class Compaction:
         self._tallies[key] = (after, newest, total)
 
     async def _scan(
-        self, key: str, after: float, room: float, cap: int | None
+        self,
+        key: str,
+        after: float,
+        room: float,
+        cap: int | None,
+        first: list[HistoryEntry] | None = None,
     ) -> tuple[list[HistoryEntry], int, bool]:
         """Entries newer than ``after`` fitting ``room`` (oldest first), their cost, and
-        whether more were left out (by ``room`` or ``cap``)."""
-        # With a cap, one entry more than the cap is read: whether it exists says whether
-        # more were left out, without a count() of the whole session on every turn.
-        size = _FIRST_PAGE if cap is None else min(_FIRST_PAGE, cap + 1)
-        page = await self.manager.store.load(key, size)
+        whether more were left out (by ``room`` or ``cap``). ``first``: the first page
+        (``_first_size(cap)`` newest entries) when already loaded."""
+        size = _first_size(cap)
+        page = first if first is not None else await self.manager.store.load(key, size)
         if (
             page
             and page[0].timestamp > after

@@ -130,6 +130,16 @@ if left == 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
 return left
 """)
 
+# KEYS: entries keys (one slot on a cluster). ARGV: the ZRANGE start of each.
+# Returns one member list per key: several loads in one command and one reply.
+_LOAD_MANY = LuaScript("""
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('ZRANGE', KEYS[i], ARGV[i], -1)
+end
+return out
+""")
+
 _CHUNK = 500  # entries per step of a cross-slot merge
 
 
@@ -264,6 +274,29 @@ class RedisHistoryStore:
         except RedisError as exc:
             raise store_error(self.url, exc) from exc
         return self._decoded.decode(members)
+
+    async def load_many(
+        self, requests: Sequence[tuple[str, int | None]]
+    ) -> list[list[HistoryEntry]]:
+        """``[await self.load(key, limit) for key, limit in requests]`` in one command.
+
+        One Lua script reads every key (one reply to parse instead of one per
+        load): the turn's summary and first history page cost one command. On
+        a cluster that needs every key in one slot, i.e. one conversation (its
+        summaries, archive: the part before the first ``#`` is the hash tag);
+        keys of different conversations are loaded one by one there.
+        """
+        wanted = [(k, n) for k, n in requests if n is None or n > 0]
+        if self._cluster and len({k.partition("#")[0] for k, _ in wanted}) > 1:
+            return [await self.load(k, n) for k, n in requests]
+        if not wanted:
+            return [[] for _ in requests]
+        keys = [self._entries(k) for k, _ in wanted]
+        starts = [0 if n is None else -n for _, n in wanted]
+        replies = await self._run(_LOAD_MANY, keys, starts)
+        loaded = iter(cast(list[list[str]], replies))
+        decode = self._decoded.decode
+        return [decode(next(loaded)) if n is None or n > 0 else [] for _, n in requests]
 
     async def append(self, key: str, entries: Sequence[HistoryEntry]) -> None:
         """Append ``entries`` to ``key`` atomically (one Lua script)."""
