@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from ...errors import MissingDependencyError, SchemaVersionError, StoreError, StoreUnavailable
-from .shared import redact
+from .shared import PerLoop, redact
 
 try:
     import psycopg
@@ -32,6 +32,7 @@ __all__ = [
     "migrate",
     "migrate_async",
     "open_pool",
+    "pools_per_loop",
     "psycopg",
     "psycopg_pool",
     "sql",
@@ -228,6 +229,24 @@ async def open_pool(
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def pools_per_loop(
+    url: str, schema: str, component: str, known: int, ddl: Sequence[sql.Composed], what: str
+) -> PerLoop[psycopg_pool.AsyncConnectionPool[Any]]:
+    """A small pool per event loop (1-4 connections on the home loop, 0-1 elsewhere)
+    for ``component``'s tables, created or checked by :func:`open_pool` on first use."""
+
+    async def create(home: bool) -> psycopg_pool.AsyncConnectionPool[Any]:
+        return await open_pool(
+            url, schema, component, known, ddl,
+            min_size=1 if home else 0, max_size=4 if home else 1, timeout=30.0,
+        )  # fmt: skip
+
+    async def destroy(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+        await pool.close()
+
+    return PerLoop(create, destroy, what=what)
 
 
 def _alone_is_safe(exc: BaseException) -> bool:

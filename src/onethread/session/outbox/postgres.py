@@ -25,14 +25,12 @@ from typing import Any
 
 from .._conn.postgres import (
     advisory_key,
-    open_pool,
+    pools_per_loop,
     psycopg,
-    psycopg_pool,
     sql,
     store_error,
     validate_schema,
 )
-from .._conn.shared import PerLoop
 from .base import Deliver, OutboxItem
 
 __all__ = ["SCHEMA_VERSION", "PostgresOutbox"]
@@ -117,19 +115,7 @@ class PostgresOutbox:
         self._q = {name: sql.SQL(q).format(s=s) for name, q in _QUERIES.items()}
         self._channel = f"onethread_outbox_{advisory_key('outbox', schema) & (2**64 - 1):016x}"
         ddl = [sql.SQL(q).format(s=s) for q in _DDL]
-
-        async def create(home: bool) -> psycopg_pool.AsyncConnectionPool[Any]:
-            return await open_pool(
-                url, schema, "outbox", SCHEMA_VERSION, ddl,
-                min_size=1 if home else 0, max_size=4 if home else 1, timeout=30.0,
-            )  # fmt: skip
-
-        async def destroy(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
-            await pool.close()
-
-        self._pools: PerLoop[psycopg_pool.AsyncConnectionPool[Any]] = PerLoop(
-            create, destroy, what="this outbox"
-        )
+        self._pools = pools_per_loop(url, schema, "outbox", SCHEMA_VERSION, ddl, "this outbox")
 
     async def _execute(self, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Run one statement in its own transaction; return its rows (if any)."""
